@@ -1,0 +1,76 @@
+//! Operations on bundles: a directory with `manifest.json`, one disk file per mapping and
+//! `SHA256SUMS`.
+//!
+//! - [`register`] makes a bundle from disk images, atomically;
+//! - [`verify`] re-reads a bundle and reports every difference from its manifest.
+
+pub mod register;
+pub mod sums;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+
+/// The checksum file's name in a bundle.
+pub const SUMS_FILE: &str = "SHA256SUMS";
+
+/// Errors of bundle operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A source image is unreadable or invalid.
+    #[error(transparent)]
+    Source(#[from] crate::source::Error),
+    /// The copy failed.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::Error),
+    /// An image field breaks Outscale's rules, or a manifest is unreadable.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::Error),
+    /// A file or directory of the bundle could not be made or read.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// The output directory exists and `--force` was not given.
+    #[error("{}: already exists (use --force to replace it)", .0.display())]
+    Exists(PathBuf),
+    /// Something about the bundle itself is wrong.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The bundle or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// True when the operation stopped because it was interrupted.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, Error::Copy(crate::copy::Error::Interrupted))
+    }
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn io_err(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Io { path, what, source }
+}
+
+/// True for a bundle member name that is one plain file name: no directory parts, no `..`, no
+/// hidden files, no control characters. Manifests and SHA256SUMS are input: their names must not
+/// reach outside the bundle.
+pub fn is_safe_member_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}

@@ -1,0 +1,333 @@
+//! `register`: disk images in, a bundle out.
+//!
+//! Every field is checked against Outscale's rules and every source opened before any byte is
+//! written. The bundle is built in a hidden temporary directory beside the destination and
+//! renamed into place when complete, so the destination either holds a whole bundle or nothing.
+
+use super::{Error, Result, SUMS_FILE, io_err, sums};
+use crate::copy::{self, Options};
+use crate::manifest::{
+    self, Architecture, BlockDeviceMapping, BootMode, Bsu, Disk, DiskFormat, Image, Manifest,
+    VolumeType, rules,
+};
+use crate::progress::Progress;
+use crate::sink::{Sink, qcow2::Qcow2Sink, raw::RawSink};
+use crate::source::{self, Source};
+use crate::util::{hex, sync_dir, utc_timestamp};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+/// One volume of the image.
+#[derive(Clone, Debug)]
+pub struct Volume {
+    /// `DeviceName`.
+    pub device: String,
+    /// The disk image to read.
+    pub source: PathBuf,
+    /// `VolumeSize` in GiB; the disk's size rounded up when absent.
+    pub volume_size: Option<u64>,
+    /// `VolumeType`.
+    pub volume_type: VolumeType,
+    /// `Iops` (io1 only).
+    pub iops: Option<u32>,
+    /// `DeleteOnVmDeletion`.
+    pub delete_on_vm_deletion: bool,
+}
+
+impl Volume {
+    /// A volume with Outscale's defaults: standard, deleted with the VM, sized to the disk.
+    pub fn new(device: &str, source: &Path) -> Self {
+        Self {
+            device: device.to_owned(),
+            source: source.to_owned(),
+            volume_size: None,
+            volume_type: VolumeType::Standard,
+            iops: None,
+            delete_on_vm_deletion: true,
+        }
+    }
+}
+
+/// What to register.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The bundle directory to create.
+    pub output: PathBuf,
+    /// Replace `output` if it exists.
+    pub force: bool,
+    /// Disk file format.
+    pub format: DiskFormat,
+    /// qcow2 cluster size, log2.
+    pub cluster_bits: u32,
+    /// `ImageName`; from the root source's file name when absent.
+    pub name: Option<String>,
+    /// `Description`.
+    pub description: Option<String>,
+    /// `Architecture`.
+    pub architecture: Architecture,
+    /// `BootModes`.
+    pub boot_modes: Vec<BootMode>,
+    /// The root volume; its device is the `RootDeviceName`.
+    pub root: Volume,
+    /// Further volumes.
+    pub extra: Vec<Volume>,
+    /// How sources are opened (backing-file policy).
+    pub open: source::OpenOptions,
+    /// `CreationDate`, seconds since the epoch.
+    pub creation_epoch: i64,
+    /// fsync every file and the directory before the rename.
+    pub sync: bool,
+}
+
+/// What `register` did.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The bundle directory.
+    pub output: PathBuf,
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// Bytes of data read from the sources.
+    pub data_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Removes a temporary directory unless it was committed.
+struct TempDir {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Checks the request's fields before anything is opened.
+fn check_fields(req: &Request) -> Result<()> {
+    if let Some(name) = &req.name {
+        rules::image_name(name)?;
+    }
+    rules::root_device(&req.root.device)?;
+    for v in &req.extra {
+        rules::extra_device(&v.device)?;
+    }
+    rules::mappings(
+        std::iter::once(req.root.device.as_str()).chain(req.extra.iter().map(|v| v.device.as_str())),
+    )?;
+    Ok(())
+}
+
+/// Splits `output` into its parent directory and final name.
+fn split_output(output: &Path) -> Result<(PathBuf, String)> {
+    let name = output
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| *n != "." && *n != "..")
+        .ok_or_else(|| Error::Invalid {
+            path: output.to_owned(),
+            reason: "the output must name a directory to create".into(),
+        })?;
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::Invalid {
+            path: parent,
+            reason: "the output's parent directory does not exist".into(),
+        });
+    }
+    Ok((parent, name.to_owned()))
+}
+
+/// Registers the image: see the module documentation.
+pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>) -> Result<Report> {
+    let started = Instant::now();
+    check_fields(req)?;
+    let (parent, out_name) = split_output(&req.output)?;
+    if req.output.symlink_metadata().is_ok() && !req.force {
+        return Err(Error::Exists(req.output.clone()));
+    }
+
+    let volumes: Vec<&Volume> = std::iter::once(&req.root).chain(&req.extra).collect();
+    let mut sources: Vec<Box<dyn Source>> = Vec::with_capacity(volumes.len());
+    let mut mappings = Vec::with_capacity(volumes.len());
+    for v in &volumes {
+        let src = source::open(&v.source, &req.open)?;
+        let gib = match v.volume_size {
+            Some(g) => g,
+            None => rules::min_volume_gib(src.size()),
+        };
+        rules::volume_size(gib, src.size()).map_err(|e| in_context(e, &v.device))?;
+        rules::iops(v.volume_type, v.iops, gib).map_err(|e| in_context(e, &v.device))?;
+        mappings.push(BlockDeviceMapping {
+            device_name: v.device.clone(),
+            bsu: Bsu {
+                volume_size: gib,
+                volume_type: v.volume_type,
+                iops: v.iops,
+                delete_on_vm_deletion: v.delete_on_vm_deletion,
+            },
+        });
+        sources.push(src);
+    }
+    let image_name = match &req.name {
+        Some(n) => n.clone(),
+        None => {
+            let stem = req
+                .root
+                .source
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let name = rules::image_name_from(&stem);
+            rules::image_name(&name).map_err(|_| manifest::Error::Field {
+                field: "ImageName".into(),
+                value: name.clone(),
+                rule: "cannot be derived from the source's file name; give --name".into(),
+            })?;
+            name
+        }
+    };
+
+    let tmp = TempDir {
+        path: parent.join(format!(".{out_name}.mkomi-{}.tmp", std::process::id())),
+        committed: false,
+    };
+    std::fs::create_dir(&tmp.path).map_err(io_err(&tmp.path, "cannot create"))?;
+
+    let mut disks = Vec::with_capacity(volumes.len());
+    let mut data_bytes = 0;
+    for (v, src) in volumes.iter().zip(sources.iter_mut()) {
+        let file_name = rules::disk_file_name(&v.device, req.format.name());
+        let path = tmp.path.join(&file_name);
+        let size = src.size();
+        let mut sink: Box<dyn Sink> = match req.format {
+            DiskFormat::Qcow2 => Box::new(
+                Qcow2Sink::create(&path, size, req.cluster_bits, req.sync)
+                    .map_err(copy::Error::from)?,
+            ),
+            DiskFormat::Raw => {
+                Box::new(RawSink::create(&path, size, req.sync).map_err(copy::Error::from)?)
+            }
+        };
+        let task = progress.task(&file_name);
+        let report = copy::copy(
+            src.as_mut(),
+            sink.as_mut(),
+            Options {
+                progress: Some(&task),
+                cancel,
+            },
+        )?;
+        task.finish();
+        data_bytes += report.data_bytes;
+        disks.push(Disk {
+            device_name: v.device.clone(),
+            path: file_name,
+            format: req.format,
+            virtual_size: size,
+            file_size: report.written.file_size,
+            allocated_bytes: report.written.allocated_bytes,
+            sha256: hex(&report.written.sha256),
+            content_digest: report.content_digest,
+        });
+    }
+
+    let manifest = Manifest {
+        schema: manifest::SCHEMA_VERSION,
+        builder: manifest::Builder::this(),
+        creation_date: utc_timestamp(req.creation_epoch),
+        image: Image {
+            image_name,
+            description: req.description.clone(),
+            architecture: req.architecture,
+            boot_modes: req.boot_modes.clone(),
+            root_device_name: req.root.device.clone(),
+            block_device_mappings: mappings,
+        },
+        disks,
+    };
+    let manifest_path = tmp.path.join(manifest::FILE_NAME);
+    let manifest_bytes = manifest.to_bytes();
+    write_file(&manifest_path, &manifest_bytes, req.sync)?;
+    let manifest_sha = crate::digest::block_digest(&manifest_bytes);
+    let mut entries: Vec<(String, String)> = manifest
+        .disks
+        .iter()
+        .map(|d| (d.path.clone(), d.sha256.clone()))
+        .collect();
+    entries.push((manifest::FILE_NAME.to_owned(), hex(&manifest_sha)));
+    write_file(
+        &tmp.path.join(SUMS_FILE),
+        sums::render(&entries).as_bytes(),
+        req.sync,
+    )?;
+    if req.sync {
+        sync_dir(&tmp.path).map_err(io_err(&tmp.path, "cannot sync"))?;
+    }
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(copy::Error::Interrupted.into());
+    }
+    commit(tmp, &req.output, &parent, &out_name)?;
+    Ok(Report {
+        output: req.output.clone(),
+        manifest,
+        data_bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Prefixes a field error with the device it is about.
+fn in_context(e: manifest::Error, device: &str) -> manifest::Error {
+    match e {
+        manifest::Error::Field { field, value, rule } => manifest::Error::Field {
+            field: format!("{device}: {field}"),
+            value,
+            rule,
+        },
+        other => other,
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
+    let mut f = File::create(path).map_err(io_err(path, "cannot create"))?;
+    std::io::Write::write_all(&mut f, bytes).map_err(io_err(path, "cannot write"))?;
+    if sync {
+        f.sync_all().map_err(io_err(path, "cannot sync"))?;
+    }
+    Ok(())
+}
+
+/// Moves the finished temporary directory to `output`. An existing `output` (with `--force`) is
+/// first moved aside, then removed once the new bundle is in place.
+fn commit(mut tmp: TempDir, output: &Path, parent: &Path, out_name: &str) -> Result<()> {
+    let old = parent.join(format!(".{out_name}.mkomi-{}.old", std::process::id()));
+    let replaced = output.symlink_metadata().is_ok();
+    if replaced {
+        std::fs::rename(output, &old).map_err(io_err(output, "cannot move aside"))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp.path, output) {
+        if replaced {
+            let _ = std::fs::rename(&old, output);
+        }
+        return Err(io_err(output, "cannot rename the finished bundle to")(e));
+    }
+    tmp.committed = true;
+    let _ = sync_dir(parent);
+    if replaced {
+        let removed = if old.is_dir() {
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::remove_file(&old)
+        };
+        removed.map_err(io_err(&old, "cannot remove the replaced bundle"))?;
+    }
+    Ok(())
+}

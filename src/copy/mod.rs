@@ -1,0 +1,264 @@
+//! The copy engine: one pass over a source's allocated data, hashing and writing overlapped.
+//!
+//! Three threads form a pipeline over 4 MiB blocks (the `ContentDigest` block):
+//!
+//! 1. the reader asks the source where data is ([`Source::extent`]), skips holes without reading
+//!    them, and reads data blocks into buffers from a fixed pool;
+//! 2. the hasher turns blocks that read as all zeros into zero blocks and digests the others;
+//! 3. the caller's thread hands blocks, in order, to the [`Sink`].
+//!
+//! Memory is the pool — [`POOL_BUFFERS`] blocks — whatever the disk's size. Before the copy, one
+//! walk over the extents (metadata only) totals the data for progress and gives sinks that need
+//! it (qcow2) their plan.
+
+use crate::digest::{self, BLOCK_SIZE, ContentHasher};
+use crate::progress::Task;
+use crate::sink::{self, Block, Sink, Written};
+use crate::source::{self, Extent, ExtentKind, Source};
+use crate::util::is_zero;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+/// Buffers in flight: two being read or hashed, two queued, one being written, one spare.
+pub const POOL_BUFFERS: usize = 6;
+
+/// Errors of a copy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the source failed.
+    #[error(transparent)]
+    Source(#[from] source::Error),
+    /// Writing the output failed.
+    #[error(transparent)]
+    Sink(#[from] sink::Error),
+    /// The copy was cancelled (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What a copy produced.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The disk's `ContentDigest`.
+    pub content_digest: String,
+    /// Bytes the source reported as data and the engine read.
+    pub data_bytes: u64,
+    /// What the sink wrote.
+    pub written: Written,
+}
+
+/// Hooks into a copy: progress and cancellation. Both optional.
+#[derive(Clone, Copy, Default)]
+pub struct Options<'a> {
+    /// Advanced by the bytes of data read; its length is set to the total data first.
+    pub progress: Option<&'a Task>,
+    /// Checked between blocks; when set, the copy stops with [`Error::Interrupted`].
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+enum Msg {
+    Zero { offset: u64, len: u64 },
+    Data { offset: u64, buf: Vec<u8> },
+    Failed(Error),
+}
+
+/// Walks every extent of `source` once, metadata only, feeding `each`.
+pub fn walk_extents(
+    source: &mut dyn Source,
+    mut each: impl FnMut(&Extent) -> Result<()>,
+) -> Result<()> {
+    let size = source.size();
+    let mut pos = 0;
+    while pos < size {
+        let e = checked_extent(source, pos, size - pos)?;
+        each(&e)?;
+        pos += e.len;
+    }
+    Ok(())
+}
+
+fn checked_extent(source: &mut dyn Source, pos: u64, max: u64) -> Result<Extent> {
+    let e = source.extent(pos, max)?;
+    if e.offset != pos || e.len == 0 || e.len > max {
+        return Err(source::Error::Invalid {
+            path: source.path().to_owned(),
+            reason: format!(
+                "inconsistent block status at offset {pos}: got {} bytes at {}",
+                e.len, e.offset
+            ),
+        }
+        .into());
+    }
+    Ok(e)
+}
+
+/// Copies `source` into `sink`, returning the disk's `ContentDigest` and what was written.
+pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) -> Result<Report> {
+    let mut total_data = 0u64;
+    let plan = sink.wants_plan();
+    walk_extents(source, |e| {
+        if e.kind == ExtentKind::Data {
+            total_data += e.len;
+        }
+        if plan {
+            sink.plan(e)?;
+        }
+        Ok(())
+    })?;
+    if let Some(p) = options.progress {
+        p.set_length(total_data);
+    }
+
+    let size = source.size();
+    let cancel = options.cancel;
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(POOL_BUFFERS);
+    for _ in 0..POOL_BUFFERS {
+        // The channel holds exactly the pool: these sends cannot block.
+        let _ = free_tx.send(Vec::new());
+    }
+    let (read_tx, read_rx) = sync_channel::<Msg>(2);
+    let (hashed_tx, hashed_rx) = sync_channel::<Msg>(2);
+
+    std::thread::scope(|scope| {
+        scope.spawn(move || read_blocks(source, size, cancel, free_rx, read_tx));
+        let hasher_free = free_tx.clone();
+        let hasher = scope.spawn(move || hash_blocks(read_rx, hashed_tx, hasher_free));
+
+        let mut data_bytes = 0u64;
+        let mut outcome: Result<()> = Ok(());
+        for msg in hashed_rx.iter() {
+            let step: Result<()> = match msg {
+                Msg::Zero { offset, len } => sink.write(offset, Block::Zero(len)).map_err(Into::into),
+                Msg::Data { offset, buf } => {
+                    let r = sink.write(offset, Block::Data(&buf)).map_err(Into::into);
+                    data_bytes += buf.len() as u64;
+                    if let Some(p) = options.progress {
+                        p.advance(buf.len() as u64);
+                    }
+                    let _ = free_tx.send(buf);
+                    r
+                }
+                Msg::Failed(e) => Err(e),
+            };
+            if let Err(e) = step {
+                outcome = Err(e);
+                break;
+            }
+        }
+        // Dropping the receiver stops the hasher, which stops the reader.
+        drop(hashed_rx);
+        let content = hasher.join().unwrap_or_default();
+        outcome?;
+        let (hasher, blocks) = content.ok_or(Error::Interrupted)?;
+        if blocks != size.div_ceil(BLOCK_SIZE) {
+            return Err(Error::Interrupted);
+        }
+        let written = sink.finish()?;
+        Ok(Report {
+            content_digest: hasher.finish(),
+            data_bytes,
+            written,
+        })
+    })
+}
+
+fn read_blocks(
+    source: &mut dyn Source,
+    size: u64,
+    cancel: Option<&AtomicBool>,
+    free: Receiver<Vec<u8>>,
+    out: SyncSender<Msg>,
+) {
+    let mut offset = 0u64;
+    let mut extents: Vec<Extent> = Vec::new();
+    while offset < size {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            let _ = out.send(Msg::Failed(Error::Interrupted));
+            return;
+        }
+        let len = (size - offset).min(BLOCK_SIZE);
+        let msg = match read_block(source, offset, len, &free, &mut extents) {
+            Ok(Some(m)) => m,
+            Ok(None) => return, // the pool is gone: the consumer stopped
+            Err(e) => Msg::Failed(e),
+        };
+        let failed = matches!(msg, Msg::Failed(_));
+        if out.send(msg).is_err() || failed {
+            return;
+        }
+        offset += len;
+    }
+}
+
+fn read_block(
+    source: &mut dyn Source,
+    offset: u64,
+    len: u64,
+    free: &Receiver<Vec<u8>>,
+    extents: &mut Vec<Extent>,
+) -> Result<Option<Msg>> {
+    extents.clear();
+    let end = offset + len;
+    let mut pos = offset;
+    while pos < end {
+        let e = checked_extent(source, pos, end - pos)?;
+        pos += e.len;
+        extents.push(e);
+    }
+    if extents.iter().all(|e| e.kind == ExtentKind::Zero) {
+        return Ok(Some(Msg::Zero { offset, len }));
+    }
+    let Ok(mut buf) = free.recv() else {
+        return Ok(None);
+    };
+    buf.resize(len as usize, 0);
+    for e in extents.iter() {
+        let at = (e.offset - offset) as usize;
+        let dst = &mut buf[at..at + e.len as usize];
+        match e.kind {
+            ExtentKind::Data => source.read_at(e.offset, dst)?,
+            ExtentKind::Zero => dst.fill(0),
+        }
+    }
+    Ok(Some(Msg::Data { offset, buf }))
+}
+
+/// Digests blocks in order; returns the content hasher and its block count, or `None` when the
+/// copy stopped early.
+fn hash_blocks(
+    input: Receiver<Msg>,
+    out: SyncSender<Msg>,
+    free: SyncSender<Vec<u8>>,
+) -> Option<(ContentHasher, u64)> {
+    let mut content = ContentHasher::new();
+    for msg in input.iter() {
+        let msg = match msg {
+            Msg::Zero { offset, len } => {
+                content.push(&digest::zero_block_digest(len));
+                Msg::Zero { offset, len }
+            }
+            Msg::Data { offset, buf } if is_zero(&buf) => {
+                let len = buf.len() as u64;
+                content.push(&digest::zero_block_digest(len));
+                let _ = free.send(buf);
+                Msg::Zero { offset, len }
+            }
+            Msg::Data { offset, buf } => {
+                content.push(&digest::block_digest(&buf));
+                Msg::Data { offset, buf }
+            }
+            Msg::Failed(e) => {
+                let _ = out.send(Msg::Failed(e));
+                return None;
+            }
+        };
+        if out.send(msg).is_err() {
+            return None;
+        }
+    }
+    let blocks = content.blocks();
+    Some((content, blocks))
+}

@@ -1,0 +1,19 @@
+//! mkomi builds Outscale machine images (OMIs) offline.
+//!
+//! The pipeline, one module per stage:
+//! - [`source`]: what a disk holds — raw files and block devices, qcow2 (with backing chains) —
+//!   behind one [`source::Source`] trait that reports data and zero extents without reading data;
+//! - [`sink`]: where a disk goes — a deterministic qcow2 writer and a sparse raw writer;
+//! - [`copy`]: the streaming engine that reads, hashes and writes overlapped, in bounded memory;
+//! - [`digest`]: the container-independent `ContentDigest` of a disk;
+//! - [`manifest`]: the bundle's `manifest.json`, with Outscale's field names and rules;
+//! - [`bundle`]: the operations on bundles — `register` and `verify`.
+
+pub mod bundle;
+pub mod copy;
+pub mod digest;
+pub mod manifest;
+pub mod progress;
+pub mod sink;
+pub mod source;
+pub mod util;

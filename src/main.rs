@@ -1,0 +1,336 @@
+//! The `mkomi` command: a thin layer over the library that parses arguments, shows progress and
+//! turns errors into one-line messages and exit codes.
+
+use clap::{CommandFactory, Parser, Subcommand};
+use mkomi::bundle::{self, register, verify};
+use mkomi::manifest::{Architecture, BootMode, DiskFormat, VolumeType, rules};
+use mkomi::progress::{Mode, Progress};
+use mkomi::source::OpenOptions;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Exit code for a verification that found differences.
+const EXIT_MISMATCH: u8 = 3;
+/// Exit code after Ctrl-C, as shells report SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+#[derive(Parser)]
+#[command(
+    name = "mkomi",
+    version,
+    about = "Build Outscale machine images (OMIs) offline",
+    long_about = "Build Outscale machine images (OMIs) offline: stream disk images into a bundle \
+(manifest.json with Outscale's CreateImage fields, one disk file per block device mapping, \
+SHA256SUMS) and verify bundles.",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verification found differences, 130 interrupted."
+)]
+struct Cli {
+    /// No progress output.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream a disk image (and extra volumes) into an OMI bundle.
+    #[command(after_help = "Examples:
+  mkomi register debian.qcow2 -o debian-omi --arch x86_64 --boot-mode uefi
+  mkomi register root.raw -o web --arch x86_64 --name 'web (v2)' \\
+      --bdm /dev/sdb=data.qcow2,size=100,type=gp2
+
+SOURCE and each --bdm PATH are raw images, block devices or qcow2 images (v2/v3, compressed
+clusters, backing chains); the format is read from the content. A backing file is followed only
+inside the image's own directory or --allow-backing DIR. SOURCE_DATE_EPOCH, when set, is the
+manifest's CreationDate, so the same inputs give byte-identical bundles.")]
+    Register(RegisterArgs),
+    /// Check a bundle's files against its manifest and SHA256SUMS.
+    #[command(after_help = "Example:
+  mkomi verify debian-omi
+
+Re-reads every disk: file size and SHA-256, virtual size and ContentDigest through its format;
+checks SHA256SUMS against the manifest. Prints one line per difference; exit code 3 when any.")]
+    Verify {
+        /// The bundle directory.
+        dir: PathBuf,
+    },
+    /// Print shell completions.
+    #[command(after_help = "Example:\n  mkomi completions bash > /etc/bash_completion.d/mkomi")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(clap::Args)]
+struct RegisterArgs {
+    /// The root volume's disk image (becomes /dev/sda1).
+    source: PathBuf,
+    /// The bundle directory to create.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    /// Replace DIR if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Architecture.
+    #[arg(long, value_enum)]
+    arch: Architecture,
+    /// Disk file format.
+    #[arg(long, value_enum, default_value = "qcow2")]
+    format: DiskFormat,
+    /// qcow2 cluster size in bytes (64 KiB to 2 MiB, a power of two); suffixes K and M allowed.
+    #[arg(long, default_value = "64K", value_parser = parse_cluster_size)]
+    cluster_size: u32,
+    /// ImageName (3-128 characters); default: from SOURCE's file name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Description.
+    #[arg(long)]
+    description: Option<String>,
+    /// A boot mode the image supports; repeat for both.
+    #[arg(long = "boot-mode", value_enum)]
+    boot_modes: Vec<BootMode>,
+    /// The root device name (Outscale requires /dev/sda1).
+    #[arg(long, default_value = rules::ROOT_DEVICE)]
+    root_device: String,
+    /// Root VolumeSize in GiB; default: the disk's size rounded up.
+    #[arg(long, value_name = "GiB")]
+    volume_size: Option<u64>,
+    /// Root VolumeType.
+    #[arg(long, value_enum, default_value = "standard")]
+    volume_type: VolumeType,
+    /// Root Iops (io1 only).
+    #[arg(long)]
+    iops: Option<u32>,
+    /// Root DeleteOnVmDeletion.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    delete_on_vm_deletion: bool,
+    /// An extra volume: DEVICE=PATH[,size=GiB][,type=TYPE][,iops=N][,delete-on-vm-deletion=BOOL].
+    #[arg(long, value_name = "MAPPING", value_parser = parse_bdm)]
+    bdm: Vec<register::Volume>,
+    /// Also follow backing files inside DIR.
+    #[arg(long, value_name = "DIR")]
+    allow_backing: Option<PathBuf>,
+    /// Skip fsync before the final rename (faster; not crash-safe).
+    #[arg(long)]
+    no_sync: bool,
+}
+
+fn parse_cluster_size(s: &str) -> Result<u32, String> {
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1u64 << 20),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let bytes = n.saturating_mul(mult);
+    if !bytes.is_power_of_two() || !(64 << 10..=2 << 20).contains(&bytes) {
+        return Err(format!(
+            "{s}: must be a power of two from 64K to 2M"
+        ));
+    }
+    Ok(bytes.trailing_zeros())
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "yes" | "1" => Ok(true),
+        "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{s:?} is not true or false")),
+    }
+}
+
+fn parse_bdm(s: &str) -> Result<register::Volume, String> {
+    let (device, rest) = s
+        .split_once('=')
+        .ok_or_else(|| "expected DEVICE=PATH[,key=value...]".to_string())?;
+    let mut parts = rest.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("missing PATH")?;
+    let mut v = register::Volume::new(device, std::path::Path::new(path));
+    for opt in parts {
+        let (k, val) = opt
+            .split_once('=')
+            .ok_or_else(|| format!("{opt:?}: expected key=value"))?;
+        match k {
+            "size" => v.volume_size = Some(val.parse().map_err(|_| format!("size={val}: not a whole number of GiB"))?),
+            "type" => {
+                v.volume_type = <VolumeType as clap::ValueEnum>::from_str(val, false)
+                    .map_err(|_| format!("type={val}: must be standard, gp2 or io1"))?
+            }
+            "iops" => v.iops = Some(val.parse().map_err(|_| format!("iops={val}: not a number"))?),
+            "delete-on-vm-deletion" => v.delete_on_vm_deletion = parse_bool(val)?,
+            _ => {
+                return Err(format!(
+                    "unknown key {k:?}: use size, type, iops or delete-on-vm-deletion"
+                ));
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// `SOURCE_DATE_EPOCH` (reproducible-builds.org) or the clock.
+fn creation_epoch() -> Result<i64, String> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("SOURCE_DATE_EPOCH={v:?}: not a number of seconds")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mode = if cli.quiet || cli.json && !std::io::stderr().is_terminal() {
+        Mode::Quiet
+    } else if std::io::stderr().is_terminal() {
+        Mode::Bars
+    } else {
+        Mode::Lines
+    };
+    let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::Relaxed));
+    let progress = Progress::new(mode);
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mkomi", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Register(args) => run_register(args, &progress, cli.json),
+        Command::Verify { dir } => run_verify(&dir, &progress, cli.json, cli.quiet),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("mkomi: {}", e.to_string().replace('\n', " "));
+    ExitCode::FAILURE
+}
+
+fn usage(msg: &str) -> ExitCode {
+    let _ = Cli::command()
+        .error(clap::error::ErrorKind::ValueValidation, msg)
+        .print();
+    ExitCode::from(2)
+}
+
+fn mib_per_s(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / (1 << 20) as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn run_register(a: RegisterArgs, progress: &Progress, json: bool) -> ExitCode {
+    let epoch = match creation_epoch() {
+        Ok(e) => e,
+        Err(m) => return usage(&m),
+    };
+    let mut root = register::Volume::new(&a.root_device, &a.source);
+    root.volume_size = a.volume_size;
+    root.volume_type = a.volume_type;
+    root.iops = a.iops;
+    root.delete_on_vm_deletion = a.delete_on_vm_deletion;
+    let req = register::Request {
+        output: a.output,
+        force: a.force,
+        format: a.format,
+        cluster_bits: a.cluster_size,
+        name: a.name,
+        description: a.description,
+        architecture: a.arch,
+        boot_modes: a.boot_modes,
+        root,
+        extra: a.bdm,
+        open: OpenOptions {
+            allow_backing: a.allow_backing,
+        },
+        creation_epoch: epoch,
+        sync: !a.no_sync,
+    };
+    match register::register(&req, progress, Some(&CANCEL)) {
+        Ok(r) => {
+            let secs = r.elapsed.as_secs_f64();
+            if json {
+                let summary = serde_json::json!({
+                    "Output": r.output,
+                    "Disks": r.manifest.disks,
+                    "DataBytes": r.data_bytes,
+                    "Seconds": secs,
+                    "MiBPerSecond": mib_per_s(r.data_bytes, secs),
+                });
+                println!("{summary}");
+            } else {
+                println!(
+                    "{}: {} disk(s), {} MiB of data in {:.2} s ({:.0} MiB/s)",
+                    r.output.display(),
+                    r.manifest.disks.len(),
+                    r.data_bytes >> 20,
+                    secs,
+                    mib_per_s(r.data_bytes, secs)
+                );
+                for d in &r.manifest.disks {
+                    println!("  {}  {}  {}", d.device_name, d.path, d.content_digest);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_interrupted() => {
+            eprintln!("mkomi: interrupted; nothing was written");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn run_verify(dir: &std::path::Path, progress: &Progress, json: bool, quiet: bool) -> ExitCode {
+    let report = match verify::verify(dir, progress) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let secs = report.elapsed.as_secs_f64();
+    if json {
+        let summary = serde_json::json!({
+            "Bundle": dir,
+            "Ok": report.ok(),
+            "Failures": report.failures,
+            "Disks": report.disks,
+            "Bytes": report.bytes,
+            "Seconds": secs,
+        });
+        println!("{summary}");
+    } else {
+        for f in &report.failures {
+            println!("{}: {f}", dir.display());
+        }
+        if !quiet {
+            eprintln!(
+                "{}: {} ({} disk(s), {} MiB read in {:.2} s)",
+                dir.display(),
+                if report.ok() { "OK" } else { "FAILED" },
+                report.disks,
+                report.bytes >> 20,
+                secs
+            );
+        }
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_MISMATCH)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_error_type(_: bundle::Error) {}

@@ -1,0 +1,262 @@
+//! The bundle manifest (`manifest.json`) and Outscale's rules for image fields.
+//!
+//! `Image` uses the field names and shapes of Outscale's CreateImage request, so it can be sent
+//! as one without renaming; the tests validate it against the API's own JSON schema. `Disks`
+//! describes the files of the bundle and their checksums.
+
+pub mod rules;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The version of the manifest layout, in the top-level `schema` field.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The manifest's file name in a bundle.
+pub const FILE_NAME: &str = "manifest.json";
+
+/// Manifests larger than this are refused before parsing: a real one is a few KiB.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// Errors about image fields and manifest files.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field's value breaks one of Outscale's rules.
+    #[error("{field} {value:?}: {rule}")]
+    Field {
+        /// The Outscale field name (`ImageName`, `VolumeSize`, …).
+        field: String,
+        /// The offending value.
+        value: String,
+        /// What is allowed.
+        rule: String,
+    },
+    /// The manifest file could not be read.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// The manifest file is not a manifest this version understands.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A whole `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest layout version ([`SCHEMA_VERSION`]).
+    pub schema: u32,
+    /// The tool that wrote the bundle.
+    #[serde(rename = "Builder")]
+    pub builder: Builder,
+    /// When the bundle was made: `SOURCE_DATE_EPOCH` when set, else the clock (ISO 8601 UTC).
+    #[serde(rename = "CreationDate")]
+    pub creation_date: String,
+    /// The image, as a CreateImage request.
+    #[serde(rename = "Image")]
+    pub image: Image,
+    /// One entry per disk file, root first.
+    #[serde(rename = "Disks")]
+    pub disks: Vec<Disk>,
+}
+
+/// The tool that wrote a bundle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Builder {
+    /// Always `mkomi`.
+    pub name: String,
+    /// The crate version.
+    pub version: String,
+}
+
+impl Builder {
+    /// This build of mkomi.
+    pub fn this() -> Self {
+        Self {
+            name: env!("CARGO_PKG_NAME").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// An image's fields, named as in Outscale's CreateImage request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Image {
+    /// `ImageName`: 3–128 characters (see [`rules::image_name`]).
+    pub image_name: String,
+    /// `Description`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `Architecture`.
+    pub architecture: Architecture,
+    /// `BootModes`; omitted when none is declared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_modes: Vec<BootMode>,
+    /// `RootDeviceName`: `/dev/sda1`.
+    pub root_device_name: String,
+    /// `BlockDeviceMappings`, root first.
+    pub block_device_mappings: Vec<BlockDeviceMapping>,
+}
+
+/// `Architecture` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Architecture {
+    /// 32-bit x86.
+    #[serde(rename = "i386")]
+    #[value(name = "i386")]
+    I386,
+    /// 64-bit x86.
+    #[serde(rename = "x86_64")]
+    #[value(name = "x86_64")]
+    X86_64,
+}
+
+/// `BootModes` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    /// UEFI firmware.
+    Uefi,
+    /// BIOS (legacy) boot.
+    Legacy,
+}
+
+/// One `BlockDeviceMappings` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BlockDeviceMapping {
+    /// `DeviceName`: `/dev/sda1` for the root, `/dev/sdb`… for the others.
+    pub device_name: String,
+    /// `Bsu`: the volume to create.
+    pub bsu: Bsu,
+}
+
+/// `Bsu` of a block device mapping (BsuToCreate).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Bsu {
+    /// `VolumeSize` in GiB.
+    pub volume_size: u64,
+    /// `VolumeType`.
+    pub volume_type: VolumeType,
+    /// `Iops`, io1 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u32>,
+    /// `DeleteOnVmDeletion`.
+    pub delete_on_vm_deletion: bool,
+}
+
+/// `VolumeType` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeType {
+    /// Magnetic.
+    Standard,
+    /// General purpose SSD.
+    Gp2,
+    /// Provisioned IOPS SSD.
+    Io1,
+}
+
+/// Disk file formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// qcow2, compat 1.1.
+    Qcow2,
+    /// Raw, sparse.
+    Raw,
+}
+
+impl DiskFormat {
+    /// The file extension and manifest name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+/// One disk file of a bundle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Disk {
+    /// The mapping this disk is the volume of.
+    pub device_name: String,
+    /// File name inside the bundle (no directories).
+    pub path: String,
+    /// `qcow2` or `raw`.
+    pub format: DiskFormat,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// File size in bytes.
+    pub file_size: u64,
+    /// Bytes of the virtual disk stored as data.
+    pub allocated_bytes: u64,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    /// The disk's content digest (see [`crate::digest`]).
+    pub content_digest: String,
+}
+
+impl Manifest {
+    /// Serialises as written to disk: pretty JSON and a final newline, deterministic.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Reads and checks a manifest file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let io = |what, source| Error::Io {
+            path: path.to_owned(),
+            what,
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| io("cannot read", e))?;
+        if meta.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                reason: format!("{} bytes: larger than any manifest", meta.len()),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|e| io("cannot read", e))?;
+        Self::parse(&bytes).map_err(|reason| Error::Invalid {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Parses manifest bytes; the error is one line.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        match value.get("schema").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(format!(
+                    "manifest schema {v}; this mkomi reads schema {SCHEMA_VERSION}"
+                ));
+            }
+            None => return Err("no \"schema\" field: not an mkomi manifest".into()),
+        }
+        serde_json::from_value(value).map_err(|e| format!("not a valid manifest: {e}"))
+    }
+}

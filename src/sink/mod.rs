@@ -1,0 +1,117 @@
+//! Disk sinks: the files a bundle holds.
+//!
+//! A sink receives the virtual disk in order, one block at a time, from the copy engine, and
+//! decides what to store: both sinks leave zeros out. Writing in order is what makes the output
+//! bytes depend only on the input.
+
+pub mod qcow2;
+pub mod raw;
+
+use crate::source::Extent;
+use std::path::PathBuf;
+
+/// An error writing one output file; its message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be created, written or synced.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// The requested output cannot hold the disk.
+    #[error("{}: {reason}", path.display())]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// The source reported different extents while copying than while planning.
+    #[error("{}: the source changed while it was being copied", path.display())]
+    SourceChanged {
+        /// The output file.
+        path: PathBuf,
+    },
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One block of the virtual disk, as the engine hands it to a sink.
+#[derive(Clone, Copy, Debug)]
+pub enum Block<'a> {
+    /// Bytes that were read; may still hold runs of zeros.
+    Data(&'a [u8]),
+    /// This many bytes of zeros.
+    Zero(u64),
+}
+
+impl Block<'_> {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Block::Data(d) => d.len() as u64,
+            Block::Zero(n) => *n,
+        }
+    }
+
+    /// True for an empty block.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a finished sink wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Size of the file in bytes.
+    pub file_size: u64,
+    /// SHA-256 of the file as written.
+    pub sha256: [u8; 32],
+    /// Bytes of the virtual disk stored as data (not holes, not zeros), at the output's
+    /// allocation granularity.
+    pub allocated_bytes: u64,
+}
+
+/// Where the copy engine writes a disk.
+pub trait Sink {
+    /// Whether [`Sink::plan`] wants every extent of the source before the copy starts.
+    fn wants_plan(&self) -> bool {
+        false
+    }
+
+    /// Sees one extent of the source, in order, before any block is written.
+    fn plan(&mut self, _extent: &Extent) -> Result<()> {
+        Ok(())
+    }
+
+    /// Receives the next block; `offset` is where it starts in the virtual disk. Blocks arrive in
+    /// order and cover the disk without gaps; every block but the last is 4 MiB.
+    fn write(&mut self, offset: u64, block: Block<'_>) -> Result<()>;
+
+    /// Completes the file (metadata, length, fsync) and returns what was written.
+    fn finish(&mut self) -> Result<Written>;
+}
+
+/// A sink that keeps nothing: used to compute a disk's `ContentDigest` alone.
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn write(&mut self, _offset: u64, _block: Block<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Written> {
+        Ok(Written {
+            file_size: 0,
+            sha256: [0; 32],
+            allocated_bytes: 0,
+        })
+    }
+}
