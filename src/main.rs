@@ -133,9 +133,7 @@ fn parse_cluster_size(s: &str) -> Result<u32, String> {
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
     let bytes = n.saturating_mul(mult);
     if !bytes.is_power_of_two() || !(64 << 10..=2 << 20).contains(&bytes) {
-        return Err(format!(
-            "{s}: must be a power of two from 64K to 2M"
-        ));
+        return Err(format!("{s}: must be a power of two from 64K to 2M"));
     }
     Ok(bytes.trailing_zeros())
 }
@@ -153,19 +151,32 @@ fn parse_bdm(s: &str) -> Result<register::Volume, String> {
         .split_once('=')
         .ok_or_else(|| "expected DEVICE=PATH[,key=value...]".to_string())?;
     let mut parts = rest.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or("missing PATH")?;
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("missing PATH")?;
     let mut v = register::Volume::new(device, std::path::Path::new(path));
     for opt in parts {
         let (k, val) = opt
             .split_once('=')
             .ok_or_else(|| format!("{opt:?}: expected key=value"))?;
         match k {
-            "size" => v.volume_size = Some(val.parse().map_err(|_| format!("size={val}: not a whole number of GiB"))?),
+            "size" => {
+                v.volume_size = Some(
+                    val.parse()
+                        .map_err(|_| format!("size={val}: not a whole number of GiB"))?,
+                )
+            }
             "type" => {
                 v.volume_type = <VolumeType as clap::ValueEnum>::from_str(val, false)
                     .map_err(|_| format!("type={val}: must be standard, gp2 or io1"))?
             }
-            "iops" => v.iops = Some(val.parse().map_err(|_| format!("iops={val}: not a number"))?),
+            "iops" => {
+                v.iops = Some(
+                    val.parse()
+                        .map_err(|_| format!("iops={val}: not a number"))?,
+                )
+            }
             "delete-on-vm-deletion" => v.delete_on_vm_deletion = parse_bool(val)?,
             _ => {
                 return Err(format!(

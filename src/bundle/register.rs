@@ -118,7 +118,8 @@ fn check_fields(req: &Request) -> Result<()> {
         rules::extra_device(&v.device)?;
     }
     rules::mappings(
-        std::iter::once(req.root.device.as_str()).chain(req.extra.iter().map(|v| v.device.as_str())),
+        std::iter::once(req.root.device.as_str())
+            .chain(req.extra.iter().map(|v| v.device.as_str())),
     )?;
     Ok(())
 }

@@ -69,8 +69,15 @@ pub fn verify(dir: &Path, progress: &Progress) -> Result<Report> {
                 manifest::FILE_NAME,
                 d.path
             ));
-        } else if !names.insert(d.path.as_str()) || d.path == manifest::FILE_NAME || d.path == SUMS_FILE {
-            failures.push(format!("{}: disk path {:?} used twice", manifest::FILE_NAME, d.path));
+        } else if !names.insert(d.path.as_str())
+            || d.path == manifest::FILE_NAME
+            || d.path == SUMS_FILE
+        {
+            failures.push(format!(
+                "{}: disk path {:?} used twice",
+                manifest::FILE_NAME,
+                d.path
+            ));
         } else {
             disks.push(d);
         }
@@ -81,7 +88,11 @@ pub fn verify(dir: &Path, progress: &Progress) -> Result<Report> {
         .iter()
         .map(|m| m.device_name.as_str())
         .collect();
-    let with_disks: Vec<&str> = manifest.disks.iter().map(|d| d.device_name.as_str()).collect();
+    let with_disks: Vec<&str> = manifest
+        .disks
+        .iter()
+        .map(|d| d.device_name.as_str())
+        .collect();
     if mapped != with_disks {
         failures.push(format!(
             "{}: BlockDeviceMappings {mapped:?} do not match Disks {with_disks:?}",
@@ -164,7 +175,9 @@ fn check_sums(dir: &Path, manifest_bytes: &[u8], disks: &[&Disk], failures: &mut
     }
     for (name, _) in &listed {
         if name != manifest::FILE_NAME && !disks.iter().any(|d| &d.path == name) {
-            failures.push(format!("{SUMS_FILE}: lists {name}, which is not in the manifest"));
+            failures.push(format!(
+                "{SUMS_FILE}: lists {name}, which is not in the manifest"
+            ));
         }
     }
 }

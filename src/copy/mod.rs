@@ -131,7 +131,9 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
         let mut outcome: Result<()> = Ok(());
         for msg in hashed_rx.iter() {
             let step: Result<()> = match msg {
-                Msg::Zero { offset, len } => sink.write(offset, Block::Zero(len)).map_err(Into::into),
+                Msg::Zero { offset, len } => {
+                    sink.write(offset, Block::Zero(len)).map_err(Into::into)
+                }
                 Msg::Data { offset, buf } => {
                     let r = sink.write(offset, Block::Data(&buf)).map_err(Into::into);
                     data_bytes += buf.len() as u64;

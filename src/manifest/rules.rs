@@ -117,9 +117,7 @@ pub fn volume_size(gib: u64, disk_bytes: u64) -> Result<()> {
         return Err(field(
             "VolumeSize",
             gib,
-            format!(
-                "the disk is {disk_bytes} bytes, so the volume must be at least {min} GiB"
-            ),
+            format!("the disk is {disk_bytes} bytes, so the volume must be at least {min} GiB"),
         ));
     }
     if gib > MAX_VOLUME_GIB {
@@ -176,7 +174,11 @@ pub fn mappings<'a>(devices: impl IntoIterator<Item = &'a str>) -> Result<()> {
     let mut seen: Vec<&str> = Vec::new();
     for d in devices {
         if seen.contains(&d) {
-            return Err(field("DeviceName", d, "appears twice; each device maps once"));
+            return Err(field(
+                "DeviceName",
+                d,
+                "appears twice; each device maps once",
+            ));
         }
         seen.push(d);
     }
@@ -206,10 +208,25 @@ mod tests {
 
     #[test]
     fn devices() {
-        for ok in ["/dev/sdb", "/dev/sdz", "/dev/sdba", "/dev/xvdc", "/dev/xvdzz"] {
+        for ok in [
+            "/dev/sdb",
+            "/dev/sdz",
+            "/dev/sdba",
+            "/dev/xvdc",
+            "/dev/xvdzz",
+        ] {
             assert!(extra_device(ok).is_ok(), "{ok}");
         }
-        for bad in ["/dev/sda", "/dev/sda1", "/dev/sdb1", "/dev/sdB", "/dev/vdb", "sdb", "/dev/sdbaa", "/dev/xvda"] {
+        for bad in [
+            "/dev/sda",
+            "/dev/sda1",
+            "/dev/sdb1",
+            "/dev/sdB",
+            "/dev/vdb",
+            "sdb",
+            "/dev/sdbaa",
+            "/dev/xvda",
+        ] {
             assert!(extra_device(bad).is_err(), "{bad}");
         }
         assert!(root_device("/dev/sda1").is_ok());

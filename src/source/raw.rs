@@ -103,15 +103,17 @@ impl Source for RawSource {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|source| Error::Io {
-            path: self.path.clone(),
-            what: if source.kind() == std::io::ErrorKind::UnexpectedEof {
-                "file shrank while being read"
-            } else {
-                "cannot read"
-            },
-            source,
-        })
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                what: if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                    "file shrank while being read"
+                } else {
+                    "cannot read"
+                },
+                source,
+            })
     }
 
     fn format(&self) -> &'static str {

@@ -1,0 +1,154 @@
+//! Helpers for the integration tests: run the real `mkomi` binary and the real qemu tools.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+/// The mkomi binary under test.
+pub fn mkomi() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mkomi"));
+    c.env("SOURCE_DATE_EPOCH", "1700000000")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs a command to completion within `limit`, killing it after; panics (test failure) then.
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{cmd:?} did not finish within {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs mkomi with `args`, within two minutes.
+pub fn run(args: &[&str]) -> Output {
+    let mut c = mkomi();
+    c.args(args);
+    run_with_timeout(c, Duration::from_secs(120))
+}
+
+/// Runs mkomi and requires success.
+pub fn ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "mkomi {args:?} failed ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a tool and requires exit 0; returns stdout.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A sparse raw file of `size` bytes with `(offset, len, byte)` runs written.
+pub fn sparse_raw(path: &Path, size: u64, runs: &[(u64, u64, u8)]) {
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.set_len(size).unwrap();
+    for &(off, len, byte) in runs {
+        // A pattern that varies within the run, so swapped clusters would be noticed.
+        let mut buf = vec![byte; len as usize];
+        for (i, chunk) in buf.chunks_mut(512).enumerate() {
+            chunk[0] = (i % 251) as u8 ^ byte;
+        }
+        f.write_all_at(&buf, off).unwrap();
+    }
+}
+
+/// `qemu-img check` must find no errors and no leaks.
+pub fn qemu_check(path: &Path) {
+    tool("qemu-img", &["check", path.to_str().unwrap()]);
+}
+
+/// `qemu-img compare` must find the two images identical.
+pub fn qemu_compare(a: &Path, b: &Path) {
+    tool(
+        "qemu-img",
+        &["compare", a.to_str().unwrap(), b.to_str().unwrap()],
+    );
+}
+
+/// The parsed manifest of a bundle.
+pub fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// `sha256sum -c SHA256SUMS` in the bundle must pass.
+pub fn sha256sum_check(dir: &Path) {
+    let out = Command::new("sha256sum")
+        .args(["-c", "--strict", "SHA256SUMS"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sha256sum -c failed in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Entries of a directory, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Opens a file for in-place corruption.
+pub fn open_rw(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
