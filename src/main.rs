@@ -51,7 +51,7 @@ SOURCE and each --bdm PATH are raw images, block devices or qcow2 images (v2/v3,
 clusters, backing chains); the format is read from the content. A backing file is followed only
 inside the image's own directory or --allow-backing DIR. SOURCE_DATE_EPOCH, when set, is the
 manifest's CreationDate, so the same inputs give byte-identical bundles.")]
-    Register(RegisterArgs),
+    Register(Box<RegisterArgs>),
     /// Check a bundle's files against its manifest and SHA256SUMS.
     #[command(after_help = "Example:
   mkomi verify debian-omi
@@ -218,7 +218,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "mkomi", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Register(args) => run_register(args, &progress, cli.json),
+        Command::Register(args) => run_register(*args, &progress, cli.json),
         Command::Verify { dir } => run_verify(&dir, &progress, cli.json, cli.quiet),
     }
 }

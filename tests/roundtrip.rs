@@ -121,7 +121,8 @@ const ALL_CLUSTERS: [&str; 3] = ["64K", "256K", "2M"];
 #[test]
 fn raw_sources_of_awkward_sizes() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, u64, Vec<(u64, u64, u8)>)> = vec![
+    type Runs = Vec<(u64, u64, u8)>;
+    let cases: Vec<(&str, u64, Runs)> = vec![
         ("empty.img", 0, vec![]),
         ("one-sector.img", 512, vec![(0, 512, 0xaa)]),
         // Not a multiple of any cluster size; data at the start and in the very last bytes.

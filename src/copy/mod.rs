@@ -174,58 +174,111 @@ fn read_blocks(
     free: Receiver<Vec<u8>>,
     out: SyncSender<Msg>,
 ) {
+    let mut reader = BlockReader {
+        source,
+        size,
+        current: None,
+        pieces: Vec::new(),
+    };
     let mut offset = 0u64;
-    let mut extents: Vec<Extent> = Vec::new();
     while offset < size {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             let _ = out.send(Msg::Failed(Error::Interrupted));
             return;
         }
-        let len = (size - offset).min(BLOCK_SIZE);
-        let msg = match read_block(source, offset, len, &free, &mut extents) {
+        let msg = match reader.next(offset, &free) {
             Ok(Some(m)) => m,
             Ok(None) => return, // the pool is gone: the consumer stopped
             Err(e) => Msg::Failed(e),
+        };
+        let next = match &msg {
+            Msg::Zero { offset, len } => offset + len,
+            Msg::Data { offset, buf } => offset + buf.len() as u64,
+            Msg::Failed(_) => size,
         };
         let failed = matches!(msg, Msg::Failed(_));
         if out.send(msg).is_err() || failed {
             return;
         }
-        offset += len;
+        offset = next;
     }
 }
 
-fn read_block(
-    source: &mut dyn Source,
-    offset: u64,
-    len: u64,
-    free: &Receiver<Vec<u8>>,
-    extents: &mut Vec<Extent>,
-) -> Result<Option<Msg>> {
-    extents.clear();
-    let end = offset + len;
-    let mut pos = offset;
-    while pos < end {
-        let e = checked_extent(source, pos, end - pos)?;
-        pos += e.len;
-        extents.push(e);
-    }
-    if extents.iter().all(|e| e.kind == ExtentKind::Zero) {
-        return Ok(Some(Msg::Zero { offset, len }));
-    }
-    let Ok(mut buf) = free.recv() else {
-        return Ok(None);
-    };
-    buf.resize(len as usize, 0);
-    for e in extents.iter() {
-        let at = (e.offset - offset) as usize;
-        let dst = &mut buf[at..at + e.len as usize];
-        match e.kind {
-            ExtentKind::Data => source.read_at(e.offset, dst)?,
-            ExtentKind::Zero => dst.fill(0),
+/// Turns a source's extents into block messages. One extent is asked for at a time, as long as
+/// the source will report it, and consumed across blocks: a hole of terabytes costs one query
+/// and one message, not one per block.
+struct BlockReader<'a> {
+    source: &'a mut dyn Source,
+    size: u64,
+    /// The extent that covers the current offset, possibly reaching far past it.
+    current: Option<Extent>,
+    pieces: Vec<Extent>,
+}
+
+impl BlockReader<'_> {
+    /// The extent covering `pos`, from the cache or the source.
+    fn extent_at(&mut self, pos: u64) -> Result<Extent> {
+        match self.current {
+            Some(e) if e.offset <= pos && pos < e.offset + e.len => Ok(e),
+            _ => {
+                let e = checked_extent(self.source, pos, self.size - pos)?;
+                self.current = Some(e);
+                Ok(e)
+            }
         }
     }
-    Ok(Some(Msg::Data { offset, buf }))
+
+    /// The message for the data starting at `offset`, a block boundary: a zero run of whole
+    /// blocks (to the end of the disk at most), or one block of data.
+    fn next(&mut self, offset: u64, free: &Receiver<Vec<u8>>) -> Result<Option<Msg>> {
+        let e = self.extent_at(offset)?;
+        let e_end = e.offset + e.len;
+        if e.kind == ExtentKind::Zero {
+            let run_end = if e_end >= self.size {
+                self.size
+            } else {
+                e_end - e_end % BLOCK_SIZE
+            };
+            if run_end > offset {
+                return Ok(Some(Msg::Zero {
+                    offset,
+                    len: run_end - offset,
+                }));
+            }
+        }
+        let end = (offset + BLOCK_SIZE).min(self.size);
+        self.pieces.clear();
+        let mut pos = offset;
+        while pos < end {
+            let e = self.extent_at(pos)?;
+            let piece_end = (e.offset + e.len).min(end);
+            self.pieces.push(Extent {
+                offset: pos,
+                len: piece_end - pos,
+                kind: e.kind,
+            });
+            pos = piece_end;
+        }
+        if self.pieces.iter().all(|p| p.kind == ExtentKind::Zero) {
+            return Ok(Some(Msg::Zero {
+                offset,
+                len: end - offset,
+            }));
+        }
+        let Ok(mut buf) = free.recv() else {
+            return Ok(None);
+        };
+        buf.resize((end - offset) as usize, 0);
+        for p in &self.pieces {
+            let at = (p.offset - offset) as usize;
+            let dst = &mut buf[at..at + p.len as usize];
+            match p.kind {
+                ExtentKind::Data => self.source.read_at(p.offset, dst)?,
+                ExtentKind::Zero => dst.fill(0),
+            }
+        }
+        Ok(Some(Msg::Data { offset, buf }))
+    }
 }
 
 /// Digests blocks in order; returns the content hasher and its block count, or `None` when the
@@ -239,7 +292,13 @@ fn hash_blocks(
     for msg in input.iter() {
         let msg = match msg {
             Msg::Zero { offset, len } => {
-                content.push(&digest::zero_block_digest(len));
+                // A run of whole blocks, the last possibly short (at the end of the disk).
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(BLOCK_SIZE);
+                    content.push(&digest::zero_block_digest(n));
+                    left -= n;
+                }
                 Msg::Zero { offset, len }
             }
             Msg::Data { offset, buf } if is_zero(&buf) => {

@@ -91,7 +91,8 @@ pub trait Sink {
     }
 
     /// Receives the next block; `offset` is where it starts in the virtual disk. Blocks arrive in
-    /// order and cover the disk without gaps; every block but the last is 4 MiB.
+    /// order and cover the disk without gaps, starting on 4 MiB boundaries. A data block is at
+    /// most 4 MiB; a zero block may span many.
     fn write(&mut self, offset: u64, block: Block<'_>) -> Result<()>;
 
     /// Completes the file (metadata, length, fsync) and returns what was written.

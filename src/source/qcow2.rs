@@ -4,7 +4,7 @@
 //! accepts several malformed images without a word — L1/L2 entries that point past the end of the
 //! file read as zeros, `crypt_method` is ignored, `l1_size` 0 with a non-zero size reads as
 //! zeros — which would silently turn a truncated or tampered image into a disk full of zeros.
-//! So every layer is first parsed by [`validate`] (header, header extensions, the whole L1 table
+//! So every layer is first parsed by `validate` (header, header extensions, the whole L1 table
 //! and every L2 table it references), following qemu's `docs/interop/qcow2.txt` and qemu's own
 //! limits, and only then handed to imago.
 //!
@@ -213,6 +213,14 @@ fn be64(buf: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
+/// The big-endian 64-bit entries of an L1 or L2 table (qcow2.txt "Cluster mapping").
+fn table_entries(table: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    // chunks_exact yields 8-byte slices only, so the conversion never fails.
+    table
+        .chunks_exact(8)
+        .filter_map(|chunk| chunk.try_into().ok().map(u64::from_be_bytes))
+}
+
 /// Names the set bits of `bits`, for messages: "5, 7".
 fn bit_list(bits: u64) -> String {
     (0..64)
@@ -286,10 +294,7 @@ fn parse_header(layer: &Layer<'_>) -> Result<Header> {
     // Version 3 fields (qcow2.txt "Header", bytes 72-103); version 2 implies their defaults.
     let (incompatible, refcount_order, header_len) = if version == 3 {
         let header_len = u64::from(field32(100, "header_length")?);
-        if header_len < V3_MIN_HEADER_LEN
-            || !header_len.is_multiple_of(8)
-            || header_len > cluster_size
-        {
+        if header_len < V3_MIN_HEADER_LEN || header_len % 8 != 0 || header_len > cluster_size {
             return Err(layer.invalid(format!(
                 "header_length {header_len} must be at least {V3_MIN_HEADER_LEN}, a multiple \
                  of 8 and at most the cluster size ({cluster_size})"
@@ -420,7 +425,7 @@ fn parse_header(layer: &Layer<'_>) -> Result<Header> {
              {MAX_L1_BYTES} bytes"
         )));
     }
-    if !l1_offset.is_multiple_of(cluster_size) {
+    if l1_offset % cluster_size != 0 {
         return Err(layer.invalid(format!(
             "l1_table_offset {l1_offset:#x} is not aligned to the cluster size ({cluster_size:#x})"
         )));
@@ -457,7 +462,7 @@ fn parse_header(layer: &Layer<'_>) -> Result<Header> {
              above qemu's limit of {MAX_REFTABLE_BYTES} bytes"
         )));
     }
-    if !rt_offset.is_multiple_of(cluster_size) {
+    if rt_offset % cluster_size != 0 {
         return Err(layer.invalid(format!(
             "refcount_table_offset {rt_offset:#x} is not aligned to the cluster size \
              ({cluster_size:#x})"
@@ -618,7 +623,7 @@ fn parse_extensions(
                 }
                 format = Some(name);
             }
-            EXT_FEATURE_NAMES if !len.is_multiple_of(FEATURE_NAME_ENTRY) => {
+            EXT_FEATURE_NAMES if len % FEATURE_NAME_ENTRY != 0 => {
                 return Err(layer.invalid(format!(
                     "feature name table header extension at {offset:#x} is {len} bytes, not a \
                      multiple of {FEATURE_NAME_ENTRY}"
@@ -636,13 +641,13 @@ fn parse_extensions(
         // qcow2.txt: extension data is padded to a multiple of 8 bytes.
         offset = data_start + u64::from(len).next_multiple_of(8);
     };
-    if let Some(name_at) = backing_name
-        && end_of_area > name_at
-    {
-        return Err(layer.invalid(format!(
-            "header extensions (up to {end_of_area:#x}) overlap the backing file name at \
-             backing_file_offset {name_at:#x}"
-        )));
+    if let Some(name_at) = backing_name {
+        if end_of_area > name_at {
+            return Err(layer.invalid(format!(
+                "header extensions (up to {end_of_area:#x}) overlap the backing file name at \
+                 backing_file_offset {name_at:#x}"
+            )));
+        }
     }
     Ok(format)
 }
@@ -664,9 +669,7 @@ fn check_tables(layer: &Layer<'_>, header: &Header) -> Result<()> {
     // by the file's length, whatever the L1 table says.
     let mut checked = HashSet::new();
     let mut l2 = vec![0u8; cluster_size as usize];
-    let (entries, _) = l1.as_chunks::<8>();
-    for (index, entry) in (0u64..).zip(entries) {
-        let entry = u64::from_be_bytes(*entry);
+    for (index, entry) in (0u64..).zip(table_entries(&l1)) {
         let guest = index * l2_span;
         if entry & L1_RESERVED != 0 {
             return Err(layer.invalid(format!(
@@ -680,7 +683,7 @@ fn check_tables(layer: &Layer<'_>, header: &Header) -> Result<()> {
             continue; // unallocated: the L2 table is all zeros (or the backing file)
         }
         // Non-zero and cluster-aligned also means outside the header cluster.
-        if !l2_offset.is_multiple_of(cluster_size) {
+        if l2_offset % cluster_size != 0 {
             return Err(layer.invalid(format!(
                 "L1 entry for guest offset {guest:#x} points to an L2 table at {l2_offset:#x}, \
                  not aligned to the cluster size ({cluster_size:#x})"
@@ -710,9 +713,7 @@ fn check_l2(layer: &Layer<'_>, header: &Header, l2: &[u8], guest: u64) -> Result
     let file_len_sectors = file_len
         .checked_next_multiple_of(SECTOR)
         .unwrap_or(u64::MAX);
-    let (entries, _) = l2.as_chunks::<8>();
-    for (index, entry) in (0u64..).zip(entries) {
-        let entry = u64::from_be_bytes(*entry);
+    for (index, entry) in (0u64..).zip(table_entries(l2)) {
         let guest = guest + index * cluster_size;
         if entry & L2_COMPRESSED != 0 {
             // qcow2.txt "Compressed Clusters Descriptor": x = 62 - (cluster_bits - 8); bits
@@ -773,7 +774,7 @@ fn check_l2(layer: &Layer<'_>, header: &Header, l2: &[u8], guest: u64) -> Result
             continue;
         }
         // Non-zero and cluster-aligned also means outside the header cluster.
-        if !host.is_multiple_of(cluster_size) {
+        if host % cluster_size != 0 {
             return Err(layer.invalid(format!(
                 "L2 entry for guest offset {guest:#x} points to {host:#x}, not aligned to the \
                  cluster size ({cluster_size:#x})"
@@ -1777,6 +1778,197 @@ mod tests {
                 "open {opened:?} + walk {walked:?} with max_len {max_len}"
             );
         }
+    }
+
+    /// Whatever qemu-img writes must open and read back: cluster sizes, refcount widths,
+    /// preallocation modes, lazy refcounts, bitmaps, convert options.
+    #[test]
+    fn qemu_img_variants_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("data.raw");
+        let mut data = noise(300 * K as usize, 3);
+        data.extend(pattern(200 * K, 0));
+        data.extend((0..524 * K).map(|i| (i % 7) as u8));
+        std::fs::write(&raw, &data).unwrap();
+        let variants: &[&str] = &[
+            "compat=0.10",
+            "compat=1.1",
+            "cluster_size=512",
+            "cluster_size=4096",
+            "cluster_size=2M",
+            "compat=0.10,cluster_size=512",
+            "refcount_bits=1",
+            "refcount_bits=64",
+            "lazy_refcounts=on",
+            "preallocation=metadata",
+            "preallocation=falloc",
+            "preallocation=full",
+            "compat=0.10,preallocation=metadata",
+            "cluster_size=512,preallocation=metadata",
+        ];
+        for (i, options) in variants.iter().enumerate() {
+            // As created, then with data written by qemu-img convert and by qemu-io.
+            let img = dir.path().join(format!("v{i}.qcow2"));
+            create(&img, &["-o", options], "1M");
+            let mut src = open(&img).unwrap_or_else(|e| panic!("{options}: {e}"));
+            assert!(read_all(&mut src) == pattern(M, 0), "{options}");
+            qemu_img(&["convert", "-q", "-n", "-O", "qcow2", s(&raw), s(&img)]);
+            qemu_io(&img, "qcow2", "write -P 0x99 1000 3000");
+            let mut want = data.clone();
+            want[1000..4000].fill(0x99);
+            let mut src = open(&img).unwrap_or_else(|e| panic!("{options}: {e}"));
+            assert!(read_all(&mut src) == want, "{options}: data differs");
+
+            let converted = dir.path().join(format!("c{i}.qcow2"));
+            qemu_img(&[
+                "convert",
+                "-q",
+                "-O",
+                "qcow2",
+                "-o",
+                options,
+                s(&raw),
+                s(&converted),
+            ]);
+            let mut src = open(&converted).unwrap_or_else(|e| panic!("{options}: {e}"));
+            assert!(read_all(&mut src) == data, "{options}: data differs");
+        }
+        // convert -S 0 (no sparse detection), -c with 512-byte and 2 MiB clusters, a bitmap.
+        for args in [
+            &["-S", "0"][..],
+            &["-c", "-o", "cluster_size=512"][..],
+            &["-c", "-o", "cluster_size=2M"][..],
+            &["-c", "-o", "compat=0.10,cluster_size=4096"][..],
+        ] {
+            let img = dir.path().join("x.qcow2");
+            let _ = std::fs::remove_file(&img);
+            let mut all = vec!["convert", "-q", "-O", "qcow2"];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&[s(&raw), s(&img)]);
+            qemu_img(&all);
+            let mut src = open(&img).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(read_all(&mut src) == data, "{args:?}: data differs");
+        }
+        let img = dir.path().join("bitmap.qcow2");
+        create(&img, &[], "1M");
+        qemu_img(&["bitmap", "--add", s(&img), "b0"]);
+        qemu_io(&img, "qcow2", "write -P 0x12 0 64k");
+        open(&img).unwrap();
+    }
+
+    /// A backing chain rewritten by qemu-img rebase and commit still reads as qemu reads it.
+    #[test]
+    fn rebase_and_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        let top = dir.path().join("top.qcow2");
+        create(&base, &[], "1M");
+        qemu_io(&base, "qcow2", "write -P 0x01 0 1M");
+        create(&top, &["-b", "base.qcow2", "-F", "qcow2"], "1M");
+        qemu_io(&top, "qcow2", "write -P 0x02 64k 64k");
+        let flat = dir.path().join("flat.raw");
+        qemu_img(&["convert", "-q", "-O", "raw", s(&top), s(&flat)]);
+        let want = std::fs::read(&flat).unwrap();
+        // Rebase onto nothing: top becomes self-contained.
+        qemu_img(&["rebase", "-q", "-b", "", s(&top)]);
+        assert_eq!(read_u64(&top, 8), 0);
+        assert!(read_all(&mut open(&top).unwrap()) == want);
+        // Commit a new overlay into it.
+        let overlay = dir.path().join("overlay.qcow2");
+        create(&overlay, &["-b", "top.qcow2", "-F", "qcow2"], "1M");
+        qemu_io(&overlay, "qcow2", "write -P 0x03 0 4k");
+        qemu_img(&["commit", "-q", s(&overlay)]);
+        let mut want = want;
+        want[..4096].fill(0x03);
+        assert!(read_all(&mut open(&top).unwrap()) == want);
+    }
+
+    /// Random corruption of the metadata of v2, v3 and compressed images must end in an error
+    /// or in an image that reads (as zeros where qemu would too), never in a panic.
+    #[test]
+    fn mutated_metadata_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("d.raw");
+        let mut data = noise(64 * K as usize, 4);
+        data.extend(pattern(64 * K, 0x61));
+        std::fs::write(&raw, &data).unwrap();
+        let mut images = Vec::new();
+        for (name, args) in [
+            ("v3", &["-o", "compat=1.1,cluster_size=4096"][..]),
+            ("v2", &["-o", "compat=0.10,cluster_size=4096"][..]),
+            ("c", &["-c", "-o", "cluster_size=4096"][..]),
+        ] {
+            let img = dir.path().join(format!("{name}.qcow2"));
+            let mut all = vec!["convert", "-q", "-O", "qcow2"];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&[s(&raw), s(&img)]);
+            qemu_img(&all);
+            let base = dir.path().join(format!("{name}-base.raw"));
+            let top = dir.path().join(format!("{name}-top.qcow2"));
+            std::fs::write(&base, &data).unwrap();
+            create(
+                &top,
+                &["-b", &format!("{name}-base.raw"), "-F", "raw"],
+                "128K",
+            );
+            qemu_io(&top, "qcow2", "write -P 0x62 4k 4k");
+            images.push(img);
+            images.push(top);
+        }
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let target = dir.path().join("m.qcow2");
+        let (mut opened, mut refused) = (0, 0);
+        for img in &images {
+            let pristine = std::fs::read(img).unwrap();
+            let l1 = read_u64(img, 40) as usize;
+            let l2 = (read_u64(img, l1 as u64) & L1_OFFSET_MASK) as usize;
+            for _ in 0..400 {
+                let mut bytes = pristine.clone();
+                for _ in 0..1 + next() % 3 {
+                    // Header, L1 table or L2 table; bit flips or random bytes.
+                    let at = match next() % 3 {
+                        0 => (next() % 256) as usize,
+                        1 => l1 + (next() % 16) as usize,
+                        _ => l2 + (next() % 256) as usize,
+                    };
+                    if next() % 2 == 0 {
+                        bytes[at] ^= 1 << (next() % 8);
+                    } else {
+                        bytes[at] = next() as u8;
+                    }
+                }
+                if next() % 8 == 0 {
+                    bytes.truncate((next() % bytes.len() as u64) as usize);
+                }
+                std::fs::write(&target, &bytes).unwrap();
+                match open(&target) {
+                    Err(_) => refused += 1,
+                    Ok(mut src) => {
+                        opened += 1;
+                        if src.size() > 64 * M {
+                            continue;
+                        }
+                        let mut offset = 0;
+                        while offset < src.size() {
+                            match src.extent(offset, u64::MAX) {
+                                Ok(e) => offset += e.len,
+                                Err(_) => break,
+                            }
+                        }
+                        let mut buf = vec![0u8; src.size() as usize];
+                        let _ = src.read_at(0, &mut buf);
+                    }
+                }
+            }
+        }
+        eprintln!("mutations: {opened} opened, {refused} refused");
+        assert!(refused > 0 && opened > 0);
     }
 
     /// A plain v3 image with data in clusters 0 and 16 (64 KiB clusters).

@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of mkomi against what a user would otherwise run (qemu-img convert,
+# sha256sum, sync). Everything is measured in ONE run on the same machine and reported as
+# medians and ratios, because absolute times on shared machines mean little.
+# See bench/README.md for what each row means and the targets.
+#
+# Environment:
+#   MKOMI=path     use this binary instead of building with `cargo build --release --locked`
+#   BENCH_DIR=dir  inputs, scratch and results (default /var/tmp/mkomi-bench; inputs are reused)
+#   BENCH_TREE=dir directory copied into the ext4 input (default /usr/share)
+#   RUNS=n         timed runs per command (default 5); WARMUP=n warm-up runs (default 1)
+#   NO_HYPERFINE=1 use the built-in timing loop even if hyperfine is installed
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR=${BENCH_DIR:-/var/tmp/mkomi-bench}
+BENCH_TREE=${BENCH_TREE:-/usr/share}
+RUNS=${RUNS:-5}
+WARMUP=${WARMUP:-1}
+NO_HYPERFINE=${NO_HYPERFINE:-}
+
+# Fixed identifiers so that the same BENCH_TREE gives the same ext4 image.
+FS_UUID=6f0d3c2a-6b5e-4d3e-9a1f-0b1c2d3e4f50
+FS_HASH_SEED=6f0d3c2a-6b5e-4d3e-9a1f-0b1c2d3e4f51
+FS_EPOCH=1700000000
+
+RSS_TARGET_KIB=$((128 * 1024))
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer"
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+for tool in qemu-img mkfs.ext4 sha256sum truncate cp sync awk; do
+    command -v "$tool" >/dev/null || die "$tool not found (Debian: qemu-utils, e2fsprogs, coreutils)"
+done
+[[ -x /usr/bin/time ]] || die "/usr/bin/time not found (Debian: apt-get install time)"
+/usr/bin/time -f %M true 2>/dev/null || die "/usr/bin/time is not GNU time"
+
+TIMER=builtin
+if [[ -z $NO_HYPERFINE ]]; then
+    if ! command -v hyperfine >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "hyperfine missing; trying apt-get install -y hyperfine"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q hyperfine >&2; then
+            log "apt-get failed; using the built-in timing loop"
+        fi
+    fi
+    command -v hyperfine >/dev/null && TIMER=hyperfine
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The binary
+if [[ -n ${MKOMI:-} ]]; then
+    [[ -x $MKOMI ]] || die "MKOMI=$MKOMI is not an executable"
+else
+    log "building mkomi (cargo build --release --locked)"
+    (cd "$ROOT" && cargo build --release --locked >&2)
+    target_dir=${CARGO_TARGET_DIR:-target}
+    [[ $target_dir == /* ]] || target_dir=$ROOT/$target_dir
+    MKOMI=$target_dir/release/mkomi
+fi
+MKOMI=$(realpath "$MKOMI")
+
+# ---------------------------------------------------------------------------------------------
+# Inputs (kept between runs)
+mkdir -p "$BENCH_DIR"
+BENCH_DIR=$(realpath "$BENCH_DIR")
+DISK=$BENCH_DIR/disk.ext4
+SPARSE=$BENCH_DIR/sparse64.raw
+WORK=$BENCH_DIR/work
+JSON_DIR=$BENCH_DIR/hyperfine
+
+cleanup() {
+    rm -rf "$WORK"
+    rm -f "$DISK.tmp" "$SPARSE.tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+avail_kib=$(df -Pk "$BENCH_DIR" | awk 'NR == 2 { print $4 }')
+if ((avail_kib < 4 * 1024 * 1024)); then
+    log "warning: only $((avail_kib / 1024)) MiB free in $BENCH_DIR; the run needs about 4 GiB"
+fi
+
+if [[ ! -f $DISK ]]; then
+    log "creating $DISK (3 GiB ext4 with $BENCH_TREE; takes a minute or two)"
+    rm -f "$DISK.tmp"
+    truncate -s 3G "$DISK.tmp"
+    SOURCE_DATE_EPOCH=$FS_EPOCH E2FSPROGS_FAKE_TIME=$FS_EPOCH \
+        mkfs.ext4 -q -F -U "$FS_UUID" -E "root_owner=0:0,hash_seed=$FS_HASH_SEED" \
+        -d "$BENCH_TREE" "$DISK.tmp"
+    mv "$DISK.tmp" "$DISK"
+fi
+if [[ ! -f $SPARSE ]]; then
+    log "creating $SPARSE (the same bytes at offset 0 of a 64 GiB sparse file)"
+    rm -f "$SPARSE.tmp"
+    cp --sparse=always "$DISK" "$SPARSE.tmp"
+    truncate -s 64G "$SPARSE.tmp"
+    mv "$SPARSE.tmp" "$SPARSE"
+fi
+
+rm -rf "$WORK"
+mkdir -p "$WORK" "$JSON_DIR"
+
+q() { printf '%q' "$1"; }
+# Shell-quoted command line from an argument list.
+cmdline() {
+    local out='' a
+    for a in "$@"; do out+="${out:+ }$(q "$a")"; done
+    printf '%s' "$out"
+}
+
+BUNDLE=$WORK/bundle        # scratch bundle for the register timings
+VBUNDLE=$WORK/verify       # bundle made once, for the verify timings
+QOUT=$WORK/out.qcow2       # qemu-img's output
+
+reg_args() { # reg_args SOURCE OUTDIR [extra...]
+    local src=$1 out=$2
+    shift 2
+    printf '%s\0' "$MKOMI" register "$src" -o "$out" --arch x86_64 --name mkomi-bench \
+        --format qcow2 -q "$@"
+}
+mapfile -d '' REG_NOSYNC < <(reg_args "$DISK" "$BUNDLE" --no-sync)
+mapfile -d '' REG_SYNC < <(reg_args "$DISK" "$BUNDLE")
+mapfile -d '' REG_SPARSE < <(reg_args "$SPARSE" "$BUNDLE" --no-sync)
+mapfile -d '' REG_VBUNDLE < <(reg_args "$DISK" "$VBUNDLE")
+VERIFY=("$MKOMI" verify "$VBUNDLE" -q)
+
+# ---------------------------------------------------------------------------------------------
+# Sanity: the outputs being timed must be correct (this also warms the page cache).
+log "sanity checks"
+"$MKOMI" --version >&2
+"${REG_VBUNDLE[@]}" >&2
+for f in manifest.json SHA256SUMS; do
+    [[ -f $VBUNDLE/$f ]] || die "mkomi register did not write $VBUNDLE/$f"
+done
+shopt -s nullglob
+vdisks=("$VBUNDLE"/*.qcow2)
+shopt -u nullglob
+((${#vdisks[@]} == 1)) || die "expected one .qcow2 in $VBUNDLE, found: $(ls "$VBUNDLE")"
+VDISK=${vdisks[0]}
+"${VERIFY[@]}" >&2 || die "mkomi verify failed on a fresh bundle"
+(cd "$VBUNDLE" && sha256sum -c --quiet SHA256SUMS) || die "sha256sum -c failed on a fresh bundle"
+qemu-img compare -q -f raw -F qcow2 "$DISK" "$VDISK" || die "$VDISK differs from $DISK"
+"${REG_SPARSE[@]}" >&2
+qemu-img compare -q -f raw -F qcow2 "$SPARSE" "$BUNDLE/$(basename "$VDISK")" ||
+    die "the bundle of $SPARSE differs from it"
+rm -rf "$BUNDLE"
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+declare -A MED
+
+median() { # median of the numbers on stdin
+    sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# bench KEY PREPARE COMMAND: median wall time of COMMAND (a bash command line) in seconds.
+# PREPARE runs before every run, untimed.
+bench() {
+    local key=$1 prep=$2 cmd=$3
+    log "timing $key: $cmd"
+    if [[ $TIMER == hyperfine ]]; then
+        hyperfine --shell=bash --style=basic --runs "$RUNS" --warmup "$WARMUP" \
+            --prepare "$prep" --export-json "$JSON_DIR/$key.json" -n "$key" "$cmd" >&2
+        MED[$key]=$(sed -n 's/.*"median": *\([-0-9.eE+]*\).*/\1/p' "$JSON_DIR/$key.json" | head -n 1)
+    else
+        local i t0 t1 times=''
+        for ((i = 0; i < WARMUP + RUNS; i++)); do
+            bash -c "$prep"
+            t0=$(date +%s%N)
+            bash -c "$cmd" >/dev/null
+            t1=$(date +%s%N)
+            ((i < WARMUP)) || times+="$(((t1 - t0) / 1000)) "
+        done
+        MED[$key]=$(printf '%s\n' $times | median | awk '{ printf "%.6f", $1 / 1e6 }')
+    fi
+    [[ -n ${MED[$key]} ]] || die "no median for $key"
+    log "  median ${MED[$key]} s"
+}
+
+# Outputs are removed before every run (an existing bundle makes register fail), and dirty pages
+# of the previous run are flushed so that they are not written back during the next one.
+PREP_BUNDLE="rm -rf $(q "$BUNDLE") && sync"
+PREP_QOUT="rm -f $(q "$QOUT") && sync"
+QCONVERT="qemu-img convert -O qcow2 $(q "$DISK") $(q "$QOUT")"
+QSUM="sha256sum $(q "$QOUT")"
+QSYNC="sync $(q "$QOUT")"
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$(date +%s)
+
+bench mk_nosync "$PREP_BUNDLE" "$(cmdline "${REG_NOSYNC[@]}")"
+bench mk_sparse "$PREP_BUNDLE" "$(cmdline "${REG_SPARSE[@]}")"
+bench qi_sum "$PREP_QOUT" "$QCONVERT && $QSUM"
+bench qi "$PREP_QOUT" "$QCONVERT"
+QSIZE=$(stat -c %s "$QOUT")
+bench mk_sync "$PREP_BUNDLE" "$(cmdline "${REG_SYNC[@]}")"
+bench qi_sum_sync "$PREP_QOUT" "$QCONVERT && $QSUM && $QSYNC"
+bench qi_sync "$PREP_QOUT" "$QCONVERT && $QSYNC"
+bench mk_verify ":" "$(cmdline "${VERIFY[@]}")"
+bench sha_c ":" "cd $(q "$VBUNDLE") && sha256sum -c --quiet SHA256SUMS"
+
+# Peak RSS, one warm run each.
+declare -A RSS
+rss() { # rss KEY COMMAND...
+    local key=$1
+    shift
+    rm -rf "$BUNDLE"
+    /usr/bin/time -f %M -o "$WORK/rss" "$@" >/dev/null
+    RSS[$key]=$(tail -n 1 "$WORK/rss")
+}
+log "measuring peak RSS"
+rss mk_nosync "${REG_NOSYNC[@]}"
+rss mk_sync "${REG_SYNC[@]}"
+MSIZE=$(stat -c %s "$BUNDLE/$(basename "$VDISK")")
+rss mk_sparse "${REG_SPARSE[@]}"
+MSIZE_SPARSE=$(stat -c %s "$BUNDLE/$(basename "$VDISK")")
+rss mk_verify "${VERIFY[@]}"
+
+T_END=$(date +%s)
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------------
+# Report
+FAILED=0
+fmt_s() { awk -v t="$1" 'BEGIN { printf "%.3f s", t }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+row() { # row NUM MKOMI_LABEL MKOMI_KEY BASE_LABEL BASE_KEY MAX_RATIO|-
+    local r target v
+    r=$(ratio "${MED[$3]}" "${MED[$5]}")
+    if [[ $6 == - ]]; then
+        target='—' v=info
+    elif awk -v r="$r" -v m="$6" 'BEGIN { exit !(r <= m) }'; then
+        target="≤ $6" v=pass
+    else
+        target="≤ $6" v="**MISS**"
+        FAILED=$((FAILED + 1))
+    fi
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$(fmt_s "${MED[$3]}")" \
+        "$4" "$(fmt_s "${MED[$5]}")" "$r" "$target" "$v"
+}
+rss_row() { # rss_row LABEL KEY
+    local kib=${RSS[$2]} v=pass
+    if ((kib >= RSS_TARGET_KIB)); then
+        v="**MISS**"
+        FAILED=$((FAILED + 1))
+    fi
+    printf '| %s | %s MiB | < 128 MiB | %s |\n' "$1" "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')" "$v"
+}
+human() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
+
+repro='bench/run.sh'
+for v in MKOMI BENCH_DIR BENCH_TREE RUNS WARMUP NO_HYPERFINE; do
+    # Only the variables the caller set (MKOMI is always set by now, so look at the environment).
+    if printenv "$v" >/dev/null; then repro="$v=$(q "$(printenv "$v")") $repro"; fi
+done
+cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ $rev != unknown ]] && [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    rev+=" (dirty)"
+fi
+if [[ $TIMER == hyperfine ]]; then
+    timer="$(hyperfine --version), $RUNS runs + $WARMUP warm-up, median"
+else
+    timer="built-in loop (date +%s%N), $RUNS runs + $WARMUP warm-up, median"
+fi
+
+{
+    echo "## mkomi benchmark"
+    echo
+    echo "Inputs: \`disk.ext4\` = 3 GiB ext4 holding \`$BENCH_TREE\` ($(human "$(($(stat -c %b "$DISK") * $(stat -c %B "$DISK")))") allocated);"
+    echo "\`sparse64.raw\` = the same bytes at the start of a 64 GiB sparse file. Page cache warm."
+    echo "Ratio = mkomi / baseline (lower is better)."
+    echo
+    echo "| # | mkomi | median | baseline | median | ratio | target | |"
+    echo "|---|---|---|---|---|---|---|---|"
+    row 1 '`register --no-sync` disk.ext4' mk_nosync '`qemu-img convert -O qcow2` && `sha256sum`' qi_sum 0.5
+    row 1s '`register` (fsync) disk.ext4' mk_sync '`qemu-img convert -O qcow2` && `sha256sum` && `sync FILE`' qi_sum_sync 0.5
+    row 2 '`register --no-sync` disk.ext4' mk_nosync '`qemu-img convert -O qcow2`' qi 2.0
+    row 2s '`register` (fsync) disk.ext4' mk_sync '`qemu-img convert -O qcow2` && `sync FILE`' qi_sync 2.0
+    row 3 '`verify` bundle' mk_verify '`sha256sum -c SHA256SUMS`' sha_c -
+    row 4 '`register --no-sync` sparse64.raw' mk_sparse '`register --no-sync` disk.ext4' mk_nosync 1.3
+    echo
+    echo "| # | peak RSS of | RSS | target | |"
+    echo "|---|---|---|---|---|"
+    rss_row '5a `register --no-sync` disk.ext4' mk_nosync
+    rss_row '5b `register` (fsync) disk.ext4' mk_sync
+    rss_row '5c `register --no-sync` sparse64.raw' mk_sparse
+    rss_row '5d `verify`' mk_verify
+    echo
+    echo "Output sizes: mkomi $(basename "$VDISK") $(human "$MSIZE") (of sparse64.raw: $(human "$MSIZE_SPARSE")), qemu-img out.qcow2 $(human "$QSIZE")."
+    echo
+    echo "- machine: $(nproc) CPUs ($cpu), $(uname -sr), load average $LOAD_BEFORE before, $LOAD_AFTER after"
+    echo "- $(qemu-img --version | head -n 1)"
+    echo "- $("$MKOMI" --version) at $rev ($MKOMI)"
+    echo "- timing: $timer; timed part took $((T_END - T_START)) s"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "- reproduce: \`$repro\`"
+    if ((FAILED > 0)); then
+        echo
+        echo "$FAILED target(s) missed."
+    fi
+} | tee "$BENCH_DIR/results.md"
+
+log "results written to $BENCH_DIR/results.md"
