@@ -768,9 +768,16 @@ fn check_l2(layer: &Layer<'_>, header: &Header, l2: &[u8], guest: u64) -> Result
         }
         let host = entry & L2_OFFSET_MASK;
         if host == 0 {
-            // Unallocated or a zero cluster without preallocation. Offset 0 with the copied bit
-            // means a host offset of 0 only with an external data file (refused above); qemu and
-            // imago both read it as unallocated here.
+            // qcow2.txt: offset 0 is unallocated (or, with bit 0, a zero cluster). With the
+            // copied bit and no zero flag it would claim data at host offset 0, which only an
+            // external data file (refused above) can hold: qemu reads the header cluster's
+            // place as zeros, which hides a damaged table, so mkomi refuses it.
+            if entry & L2_COPIED != 0 && entry & L2_ZERO == 0 {
+                return Err(layer.invalid(format!(
+                    "L2 entry for guest offset {guest:#x} is {entry:#018x}: allocated at host \
+                     offset 0, inside the header cluster"
+                )));
+            }
             continue;
         }
         // Non-zero and cluster-aligned also means outside the header cluster.
@@ -780,14 +787,15 @@ fn check_l2(layer: &Layer<'_>, header: &Header, l2: &[u8], guest: u64) -> Result
                  cluster size ({cluster_size:#x})"
             )));
         }
-        // The cluster must start inside the file. Only the cluster that contains the end of the
-        // file may be partly missing: qemu's own check tolerates a region that ends less than
-        // one cluster past the end of the file (qcow2-refcount.c), and reads the missing tail
-        // as zeros, which is what imago does too.
-        if host >= file_len {
+        // The guest-visible part of the cluster must be in the file. qemu's own check tolerates
+        // a cluster that ends less than one cluster past the end of the file (qcow2-refcount.c)
+        // and reads the missing tail as zeros, as imago does: for a truncated snapshot that is
+        // silent data loss, so mkomi refuses it. Only bytes past the virtual size may be absent.
+        let needed = cluster_size.min(header.size.saturating_sub(guest)).max(1);
+        if host >= file_len || host + needed > file_len {
             return Err(layer.invalid(format!(
-                "L2 entry for guest offset {guest:#x} points to {host:#x}, past the end of the \
-                 file ({file_len:#x} bytes)"
+                "L2 entry for guest offset {guest:#x} points to {host:#x}..{:#x}, past the end of the file ({file_len:#x} bytes): the image is truncated",
+                host + needed
             )));
         }
     }
@@ -912,7 +920,8 @@ fn open_backing(
 
     let format = match backing.format.as_deref() {
         Some("qcow2") => BackingFormat::Qcow2,
-        // "file" is qemu's protocol driver, which reads the bytes as they are, like raw.
+        // "file" and "host_device" are qemu's protocol drivers for files and block devices:
+        // they read the bytes as they are, like raw.
         Some("raw" | "file" | "host_device") => BackingFormat::Raw,
         Some(other) => {
             return Err(refuse(format!(
@@ -2098,8 +2107,8 @@ mod tests {
         assert_invalid(
             open(&img),
             &[&format!(
-                "L2 entry for guest offset 0x100000 points to 0x9990000, past the end of the \
-                 file ({len:#x} bytes)"
+                "L2 entry for guest offset 0x100000 points to 0x9990000..0x99a0000, past the end \
+                 of the file ({len:#x} bytes)"
             )],
         );
     }
@@ -2169,15 +2178,11 @@ mod tests {
             open(&img),
             &["guest offset 0x100000", "past the end of the file"],
         );
-        // Only its tail gone: qemu reads the missing bytes as zeros, and so do we.
+        // Only its tail gone: qemu would read the missing bytes as zeros; mkomi refuses.
         std::fs::copy(&pristine, &img).unwrap();
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
         f.set_len(host + 4 * K).unwrap();
-        let mut src = open(&img).unwrap();
-        let mut buf = vec![0u8; 64 * K as usize];
-        src.read_at(M, &mut buf).unwrap();
-        assert!(buf[..4 * K as usize].iter().all(|&b| b == 0xcd));
-        assert!(buf[4 * K as usize..].iter().all(|&b| b == 0));
+        assert_invalid(open(&img), &["guest offset 0x100000", "truncated"]);
     }
 
     #[test]
