@@ -244,13 +244,13 @@ row() { # row NUM MKOMI_LABEL MKOMI_KEY BASE_LABEL BASE_KEY MAX_RATIO|-
     printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$(fmt_s "${MED[$3]}")" \
         "$4" "$(fmt_s "${MED[$5]}")" "$r" "$target" "$v"
 }
-rss_row() { # rss_row LABEL KEY
-    local kib=${RSS[$2]} v=pass
+rss_row() { # rss_row NUM LABEL KEY
+    local kib=${RSS[$3]} v=pass
     if ((kib >= RSS_TARGET_KIB)); then
         v="**MISS**"
         FAILED=$((FAILED + 1))
     fi
-    printf '| %s | %s MiB | < 128 MiB | %s |\n' "$1" "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')" "$v"
+    printf '| %s | %s | %s MiB | < 128 MiB | %s |\n' "$1" "$2" "$(awk -v k="$kib" 'BEGIN { printf "%.1f", k / 1024 }')" "$v"
 }
 human() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 
@@ -288,10 +288,10 @@ fi
     echo
     echo "| # | peak RSS of | RSS | target | |"
     echo "|---|---|---|---|---|"
-    rss_row '5a `register --no-sync` disk.ext4' mk_nosync
-    rss_row '5b `register` (fsync) disk.ext4' mk_sync
-    rss_row '5c `register --no-sync` sparse64.raw' mk_sparse
-    rss_row '5d `verify`' mk_verify
+    rss_row 5a '`register --no-sync` disk.ext4' mk_nosync
+    rss_row 5b '`register` (fsync) disk.ext4' mk_sync
+    rss_row 5c '`register --no-sync` sparse64.raw' mk_sparse
+    rss_row 5d '`verify`' mk_verify
     echo
     echo "Output sizes: mkomi $(basename "$VDISK") $(human "$MSIZE") (of sparse64.raw: $(human "$MSIZE_SPARSE")), qemu-img out.qcow2 $(human "$QSIZE")."
     echo
