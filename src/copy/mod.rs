@@ -13,9 +13,8 @@
 
 use crate::digest::{self, BLOCK_SIZE, ContentHasher};
 use crate::progress::Task;
-use crate::sink::{self, Block, Sink, Written};
+use crate::sink::{self, Block, SharedBuf, Sink, Written, ZeroMap};
 use crate::source::{self, Extent, ExtentKind, Source};
-use crate::util::is_zero;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -62,6 +61,12 @@ pub struct Options<'a> {
 enum Msg {
     Zero { offset: u64, len: u64 },
     Data { offset: u64, buf: Vec<u8> },
+    Failed(Error),
+}
+
+/// What the hasher hands on to the sink.
+enum Out {
+    Block(u64, Block),
     Failed(Error),
 }
 
@@ -120,7 +125,7 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
         let _ = free_tx.send(Vec::new());
     }
     let (read_tx, read_rx) = sync_channel::<Msg>(2);
-    let (hashed_tx, hashed_rx) = sync_channel::<Msg>(2);
+    let (hashed_tx, hashed_rx) = sync_channel::<Out>(2);
 
     std::thread::scope(|scope| {
         scope.spawn(move || read_blocks(source, size, cancel, free_rx, read_tx));
@@ -129,21 +134,18 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
 
         let mut data_bytes = 0u64;
         let mut outcome: Result<()> = Ok(());
-        for msg in hashed_rx.iter() {
-            let step: Result<()> = match msg {
-                Msg::Zero { offset, len } => {
-                    sink.write(offset, Block::Zero(len)).map_err(Into::into)
-                }
-                Msg::Data { offset, buf } => {
-                    let r = sink.write(offset, Block::Data(&buf)).map_err(Into::into);
-                    data_bytes += buf.len() as u64;
-                    if let Some(p) = options.progress {
-                        p.advance(buf.len() as u64);
+        for out in hashed_rx.iter() {
+            let step: Result<()> = match out {
+                Out::Block(offset, block) => {
+                    if let Block::Data { buf, .. } = &block {
+                        data_bytes += buf.len() as u64;
+                        if let Some(p) = options.progress {
+                            p.advance(buf.len() as u64);
+                        }
                     }
-                    let _ = free_tx.send(buf);
-                    r
+                    sink.write(offset, &block).map_err(Into::into)
                 }
-                Msg::Failed(e) => Err(e),
+                Out::Failed(e) => Err(e),
             };
             if let Err(e) = step {
                 outcome = Err(e);
@@ -281,16 +283,16 @@ impl BlockReader<'_> {
     }
 }
 
-/// Digests blocks in order; returns the content hasher and its block count, or `None` when the
-/// copy stopped early.
+/// Digests blocks in order and maps their zero granules; returns the content hasher and its
+/// block count, or `None` when the copy stopped early.
 fn hash_blocks(
     input: Receiver<Msg>,
-    out: SyncSender<Msg>,
+    out: SyncSender<Out>,
     free: SyncSender<Vec<u8>>,
 ) -> Option<(ContentHasher, u64)> {
     let mut content = ContentHasher::new();
     for msg in input.iter() {
-        let msg = match msg {
+        let (offset, block) = match msg {
             Msg::Zero { offset, len } => {
                 // A run of whole blocks, the last possibly short (at the end of the disk).
                 let mut left = len;
@@ -299,24 +301,27 @@ fn hash_blocks(
                     content.push(&digest::zero_block_digest(n));
                     left -= n;
                 }
-                Msg::Zero { offset, len }
-            }
-            Msg::Data { offset, buf } if is_zero(&buf) => {
-                let len = buf.len() as u64;
-                content.push(&digest::zero_block_digest(len));
-                let _ = free.send(buf);
-                Msg::Zero { offset, len }
+                (offset, Block::Zero(len))
             }
             Msg::Data { offset, buf } => {
-                content.push(&digest::block_digest(&buf));
-                Msg::Data { offset, buf }
+                let zeros = ZeroMap::scan(&buf);
+                if zeros.is_zero(0, buf.len()) {
+                    let len = buf.len() as u64;
+                    content.push(&digest::zero_block_digest(len));
+                    let _ = free.send(buf);
+                    (offset, Block::Zero(len))
+                } else {
+                    content.push(&digest::block_digest(&buf));
+                    let buf = SharedBuf::new(buf, Some(free.clone()));
+                    (offset, Block::Data { buf, zeros })
+                }
             }
             Msg::Failed(e) => {
-                let _ = out.send(Msg::Failed(e));
+                let _ = out.send(Out::Failed(e));
                 return None;
             }
         };
-        if out.send(msg).is_err() {
+        if out.send(Out::Block(offset, block)).is_err() {
             return None;
         }
     }

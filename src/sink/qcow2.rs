@@ -1,25 +1,29 @@
 //! A deterministic, streaming qcow2 writer (compat 1.1).
 //!
-//! Layout, in file order (every cluster is referenced once, so `qemu-img check` finds no leaks):
+//! Layout, in file order (qcow2.txt); every cluster is referenced once, so `qemu-img check`
+//! finds neither errors nor leaks:
 //!
 //! | clusters | content |
 //! |---|---|
-//! | 1 | header (qcow2.txt "Header"), then the end-of-extensions marker |
-//! | `l1` | L1 table |
-//! | `rt` | refcount table |
-//! | `rb` | refcount blocks, enough for the largest file the plan allows |
+//! | 1 | header, then the end-of-extensions marker |
+//! | data | data clusters, in virtual-disk order (zero clusters are not allocated) |
+//! | gap | unused room, see below (refcount 0, a hole in the file) |
 //! | `l2` | one L2 table per 512 MiB region (at 64 KiB clusters) that the plan saw data in |
-//! | data | data clusters, in virtual-disk order |
+//! | `l1` | L1 table |
+//! | `rt`, `rb` | refcount table and blocks |
 //!
-//! The plan (the source's extents, read before any data) fixes every metadata size, so data
-//! clusters can be written in order straight after the metadata as the engine delivers them.
-//! Clusters that turn out to be all zeros are not allocated; an L2 table whose region held only
-//! zeros stays allocated and empty. Metadata is written last, then the whole file is hashed:
-//! its header depends on the data, so no single in-order pass could hash it.
+//! The header comes first in the file but names where the metadata is, and the metadata
+//! depends on which clusters turn out to hold data. To hash the file in the same pass that
+//! writes it, the header is written for room enough for every cluster the plan (the source's
+//! extents, read before any data) marked as data. Clusters that turn out to be zeros leave a
+//! gap before the metadata. When that gap is small (at most 1/16 of the data), it stays: the
+//! file's SHA-256 was computed while writing, on its own thread. Otherwise the metadata moves
+//! down to close the gap, the header is rewritten, and the file is hashed once more. Either way
+//! the bytes depend only on the input.
 
-use super::{Block, Error, Result, Sink, Written};
+use super::{Block, Error, Piece, Result, Sink, StreamHasher, Written};
 use crate::source::{Extent, ExtentKind};
-use crate::util::{is_zero, sha256_file};
+use crate::util::sha256_file;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -34,6 +38,8 @@ const REFCOUNT_ORDER: u32 = 4;
 const HEADER_LENGTH: u32 = 112;
 /// qemu caps the L1 table at 32 MiB (block/qcow2.h, QCOW_MAX_L1_SIZE).
 const MAX_L1_BYTES: u64 = 32 << 20;
+/// The gap may stay when it is at most this fraction of the data.
+const GAP_DIVISOR: u64 = 16;
 
 /// Smallest and largest cluster sizes accepted: 64 KiB as the smallest keeps the planning state
 /// small for any OMI-sized disk; 2 MiB is qemu's largest.
@@ -49,7 +55,9 @@ pub struct Qcow2Sink {
     cluster_bits: u32,
     sync: bool,
     plan: Plan,
+    /// The layout the header was written for, once writing has begun.
     layout: Option<Layout>,
+    hasher: Option<StreamHasher>,
     /// The L2 table being filled, and the index of its slot in `plan.regions`.
     l2: Vec<u64>,
     l2_slot: Option<usize>,
@@ -67,20 +75,21 @@ struct Plan {
     last_cluster: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// Cluster indices of each part of the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Layout {
+    /// Room for data clusters, from cluster 1.
+    data_room: u64,
     l1_entries: u64,
-    l1_offset: u64,
-    rt_offset: u64,
+    l2: u64,
+    l1: u64,
+    l1_clusters: u64,
+    rt: u64,
     rt_clusters: u64,
-    rb_offset: u64,
+    rb: u64,
     rb_clusters: u64,
-    l2_offset: u64,
-    data_offset: u64,
-}
-
-fn div_ceil(a: u64, b: u64) -> u64 {
-    a.div_ceil(b)
+    /// Clusters in the file.
+    total: u64,
 }
 
 impl Qcow2Sink {
@@ -96,13 +105,12 @@ impl Qcow2Sink {
             )));
         }
         let cs = 1u64 << cluster_bits;
-        let l1_entries = div_ceil(size, cs * (cs / 8));
-        if l1_entries * 8 > MAX_L1_BYTES {
+        if size.div_ceil(cs * (cs / 8)) * 8 > MAX_L1_BYTES {
             return Err(unsupported(format!(
                 "a {size}-byte disk needs an L1 table larger than qemu's 32 MiB limit; use larger clusters"
             )));
         }
-        // Read access too: the finished file is hashed through the same descriptor.
+        // Read access too: when the gap is closed, the file is hashed through this descriptor.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -122,6 +130,7 @@ impl Qcow2Sink {
             sync,
             plan: Plan::default(),
             layout: None,
+            hasher: None,
             l2: Vec::new(),
             l2_slot: None,
             data_clusters: 0,
@@ -151,52 +160,66 @@ impl Qcow2Sink {
         }
     }
 
-    /// Fixes the metadata sizes from the plan. The refcount blocks must cover every cluster of
-    /// the largest possible file, themselves included, so their count is found by iteration.
-    fn layout(&mut self) -> Layout {
-        if let Some(l) = self.layout {
-            return l;
-        }
+    /// The layout with room for `data_room` data clusters. The refcount blocks cover every
+    /// cluster of the file, themselves included, so their count is found by iteration.
+    fn layout_for(&self, data_room: u64) -> Layout {
         let cs = self.cs();
-        let l1_entries = div_ceil(self.size, cs * self.l2_entries());
-        let l1_clusters = div_ceil(l1_entries * 8, cs);
+        let l1_entries = self.size.div_ceil(cs * self.l2_entries());
+        let l1_clusters = (l1_entries * 8).div_ceil(cs);
         let l2_clusters = self.plan.regions.len() as u64;
         let refcounts_per_block = cs * 8 / (1 << REFCOUNT_ORDER);
+        let fixed = 1 + data_room + l2_clusters + l1_clusters;
         let (mut rt, mut rb) = (1u64, 1u64);
         loop {
-            let total = 1 + l1_clusters + rt + rb + l2_clusters + self.plan.max_data_clusters;
-            let need_rb = div_ceil(total, refcounts_per_block);
-            let need_rt = div_ceil(need_rb * 8, cs);
+            let need_rb = (fixed + rt + rb).div_ceil(refcounts_per_block);
+            let need_rt = (need_rb * 8).div_ceil(cs);
             if need_rb <= rb && need_rt <= rt {
                 break;
             }
             rb = rb.max(need_rb);
             rt = rt.max(need_rt);
         }
-        let l1_offset = cs;
-        let rt_offset = l1_offset + l1_clusters * cs;
-        let rb_offset = rt_offset + rt * cs;
-        let l2_offset = rb_offset + rb * cs;
-        let data_offset = l2_offset + l2_clusters * cs;
-        let l = Layout {
+        let l2 = 1 + data_room;
+        let l1 = l2 + l2_clusters;
+        let rt_at = l1 + l1_clusters;
+        Layout {
+            data_room,
             l1_entries,
-            l1_offset,
-            rt_offset,
+            l2,
+            l1,
+            l1_clusters,
+            rt: rt_at,
             rt_clusters: rt,
-            rb_offset,
+            rb: rt_at + rt,
             rb_clusters: rb,
-            l2_offset,
-            data_offset,
-        };
-        self.layout = Some(l);
-        l
+            total: rt_at + rt + rb,
+        }
+    }
+
+    /// Writes the header for the planned room and starts hashing the file.
+    fn begin(&mut self) -> Result<Layout> {
+        if let Some(l) = self.layout {
+            return Ok(l);
+        }
+        let layout = self.layout_for(self.plan.max_data_clusters);
+        let header = self.header(&layout);
+        self.file
+            .write_all_at(&header, 0)
+            .map_err(self.io("cannot write the header of"))?;
+        let hasher = StreamHasher::start();
+        let mut cluster = header;
+        cluster.resize(self.cs() as usize, 0);
+        hasher.push(Piece::Owned(cluster));
+        self.hasher = Some(hasher);
+        self.layout = Some(layout);
+        Ok(layout)
     }
 
     /// Writes the current L2 table to its slot.
-    fn flush_l2(&mut self) -> Result<()> {
-        if let (Some(slot), Some(layout)) = (self.l2_slot, self.layout) {
+    fn flush_l2(&mut self, layout: &Layout) -> Result<()> {
+        if let Some(slot) = self.l2_slot {
             let bytes: Vec<u8> = self.l2.iter().flat_map(|e| e.to_be_bytes()).collect();
-            let at = layout.l2_offset + slot as u64 * self.cs();
+            let at = (layout.l2 + slot as u64) * self.cs();
             self.file
                 .write_all_at(&bytes, at)
                 .map_err(self.io("cannot write an L2 table to"))?;
@@ -205,17 +228,19 @@ impl Qcow2Sink {
     }
 
     /// Makes the L2 table of `region` the current one.
-    fn select_region(&mut self, region: u64) -> Result<()> {
+    fn select_region(&mut self, layout: &Layout, region: u64) -> Result<()> {
         let current = self.l2_slot.and_then(|s| self.plan.regions.get(s)).copied();
         if current == Some(region) {
             return Ok(());
         }
-        self.flush_l2()?;
+        self.flush_l2(layout)?;
         // Regions come in ascending order, so the slot is after the current one.
         let from = self.l2_slot.map_or(0, |s| s + 1);
-        let slot = self.plan.regions[from.min(self.plan.regions.len())..]
-            .iter()
-            .position(|&r| r == region)
+        let slot = self
+            .plan
+            .regions
+            .get(from..)
+            .and_then(|rest| rest.iter().position(|&r| r == region))
             .map(|p| p + from)
             .ok_or_else(|| self.changed())?;
         self.l2_slot = Some(slot);
@@ -224,29 +249,48 @@ impl Qcow2Sink {
         Ok(())
     }
 
-    /// Writes `count` consecutive non-zero clusters starting at virtual cluster `first`.
-    fn write_run(&mut self, first: u64, data: &[u8]) -> Result<()> {
-        let layout = self.layout();
+    /// Writes the non-zero clusters `data[start..end]` of a block whose first cluster is
+    /// virtual cluster `first`.
+    fn write_run(
+        &mut self,
+        layout: &Layout,
+        first: u64,
+        buf: &super::SharedBuf,
+        start: usize,
+        end: usize,
+    ) -> Result<()> {
         let cs = self.cs();
-        let count = div_ceil(data.len() as u64, cs);
-        if self.data_clusters + count > self.plan.max_data_clusters {
+        let count = ((end - start) as u64).div_ceil(cs);
+        if self.data_clusters + count > layout.data_room {
             return Err(self.changed());
         }
-        let host = layout.data_offset + self.data_clusters * cs;
+        let host = (1 + self.data_clusters) * cs;
         self.file
-            .write_all_at(data, host)
+            .write_all_at(&buf[start..end], host)
             .map_err(self.io("cannot write"))?;
+        if let Some(h) = &self.hasher {
+            h.push(Piece::Shared(buf.clone(), start..end));
+            // Only the disk's last cluster can be partial: its tail reads as zeros in the file.
+            let pad = count * cs - (end - start) as u64;
+            if pad > 0 {
+                h.push(Piece::Zeros(pad));
+            }
+        }
+        let vc0 = first + (start as u64 >> self.cluster_bits);
         for i in 0..count {
-            let vc = first + i;
-            self.select_region(vc / self.l2_entries())?;
+            let vc = vc0 + i;
+            self.select_region(layout, vc / self.l2_entries())?;
             let idx = (vc % self.l2_entries()) as usize;
-            self.l2[idx] = (host + i * cs) | COPIED;
+            if let Some(e) = self.l2.get_mut(idx) {
+                *e = (host + i * cs) | COPIED;
+            }
         }
         self.data_clusters += count;
         Ok(())
     }
 
     fn header(&self, layout: &Layout) -> Vec<u8> {
+        let cs = self.cs();
         let mut h = Vec::with_capacity(HEADER_LENGTH as usize + 8);
         h.extend_from_slice(&MAGIC.to_be_bytes());
         h.extend_from_slice(&3u32.to_be_bytes()); // version
@@ -256,8 +300,8 @@ impl Qcow2Sink {
         h.extend_from_slice(&self.size.to_be_bytes());
         h.extend_from_slice(&0u32.to_be_bytes()); // crypt_method
         h.extend_from_slice(&(layout.l1_entries as u32).to_be_bytes());
-        h.extend_from_slice(&layout.l1_offset.to_be_bytes());
-        h.extend_from_slice(&layout.rt_offset.to_be_bytes());
+        h.extend_from_slice(&(layout.l1 * cs).to_be_bytes());
+        h.extend_from_slice(&(layout.rt * cs).to_be_bytes());
         h.extend_from_slice(&(layout.rt_clusters as u32).to_be_bytes());
         h.extend_from_slice(&0u32.to_be_bytes()); // nb_snapshots
         h.extend_from_slice(&0u64.to_be_bytes()); // snapshots_offset
@@ -270,6 +314,67 @@ impl Qcow2Sink {
         h.resize(HEADER_LENGTH as usize, 0);
         h.extend_from_slice(&[0; 8]); // end of header extensions: type 0, length 0
         h
+    }
+
+    /// L1 table, refcount table and refcount blocks of `layout`, each padded to whole clusters.
+    fn tables(&self, layout: &Layout) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let cs = self.cs();
+        let mut l1 = vec![0u8; (layout.l1_clusters * cs) as usize];
+        for (slot, &region) in self.plan.regions.iter().enumerate() {
+            let entry = ((layout.l2 + slot as u64) * cs) | COPIED;
+            let at = (region * 8) as usize;
+            if let Some(dst) = l1.get_mut(at..at + 8) {
+                dst.copy_from_slice(&entry.to_be_bytes());
+            }
+        }
+        let mut rt = vec![0u8; (layout.rt_clusters * cs) as usize];
+        for (i, dst) in rt
+            .chunks_exact_mut(8)
+            .take(layout.rb_clusters as usize)
+            .enumerate()
+        {
+            dst.copy_from_slice(&((layout.rb + i as u64) * cs).to_be_bytes());
+        }
+        // In use: the header, the data clusters, and the metadata after the room; the unused
+        // room in between keeps refcount 0.
+        let used = |c: u64| c <= self.data_clusters || (c >= layout.l2 && c < layout.total);
+        let mut rb = vec![0u8; (layout.rb_clusters * cs) as usize];
+        for (c, dst) in (0u64..).zip(rb.chunks_exact_mut(2)) {
+            if used(c) {
+                dst.copy_from_slice(&1u16.to_be_bytes());
+            }
+        }
+        (l1, rt, rb)
+    }
+
+    /// Writes L1 and refcount tables for `layout`.
+    fn write_tables(&self, layout: &Layout) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+        let cs = self.cs();
+        let (l1, rt, rb) = self.tables(layout);
+        self.file
+            .write_all_at(&l1, layout.l1 * cs)
+            .map_err(self.io("cannot write the L1 table to"))?;
+        self.file
+            .write_all_at(&rt, layout.rt * cs)
+            .map_err(self.io("cannot write the refcount table to"))?;
+        self.file
+            .write_all_at(&rb, layout.rb * cs)
+            .map_err(self.io("cannot write the refcount blocks to"))?;
+        Ok((l1, rt, rb))
+    }
+
+    /// Moves the L2 tables from the planned layout to the compact one (a lower offset, so an
+    /// ascending copy never overwrites a table it has yet to read).
+    fn move_l2_tables(&self, from: &Layout, to: &Layout) -> Result<()> {
+        let cs = self.cs();
+        let mut table = vec![0u8; cs as usize];
+        for slot in 0..self.plan.regions.len() as u64 {
+            self.read_l2(from, slot, &mut table)?;
+            self.file
+                .write_all_at(&table, (to.l2 + slot) * cs)
+                .map_err(self.io("cannot write an L2 table to"))?;
+        }
+        Ok(())
     }
 }
 
@@ -302,31 +407,32 @@ impl Sink for Qcow2Sink {
         Ok(())
     }
 
-    fn write(&mut self, offset: u64, block: Block<'_>) -> Result<()> {
+    fn write(&mut self, offset: u64, block: &Block) -> Result<()> {
         if offset != self.written {
             return Err(self.changed());
         }
         self.written += block.len();
-        let Block::Data(data) = block else {
+        let Block::Data { buf, zeros } = block else {
             return Ok(());
         };
+        let layout = self.begin()?;
         let cs = self.cs() as usize;
-        // Blocks start on cluster boundaries: 4 MiB is a multiple of every allowed cluster size.
+        // Data blocks start on 4 MiB boundaries, a multiple of every allowed cluster size.
         let first = offset >> self.cluster_bits;
         let mut run: Option<usize> = None;
         let mut pos = 0;
         loop {
-            let end = (pos + cs).min(data.len());
-            let nonzero = pos < data.len() && !is_zero(&data[pos..end]);
+            let end = (pos + cs).min(buf.len());
+            let nonzero = pos < buf.len() && !zeros.is_zero(pos, end);
             match (nonzero, run) {
                 (true, None) => run = Some(pos),
                 (false, Some(start)) => {
-                    self.write_run(first + (start / cs) as u64, &data[start..pos])?;
+                    self.write_run(&layout, first, buf, start, pos)?;
                     run = None;
                 }
                 _ => {}
             }
-            if pos >= data.len() {
+            if pos >= buf.len() {
                 break;
             }
             pos = end;
@@ -338,62 +444,78 @@ impl Sink for Qcow2Sink {
         if self.written != self.size {
             return Err(self.changed());
         }
-        let layout = self.layout();
-        self.flush_l2()?;
+        let planned = self.begin()?;
+        self.flush_l2(&planned)?;
         let cs = self.cs();
-
-        let mut l1 = vec![0u8; (layout.l1_entries * 8) as usize];
-        for (slot, &region) in self.plan.regions.iter().enumerate() {
-            let entry = (layout.l2_offset + slot as u64 * cs) | COPIED;
-            let at = (region * 8) as usize;
-            if let Some(dst) = l1.get_mut(at..at + 8) {
-                dst.copy_from_slice(&entry.to_be_bytes());
+        let gap = planned.data_room - self.data_clusters;
+        let hasher = self.hasher.take().ok_or_else(|| self.changed())?;
+        let (layout, sha256) = if gap <= self.data_clusters / GAP_DIVISOR {
+            // Keep the gap: finish the stream hash with it and the metadata.
+            let (l1, rt, rb) = self.write_tables(&planned)?;
+            hasher.push(Piece::Zeros(gap * cs));
+            let mut table = vec![0u8; cs as usize];
+            for slot in 0..self.plan.regions.len() as u64 {
+                self.read_l2(&planned, slot, &mut table)?;
+                hasher.push(Piece::Owned(table.clone()));
             }
-        }
-        self.file
-            .write_all_at(&l1, layout.l1_offset)
-            .map_err(self.io("cannot write the L1 table to"))?;
-
-        let rt: Vec<u8> = (0..layout.rb_clusters)
-            .flat_map(|i| (layout.rb_offset + i * cs).to_be_bytes())
-            .collect();
-        self.file
-            .write_all_at(&rt, layout.rt_offset)
-            .map_err(self.io("cannot write the refcount table to"))?;
-
-        // Every cluster of the file is in use exactly once.
-        let total_clusters = layout.data_offset / cs + self.data_clusters;
-        let per_block = cs / 2;
-        for i in 0..layout.rb_clusters {
-            let start = i * per_block;
-            let used = total_clusters.saturating_sub(start).min(per_block);
-            if used == 0 {
-                continue;
-            }
-            let mut block = vec![0u8; cs as usize];
-            for entry in block.chunks_exact_mut(2).take(used as usize) {
-                entry.copy_from_slice(&1u16.to_be_bytes());
-            }
+            hasher.push(Piece::Owned(l1));
+            hasher.push(Piece::Owned(rt));
+            hasher.push(Piece::Owned(rb));
+            self.set_len_and_sync(&planned)?;
+            let sha = hasher.finish().ok_or_else(|| self.changed())?;
+            (planned, sha)
+        } else {
+            // Close the gap: the header changes, so the stream hash is void.
+            drop(hasher);
+            let compact = self.layout_for(self.data_clusters);
+            self.move_l2_tables(&planned, &compact)?;
+            self.write_tables(&compact)?;
             self.file
-                .write_all_at(&block, layout.rb_offset + i * cs)
-                .map_err(self.io("cannot write a refcount block to"))?;
-        }
+                .write_all_at(&self.header(&compact), 0)
+                .map_err(self.io("cannot write the header of"))?;
+            self.set_len_and_sync(&compact)?;
+            let sha =
+                sha256_file(&self.file, compact.total * cs).map_err(self.io("cannot hash"))?;
+            (compact, sha)
+        };
+        Ok(Written {
+            file_size: layout.total * cs,
+            sha256,
+            allocated_bytes: (self.data_clusters * cs).min(self.size),
+        })
+    }
+}
 
+impl Qcow2Sink {
+    /// Reads back the L2 table in `slot`. A table never flushed (its region held only zeros)
+    /// is a hole, possibly past the end of the file so far: zeros.
+    fn read_l2(&self, layout: &Layout, slot: u64, table: &mut [u8]) -> Result<()> {
+        let at = (layout.l2 + slot) * self.cs();
+        match self.file.read_exact_at(table, at) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                // A short read leaves a partial table: the file ends inside it, the rest is zeros.
+                let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+                let have = len.saturating_sub(at).min(table.len() as u64) as usize;
+                table[have..].fill(0);
+                if have > 0 {
+                    self.file
+                        .read_exact_at(&mut table[..have], at)
+                        .map_err(self.io("cannot read back an L2 table of"))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.io("cannot read back an L2 table of")(e)),
+        }
+    }
+
+    fn set_len_and_sync(&self, layout: &Layout) -> Result<()> {
         self.file
-            .write_all_at(&self.header(&layout), 0)
-            .map_err(self.io("cannot write the header of"))?;
-        let file_size = total_clusters * cs;
-        self.file
-            .set_len(file_size)
+            .set_len(layout.total * self.cs())
             .map_err(self.io("cannot set the length of"))?;
         if self.sync {
             self.file.sync_all().map_err(self.io("cannot sync"))?;
         }
-        let sha256 = sha256_file(&self.file, file_size).map_err(self.io("cannot hash"))?;
-        Ok(Written {
-            file_size,
-            sha256,
-            allocated_bytes: (self.data_clusters * cs).min(self.size),
-        })
+        Ok(())
     }
 }

@@ -1,25 +1,21 @@
 //! Raw output: the virtual disk byte for byte, with zeros left as holes.
 //!
 //! The file's SHA-256 covers the whole virtual size, holes included, because that is what
-//! `sha256sum` reads; zero runs are hashed from a static buffer without being written.
+//! `sha256sum` reads. It is computed on a thread of its own while this one writes: zero runs are
+//! hashed from a static buffer, never written.
 
-use super::{Block, Error, Result, Sink, Written};
-use crate::util::is_zero;
-use sha2::{Digest, Sha256};
+use super::{Block, Error, GRANULE, Piece, Result, Sink, StreamHasher, Written};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-/// Holes are made at this granularity: the page and filesystem block size on Linux.
-const HOLE_GRANULE: usize = 4096;
 
 /// Writes a sparse raw image.
 pub struct RawSink {
     file: File,
     path: PathBuf,
     size: u64,
-    hasher: Sha256,
-    hashed: u64,
+    hasher: Option<StreamHasher>,
+    written: u64,
     allocated: u64,
     sync: bool,
 }
@@ -37,8 +33,8 @@ impl RawSink {
             file,
             path: path.to_owned(),
             size,
-            hasher: Sha256::new(),
-            hashed: 0,
+            hasher: Some(StreamHasher::start()),
+            written: 0,
             allocated: 0,
             sync,
         })
@@ -52,55 +48,54 @@ impl RawSink {
         }
     }
 
-    fn hash_zeros(&mut self, mut len: u64) {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        while len > 0 {
-            let n = len.min(ZEROS.len() as u64) as usize;
-            self.hasher.update(&ZEROS[..n]);
-            len -= n as u64;
+    fn changed(&self) -> Error {
+        Error::SourceChanged {
+            path: self.path.clone(),
         }
     }
 }
 
 impl Sink for RawSink {
-    fn write(&mut self, offset: u64, block: Block<'_>) -> Result<()> {
+    fn write(&mut self, offset: u64, block: &Block) -> Result<()> {
+        if offset != self.written {
+            return Err(self.changed());
+        }
+        let hasher = self.hasher.as_ref().ok_or_else(|| self.changed())?;
         match block {
-            Block::Zero(len) => self.hash_zeros(len),
-            Block::Data(data) => {
-                self.hasher.update(data);
-                // Coalesce consecutive non-zero granules into one write.
-                let mut run_start: Option<usize> = None;
+            Block::Zero(len) => hasher.push(Piece::Zeros(*len)),
+            Block::Data { buf, zeros } => {
+                hasher.push(Piece::Shared(buf.clone(), 0..buf.len()));
+                // Write runs of non-zero granules; zero granules stay holes.
+                let mut run: Option<usize> = None;
                 let mut pos = 0;
-                while pos <= data.len() {
-                    let end = (pos + HOLE_GRANULE).min(data.len());
-                    let nonzero = pos < data.len() && !is_zero(&data[pos..end]);
-                    match (nonzero, run_start) {
-                        (true, None) => run_start = Some(pos),
+                loop {
+                    let end = (pos + GRANULE).min(buf.len());
+                    let nonzero = pos < buf.len() && !zeros.is_zero(pos, end);
+                    match (nonzero, run) {
+                        (true, None) => run = Some(pos),
                         (false, Some(start)) => {
                             self.file
-                                .write_all_at(&data[start..pos], offset + start as u64)
+                                .write_all_at(&buf[start..pos], offset + start as u64)
                                 .map_err(self.io("cannot write"))?;
                             self.allocated += (pos - start) as u64;
-                            run_start = None;
+                            run = None;
                         }
                         _ => {}
                     }
-                    if pos == data.len() {
+                    if pos >= buf.len() {
                         break;
                     }
                     pos = end;
                 }
             }
         }
-        self.hashed += block.len();
+        self.written += block.len();
         Ok(())
     }
 
     fn finish(&mut self) -> Result<Written> {
-        if self.hashed != self.size {
-            return Err(Error::SourceChanged {
-                path: self.path.clone(),
-            });
+        if self.written != self.size {
+            return Err(self.changed());
         }
         self.file
             .set_len(self.size)
@@ -108,10 +103,14 @@ impl Sink for RawSink {
         if self.sync {
             self.file.sync_all().map_err(self.io("cannot sync"))?;
         }
-        let hasher = std::mem::take(&mut self.hasher);
+        let sha256 = self
+            .hasher
+            .take()
+            .and_then(StreamHasher::finish)
+            .ok_or_else(|| self.changed())?;
         Ok(Written {
             file_size: self.size,
-            sha256: hasher.finalize().into(),
+            sha256,
             allocated_bytes: self.allocated,
         })
     }
