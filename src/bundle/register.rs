@@ -276,7 +276,7 @@ pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>)
     if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
         return Err(copy::Error::Interrupted.into());
     }
-    commit(tmp, &req.output, &parent, &out_name)?;
+    commit(tmp, &req.output, &parent, &out_name, req.sync)?;
     Ok(Report {
         output: req.output.clone(),
         manifest,
@@ -308,7 +308,13 @@ fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
 
 /// Moves the finished temporary directory to `output`. An existing `output` (with `--force`) is
 /// first moved aside, then removed once the new bundle is in place.
-fn commit(mut tmp: TempDir, output: &Path, parent: &Path, out_name: &str) -> Result<()> {
+fn commit(
+    mut tmp: TempDir,
+    output: &Path,
+    parent: &Path,
+    out_name: &str,
+    sync: bool,
+) -> Result<()> {
     let old = parent.join(format!(".{out_name}.mkomi-{}.old", std::process::id()));
     let replaced = output.symlink_metadata().is_ok();
     if replaced {
@@ -321,7 +327,10 @@ fn commit(mut tmp: TempDir, output: &Path, parent: &Path, out_name: &str) -> Res
         return Err(io_err(output, "cannot rename the finished bundle to")(e));
     }
     tmp.committed = true;
-    let _ = sync_dir(parent);
+    if sync {
+        // Some filesystems refuse fsync on directories; the bundle is complete either way.
+        let _ = sync_dir(parent);
+    }
     if replaced {
         let removed = if old.is_dir() {
             std::fs::remove_dir_all(&old)
