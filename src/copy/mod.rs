@@ -1,25 +1,35 @@
 //! The copy engine: one pass over a source's allocated data, hashing and writing overlapped.
 //!
-//! Three threads form a pipeline over 4 MiB blocks (the `ContentDigest` block):
+//! Three threads form a pipeline over chunks of 1 MiB (or the sink's cluster size, if larger),
+//! which never straddle a 4 MiB `ContentDigest` block:
 //!
-//! 1. the reader asks the source where data is ([`Source::extent`]), skips holes without reading
-//!    them, and reads data blocks into buffers from a fixed pool;
-//! 2. the hasher turns blocks that read as all zeros into zero blocks and digests the others;
-//! 3. the caller's thread hands blocks, in order, to the [`Sink`].
+//! 1. the reader asks the source where data is ([`Source::extent`]), one extent at a time, skips
+//!    holes without reading them (a hole of terabytes is one query and one message) and reads
+//!    data chunks into buffers from a fixed pool;
+//! 2. the hasher maps each chunk's zero 4 KiB granules, turns all-zero chunks into holes and
+//!    feeds the digest of the 4 MiB block the chunk belongs to;
+//! 3. the caller's thread hands chunks, in order, to the [`Sink`], whose own hashing thread
+//!    digests the output as it is written.
 //!
-//! Memory is the pool — [`POOL_BUFFERS`] blocks — whatever the disk's size. Before the copy, one
-//! walk over the extents (metadata only) totals the data for progress and gives sinks that need
-//! it (qcow2) their plan.
+//! Memory is the pool — [`POOL_BUFFERS`] chunks — whatever the disk's size. Chunks are small so
+//! that they stay in cache between the threads that touch them: measured here, reading a page-
+//! cached file into six rotating 4 MiB buffers ran at 2.4 GB/s, into six 1 MiB buffers at 11 GB/s.
+//! Before the copy, one walk over the extents (metadata only) totals the data for progress and
+//! gives sinks that need it (qcow2) their plan.
 
 use crate::digest::{self, BLOCK_SIZE, ContentHasher};
 use crate::progress::Task;
 use crate::sink::{self, Block, SharedBuf, Sink, Written, ZeroMap};
 use crate::source::{self, Extent, ExtentKind, Source};
+use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-/// Buffers in flight: two being read or hashed, two queued, one being written, one spare.
-pub const POOL_BUFFERS: usize = 6;
+/// Chunks in flight: being read, hashed, written and output-hashed, plus two queued.
+pub const POOL_BUFFERS: usize = 8;
+
+/// The engine's chunk size, unless the sink's allocation unit is larger.
+pub const CHUNK: u64 = 1 << 20;
 
 /// Errors of a copy.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +129,8 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
 
     let size = source.size();
     let cancel = options.cancel;
+    // Chunks hold whole clusters and divide the digest block: both are powers of two.
+    let chunk = CHUNK.max(sink.alignment()).min(BLOCK_SIZE);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(POOL_BUFFERS);
     for _ in 0..POOL_BUFFERS {
         // The channel holds exactly the pool: these sends cannot block.
@@ -128,9 +140,9 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
     let (hashed_tx, hashed_rx) = sync_channel::<Out>(2);
 
     std::thread::scope(|scope| {
-        scope.spawn(move || read_blocks(source, size, cancel, free_rx, read_tx));
+        scope.spawn(move || read_chunks(source, size, chunk, cancel, free_rx, read_tx));
         let hasher_free = free_tx.clone();
-        let hasher = scope.spawn(move || hash_blocks(read_rx, hashed_tx, hasher_free));
+        let hasher = scope.spawn(move || hash_chunks(size, read_rx, hashed_tx, hasher_free));
 
         let mut data_bytes = 0u64;
         let mut outcome: Result<()> = Ok(());
@@ -156,8 +168,8 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
         drop(hashed_rx);
         let content = hasher.join().unwrap_or_default();
         outcome?;
-        let (hasher, blocks) = content.ok_or(Error::Interrupted)?;
-        if blocks != size.div_ceil(BLOCK_SIZE) {
+        let hasher = content.ok_or(Error::Interrupted)?;
+        if hasher.blocks() != size.div_ceil(BLOCK_SIZE) {
             return Err(Error::Interrupted);
         }
         let written = sink.finish()?;
@@ -169,16 +181,18 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
     })
 }
 
-fn read_blocks(
+fn read_chunks(
     source: &mut dyn Source,
     size: u64,
+    chunk: u64,
     cancel: Option<&AtomicBool>,
     free: Receiver<Vec<u8>>,
     out: SyncSender<Msg>,
 ) {
-    let mut reader = BlockReader {
+    let mut reader = ChunkReader {
         source,
         size,
+        chunk,
         current: None,
         pieces: Vec::new(),
     };
@@ -206,18 +220,18 @@ fn read_blocks(
     }
 }
 
-/// Turns a source's extents into block messages. One extent is asked for at a time, as long as
-/// the source will report it, and consumed across blocks: a hole of terabytes costs one query
-/// and one message, not one per block.
-struct BlockReader<'a> {
+/// Turns a source's extents into chunk messages. One extent is asked for at a time, as long as
+/// the source will report it, and consumed across chunks.
+struct ChunkReader<'a> {
     source: &'a mut dyn Source,
     size: u64,
+    chunk: u64,
     /// The extent that covers the current offset, possibly reaching far past it.
     current: Option<Extent>,
     pieces: Vec<Extent>,
 }
 
-impl BlockReader<'_> {
+impl ChunkReader<'_> {
     /// The extent covering `pos`, from the cache or the source.
     fn extent_at(&mut self, pos: u64) -> Result<Extent> {
         match self.current {
@@ -230,8 +244,8 @@ impl BlockReader<'_> {
         }
     }
 
-    /// The message for the data starting at `offset`, a block boundary: a zero run of whole
-    /// blocks (to the end of the disk at most), or one block of data.
+    /// The message for the data starting at `offset`, a chunk boundary: a zero run of whole
+    /// chunks (to the end of the disk at most), or one chunk of data.
     fn next(&mut self, offset: u64, free: &Receiver<Vec<u8>>) -> Result<Option<Msg>> {
         let e = self.extent_at(offset)?;
         let e_end = e.offset + e.len;
@@ -239,7 +253,7 @@ impl BlockReader<'_> {
             let run_end = if e_end >= self.size {
                 self.size
             } else {
-                e_end - e_end % BLOCK_SIZE
+                e_end - e_end % self.chunk
             };
             if run_end > offset {
                 return Ok(Some(Msg::Zero {
@@ -248,7 +262,7 @@ impl BlockReader<'_> {
                 }));
             }
         }
-        let end = (offset + BLOCK_SIZE).min(self.size);
+        let end = (offset + self.chunk).min(self.size);
         self.pieces.clear();
         let mut pos = offset;
         while pos < end {
@@ -283,35 +297,105 @@ impl BlockReader<'_> {
     }
 }
 
-/// Digests blocks in order and maps their zero granules; returns the content hasher and its
-/// block count, or `None` when the copy stopped early.
-fn hash_blocks(
+/// The `ContentDigest` block being assembled from chunks. Zeros before a block's first data are
+/// only counted, so a block that stays all zeros takes the precomputed digest.
+struct BlockDigest {
+    content: ContentHasher,
+    size: u64,
+    /// Start of the block being assembled, and how many of its bytes were seen.
+    start: u64,
+    filled: u64,
+    /// The block's hasher, once data has been seen in it.
+    hasher: Option<Sha256>,
+}
+
+impl BlockDigest {
+    fn new(size: u64) -> Self {
+        Self {
+            content: ContentHasher::new(),
+            size,
+            start: 0,
+            filled: 0,
+            hasher: None,
+        }
+    }
+
+    fn block_len(&self) -> u64 {
+        (self.size - self.start).min(BLOCK_SIZE)
+    }
+
+    /// Counts `n` more bytes of the block, closing it when full.
+    fn advance(&mut self, n: u64) {
+        self.filled += n;
+        if self.filled == self.block_len() {
+            let d = match self.hasher.take() {
+                Some(h) => h.finalize().into(),
+                None => digest::zero_block_digest(self.filled),
+            };
+            self.content.push(&d);
+            self.start += self.filled;
+            self.filled = 0;
+        }
+    }
+
+    /// `len` zero bytes next.
+    fn zeros(&mut self, mut len: u64) {
+        while len > 0 && self.start < self.size {
+            let n = len.min(self.block_len() - self.filled);
+            if let Some(h) = &mut self.hasher {
+                feed_zeros(h, n);
+            }
+            self.advance(n);
+            len -= n;
+        }
+    }
+
+    /// Data bytes next; chunks never cross a block boundary.
+    fn data(&mut self, data: &[u8]) {
+        let leading = self.filled;
+        let h = self.hasher.get_or_insert_with(|| {
+            let mut h = Sha256::new();
+            feed_zeros(&mut h, leading);
+            h
+        });
+        h.update(data);
+        self.advance(data.len() as u64);
+    }
+}
+
+fn feed_zeros(h: &mut Sha256, mut n: u64) {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Maps zero granules and feeds the block digests, in order; returns the content hasher, or
+/// `None` when the copy stopped early.
+fn hash_chunks(
+    size: u64,
     input: Receiver<Msg>,
     out: SyncSender<Out>,
     free: SyncSender<Vec<u8>>,
-) -> Option<(ContentHasher, u64)> {
-    let mut content = ContentHasher::new();
+) -> Option<ContentHasher> {
+    let mut digest = BlockDigest::new(size);
     for msg in input.iter() {
         let (offset, block) = match msg {
             Msg::Zero { offset, len } => {
-                // A run of whole blocks, the last possibly short (at the end of the disk).
-                let mut left = len;
-                while left > 0 {
-                    let n = left.min(BLOCK_SIZE);
-                    content.push(&digest::zero_block_digest(n));
-                    left -= n;
-                }
+                digest.zeros(len);
                 (offset, Block::Zero(len))
             }
             Msg::Data { offset, buf } => {
                 let zeros = ZeroMap::scan(&buf);
                 if zeros.is_zero(0, buf.len()) {
                     let len = buf.len() as u64;
-                    content.push(&digest::zero_block_digest(len));
+                    digest.zeros(len);
                     let _ = free.send(buf);
                     (offset, Block::Zero(len))
                 } else {
-                    content.push(&digest::block_digest(&buf));
+                    digest.data(&buf);
                     let buf = SharedBuf::new(buf, Some(free.clone()));
                     (offset, Block::Data { buf, zeros })
                 }
@@ -325,6 +409,132 @@ fn hash_blocks(
             return None;
         }
     }
-    let blocks = content.blocks();
-    Some((content, blocks))
+    Some(digest.content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::NullSink;
+    use std::path::{Path, PathBuf};
+
+    /// An in-memory disk whose extents are given: data where `data` says, zeros elsewhere.
+    struct MemSource {
+        disk: Vec<u8>,
+        data: Vec<(u64, u64)>,
+        path: PathBuf,
+    }
+
+    impl Source for MemSource {
+        fn size(&self) -> u64 {
+            self.disk.len() as u64
+        }
+        fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<Extent> {
+            let end = offset + max_len;
+            for &(a, b) in &self.data {
+                if offset >= a && offset < b {
+                    let len = b.min(end) - offset;
+                    return Ok(Extent {
+                        offset,
+                        len,
+                        kind: ExtentKind::Data,
+                    });
+                }
+                if offset < a {
+                    let len = a.min(end) - offset;
+                    return Ok(Extent {
+                        offset,
+                        len,
+                        kind: ExtentKind::Zero,
+                    });
+                }
+            }
+            Ok(Extent {
+                offset,
+                len: max_len,
+                kind: ExtentKind::Zero,
+            })
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> source::Result<()> {
+            let o = offset as usize;
+            buf.copy_from_slice(&self.disk[o..o + buf.len()]);
+            Ok(())
+        }
+        fn format(&self) -> &'static str {
+            "raw"
+        }
+        fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    /// A sink that only checks the blocks it gets and records their bytes.
+    struct Recorder {
+        align: u64,
+        got: Vec<u8>,
+    }
+
+    impl Sink for Recorder {
+        fn alignment(&self) -> u64 {
+            self.align
+        }
+        fn write(&mut self, offset: u64, block: &Block) -> sink::Result<()> {
+            assert_eq!(offset, self.got.len() as u64);
+            match block {
+                Block::Zero(n) => self.got.resize(self.got.len() + *n as usize, 0),
+                Block::Data { buf, .. } => {
+                    assert_eq!(offset % self.align, 0);
+                    assert!(buf.len() as u64 <= BLOCK_SIZE);
+                    self.got.extend_from_slice(buf);
+                }
+            }
+            Ok(())
+        }
+        fn finish(&mut self) -> sink::Result<Written> {
+            NullSink.finish()
+        }
+    }
+
+    #[test]
+    fn chunked_digest_matches_the_definition() {
+        const M: u64 = 1 << 20;
+        // Sizes around block and chunk edges; data extents that start mid-chunk, hold zeros,
+        // cross block boundaries and reach the very end.
+        for size in [0, 1, 4095, 4 * M, 4 * M + 1, 13 * M + 777] {
+            let mut disk = vec![0u8; size as usize];
+            for (i, b) in disk.iter_mut().enumerate() {
+                if (i / 3000) % 5 != 0 {
+                    *b = (i % 251) as u8 | 1;
+                }
+            }
+            let data: Vec<(u64, u64)> = [(4096, 3 * M), (4 * M - 10, 4 * M + 20), (9 * M, size)]
+                .into_iter()
+                .map(|(a, b)| (a.min(size), b.min(size)))
+                .filter(|(a, b)| a < b)
+                .collect();
+            // Bytes outside the data extents read as zeros.
+            let mut expect = vec![0u8; size as usize];
+            for &(a, b) in &data {
+                expect[a as usize..b as usize].copy_from_slice(&disk[a as usize..b as usize]);
+            }
+            for align in [4096, 2 * M] {
+                let mut src = MemSource {
+                    disk: disk.clone(),
+                    data: data.clone(),
+                    path: "mem".into(),
+                };
+                let mut sink = Recorder {
+                    align,
+                    got: Vec::new(),
+                };
+                let r = copy(&mut src, &mut sink, Options::default()).unwrap();
+                assert_eq!(sink.got, expect, "size {size} align {align}");
+                assert_eq!(
+                    r.content_digest,
+                    digest::content_digest_of(&expect),
+                    "size {size}"
+                );
+            }
+        }
+    }
 }

@@ -221,14 +221,20 @@ pub trait Sink {
         false
     }
 
+    /// The size, a power of two, whose multiples every data block starts at and (but for the
+    /// disk's last) spans: the sink's allocation unit.
+    fn alignment(&self) -> u64 {
+        GRANULE as u64
+    }
+
     /// Sees one extent of the source, in order, before any block is written.
     fn plan(&mut self, _extent: &Extent) -> Result<()> {
         Ok(())
     }
 
     /// Receives the next block; `offset` is where it starts in the virtual disk. Blocks arrive in
-    /// order and cover the disk without gaps, starting on 4 MiB boundaries. A data block is at
-    /// most 4 MiB; a zero block may span many.
+    /// order and cover the disk without gaps. A data block starts on a multiple of
+    /// [`Sink::alignment`] and is at most 4 MiB; a zero block may span any length.
     fn write(&mut self, offset: u64, block: &Block) -> Result<()>;
 
     /// Completes the file (metadata, length, fsync) and returns what was written.

@@ -206,8 +206,7 @@ impl Qcow2Sink {
         }
         let layout = self.layout_for(self.plan.max_data_clusters);
         let header = self.header(&layout);
-        self.file
-            .write_all_at(&header, 0)
+        crate::util::write_all_at(&self.file, &header, 0)
             .map_err(self.io("cannot write the header of"))?;
         let hasher = StreamHasher::start();
         let mut cluster = header;
@@ -223,8 +222,7 @@ impl Qcow2Sink {
         if let Some(slot) = self.l2_slot {
             let bytes: Vec<u8> = self.l2.iter().flat_map(|e| e.to_be_bytes()).collect();
             let at = (layout.l2 + slot as u64) * self.cs();
-            self.file
-                .write_all_at(&bytes, at)
+            crate::util::write_all_at(&self.file, &bytes, at)
                 .map_err(self.io("cannot write an L2 table to"))?;
         }
         Ok(())
@@ -268,8 +266,7 @@ impl Qcow2Sink {
             return Err(self.changed());
         }
         let host = (1 + self.data_clusters) * cs;
-        self.file
-            .write_all_at(&buf[start..end], host)
+        crate::util::write_all_at(&self.file, &buf[start..end], host)
             .map_err(self.io("cannot write"))?;
         if let Some(h) = &self.hasher {
             h.push(Piece::Shared(buf.clone(), start..end));
@@ -354,14 +351,11 @@ impl Qcow2Sink {
     fn write_tables(&self, layout: &Layout) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
         let cs = self.cs();
         let (l1, rt, rb) = self.tables(layout);
-        self.file
-            .write_all_at(&l1, layout.l1 * cs)
+        crate::util::write_all_at(&self.file, &l1, layout.l1 * cs)
             .map_err(self.io("cannot write the L1 table to"))?;
-        self.file
-            .write_all_at(&rt, layout.rt * cs)
+        crate::util::write_all_at(&self.file, &rt, layout.rt * cs)
             .map_err(self.io("cannot write the refcount table to"))?;
-        self.file
-            .write_all_at(&rb, layout.rb * cs)
+        crate::util::write_all_at(&self.file, &rb, layout.rb * cs)
             .map_err(self.io("cannot write the refcount blocks to"))?;
         Ok((l1, rt, rb))
     }
@@ -373,8 +367,7 @@ impl Qcow2Sink {
         let mut table = vec![0u8; cs as usize];
         for slot in 0..self.plan.regions.len() as u64 {
             self.read_l2(from, slot, &mut table)?;
-            self.file
-                .write_all_at(&table, (to.l2 + slot) * cs)
+            crate::util::write_all_at(&self.file, &table, (to.l2 + slot) * cs)
                 .map_err(self.io("cannot write an L2 table to"))?;
         }
         Ok(())
@@ -384,6 +377,10 @@ impl Qcow2Sink {
 impl Sink for Qcow2Sink {
     fn wants_plan(&self) -> bool {
         true
+    }
+
+    fn alignment(&self) -> u64 {
+        self.cs()
     }
 
     fn plan(&mut self, extent: &Extent) -> Result<()> {
@@ -420,7 +417,7 @@ impl Sink for Qcow2Sink {
         };
         let layout = self.begin()?;
         let cs = self.cs() as usize;
-        // Data blocks start on 4 MiB boundaries, a multiple of every allowed cluster size.
+        // Data blocks start on cluster boundaries: see `alignment`.
         let first = offset >> self.cluster_bits;
         let mut run: Option<usize> = None;
         let mut pos = 0;
@@ -473,8 +470,7 @@ impl Sink for Qcow2Sink {
             let compact = self.layout_for(self.data_clusters);
             self.move_l2_tables(&planned, &compact)?;
             self.write_tables(&compact)?;
-            self.file
-                .write_all_at(&self.header(&compact), 0)
+            crate::util::write_all_at(&self.file, &self.header(&compact), 0)
                 .map_err(self.io("cannot write the header of"))?;
             self.set_len_and_sync(&compact)?;
             let sha =

@@ -6,7 +6,6 @@
 
 use super::{Block, Error, GRANULE, Piece, Result, Sink, StreamHasher, Written};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Writes a sparse raw image.
@@ -74,9 +73,12 @@ impl Sink for RawSink {
                     match (nonzero, run) {
                         (true, None) => run = Some(pos),
                         (false, Some(start)) => {
-                            self.file
-                                .write_all_at(&buf[start..pos], offset + start as u64)
-                                .map_err(self.io("cannot write"))?;
+                            crate::util::write_all_at(
+                                &self.file,
+                                &buf[start..pos],
+                                offset + start as u64,
+                            )
+                            .map_err(self.io("cannot write"))?;
                             self.allocated += (pos - start) as u64;
                             run = None;
                         }
