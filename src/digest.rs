@@ -29,14 +29,8 @@ pub fn block_digest(data: &[u8]) -> Hash {
 pub fn zero_block_digest(len: u64) -> Hash {
     static FULL: OnceLock<Hash> = OnceLock::new();
     let compute = |len: u64| {
-        let zeros = [0u8; 64 << 10];
         let mut h = Sha256::new();
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            h.update(&zeros[..n]);
-            left -= n as u64;
-        }
+        crate::util::hash_zeros(&mut h, len);
         let out: Hash = h.finalize().into();
         out
     };

@@ -1,35 +1,35 @@
 //! The copy engine: one pass over a source's allocated data, hashing and writing overlapped.
 //!
-//! Three threads form a pipeline over chunks of 1 MiB (or the sink's cluster size, if larger),
+//! Two threads form a pipeline over chunks of 1 MiB (or the sink's cluster size, if larger),
 //! which never straddle a 4 MiB `ContentDigest` block:
 //!
 //! 1. the reader asks the source where data is ([`Source::extent`]), one extent at a time, skips
-//!    holes without reading them (a hole of terabytes is one query and one message) and reads
-//!    data chunks into buffers from a fixed pool;
-//! 2. the hasher maps each chunk's zero 4 KiB granules, turns all-zero chunks into holes and
-//!    feeds the digest of the 4 MiB block the chunk belongs to;
-//! 3. the caller's thread hands chunks, in order, to the [`Sink`], whose own hashing thread
-//!    digests the output as it is written.
+//!    holes without reading them (a hole of terabytes is one query and one message), reads data
+//!    chunks into buffers from a fixed pool, maps their zero 4 KiB granules and feeds the digest
+//!    of the 4 MiB block each chunk belongs to;
+//! 2. the caller's thread hands the chunks, in order, to the [`Sink`], which writes them and
+//!    hashes its file's bytes as it goes.
 //!
-//! Memory is the pool — [`POOL_BUFFERS`] chunks — whatever the disk's size. Chunks are small so
-//! that they stay in cache between the threads that touch them: measured here, reading a page-
-//! cached file into six rotating 4 MiB buffers ran at 2.4 GB/s, into six 1 MiB buffers at 11 GB/s.
-//! Before the copy, one walk over the extents (metadata only) totals the data for progress and
+//! Each data byte is thus hashed twice, once on each core, by the thread that holds it.
+//!
+//! Memory is the pool — [`POOL_BUFFERS`] chunks — whatever the disk's size. Chunks are as large
+//! as a fast system call ([`crate::util::IO_CHUNK`]). Before the copy, one walk over the extents (metadata only) totals the data for progress and
 //! gives sinks that need it (qcow2) their plan.
 
 use crate::digest::{self, BLOCK_SIZE, ContentHasher};
 use crate::progress::Task;
-use crate::sink::{self, Block, SharedBuf, Sink, Written, ZeroMap};
+use crate::sink::{self, Block, Sink, Written, ZeroMap};
 use crate::source::{self, Extent, ExtentKind, Source};
+use crate::util::hash_zeros;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-/// Chunks in flight: being read, hashed, written and output-hashed, plus two queued.
+/// Chunks in flight: one being read, one being written, the rest queued between.
 pub const POOL_BUFFERS: usize = 8;
 
 /// The engine's chunk size, unless the sink's allocation unit is larger.
-pub const CHUNK: u64 = 1 << 20;
+pub const CHUNK: u64 = crate::util::IO_CHUNK as u64;
 
 /// Errors of a copy.
 #[derive(Debug, thiserror::Error)]
@@ -68,15 +68,16 @@ pub struct Options<'a> {
     pub cancel: Option<&'a AtomicBool>,
 }
 
-enum Msg {
-    Zero { offset: u64, len: u64 },
-    Data { offset: u64, buf: Vec<u8> },
-    Failed(Error),
+/// A chunk as read: zeros, or bytes to look at.
+enum Chunk {
+    Zero(u64),
+    Data(Vec<u8>),
 }
 
-/// What the hasher hands on to the sink.
+/// What the reader hands on to the sink.
 enum Out {
-    Block(u64, Block),
+    Zero(u64, u64),
+    Data(u64, Vec<u8>, ZeroMap),
     Failed(Error),
 }
 
@@ -136,26 +137,26 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
         // The channel holds exactly the pool: these sends cannot block.
         let _ = free_tx.send(Vec::new());
     }
-    let (read_tx, read_rx) = sync_channel::<Msg>(2);
-    let (hashed_tx, hashed_rx) = sync_channel::<Out>(2);
+    let (read_tx, read_rx) = sync_channel::<Out>(2);
 
     std::thread::scope(|scope| {
-        scope.spawn(move || read_chunks(source, size, chunk, cancel, free_rx, read_tx));
-        let hasher_free = free_tx.clone();
-        let hasher = scope.spawn(move || hash_chunks(size, read_rx, hashed_tx, hasher_free));
+        let home = free_tx.clone();
+        let reader =
+            scope.spawn(move || read_chunks(source, size, chunk, cancel, free_rx, home, read_tx));
 
         let mut data_bytes = 0u64;
         let mut outcome: Result<()> = Ok(());
-        for out in hashed_rx.iter() {
+        for out in read_rx.iter() {
             let step: Result<()> = match out {
-                Out::Block(offset, block) => {
-                    if let Block::Data { buf, .. } = &block {
-                        data_bytes += buf.len() as u64;
-                        if let Some(p) = options.progress {
-                            p.advance(buf.len() as u64);
-                        }
+                Out::Zero(offset, len) => sink.write(offset, &Block::Zero(len)).map_err(Into::into),
+                Out::Data(offset, buf, zeros) => {
+                    data_bytes += buf.len() as u64;
+                    if let Some(p) = options.progress {
+                        p.advance(buf.len() as u64);
                     }
-                    sink.write(offset, &block).map_err(Into::into)
+                    let r = sink.write(offset, &Block::Data { buf: &buf, zeros });
+                    let _ = free_tx.send(buf);
+                    r.map_err(Into::into)
                 }
                 Out::Failed(e) => Err(e),
             };
@@ -164,9 +165,9 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
                 break;
             }
         }
-        // Dropping the receiver stops the hasher, which stops the reader.
-        drop(hashed_rx);
-        let content = hasher.join().unwrap_or_default();
+        // Dropping the receiver stops the reader.
+        drop(read_rx);
+        let content = reader.join().unwrap_or_default();
         outcome?;
         let hasher = content.ok_or(Error::Interrupted)?;
         if hasher.blocks() != size.div_ceil(BLOCK_SIZE) {
@@ -181,14 +182,19 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
     })
 }
 
+/// Reads chunks, maps their zero granules and digests them, in order; returns the content
+/// hasher, or `None` when the copy stopped early. Hashing on the thread that read the chunk
+/// finds it still in that core's cache.
 fn read_chunks(
     source: &mut dyn Source,
     size: u64,
     chunk: u64,
     cancel: Option<&AtomicBool>,
     free: Receiver<Vec<u8>>,
-    out: SyncSender<Msg>,
-) {
+    home: SyncSender<Vec<u8>>,
+    out: SyncSender<Out>,
+) -> Option<ContentHasher> {
+    let mut digest = BlockDigest::new(size);
     let mut reader = ChunkReader {
         source,
         size,
@@ -199,25 +205,42 @@ fn read_chunks(
     let mut offset = 0u64;
     while offset < size {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            let _ = out.send(Msg::Failed(Error::Interrupted));
-            return;
+            let _ = out.send(Out::Failed(Error::Interrupted));
+            return None;
         }
-        let msg = match reader.next(offset, &free) {
-            Ok(Some(m)) => m,
-            Ok(None) => return, // the pool is gone: the consumer stopped
-            Err(e) => Msg::Failed(e),
+        let out_msg = match reader.next(offset, &free) {
+            Ok(Some(Chunk::Zero(len))) => {
+                digest.zeros(len);
+                Out::Zero(offset, len)
+            }
+            Ok(Some(Chunk::Data(buf))) => {
+                let zeros = ZeroMap::scan(&buf);
+                if zeros.is_zero(0, buf.len()) {
+                    let len = buf.len() as u64;
+                    digest.zeros(len);
+                    let _ = home.send(buf);
+                    Out::Zero(offset, len)
+                } else {
+                    digest.data(&buf);
+                    Out::Data(offset, buf, zeros)
+                }
+            }
+            Err(e) => {
+                let _ = out.send(Out::Failed(e));
+                return None;
+            }
+            Ok(None) => return None, // the pool is gone: the consumer stopped
         };
-        let next = match &msg {
-            Msg::Zero { offset, len } => offset + len,
-            Msg::Data { offset, buf } => offset + buf.len() as u64,
-            Msg::Failed(_) => size,
+        offset += match &out_msg {
+            Out::Zero(_, len) => *len,
+            Out::Data(_, buf, _) => buf.len() as u64,
+            Out::Failed(_) => size,
         };
-        let failed = matches!(msg, Msg::Failed(_));
-        if out.send(msg).is_err() || failed {
-            return;
+        if out.send(out_msg).is_err() {
+            return None;
         }
-        offset = next;
     }
+    Some(digest.content)
 }
 
 /// Turns a source's extents into chunk messages. One extent is asked for at a time, as long as
@@ -246,7 +269,7 @@ impl ChunkReader<'_> {
 
     /// The message for the data starting at `offset`, a chunk boundary: a zero run of whole
     /// chunks (to the end of the disk at most), or one chunk of data.
-    fn next(&mut self, offset: u64, free: &Receiver<Vec<u8>>) -> Result<Option<Msg>> {
+    fn next(&mut self, offset: u64, free: &Receiver<Vec<u8>>) -> Result<Option<Chunk>> {
         let e = self.extent_at(offset)?;
         let e_end = e.offset + e.len;
         if e.kind == ExtentKind::Zero {
@@ -256,10 +279,7 @@ impl ChunkReader<'_> {
                 e_end - e_end % self.chunk
             };
             if run_end > offset {
-                return Ok(Some(Msg::Zero {
-                    offset,
-                    len: run_end - offset,
-                }));
+                return Ok(Some(Chunk::Zero(run_end - offset)));
             }
         }
         let end = (offset + self.chunk).min(self.size);
@@ -276,10 +296,7 @@ impl ChunkReader<'_> {
             pos = piece_end;
         }
         if self.pieces.iter().all(|p| p.kind == ExtentKind::Zero) {
-            return Ok(Some(Msg::Zero {
-                offset,
-                len: end - offset,
-            }));
+            return Ok(Some(Chunk::Zero(end - offset)));
         }
         let Ok(mut buf) = free.recv() else {
             return Ok(None);
@@ -293,7 +310,7 @@ impl ChunkReader<'_> {
                 ExtentKind::Zero => dst.fill(0),
             }
         }
-        Ok(Some(Msg::Data { offset, buf }))
+        Ok(Some(Chunk::Data(buf)))
     }
 }
 
@@ -343,7 +360,7 @@ impl BlockDigest {
         while len > 0 && self.start < self.size {
             let n = len.min(self.block_len() - self.filled);
             if let Some(h) = &mut self.hasher {
-                feed_zeros(h, n);
+                hash_zeros(h, n);
             }
             self.advance(n);
             len -= n;
@@ -355,61 +372,12 @@ impl BlockDigest {
         let leading = self.filled;
         let h = self.hasher.get_or_insert_with(|| {
             let mut h = Sha256::new();
-            feed_zeros(&mut h, leading);
+            hash_zeros(&mut h, leading);
             h
         });
         h.update(data);
         self.advance(data.len() as u64);
     }
-}
-
-fn feed_zeros(h: &mut Sha256, mut n: u64) {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        h.update(&ZEROS[..k]);
-        n -= k as u64;
-    }
-}
-
-/// Maps zero granules and feeds the block digests, in order; returns the content hasher, or
-/// `None` when the copy stopped early.
-fn hash_chunks(
-    size: u64,
-    input: Receiver<Msg>,
-    out: SyncSender<Out>,
-    free: SyncSender<Vec<u8>>,
-) -> Option<ContentHasher> {
-    let mut digest = BlockDigest::new(size);
-    for msg in input.iter() {
-        let (offset, block) = match msg {
-            Msg::Zero { offset, len } => {
-                digest.zeros(len);
-                (offset, Block::Zero(len))
-            }
-            Msg::Data { offset, buf } => {
-                let zeros = ZeroMap::scan(&buf);
-                if zeros.is_zero(0, buf.len()) {
-                    let len = buf.len() as u64;
-                    digest.zeros(len);
-                    let _ = free.send(buf);
-                    (offset, Block::Zero(len))
-                } else {
-                    digest.data(&buf);
-                    let buf = SharedBuf::new(buf, Some(free.clone()));
-                    (offset, Block::Data { buf, zeros })
-                }
-            }
-            Msg::Failed(e) => {
-                let _ = out.send(Out::Failed(e));
-                return None;
-            }
-        };
-        if out.send(Out::Block(offset, block)).is_err() {
-            return None;
-        }
-    }
-    Some(digest.content)
 }
 
 #[cfg(test)]
@@ -478,7 +446,7 @@ mod tests {
         fn alignment(&self) -> u64 {
             self.align
         }
-        fn write(&mut self, offset: u64, block: &Block) -> sink::Result<()> {
+        fn write(&mut self, offset: u64, block: &Block<'_>) -> sink::Result<()> {
             assert_eq!(offset, self.got.len() as u64);
             match block {
                 Block::Zero(n) => self.got.resize(self.got.len() + *n as usize, 0),

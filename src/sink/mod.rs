@@ -9,10 +9,7 @@ pub mod raw;
 
 use crate::source::Extent;
 use crate::util::is_zero;
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::mpsc::{SyncSender, sync_channel};
 
 /// An error writing one output file; its message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -49,38 +46,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Zero detection granule: 4 KiB, the page and filesystem block size.
 pub const GRANULE: usize = 4096;
 
-/// A block's data, shared between a sink's writer and its hashing thread. When the last holder
-/// drops it, the buffer returns to the copy engine's pool, which keeps memory bounded.
-#[derive(Clone)]
-pub struct SharedBuf(Arc<PooledVec>);
-
-struct PooledVec {
-    data: Vec<u8>,
-    home: Option<SyncSender<Vec<u8>>>,
-}
-
-impl Drop for PooledVec {
-    fn drop(&mut self) {
-        if let Some(home) = &self.home {
-            let _ = home.send(std::mem::take(&mut self.data));
-        }
-    }
-}
-
-impl SharedBuf {
-    /// Wraps `data`; it is sent to `home` when no longer used.
-    pub fn new(data: Vec<u8>, home: Option<SyncSender<Vec<u8>>>) -> Self {
-        Self(Arc::new(PooledVec { data, home }))
-    }
-}
-
-impl std::ops::Deref for SharedBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0.data
-    }
-}
-
 /// Which 4 KiB granules of a data block (at most 4 MiB) are all zeros.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ZeroMap([u64; 16]);
@@ -105,12 +70,12 @@ impl ZeroMap {
 }
 
 /// One block of the virtual disk, as the engine hands it to a sink.
-#[derive(Clone)]
-pub enum Block {
+#[derive(Clone, Copy)]
+pub enum Block<'a> {
     /// Bytes that were read; some granules may be zeros, as `zeros` tells.
     Data {
         /// The bytes.
-        buf: SharedBuf,
+        buf: &'a [u8],
         /// Its zero granules.
         zeros: ZeroMap,
     },
@@ -118,7 +83,7 @@ pub enum Block {
     Zero(u64),
 }
 
-impl Block {
+impl Block<'_> {
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         match self {
@@ -130,75 +95,6 @@ impl Block {
     /// True for an empty block.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// A piece of a file's byte stream, for a [`StreamHasher`].
-pub enum Piece {
-    /// A range of a shared block.
-    Shared(SharedBuf, std::ops::Range<usize>),
-    /// This many zero bytes.
-    Zeros(u64),
-    /// Bytes of the sink's own (metadata).
-    Owned(Vec<u8>),
-}
-
-/// SHA-256 of a file's bytes computed on its own thread as the sink writes them, so that
-/// hashing the output overlaps writing it.
-pub struct StreamHasher {
-    tx: Option<SyncSender<Piece>>,
-    handle: Option<std::thread::JoinHandle<[u8; 32]>>,
-}
-
-impl StreamHasher {
-    /// Starts the hashing thread.
-    pub fn start() -> Self {
-        // Pieces hold pool buffers, so the pool (not this queue) bounds memory.
-        let (tx, rx) = sync_channel::<Piece>(256);
-        let handle = std::thread::spawn(move || {
-            static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-            let mut h = Sha256::new();
-            for piece in rx {
-                match piece {
-                    Piece::Shared(buf, range) => h.update(buf.get(range).unwrap_or_default()),
-                    Piece::Owned(v) => h.update(&v),
-                    Piece::Zeros(mut n) => {
-                        while n > 0 {
-                            let k = n.min(ZEROS.len() as u64) as usize;
-                            h.update(&ZEROS[..k]);
-                            n -= k as u64;
-                        }
-                    }
-                }
-            }
-            h.finalize().into()
-        });
-        Self {
-            tx: Some(tx),
-            handle: Some(handle),
-        }
-    }
-
-    /// Hashes `piece` next.
-    pub fn push(&self, piece: Piece) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(piece);
-        }
-    }
-
-    /// The digest of everything pushed; `None` if the thread failed.
-    pub fn finish(mut self) -> Option<[u8; 32]> {
-        self.tx = None;
-        self.handle.take().and_then(|h| h.join().ok())
-    }
-}
-
-impl Drop for StreamHasher {
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 
@@ -235,7 +131,7 @@ pub trait Sink {
     /// Receives the next block; `offset` is where it starts in the virtual disk. Blocks arrive in
     /// order and cover the disk without gaps. A data block starts on a multiple of
     /// [`Sink::alignment`] and is at most 4 MiB; a zero block may span any length.
-    fn write(&mut self, offset: u64, block: &Block) -> Result<()>;
+    fn write(&mut self, offset: u64, block: &Block<'_>) -> Result<()>;
 
     /// Completes the file (metadata, length, fsync) and returns what was written.
     fn finish(&mut self) -> Result<Written>;
@@ -246,7 +142,7 @@ pub trait Sink {
 pub struct NullSink;
 
 impl Sink for NullSink {
-    fn write(&mut self, _offset: u64, _block: &Block) -> Result<()> {
+    fn write(&mut self, _offset: u64, _block: &Block<'_>) -> Result<()> {
         Ok(())
     }
 

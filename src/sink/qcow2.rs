@@ -17,13 +17,15 @@
 //! writes it, the header is written for room enough for every cluster the plan (the source's
 //! extents, read before any data) marked as data. Clusters that turn out to be zeros leave a
 //! gap before the metadata. When that gap is small (at most 1/4 of the data), it stays: the
-//! file's SHA-256 was computed while writing, on its own thread. Otherwise the metadata moves
+//! file's SHA-256 was computed while writing. Otherwise the metadata moves
 //! down to close the gap, the header is rewritten, and the file is hashed once more. Either way
 //! the bytes depend only on the input.
 
-use super::{Block, Error, Piece, Result, Sink, StreamHasher, Written};
+use super::{Block, Error, Result, Sink, Written};
 use crate::source::{Extent, ExtentKind};
+use crate::util::hash_zeros;
 use crate::util::sha256_file;
+use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -60,7 +62,8 @@ pub struct Qcow2Sink {
     plan: Plan,
     /// The layout the header was written for, once writing has begun.
     layout: Option<Layout>,
-    hasher: Option<StreamHasher>,
+    /// SHA-256 of the file so far, in file order, once the header is written.
+    hasher: Option<Sha256>,
     /// The L2 table being filled, and the index of its slot in `plan.regions`.
     l2: Vec<u64>,
     l2_slot: Option<usize>,
@@ -208,10 +211,9 @@ impl Qcow2Sink {
         let header = self.header(&layout);
         crate::util::write_all_at(&self.file, &header, 0)
             .map_err(self.io("cannot write the header of"))?;
-        let hasher = StreamHasher::start();
-        let mut cluster = header;
-        cluster.resize(self.cs() as usize, 0);
-        hasher.push(Piece::Owned(cluster));
+        let mut hasher = Sha256::new();
+        hasher.update(&header);
+        hash_zeros(&mut hasher, self.cs() - header.len() as u64);
         self.hasher = Some(hasher);
         self.layout = Some(layout);
         Ok(layout)
@@ -256,7 +258,7 @@ impl Qcow2Sink {
         &mut self,
         layout: &Layout,
         first: u64,
-        buf: &super::SharedBuf,
+        buf: &[u8],
         start: usize,
         end: usize,
     ) -> Result<()> {
@@ -268,13 +270,10 @@ impl Qcow2Sink {
         let host = (1 + self.data_clusters) * cs;
         crate::util::write_all_at(&self.file, &buf[start..end], host)
             .map_err(self.io("cannot write"))?;
-        if let Some(h) = &self.hasher {
-            h.push(Piece::Shared(buf.clone(), start..end));
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[start..end]);
             // Only the disk's last cluster can be partial: its tail reads as zeros in the file.
-            let pad = count * cs - (end - start) as u64;
-            if pad > 0 {
-                h.push(Piece::Zeros(pad));
-            }
+            hash_zeros(h, count * cs - (end - start) as u64);
         }
         let vc0 = first + (start as u64 >> self.cluster_bits);
         for i in 0..count {
@@ -407,7 +406,7 @@ impl Sink for Qcow2Sink {
         Ok(())
     }
 
-    fn write(&mut self, offset: u64, block: &Block) -> Result<()> {
+    fn write(&mut self, offset: u64, block: &Block<'_>) -> Result<()> {
         if offset != self.written {
             return Err(self.changed());
         }
@@ -448,21 +447,21 @@ impl Sink for Qcow2Sink {
         self.flush_l2(&planned)?;
         let cs = self.cs();
         let gap = planned.data_room - self.data_clusters;
-        let hasher = self.hasher.take().ok_or_else(|| self.changed())?;
+        let mut hasher = self.hasher.take().ok_or_else(|| self.changed())?;
         let (layout, sha256) = if gap <= self.data_clusters / GAP_DIVISOR {
             // Keep the gap: finish the stream hash with it and the metadata.
             let (l1, rt, rb) = self.write_tables(&planned)?;
-            hasher.push(Piece::Zeros(gap * cs));
+            hash_zeros(&mut hasher, gap * cs);
             let mut table = vec![0u8; cs as usize];
             for slot in 0..self.plan.regions.len() as u64 {
                 self.read_l2(&planned, slot, &mut table)?;
-                hasher.push(Piece::Owned(table.clone()));
+                hasher.update(&table);
             }
-            hasher.push(Piece::Owned(l1));
-            hasher.push(Piece::Owned(rt));
-            hasher.push(Piece::Owned(rb));
+            hasher.update(&l1);
+            hasher.update(&rt);
+            hasher.update(&rb);
             self.set_len_and_sync(&planned)?;
-            let sha = hasher.finish().ok_or_else(|| self.changed())?;
+            let sha = hasher.finalize().into();
             (planned, sha)
         } else {
             // Close the gap: the header changes, so the stream hash is void.

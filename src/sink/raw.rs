@@ -1,10 +1,11 @@
 //! Raw output: the virtual disk byte for byte, with zeros left as holes.
 //!
 //! The file's SHA-256 covers the whole virtual size, holes included, because that is what
-//! `sha256sum` reads. It is computed on a thread of its own while this one writes: zero runs are
-//! hashed from a static buffer, never written.
+//! `sha256sum` reads: it is computed as the blocks are written, zero runs from a static buffer.
 
-use super::{Block, Error, GRANULE, Piece, Result, Sink, StreamHasher, Written};
+use super::{Block, Error, GRANULE, Result, Sink, Written};
+use crate::util::hash_zeros;
+use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ pub struct RawSink {
     file: File,
     path: PathBuf,
     size: u64,
-    hasher: Option<StreamHasher>,
+    hasher: Sha256,
     written: u64,
     allocated: u64,
     sync: bool,
@@ -32,7 +33,7 @@ impl RawSink {
             file,
             path: path.to_owned(),
             size,
-            hasher: Some(StreamHasher::start()),
+            hasher: Sha256::new(),
             written: 0,
             allocated: 0,
             sync,
@@ -55,15 +56,14 @@ impl RawSink {
 }
 
 impl Sink for RawSink {
-    fn write(&mut self, offset: u64, block: &Block) -> Result<()> {
+    fn write(&mut self, offset: u64, block: &Block<'_>) -> Result<()> {
         if offset != self.written {
             return Err(self.changed());
         }
-        let hasher = self.hasher.as_ref().ok_or_else(|| self.changed())?;
         match block {
-            Block::Zero(len) => hasher.push(Piece::Zeros(*len)),
+            Block::Zero(len) => hash_zeros(&mut self.hasher, *len),
             Block::Data { buf, zeros } => {
-                hasher.push(Piece::Shared(buf.clone(), 0..buf.len()));
+                self.hasher.update(buf);
                 // Write runs of non-zero granules; zero granules stay holes.
                 let mut run: Option<usize> = None;
                 let mut pos = 0;
@@ -105,11 +105,7 @@ impl Sink for RawSink {
         if self.sync {
             self.file.sync_all().map_err(self.io("cannot sync"))?;
         }
-        let sha256 = self
-            .hasher
-            .take()
-            .and_then(StreamHasher::finish)
-            .ok_or_else(|| self.changed())?;
+        let sha256 = std::mem::take(&mut self.hasher).finalize().into();
         Ok(Written {
             file_size: self.size,
             sha256,
