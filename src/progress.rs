@@ -92,20 +92,19 @@ impl Task {
         if let Some(b) = &self.bar {
             b.inc(n);
         }
-        if self.lines {
-            if let Ok(mut last) = self.last_line.try_lock() {
-                if last.elapsed() >= LINE_INTERVAL {
-                    *last = Instant::now();
-                    let total = self.total.load(Ordering::Relaxed).max(1);
-                    eprintln!(
-                        "{}: {} of {} MiB ({}%)",
-                        self.name,
-                        done >> 20,
-                        total >> 20,
-                        done.saturating_mul(100) / total
-                    );
-                }
-            }
+        if self.lines
+            && let Ok(mut last) = self.last_line.try_lock()
+            && last.elapsed() >= LINE_INTERVAL
+        {
+            *last = Instant::now();
+            let total = self.total.load(Ordering::Relaxed).max(1);
+            eprintln!(
+                "{}: {} of {} MiB ({}%)",
+                self.name,
+                done >> 20,
+                total >> 20,
+                done.saturating_mul(100) / total
+            );
         }
     }
 

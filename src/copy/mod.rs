@@ -71,7 +71,8 @@ pub struct Options<'a> {
 /// A chunk as read: zeros, or bytes to look at.
 enum Chunk {
     Zero(u64),
-    Data(Vec<u8>),
+    /// The chunk, and how many of its bytes were read (the rest were holes).
+    Data(Vec<u8>, u64),
 }
 
 /// What the reader hands on to the sink.
@@ -129,7 +130,6 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
     }
 
     let size = source.size();
-    let cancel = options.cancel;
     // Chunks hold whole clusters and divide the digest block: both are powers of two.
     let chunk = CHUNK.max(sink.alignment()).min(BLOCK_SIZE);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(POOL_BUFFERS);
@@ -142,18 +142,13 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
     std::thread::scope(|scope| {
         let home = free_tx.clone();
         let reader =
-            scope.spawn(move || read_chunks(source, size, chunk, cancel, free_rx, home, read_tx));
+            scope.spawn(move || read_chunks(source, size, chunk, options, free_rx, home, read_tx));
 
-        let mut data_bytes = 0u64;
         let mut outcome: Result<()> = Ok(());
         for out in read_rx.iter() {
             let step: Result<()> = match out {
                 Out::Zero(offset, len) => sink.write(offset, &Block::Zero(len)).map_err(Into::into),
                 Out::Data(offset, buf, zeros) => {
-                    data_bytes += buf.len() as u64;
-                    if let Some(p) = options.progress {
-                        p.advance(buf.len() as u64);
-                    }
                     let r = sink.write(offset, &Block::Data { buf: &buf, zeros });
                     let _ = free_tx.send(buf);
                     r.map_err(Into::into)
@@ -169,7 +164,7 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
         drop(read_rx);
         let content = reader.join().unwrap_or_default();
         outcome?;
-        let hasher = content.ok_or(Error::Interrupted)?;
+        let (hasher, data_bytes) = content.ok_or(Error::Interrupted)?;
         if hasher.blocks() != size.div_ceil(BLOCK_SIZE) {
             return Err(Error::Interrupted);
         }
@@ -189,12 +184,13 @@ fn read_chunks(
     source: &mut dyn Source,
     size: u64,
     chunk: u64,
-    cancel: Option<&AtomicBool>,
+    options: Options<'_>,
     free: Receiver<Vec<u8>>,
     home: SyncSender<Vec<u8>>,
     out: SyncSender<Out>,
-) -> Option<ContentHasher> {
+) -> Option<(ContentHasher, u64)> {
     let mut digest = BlockDigest::new(size);
+    let mut data_bytes = 0u64;
     let mut reader = ChunkReader {
         source,
         size,
@@ -204,7 +200,7 @@ fn read_chunks(
     };
     let mut offset = 0u64;
     while offset < size {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+        if options.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             let _ = out.send(Out::Failed(Error::Interrupted));
             return None;
         }
@@ -213,7 +209,11 @@ fn read_chunks(
                 digest.zeros(len);
                 Out::Zero(offset, len)
             }
-            Ok(Some(Chunk::Data(buf))) => {
+            Ok(Some(Chunk::Data(buf, read))) => {
+                data_bytes += read;
+                if let Some(p) = options.progress {
+                    p.advance(read);
+                }
                 let zeros = ZeroMap::scan(&buf);
                 if zeros.is_zero(0, buf.len()) {
                     let len = buf.len() as u64;
@@ -240,7 +240,7 @@ fn read_chunks(
             return None;
         }
     }
-    Some(digest.content)
+    Some((digest.content, data_bytes))
 }
 
 /// Turns a source's extents into chunk messages. One extent is asked for at a time, as long as
@@ -302,15 +302,19 @@ impl ChunkReader<'_> {
             return Ok(None);
         };
         buf.resize((end - offset) as usize, 0);
+        let mut read = 0;
         for p in &self.pieces {
             let at = (p.offset - offset) as usize;
             let dst = &mut buf[at..at + p.len as usize];
             match p.kind {
-                ExtentKind::Data => self.source.read_at(p.offset, dst)?,
+                ExtentKind::Data => {
+                    self.source.read_at(p.offset, dst)?;
+                    read += p.len;
+                }
                 ExtentKind::Zero => dst.fill(0),
             }
         }
-        Ok(Some(Chunk::Data(buf)))
+        Ok(Some(Chunk::Data(buf, read)))
     }
 }
 

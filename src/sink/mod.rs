@@ -43,6 +43,23 @@ pub enum Error {
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// Wraps an I/O error about `path`.
+    fn io(
+        path: &std::path::Path,
+        what: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Error + use<> {
+        let path = path.to_owned();
+        move |source| Error::Io { path, what, source }
+    }
+
+    fn changed(path: &std::path::Path) -> Error {
+        Error::SourceChanged {
+            path: path.to_owned(),
+        }
+    }
+}
+
 /// Zero detection granule: 4 KiB, the page and filesystem block size.
 pub const GRANULE: usize = 4096;
 

@@ -123,11 +123,7 @@ impl Qcow2Sink {
             .create(true)
             .truncate(true)
             .open(path)
-            .map_err(|source| Error::Io {
-                path: path.to_owned(),
-                what: "cannot create",
-                source,
-            })?;
+            .map_err(Error::io(path, "cannot create"))?;
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -152,18 +148,12 @@ impl Qcow2Sink {
         self.cs() / 8
     }
 
-    fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> Error + '_ {
-        move |source| Error::Io {
-            path: self.path.clone(),
-            what,
-            source,
-        }
+    fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> Error + use<> {
+        Error::io(&self.path, what)
     }
 
     fn changed(&self) -> Error {
-        Error::SourceChanged {
-            path: self.path.clone(),
-        }
+        Error::changed(&self.path)
     }
 
     /// The layout with room for `data_room` data clusters. The refcount blocks cover every

@@ -24,11 +24,7 @@ impl RawSink {
     /// Creates (truncating) the file at `path` for a disk of `size` bytes. With `sync`, the data
     /// reaches the disk before [`Sink::finish`] returns.
     pub fn create(path: &Path, size: u64, sync: bool) -> Result<Self> {
-        let file = File::create(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            what: "cannot create",
-            source,
-        })?;
+        let file = File::create(path).map_err(Error::io(path, "cannot create"))?;
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -40,18 +36,12 @@ impl RawSink {
         })
     }
 
-    fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> Error + '_ {
-        move |source| Error::Io {
-            path: self.path.clone(),
-            what,
-            source,
-        }
+    fn io(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> Error + use<> {
+        Error::io(&self.path, what)
     }
 
     fn changed(&self) -> Error {
-        Error::SourceChanged {
-            path: self.path.clone(),
-        }
+        Error::changed(&self.path)
     }
 }
 

@@ -641,13 +641,13 @@ fn parse_extensions(
         // qcow2.txt: extension data is padded to a multiple of 8 bytes.
         offset = data_start + u64::from(len).next_multiple_of(8);
     };
-    if let Some(name_at) = backing_name {
-        if end_of_area > name_at {
-            return Err(layer.invalid(format!(
-                "header extensions (up to {end_of_area:#x}) overlap the backing file name at \
+    if let Some(name_at) = backing_name
+        && end_of_area > name_at
+    {
+        return Err(layer.invalid(format!(
+            "header extensions (up to {end_of_area:#x}) overlap the backing file name at \
                  backing_file_offset {name_at:#x}"
-            )));
-        }
+        )));
     }
     Ok(format)
 }
@@ -683,7 +683,7 @@ fn check_tables(layer: &Layer<'_>, header: &Header) -> Result<()> {
             continue; // unallocated: the L2 table is all zeros (or the backing file)
         }
         // Non-zero and cluster-aligned also means outside the header cluster.
-        if l2_offset % cluster_size != 0 {
+        if !l2_offset.is_multiple_of(cluster_size) {
             return Err(layer.invalid(format!(
                 "L1 entry for guest offset {guest:#x} points to an L2 table at {l2_offset:#x}, \
                  not aligned to the cluster size ({cluster_size:#x})"
@@ -781,7 +781,7 @@ fn check_l2(layer: &Layer<'_>, header: &Header, l2: &[u8], guest: u64) -> Result
             continue;
         }
         // Non-zero and cluster-aligned also means outside the header cluster.
-        if host % cluster_size != 0 {
+        if !host.is_multiple_of(cluster_size) {
             return Err(layer.invalid(format!(
                 "L2 entry for guest offset {guest:#x} points to {host:#x}, not aligned to the \
                  cluster size ({cluster_size:#x})"
