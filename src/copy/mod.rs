@@ -506,6 +506,9 @@ mod tests {
                     digest::content_digest_of(&expect),
                     "size {size}"
                 );
+                // Progress and the report count each data byte once, zeros among them too.
+                let data_len: u64 = data.iter().map(|(a, b)| b - a).sum();
+                assert_eq!(r.data_bytes, data_len, "size {size}");
             }
         }
     }
