@@ -140,9 +140,8 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
     let (read_tx, read_rx) = sync_channel::<Out>(2);
 
     std::thread::scope(|scope| {
-        let home = free_tx.clone();
         let reader =
-            scope.spawn(move || read_chunks(source, size, chunk, options, free_rx, home, read_tx));
+            scope.spawn(move || read_chunks(source, size, chunk, options, free_rx, read_tx));
 
         let mut outcome: Result<()> = Ok(());
         for out in read_rx.iter() {
@@ -160,8 +159,10 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
                 break;
             }
         }
-        // Dropping the receiver stops the reader.
+        // Dropping the receiver and the pool's only sender stops the reader, whether it waits to
+        // send a chunk or for a buffer.
         drop(read_rx);
+        drop(free_tx);
         let content = reader.join().unwrap_or_default();
         outcome?;
         let (hasher, data_bytes) = content.ok_or(Error::Interrupted)?;
@@ -186,7 +187,6 @@ fn read_chunks(
     chunk: u64,
     options: Options<'_>,
     free: Receiver<Vec<u8>>,
-    home: SyncSender<Vec<u8>>,
     out: SyncSender<Out>,
 ) -> Option<(ContentHasher, u64)> {
     let mut digest = BlockDigest::new(size);
@@ -197,6 +197,7 @@ fn read_chunks(
         chunk,
         current: None,
         pieces: Vec::new(),
+        spare: None,
     };
     let mut offset = 0u64;
     while offset < size {
@@ -218,7 +219,7 @@ fn read_chunks(
                 if zeros.is_zero(0, buf.len()) {
                     let len = buf.len() as u64;
                     digest.zeros(len);
-                    let _ = home.send(buf);
+                    reader.spare = Some(buf);
                     Out::Zero(offset, len)
                 } else {
                     digest.data(&buf);
@@ -252,6 +253,8 @@ struct ChunkReader<'a> {
     /// The extent that covers the current offset, possibly reaching far past it.
     current: Option<Extent>,
     pieces: Vec<Extent>,
+    /// A buffer whose chunk turned out all zeros, kept for the next read.
+    spare: Option<Vec<u8>>,
 }
 
 impl ChunkReader<'_> {
@@ -298,7 +301,7 @@ impl ChunkReader<'_> {
         if self.pieces.iter().all(|p| p.kind == ExtentKind::Zero) {
             return Ok(Some(Chunk::Zero(end - offset)));
         }
-        let Ok(mut buf) = free.recv() else {
+        let Some(mut buf) = self.spare.take().or_else(|| free.recv().ok()) else {
             return Ok(None);
         };
         buf.resize((end - offset) as usize, 0);
@@ -511,5 +514,40 @@ mod tests {
                 assert_eq!(r.data_bytes, data_len, "size {size}");
             }
         }
+    }
+
+    /// A sink that fails on its third data block.
+    struct Failing(u32);
+
+    impl Sink for Failing {
+        fn write(&mut self, _offset: u64, block: &Block<'_>) -> sink::Result<()> {
+            if let Block::Data { .. } = block {
+                self.0 += 1;
+                if self.0 == 3 {
+                    return Err(sink::Error::SourceChanged { path: "x".into() });
+                }
+            }
+            Ok(())
+        }
+        fn finish(&mut self) -> sink::Result<Written> {
+            NullSink.finish()
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_reader() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let disk = vec![7u8; 64 << 20];
+            let mut src = MemSource {
+                disk,
+                data: vec![(0, 64 << 20)],
+                path: "mem".into(),
+            };
+            let r = copy(&mut src, &mut Failing(0), Options::default());
+            let _ = tx.send(r.is_err());
+        });
+        let failed = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(failed, Ok(true), "the copy hung or did not fail");
     }
 }
