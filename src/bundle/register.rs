@@ -14,6 +14,7 @@ use crate::progress::Progress;
 use crate::sink::{Sink, qcow2::Qcow2Sink, raw::RawSink};
 use crate::source::{self, Source};
 use crate::util::{hex, sync_dir, utc_timestamp};
+use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -258,7 +259,7 @@ pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>)
     let manifest_path = tmp.path.join(manifest::FILE_NAME);
     let manifest_bytes = manifest.to_bytes();
     write_file(&manifest_path, &manifest_bytes, req.sync)?;
-    let manifest_sha = crate::digest::block_digest(&manifest_bytes);
+    let manifest_sha = Sha256::digest(&manifest_bytes);
     let mut entries: Vec<(String, String)> = manifest
         .disks
         .iter()
