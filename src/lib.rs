@@ -12,6 +12,7 @@
 pub mod bundle;
 pub mod copy;
 pub mod digest;
+pub mod fs;
 pub mod layout;
 pub mod manifest;
 pub mod progress;

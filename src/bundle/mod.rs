@@ -4,6 +4,7 @@
 //! - [`register`] makes a bundle from disk images, atomically;
 //! - [`verify`] re-reads a bundle and reports every difference from its manifest.
 
+pub mod build;
 pub mod register;
 pub mod sums;
 pub mod verify;
@@ -35,6 +36,9 @@ pub enum Error {
         /// The system's error.
         source: std::io::Error,
     },
+    /// A template is invalid.
+    #[error(transparent)]
+    Template(#[from] crate::layout::template::Error),
     /// The output directory exists and `--force` was not given.
     #[error("{}: already exists (use --force to replace it)", .0.display())]
     Exists(PathBuf),

@@ -150,6 +150,17 @@ fn split_output(output: &Path) -> Result<(PathBuf, String)> {
 
 /// Registers the image: see the module documentation.
 pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>) -> Result<Report> {
+    register_with_root(req, None, progress, cancel)
+}
+
+/// Like [`register`], with the root volume's content given as a source (a disk laid out by
+/// `build`) instead of opened from `req.root.source`, which then only names it.
+pub fn register_with_root(
+    req: &Request,
+    mut root: Option<Box<dyn Source>>,
+    progress: &Progress,
+    cancel: Option<&AtomicBool>,
+) -> Result<Report> {
     let started = Instant::now();
     check_fields(req)?;
     let (parent, out_name) = split_output(&req.output)?;
@@ -161,7 +172,10 @@ pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>)
     let mut sources: Vec<Box<dyn Source>> = Vec::with_capacity(volumes.len());
     let mut mappings = Vec::with_capacity(volumes.len());
     for v in &volumes {
-        let src = source::open(&v.source, &req.open)?;
+        let src = match root.take() {
+            Some(src) => src,
+            None => source::open(&v.source, &req.open)?,
+        };
         let gib = match v.volume_size {
             Some(g) => g,
             None => rules::min_volume_gib(src.size()),

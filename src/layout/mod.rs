@@ -4,6 +4,7 @@
 pub mod composite;
 pub mod fat;
 pub mod gpt;
+pub mod template;
 
 use std::fmt;
 

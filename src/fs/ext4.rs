@@ -1,0 +1,950 @@
+//! ext4 (and ext2/ext3) file systems, read-only, with the `ext4-view` crate.
+//!
+//! The file system lives in a window of a [`Source`]: a bare file system image is the window
+//! `0..size`, a partition of a GPT disk is the partition's byte range. Every read is checked
+//! against the window, so a corrupt file system that points outside it gives an error, never a
+//! read of the neighbouring partition or a panic.
+//!
+//! `ext4-view` reads `metadata_csum` and `64bit` file systems, hashed directories and symlinks,
+//! and replays the journal in memory. It refuses some features (`inline_data`, `meta_bg`,
+//! `large_dir`, `ea_inode`, `mmp`, …); [`Ext4::open`] names them as `e2fsprogs` does.
+
+use crate::source::Source;
+use ext4_view::{Ext4Error, Ext4Read, FileType, Metadata};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The error type `ext4-view` expects from a reader.
+type BoxedError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where the superblock starts in the file system.
+const SUPERBLOCK_OFFSET: u64 = 1024;
+/// Bytes of the superblock read for the checks made before `ext4-view` loads it.
+const SUPERBLOCK_LEN: usize = 1024;
+/// Offset of `s_magic` in the superblock.
+const MAGIC_OFFSET: usize = 0x38;
+/// The ext2/3/4 magic.
+const MAGIC: u16 = 0xef53;
+/// Offset of `s_feature_incompat` in the superblock.
+const INCOMPAT_OFFSET: usize = 0x60;
+/// Size of the buffer that [`Ext4::copy_to`] fills before each write.
+const CHUNK: usize = 1 << 20;
+
+/// An error about a file system inside an image; the message names the image and, when there is
+/// one, the path inside the file system.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The window given to [`Ext4::open`] does not fit the source.
+    #[error(
+        "{}: a file system of {len} bytes at byte {offset} does not fit the {size}-byte image",
+        name.display()
+    )]
+    OutOfRange {
+        /// The image.
+        name: PathBuf,
+        /// Start of the window.
+        offset: u64,
+        /// Length of the window.
+        len: u64,
+        /// Size of the image.
+        size: u64,
+    },
+    /// There is no ext2/3/4 superblock in the window.
+    #[error("{}: no ext4 file system at byte {offset}: {reason}", name.display())]
+    NotExt4 {
+        /// The image.
+        name: PathBuf,
+        /// Start of the window.
+        offset: u64,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// A valid file system that uses something `ext4-view` cannot read.
+    #[error("{}{}: unsupported ext4 feature: {feature}", name.display(), at(path))]
+    Unsupported {
+        /// The image.
+        name: PathBuf,
+        /// The path being read, if any.
+        path: Option<String>,
+        /// The feature(s), named as `mke2fs -O` names them when possible.
+        feature: String,
+    },
+    /// The file system's structures are inconsistent.
+    #[error("{}{}: corrupt ext4 file system: {reason}", name.display(), at(path))]
+    Corrupt {
+        /// The image.
+        name: PathBuf,
+        /// The path being read, if any.
+        path: Option<String>,
+        /// What `ext4-view` found wrong.
+        reason: String,
+    },
+    /// The image could not be read, or a read fell outside the file system's window.
+    #[error("{}{}: cannot read the file system: {source}", name.display(), at(path))]
+    Read {
+        /// The image.
+        name: PathBuf,
+        /// The path being read, if any.
+        path: Option<String>,
+        /// The source's error.
+        source: BoxedError,
+    },
+    /// The path does not exist in the file system.
+    #[error("{}: {path}: no such file in the file system", name.display())]
+    NotFound {
+        /// The image.
+        name: PathBuf,
+        /// The path inside the file system.
+        path: String,
+    },
+    /// The path exists but cannot be read as asked (a directory, a device, a symlink loop, …).
+    #[error("{}: {path}: {reason}", name.display())]
+    Invalid {
+        /// The image.
+        name: PathBuf,
+        /// The path inside the file system.
+        path: String,
+        /// What is wrong, in one line.
+        reason: String,
+    },
+    /// A pattern given to [`Ext4::resolve`] that is not supported.
+    #[error("{}: invalid file pattern {pattern:?}: {reason}", name.display())]
+    Pattern {
+        /// The image.
+        name: PathBuf,
+        /// The pattern.
+        pattern: String,
+        /// What is wrong, in one line.
+        reason: String,
+    },
+    /// No regular file matches the pattern.
+    #[error("no file matches {pattern} in {}", name.display())]
+    NoMatch {
+        /// The image.
+        name: PathBuf,
+        /// The pattern.
+        pattern: String,
+    },
+    /// Several regular files match the pattern.
+    #[error(
+        "{pattern} matches {} files in {}: {}",
+        matches.len(),
+        name.display(),
+        matches.join(", ")
+    )]
+    Ambiguous {
+        /// The image.
+        name: PathBuf,
+        /// The pattern.
+        pattern: String,
+        /// The matching paths, sorted.
+        matches: Vec<String>,
+    },
+    /// The file is larger than the caller allows.
+    #[error("{}: {path}: {size} bytes, more than the {max} allowed", name.display())]
+    TooLarge {
+        /// The image.
+        name: PathBuf,
+        /// The path inside the file system.
+        path: String,
+        /// The file's size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The copy's destination refused the bytes.
+    #[error("{}: {path}: cannot write the copy: {source}", name.display())]
+    Write {
+        /// The image.
+        name: PathBuf,
+        /// The path inside the file system.
+        path: String,
+        /// The writer's error.
+        source: std::io::Error,
+    },
+}
+
+/// `": /path"` when there is a path, for messages.
+fn at(path: &Option<String>) -> String {
+    path.as_ref().map(|p| format!(": {p}")).unwrap_or_default()
+}
+
+/// A read that `ext4-view` asked for outside the file system's window.
+#[derive(Debug, thiserror::Error)]
+#[error("a read of {count} bytes at byte {start} passes the end of the {len}-byte file system")]
+struct OutsideWindow {
+    start: u64,
+    count: usize,
+    len: u64,
+}
+
+/// The bytes `offset..offset + len` of a source, as `ext4-view` reads them.
+struct Window {
+    source: Box<dyn Source>,
+    offset: u64,
+    /// `offset + len <= source.size()`, checked when the window is made.
+    len: u64,
+}
+
+impl Ext4Read for Window {
+    fn read(&mut self, start: u64, dst: &mut [u8]) -> Result<(), BoxedError> {
+        let count = dst.len();
+        let inside = u64::try_from(count)
+            .ok()
+            .and_then(|n| start.checked_add(n))
+            .is_some_and(|end| end <= self.len);
+        if !inside {
+            return Err(Box::new(OutsideWindow {
+                start,
+                count,
+                len: self.len,
+            }));
+        }
+        // No overflow: start + count <= len and offset + len <= the source's size.
+        self.source
+            .read_at(self.offset + start, dst)
+            .map_err(|e| Box::new(e) as BoxedError)
+    }
+}
+
+/// An ext4 file system opened read-only inside an image.
+///
+/// `ext4-view` shares its state through `Rc`, so an `Ext4` stays on the thread that opened it
+/// (it is neither `Send` nor `Sync`).
+#[derive(Debug)]
+pub struct Ext4 {
+    fs: ext4_view::Ext4,
+    name: PathBuf,
+    /// `s_feature_incompat`, to name refused features in messages.
+    incompat: u32,
+}
+
+impl Ext4 {
+    /// Opens the ext4 file system at bytes `offset..offset + len` of `source`; `name` stands for
+    /// the image in messages.
+    ///
+    /// Reads the superblock, the block group descriptors and the journal (replayed in memory,
+    /// never written back); file data is read only when asked for.
+    pub fn open(
+        mut source: Box<dyn Source>,
+        offset: u64,
+        len: u64,
+        name: &Path,
+    ) -> Result<Ext4, Error> {
+        let size = source.size();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::OutOfRange {
+                name: name.to_owned(),
+                offset,
+                len,
+                size,
+            });
+        }
+        let not_ext4 = |reason: String| Error::NotExt4 {
+            name: name.to_owned(),
+            offset,
+            reason,
+        };
+        if len < SUPERBLOCK_OFFSET + SUPERBLOCK_LEN as u64 {
+            return Err(not_ext4(format!("{len} bytes cannot hold a superblock")));
+        }
+        let mut sb = [0u8; SUPERBLOCK_LEN];
+        source
+            .read_at(offset + SUPERBLOCK_OFFSET, &mut sb)
+            .map_err(|e| Error::Read {
+                name: name.to_owned(),
+                path: None,
+                source: Box::new(e),
+            })?;
+        let magic = u16::from_le_bytes([sb[MAGIC_OFFSET], sb[MAGIC_OFFSET + 1]]);
+        if magic != MAGIC {
+            return Err(not_ext4(format!(
+                "the superblock magic is {magic:#06x}, not {MAGIC:#06x}"
+            )));
+        }
+        let i = INCOMPAT_OFFSET;
+        let incompat = u32::from_le_bytes([sb[i], sb[i + 1], sb[i + 2], sb[i + 3]]);
+        let window = Window {
+            source,
+            offset,
+            len,
+        };
+        let fs = ext4_view::Ext4::load(Box::new(window))
+            .map_err(|e| convert(name, incompat, None, e))?;
+        Ok(Ext4 {
+            fs,
+            name: name.to_owned(),
+            incompat,
+        })
+    }
+
+    /// The name that stands for the image in messages.
+    pub fn name(&self) -> &Path {
+        &self.name
+    }
+
+    /// Finds the one regular file that `pattern` names.
+    ///
+    /// `pattern` is an absolute path whose last component may hold the glob characters `*` (any
+    /// run of characters) and `?` (one character); like a shell, they do not match a leading
+    /// `.` unless the pattern starts with one. Symlinks in the directory part are followed as
+    /// the kernel would; a symlink matched by the last component counts when it leads to a
+    /// regular file, and the path returned is the matched one, not its target. Directories,
+    /// devices and dangling symlinks are not matches. Zero or several matches are errors, the
+    /// latter listing the matches, sorted.
+    pub fn resolve(&self, pattern: &str) -> Result<String, Error> {
+        let bad = |reason: &str| Error::Pattern {
+            name: self.name.clone(),
+            pattern: pattern.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let no_match = || Error::NoMatch {
+            name: self.name.clone(),
+            pattern: pattern.to_owned(),
+        };
+        let Some((dir, last)) = pattern
+            .strip_prefix('/')
+            .and_then(|_| pattern.rsplit_once('/'))
+        else {
+            return Err(bad("not an absolute path"));
+        };
+        if last.is_empty() {
+            return Err(bad("ends with /: a file name must follow"));
+        }
+        if dir.contains(is_glob) {
+            return Err(bad(
+                "glob characters (* ?) are supported in the last component only",
+            ));
+        }
+        if !last.contains(is_glob) {
+            let meta = self.fs.metadata(pattern).map_err(|e| match e {
+                Ext4Error::NotFound => no_match(),
+                e => self.convert(pattern, e),
+            })?;
+            self.require_regular(pattern, &meta)?;
+            return Ok(pattern.to_owned());
+        }
+        let dir_path = if dir.is_empty() { "/" } else { dir };
+        let entries = self.fs.read_dir(dir_path).map_err(|e| match e {
+            Ext4Error::NotFound => no_match(),
+            e => self.convert(dir_path, e),
+        })?;
+        let mut matches = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.convert(dir_path, e))?;
+            // A name that is not UTF-8 cannot be returned as a String: it is not a match.
+            let Ok(file) = entry.file_name().as_str() else {
+                continue;
+            };
+            if file == "." || file == ".." || !glob_match(last, file) {
+                continue;
+            }
+            let path = format!("{dir}/{file}");
+            let file_type = entry.file_type().map_err(|e| self.convert(&path, e))?;
+            let regular = if file_type.is_symlink() {
+                match self.fs.metadata(path.as_str()) {
+                    Ok(meta) => meta.file_type().is_regular_file(),
+                    // Dangling, looping or through a non-directory: leads to no file.
+                    Err(
+                        Ext4Error::NotFound | Ext4Error::NotADirectory | Ext4Error::TooManySymlinks,
+                    ) => false,
+                    Err(e) => return Err(self.convert(&path, e)),
+                }
+            } else {
+                file_type.is_regular_file()
+            };
+            if regular {
+                matches.push(path);
+            }
+        }
+        matches.sort();
+        match matches.len() {
+            0 => Err(no_match()),
+            1 => Ok(matches.swap_remove(0)),
+            _ => Err(Error::Ambiguous {
+                name: self.name.clone(),
+                pattern: pattern.to_owned(),
+                matches,
+            }),
+        }
+    }
+
+    /// The size in bytes of the regular file at `path` (symlinks are followed).
+    pub fn len(&self, path: &str) -> Result<u64, Error> {
+        let meta = self.fs.metadata(path).map_err(|e| self.convert(path, e))?;
+        self.require_regular(path, &meta)?;
+        Ok(meta.len())
+    }
+
+    /// Writes the bytes of the regular file at `path` (symlinks are followed) to `out`, a
+    /// megabyte at a time, and returns how many were written.
+    pub fn copy_to(&self, path: &str, out: &mut dyn Write) -> Result<u64, Error> {
+        let mut file = self.open_file(path)?;
+        self.stream(path, &mut file, out)
+    }
+
+    /// Reads the whole regular file at `path` (symlinks are followed), refusing a file larger
+    /// than `max` bytes before reading any of it.
+    pub fn read_to_vec(&self, path: &str, max: u64) -> Result<Vec<u8>, Error> {
+        let mut file = self.open_file(path)?;
+        let size = file.metadata().len();
+        let too_large = || Error::TooLarge {
+            name: self.name.clone(),
+            path: path.to_owned(),
+            size,
+            max,
+        };
+        if size > max {
+            return Err(too_large());
+        }
+        let mut out = Vec::with_capacity(usize::try_from(size).map_err(|_| too_large())?);
+        self.stream(path, &mut file, &mut out)?;
+        Ok(out)
+    }
+
+    fn open_file(&self, path: &str) -> Result<ext4_view::File, Error> {
+        self.fs.open(path).map_err(|e| self.convert(path, e))
+    }
+
+    fn stream(
+        &self,
+        path: &str,
+        file: &mut ext4_view::File,
+        out: &mut dyn Write,
+    ) -> Result<u64, Error> {
+        let size = file.metadata().len();
+        let buf_len = usize::try_from(size).map_or(CHUNK, |s| s.clamp(1, CHUNK));
+        let mut buf = vec![0u8; buf_len];
+        let mut total = 0u64;
+        loop {
+            // `read_bytes` stops at block boundaries: gather a full buffer before writing.
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = file
+                    .read_bytes(&mut buf[filled..])
+                    .map_err(|e| self.convert(path, e))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                return Ok(total);
+            }
+            out.write_all(&buf[..filled])
+                .map_err(|source| Error::Write {
+                    name: self.name.clone(),
+                    path: path.to_owned(),
+                    source,
+                })?;
+            total += filled as u64;
+        }
+    }
+
+    fn require_regular(&self, path: &str, meta: &Metadata) -> Result<(), Error> {
+        let file_type = meta.file_type();
+        if file_type.is_regular_file() {
+            return Ok(());
+        }
+        Err(Error::Invalid {
+            name: self.name.clone(),
+            path: path.to_owned(),
+            reason: format!("is {}, not a regular file", describe(file_type)),
+        })
+    }
+
+    fn convert(&self, path: &str, e: Ext4Error) -> Error {
+        convert(&self.name, self.incompat, Some(path), e)
+    }
+}
+
+fn is_glob(c: char) -> bool {
+    c == '*' || c == '?'
+}
+
+/// Whether `name` matches the glob `pattern` (`*`, `?`; no leading-dot matches by wildcards).
+fn glob_match(pattern: &str, name: &str) -> bool {
+    if name.starts_with('.') && !pattern.starts_with('.') {
+        return false;
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    // The last `*` seen, and the position in `name` it has been extended to.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    star = Some((sp, sn + 1));
+                    pi = sp + 1;
+                    ni = sn + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn describe(file_type: FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_block_dev() || file_type.is_char_dev() {
+        "a device"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// `s_feature_incompat` bits as `mke2fs -O` names them, and whether ext4-view 1.0 reads them.
+const INCOMPAT_FEATURES: &[(u32, &str, bool)] = &[
+    (0x1, "compression", false),
+    (0x2, "filetype", true),
+    (0x4, "needs_recovery", true),
+    (0x8, "journal_dev", false),
+    (0x10, "meta_bg", false),
+    (0x40, "extent", true),
+    (0x80, "64bit", true),
+    (0x100, "mmp", false),
+    (0x200, "flex_bg", true),
+    (0x400, "ea_inode", false),
+    (0x1000, "dirdata", false),
+    (0x2000, "metadata_csum_seed", true),
+    (0x4000, "large_dir", false),
+    (0x8000, "inline_data", false),
+    (0x10000, "encrypt", true),
+    (0x20000, "casefold", false),
+    (0x40000, "fname_encoding", false),
+];
+
+/// The incompatible features of `incompat` that ext4-view refuses, by their `mke2fs` names;
+/// empty if none is known to be refused.
+fn refused_features(incompat: u32) -> String {
+    let mut names = Vec::new();
+    let mut known = 0;
+    for &(bit, name, readable) in INCOMPAT_FEATURES {
+        known |= bit;
+        if incompat & bit != 0 && !readable {
+            names.push(name.to_owned());
+        }
+    }
+    let unknown = incompat & !known;
+    if unknown != 0 {
+        names.push(format!("unknown incompat bits {unknown:#x}"));
+    }
+    if incompat & 0x2 == 0 {
+        names.push("filetype is missing".to_owned());
+    }
+    names.join(", ")
+}
+
+fn convert(name: &Path, incompat: u32, path: Option<&str>, e: Ext4Error) -> Error {
+    let name = name.to_owned();
+    let owned_path = path.map(str::to_owned);
+    let invalid = |reason: &str| match path {
+        Some(p) => Error::Invalid {
+            name: name.clone(),
+            path: p.to_owned(),
+            reason: reason.to_owned(),
+        },
+        None => Error::Corrupt {
+            name: name.clone(),
+            path: None,
+            reason: reason.to_owned(),
+        },
+    };
+    match e {
+        Ext4Error::Io(source) => Error::Read {
+            name,
+            path: owned_path,
+            source,
+        },
+        Ext4Error::Incompatible(i) => {
+            let detail = i.to_string();
+            let named = refused_features(incompat);
+            let feature = if !named.is_empty()
+                && (detail.starts_with("unsupported features")
+                    || detail.starts_with("missing required features"))
+            {
+                named
+            } else {
+                detail
+            };
+            Error::Unsupported {
+                name,
+                path: owned_path,
+                feature,
+            }
+        }
+        Ext4Error::Encrypted => Error::Unsupported {
+            name,
+            path: owned_path,
+            feature: "encrypt (the file is encrypted)".to_owned(),
+        },
+        Ext4Error::Corrupt(c) => Error::Corrupt {
+            name,
+            path: owned_path,
+            reason: c.to_string(),
+        },
+        Ext4Error::NotFound => match path {
+            Some(p) => Error::NotFound {
+                name,
+                path: p.to_owned(),
+            },
+            None => invalid("file not found"),
+        },
+        Ext4Error::NotAbsolute => invalid("not an absolute path"),
+        Ext4Error::IsADirectory => invalid("is a directory, not a regular file"),
+        Ext4Error::NotADirectory => invalid("a component of the path is not a directory"),
+        Ext4Error::IsASpecialFile => invalid("is a special file, not a regular file"),
+        Ext4Error::TooManySymlinks => invalid("too many levels of symbolic links"),
+        Ext4Error::MalformedPath => invalid("not a valid path (NUL byte?)"),
+        Ext4Error::PathTooLong => invalid("path too long (over 4096 bytes once resolved)"),
+        other => invalid(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{self, OpenOptions};
+    use std::os::unix::fs::symlink;
+    use std::process::Command;
+
+    const M: u64 = 1 << 20;
+    const KERNEL: &str = "/boot/vmlinuz-6.1.0-28-cloud-amd64";
+    const INITRD: &str = "/boot/initrd.img-6.1.0-28-cloud-amd64";
+    const EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    const OS_RELEASE: &[u8] = b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n";
+
+    /// Deterministic bytes (xorshift64*).
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+            })
+            .collect()
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        image: PathBuf,
+        kernel: Vec<u8>,
+        initrd: Vec<u8>,
+        efi: Vec<u8>,
+    }
+
+    /// A 64 MiB ext4 image built by `mkfs.ext4 -d` from a small Debian-like tree, with `extra`
+    /// files (absolute paths) and extra `mkfs.ext4` arguments.
+    fn build(extra: &[(&str, &[u8])], mkfs_args: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let put = |path: &str, data: &[u8]| {
+            let p = tree.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+        };
+        let kernel = noise(3 * M as usize + 17, 1);
+        let initrd = noise(5 * M as usize + 4093, 2);
+        let efi = noise(100_000, 3);
+        put(KERNEL, &kernel);
+        put(INITRD, &initrd);
+        put(EFI, &efi);
+        put("/etc/os-release", OS_RELEASE);
+        for (path, data) in extra {
+            put(path, data);
+        }
+        symlink("boot/vmlinuz-6.1.0-28-cloud-amd64", tree.join("vmlinuz")).unwrap();
+        symlink("boot/nowhere", tree.join("dangling")).unwrap();
+        let image = dir.path().join("root.ext4");
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "root"])
+            .args(mkfs_args)
+            .arg("-d")
+            .arg(&tree)
+            .arg(&image)
+            .arg("64M")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Fixture {
+            dir,
+            image,
+            kernel,
+            initrd,
+            efi,
+        }
+    }
+
+    fn open_at(image: &Path, offset: u64, len: Option<u64>) -> Result<Ext4, Error> {
+        let src = source::open(image, &OpenOptions::default()).unwrap();
+        let len = len.unwrap_or(src.size() - offset);
+        Ext4::open(src, offset, len, Path::new("root.ext4"))
+    }
+
+    fn copy(fs: &Ext4, path: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let n = fs.copy_to(path, &mut out).unwrap();
+        assert_eq!(n, out.len() as u64);
+        out
+    }
+
+    fn check_tree(fs: &Ext4, fx: &Fixture) {
+        assert_eq!(fs.resolve("/boot/vmlinuz-*").unwrap(), KERNEL);
+        assert_eq!(
+            fs.resolve("/boot/initrd.img-*-cloud-amd64").unwrap(),
+            INITRD
+        );
+        assert_eq!(fs.resolve(KERNEL).unwrap(), KERNEL);
+        assert_eq!(fs.resolve("/vmlinuz").unwrap(), "/vmlinuz");
+        assert_eq!(fs.resolve("/vmlinu?").unwrap(), "/vmlinuz");
+        assert_eq!(fs.resolve("/usr/lib/systemd/boot/efi/*.efi").unwrap(), EFI);
+        assert_eq!(fs.len(KERNEL).unwrap(), fx.kernel.len() as u64);
+        assert_eq!(fs.len("/vmlinuz").unwrap(), fx.kernel.len() as u64);
+        assert!(copy(fs, KERNEL) == fx.kernel);
+        assert!(copy(fs, "/vmlinuz") == fx.kernel);
+        assert!(copy(fs, INITRD) == fx.initrd);
+        assert!(copy(fs, EFI) == fx.efi);
+        assert_eq!(fs.read_to_vec("/etc/os-release", 4096).unwrap(), OS_RELEASE);
+    }
+
+    #[test]
+    fn reads_a_bare_raw_image() {
+        let fx = build(&[], &[]);
+        let fs = open_at(&fx.image, 0, None).unwrap();
+        check_tree(&fs, &fx);
+    }
+
+    #[test]
+    fn reads_a_file_system_inside_a_larger_disk() {
+        let fx = build(&[], &["-b", "4096"]);
+        let fs_bytes = std::fs::read(&fx.image).unwrap();
+        let disk = fx.dir.path().join("disk.raw");
+        // Non-zero bytes around the file system: a read that strays shows up.
+        let mut bytes = vec![0x5a; M as usize];
+        bytes.extend_from_slice(&fs_bytes);
+        bytes.extend(vec![0xa5; 3 * M as usize]);
+        std::fs::write(&disk, &bytes).unwrap();
+        let len = fs_bytes.len() as u64;
+        let fs = open_at(&disk, M, Some(len)).unwrap();
+        check_tree(&fs, &fx);
+
+        let e = open_at(&disk, M, Some(len + 4 * M)).unwrap_err();
+        assert!(matches!(e, Error::OutOfRange { .. }), "{e}");
+        let e = open_at(&disk, 0, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "root.ext4: no ext4 file system at byte 0: the superblock magic is 0x5a5a, not 0xef53"
+        );
+        let e = open_at(&disk, M, Some(2047)).unwrap_err().to_string();
+        assert!(e.contains("2047 bytes cannot hold a superblock"), "{e}");
+    }
+
+    #[test]
+    fn reads_through_qcow2() {
+        let fx = build(&[], &[]);
+        let qcow2 = fx.dir.path().join("root.qcow2");
+        let out = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&fx.image)
+            .arg(&qcow2)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let src = source::open(&qcow2, &OpenOptions::default()).unwrap();
+        assert_eq!(src.format(), "qcow2");
+        let fs = open_at(&qcow2, 0, None).unwrap();
+        check_tree(&fs, &fx);
+    }
+
+    #[test]
+    fn resolve_errors_are_one_line_and_name_the_image() {
+        let fx = build(&[], &[]);
+        let fs = open_at(&fx.image, 0, None).unwrap();
+        let err = |p: &str| fs.resolve(p).unwrap_err().to_string();
+        assert_eq!(
+            err("/boot/vmlinuz-5.*"),
+            "no file matches /boot/vmlinuz-5.* in root.ext4"
+        );
+        assert_eq!(
+            err("/boot/nothing"),
+            "no file matches /boot/nothing in root.ext4"
+        );
+        assert_eq!(err("/nodir/x*"), "no file matches /nodir/x* in root.ext4");
+        // A dangling symlink and a directory are not matches.
+        assert_eq!(err("/dangl*"), "no file matches /dangl* in root.ext4");
+        assert_eq!(err("/bo*"), "no file matches /bo* in root.ext4");
+        assert_eq!(
+            err("boot/vmlinuz-*"),
+            "root.ext4: invalid file pattern \"boot/vmlinuz-*\": not an absolute path"
+        );
+        assert!(err("/b*/vmlinuz").contains("in the last component only"));
+        assert!(err("/boot/").contains("a file name must follow"));
+        assert_eq!(
+            err("/boot/vmlinuz-6.1.0-28-cloud-amd64/x"),
+            "root.ext4: /boot/vmlinuz-6.1.0-28-cloud-amd64/x: \
+             a component of the path is not a directory"
+        );
+        assert_eq!(
+            err("/usr/lib"),
+            "root.ext4: /usr/lib: is a directory, not a regular file"
+        );
+        // The two files of /boot built for the same kernel.
+        assert_eq!(
+            err("/boot/*-6.1.0-28-cloud-amd64"),
+            format!(
+                "/boot/*-6.1.0-28-cloud-amd64 matches 2 files in root.ext4: {INITRD}, {KERNEL}"
+            )
+        );
+
+        let e = fs.len("/etc/missing").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "root.ext4: /etc/missing: no such file in the file system"
+        );
+        let e = fs
+            .copy_to("/boot", &mut std::io::sink())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "root.ext4: /boot: is a directory, not a regular file");
+    }
+
+    #[test]
+    fn several_matches_are_listed_sorted() {
+        let older = b"old kernel".as_slice();
+        let fx = build(&[("/boot/vmlinuz-6.1.0-27-cloud-amd64", older)], &[]);
+        let fs = open_at(&fx.image, 0, None).unwrap();
+        let e = fs.resolve("/boot/vmlinuz-*").unwrap_err();
+        match &e {
+            Error::Ambiguous { matches, .. } => assert_eq!(
+                matches,
+                &[
+                    "/boot/vmlinuz-6.1.0-27-cloud-amd64".to_owned(),
+                    KERNEL.to_owned()
+                ]
+            ),
+            other => panic!("{other}"),
+        }
+        assert_eq!(
+            e.to_string(),
+            "/boot/vmlinuz-* matches 2 files in root.ext4: \
+             /boot/vmlinuz-6.1.0-27-cloud-amd64, /boot/vmlinuz-6.1.0-28-cloud-amd64"
+        );
+        assert_eq!(fs.resolve("/boot/vmlinuz-*-28-*").unwrap(), KERNEL);
+        assert_eq!(
+            fs.read_to_vec("/boot/vmlinuz-6.1.0-27-cloud-amd64", 10)
+                .unwrap(),
+            older
+        );
+    }
+
+    #[test]
+    fn read_to_vec_refuses_files_over_max() {
+        let fx = build(&[], &[]);
+        let fs = open_at(&fx.image, 0, None).unwrap();
+        let size = fx.kernel.len() as u64;
+        let e = fs.read_to_vec("/vmlinuz", size - 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "root.ext4: /vmlinuz: {size} bytes, more than the {} allowed",
+                size - 1
+            )
+        );
+        assert!(fs.read_to_vec("/vmlinuz", size).unwrap() == fx.kernel);
+    }
+
+    #[test]
+    fn corrupted_superblock_is_a_clean_error() {
+        let fx = build(&[], &[]);
+        let mut bytes = std::fs::read(&fx.image).unwrap();
+        bytes[1024 + 56] ^= 0xff;
+        std::fs::write(&fx.image, &bytes).unwrap();
+        let e = open_at(&fx.image, 0, None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "root.ext4: no ext4 file system at byte 0: the superblock magic is 0xefac, not 0xef53"
+        );
+
+        // A valid magic but a broken checksum: ext4-view's own refusal.
+        bytes[1024 + 56] ^= 0xff;
+        bytes[1024 + 0x78] ^= 0xff; // the volume name
+        std::fs::write(&fx.image, &bytes).unwrap();
+        let e = open_at(&fx.image, 0, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "root.ext4: corrupt ext4 file system: invalid superblock checksum"
+        );
+    }
+
+    #[test]
+    fn refused_features_are_named() {
+        let fx = build(&[], &["-O", "inline_data"]);
+        let e = open_at(&fx.image, 0, None).unwrap_err().to_string();
+        assert_eq!(e, "root.ext4: unsupported ext4 feature: inline_data");
+        let fx = build(&[], &["-O", "meta_bg,^resize_inode"]);
+        let e = open_at(&fx.image, 0, None).unwrap_err().to_string();
+        assert_eq!(e, "root.ext4: unsupported ext4 feature: meta_bg");
+    }
+
+    #[test]
+    fn reads_outside_the_window_are_errors() {
+        let fx = build(&[], &[]);
+        let src = source::open(&fx.image, &OpenOptions::default()).unwrap();
+        let mut w = Window {
+            source: src,
+            offset: M,
+            len: 4096,
+        };
+        let mut buf = [0u8; 16];
+        assert!(w.read(4080, &mut buf).is_ok());
+        let e = w.read(4081, &mut buf).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "a read of 16 bytes at byte 4081 passes the end of the 4096-byte file system"
+        );
+        assert!(w.read(u64::MAX - 3, &mut buf).is_err());
+    }
+
+    #[test]
+    fn glob_matching() {
+        assert!(glob_match("vmlinuz-*", "vmlinuz-6.1"));
+        assert!(glob_match("*", "a"));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(glob_match("é?", "éè"));
+        assert!(glob_match("*.efi", "x.efi"));
+        assert!(!glob_match("*.efi", "x.efi.bak"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(!glob_match("*", ".hidden"));
+        assert!(glob_match(".*", ".hidden"));
+        assert!(glob_match("**", ""));
+    }
+}

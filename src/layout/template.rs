@@ -1,0 +1,711 @@
+//! Image templates: declarative TOML files that describe a bootable disk (partitions and their
+//! content, the bootloader) and the image's fields, validated before anything is built.
+//!
+//! Values may refer to variables, `${name}`, given on the command line (`--set name=value`), so
+//! one template serves many builds. `${partuuid:LABEL}` is filled in by the build with the
+//! unique GUID of the partition labelled LABEL. Errors name the key and the line.
+//!
+//! ```toml
+//! [image]
+//! name = "linux-uefi"
+//! architecture = "x86_64"
+//! boot-modes = ["uefi"]
+//!
+//! [disk]
+//! size = "2G"
+//!
+//! [[partition]]
+//! type = "esp"
+//! label = "ESP"
+//! size = "128M"
+//! content = "esp"
+//!
+//! [[partition]]
+//! type = "root-x86-64"
+//! label = "root"
+//! content = "image"
+//! image = "${rootfs}"
+//!
+//! [bootloader]
+//! type = "systemd-boot"
+//! efi = "root:/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+//! kernel = "root:/boot/vmlinuz-*"
+//! initrd = "root:/boot/initrd.img-*"
+//! options = "root=PARTUUID=${partuuid:root} console=ttyS0"
+//! ```
+
+use crate::layout::gpt::PartitionType;
+use crate::manifest::{Architecture, BootMode, DiskFormat, VolumeType};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A template error: the file, the line, the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        /// The template.
+        path: PathBuf,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or not a template's shape.
+    #[error("{}: {message}", path.display())]
+    Syntax {
+        /// The template.
+        path: PathBuf,
+        /// What the parser said, with the line.
+        message: String,
+    },
+    /// A value breaks a rule.
+    #[error("{}:{line}: {key} = {value:?}: {rule}", path.display())]
+    Value {
+        /// The template.
+        path: PathBuf,
+        /// 1-based line of the value.
+        line: usize,
+        /// The key, as written in the template (`partition[2].size`).
+        key: String,
+        /// The value.
+        value: String,
+        /// What is allowed.
+        rule: String,
+    },
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTemplate {
+    image: RawImage,
+    disk: RawDisk,
+    #[serde(default)]
+    partition: Vec<RawPartition>,
+    bootloader: Option<RawBootloader>,
+    #[serde(default)]
+    esp_file: Vec<RawEspFile>,
+    #[serde(default)]
+    volume: Vec<RawVolume>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawImage {
+    name: Spanned<String>,
+    description: Option<Spanned<String>>,
+    architecture: Spanned<String>,
+    #[serde(default)]
+    boot_modes: Vec<Spanned<String>>,
+    format: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDisk {
+    size: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPartition {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    label: Spanned<String>,
+    size: Option<Spanned<String>>,
+    content: Spanned<String>,
+    image: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBootloader {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    efi: Spanned<String>,
+    kernel: Spanned<String>,
+    initrd: Option<Spanned<String>>,
+    options: Spanned<String>,
+    title: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawEspFile {
+    source: Spanned<String>,
+    target: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawVolume {
+    device: Spanned<String>,
+    image: Spanned<String>,
+    size: Option<Spanned<u64>>,
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    iops: Option<Spanned<u32>>,
+    delete_on_vm_deletion: Option<bool>,
+}
+
+/// Where a file comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileRef {
+    /// A path on the build host.
+    Host(PathBuf),
+    /// A path inside the root partition's file system; the last component may be a glob.
+    Root(String),
+}
+
+/// What a partition holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// An EFI system partition made by the build (FAT32).
+    Esp,
+    /// A file system image (raw or qcow2) streamed in.
+    Image(PathBuf),
+    /// Nothing: zeros.
+    Empty,
+}
+
+/// One partition, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// Its type.
+    pub kind: PartitionType,
+    /// Its GPT name.
+    pub label: String,
+    /// Bytes; `None` for the rest of the disk.
+    pub size: Option<u64>,
+    /// Its content.
+    pub content: Content,
+}
+
+/// The bootloader to install on the ESP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bootloader {
+    /// systemd-boot's EFI binary.
+    pub efi: FileRef,
+    /// The kernel.
+    pub kernel: FileRef,
+    /// The initrd, if any.
+    pub initrd: Option<FileRef>,
+    /// The kernel command line; may hold `${partuuid:LABEL}`.
+    pub options: String,
+    /// The boot entry's title.
+    pub title: String,
+}
+
+/// An extra block device mapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    /// `DeviceName`.
+    pub device: String,
+    /// The disk image.
+    pub image: PathBuf,
+    /// `VolumeSize` in GiB.
+    pub size: Option<u64>,
+    /// `VolumeType`.
+    pub volume_type: VolumeType,
+    /// `Iops`.
+    pub iops: Option<u32>,
+    /// `DeleteOnVmDeletion`.
+    pub delete_on_vm_deletion: bool,
+}
+
+/// A validated template, variables expanded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    /// `ImageName`.
+    pub name: String,
+    /// `Description`.
+    pub description: Option<String>,
+    /// `Architecture`.
+    pub architecture: Architecture,
+    /// `BootModes`.
+    pub boot_modes: Vec<BootMode>,
+    /// Disk file format.
+    pub format: DiskFormat,
+    /// Disk size in bytes.
+    pub disk_size: u64,
+    /// Partitions, in order.
+    pub partitions: Vec<Partition>,
+    /// The bootloader, if any.
+    pub bootloader: Option<Bootloader>,
+    /// Extra files for the ESP: (source, path on the ESP).
+    pub esp_files: Vec<(FileRef, String)>,
+    /// Extra volumes.
+    pub volumes: Vec<Volume>,
+}
+
+/// Parses a size: bytes, or a number with K, M, G or T (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1u64 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1u64 << 30),
+        Some((i, 'T' | 't')) => (&s[..i], 1u64 << 40),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    vars: &'a BTreeMap<String, String>,
+    base: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text
+            .get(..offset)
+            .map_or(1, |t| t.matches('\n').count() + 1)
+    }
+
+    fn err<T: std::fmt::Debug>(&self, key: &str, v: &Spanned<T>, rule: impl Into<String>) -> Error {
+        Error::Value {
+            path: self.path.to_owned(),
+            line: self.line(v.span().start),
+            key: key.to_owned(),
+            value: format!("{:?}", v.get_ref()).trim_matches('"').to_owned(),
+            rule: rule.into(),
+        }
+    }
+
+    /// Expands `${name}` from the variables; `${partuuid:...}` is left for the build.
+    fn expand(&self, key: &str, v: &Spanned<String>) -> Result<String> {
+        let s = v.get_ref();
+        let mut out = String::new();
+        let mut rest = s.as_str();
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 2..];
+            let Some(j) = after.find('}') else {
+                return Err(self.err(key, v, "unclosed ${"));
+            };
+            let name = &after[..j];
+            if name.starts_with("partuuid:") {
+                out.push_str(&rest[i..i + 2 + j + 1]);
+            } else {
+                match self.vars.get(name) {
+                    Some(value) => out.push_str(value),
+                    None => {
+                        return Err(self.err(
+                            key,
+                            v,
+                            format!("${{{name}}} is not set: give --set {name}=..."),
+                        ));
+                    }
+                }
+            }
+            rest = &after[j + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// A host path: as written in the template, relative to the template's directory; when it
+    /// starts with a variable (`${rootfs}`), as given on the command line, relative to the
+    /// current directory.
+    fn host_path(&self, raw: &str, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() || raw.starts_with("${") {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn file_ref(&self, key: &str, v: &Spanned<String>) -> Result<FileRef> {
+        let s = self.expand(key, v)?;
+        if let Some(inner) = s.strip_prefix("root:") {
+            if !inner.starts_with('/') {
+                return Err(self.err(key, v, "a root: path is absolute (root:/boot/vmlinuz-*)"));
+            }
+            Ok(FileRef::Root(inner.to_owned()))
+        } else if let Some(host) = s.strip_prefix("host:") {
+            let raw = v.get_ref().strip_prefix("host:").unwrap_or_default();
+            Ok(FileRef::Host(self.host_path(raw, host)))
+        } else {
+            Err(self.err(
+                key,
+                v,
+                "must start with root: (inside the root file system) or host: (a host path)",
+            ))
+        }
+    }
+}
+
+impl Template {
+    /// Reads and validates the template at `path`, with variables `vars`. Relative host paths
+    /// are taken from the template's directory.
+    pub fn load(path: &Path, vars: &BTreeMap<String, String>) -> Result<Template> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(path, &text, vars, base)
+    }
+
+    /// Validates template `text` (named `path` in messages); host paths are relative to `base`.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        vars: &BTreeMap<String, String>,
+        base: &Path,
+    ) -> Result<Template> {
+        let raw: RawTemplate = toml::from_str(text).map_err(|e| Error::Syntax {
+            path: path.to_owned(),
+            message: e
+                .to_string()
+                .replace('\n', " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+        let cx = Ctx {
+            path,
+            text,
+            vars,
+            base,
+        };
+
+        let name = cx.expand("image.name", &raw.image.name)?;
+        crate::manifest::rules::image_name(&name)
+            .map_err(|e| cx.err("image.name", &raw.image.name, e.to_string()))?;
+        let description = match &raw.image.description {
+            Some(d) => Some(cx.expand("image.description", d)?),
+            None => None,
+        };
+        let architecture = match raw.image.architecture.get_ref().as_str() {
+            "x86_64" => Architecture::X86_64,
+            "i386" => Architecture::I386,
+            _ => {
+                return Err(cx.err(
+                    "image.architecture",
+                    &raw.image.architecture,
+                    "x86_64 or i386",
+                ));
+            }
+        };
+        let mut boot_modes = Vec::new();
+        for m in &raw.image.boot_modes {
+            let mode = match m.get_ref().as_str() {
+                "uefi" => BootMode::Uefi,
+                "legacy" => BootMode::Legacy,
+                _ => return Err(cx.err("image.boot-modes", m, "uefi or legacy")),
+            };
+            if !boot_modes.contains(&mode) {
+                boot_modes.push(mode);
+            }
+        }
+        let format = match raw.image.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+            None | Some((_, "qcow2")) => DiskFormat::Qcow2,
+            Some((_, "raw")) => DiskFormat::Raw,
+            Some((f, _)) => return Err(cx.err("image.format", f, "qcow2 or raw")),
+        };
+        let size_text = cx.expand("disk.size", &raw.disk.size)?;
+        let disk_size = parse_size(&size_text).filter(|&n| n > 0).ok_or_else(|| {
+            cx.err(
+                "disk.size",
+                &raw.disk.size,
+                "a size such as 2G, 512M or 1073741824",
+            )
+        })?;
+        if disk_size % 512 != 0 {
+            return Err(cx.err(
+                "disk.size",
+                &raw.disk.size,
+                "must be a multiple of 512 bytes",
+            ));
+        }
+
+        let mut partitions = Vec::new();
+        let mut labels: Vec<String> = Vec::new();
+        for (i, p) in raw.partition.iter().enumerate() {
+            let key = |k: &str| format!("partition[{}].{k}", i + 1);
+            let kind = PartitionType::from_name(p.kind.get_ref()).ok_or_else(|| {
+                cx.err(
+                    &key("type"),
+                    &p.kind,
+                    "one of esp, xbootldr, root-x86-64, root-x86, usr-x86-64, usr-x86, linux-generic, swap, bios-boot",
+                )
+            })?;
+            let label = cx.expand(&key("label"), &p.label)?;
+            if labels.contains(&label) {
+                return Err(cx.err(&key("label"), &p.label, "labels must be unique"));
+            }
+            labels.push(label.clone());
+            let size = match &p.size {
+                None => None,
+                Some(s) if s.get_ref() == "rest" => None,
+                Some(s) => Some(
+                    parse_size(&cx.expand(&key("size"), s)?)
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| {
+                            cx.err(&key("size"), s, "a size such as 512M, or \"rest\"")
+                        })?,
+                ),
+            };
+            if size.is_none() && i + 1 != raw.partition.len() {
+                return Err(cx.err(
+                    &key("size"),
+                    &p.label,
+                    "only the last partition may take the rest of the disk",
+                ));
+            }
+            let content = match (p.content.get_ref().as_str(), &p.image) {
+                ("esp", None) => Content::Esp,
+                ("empty", None) => Content::Empty,
+                ("image", Some(img)) => {
+                    Content::Image(cx.host_path(img.get_ref(), &cx.expand(&key("image"), img)?))
+                }
+                ("image", None) => {
+                    return Err(cx.err(
+                        &key("content"),
+                        &p.content,
+                        "content = \"image\" needs image = PATH",
+                    ));
+                }
+                ("esp" | "empty", Some(img)) => {
+                    return Err(cx.err(
+                        &key("image"),
+                        img,
+                        "only content = \"image\" takes an image",
+                    ));
+                }
+                _ => return Err(cx.err(&key("content"), &p.content, "esp, image or empty")),
+            };
+            if content == Content::Esp && kind != PartitionType::Esp {
+                return Err(cx.err(
+                    &key("content"),
+                    &p.content,
+                    "content = \"esp\" needs type = \"esp\"",
+                ));
+            }
+            partitions.push(Partition {
+                kind,
+                label,
+                size,
+                content,
+            });
+        }
+        let esp_count = partitions
+            .iter()
+            .filter(|p| p.content == Content::Esp)
+            .count();
+
+        let bootloader = match &raw.bootloader {
+            None => None,
+            Some(b) => {
+                if b.kind.get_ref() != "systemd-boot" {
+                    return Err(cx.err("bootloader.type", &b.kind, "systemd-boot"));
+                }
+                if esp_count != 1 {
+                    return Err(cx.err(
+                        "bootloader.type",
+                        &b.kind,
+                        "a bootloader needs exactly one partition with content = \"esp\"",
+                    ));
+                }
+                Some(Bootloader {
+                    efi: cx.file_ref("bootloader.efi", &b.efi)?,
+                    kernel: cx.file_ref("bootloader.kernel", &b.kernel)?,
+                    initrd: match &b.initrd {
+                        Some(i) => Some(cx.file_ref("bootloader.initrd", i)?),
+                        None => None,
+                    },
+                    options: cx.expand("bootloader.options", &b.options)?,
+                    title: match &b.title {
+                        Some(t) => cx.expand("bootloader.title", t)?,
+                        None => name.clone(),
+                    },
+                })
+            }
+        };
+        let mut esp_files = Vec::new();
+        for (i, f) in raw.esp_file.iter().enumerate() {
+            let key = |k: &str| format!("esp-file[{}].{k}", i + 1);
+            if esp_count != 1 {
+                return Err(cx.err(
+                    &key("target"),
+                    &f.target,
+                    "ESP files need exactly one esp partition",
+                ));
+            }
+            esp_files.push((
+                cx.file_ref(&key("source"), &f.source)?,
+                cx.expand(&key("target"), &f.target)?,
+            ));
+        }
+        let mut volumes = Vec::new();
+        for (i, v) in raw.volume.iter().enumerate() {
+            let key = |k: &str| format!("volume[{}].{k}", i + 1);
+            let device = cx.expand(&key("device"), &v.device)?;
+            crate::manifest::rules::extra_device(&device)
+                .map_err(|e| cx.err(&key("device"), &v.device, e.to_string()))?;
+            let volume_type = match v.kind.as_ref().map(|t| (t, t.get_ref().as_str())) {
+                None | Some((_, "standard")) => VolumeType::Standard,
+                Some((_, "gp2")) => VolumeType::Gp2,
+                Some((_, "io1")) => VolumeType::Io1,
+                Some((t, _)) => return Err(cx.err(&key("type"), t, "standard, gp2 or io1")),
+            };
+            volumes.push(Volume {
+                device,
+                image: cx.host_path(v.image.get_ref(), &cx.expand(&key("image"), &v.image)?),
+                size: v.size.as_ref().map(|s| *s.get_ref()),
+                volume_type,
+                iops: v.iops.as_ref().map(|s| *s.get_ref()),
+                delete_on_vm_deletion: v.delete_on_vm_deletion.unwrap_or(true),
+            });
+        }
+        Ok(Template {
+            name,
+            description,
+            architecture,
+            boot_modes,
+            format,
+            disk_size,
+            partitions,
+            bootloader,
+            esp_files,
+            volumes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[image]
+name = "linux-uefi"
+architecture = "x86_64"
+boot-modes = ["uefi"]
+
+[disk]
+size = "2G"
+
+[[partition]]
+type = "esp"
+label = "ESP"
+size = "128M"
+content = "esp"
+
+[[partition]]
+type = "root-x86-64"
+label = "root"
+content = "image"
+image = "${rootfs}"
+
+[bootloader]
+type = "systemd-boot"
+efi = "root:/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+kernel = "root:/boot/vmlinuz-*"
+initrd = "root:/boot/initrd.img-*"
+options = "root=PARTUUID=${partuuid:root} console=ttyS0"
+
+[[volume]]
+device = "/dev/sdb"
+image = "data.img"
+type = "gp2"
+"#;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn parse(text: &str, v: &[(&str, &str)]) -> Result<Template> {
+        Template::parse(Path::new("t.toml"), text, &vars(v), Path::new("/tpl"))
+    }
+
+    #[test]
+    fn a_good_template() {
+        let t = parse(GOOD, &[("rootfs", "/img/root.ext4")]).unwrap();
+        assert_eq!(t.disk_size, 2 << 30);
+        assert_eq!(t.partitions.len(), 2);
+        assert_eq!(t.partitions[0].size, Some(128 << 20));
+        assert_eq!(t.partitions[1].size, None);
+        assert_eq!(
+            t.partitions[1].content,
+            Content::Image("/img/root.ext4".into())
+        );
+        let t2 = parse(GOOD, &[("rootfs", "rel/root.ext4")]).unwrap();
+        assert_eq!(
+            t2.partitions[1].content,
+            Content::Image("rel/root.ext4".into())
+        );
+        let b = t.bootloader.unwrap();
+        assert_eq!(b.kernel, FileRef::Root("/boot/vmlinuz-*".into()));
+        assert_eq!(b.options, "root=PARTUUID=${partuuid:root} console=ttyS0");
+        assert_eq!(b.title, "linux-uefi");
+        assert_eq!(t.volumes[0].image, PathBuf::from("/tpl/data.img"));
+        assert_eq!(t.volumes[0].volume_type, VolumeType::Gp2);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let e = parse(GOOD, &[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.toml:20: partition[2].image = \"${rootfs}\": ${rootfs} is not set: give --set rootfs=..."
+        );
+        let bad = GOOD.replace("size = \"128M\"", "size = \"12Q\"");
+        let e = parse(&bad, &[("rootfs", "r")]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml:13: partition[1].size = \"12Q\""),
+            "{e}"
+        );
+        let bad = GOOD.replace("type = \"esp\"", "type = \"efi\"");
+        let e = parse(&bad, &[("rootfs", "r")]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml:11: partition[1].type = \"efi\": one of esp"),
+            "{e}"
+        );
+        let bad = GOOD.replace("boot-modes", "boot-mode");
+        let e = parse(&bad, &[("rootfs", "r")]).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("boot-mode"), "{e}");
+        let bad = GOOD.replace("kernel = \"root:", "kernel = \"");
+        let e = parse(&bad, &[("rootfs", "r")]).unwrap_err().to_string();
+        assert!(
+            e.contains("bootloader.kernel") && e.contains("root: "),
+            "{e}"
+        );
+        let bad = GOOD.replace("device = \"/dev/sdb\"", "device = \"/dev/sda\"");
+        assert!(
+            parse(&bad, &[("rootfs", "r")])
+                .unwrap_err()
+                .to_string()
+                .contains("volume[1].device")
+        );
+    }
+
+    #[test]
+    fn the_rest_only_last() {
+        let bad = GOOD.replace("size = \"128M\"\n", "");
+        let e = parse(&bad, &[("rootfs", "r")]).unwrap_err().to_string();
+        assert!(e.contains("only the last partition"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("1T"), Some(1 << 40));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("99999999999999999999T"), None);
+    }
+}
