@@ -38,13 +38,16 @@ enum Fiemap {
     Untried,
     /// The file system does not support it.
     Unsupported,
-    /// Extents `(logical, length, unwritten)` from `from` up to `covered`, sorted.
+    /// Extents from `from` up to `covered`, sorted.
     Known {
         from: u64,
         covered: u64,
-        extents: Vec<(u64, u64, bool)>,
+        extents: Vec<MappedExtent>,
     },
 }
+
+/// `(logical offset, length, unwritten)` of one FIEMAP extent.
+type MappedExtent = (u64, u64, bool);
 
 /// `FS_IOC_FIEMAP` = `_IOWR('f', 11, struct fiemap)` (linux/fs.h, linux/fiemap.h).
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
@@ -123,7 +126,7 @@ impl RawSource {
 
 impl RawSource {
     /// One FIEMAP query from `offset` to the end of the file; `None` when unsupported.
-    fn query_fiemap(&self, offset: u64, sync: bool) -> Option<(u64, Vec<(u64, u64, bool)>)> {
+    fn query_fiemap(&self, offset: u64, sync: bool) -> Option<(u64, Vec<MappedExtent>)> {
         let empty = FiemapExtent {
             logical: 0,
             physical: 0,
