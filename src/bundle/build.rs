@@ -116,7 +116,7 @@ pub fn build(
         }
     }
 
-    let (parent, name) = work_names(&req.output)?;
+    let (parent, name) = register::split_output(&req.output)?;
     let work = WorkDir(parent.join(format!(".{name}.mkomi-{}.work", std::process::id())));
     std::fs::create_dir(&work.0).map_err(io_err(&work.0, "cannot create"))?;
 
@@ -182,36 +182,23 @@ pub fn build(
     register::register_with_root(&request, Some(Box::new(disk)), progress, cancel)
 }
 
-fn work_names(output: &Path) -> Result<(PathBuf, String)> {
-    let name = output
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| invalid(output, "the output must name a directory to create".into()))?;
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    Ok((parent, name.to_owned()))
-}
-
 /// The partition whose file system `root:` paths refer to: the one of a root type with an
 /// image.
-fn root_fs(tpl: &Template, table: &Table, open: &source::OpenOptions) -> Result<Ext4> {
+fn root_fs(tpl: &Template, table: &Table, req: &BuildRequest) -> Result<Ext4> {
     let found = tpl.partitions.iter().zip(&table.partitions).find(|(p, _)| {
         matches!(p.kind, PartitionType::RootX86_64 | PartitionType::RootX86)
             && matches!(p.content, Content::Image(_))
     });
     let Some((p, _)) = found else {
-        return Err(Error::Invalid {
-            path: PathBuf::from("template"),
-            reason: "root: paths need a root-x86-64 or root-x86 partition with content = \"image\""
-                .into(),
-        });
+        return Err(invalid(
+            &req.template,
+            "root: paths need a root-x86-64 or root-x86 partition with content = \"image\"".into(),
+        ));
     };
     let Content::Image(path) = &p.content else {
-        return Err(invalid(Path::new("template"), "no root image".into()));
+        return Err(invalid(&req.template, "no root image".into()));
     };
-    let src = source::open(path, open)?;
+    let src = source::open(path, &req.open)?;
     let size = src.size();
     Ext4::open(src, 0, size, path).map_err(|e| invalid(path, e.to_string()))
 }
@@ -230,7 +217,7 @@ fn fetch(
         FileRef::Host(p) => Ok(FileSource::Host(p.clone())),
         FileRef::Root(pattern) => {
             if root.is_none() {
-                *root = Some(root_fs(tpl, table, &req.open)?);
+                *root = Some(root_fs(tpl, table, req)?);
             }
             let Some(fs) = root.as_ref() else {
                 return Err(invalid(&req.template, "no root file system".into()));
@@ -282,7 +269,10 @@ fn build_esp(
             ));
             entry.push_str("initrd /initrd.img\n");
         }
-        entry.push_str(&format!("options {}\n", partuuids(&b.options, tpl, table)?));
+        entry.push_str(&format!(
+            "options {}\n",
+            partuuids(&b.options, tpl, table, &req.template)?
+        ));
         files.push((
             "loader/loader.conf".into(),
             FileSource::Bytes(b"default mkomi.conf\ntimeout 0\n".to_vec()),
@@ -313,7 +303,7 @@ fn build_esp(
 }
 
 /// Replaces `${partuuid:LABEL}` with the unique GUID of the partition labelled LABEL.
-fn partuuids(options: &str, tpl: &Template, table: &Table) -> Result<String> {
+fn partuuids(options: &str, tpl: &Template, table: &Table, template: &Path) -> Result<String> {
     let mut out = String::new();
     let mut rest = options;
     while let Some(i) = rest.find("${partuuid:") {
@@ -321,7 +311,7 @@ fn partuuids(options: &str, tpl: &Template, table: &Table) -> Result<String> {
         let after = &rest[i + "${partuuid:".len()..];
         let Some(j) = after.find('}') else {
             return Err(invalid(
-                Path::new("template"),
+                template,
                 format!("unclosed ${{partuuid: in {options:?}"),
             ));
         };
@@ -334,7 +324,7 @@ fn partuuids(options: &str, tpl: &Template, table: &Table) -> Result<String> {
             .map(|(_, t)| t)
             .ok_or_else(|| {
                 invalid(
-                    Path::new("template"),
+                    template,
                     format!("${{partuuid:{label}}}: no partition is labelled {label:?}"),
                 )
             })?;

@@ -126,7 +126,7 @@ fn check_fields(req: &Request) -> Result<()> {
 }
 
 /// Splits `output` into its parent directory and final name.
-fn split_output(output: &Path) -> Result<(PathBuf, String)> {
+pub(crate) fn split_output(output: &Path) -> Result<(PathBuf, String)> {
     let name = output
         .file_name()
         .and_then(|n| n.to_str())
