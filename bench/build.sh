@@ -13,19 +13,10 @@
 #   NO_HYPERFINE=1 use the built-in timing loop even if hyperfine is installed
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH_DIR=${BENCH_DIR:-/var/tmp/mkomi-bench}
-BENCH_TREE=${BENCH_TREE:-/usr/share}
-RUNS=${RUNS:-5}
-WARMUP=${WARMUP:-1}
-NO_HYPERFINE=${NO_HYPERFINE:-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-# Fixed identifiers so that the same BENCH_TREE gives the same ext4 image (as in run.sh). The
-# epoch is also exported as SOURCE_DATE_EPOCH, so every mkomi build of the same inputs has the
+# The epoch is exported as SOURCE_DATE_EPOCH, so every mkomi build of the same inputs has the
 # same GUIDs and timestamps, and the by-hand disk can reuse them.
-FS_UUID=6f0d3c2a-6b5e-4d3e-9a1f-0b1c2d3e4f50
-FS_HASH_SEED=6f0d3c2a-6b5e-4d3e-9a1f-0b1c2d3e4f51
-FS_EPOCH=1700000000
 export SOURCE_DATE_EPOCH=$FS_EPOCH
 
 KVER=6.1.0-bench
@@ -49,20 +40,8 @@ ROOT_OFF=$((ROOT_FIRST * SECTOR))
 ESP_TYPE=c12a7328-f81f-11d2-ba4b-00a0c93ec93b
 ROOT_TYPE=4f68bce3-e8cd-4db1-96e7-fbcaf984b709
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
-
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
-[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer"
-
 # ---------------------------------------------------------------------------------------------
 # Tools
-apt_install() { # apt_install PACKAGE...: only as root, only when apt-get exists
-    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        log "trying apt-get install -y $*"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2 || log "apt-get failed"
-    fi
-}
 missing=()
 command -v mkfs.vfat >/dev/null && command -v fsck.vfat >/dev/null || missing+=(dosfstools)
 for t in mcopy mmd mtype; do command -v "$t" >/dev/null || { missing+=(mtools); break; }; done
@@ -74,28 +53,6 @@ for tool in qemu-img mkfs.ext4 e2fsck debugfs mkfs.vfat fsck.vfat mmd mcopy mtyp
         die "$tool not found (Debian: qemu-utils, e2fsprogs, dosfstools, mtools, gdisk, coreutils, diffutils)"
 done
 command -v openssl >/dev/null || command -v python3 >/dev/null || die "need openssl or python3"
-[[ -x /usr/bin/time ]] || die "/usr/bin/time not found (Debian: apt-get install time)"
-/usr/bin/time -f %M true 2>/dev/null || die "/usr/bin/time is not GNU time"
-
-TIMER=builtin
-if [[ -z $NO_HYPERFINE ]]; then
-    command -v hyperfine >/dev/null || apt_install hyperfine
-    command -v hyperfine >/dev/null && TIMER=hyperfine
-fi
-
-# ---------------------------------------------------------------------------------------------
-# The binary
-if [[ -n ${MKOMI:-} ]]; then
-    [[ -x $MKOMI ]] || die "MKOMI=$MKOMI is not an executable"
-else
-    log "building mkomi (cargo build --release --locked)"
-    (cd "$ROOT" && cargo build --release --locked >&2)
-    target_dir=${CARGO_TARGET_DIR:-target}
-    [[ $target_dir == /* ]] || target_dir=$ROOT/$target_dir
-    MKOMI=$target_dir/release/mkomi
-fi
-MKOMI=$(realpath "$MKOMI")
-
 # ---------------------------------------------------------------------------------------------
 # Inputs (kept between runs). Everything else lives in build-work, not run.sh's work directory,
 # so the two scripts can share BENCH_DIR.

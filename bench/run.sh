@@ -12,58 +12,15 @@
 #   NO_HYPERFINE=1 use the built-in timing loop even if hyperfine is installed
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BENCH_DIR=${BENCH_DIR:-/var/tmp/mkomi-bench}
-BENCH_TREE=${BENCH_TREE:-/usr/share}
-RUNS=${RUNS:-5}
-WARMUP=${WARMUP:-1}
-NO_HYPERFINE=${NO_HYPERFINE:-}
-
-# Fixed identifiers so that the same BENCH_TREE gives the same ext4 image.
-FS_UUID=6f0d3c2a-6b5e-4d3e-9a1f-0b1c2d3e4f50
-FS_HASH_SEED=6f0d3c2a-6b5e-4d3e-9a1f-0b1c2d3e4f51
-FS_EPOCH=1700000000
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 RSS_TARGET_KIB=$((128 * 1024))
-
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
-
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
-[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer"
 
 # ---------------------------------------------------------------------------------------------
 # Tools
 for tool in qemu-img mkfs.ext4 sha256sum truncate cp sync awk; do
     command -v "$tool" >/dev/null || die "$tool not found (Debian: qemu-utils, e2fsprogs, coreutils)"
 done
-[[ -x /usr/bin/time ]] || die "/usr/bin/time not found (Debian: apt-get install time)"
-/usr/bin/time -f %M true 2>/dev/null || die "/usr/bin/time is not GNU time"
-
-TIMER=builtin
-if [[ -z $NO_HYPERFINE ]]; then
-    if ! command -v hyperfine >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        log "hyperfine missing; trying apt-get install -y hyperfine"
-        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q hyperfine >&2; then
-            log "apt-get failed; using the built-in timing loop"
-        fi
-    fi
-    command -v hyperfine >/dev/null && TIMER=hyperfine
-fi
-
-# ---------------------------------------------------------------------------------------------
-# The binary
-if [[ -n ${MKOMI:-} ]]; then
-    [[ -x $MKOMI ]] || die "MKOMI=$MKOMI is not an executable"
-else
-    log "building mkomi (cargo build --release --locked)"
-    (cd "$ROOT" && cargo build --release --locked >&2)
-    target_dir=${CARGO_TARGET_DIR:-target}
-    [[ $target_dir == /* ]] || target_dir=$ROOT/$target_dir
-    MKOMI=$target_dir/release/mkomi
-fi
-MKOMI=$(realpath "$MKOMI")
-
 # ---------------------------------------------------------------------------------------------
 # Inputs (kept between runs)
 mkdir -p "$BENCH_DIR"

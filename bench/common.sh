@@ -1,0 +1,50 @@
+# Shared by bench/run.sh and bench/build.sh: settings, messages, tool checks, the timer and the
+# mkomi binary. Sourced, not run.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR=${BENCH_DIR:-/var/tmp/mkomi-bench}
+BENCH_TREE=${BENCH_TREE:-/usr/share}
+RUNS=${RUNS:-5}
+WARMUP=${WARMUP:-1}
+NO_HYPERFINE=${NO_HYPERFINE:-}
+
+# Fixed identifiers so that the same BENCH_TREE gives the same ext4 images.
+FS_UUID=6f0d3c2a-6b5e-4d3e-9a1f-0b1c2d3e4f50
+FS_HASH_SEED=6f0d3c2a-6b5e-4d3e-9a1f-0b1c2d3e4f51
+FS_EPOCH=1700000000
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer"
+
+apt_install() { # apt_install PACKAGE...: only as root, only when apt-get exists
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "trying apt-get install -y $*"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2 || log "apt-get failed"
+    fi
+}
+
+[[ -x /usr/bin/time ]] || apt_install time
+[[ -x /usr/bin/time ]] || die "/usr/bin/time not found (Debian: apt-get install time)"
+/usr/bin/time -f %M true 2>/dev/null || die "/usr/bin/time is not GNU time"
+
+# hyperfine when it can be had, else the scripts' own loop.
+TIMER=builtin
+if [[ -z $NO_HYPERFINE ]]; then
+    command -v hyperfine >/dev/null || apt_install hyperfine
+    command -v hyperfine >/dev/null && TIMER=hyperfine
+fi
+
+# The binary: MKOMI, or a release build of this tree.
+if [[ -n ${MKOMI:-} ]]; then
+    [[ -x $MKOMI ]] || die "MKOMI=$MKOMI is not an executable"
+else
+    log "building mkomi (cargo build --release --locked)"
+    (cd "$ROOT" && cargo build --release --locked >&2)
+    target_dir=${CARGO_TARGET_DIR:-target}
+    [[ $target_dir == /* ]] || target_dir=$ROOT/$target_dir
+    MKOMI=$target_dir/release/mkomi
+fi
+MKOMI=$(realpath "$MKOMI")
