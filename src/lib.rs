@@ -7,12 +7,16 @@
 //! - [`copy`]: the streaming engine that reads, hashes and writes overlapped, in bounded memory;
 //! - [`digest`]: the container-independent `ContentDigest` of a disk;
 //! - [`manifest`]: the bundle's `manifest.json`, with Outscale's field names and rules;
-//! - [`bundle`]: the operations on bundles — `register` and `verify`.
+//! - [`layout`]: new disks — GPT, FAT32 ESPs, templates, disks composed of pieces;
+//! - [`fs`]: reading files out of file systems inside images (ext4), without mounting;
+//! - [`inspect`]: looking inside disks (partition tables so far);
+//! - [`bundle`]: the operations on bundles — `register`, `build` and `verify`.
 
 pub mod bundle;
 pub mod copy;
 pub mod digest;
 pub mod fs;
+pub mod inspect;
 pub mod layout;
 pub mod manifest;
 pub mod progress;

@@ -518,7 +518,7 @@ const CRC32_TABLE: [u32; 256] = {
 
 /// CRC32 as GPT uses it (UEFI 2.10 §5.3.2 names it; it is the IEEE/zlib CRC32: reflected,
 /// initial value and final XOR 0xFFFFFFFF).
-fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     // The index is a u8, so it is always inside the 256-entry table.
     !data.iter().fold(!0u32, |c, &b| {
         CRC32_TABLE[usize::from(c as u8 ^ b)] ^ (c >> 8)

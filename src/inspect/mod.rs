@@ -1,0 +1,4 @@
+//! Looking inside disks without mounting: partition tables (and, later, file systems, OS, boot
+//! modes).
+
+pub mod table;
