@@ -1,0 +1,186 @@
+//! File systems recognised by their signatures (magic numbers at fixed offsets), from the first
+//! 68 KiB of a partition or bare image: enough to say what it is without trusting any size in it.
+
+use crate::source::Source;
+use serde::Serialize;
+
+/// A recognised file system or container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsKind {
+    /// FAT with 12-bit entries.
+    Fat12,
+    /// FAT with 16-bit entries.
+    Fat16,
+    /// FAT32.
+    Fat32,
+    /// ext2: no journal.
+    Ext2,
+    /// ext3: a journal, no extents.
+    Ext3,
+    /// ext4: extents or flex_bg.
+    Ext4,
+    /// Linux swap (v1, "SWAPSPACE2").
+    Swap,
+    /// NTFS.
+    Ntfs,
+    /// XFS.
+    Xfs,
+    /// Btrfs.
+    Btrfs,
+    /// ISO 9660.
+    Iso9660,
+    /// A LUKS encrypted container.
+    Luks,
+}
+
+/// Bytes read: the Btrfs superblock (64 KiB + 0x40) is the farthest signature.
+const PROBE: u64 = 68 << 10;
+
+/// Identifies the file system in the `len` bytes at `offset` of `source`; `None` when no
+/// signature matches or the bytes cannot be read.
+pub fn detect(source: &mut dyn Source, offset: u64, len: u64) -> Option<FsKind> {
+    let n = len.min(PROBE).min(source.size().saturating_sub(offset));
+    let mut buf = vec![0u8; usize::try_from(n).ok()?];
+    source.read_at(offset, &mut buf).ok()?;
+    detect_bytes(&buf)
+}
+
+/// Identifies a file system from its first bytes (up to [`PROBE`]).
+pub fn detect_bytes(b: &[u8]) -> Option<FsKind> {
+    let at = |off: usize, magic: &[u8]| b.get(off..off + magic.len()) == Some(magic);
+    let le16 = |off: usize| {
+        b.get(off..off + 2)
+            .map(|x| u16::from_le_bytes([x[0], x[1]]))
+    };
+    let le32 = |off: usize| {
+        b.get(off..off + 4)
+            .map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+    };
+    // Containers and file systems whose magic sits at the very start come first.
+    if at(0, b"LUKS\xba\xbe") {
+        return Some(FsKind::Luks);
+    }
+    if at(0, b"XFSB") {
+        return Some(FsKind::Xfs);
+    }
+    if at(3, b"NTFS    ") {
+        return Some(FsKind::Ntfs);
+    }
+    // FAT: the boot sector's file system type string (Microsoft FAT spec, "BPB"), with the
+    // 0x55AA signature.
+    if at(510, &[0x55, 0xaa]) {
+        if at(82, b"FAT32   ") {
+            return Some(FsKind::Fat32);
+        }
+        if at(54, b"FAT16   ") {
+            return Some(FsKind::Fat16);
+        }
+        if at(54, b"FAT12   ") {
+            return Some(FsKind::Fat12);
+        }
+    }
+    // ext2/3/4: superblock at 1024, s_magic 0xEF53 at +56; features at +92 (compat) and +96
+    // (incompat).
+    if le16(1024 + 56) == Some(0xef53) {
+        let compat = le32(1024 + 92).unwrap_or(0);
+        let incompat = le32(1024 + 96).unwrap_or(0);
+        // INCOMPAT_EXTENTS 0x40, INCOMPAT_64BIT 0x80, INCOMPAT_FLEX_BG 0x200.
+        if incompat & (0x40 | 0x80 | 0x200) != 0 {
+            return Some(FsKind::Ext4);
+        }
+        // COMPAT_HAS_JOURNAL 0x4.
+        return Some(if compat & 0x4 != 0 {
+            FsKind::Ext3
+        } else {
+            FsKind::Ext2
+        });
+    }
+    if at(4096 - 10, b"SWAPSPACE2") {
+        return Some(FsKind::Swap);
+    }
+    if at(0x8001, b"CD001") {
+        return Some(FsKind::Iso9660);
+    }
+    if at(0x10040, b"_BHRfS_M") {
+        return Some(FsKind::Btrfs);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::raw::RawSource;
+    use std::path::Path;
+    use std::process::Command;
+
+    fn make(dir: &Path, name: &str, size: &str, cmd: &[&str]) -> Option<FsKind> {
+        let p = dir.join(name);
+        let out = Command::new("truncate")
+            .args(["-s", size, p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut args: Vec<&str> = cmd[1..].to_vec();
+        args.push(p.to_str().unwrap());
+        let out = Command::new(cmd[0]).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut src = RawSource::open(&p).unwrap();
+        let size = src.size();
+        detect(&mut src, 0, size)
+    }
+
+    #[test]
+    fn real_file_systems() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(
+            make(d, "e4", "64M", &["mkfs.ext4", "-q"]),
+            Some(FsKind::Ext4)
+        );
+        assert_eq!(
+            make(d, "e3", "64M", &["mkfs.ext3", "-q"]),
+            Some(FsKind::Ext3)
+        );
+        assert_eq!(
+            make(d, "e2", "64M", &["mkfs.ext2", "-q"]),
+            Some(FsKind::Ext2)
+        );
+        assert_eq!(
+            make(d, "f32", "64M", &["mkfs.vfat", "-F", "32"]),
+            Some(FsKind::Fat32)
+        );
+        assert_eq!(
+            make(d, "f16", "64M", &["mkfs.vfat", "-F", "16"]),
+            Some(FsKind::Fat16)
+        );
+        assert_eq!(
+            make(d, "f12", "4M", &["mkfs.vfat", "-F", "12"]),
+            Some(FsKind::Fat12)
+        );
+        assert_eq!(make(d, "sw", "64M", &["mkswap"]), Some(FsKind::Swap));
+    }
+
+    #[test]
+    fn magics_at_their_offsets() {
+        let with = |off: usize, magic: &[u8]| {
+            let mut b = vec![0u8; PROBE as usize];
+            b[off..off + magic.len()].copy_from_slice(magic);
+            detect_bytes(&b)
+        };
+        assert_eq!(with(3, b"NTFS    "), Some(FsKind::Ntfs));
+        assert_eq!(with(0, b"XFSB"), Some(FsKind::Xfs));
+        assert_eq!(with(0x10040, b"_BHRfS_M"), Some(FsKind::Btrfs));
+        assert_eq!(with(0x8001, b"CD001"), Some(FsKind::Iso9660));
+        assert_eq!(with(0, b"LUKS\xba\xbe"), Some(FsKind::Luks));
+        assert_eq!(detect_bytes(&[0u8; PROBE as usize]), None);
+        // Short buffers never panic.
+        assert_eq!(detect_bytes(&[]), None);
+        assert_eq!(detect_bytes(b"XFS"), None);
+    }
+}
