@@ -132,7 +132,6 @@ mv "$TEMPLATE.tmp" "$TEMPLATE"
 rm -rf "$WORK"
 mkdir -p "$WORK" "$JSON_DIR"
 
-q() { printf '%q' "$1"; }
 cmdline() {
     local out='' a
     for a in "$@"; do out+="${out:+ }$(q "$a")"; done
@@ -310,20 +309,7 @@ fmt_s() { awk -v t="$1" 'BEGIN { printf "%.3f s", t }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 
-repro='bench/build.sh'
-for v in MKOMI BENCH_DIR BENCH_TREE RUNS WARMUP NO_HYPERFINE; do
-    if printenv "$v" >/dev/null; then repro="$v=$(q "$(printenv "$v")") $repro"; fi
-done
-cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ $rev != unknown ]] && [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-    rev+=" (dirty)"
-fi
-if [[ $TIMER == hyperfine ]]; then
-    timer="$(hyperfine --version), $RUNS runs + $WARMUP warm-up, median"
-else
-    timer="built-in loop (date +%s%N, interleaved), $RUNS runs + $WARMUP warm-up, median"
-fi
+report_context bench/build.sh 'date +%s%N, interleaved'
 if [[ -f $EFI_HOST ]]; then efi="this machine's \`systemd-bootx64.efi\`"; else efi="$EFI_FAKE_KIB KiB stand-in for \`systemd-bootx64.efi\`"; fi
 
 {

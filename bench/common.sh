@@ -48,3 +48,26 @@ else
     MKOMI=$target_dir/release/mkomi
 fi
 MKOMI=$(realpath "$MKOMI")
+
+q() { printf '%q' "$1"; }
+
+# report_context SCRIPT LOOP: sets repro (the command that reproduces the run, with the variables
+# the caller set), cpu, rev (the commit, "(dirty)" with local changes) and timer, for the
+# report's footer. LOOP describes the built-in timing loop.
+report_context() {
+    repro=$1
+    local v
+    for v in MKOMI BENCH_DIR BENCH_TREE RUNS WARMUP NO_HYPERFINE; do
+        if printenv "$v" >/dev/null; then repro="$v=$(q "$(printenv "$v")") $repro"; fi
+    done
+    cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [[ $rev != unknown ]] && [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+        rev+=" (dirty)"
+    fi
+    if [[ $TIMER == hyperfine ]]; then
+        timer="$(hyperfine --version), $RUNS runs + $WARMUP warm-up, median"
+    else
+        timer="built-in loop ($2), $RUNS runs + $WARMUP warm-up, median"
+    fi
+}

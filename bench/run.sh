@@ -62,7 +62,6 @@ fi
 rm -rf "$WORK"
 mkdir -p "$WORK" "$JSON_DIR"
 
-q() { printf '%q' "$1"; }
 # Shell-quoted command line from an argument list.
 cmdline() {
     local out='' a
@@ -211,21 +210,7 @@ rss_row() { # rss_row NUM LABEL KEY
 }
 human() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 
-repro='bench/run.sh'
-for v in MKOMI BENCH_DIR BENCH_TREE RUNS WARMUP NO_HYPERFINE; do
-    # Only the variables the caller set (MKOMI is always set by now, so look at the environment).
-    if printenv "$v" >/dev/null; then repro="$v=$(q "$(printenv "$v")") $repro"; fi
-done
-cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ $rev != unknown ]] && [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-    rev+=" (dirty)"
-fi
-if [[ $TIMER == hyperfine ]]; then
-    timer="$(hyperfine --version), $RUNS runs + $WARMUP warm-up, median"
-else
-    timer="built-in loop (date +%s%N), $RUNS runs + $WARMUP warm-up, median"
-fi
+report_context bench/run.sh 'date +%s%N'
 
 {
     echo "## mkomi benchmark"

@@ -58,13 +58,11 @@ pub struct Partition {
     /// Partition number, from 1: the GPT entry index, or the MBR record (1 to 4).
     pub index: u32,
     /// GPT `PartitionTypeGUID`; all zeros for an MBR partition.
-    #[serde(serialize_with = "guid_string")]
     pub type_guid: Guid,
     /// The type's name: our [`PartitionType`] names for GPT (else `unknown`); for MBR, a short
     /// name of the type byte (`linux-generic`, `esp`, `extended`, …, else `unknown`).
     pub type_name: String,
     /// GPT `UniquePartitionGUID`; `None` for an MBR partition.
-    #[serde(serialize_with = "option_guid_string")]
     pub unique_guid: Option<Guid>,
     /// The MBR partition type byte: for MBR partitions, and for GPT partitions a hybrid MBR
     /// also lists.
@@ -93,7 +91,6 @@ pub struct PartitionTable {
     /// The logical sector size the table was read with (512, or 4096 for a 4Kn GPT).
     pub sector_size: u64,
     /// GPT `DiskGUID`.
-    #[serde(serialize_with = "option_guid_string")]
     pub disk_guid: Option<Guid>,
     /// The partitions, in table order.
     pub partitions: Vec<Partition>,
@@ -101,19 +98,6 @@ pub struct PartitionTable {
     pub mbr_boot_code: bool,
     /// What is wrong or suspicious, one line each.
     pub problems: Vec<String>,
-}
-
-/// Serializes a GUID as its RFC 4122 text.
-fn guid_string<S: serde::Serializer>(guid: &Guid, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(guid)
-}
-
-/// Serializes an optional GUID as its RFC 4122 text or null.
-fn option_guid_string<S: serde::Serializer>(guid: &Option<Guid>, s: S) -> Result<S::Ok, S::Error> {
-    match guid {
-        Some(g) => s.collect_str(g),
-        None => s.serialize_none(),
-    }
 }
 
 /// Problem lines, capped at [`MAX_PROBLEMS`].

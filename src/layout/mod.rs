@@ -49,6 +49,13 @@ impl Guid {
     }
 }
 
+/// GUIDs serialise as their RFC 4122 text, as reports and manifests show them.
+impl serde::Serialize for Guid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.0;
