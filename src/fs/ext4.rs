@@ -458,6 +458,109 @@ impl Ext4 {
     }
 }
 
+impl Error {
+    /// Whether the error says that a path does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. } | Error::NoMatch { .. })
+    }
+}
+
+fn kind_of(file_type: FileType) -> super::Kind {
+    if file_type.is_regular_file() {
+        super::Kind::File
+    } else if file_type.is_dir() {
+        super::Kind::Dir
+    } else if file_type.is_symlink() {
+        super::Kind::Symlink
+    } else {
+        super::Kind::Other
+    }
+}
+
+fn meta_of(meta: &Metadata) -> super::Meta {
+    super::Meta {
+        kind: kind_of(meta.file_type()),
+        len: meta.len(),
+        mode: u32::from(meta.mode()) & 0o7777,
+        uid: meta.uid(),
+    }
+}
+
+impl super::FileSystem for Ext4 {
+    fn name(&self) -> &Path {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "ext4"
+    }
+
+    fn read_dir(&self, path: &str, max: usize) -> Result<Vec<super::Entry>, super::Error> {
+        let entries = self.fs.read_dir(path).map_err(|e| self.convert(path, e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.convert(path, e))?;
+            let name = String::from_utf8_lossy(entry.file_name().as_ref()).into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if out.len() == max {
+                return Err(Error::Invalid {
+                    name: self.name.clone(),
+                    path: path.to_owned(),
+                    reason: format!("a directory of more than {max} entries"),
+                }
+                .into());
+            }
+            let kind = kind_of(entry.file_type().map_err(|e| self.convert(path, e))?);
+            out.push(super::Entry { name, kind });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn metadata(&self, path: &str) -> Result<super::Meta, super::Error> {
+        let meta = self.fs.metadata(path).map_err(|e| self.convert(path, e))?;
+        Ok(meta_of(&meta))
+    }
+
+    fn symlink_metadata(&self, path: &str) -> Result<super::Meta, super::Error> {
+        let meta = self
+            .fs
+            .symlink_metadata(path)
+            .map_err(|e| self.convert(path, e))?;
+        Ok(meta_of(&meta))
+    }
+
+    fn read_link(&self, path: &str) -> Result<String, super::Error> {
+        let target = self.fs.read_link(path).map_err(|e| self.convert(path, e))?;
+        Ok(String::from_utf8_lossy(target.as_ref()).into_owned())
+    }
+
+    fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, super::Error> {
+        let mut file = self.open_file(path)?;
+        if offset >= file.metadata().len() {
+            return Ok(0);
+        }
+        file.seek_to(offset).map_err(|e| self.convert(path, e))?;
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file
+                .read_bytes(&mut buf[filled..])
+                .map_err(|e| self.convert(path, e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        Ok(filled)
+    }
+
+    fn read_to_vec(&self, path: &str, max: u64) -> Result<Vec<u8>, super::Error> {
+        Ok(Ext4::read_to_vec(self, path, max)?)
+    }
+}
+
 fn is_glob(c: char) -> bool {
     c == '*' || c == '?'
 }
