@@ -10,8 +10,10 @@
 //! - [`layout`]: new disks — GPT, FAT32 ESPs, templates, disks composed of pieces;
 //! - [`fs`]: reading files out of file systems inside images (ext4), without mounting;
 //! - [`inspect`]: looking inside disks (partition tables so far);
+//! - [`audit`]: what must not ship in an image (SSH keys, passwords, host keys, histories…);
 //! - [`bundle`]: the operations on bundles — `register`, `build` and `verify`.
 
+pub mod audit;
 pub mod bundle;
 pub mod copy;
 pub mod digest;

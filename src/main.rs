@@ -2,6 +2,8 @@
 //! turns errors into one-line messages and exit codes.
 
 use clap::{CommandFactory, Parser, Subcommand};
+use mkomi::audit::{Severity, image::Policy};
+use mkomi::bundle::checks::Checks;
 use mkomi::bundle::{self, register, verify};
 use mkomi::manifest::{Architecture, BootMode, DiskFormat, VolumeType, rules};
 use mkomi::progress::{Mode, Progress};
@@ -26,7 +28,7 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
     long_about = "Build Outscale machine images (OMIs) offline: stream disk images into a bundle \
 (manifest.json with Outscale's CreateImage fields, one disk file per block device mapping, \
 SHA256SUMS) and verify bundles.",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verification found differences, 130 interrupted."
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 a check failed (verify found differences, or the audit found what --deny or --audit deny= refuses), 130 interrupted."
 )]
 struct Cli {
     /// No progress output.
@@ -72,6 +74,47 @@ checks SHA256SUMS against the manifest. Prints one line per difference; exit cod
         /// The bundle directory.
         dir: PathBuf,
     },
+    /// Show what a disk or bundle holds: partitions, file systems, OS, kernels, bootloaders,
+    /// architecture and boot modes.
+    #[command(after_help = "Examples:
+  mkomi inspect debian.qcow2
+  mkomi inspect debian-omi --json | jq .summary.architecture
+
+SOURCE is a raw or qcow2 disk (whole disk or bare file system image) or a bundle directory,
+whose disks are inspected root first. Nothing is mounted: GPT and MBR tables, FAT and ext2/3/4
+contents are read by mkomi itself; NTFS, XFS, Btrfs, swap, ISO 9660 and LUKS are recognised by
+their signatures. The architecture comes from the ELF header of /sbin/init, /bin/sh or
+/usr/lib/systemd/systemd (else the PE header of the ESP's loaders); each conclusion names its
+evidence. Damage (bad CRCs, corrupt file systems) is reported with the rest of the report; the
+exit code is 1 only when SOURCE cannot be opened at all.")]
+    Inspect {
+        /// A disk image or a bundle directory.
+        source: PathBuf,
+        /// Also follow backing files inside DIR.
+        #[arg(long, value_name = "DIR")]
+        allow_backing: Option<PathBuf>,
+    },
+    /// Look for what must not ship in an image: SSH keys, passwords, host keys, machine ids,
+    /// histories, cloud-init state.
+    #[command(after_help = "Examples:
+  mkomi audit snapshot.qcow2
+  mkomi audit debian-omi --deny high --json
+
+Reads every ext2/3/4 and FAT file system of SOURCE (a disk image or every disk of a bundle)
+without mounting it. Each finding has a severity, the file and a fix; secrets are never shown
+(keys by their SHA256 fingerprint as ssh-keygen -l prints it, password hashes by their scheme,
+histories by their size). File systems that cannot be read are listed as problems: the audit is
+then incomplete, not clean. Exit code 3 when a finding is at least --deny's severity.")]
+    Audit {
+        /// A disk image or a bundle directory.
+        source: PathBuf,
+        /// Exit with code 3 when a finding is at least this severe (info, low, medium, high).
+        #[arg(long, value_name = "SEVERITY")]
+        deny: Option<Severity>,
+        /// Also follow backing files inside DIR.
+        #[arg(long, value_name = "DIR")]
+        allow_backing: Option<PathBuf>,
+    },
     /// Print shell completions.
     #[command(after_help = "Example:\n  mkomi completions bash > /etc/bash_completion.d/mkomi")]
     Completions {
@@ -90,9 +133,20 @@ struct RegisterArgs {
     /// Replace DIR if it exists.
     #[arg(long)]
     force: bool,
-    /// Architecture.
+    /// Architecture; default: the one the root disk's binaries are built for (see `inspect`).
     #[arg(long, value_enum)]
-    arch: Architecture,
+    arch: Option<Architecture>,
+    /// Register even when --arch contradicts the binaries found on the disk.
+    #[arg(long)]
+    no_arch_check: bool,
+    /// Register even when a --boot-mode is not one the disk supports.
+    #[arg(long)]
+    no_boot_check: bool,
+    /// The security audit (see `mkomi audit`): off, report (record findings in the manifest), or
+    /// deny=SEVERITY (also refuse the image on a finding at least that severe: info, low, medium,
+    /// high).
+    #[arg(long, value_name = "POLICY", default_value = "report")]
+    audit: Policy,
     /// Disk file format.
     #[arg(long, value_enum, default_value = "qcow2")]
     format: DiskFormat,
@@ -105,7 +159,9 @@ struct RegisterArgs {
     /// Description.
     #[arg(long)]
     description: Option<String>,
-    /// A boot mode the image supports; repeat for both.
+    /// A boot mode the image supports; repeat for both. Default: the ones found on the disk (uefi:
+    /// an ESP with EFI/BOOT/BOOTX64.EFI or BOOTIA32.EFI for the architecture; legacy: MBR boot
+    /// code or a BIOS boot partition).
     #[arg(long = "boot-mode", value_enum)]
     boot_modes: Vec<BootMode>,
     /// The root device name (Outscale requires /dev/sda1).
@@ -144,6 +200,17 @@ struct BuildArgs {
     /// A template variable: NAME=VALUE fills ${NAME}.
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_var)]
     vars: Vec<(String, String)>,
+    /// Build even when the template's architecture contradicts the binaries on the disk.
+    #[arg(long)]
+    no_arch_check: bool,
+    /// Build even when a template boot mode is not one the disk supports.
+    #[arg(long)]
+    no_boot_check: bool,
+    /// The security audit (see `mkomi audit`): off, report (record findings in the manifest), or
+    /// deny=SEVERITY (also refuse the image on a finding at least that severe: info, low, medium,
+    /// high).
+    #[arg(long, value_name = "POLICY", default_value = "report")]
+    audit: Policy,
     /// Replace DIR if it exists.
     #[arg(long)]
     force: bool,
@@ -267,6 +334,15 @@ fn main() -> ExitCode {
         Command::Register(args) => run_register(*args, &progress, cli.json),
         Command::Build(args) => run_build(*args, &progress, cli.json),
         Command::Verify { dir } => run_verify(&dir, &progress, cli.json, cli.quiet),
+        Command::Inspect {
+            source,
+            allow_backing,
+        } => run_inspect(&source, allow_backing, cli.json),
+        Command::Audit {
+            source,
+            deny,
+            allow_backing,
+        } => run_audit(&source, deny, allow_backing, cli.json),
     }
 }
 
@@ -306,6 +382,11 @@ fn run_build(a: BuildArgs, progress: &Progress, json: bool) -> ExitCode {
         },
         epoch,
         sync: !a.no_sync,
+        checks: Checks {
+            arch: !a.no_arch_check,
+            boot: !a.no_boot_check,
+        },
+        audit: a.audit,
     };
     report(bundle::build::build(&req, progress, Some(&CANCEL)), json)
 }
@@ -329,6 +410,11 @@ fn run_register(a: RegisterArgs, progress: &Progress, json: bool) -> ExitCode {
         description: a.description,
         architecture: a.arch,
         boot_modes: a.boot_modes,
+        checks: Checks {
+            arch: !a.no_arch_check,
+            boot: !a.no_boot_check,
+        },
+        audit: a.audit,
         root,
         extra: a.bdm,
         open: OpenOptions {
@@ -344,6 +430,9 @@ fn run_register(a: RegisterArgs, progress: &Progress, json: bool) -> ExitCode {
 fn report(result: bundle::Result<register::Report>, json: bool) -> ExitCode {
     match result {
         Ok(r) => {
+            for w in &r.warnings {
+                eprintln!("mkomi: warning: {w}");
+            }
             let secs = r.elapsed.as_secs_f64();
             if json {
                 let summary = serde_json::json!({
@@ -352,6 +441,8 @@ fn report(result: bundle::Result<register::Report>, json: bool) -> ExitCode {
                     "DataBytes": r.data_bytes,
                     "Seconds": secs,
                     "MiBPerSecond": mib_per_s(r.data_bytes, secs),
+                    "Inspection": r.manifest.inspection,
+                    "Warnings": r.warnings,
                 });
                 println!("{summary}");
             } else {
@@ -372,6 +463,10 @@ fn report(result: bundle::Result<register::Report>, json: bool) -> ExitCode {
         Err(e) if e.is_interrupted() => {
             eprintln!("mkomi: interrupted; nothing was written");
             ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Err(e) if e.is_audit_denied() => {
+            fail(&e);
+            ExitCode::from(EXIT_MISMATCH)
         }
         Err(e) => fail(&e),
     }
@@ -412,5 +507,48 @@ fn run_verify(dir: &std::path::Path, progress: &Progress, json: bool, quiet: boo
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_MISMATCH)
+    }
+}
+
+fn run_inspect(source: &std::path::Path, allow_backing: Option<PathBuf>, json: bool) -> ExitCode {
+    let open = OpenOptions { allow_backing };
+    match mkomi::inspect::inspect_path(source, &open) {
+        Ok(report) if json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn run_audit(
+    source: &std::path::Path,
+    deny: Option<Severity>,
+    allow_backing: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
+    let open = OpenOptions { allow_backing };
+    let report = match mkomi::audit::image::audit_path(source, &open) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(&e),
+        }
+    } else {
+        print!("{report}");
+    }
+    match deny {
+        Some(at) if report.at_least(at).next().is_some() => ExitCode::from(EXIT_MISMATCH),
+        _ => ExitCode::SUCCESS,
     }
 }

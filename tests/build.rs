@@ -28,7 +28,7 @@ fn rootfs(dir: &Path, size: &str) -> PathBuf {
     .unwrap();
     std::fs::write(
         root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
-        vec![0x4d; 90_000],
+        fake_efi(90_000, 0x8664),
     )
     .unwrap();
     let img = dir.join("root.ext4");
@@ -150,7 +150,7 @@ fn shipped_templates_build_valid_disks() {
             );
             out.stdout
         };
-        assert_eq!(mtype("::EFI/BOOT/BOOTX64.EFI"), vec![0x4d; 90_000]);
+        assert!(mtype("::EFI/BOOT/BOOTX64.EFI") == fake_efi(90_000, 0x8664));
         assert_eq!(mtype("::vmlinuz").len(), 3_000_001);
         assert_eq!(mtype("::initrd.img").len(), 1_500_000);
         assert_eq!(

@@ -41,6 +41,10 @@ pub struct BuildRequest {
     pub epoch: i64,
     /// fsync before the final rename.
     pub sync: bool,
+    /// Checks of the template's fields against the disk laid out.
+    pub checks: super::checks::Checks,
+    /// The security audit of every disk.
+    pub audit: crate::audit::image::Policy,
 }
 
 /// Removes the work directory (ESP image, files taken from the root file system) at the end.
@@ -160,8 +164,10 @@ pub fn build(
         cluster_bits: req.cluster_bits,
         name: Some(tpl.name.clone()),
         description: tpl.description.clone(),
-        architecture: tpl.architecture,
+        architecture: Some(tpl.architecture),
         boot_modes: tpl.boot_modes.clone(),
+        checks: req.checks,
+        audit: req.audit,
         root,
         extra: tpl
             .volumes

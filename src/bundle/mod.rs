@@ -5,6 +5,7 @@
 //! - [`verify`] re-reads a bundle and reports every difference from its manifest.
 
 pub mod build;
+pub mod checks;
 pub mod register;
 pub mod sums;
 pub mod verify;
@@ -42,6 +43,22 @@ pub enum Error {
     /// The output directory exists and `--force` was not given.
     #[error("{}: already exists (use --force to replace it)", .0.display())]
     Exists(PathBuf),
+    /// What was declared contradicts what the disk holds.
+    #[error("{}: {reason}", path.display())]
+    Check {
+        /// The disk.
+        path: PathBuf,
+        /// The contradiction and its evidence.
+        reason: String,
+    },
+    /// The audit found something at or above the severity the policy denies.
+    #[error("{}: audit: {reason}", path.display())]
+    AuditDenied {
+        /// The image's root disk.
+        path: PathBuf,
+        /// The findings, summed up in one line.
+        reason: String,
+    },
     /// Something about the bundle itself is wrong.
     #[error("{}: {reason}", path.display())]
     Invalid {
@@ -53,6 +70,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when the image was refused by the audit policy.
+    pub fn is_audit_denied(&self) -> bool {
+        matches!(self, Error::AuditDenied { .. })
+    }
+
     /// True when the operation stopped because it was interrupted.
     pub fn is_interrupted(&self) -> bool {
         matches!(self, Error::Copy(crate::copy::Error::Interrupted))

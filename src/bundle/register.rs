@@ -4,7 +4,9 @@
 //! written. The bundle is built in a hidden temporary directory beside the destination and
 //! renamed into place when complete, so the destination either holds a whole bundle or nothing.
 
+use super::checks::{self, Checks};
 use super::{Error, Result, SUMS_FILE, io_err, sums};
+use crate::audit::image::{self as audit, Policy};
 use crate::copy::{self, Options};
 use crate::manifest::{
     self, Architecture, BlockDeviceMapping, BootMode, Bsu, Disk, DiskFormat, Image, Manifest,
@@ -66,10 +68,14 @@ pub struct Request {
     pub name: Option<String>,
     /// `Description`.
     pub description: Option<String>,
-    /// `Architecture`.
-    pub architecture: Architecture,
-    /// `BootModes`.
+    /// `Architecture`; detected from the root disk when absent.
+    pub architecture: Option<Architecture>,
+    /// `BootModes`; the ones detected on the root disk when empty.
     pub boot_modes: Vec<BootMode>,
+    /// Checks of the declared fields against the root disk.
+    pub checks: Checks,
+    /// The security audit of every disk.
+    pub audit: Policy,
     /// The root volume; its device is the `RootDeviceName`.
     pub root: Volume,
     /// Further volumes.
@@ -93,6 +99,8 @@ pub struct Report {
     pub data_bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Things the user should know (a Windows image needs sysprep, …), one line each.
+    pub warnings: Vec<String>,
 }
 
 /// Removes a temporary directory unless it was committed.
@@ -193,6 +201,56 @@ pub fn register_with_root(
         });
         sources.push(src);
     }
+    // The root disk is inspected before anything is written: its fields may be refused.
+    let root_src = sources.remove(0);
+    let (decided, root_src) = checks::inspect_root(
+        root_src,
+        &req.root.device,
+        req.architecture,
+        &req.boot_modes,
+        req.checks,
+    )?;
+    sources.insert(0, root_src);
+    let audit = match req.audit {
+        Policy::Off => None,
+        policy => {
+            let mut report = audit::Report::default();
+            sources = std::mem::take(&mut sources)
+                .into_iter()
+                .zip(&volumes)
+                .map(|(src, v)| audit::audit_source(src, Some(&v.device), &mut report))
+                .collect();
+            audit::finish(&mut report);
+            if let Policy::Deny(at) = policy {
+                let denied: Vec<&audit::Located> = report.at_least(at).collect();
+                if !denied.is_empty() {
+                    let first: Vec<String> = denied
+                        .iter()
+                        .take(3)
+                        .map(|l| {
+                            format!(
+                                "{} {} {}: {}",
+                                l.finding.severity,
+                                l.device.as_deref().unwrap_or_default(),
+                                l.finding.path,
+                                l.finding.message
+                            )
+                        })
+                        .collect();
+                    let more = if denied.len() > 3 { "; …" } else { "" };
+                    return Err(Error::AuditDenied {
+                        path: req.root.source.clone(),
+                        reason: format!(
+                            "{} finding(s) at or above {at} (--audit {policy}; `mkomi audit` lists them): {}{more}",
+                            denied.len(),
+                            first.join("; ")
+                        ),
+                    });
+                }
+            }
+            Some(report.to_manifest(&policy.to_string()))
+        }
+    };
     let image_name = match &req.name {
         Some(n) => n.clone(),
         None => {
@@ -263,12 +321,15 @@ pub fn register_with_root(
         image: Image {
             image_name,
             description: req.description.clone(),
-            architecture: req.architecture,
-            boot_modes: req.boot_modes.clone(),
+            architecture: decided.architecture,
+            boot_modes: decided.boot_modes.clone(),
             root_device_name: req.root.device.clone(),
             block_device_mappings: mappings,
         },
         disks,
+        inspection: Some(decided.inspection),
+        launch_requirements: decided.launch_requirements,
+        audit,
     };
     let manifest_path = tmp.path.join(manifest::FILE_NAME);
     let manifest_bytes = manifest.to_bytes();
@@ -297,6 +358,7 @@ pub fn register_with_root(
         manifest,
         data_bytes,
         elapsed: started.elapsed(),
+        warnings: decided.warnings,
     })
 }
 

@@ -71,6 +71,105 @@ pub struct Manifest {
     /// One entry per disk file, root first.
     #[serde(rename = "Disks")]
     pub disks: Vec<Disk>,
+    /// What mkomi found inside the root disk, and the evidence for the image's fields.
+    #[serde(
+        rename = "Inspection",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inspection: Option<Inspection>,
+    /// What an instance launched from the image needs (Windows images only).
+    #[serde(
+        rename = "LaunchRequirements",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub launch_requirements: Option<LaunchRequirements>,
+    /// The security audit of the image's file systems.
+    #[serde(rename = "Audit", default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSummary>,
+}
+
+/// What `register` and `build` found inside the root disk (see [`crate::inspect`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Inspection {
+    /// The OS's name, from `/etc/os-release`, or `Windows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    /// The machine the binaries are built for, when they agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    /// The binaries that tell the architecture, one line each.
+    #[serde(default)]
+    pub architecture_evidence: Vec<String>,
+    /// The boot modes found on the disk.
+    #[serde(default)]
+    pub boot_modes: Vec<BootMode>,
+    /// Why each boot mode, one line each.
+    #[serde(default)]
+    pub boot_mode_evidence: Vec<String>,
+    /// Checks the user turned off (`arch`, `boot-mode`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks_skipped: Vec<String>,
+}
+
+/// The smallest VM a Windows image runs on, from Outscale's OMI documentation: "Windows
+/// instances require at least the v3 Intel processor generation, 2 vCores, and 4 GiB of memory".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LaunchRequirements {
+    /// Why the requirements apply.
+    pub reason: String,
+    /// Fewest vCores.
+    pub min_vcores: u32,
+    /// Least memory in GiB.
+    pub min_memory_gib: u32,
+    /// Oldest Intel processor generation (`v3`).
+    pub min_processor_generation: String,
+}
+
+impl LaunchRequirements {
+    /// The requirements of a Windows image.
+    pub fn windows() -> Self {
+        LaunchRequirements {
+            reason: "Windows".into(),
+            min_vcores: 2,
+            min_memory_gib: 4,
+            min_processor_generation: "v3".into(),
+        }
+    }
+}
+
+/// The audit's result as recorded in a manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AuditSummary {
+    /// The policy applied: `report`, or `deny=SEVERITY`.
+    pub policy: String,
+    /// Findings per severity (`high`, `medium`, `low`, `info`).
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// Each finding.
+    pub findings: Vec<AuditFinding>,
+    /// Parts of the file systems that could not be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// One audit finding in a manifest: never a secret (see [`crate::audit`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AuditFinding {
+    /// `high`, `medium`, `low` or `info`.
+    pub severity: String,
+    /// A stable identifier of the kind of finding.
+    pub code: String,
+    /// The partition (`partition 2`, `whole disk`), prefixed by the device for extra volumes.
+    pub location: String,
+    /// The file.
+    pub path: String,
+    /// What was found.
+    pub message: String,
 }
 
 /// The tool that wrote a bundle.

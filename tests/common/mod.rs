@@ -152,3 +152,31 @@ pub fn open_rw(path: &Path) -> File {
         .open(path)
         .unwrap()
 }
+
+/// A stand-in EFI application of `len` bytes (at least 512): a PE32+ header (DOS stub, `PE\0\0`,
+/// COFF with `machine`, optional header magic 0x20b, subsystem 10) followed by filler.
+/// `machine`: 0x8664 for x86_64, 0x14c for i386 (whose header says PE32, magic 0x10b).
+#[allow(dead_code)]
+pub fn fake_efi(len: usize, machine: u16) -> Vec<u8> {
+    assert!(len >= 512);
+    let mut b = vec![0x4d; len];
+    b[..0x80].fill(0);
+    b[0] = b'M';
+    b[1] = b'Z';
+    b[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    b[0x80..0x84].copy_from_slice(b"PE\0\0");
+    b[0x84..0x86].copy_from_slice(&machine.to_le_bytes());
+    b[0x86..0x98].fill(0);
+    let (magic, opt_len): (u16, u16) = if machine == 0x14c {
+        (0x10b, 0xe0)
+    } else {
+        (0x20b, 0xf0)
+    };
+    b[0x94..0x96].copy_from_slice(&opt_len.to_le_bytes());
+    b[0x96..0x98].copy_from_slice(&0x22u16.to_le_bytes());
+    b[0x98..0x98 + opt_len as usize].fill(0);
+    b[0x98..0x9a].copy_from_slice(&magic.to_le_bytes());
+    // Subsystem, at offset 68 of the optional header in both PE32 and PE32+.
+    b[0x98 + 68..0x98 + 70].copy_from_slice(&10u16.to_le_bytes());
+    b
+}

@@ -1,0 +1,667 @@
+//! Audits of ext4 images built by `mkfs.ext4 -d` from trees with planted secrets, keys made by
+//! the real `ssh-keygen` and fingerprints compared with what `ssh-keygen -l` prints.
+
+use super::*;
+use crate::fs::ext4::Ext4;
+use crate::source::{self, OpenOptions};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A tree to plant files in, then an image made of it.
+struct Tree {
+    dir: tempfile::TempDir,
+}
+
+/// A key pair made by `ssh-keygen`, in the scratch directory.
+struct KeyPair {
+    private: PathBuf,
+    /// The `.pub` line, without its newline.
+    public: String,
+    /// What `ssh-keygen -l -f` prints as the fingerprint.
+    fingerprint: String,
+}
+
+impl KeyPair {
+    /// The base64 key data of the public key.
+    fn data(&self) -> &str {
+        self.public.split(' ').nth(1).unwrap()
+    }
+
+    fn private_text(&self) -> String {
+        std::fs::read_to_string(&self.private).unwrap()
+    }
+}
+
+impl Tree {
+    fn new() -> Tree {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tree")).unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        Tree { dir }
+    }
+
+    fn path(&self, path: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("tree")
+            .join(path.trim_start_matches('/'))
+    }
+
+    fn put(&self, path: &str, data: impl AsRef<[u8]>) {
+        let p = self.path(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+
+    fn mkdir(&self, path: &str) {
+        std::fs::create_dir_all(self.path(path)).unwrap();
+    }
+
+    fn link(&self, path: &str, target: &str) {
+        let p = self.path(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        symlink(target, p).unwrap();
+    }
+
+    /// A key pair made by `ssh-keygen -t kind -N passphrase -C comment`.
+    fn keygen(&self, name: &str, kind: &str, passphrase: &str, comment: &str) -> KeyPair {
+        let private = self.dir.path().join("keys").join(name);
+        let mut cmd = Command::new("ssh-keygen");
+        cmd.args(["-q", "-t", kind, "-N", passphrase, "-C", comment, "-f"])
+            .arg(&private);
+        if kind == "rsa" {
+            cmd.args(["-b", "2048"]);
+        }
+        run(&mut cmd);
+        let pub_path = private.with_extension("pub");
+        let public = std::fs::read_to_string(&pub_path).unwrap();
+        let fingerprint = keygen_l(&pub_path).remove(0);
+        KeyPair {
+            private,
+            public: public.trim_end().to_owned(),
+            fingerprint,
+        }
+    }
+
+    /// Plants the private key (and the `.pub` when `with_pub`) of `key` at `path`.
+    fn plant_private(&self, path: &str, key: &KeyPair, with_pub: bool) {
+        self.put(path, key.private_text());
+        if with_pub {
+            self.put(&format!("{path}.pub"), format!("{}\n", key.public));
+        }
+    }
+
+    /// The ext4 image of the tree, opened.
+    fn image(&self) -> Ext4 {
+        let image = self.dir.path().join("root.ext4");
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(self.path("/"))
+            .arg(&image)
+            .arg("32M"));
+        let src = source::open(&image, &OpenOptions::default()).unwrap();
+        let size = src.size();
+        Ext4::open(src, 0, size, Path::new("root.ext4")).unwrap()
+    }
+}
+
+/// The fingerprints `ssh-keygen -l -f path` prints, one per key.
+fn keygen_l(path: &Path) -> Vec<String> {
+    let out = run(Command::new("ssh-keygen").arg("-l").arg("-f").arg(path));
+    out.lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+        .collect()
+}
+
+/// The findings as (severity, code, path), in order.
+fn summary(audit: &Audit) -> Vec<(Severity, &'static str, String)> {
+    audit
+        .findings
+        .iter()
+        .map(|f| (f.severity, f.code, f.path.clone()))
+        .collect()
+}
+
+fn messages<'a>(audit: &'a Audit, path: &str, code: &str) -> Vec<&'a str> {
+    audit
+        .findings
+        .iter()
+        .filter(|f| f.path == path && f.code == code)
+        .map(|f| f.message.as_str())
+        .collect()
+}
+
+const ROOT_HASH: &str = "$6$rOoTsAlT$q8mHVZ2TFGtHs2MtW7e3sSPk.vYFvKCBV9FCqQh9aKYsbnZeGoRQ3eYh6.tB1";
+const TOOR_HASH: &str = "$5$tOoRsAlT$D8vBmTnq1vqhcfTj6mfW0o4eHnYkBgY3zqwkJ0Y7Z.4";
+const ALICE_HASH: &str = "$y$j9T$aLiCeSaLt$Xk2bW9nE3dFqL7pTr4uVxY1zA5cH8gJ0mN6sR2tK.W3";
+const LOCKED_HASH: &str = "$6$lOcKsAlT$Lk9sQw2Er4Ty6Ui8Op0As2Df4Gh6Jk8Lz0Xc2Vb4Nm6Qw8Er0Ty2";
+const OLD_ROOT_HASH: &str = "$6$oLdSaLt$OldRootHashOldRootHashOldRootHashOldRootHash0123456789";
+const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn finds_every_planted_item_without_showing_secrets() {
+    let t = Tree::new();
+    let ed = t.keygen("ed", "ed25519", "", "alice at laptop");
+    let rsa = t.keygen("rsa", "rsa", "", "bob");
+    let ecdsa = t.keygen("ecdsa", "ecdsa", "", "carol");
+    let alice = t.keygen("alice", "ed25519", "", "alice@home");
+    let extra = t.keygen("extra", "ecdsa", "", "");
+    let svc = t.keygen("svc", "ed25519", "", "deploy");
+    let root_id = t.keygen("root_id", "ed25519", "", "root@build");
+    let alice_id = t.keygen("alice_id", "rsa", "s3cret passphrase", "alice@build");
+    let host_ed = t.keygen("host_ed", "ed25519", "", "root@template");
+    let host_rsa = t.keygen("host_rsa", "rsa", "", "root@template");
+    let keys = [
+        &ed, &rsa, &ecdsa, &alice, &extra, &svc, &root_id, &alice_id, &host_ed, &host_rsa,
+    ];
+
+    t.put(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\n\
+         daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+         toor:x:0:0::/root:/bin/sh\n\
+         alice:x:1000:1000:Alice:/home/alice:/bin/bash\n\
+         svc:x:998:998::/srv/svc/:/bin/sh\n\
+         nopass:x:1001:1001::/home/nopass:/bin/sh\n",
+    );
+    t.put(
+        "/etc/shadow",
+        format!(
+            "root:{ROOT_HASH}:19000:0:99999:7:::\n\
+             daemon:*:19000:0:99999:7:::\n\
+             bin:!:19000::::::\n\
+             sys:!!:19000::::::\n\
+             lp:*LK*:19000::::::\n\
+             toor:{TOOR_HASH}:19000::::::\n\
+             alice:{ALICE_HASH}:19000:0:99999:7:::\n\
+             locked:!{LOCKED_HASH}:19000::::::\n\
+             nopass::19000::::::\n\
+             malformed-line\n"
+        ),
+    );
+    t.put(
+        "/etc/shadow-",
+        format!("root:{OLD_ROOT_HASH}:18000::::::\n"),
+    );
+
+    // root's authorized_keys: options with a quoted comma and space, a comment with spaces, a
+    // garbage line, a comment line and a blank line.
+    let options = "command=\"echo hi, there\",no-pty";
+    t.put(
+        "/root/.ssh/authorized_keys",
+        format!(
+            "# keys\n{options} {}\n{}\n\nthis-is-garbage SECRETGARBAGE\n{}\n",
+            ed.public, rsa.public, ecdsa.public
+        ),
+    );
+    // A symlink to another file is read.
+    t.put("/etc/ssh/extra_keys", format!("{}\n", extra.public));
+    t.link("/root/.ssh/authorized_keys2", "/etc/ssh/extra_keys");
+    t.plant_private("/root/.ssh/id_ed25519", &root_id, true);
+    t.put("/root/.ssh/known_hosts", "host ssh-ed25519 AAAA\n");
+    t.put(
+        "/home/alice/.ssh/authorized_keys",
+        format!("{}\n", alice.public),
+    );
+    // Encrypted, without .pub: the fingerprint comes from the private key file.
+    t.plant_private("/home/alice/.ssh/id_rsa", &alice_id, false);
+    t.put("/srv/svc/.ssh/authorized_keys", format!("{}\n", svc.public));
+
+    t.plant_private("/etc/ssh/ssh_host_ed25519_key", &host_ed, true);
+    t.plant_private("/etc/ssh/ssh_host_rsa_key", &host_rsa, false);
+    t.put(
+        "/etc/ssh/ssh_host_ecdsa_key.pub",
+        format!("{}\n", ecdsa.public),
+    );
+    t.put(
+        "/etc/ssh/sshd_config",
+        "PermitRootLogin prohibit-password\n",
+    );
+
+    t.put("/etc/machine-id", format!("{MACHINE_ID}\n"));
+    t.put("/var/lib/dbus/machine-id", format!("{MACHINE_ID}\n"));
+
+    t.put("/root/.bash_history", "mysql -u root -pSECRETPW\n");
+    t.put("/root/.lesshst", ".less-history-file:\n");
+    t.put("/home/alice/.python_history", "token = 'SECRETTOKEN'\n");
+    t.put("/home/alice/.zsh_history", "");
+    t.link("/home/alice/.sh_history", "/dev/null");
+
+    t.link(
+        "/var/lib/cloud/instance",
+        "/var/lib/cloud/instances/i-0123abcd",
+    );
+    t.put("/var/lib/cloud/instances/i-0123abcd/obj.pkl", "pickle");
+
+    let fs = t.image();
+    let audit = scan(&fs);
+    use Severity::*;
+    let expected = [
+        (Medium, "machine-id", "/etc/machine-id"),
+        (Info, "locked-password-hash", "/etc/shadow"),
+        (High, "shadow-empty-password", "/etc/shadow"),
+        (Medium, "shadow-password", "/etc/shadow"),
+        (High, "shadow-root-password", "/etc/shadow"),
+        (High, "shadow-root-password", "/etc/shadow"),
+        (Low, "shadow-backup", "/etc/shadow-"),
+        (Medium, "ssh-host-key", "/etc/ssh/ssh_host_ed25519_key"),
+        (Medium, "ssh-host-key", "/etc/ssh/ssh_host_rsa_key"),
+        (Low, "history", "/home/alice/.python_history"),
+        (
+            High,
+            "ssh-authorized-key",
+            "/home/alice/.ssh/authorized_keys",
+        ),
+        (Medium, "ssh-private-key", "/home/alice/.ssh/id_rsa"),
+        (Low, "history", "/root/.bash_history"),
+        (Low, "history", "/root/.lesshst"),
+        (High, "ssh-authorized-key", "/root/.ssh/authorized_keys"),
+        (High, "ssh-authorized-key", "/root/.ssh/authorized_keys"),
+        (High, "ssh-authorized-key", "/root/.ssh/authorized_keys"),
+        (
+            Medium,
+            "ssh-authorized-keys-invalid-line",
+            "/root/.ssh/authorized_keys",
+        ),
+        (High, "ssh-authorized-key", "/root/.ssh/authorized_keys2"),
+        (High, "ssh-private-key", "/root/.ssh/id_ed25519"),
+        (High, "ssh-authorized-key", "/srv/svc/.ssh/authorized_keys"),
+        (Medium, "cloud-init-instance", "/var/lib/cloud/instance"),
+        (Medium, "cloud-init-instance", "/var/lib/cloud/instances"),
+        (Low, "dbus-machine-id", "/var/lib/dbus/machine-id"),
+    ]
+    .map(|(s, c, p)| (s, c, p.to_owned()));
+    assert_eq!(summary(&audit), expected, "{audit:#?}");
+    assert_eq!(
+        audit.problems,
+        ["/etc/shadow: line 10 is not name:password:…; skipped"]
+    );
+    assert_eq!(audit.highest(), Some(High));
+    assert_eq!(audit.count(High), 10);
+    assert_eq!(audit.count(Medium), 8);
+    assert_eq!(audit.count(Low), 5);
+    assert_eq!(audit.count(Info), 1);
+
+    // The fingerprints are those ssh-keygen prints, in the order of the lines.
+    let root_keys = messages(&audit, "/root/.ssh/authorized_keys", "ssh-authorized-key");
+    let printed = keygen_l(&t.path("/root/.ssh/authorized_keys"));
+    assert_eq!(
+        printed,
+        [
+            ed.fingerprint.clone(),
+            rsa.fingerprint.clone(),
+            ecdsa.fingerprint.clone()
+        ]
+    );
+    assert_eq!(
+        root_keys,
+        [
+            format!(
+                "line 2: a key that can log in: ED25519 {} (256 bits), comment \"alice at laptop\", \
+                 options command,no-pty",
+                printed[0]
+            ),
+            format!(
+                "line 3: a key that can log in: RSA {} (2048 bits), comment \"bob\"",
+                printed[1]
+            ),
+            format!(
+                "line 6: a key that can log in: ECDSA {} (256 bits), comment \"carol\"",
+                printed[2]
+            ),
+        ]
+    );
+    assert_eq!(
+        messages(
+            &audit,
+            "/root/.ssh/authorized_keys",
+            "ssh-authorized-keys-invalid-line"
+        ),
+        [
+            "line 5 is not a key mkomi can read: it holds no key type OpenSSH knows, at its start or after options \
+          (content not shown)"
+        ]
+    );
+    let one = |path: &str, code: &str| {
+        let m = messages(&audit, path, code);
+        assert_eq!(m.len(), 1, "{path} {code}: {m:?}");
+        m[0].to_owned()
+    };
+    let ak2 = one("/root/.ssh/authorized_keys2", "ssh-authorized-key");
+    assert!(ak2.contains(&format!(
+        "ECDSA {} (256 bits), no comment",
+        extra.fingerprint
+    )));
+    let alice_ak = one("/home/alice/.ssh/authorized_keys", "ssh-authorized-key");
+    assert!(alice_ak.contains(&alice.fingerprint), "{alice_ak}");
+    assert!(alice_ak.contains("comment \"alice@home\""), "{alice_ak}");
+    let svc_ak = one("/srv/svc/.ssh/authorized_keys", "ssh-authorized-key");
+    assert!(svc_ak.contains(&svc.fingerprint), "{svc_ak}");
+
+    assert_eq!(
+        one("/root/.ssh/id_ed25519", "ssh-private-key"),
+        format!(
+            "an SSH private key (OpenSSH, not encrypted): ED25519 {} (256 bits)",
+            root_id.fingerprint
+        )
+    );
+    // ssh-keygen reads the public key of an encrypted private key without its passphrase.
+    let alice_private = t.path("/home/alice/.ssh/id_rsa");
+    assert_eq!(keygen_l(&alice_private), [alice_id.fingerprint.as_str()]);
+    assert_eq!(
+        one("/home/alice/.ssh/id_rsa", "ssh-private-key"),
+        format!(
+            "an SSH private key (OpenSSH, encrypted with a passphrase): RSA {} (2048 bits)",
+            alice_id.fingerprint
+        )
+    );
+    for (path, key, bits) in [
+        ("/etc/ssh/ssh_host_ed25519_key", &host_ed, "ED25519"),
+        ("/etc/ssh/ssh_host_rsa_key", &host_rsa, "RSA"),
+    ] {
+        let m = one(path, "ssh-host-key");
+        assert!(m.contains(&format!("({bits} {} (", key.fingerprint)), "{m}");
+        assert_eq!(keygen_l(&t.path(path)), [key.fingerprint.as_str()]);
+    }
+
+    let shadow = messages(&audit, "/etc/shadow", "shadow-root-password");
+    assert_eq!(
+        shadow,
+        [
+            "line 1: \"root\" (uid 0) has a password (sha512crypt hash, not shown)",
+            "line 6: \"toor\" (uid 0) has a password (sha256crypt hash, not shown)",
+        ]
+    );
+    assert_eq!(
+        one("/etc/shadow", "shadow-password"),
+        "line 7: \"alice\" has a password (yescrypt hash, not shown)"
+    );
+    assert_eq!(
+        one("/etc/shadow", "shadow-empty-password"),
+        "line 9: \"nopass\" has an empty password field: a login without password"
+    );
+    assert!(one("/etc/shadow", "locked-password-hash").contains("\"locked\""));
+    assert!(
+        one("/etc/shadow-", "shadow-backup").contains("the password hashes of 1 user(s) (root)")
+    );
+    assert!(one("/root/.bash_history", "history").contains("of 25 bytes"));
+    assert!(
+        one("/var/lib/cloud/instance", "cloud-init-instance")
+            .contains("links to \"/var/lib/cloud/instances/i-0123abcd\"")
+    );
+    assert!(
+        one("/var/lib/cloud/instances", "cloud-init-instance")
+            .contains("1 previous instance(s) (\"i-0123abcd\")")
+    );
+    for f in &audit.findings {
+        assert!(!f.fix.is_empty() && !f.message.contains('\n'), "{f:?}");
+    }
+
+    // No secret anywhere in what the audit says.
+    let json = serde_json::to_string(&audit).unwrap();
+    assert!(json.contains("\"severity\":\"high\",\"code\":\"shadow-empty-password\""));
+    let mut secrets: Vec<String> = [ROOT_HASH, TOOR_HASH, ALICE_HASH, LOCKED_HASH, OLD_ROOT_HASH]
+        .iter()
+        .flat_map(|h| [h.to_string(), h.rsplit('$').next().unwrap().to_owned()])
+        .collect();
+    secrets.extend(
+        [
+            "SECRETGARBAGE",
+            "SECRETPW",
+            "SECRETTOKEN",
+            MACHINE_ID,
+            "echo hi",
+        ]
+        .map(String::from),
+    );
+    secrets.push("this-is-garbage".to_owned());
+    for key in keys {
+        secrets.push(key.data().to_owned());
+        secrets.push(key.data()[20..60].to_owned());
+        for line in key
+            .private_text()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+        {
+            secrets.push(line.to_owned());
+        }
+    }
+    for secret in &secrets {
+        assert!(!json.contains(secret.as_str()), "{secret} in {json}");
+    }
+    // The same through a reading of the messages as the CLI would print them.
+    for f in &audit.findings {
+        for secret in &secrets {
+            assert!(!f.message.contains(secret.as_str()) && !f.fix.contains(secret.as_str()));
+        }
+    }
+}
+
+#[test]
+fn a_clean_tree_has_no_findings_and_no_problems() {
+    let t = Tree::new();
+    t.put(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\n\
+         daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+         alice:x:1000:1000::/home/alice:/bin/bash\n",
+    );
+    t.put(
+        "/etc/shadow",
+        "root:*:19000:0:99999:7:::\n\
+         daemon:*:19000:0:99999:7:::\n\
+         nobody:!:19000::::::\n\
+         alice:!!:19000::::::\n",
+    );
+    t.put("/etc/machine-id", "");
+    t.link("/var/lib/dbus/machine-id", "/etc/machine-id");
+    t.mkdir("/root/.ssh");
+    t.mkdir("/home/alice/.ssh");
+    t.put("/root/.ssh/known_hosts", "host ssh-ed25519 AAAA\n");
+    t.put("/home/alice/.bashrc", "alias ll='ls -l'\n");
+    t.put("/home/alice/.bash_history", "");
+    t.link("/root/.bash_history", "/dev/null");
+    t.put(
+        "/etc/ssh/sshd_config",
+        "PermitRootLogin prohibit-password\n",
+    );
+    t.put("/etc/ssh/ssh_host_ed25519_key.pub", "");
+    t.mkdir("/var/lib/cloud/instances");
+    t.mkdir("/var/lib/cloud/data");
+    let audit = scan(&t.image());
+    assert_eq!(audit, Audit::default());
+    assert_eq!(audit.highest(), None);
+
+    // `uninitialized` is as clean as empty, and an empty tree has nothing to say either.
+    t.put("/etc/machine-id", "uninitialized\n");
+    assert_eq!(scan(&t.image()), Audit::default());
+    let empty = Tree::new();
+    assert_eq!(scan(&empty.image()), Audit::default());
+}
+
+#[test]
+fn loops_and_large_directories_are_problems_not_hangs() {
+    let t = Tree::new();
+    t.put(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nbob:x:1000:1000::/srv/bob:/bin/sh\n",
+    );
+    let shadow = format!("root:*:19000::::::\n{}", "\n".repeat(2000));
+    t.put("/etc/shadow", &shadow);
+    t.link("/root/.ssh/authorized_keys", "authorized_keys2");
+    t.link("/root/.ssh/authorized_keys2", "authorized_keys");
+    t.link("/home/loop", "/home/loop");
+    for i in 0..30 {
+        t.mkdir(&format!("/home/user{i:02}"));
+    }
+    t.put(
+        "/srv/bob/.ssh/authorized_keys",
+        "garbage SECRET1\ngarbage SECRET2\ngarbage SECRET3\ngarbage SECRET4\ngarbage SECRET5\n",
+    );
+    let fs = t.image();
+
+    let audit = scan(&fs);
+    assert_eq!(
+        audit.problems,
+        [
+            "root.ext4: /home/loop: too many levels of symbolic links",
+            "root.ext4: /root/.ssh/authorized_keys: too many levels of symbolic links",
+            "root.ext4: /root/.ssh/authorized_keys2: too many levels of symbolic links",
+        ]
+    );
+    assert_eq!(
+        audit.count(Severity::Medium),
+        5,
+        "the five garbage lines: {audit:#?}"
+    );
+    assert_eq!(audit.findings.len(), 5);
+
+    let small = Limits {
+        text: 1000,
+        entries: 20,
+        per_file: 3,
+        problems: 3,
+    };
+    let audit = scan_with(&fs, &small);
+    assert_eq!(
+        audit.problems,
+        [
+            format!(
+                "root.ext4: /etc/shadow: {} bytes, more than the 1000 allowed",
+                shadow.len()
+            ),
+            "root.ext4: /home: a directory of more than 20 entries".to_owned(),
+            "root.ext4: /root/.ssh/authorized_keys: too many levels of symbolic links".to_owned(),
+            "… and 1 more problems".to_owned(),
+        ]
+    );
+    let bob = "/srv/bob/.ssh/authorized_keys";
+    assert_eq!(
+        summary(&audit),
+        [
+            (Severity::Medium, "more-findings", bob.to_owned()),
+            (
+                Severity::Medium,
+                "ssh-authorized-keys-invalid-line",
+                bob.to_owned()
+            ),
+            (
+                Severity::Medium,
+                "ssh-authorized-keys-invalid-line",
+                bob.to_owned()
+            ),
+            (
+                Severity::Medium,
+                "ssh-authorized-keys-invalid-line",
+                bob.to_owned()
+            ),
+        ]
+    );
+    assert_eq!(
+        audit.findings[0].message,
+        "2 more findings in this file are not listed (at most 3 per file)"
+    );
+    let json = serde_json::to_string(&audit).unwrap();
+    assert!(!json.contains("SECRET"), "{json}");
+}
+
+#[test]
+fn severities() {
+    assert!(Severity::Info < Severity::Low && Severity::Medium < Severity::High);
+    for s in Severity::ALL {
+        assert_eq!(s.to_string().parse::<Severity>().unwrap(), s);
+        assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+    }
+    assert_eq!("high".parse::<Severity>().unwrap(), Severity::High);
+    assert_eq!("HIGH".parse::<Severity>().unwrap(), Severity::High);
+    assert_eq!(format!("{:>6}", Severity::Low), "   low");
+    assert_eq!(
+        "critical".parse::<Severity>().unwrap_err().to_string(),
+        "unknown severity \"critical\": expected info, low, medium or high"
+    );
+}
+
+#[test]
+fn helpers() {
+    assert_eq!(join("/", ".ssh"), "/.ssh");
+    assert_eq!(join("/root", ".ssh"), "/root/.ssh");
+    assert_eq!(normalise_home("/srv/x//").as_deref(), Some("/srv/x"));
+    assert_eq!(normalise_home("/").as_deref(), Some("/"));
+    assert_eq!(normalise_home("relative"), None);
+    assert_eq!(printable("a\u{1b}[31mb", 4), "a?[3…");
+    let passwd = |name: &str, field: &str, root: bool| {
+        password_finding("/etc/passwd", 3, name, field, root).map(|f| (f.severity, f.code))
+    };
+    assert_eq!(passwd("root", "x", true), None);
+    assert_eq!(passwd("bob", "*", false), None);
+    assert_eq!(
+        passwd("bob", "", false),
+        Some((Severity::High, "passwd-empty-password"))
+    );
+    assert_eq!(
+        passwd("root", "$6$salt$hash", true),
+        Some((Severity::High, "passwd-password"))
+    );
+    assert_eq!(
+        passwd("bob", "$6$salt$hash", false),
+        Some((Severity::Medium, "passwd-password"))
+    );
+    let f = password_finding("/etc/passwd", 3, "bob", "$6$salt$hash", false).unwrap();
+    assert!(
+        !f.message.contains("salt") && !f.fix.contains("salt"),
+        "{f:?}"
+    );
+    let text = b"a\r\n\n  \nb\xff\n";
+    let got: Vec<_> = lines(text).collect();
+    assert_eq!(got, [(1, "a".to_owned()), (4, "b\u{fffd}".to_owned())]);
+}
+
+#[test]
+fn fingerprints_bits_and_labels_match_ssh_keygen() {
+    let t = Tree::new();
+    let mut files = Vec::new();
+    for (name, kind, bits) in [
+        ("ed", "ed25519", None),
+        ("rsa", "rsa", Some("3072")),
+        ("p384", "ecdsa", Some("384")),
+        ("p521", "ecdsa", Some("521")),
+    ] {
+        let private = t.dir.path().join("keys").join(name);
+        let mut cmd = Command::new("ssh-keygen");
+        cmd.args(["-q", "-t", kind, "-N", "", "-C", "a comment", "-f"])
+            .arg(&private);
+        if let Some(bits) = bits {
+            cmd.args(["-b", bits]);
+        }
+        run(&mut cmd);
+        files.push(private.with_extension("pub"));
+    }
+    // A user certificate of the P-384 key, signed by the Ed25519 one.
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-I", "id", "-n", "alice", "-s"])
+        .arg(t.dir.path().join("keys/ed"))
+        .arg(&files[2]));
+    files.push(t.dir.path().join("keys/p384-cert.pub"));
+    for file in &files {
+        let printed = run(Command::new("ssh-keygen").arg("-l").arg("-f").arg(file));
+        let text = std::fs::read(file).unwrap();
+        let key = ssh::parse_pub(&text).unwrap().key;
+        let ours = format!(
+            "{} {} a comment ({})",
+            key.bits, key.fingerprint, key.key_type.label
+        );
+        assert_eq!(printed.trim_end(), ours, "{}", file.display());
+    }
+}

@@ -1,0 +1,188 @@
+//! What `register` and `build` conclude from inspecting the root disk: the architecture and
+//! boot modes when the user leaves them out, and errors when what the user declares contradicts
+//! the disk (an image tagged with the wrong architecture, or `uefi` without a UEFI loader, never
+//! boots).
+
+use super::{Error, Result};
+use crate::inspect::{self, Summary};
+use crate::manifest::{Architecture, BootMode, Inspection, LaunchRequirements};
+use std::path::Path;
+
+/// Which checks against the disk's content are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checks {
+    /// A declared architecture must agree with the binaries found (`--no-arch-check` turns it
+    /// off).
+    pub arch: bool,
+    /// A declared boot mode must be one the disk supports (`--no-boot-check` turns it off).
+    pub boot: bool,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks {
+            arch: true,
+            boot: true,
+        }
+    }
+}
+
+/// The image's fields once the disk has been looked at.
+#[derive(Clone, Debug)]
+pub struct Decided {
+    /// `Architecture`.
+    pub architecture: Architecture,
+    /// `BootModes`.
+    pub boot_modes: Vec<BootMode>,
+    /// What the manifest records of the inspection.
+    pub inspection: Inspection,
+    /// For Windows images.
+    pub launch_requirements: Option<LaunchRequirements>,
+    /// Lines for the user (Windows needs sysprep, …).
+    pub warnings: Vec<String>,
+}
+
+fn arch_name(a: Architecture) -> &'static str {
+    match a {
+        Architecture::I386 => "i386",
+        Architecture::X86_64 => "x86_64",
+    }
+}
+
+fn mode_name(m: BootMode) -> &'static str {
+    match m {
+        BootMode::Uefi => "uefi",
+        BootMode::Legacy => "legacy",
+    }
+}
+
+/// Decides the architecture and boot modes of the image on `disk` (named in messages) from what
+/// was declared and what `summary` found.
+pub fn decide(
+    disk: &Path,
+    declared_arch: Option<Architecture>,
+    declared_modes: &[BootMode],
+    checks: Checks,
+    summary: &Summary,
+) -> Result<Decided> {
+    let fail = |reason: String| Error::Check {
+        path: disk.to_owned(),
+        reason,
+    };
+    let evidence = summary.architecture_evidence.join("; ");
+    let architecture = match (declared_arch, summary.architecture, &summary.machine) {
+        (Some(a), _, _) if !checks.arch => a,
+        (Some(a), Some(found), _) if a == found => a,
+        (Some(a), _, Some(m)) => {
+            return Err(fail(format!(
+                "--arch {} contradicts the image, whose binaries are {m}: {evidence} \
+                 (--no-arch-check registers it anyway)",
+                arch_name(a)
+            )));
+        }
+        (Some(a), _, None) if !summary.problems.is_empty() => {
+            return Err(fail(format!(
+                "--arch {}: {} (--no-arch-check registers it anyway)",
+                arch_name(a),
+                summary.problems.join("; ")
+            )));
+        }
+        (Some(a), _, None) => a,
+        (None, Some(found), _) => found,
+        (None, None, Some(m)) => {
+            return Err(fail(format!(
+                "the image's binaries are {m} ({evidence}); Outscale images are i386 or x86_64"
+            )));
+        }
+        (None, None, None) => {
+            let why = if summary.problems.is_empty() {
+                "no ELF /sbin/init, /bin/sh or /usr/lib/systemd/systemd and no EFI loader found"
+                    .to_owned()
+            } else {
+                summary.problems.join("; ")
+            };
+            return Err(fail(format!(
+                "cannot tell the architecture: {why}; give --arch"
+            )));
+        }
+    };
+
+    let boot_modes = if declared_modes.is_empty() {
+        summary.boot_modes.clone()
+    } else {
+        if checks.boot {
+            for &m in declared_modes {
+                if summary.boot_modes.contains(&m) {
+                    continue;
+                }
+                let missing = match m {
+                    BootMode::Uefi => format!(
+                        "no EFI system partition holds a UEFI loader for {} (EFI/BOOT/{})",
+                        arch_name(architecture),
+                        match architecture {
+                            Architecture::X86_64 => "BOOTX64.EFI",
+                            Architecture::I386 => "BOOTIA32.EFI",
+                        }
+                    ),
+                    BootMode::Legacy => {
+                        "the MBR holds no boot code and there is no BIOS boot partition".to_owned()
+                    }
+                };
+                return Err(fail(format!(
+                    "boot mode {} declared, but {missing} (--no-boot-check registers it anyway)",
+                    mode_name(m)
+                )));
+            }
+        }
+        declared_modes.to_vec()
+    };
+
+    let mut skipped = Vec::new();
+    if !checks.arch {
+        skipped.push("arch".to_owned());
+    }
+    if !checks.boot {
+        skipped.push("boot-mode".to_owned());
+    }
+    let mut warnings = Vec::new();
+    let launch_requirements = if summary.windows {
+        warnings.push(format!(
+            "{}: a Windows image: instances need at least 2 vCores, 4 GiB of memory and Intel v3 \
+             processors, and the source instance must have been generalised with sysprep, or \
+             instances made from it do not work properly",
+            disk.display()
+        ));
+        Some(LaunchRequirements::windows())
+    } else {
+        None
+    };
+    Ok(Decided {
+        architecture,
+        boot_modes,
+        inspection: Inspection {
+            os: summary.os.clone(),
+            machine: summary.machine.clone(),
+            architecture_evidence: summary.architecture_evidence.clone(),
+            boot_modes: summary.boot_modes.clone(),
+            boot_mode_evidence: summary.boot_evidence.clone(),
+            checks_skipped: skipped,
+        },
+        launch_requirements,
+        warnings,
+    })
+}
+
+/// Inspects the root disk and decides; see [`decide`].
+pub(crate) fn inspect_root(
+    src: Box<dyn crate::source::Source>,
+    device: &str,
+    declared_arch: Option<Architecture>,
+    declared_modes: &[BootMode],
+    checks: Checks,
+) -> Result<(Decided, Box<dyn crate::source::Source>)> {
+    let name = src.path().to_owned();
+    let (disk, src) = inspect::inspect_source(src, Some(device));
+    let summary = inspect::summarize(&disk);
+    let decided = decide(&name, declared_arch, declared_modes, checks, &summary)?;
+    Ok((decided, src))
+}

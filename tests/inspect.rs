@@ -1,0 +1,575 @@
+//! `mkomi inspect` and the checks `register` makes with it, on disks made at test time with the
+//! real mkfs.ext4, mkfs.fat + mtools, mkntfs, sgdisk and qemu-img: bare file systems, GPT disks
+//! with an ESP, MBR disks with boot code, hybrid disks, a Windows-like layout, x86_64 and i386
+//! roots, and damaged ones.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::os::unix::fs::{FileExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A minimal ELF32 i386 executable header (52 bytes) followed by filler: what `/bin/busybox` of
+/// an i386 system starts with, as far as the architecture goes.
+fn elf32_i386(len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len.max(52)];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 1; // ELFCLASS32
+    b[5] = 1; // little-endian
+    b[6] = 1; // EV_CURRENT
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&3u16.to_le_bytes()); // EM_386
+    b[20..24].copy_from_slice(&1u32.to_le_bytes());
+    b[40..42].copy_from_slice(&52u16.to_le_bytes()); // e_ehsize
+    b
+}
+
+/// The architecture of a root tree.
+#[derive(Clone, Copy, PartialEq)]
+enum Arch {
+    X86_64,
+    I386,
+}
+
+/// A small Linux root: busybox (the host's x86_64 one, or an i386 ELF header) behind
+/// `/sbin/init` and `/bin/sh`, os-release, a kernel and initrd, a locked root.
+fn root_tree(dir: &Path, arch: Arch) -> PathBuf {
+    let t = dir.join(match arch {
+        Arch::X86_64 => "tree64",
+        Arch::I386 => "tree32",
+    });
+    let _ = std::fs::remove_dir_all(&t);
+    for d in ["bin", "sbin", "etc", "boot", "root", "usr/lib"] {
+        std::fs::create_dir_all(t.join(d)).unwrap();
+    }
+    let busybox = match arch {
+        Arch::X86_64 => std::fs::read("/bin/busybox").expect("busybox-static is installed"),
+        Arch::I386 => elf32_i386(4096),
+    };
+    std::fs::write(t.join("bin/busybox"), busybox).unwrap();
+    symlink("busybox", t.join("bin/sh")).unwrap();
+    symlink("../bin/busybox", t.join("sbin/init")).unwrap();
+    std::fs::write(
+        t.join("usr/lib/os-release"),
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n",
+    )
+    .unwrap();
+    symlink("../usr/lib/os-release", t.join("etc/os-release")).unwrap();
+    std::fs::write(t.join("boot/vmlinuz-6.1.0-test"), vec![0x4b; 70_000]).unwrap();
+    std::fs::write(t.join("boot/initrd.img-6.1.0-test"), vec![0x49; 30_000]).unwrap();
+    std::fs::write(t.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+    std::fs::write(t.join("etc/machine-id"), "").unwrap();
+    t
+}
+
+/// An ext4 image of `tree`.
+fn ext4(tree: &Path, out: &Path, size: &str) -> PathBuf {
+    // Enough inodes for the huge-directory case.
+    let o = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-N",
+            "12000",
+            "-L",
+            "root",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .args([s(tree), s(out), size])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out.to_owned()
+}
+
+/// A FAT image of `size_mib` MiB (FAT32 from 33 MiB up, else FAT16) holding `files`.
+fn fat(out: &Path, size_mib: u64, files: &[(&str, Vec<u8>)]) -> PathBuf {
+    let _ = std::fs::remove_file(out);
+    let bits = if size_mib >= 33 { "32" } else { "16" };
+    tool(
+        "mkfs.fat",
+        &[
+            "-F",
+            bits,
+            "-n",
+            "ESP",
+            "-C",
+            s(out),
+            &(size_mib * 1024).to_string(),
+        ],
+    );
+    let scratch = out.with_extension("files");
+    std::fs::create_dir_all(&scratch).unwrap();
+    for (i, (path, data)) in files.iter().enumerate() {
+        let mut dir = String::new();
+        for part in path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .rev()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            dir = format!("{dir}/{part}");
+            let _ = Command::new("mmd")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .args(["-i", s(out), &format!("::{dir}")])
+                .output();
+        }
+        let local = scratch.join(i.to_string());
+        std::fs::write(&local, data).unwrap();
+        let o = Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", s(out), s(&local), &format!("::{path}")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    out.to_owned()
+}
+
+/// Copies `image` into `disk` at `offset`.
+fn put(disk: &Path, offset: u64, image: &Path) {
+    let bytes = std::fs::read(image).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.write_all_at(&bytes, offset).unwrap();
+}
+
+/// A GPT disk: each partition (sgdisk type code, name, image or size in MiB) 1 MiB aligned, in
+/// order, the images copied in.
+fn gpt_disk(out: &Path, parts: &[(&str, &str, Result<&Path, u64>)]) -> PathBuf {
+    let mut sizes = Vec::new();
+    for (_, _, p) in parts {
+        sizes.push(match p {
+            Ok(img) => std::fs::metadata(img).unwrap().len().div_ceil(MIB),
+            Err(mib) => *mib,
+        });
+    }
+    let total = (sizes.iter().sum::<u64>() + 2) * MIB;
+    let f = std::fs::File::create(out).unwrap();
+    f.set_len(total).unwrap();
+    drop(f);
+    let mut args = vec!["-o".to_owned()];
+    let mut start = MIB / 512;
+    for (i, ((code, name, _), mib)) in parts.iter().zip(&sizes).enumerate() {
+        let n = i + 1;
+        let end = start + mib * MIB / 512 - 1;
+        args.push(format!("-n{n}:{start}:{end}"));
+        args.push(format!("-t{n}:{code}"));
+        args.push(format!("-c{n}:{name}"));
+        start = end + 1;
+    }
+    args.push(s(out).to_owned());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    tool("sgdisk", &a);
+    let mut offset = MIB;
+    for ((_, _, p), mib) in parts.iter().zip(&sizes) {
+        if let Ok(img) = p {
+            put(out, offset, img);
+        }
+        offset += mib * MIB;
+    }
+    out.to_owned()
+}
+
+/// An MBR disk with one bootable Linux partition at 1 MiB holding `image`, and `boot_code` in
+/// the first 440 bytes.
+fn mbr_disk(out: &Path, image: &Path, boot_code: bool) -> PathBuf {
+    let len = std::fs::metadata(image).unwrap().len().div_ceil(MIB) * MIB;
+    let f = std::fs::File::create(out).unwrap();
+    f.set_len(MIB + len).unwrap();
+    let mut mbr = [0u8; 512];
+    if boot_code {
+        // Bytes like GRUB's boot.img: a jump, then code.
+        mbr[0] = 0xeb;
+        mbr[1] = 0x63;
+        mbr[2] = 0x90;
+        for (i, b) in mbr[3..440].iter_mut().enumerate() {
+            *b = (i * 7 + 1) as u8;
+        }
+    }
+    let rec = &mut mbr[446..462];
+    rec[0] = 0x80;
+    rec[4] = 0x83;
+    rec[8..12].copy_from_slice(&((MIB / 512) as u32).to_le_bytes());
+    rec[12..16].copy_from_slice(&((len / 512) as u32).to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    f.write_all_at(&mbr, 0).unwrap();
+    drop(f);
+    put(out, MIB, image);
+    out.to_owned()
+}
+
+fn inspect(path: &Path) -> Value {
+    let out = ok(&["inspect", s(path), "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn inspect_text(path: &Path) -> String {
+    String::from_utf8(ok(&["inspect", s(path)]).stdout).unwrap()
+}
+
+/// An ESP image holding the x86_64 fallback loader (and `extra` files).
+fn esp(dir: &Path, extra: &[(&str, Vec<u8>)]) -> PathBuf {
+    let mut files = vec![("/EFI/BOOT/BOOTX64.EFI", fake_efi(20_000, 0x8664))];
+    files.extend(extra.iter().cloned());
+    fat(&dir.join("esp.img"), 34, &files)
+}
+
+/// A GPT disk with an ESP (x86_64 loader) and an x86_64 root.
+fn uefi_disk(dir: &Path) -> PathBuf {
+    let root = ext4(&root_tree(dir, Arch::X86_64), &dir.join("root.ext4"), "24M");
+    let esp = esp(dir, &[]);
+    gpt_disk(
+        &dir.join("uefi.raw"),
+        &[("ef00", "ESP", Ok(&esp)), ("8304", "root", Ok(&root))],
+    )
+}
+
+#[test]
+fn bare_ext4_roots_of_both_architectures() {
+    let d = tempfile::tempdir().unwrap();
+    for (arch, name, bits) in [(Arch::X86_64, "x86_64", 64), (Arch::I386, "i386", 32)] {
+        let img = ext4(
+            &root_tree(d.path(), arch),
+            &d.path().join(format!("{name}.ext4")),
+            "16M",
+        );
+        let r = inspect(&img);
+        assert_eq!(r["schema"], "mkomi-inspect/1");
+        let disk = &r["disks"][0];
+        assert_eq!(disk["partition_table"]["scheme"], "none");
+        let v = &disk["volumes"][0];
+        assert_eq!(v["filesystem"], "ext4");
+        assert_eq!(v["os_release"]["id"], "debian");
+        assert_eq!(v["kernels"][0], "/boot/vmlinuz-6.1.0-test");
+        assert_eq!(v["initrds"][0], "/boot/initrd.img-6.1.0-test");
+        let sum = &r["summary"];
+        assert_eq!(sum["machine"], name, "{r:#}");
+        assert_eq!(sum["architecture"], name);
+        assert_eq!(sum["os"], "Debian GNU/Linux 12 (bookworm)");
+        let ev = sum["architecture_evidence"][0].as_str().unwrap();
+        assert!(
+            ev.starts_with("whole disk: /sbin/init -> ../bin/busybox: "),
+            "{ev}"
+        );
+        assert!(ev.contains(&format!("{bits}-bit")), "{ev}");
+        assert_eq!(sum["boot_modes"], serde_json::json!([]));
+        // The human report says the same.
+        let text = inspect_text(&img);
+        assert!(text.contains(&format!("architecture  {name}")), "{text}");
+        assert!(text.contains("/sbin/init -> ../bin/busybox"), "{text}");
+    }
+}
+
+#[test]
+fn gpt_disk_with_an_esp_boots_uefi_also_through_qcow2() {
+    let d = tempfile::tempdir().unwrap();
+    let raw = uefi_disk(d.path());
+    let qcow2 = d.path().join("uefi.qcow2");
+    tool("qemu-img", &["convert", "-O", "qcow2", s(&raw), s(&qcow2)]);
+    for disk in [&raw, &qcow2] {
+        let r = inspect(disk);
+        let t = &r["disks"][0]["partition_table"];
+        assert_eq!(t["scheme"], "gpt");
+        assert_eq!(t["problems"], serde_json::json!([]));
+        let vols = r["disks"][0]["volumes"].as_array().unwrap();
+        assert_eq!(vols.len(), 2);
+        assert_eq!(vols[0]["partition_type"], "esp");
+        assert_eq!(vols[0]["filesystem"], "fat32");
+        assert_eq!(vols[0]["loaders"][0]["path"], "/EFI/BOOT/BOOTX64.EFI");
+        assert_eq!(vols[0]["loaders"][0]["kind"], "fallback");
+        assert_eq!(vols[0]["loaders"][0]["binary"]["arch"], "x86_64");
+        assert_eq!(vols[1]["partition_type"], "root-x86-64");
+        assert_eq!(vols[1]["offset"], 35 * MIB);
+        let sum = &r["summary"];
+        assert_eq!(sum["architecture"], "x86_64");
+        assert_eq!(sum["boot_modes"], serde_json::json!(["uefi"]), "{sum:#}");
+        let why = sum["boot_evidence"][0].as_str().unwrap();
+        assert!(
+            why.starts_with("uefi: partition 1: /EFI/BOOT/BOOTX64.EFI"),
+            "{why}"
+        );
+        assert_eq!(sum["windows"], false);
+    }
+}
+
+#[test]
+fn mbr_boot_code_means_legacy_and_a_hybrid_disk_boots_both_ways() {
+    let d = tempfile::tempdir().unwrap();
+    let root = ext4(
+        &root_tree(d.path(), Arch::X86_64),
+        &d.path().join("root.ext4"),
+        "16M",
+    );
+    let with_code = mbr_disk(&d.path().join("mbr.raw"), &root, true);
+    let r = inspect(&with_code);
+    assert_eq!(r["disks"][0]["partition_table"]["scheme"], "mbr");
+    assert_eq!(r["disks"][0]["partition_table"]["mbr_boot_code"], true);
+    assert_eq!(r["disks"][0]["volumes"][0]["filesystem"], "ext4");
+    assert_eq!(r["summary"]["architecture"], "x86_64");
+    assert_eq!(r["summary"]["boot_modes"], serde_json::json!(["legacy"]));
+    let without = mbr_disk(&d.path().join("mbr0.raw"), &root, false);
+    let r = inspect(&without);
+    assert_eq!(r["summary"]["boot_modes"], serde_json::json!([]));
+
+    // Hybrid: the GPT disk, its ESP also in the MBR, and boot code.
+    let disk = uefi_disk(d.path());
+    tool("sgdisk", &["-h", "1", s(&disk)]);
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&[0xeb, 0x63, 0x90, 0x10, 0x8e, 0xd0], 0)
+        .unwrap();
+    drop(f);
+    let r = inspect(&disk);
+    assert_eq!(r["disks"][0]["partition_table"]["scheme"], "hybrid");
+    assert_eq!(
+        r["summary"]["boot_modes"],
+        serde_json::json!(["uefi", "legacy"]),
+        "{:#}",
+        r["summary"]
+    );
+}
+
+#[test]
+fn windows_layout_is_recognised() {
+    let d = tempfile::tempdir().unwrap();
+    let esp = esp(
+        d.path(),
+        &[("/EFI/Microsoft/Boot/bootmgfw.efi", fake_efi(30_000, 0x8664))],
+    );
+    let ntfs = d.path().join("ntfs.img");
+    std::fs::File::create(&ntfs)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    tool("mkntfs", &["-q", "-F", "-Q", "-L", "Windows", s(&ntfs)]);
+    let disk = gpt_disk(
+        &d.path().join("windows.raw"),
+        &[
+            ("ef00", "EFI system partition", Ok(&esp)),
+            ("0c01", "Microsoft reserved partition", Err(16)),
+            ("0700", "Basic data partition", Ok(&ntfs)),
+        ],
+    );
+    let r = inspect(&disk);
+    let vols = r["disks"][0]["volumes"].as_array().unwrap();
+    assert_eq!(vols[2]["filesystem"], "ntfs");
+    let kinds: Vec<&str> = vols[0]["loaders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["fallback", "windows-boot-manager"]);
+    let sum = &r["summary"];
+    assert_eq!(sum["windows"], true);
+    assert_eq!(sum["os"], "Windows");
+    assert_eq!(sum["architecture"], "x86_64");
+    assert_eq!(sum["boot_modes"], serde_json::json!(["uefi"]));
+    assert!(inspect_text(&disk).contains("sysprep"));
+
+    // register records the launch requirements and warns about sysprep.
+    let out = d.path().join("win-omi");
+    let o = ok(&["register", s(&disk), "-o", s(&out), "--name", "win", "-q"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning") && err.contains("sysprep"), "{err}");
+    let m = manifest(&out);
+    assert_eq!(m["Image"]["Architecture"], "x86_64");
+    assert_eq!(m["Image"]["BootModes"], serde_json::json!(["uefi"]));
+    assert_eq!(m["LaunchRequirements"]["MinVcores"], 2);
+    assert_eq!(m["LaunchRequirements"]["MinMemoryGib"], 4);
+    assert_eq!(m["LaunchRequirements"]["MinProcessorGeneration"], "v3");
+    assert_eq!(m["Inspection"]["Os"], "Windows");
+}
+
+#[test]
+fn register_takes_the_architecture_and_boot_modes_from_the_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let disk = uefi_disk(d.path());
+    let out = d.path().join("omi");
+    ok(&["register", s(&disk), "-o", s(&out), "-q"]);
+    let m = manifest(&out);
+    assert_eq!(m["Image"]["Architecture"], "x86_64");
+    assert_eq!(m["Image"]["BootModes"], serde_json::json!(["uefi"]));
+    assert_eq!(m["Inspection"]["Os"], "Debian GNU/Linux 12 (bookworm)");
+    assert_eq!(m["Inspection"]["Machine"], "x86_64");
+    assert!(m.get("LaunchRequirements").is_none());
+    let ev = m["Inspection"]["ArchitectureEvidence"][0].as_str().unwrap();
+    assert!(ev.starts_with("partition 2: /sbin/init"), "{ev}");
+
+    // A contradicting --arch is refused with the evidence, and nothing is written.
+    let bad = d.path().join("bad");
+    let o = run(&["register", s(&disk), "-o", s(&bad), "--arch", "i386", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--arch i386 contradicts the image")
+            && err.contains("/sbin/init -> ../bin/busybox: ELF 64-bit x86_64")
+            && err.contains("--no-arch-check"),
+        "{err}"
+    );
+    assert!(!bad.exists());
+    // … unless the check is turned off, which the manifest records.
+    ok(&[
+        "register",
+        s(&disk),
+        "-o",
+        s(&bad),
+        "--arch",
+        "i386",
+        "--no-arch-check",
+        "-q",
+    ]);
+    let m = manifest(&bad);
+    assert_eq!(m["Image"]["Architecture"], "i386");
+    assert_eq!(
+        m["Inspection"]["ChecksSkipped"],
+        serde_json::json!(["arch"])
+    );
+
+    // uefi declared on a disk without an ESP loader: refused.
+    let bare = ext4(
+        &root_tree(d.path(), Arch::I386),
+        &d.path().join("r32.ext4"),
+        "16M",
+    );
+    let o = run(&[
+        "register",
+        s(&bare),
+        "-o",
+        s(&bad),
+        "--force",
+        "--boot-mode",
+        "uefi",
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("boot mode uefi declared, but no EFI system partition holds a UEFI loader for i386 (EFI/BOOT/BOOTIA32.EFI)"),
+        "{err}"
+    );
+    // Detected i386 without --arch; no boot modes found, none declared.
+    ok(&["register", s(&bare), "-o", s(&bad), "--force", "-q"]);
+    let m = manifest(&bad);
+    assert_eq!(m["Image"]["Architecture"], "i386");
+    assert!(m["Image"].get("BootModes").is_none());
+
+    // No evidence at all: --arch is needed.
+    let noise = d.path().join("noise.raw");
+    sparse_raw(&noise, 8 * MIB, &[(0, MIB, 0x42)]);
+    let o = run(&["register", s(&noise), "-o", s(&bad), "--force", "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot tell the architecture") && err.contains("give --arch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn damage_is_reported_with_the_rest_of_the_report() {
+    let d = tempfile::tempdir().unwrap();
+    // A GPT whose primary header CRC is wrong: the backup is used and the problem reported.
+    let disk = uefi_disk(d.path());
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&[0xff, 0xff], 512 + 16).unwrap();
+    drop(f);
+    let r = inspect(&disk);
+    let problems = r["disks"][0]["partition_table"]["problems"].to_string();
+    assert!(problems.contains("CRC"), "{problems}");
+    assert_eq!(r["summary"]["architecture"], "x86_64");
+    assert_eq!(r["summary"]["boot_modes"], serde_json::json!(["uefi"]));
+
+    // A root file system whose superblock is broken: that volume's problem, the ESP still read.
+    let disk = uefi_disk(d.path());
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    // The root partition starts at 35 MiB; its superblock at +1024; s_volume_name at +0x78.
+    f.write_all_at(b"XXXX", 35 * MIB + 1024 + 0x78).unwrap();
+    drop(f);
+    let r = inspect(&disk);
+    let v = &r["disks"][0]["volumes"][1];
+    assert_eq!(v["filesystem"], "ext4");
+    let p = v["problems"][0].as_str().unwrap();
+    assert!(p.contains("partition 2: corrupt ext4 file system"), "{p}");
+    assert_eq!(
+        r["disks"][0]["volumes"][0]["loaders"][0]["kind"],
+        "fallback"
+    );
+    assert!(inspect_text(&disk).contains("problem: "));
+
+    // A symlink loop at /sbin/init and a huge /boot: problems, no hang; /bin/sh still tells.
+    let t = root_tree(d.path(), Arch::X86_64);
+    std::fs::remove_file(t.join("sbin/init")).unwrap();
+    symlink("init2", t.join("sbin/init")).unwrap();
+    symlink("init", t.join("sbin/init2")).unwrap();
+    for i in 0..10_050 {
+        std::fs::write(t.join(format!("boot/f{i:05}")), "").unwrap();
+    }
+    let img = ext4(&t, &d.path().join("loop.ext4"), "32M");
+    let r = inspect(&img);
+    let v = &r["disks"][0]["volumes"][0];
+    let problems = v["problems"].to_string();
+    assert!(
+        problems.contains("/sbin/init: too many levels of symbolic links"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("/boot: a directory of more than 10000 entries"),
+        "{problems}"
+    );
+    assert_eq!(r["summary"]["architecture"], "x86_64");
+    assert!(
+        r["summary"]["architecture_evidence"][0]
+            .as_str()
+            .unwrap()
+            .contains("/bin/sh -> busybox")
+    );
+}
+
+#[test]
+fn inspect_reads_every_disk_of_a_bundle_and_refuses_what_it_cannot_open() {
+    let d = tempfile::tempdir().unwrap();
+    let disk = uefi_disk(d.path());
+    let data = ext4(
+        &root_tree(d.path(), Arch::I386),
+        &d.path().join("data.ext4"),
+        "16M",
+    );
+    let out = d.path().join("omi");
+    ok(&[
+        "register",
+        s(&disk),
+        "-o",
+        s(&out),
+        "--bdm",
+        &format!("/dev/sdb={}", s(&data)),
+        "-q",
+    ]);
+    let r = inspect(&out);
+    let disks = r["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2);
+    assert_eq!(disks[0]["device"], "/dev/sda1");
+    assert_eq!(disks[0]["format"], "qcow2");
+    assert_eq!(disks[1]["device"], "/dev/sdb");
+    // The summary is the root disk's.
+    assert_eq!(r["summary"]["architecture"], "x86_64");
+
+    let o = run(&["inspect", s(&d.path().join("missing.raw"))]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("missing.raw"), "{err}");
+}
