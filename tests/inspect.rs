@@ -573,3 +573,288 @@ fn inspect_reads_every_disk_of_a_bundle_and_refuses_what_it_cannot_open() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("missing.raw"), "{err}");
 }
+
+/// `ssh-keygen -l -f FILE`'s fingerprint (`SHA256:…`) of a public key file.
+fn fingerprint(pubkey: &Path) -> String {
+    let out = tool("ssh-keygen", &["-l", "-f", s(pubkey)]);
+    out.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+/// Plants, in a root tree, what an image made from a used instance carries; returns the
+/// fingerprints of the authorized keys and the secrets that must never be printed.
+fn plant(t: &Path, keys: &Path) -> (Vec<String>, Vec<String>) {
+    std::fs::create_dir_all(keys).unwrap();
+    let mut fps = Vec::new();
+    let mut secrets = Vec::new();
+    let mut lines = Vec::new();
+    for (kind, name) in [("ed25519", "k1"), ("rsa", "k2"), ("ecdsa", "k3")] {
+        let k = keys.join(name);
+        tool(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                kind,
+                "-N",
+                "",
+                "-C",
+                &format!("{name}@build host"),
+                "-f",
+                s(&k),
+            ],
+        );
+        let pubkey = std::fs::read_to_string(k.with_extension("pub")).unwrap();
+        fps.push(fingerprint(&k.with_extension("pub")));
+        // The key material (base64) and the private key must never show.
+        secrets.push(pubkey.split_whitespace().nth(1).unwrap().to_owned());
+        let private = std::fs::read_to_string(&k).unwrap();
+        secrets.push(private.lines().nth(1).unwrap().to_owned());
+        lines.push(pubkey);
+    }
+    let ssh = t.join("root/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(
+        ssh.join("authorized_keys"),
+        format!(
+            "# keys\n{}no-pty,command=\"echo a, b\" {}",
+            lines[0], lines[1]
+        ),
+    )
+    .unwrap();
+    let alice = t.join("home/alice/.ssh");
+    std::fs::create_dir_all(&alice).unwrap();
+    std::fs::write(alice.join("authorized_keys"), &lines[2]).unwrap();
+    let root_hash = "$6$Zq0sAltY$0b5JsZ3cIvN8d9aNqbhCwQxT1NqD6y4Yx0vMiY1uTtH9F3nH2yqHhXU1dQp3cG1oQvKX6l0cTqk0dH7R1yq.0";
+    let alice_hash = "$y$j9T$abcdefghijklmnopqrstu.$SecretHashPartThatMustNotLeak1234567890ab";
+    secrets.push(root_hash.to_owned());
+    secrets.push(alice_hash.to_owned());
+    secrets.push("SecretHashPart".to_owned());
+    std::fs::write(
+        t.join("etc/shadow"),
+        format!("root:{root_hash}:19000:0:99999:7:::\nalice:{alice_hash}:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(t.join("etc/ssh")).unwrap();
+    let host = t.join("etc/ssh/ssh_host_ed25519_key");
+    tool(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-f", s(&host)],
+    );
+    secrets.push(
+        std::fs::read_to_string(&host)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_owned(),
+    );
+    std::fs::write(
+        t.join("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.join("root/.bash_history"),
+        "mysql -u root -pHunter2Secret\n",
+    )
+    .unwrap();
+    secrets.push("Hunter2Secret".to_owned());
+    std::fs::create_dir_all(t.join("var/lib/cloud/instances/i-0123abcd")).unwrap();
+    (fps, secrets)
+}
+
+fn audit(path: &Path, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec!["audit", s(path), "--json"];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    let json = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.code().unwrap(), json, text)
+}
+
+#[test]
+fn audit_finds_every_planted_item_and_never_prints_a_secret() {
+    let d = tempfile::tempdir().unwrap();
+    let t = root_tree(d.path(), Arch::X86_64);
+    let (fps, secrets) = plant(&t, &d.path().join("keys"));
+    let root = ext4(&t, &d.path().join("root.ext4"), "24M");
+    let esp = esp(d.path(), &[]);
+    let disk = gpt_disk(
+        &d.path().join("used.raw"),
+        &[("ef00", "ESP", Ok(&esp)), ("8304", "root", Ok(&root))],
+    );
+    let qcow2 = d.path().join("used.qcow2");
+    tool("qemu-img", &["convert", "-O", "qcow2", s(&disk), s(&qcow2)]);
+    for image in [&disk, &qcow2] {
+        let (code, r, text) = audit(image, &[]);
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(r["schema"], "mkomi-audit/1");
+        assert_eq!(r["problems"], serde_json::json!([]), "{r:#}");
+        let f = r["findings"].as_array().unwrap();
+        let has = |code: &str, path: &str| {
+            f.iter()
+                .filter(|x| x["code"] == code && x["path"] == path)
+                .map(|x| {
+                    assert_eq!(x["location"], "partition 2", "{x}");
+                    x.clone()
+                })
+                .collect::<Vec<_>>()
+        };
+        let root_keys = has("ssh-authorized-key", "/root/.ssh/authorized_keys");
+        assert_eq!(root_keys.len(), 2, "{r:#}");
+        let alice_keys = has("ssh-authorized-key", "/home/alice/.ssh/authorized_keys");
+        assert_eq!(alice_keys.len(), 1);
+        for (k, fp) in root_keys.iter().chain(&alice_keys).zip(&fps) {
+            assert_eq!(k["severity"], "high");
+            let m = k["message"].as_str().unwrap();
+            assert!(m.contains(fp.as_str()), "{m} lacks {fp}");
+        }
+        assert!(
+            alice_keys[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("k3@build host")
+        );
+        let root_pw = has("shadow-root-password", "/etc/shadow");
+        assert_eq!(root_pw.len(), 1, "{r:#}");
+        assert_eq!(root_pw[0]["severity"], "high");
+        assert!(
+            root_pw[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("sha512crypt")
+        );
+        let alice_pw = has("shadow-password", "/etc/shadow");
+        assert_eq!(alice_pw.len(), 1, "{r:#}");
+        assert_eq!(alice_pw[0]["severity"], "medium");
+        assert_eq!(
+            has("ssh-host-key", "/etc/ssh/ssh_host_ed25519_key").len(),
+            1
+        );
+        assert_eq!(has("machine-id", "/etc/machine-id").len(), 1);
+        assert_eq!(has("history", "/root/.bash_history").len(), 1);
+        assert!(
+            f.iter().any(|x| x["code"] == "cloud-init-instance"),
+            "{r:#}"
+        );
+        assert_eq!(r["highest"], "high");
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "secret printed: {secret}");
+        }
+        // --deny: exit 3 at or above the severity found, 0 above it.
+        assert_eq!(audit(image, &["--deny", "high"]).0, 3);
+        let human = run(&["audit", s(image), "--deny", "medium"]);
+        assert_eq!(human.status.code(), Some(3));
+        let human = String::from_utf8_lossy(&human.stdout);
+        assert!(human.contains("fix: "), "{human}");
+        assert!(
+            human.contains(
+                "audit: findings (4 high, 4 medium, 1 low, 0 info); 2 file system(s) audited"
+            ),
+            "{human}"
+        );
+    }
+
+    // register records the audit; --audit deny=high refuses the image and writes nothing.
+    let out = d.path().join("omi");
+    ok(&["register", s(&disk), "-o", s(&out), "-q"]);
+    let m = manifest(&out);
+    assert_eq!(m["Audit"]["Policy"], "report");
+    assert!(
+        m["Audit"]["Counts"]["high"].as_u64().unwrap() >= 4,
+        "{:#}",
+        m["Audit"]
+    );
+    assert_eq!(
+        m["Audit"]["Findings"][0]["Location"],
+        "/dev/sda1 partition 2"
+    );
+    let manifest_text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    for secret in &secrets {
+        assert!(
+            !manifest_text.contains(secret.as_str()),
+            "secret in manifest: {secret}"
+        );
+    }
+    let denied = d.path().join("denied");
+    let o = run(&[
+        "register",
+        s(&disk),
+        "-o",
+        s(&denied),
+        "--audit",
+        "deny=high",
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("audit: ") && err.contains("at or above high"),
+        "{err}"
+    );
+    assert!(!denied.exists());
+    ok(&[
+        "register",
+        s(&disk),
+        "-o",
+        s(&denied),
+        "--audit",
+        "off",
+        "-q",
+    ]);
+    assert!(manifest(&denied).get("Audit").is_none());
+    let o = run(&[
+        "register",
+        s(&disk),
+        "-o",
+        s(&denied),
+        "--audit",
+        "deny=severe",
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn audit_of_a_clean_image_finds_nothing_and_says_what_it_could_not_read() {
+    let d = tempfile::tempdir().unwrap();
+    let disk = uefi_disk(d.path());
+    let (code, r, text) = audit(&disk, &["--deny", "info"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["findings"], serde_json::json!([]), "{r:#}");
+    assert_eq!(r["problems"], serde_json::json!([]));
+    assert_eq!(r["audited"].as_array().unwrap().len(), 2);
+    assert!(String::from_utf8_lossy(&ok(&["audit", s(&disk)]).stdout).contains("audit: clean"));
+    let out = d.path().join("omi");
+    ok(&[
+        "register",
+        s(&disk),
+        "-o",
+        s(&out),
+        "--audit",
+        "deny=info",
+        "-q",
+    ]);
+    assert_eq!(manifest(&out)["Audit"]["Counts"]["high"], 0);
+
+    // An NTFS volume cannot be read: the audit is incomplete, not clean.
+    let ntfs = d.path().join("ntfs.img");
+    std::fs::File::create(&ntfs)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    tool("mkntfs", &["-q", "-F", "-Q", s(&ntfs)]);
+    let (code, r, _) = audit(&ntfs, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        r["problems"][0],
+        "whole disk: ntfs: not audited (mkomi reads ext2/3/4 and FAT contents)"
+    );
+    let text = String::from_utf8_lossy(&ok(&["audit", s(&ntfs)]).stdout).into_owned();
+    assert!(
+        text.contains("audit: incomplete: 1 part(s) not audited"),
+        "{text}"
+    );
+}

@@ -132,6 +132,16 @@ impl Problems {
     }
 }
 
+/// Whether LBA 0 is the boot sector of a FAT or NTFS file system (a bare file system image, or a
+/// "superfloppy"), whose 0x55AA signature is not an MBR's.
+fn volume_boot_record(lba0: &[u8]) -> bool {
+    use super::signature::{FsKind, detect_bytes};
+    matches!(
+        detect_bytes(lba0),
+        Some(FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 | FsKind::Ntfs)
+    )
+}
+
 /// Reads the partition table of `source`. Never fails: problems, including read errors, are
 /// listed in the result.
 pub fn read(source: &mut dyn Source) -> PartitionTable {
@@ -239,6 +249,12 @@ pub fn read(source: &mut dyn Source) -> PartitionTable {
                 table.partitions = real.iter().map(|r| r.partition(ss)).collect();
                 check_mbr(&table.partitions, &refs, sectors, &mut problems);
             }
+        }
+        (GptResult::Absent, Some(_)) if volume_boot_record(&lba0) => {
+            // A file system on the whole disk: its boot sector also ends in 0x55AA, and what
+            // would be partition records is its boot code. Neither is a partition table, and
+            // that boot code is the file system's, not a disk's.
+            table.mbr_boot_code = false;
         }
         (gpt, Some(mbr)) => {
             if matches!(gpt, GptResult::Broken) {
