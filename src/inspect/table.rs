@@ -94,7 +94,8 @@ pub struct PartitionTable {
     pub disk_guid: Option<Guid>,
     /// The partitions, in table order.
     pub partitions: Vec<Partition>,
-    /// Whether the first 440 bytes of LBA 0 hold anything but zeros (legacy boot code).
+    /// Whether LBA 0 ends in 0x55AA and its first 440 bytes hold anything but zeros (legacy boot
+    /// code).
     pub mbr_boot_code: bool,
     /// What is wrong or suspicious, one line each.
     pub problems: Vec<String>,
@@ -166,7 +167,10 @@ pub fn read(source: &mut dyn Source) -> PartitionTable {
         table.problems = problems.finish();
         return table;
     };
-    table.mbr_boot_code = lba0.iter().take(BOOT_CODE_LEN).any(|&b| b != 0);
+    // BIOS firmware runs LBA 0 only when it ends in 0x55AA: without it, bytes there are no boot
+    // code (a disk of noise, or a file system that keeps its first sector free).
+    table.mbr_boot_code = lba0.get(510..512) == Some(&[0x55, 0xaa][..])
+        && lba0.iter().take(BOOT_CODE_LEN).any(|&b| b != 0);
 
     let ss = sector_size(source, size);
     table.sector_size = ss;
@@ -1330,6 +1334,9 @@ mod tests {
         let t = inspect(&path);
         assert_eq!(t.scheme, Scheme::None);
         assert!(t.partitions.is_empty() && t.problems.is_empty() && !t.mbr_boot_code);
+        // Bytes without the signature are not boot code.
+        write_at(&path, 0, &[0x10u8; 512]);
+        assert!(!inspect(&path).mbr_boot_code);
         // A file system boot sector ends with 0x55AA too, but is no MBR.
         let mut vbr = vec![0x11u8; 512];
         vbr[510] = 0x55;
