@@ -121,7 +121,12 @@ pub fn audit_source(
         match fs {
             Some(Ok(fs)) => {
                 let audit = super::scan(fs);
-                report.audited.push(format!("{at} ({})", fs.kind()));
+                let kind = info
+                    .filesystem
+                    .and_then(|k| serde_json::to_value(k).ok())
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| fs.kind().to_owned());
+                report.audited.push(format!("{at} ({kind})"));
                 report
                     .problems
                     .extend(audit.problems.into_iter().map(|p| format!("{at}: {p}")));

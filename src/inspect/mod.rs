@@ -5,8 +5,9 @@
 //! read becomes a line in the `problems` of the part it is about, and the rest of the report is
 //! still made. Each conclusion of the [`Summary`] carries the evidence it came from.
 //!
-//! The report is the stable JSON document `mkomi inspect --json` prints (schema
-//! [`SCHEMA`], described in the README); its human form is its `Display`.
+//! The report is the stable JSON document `mkomi inspect --json` prints (schema [`SCHEMA`],
+//! described by `schemas/inspect.schema.json` and `schemas/README.md`); its human form is its
+//! `Display`.
 
 pub mod binary;
 pub mod osrelease;
