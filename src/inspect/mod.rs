@@ -243,7 +243,9 @@ struct Slot {
 
 /// The volumes of a disk: its partitions that lie inside it, or the whole disk.
 fn slots(table: &PartitionTable, disk_size: u64) -> Vec<Slot> {
-    if table.scheme == Scheme::None {
+    // A table without partitions (a file system's boot sector with 0x55AA, an empty MBR) leaves
+    // the whole disk to probe, as blkid and Linux do.
+    if table.scheme == Scheme::None || table.partitions.is_empty() {
         return vec![Slot {
             partition: None,
             partition_type: None,
