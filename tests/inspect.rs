@@ -716,6 +716,11 @@ fn audit_finds_every_planted_item_and_never_prints_a_secret() {
                 .unwrap()
                 .contains("k3@build host")
         );
+        let second = root_keys[1]["message"].as_str().unwrap();
+        assert!(
+            second.starts_with("line 3: key 2 of 2, can log in: RSA SHA256:"),
+            "{second}"
+        );
         let root_pw = has("shadow-root-password", "/etc/shadow");
         assert_eq!(root_pw.len(), 1, "{r:#}");
         assert_eq!(root_pw[0]["severity"], "high");

@@ -545,6 +545,21 @@ impl Scanner<'_> {
             };
             found.push(finding);
         }
+        // How many keys the file holds, in each key's message: Outscale's advice is to keep only
+        // the last entry, the launch key pair's.
+        let total = found
+            .iter()
+            .filter(|f| f.code == "ssh-authorized-key")
+            .count();
+        let mut k = 0;
+        for f in found.iter_mut().filter(|f| f.code == "ssh-authorized-key") {
+            k += 1;
+            f.message = f.message.replacen(
+                "a key that can log in",
+                &format!("key {k} of {total}, can log in"),
+                1,
+            );
+        }
         self.find_capped(path, found);
     }
 

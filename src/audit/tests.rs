@@ -308,16 +308,16 @@ fn finds_every_planted_item_without_showing_secrets() {
         root_keys,
         [
             format!(
-                "line 2: a key that can log in: ED25519 {} (256 bits), comment \"alice at laptop\", \
+                "line 2: key 1 of 3, can log in: ED25519 {} (256 bits), comment \"alice at laptop\", \
                  options command,no-pty",
                 printed[0]
             ),
             format!(
-                "line 3: a key that can log in: RSA {} (2048 bits), comment \"bob\"",
+                "line 3: key 2 of 3, can log in: RSA {} (2048 bits), comment \"bob\"",
                 printed[1]
             ),
             format!(
-                "line 6: a key that can log in: ECDSA {} (256 bits), comment \"carol\"",
+                "line 6: key 3 of 3, can log in: ECDSA {} (256 bits), comment \"carol\"",
                 printed[2]
             ),
         ]
