@@ -1,7 +1,8 @@
 //! `mkomi inspect` and the checks `register` makes with it, on disks made at test time with the
 //! real mkfs.ext4, mkfs.fat + mtools, mkntfs, sgdisk and qemu-img: bare file systems, GPT disks
 //! with an ESP, MBR disks with boot code, hybrid disks, a Windows-like layout, x86_64 and i386
-//! roots, and damaged ones.
+//! roots, and damaged ones; the audit on planted secrets; the JSON reports against the schemas in
+//! `schemas/`.
 
 mod common;
 use common::*;
@@ -861,5 +862,137 @@ fn audit_of_a_clean_image_finds_nothing_and_says_what_it_could_not_read() {
     assert!(
         text.contains("audit: incomplete: 1 part(s) not audited"),
         "{text}"
+    );
+}
+
+/// Validates each document against the schema: each must pass; and each must fail with a bogus
+/// property added to any of its objects, with its `schema` changed, or with an enumeration
+/// value that is not one.
+const SCRIPT: &str = r##"
+import copy, json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+validator = jsonschema.Draft202012Validator(schema)
+
+def objects(node, path=()):
+    if isinstance(node, dict):
+        yield path
+        for k, v in node.items():
+            yield from objects(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from objects(v, path + (i,))
+
+def at(doc, path):
+    for p in path:
+        doc = doc[p]
+    return doc
+
+def must_fail(doc, what):
+    if validator.is_valid(doc):
+        sys.exit(f"{name}: passed with {what}")
+
+for file in sys.argv[2:]:
+    doc = json.load(open(file))
+    name = file.rsplit("/", 1)[-1]
+    validator.validate(doc)
+    n = 0
+    for path in objects(doc):
+        bad = copy.deepcopy(doc)
+        at(bad, path)["bogus"] = 1
+        must_fail(bad, f"a bogus property at {list(path)}")
+        n += 1
+    bad = copy.deepcopy(doc)
+    bad["schema"] = bad["schema"][:-1] + "2"
+    must_fail(bad, "another schema")
+    bad = copy.deepcopy(doc)
+    if "disks" in doc:
+        bad["disks"][0]["partition_table"]["scheme"] = "apm"
+        must_fail(bad, "scheme apm")
+        bad = copy.deepcopy(doc)
+        del bad["summary"]["architecture"]
+        must_fail(bad, "no summary.architecture")
+    else:
+        bad["findings"][0]["severity"] = "critical"
+        must_fail(bad, "severity critical")
+        bad = copy.deepcopy(doc)
+        del bad["findings"][0]["device"]
+        must_fail(bad, "a finding without device")
+    if n < 4:
+        sys.exit(f"{name}: only {n} objects")
+    print(name, "ok")
+"##;
+
+/// Runs [`SCRIPT`] on `docs` (written as `NAME.json` in `dir`) with `schema`.
+fn validate(dir: &Path, schema: &str, docs: &[(&str, &Value)]) {
+    let mut args = vec![s(&repo().join("schemas").join(schema)).to_owned()];
+    let mut expect = String::new();
+    for (name, doc) in docs {
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+        args.push(s(&file).to_owned());
+        expect.push_str(&format!("{name}.json ok\n"));
+    }
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{schema}: validation failed (pip install jsonschema?): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expect);
+}
+
+#[test]
+fn inspect_and_audit_json_validate_against_their_schemas() {
+    let d = tempfile::tempdir().unwrap();
+    let t = root_tree(d.path(), Arch::X86_64);
+    plant(&t, &d.path().join("keys"));
+    let root = ext4(&t, &d.path().join("root.ext4"), "24M");
+    let esp = esp(d.path(), &[]);
+    let disk = gpt_disk(
+        &d.path().join("disk.raw"),
+        &[("ef00", "ESP", Ok(&esp)), ("8304", "root", Ok(&root))],
+    );
+    let bundle = d.path().join("omi");
+    ok(&["register", s(&disk), "-o", s(&bundle), "-q"]);
+    let disk_inspect = inspect(&disk);
+    let bundle_inspect = inspect(&bundle);
+    let disk_audit = audit(&disk, &[]).1;
+    let bundle_audit = audit(&bundle, &[]).1;
+
+    // The documents hold what the schemas describe: both volumes, a loader and its PE header,
+    // ELF evidence, os-release, the device in a bundle, and findings.
+    for r in [&disk_inspect, &bundle_inspect] {
+        let vols = &r["disks"][0]["volumes"];
+        assert_eq!(vols[0]["loaders"][0]["binary"]["format"], "pe", "{r:#}");
+        assert_eq!(vols[1]["evidence"][0]["link"], "../bin/busybox");
+        assert_eq!(vols[1]["os_release"]["id"], "debian");
+    }
+    assert_eq!(disk_inspect["disks"][0]["device"], Value::Null);
+    assert_eq!(bundle_inspect["disks"][0]["device"], "/dev/sda1");
+    for r in [&disk_audit, &bundle_audit] {
+        assert!(r["findings"].as_array().unwrap().len() >= 9, "{r:#}");
+    }
+    assert_eq!(disk_audit["findings"][0]["device"], Value::Null);
+    assert_eq!(bundle_audit["findings"][0]["device"], "/dev/sda1");
+
+    validate(
+        d.path(),
+        "inspect.schema.json",
+        &[
+            ("disk-inspect", &disk_inspect),
+            ("bundle-inspect", &bundle_inspect),
+        ],
+    );
+    validate(
+        d.path(),
+        "audit.schema.json",
+        &[("disk-audit", &disk_audit), ("bundle-audit", &bundle_audit)],
     );
 }
