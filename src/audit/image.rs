@@ -121,11 +121,7 @@ pub fn audit_source(
         match fs {
             Some(Ok(fs)) => {
                 let audit = super::scan(fs);
-                let kind = info
-                    .filesystem
-                    .and_then(|k| serde_json::to_value(k).ok())
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| fs.kind().to_owned());
+                let kind = info.filesystem.map_or(fs.kind(), FsKind::name);
                 report.audited.push(format!("{at} ({kind})"));
                 report
                     .problems
@@ -143,15 +139,10 @@ pub fn audit_source(
             None => match info.filesystem {
                 // Nothing a user put there: no files to audit.
                 None | Some(FsKind::Swap) => {}
-                Some(kind) => {
-                    let name = serde_json::to_value(kind)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    report.problems.push(format!(
-                        "{at}: {name}: not audited (mkomi reads ext2/3/4 and FAT contents)"
-                    ));
-                }
+                Some(kind) => report.problems.push(format!(
+                    "{at}: {}: not audited (mkomi reads ext2/3/4 and FAT contents)",
+                    kind.name()
+                )),
             },
         }
     });

@@ -88,16 +88,9 @@ pub struct DiskReport {
 /// One partition (or a whole unpartitioned disk) and what its file system holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Volume {
-    /// The partition number, `None` for the whole disk.
-    pub partition: Option<u32>,
-    /// The partition type's name (`esp`, `root-x86-64`, `linux-generic`, …), if partitioned.
-    pub partition_type: Option<String>,
-    /// Byte offset on the disk.
-    pub offset: u64,
-    /// Size in bytes.
-    pub size: u64,
-    /// The file system found by its signature.
-    pub filesystem: Option<FsKind>,
+    /// Where it lies and what its signature says.
+    #[serde(flatten)]
+    pub info: VolumeInfo,
     /// `/etc/os-release` (or `/usr/lib/os-release`), when the volume holds an OS.
     pub os_release: Option<OsRelease>,
     /// Kernels: `vmlinuz*`, `vmlinux*`, `bzImage*` in `/boot` or at the top.
@@ -233,35 +226,29 @@ pub fn location(partition: Option<u32>) -> String {
     }
 }
 
-/// A partition or the whole disk, before its file system is read.
-struct Slot {
-    partition: Option<u32>,
-    partition_type: Option<String>,
-    offset: u64,
-    size: u64,
-}
-
 /// The volumes of a disk: its partitions that lie inside it, or the whole disk.
-fn slots(table: &PartitionTable, disk_size: u64) -> Vec<Slot> {
+fn slots(table: &PartitionTable, disk_size: u64) -> Vec<VolumeInfo> {
     // A table without partitions (a file system's boot sector with 0x55AA, an empty MBR) leaves
     // the whole disk to probe, as blkid and Linux do.
     if table.scheme == Scheme::None || table.partitions.is_empty() {
-        return vec![Slot {
+        return vec![VolumeInfo {
             partition: None,
             partition_type: None,
             offset: 0,
             size: disk_size,
+            filesystem: None,
         }];
     }
     table
         .partitions
         .iter()
         .filter(|p| p.type_name != "gpt-protective" && p.type_name != "extended")
-        .map(|p| Slot {
+        .map(|p| VolumeInfo {
             partition: Some(p.index),
             partition_type: Some(p.type_name.clone()),
             offset: p.offset.min(disk_size),
             size: p.size.min(disk_size.saturating_sub(p.offset)),
+            filesystem: None,
         })
         .collect()
 }
@@ -270,7 +257,7 @@ fn slots(table: &PartitionTable, disk_size: u64) -> Vec<Slot> {
 fn open_fs(
     shared: &Shared,
     kind: FsKind,
-    slot: &Slot,
+    slot: &VolumeInfo,
     name: &Path,
 ) -> Option<Result<Box<dyn FileSystem>, fs::Error>> {
     let src = Box::new(shared.clone());
@@ -300,24 +287,18 @@ pub fn walk(
     let mut shared = Shared::new(src);
     let table = table::read(&mut shared);
     let file = shared.path.display().to_string();
-    for slot in slots(&table, shared.size) {
-        let kind = if slot.size == 0 {
-            None
-        } else {
-            signature::detect(&mut shared, slot.offset, slot.size)
-        };
-        let info = VolumeInfo {
-            partition: slot.partition,
-            partition_type: slot.partition_type.clone(),
-            offset: slot.offset,
-            size: slot.size,
-            filesystem: kind,
-        };
-        let name = PathBuf::from(match slot.partition {
+    for mut info in slots(&table, shared.size) {
+        if info.size > 0 {
+            info.filesystem = signature::detect(&mut shared, info.offset, info.size);
+        }
+        let name = PathBuf::from(match info.partition {
             Some(n) => format!("{file} partition {n}"),
             None => file.clone(),
         });
-        match kind.and_then(|k| open_fs(&shared, k, &slot, &name)) {
+        match info
+            .filesystem
+            .and_then(|k| open_fs(&shared, k, &info, &name))
+        {
             Some(Ok(fs)) => visit(info, Some(Ok(fs.as_ref()))),
             Some(Err(e)) => visit(info, Some(Err(e))),
             None => visit(info, None),
@@ -336,11 +317,11 @@ pub fn walk(
 pub type Opened<'a> = Result<&'a dyn FileSystem, fs::Error>;
 
 /// Where a volume lies and what its signature says, as [`walk`] passes it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct VolumeInfo {
     /// The partition number, `None` for the whole disk.
     pub partition: Option<u32>,
-    /// The partition type's name.
+    /// The partition type's name (`esp`, `root-x86-64`, `linux-generic`, …), if partitioned.
     pub partition_type: Option<String>,
     /// Byte offset on the disk.
     pub offset: u64,
@@ -359,11 +340,7 @@ pub fn inspect_source(src: Box<dyn Source>, device: Option<&str>) -> (DiskReport
     let mut volumes = Vec::new();
     let (partition_table, src) = walk(src, &mut |info, fs| {
         let mut v = Volume {
-            partition: info.partition,
-            partition_type: info.partition_type,
-            offset: info.offset,
-            size: info.size,
-            filesystem: info.filesystem,
+            info,
             os_release: None,
             kernels: Vec::new(),
             initrds: Vec::new(),
@@ -545,10 +522,25 @@ fn fallback_name(machine: &str) -> Option<&'static str> {
     })
 }
 
+/// The machine a binary is for: its architecture's name, or the raw header value when mkomi
+/// does not know it (`ELF machine 0x1234`).
+fn machine_name(b: &Binary) -> String {
+    match b.arch {
+        Some(a) => a.to_owned(),
+        None => {
+            let format = match b.format {
+                Format::Elf => "ELF",
+                Format::Pe => "PE",
+            };
+            format!("{format} machine {:#x}", b.machine)
+        }
+    }
+}
+
 /// Draws the conclusions about an image from its root disk.
 pub fn summarize(disk: &DiskReport) -> Summary {
     let mut s = Summary::default();
-    let prefix = |v: &Volume| location(v.partition);
+    let prefix = |v: &Volume| location(v.info.partition);
 
     // The OS: the first volume with an os-release.
     if let Some((v, os)) = disk
@@ -571,7 +563,7 @@ pub fn summarize(disk: &DiskReport) -> Summary {
                 .map(|l| format!(" -> {l}"))
                 .unwrap_or_default();
             lines.push(format!("{}: {}{link}: {}", prefix(v), e.path, e.binary));
-            machines.push(e.binary.arch.unwrap_or("unknown"));
+            machines.push(machine_name(&e.binary));
         }
     }
     if machines.is_empty() {
@@ -583,19 +575,18 @@ pub fn summarize(disk: &DiskReport) -> Summary {
                 );
                 if let (true, Some(b)) = (useful, &l.binary) {
                     lines.push(format!("{}: {}: {b}", prefix(v), l.path));
-                    machines.push(b.arch.unwrap_or("unknown"));
+                    machines.push(machine_name(b));
                 }
             }
         }
     }
-    let mut distinct = machines.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    match distinct.as_slice() {
+    machines.sort_unstable();
+    machines.dedup();
+    match machines.as_slice() {
         [] => {}
         [one] => {
-            s.machine = Some((*one).to_owned());
-            s.architecture = match *one {
+            s.machine = Some(one.clone());
+            s.architecture = match one.as_str() {
                 "x86_64" => Some(Architecture::X86_64),
                 "i386" => Some(Architecture::I386),
                 _ => None,
@@ -613,7 +604,7 @@ pub fn summarize(disk: &DiskReport) -> Summary {
     for v in disk
         .volumes
         .iter()
-        .filter(|v| v.partition_type.as_deref() == Some("esp"))
+        .filter(|v| v.info.partition_type.as_deref() == Some("esp"))
     {
         for l in v.loaders.iter().filter(|l| l.kind == LoaderKind::Fallback) {
             let Some(b) = &l.binary else { continue };
@@ -660,7 +651,7 @@ pub fn summarize(disk: &DiskReport) -> Summary {
     let ntfs = disk
         .volumes
         .iter()
-        .any(|v| v.filesystem == Some(FsKind::Ntfs));
+        .any(|v| v.info.filesystem == Some(FsKind::Ntfs));
     let bootmgr = disk.volumes.iter().flat_map(|v| &v.loaders).find(|l| {
         l.kind == LoaderKind::WindowsBootManager
             && l.path.to_ascii_lowercase().ends_with("bootmgfw.efi")
@@ -831,11 +822,13 @@ impl fmt::Display for DiskReport {
         }
         for v in &self.volumes {
             let fs = v
+                .info
                 .filesystem
-                .map(|k| serde_json::to_value(k).ok())
-                .and_then(|j| j.and_then(|j| j.as_str().map(str::to_owned)))
-                .unwrap_or_else(|| "no known file system".to_owned());
-            let part = t.partitions.iter().find(|p| Some(p.index) == v.partition);
+                .map_or("no known file system", FsKind::name);
+            let part = t
+                .partitions
+                .iter()
+                .find(|p| Some(p.index) == v.info.partition);
             match part {
                 Some(p) => {
                     let label = if p.name.is_empty() {
@@ -848,9 +841,9 @@ impl fmt::Display for DiskReport {
                         f,
                         "  partition {}: {} at {} ({}), {}{label}{guid}: {fs}",
                         p.index,
-                        human_size(v.size),
-                        human_size(v.offset),
-                        v.offset,
+                        human_size(v.info.size),
+                        human_size(v.info.offset),
+                        v.info.offset,
                         p.type_name
                     )?;
                 }

@@ -34,6 +34,26 @@ pub enum FsKind {
     Luks,
 }
 
+impl FsKind {
+    /// The name, as the JSON report spells it (`fat32`, `ext4`, `iso9660`…).
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Fat12 => "fat12",
+            FsKind::Fat16 => "fat16",
+            FsKind::Fat32 => "fat32",
+            FsKind::Ext2 => "ext2",
+            FsKind::Ext3 => "ext3",
+            FsKind::Ext4 => "ext4",
+            FsKind::Swap => "swap",
+            FsKind::Ntfs => "ntfs",
+            FsKind::Xfs => "xfs",
+            FsKind::Btrfs => "btrfs",
+            FsKind::Iso9660 => "iso9660",
+            FsKind::Luks => "luks",
+        }
+    }
+}
+
 /// Bytes read: the Btrfs superblock (64 KiB + 0x40) is the farthest signature.
 const PROBE: u64 = 68 << 10;
 
@@ -110,6 +130,16 @@ pub fn detect_bytes(b: &[u8]) -> Option<FsKind> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_match_the_json() {
+        use super::FsKind::*;
+        for k in [
+            Fat12, Fat16, Fat32, Ext2, Ext3, Ext4, Swap, Ntfs, Xfs, Btrfs, Iso9660, Luks,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+    }
+
     use super::*;
     use crate::source::raw::RawSource;
     use std::path::Path;
