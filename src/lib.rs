@@ -17,6 +17,7 @@ pub mod audit;
 pub mod bundle;
 pub mod copy;
 pub mod digest;
+pub mod export;
 pub mod fs;
 pub mod inspect;
 pub mod layout;

@@ -5,6 +5,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use mkomi::audit::{Severity, image::Policy};
 use mkomi::bundle::checks::Checks;
 use mkomi::bundle::{self, register, verify};
+use mkomi::export::package::{self, Target};
+use mkomi::export::{import, s3};
 use mkomi::manifest::{Architecture, BootMode, DiskFormat, VolumeType, rules};
 use mkomi::progress::{Mode, Progress};
 use mkomi::source::OpenOptions;
@@ -115,6 +117,32 @@ then incomplete, not clean. Exit code 3 when a finding is at least --deny's seve
         #[arg(long, value_name = "DIR")]
         allow_backing: Option<PathBuf>,
     },
+    /// Package a bundle for Outscale object storage: gzip disk objects, the export manifest,
+    /// mkomi's manifest and SHA256SUMS, in a directory or a bucket.
+    #[command(after_help = "Examples:
+  mkomi export debian-omi --to /srv/packages/debian
+  OSC_ACCESS_KEY=… OSC_SECRET_KEY=… mkomi export debian-omi \\
+      --to s3://images/debian-12 --endpoint https://oos.eu-west-2.outscale.com --region eu-west-2
+
+Each disk becomes DEVICE.FORMAT.gz (gzip, compressed on all cores, deterministic), listed in
+manifest.json in Outscale's export format (Version 1, Image, Snapshots with Size and, in a
+bucket, PreSignedUrl), beside mkomi-manifest.json (the bundle's manifest) and SHA256SUMS of every
+object. In a bucket, the manifest's pre-signed URL is printed: it is CreateImage's FileLocation.
+Credentials come from OSC_ACCESS_KEY/OSC_SECRET_KEY or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+(and AWS_SESSION_TOKEN); they are never printed.")]
+    Export(Box<ExportArgs>),
+    /// Make a bundle from an export package (Outscale's or mkomi's).
+    #[command(after_help = "Examples:
+  mkomi import /srv/packages/debian/manifest.json -o debian-omi
+  mkomi import 'https://oos.eu-west-2.outscale.com/images/debian-12/manifest.json?X-Amz-…' -o debian-omi
+  mkomi import s3://images/debian-12/manifest.json -o debian-omi --endpoint https://…
+
+MANIFEST is a local file, an s3:// object or an http(s) URL. Every field is checked before
+anything is fetched (file names, devices, sizes, URL schemes, expired pre-signed URLs). Each
+object is downloaded, hashed and gunzipped as it arrives, bounded by its declared Size, then
+registered; SHA256SUMS and mkomi-manifest.json, when beside the manifest, are checked (every
+object's SHA-256, every disk's ContentDigest). The bundle appears only when all checks pass.")]
+    Import(Box<ImportArgs>),
     /// Print shell completions.
     #[command(after_help = "Example:\n  mkomi completions bash > /etc/bash_completion.d/mkomi")]
     Completions {
@@ -190,6 +218,71 @@ struct RegisterArgs {
     no_sync: bool,
 }
 
+/// Object storage options shared by export and import.
+#[derive(clap::Args, Clone)]
+struct StorageArgs {
+    /// S3 endpoint URL (Outscale OOS: https://oos.REGION.outscale.com); default: AWS.
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Region; default: OSC_REGION, AWS_REGION or AWS_DEFAULT_REGION, else us-east-1.
+    #[arg(long)]
+    region: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// The bundle directory.
+    bundle: PathBuf,
+    /// A directory to create, or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    to: String,
+    /// Disk format of the objects; default: the bundle's (qcow2 bundles also export as raw).
+    #[arg(long, value_enum)]
+    format: Option<DiskFormat>,
+    /// Validity of the pre-signed URLs: seconds, or a number with s, m, h or d (at most 7d).
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    expires: std::time::Duration,
+    /// Compression level, 1 (fastest; the default: 3.0× on a real disk, better than gzip -6
+    /// costs) to 12 (libdeflate's highest).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=12))]
+    level: u32,
+    /// Compression threads; default: one per core.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Resume an interrupted upload to a bucket without re-sending finished parts (their state
+    /// is kept under ~/.cache/mkomi/uploads; without --resume a failed upload is aborted).
+    #[arg(long)]
+    resume: bool,
+    /// Multipart upload part size in MiB (5 to 5120); parts go up 4 at a time.
+    #[arg(long, default_value_t = 32, value_name = "MiB", value_parser = clap::value_parser!(u32).range(5..=5120))]
+    part_size: u32,
+    /// Replace a directory target that exists.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The export manifest: a path, s3://BUCKET/KEY or an http(s) URL.
+    manifest: String,
+    /// The bundle directory to create.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    /// Disk file format of the new bundle.
+    #[arg(long, value_enum, default_value = "qcow2")]
+    format: DiskFormat,
+    /// Replace DIR if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Skip fsync before the final rename.
+    #[arg(long)]
+    no_sync: bool,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
 #[derive(clap::Args)]
 struct BuildArgs {
     /// The template file.
@@ -223,6 +316,26 @@ struct BuildArgs {
     /// Skip fsync before the final rename (faster; not crash-safe).
     #[arg(long)]
     no_sync: bool,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: a number with s, m, h or d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: a number with s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -338,6 +451,8 @@ fn main() -> ExitCode {
             source,
             allow_backing,
         } => run_inspect(&source, allow_backing, cli.json),
+        Command::Export(args) => run_export(*args, cli.json),
+        Command::Import(args) => run_import(*args, &progress, cli.json),
         Command::Audit {
             source,
             deny,
@@ -550,5 +665,124 @@ fn run_audit(
     match deny {
         Some(at) if report.at_least(at).next().is_some() => ExitCode::from(EXIT_MISMATCH),
         _ => ExitCode::SUCCESS,
+    }
+}
+
+fn s3_config(storage: &StorageArgs) -> Result<s3::Config, ExitCode> {
+    s3::Config::from_env(storage.endpoint.as_deref(), storage.region.as_deref())
+        .map_err(|e| fail(&e))
+}
+
+fn run_export(a: ExportArgs, json: bool) -> ExitCode {
+    let target = if a.to.starts_with("s3://") {
+        let location = match a.to.parse::<s3::Location>() {
+            Ok(l) => l,
+            Err(e) => return usage(&e.to_string()),
+        };
+        let config = match s3_config(&a.storage) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        Target::S3 { location, config }
+    } else {
+        Target::Dir(PathBuf::from(&a.to))
+    };
+    let threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let req = package::Request {
+        bundle: a.bundle,
+        target,
+        format: a.format,
+        expires: a.expires,
+        threads: threads.max(1),
+        level: a.level,
+        force: a.force,
+        resume: a.resume,
+        part_size: (a.part_size as usize) << 20,
+    };
+    match package::export(&req) {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                let secs = r.elapsed.as_secs_f64();
+                for o in &r.objects {
+                    println!(
+                        "{}  {} -> {} bytes  {}",
+                        o.name, o.bytes, o.compressed, o.sha256
+                    );
+                }
+                println!(
+                    "{}: {} object(s) in {secs:.2} s",
+                    r.location,
+                    r.objects.len()
+                );
+                if let Some(url) = &r.manifest_url {
+                    println!("FileLocation: {url}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn run_import(a: ImportArgs, progress: &Progress, json: bool) -> ExitCode {
+    let epoch = match creation_epoch() {
+        Ok(e) => e,
+        Err(m) => return usage(&m),
+    };
+    let origin = if a.manifest.starts_with("s3://") {
+        let location = match a.manifest.parse::<s3::Location>() {
+            Ok(l) => l,
+            Err(e) => return usage(&e.to_string()),
+        };
+        let config = match s3_config(&a.storage) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        import::Origin::S3 { location, config }
+    } else if a.manifest.starts_with("http://") || a.manifest.starts_with("https://") {
+        import::Origin::Http(a.manifest.clone())
+    } else if a.manifest.contains("://") {
+        return usage(&format!(
+            "{}: a path, s3://BUCKET/KEY or an http(s) URL",
+            import::redact(&a.manifest)
+        ));
+    } else {
+        import::Origin::Local(PathBuf::from(&a.manifest))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let req = import::Request {
+        origin,
+        output: a.output,
+        force: a.force,
+        format: a.format,
+        creation_epoch: epoch,
+        now,
+        sync: !a.no_sync,
+    };
+    match import::import(&req, progress) {
+        Ok(r) => {
+            if !json {
+                let checked = match (r.sums_checked, r.digests_checked) {
+                    (true, true) => {
+                        "objects checked against SHA256SUMS, disks against mkomi-manifest.json"
+                    }
+                    (true, false) => "objects checked against SHA256SUMS",
+                    (false, true) => "disks checked against mkomi-manifest.json",
+                    (false, false) => "nothing to check against: SHA-256s recorded on arrival",
+                };
+                eprintln!("mkomi: {checked}");
+                for (name, sha) in &r.received {
+                    eprintln!("  {sha}  {name}");
+                }
+            }
+            report(Ok(r.bundle), json)
+        }
+        Err(e) => fail(&e),
     }
 }

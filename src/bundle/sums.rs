@@ -18,34 +18,46 @@ pub fn render(entries: &[(String, String)]) -> String {
 
 /// Reads and parses a `SHA256SUMS` file; names must be plain file names.
 pub fn read(path: &Path) -> Result<Vec<(String, String)>> {
-    let invalid = |reason: String| Error::Invalid {
-        path: path.to_owned(),
-        reason,
-    };
     let len = std::fs::metadata(path)
         .map_err(super::io_err(path, "cannot read"))?
         .len();
     if len > MAX_SUMS_BYTES {
-        return Err(invalid(format!("{len} bytes: too large")));
+        return Err(Error::Invalid {
+            path: path.to_owned(),
+            reason: format!("{len} bytes: too large"),
+        });
     }
-    let text = std::fs::read_to_string(path).map_err(super::io_err(path, "cannot read"))?;
-    let mut out = Vec::new();
+    let bytes = std::fs::read(path).map_err(super::io_err(path, "cannot read"))?;
+    parse(&bytes).map_err(|reason| Error::Invalid {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// Parses `SHA256SUMS` bytes from anywhere; names must be plain file names, each listed once.
+/// The error is one line.
+pub fn parse(bytes: &[u8]) -> std::result::Result<Vec<(String, String)>, String> {
+    if bytes.len() as u64 > MAX_SUMS_BYTES {
+        return Err(format!("{} bytes: too large", bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
+    let mut out: Vec<(String, String)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let (hex, name) = line
             .split_once("  ")
             .or_else(|| line.split_once(" *"))
-            .ok_or_else(|| invalid(format!("line {n}: not '<sha256>  <file>'")))?;
+            .ok_or_else(|| format!("line {n}: not '<sha256>  <file>'"))?;
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid(format!("line {n}: {hex:?} is not a SHA-256")));
+            return Err(format!("line {n}: {hex:?} is not a SHA-256"));
         }
         if !is_safe_member_name(name) {
-            return Err(invalid(format!(
+            return Err(format!(
                 "line {n}: {name:?} is not a plain file name in the bundle"
-            )));
+            ));
         }
         if out.iter().any(|(existing, _)| existing == name) {
-            return Err(invalid(format!("line {n}: {name:?} listed twice")));
+            return Err(format!("line {n}: {name:?} listed twice"));
         }
         out.push((name.to_owned(), hex.to_ascii_lowercase()));
     }

@@ -1,0 +1,558 @@
+//! `import`: an export package (Outscale's or mkomi's) in, a new bundle out.
+//!
+//! The manifest is read from a local path, an `s3://` object or an http(s) URL (pre-signed or
+//! not) and checked as hostile before anything is fetched (see
+//! [`ExportManifest::parse`](super::manifest::ExportManifest::parse)); expired pre-signed URLs are
+//! reported with their expiry. Each object is streamed — download, SHA-256 of the compressed
+//! bytes, gunzip, a bound on the decompressed size (a gzip bomb, or an object larger than its
+//! declared `Size`, stops there) — into a sparse work file beside the output, which `register`
+//! then reads through the copy engine into the new bundle. `SHA256SUMS` and mkomi's manifest,
+//! when the package has them, are checked: every object's digest, every disk's ContentDigest.
+//! The bundle is made in a work directory and renamed into place only when every check passed.
+
+use super::manifest::{ExportManifest, ObjectFormat, Snapshot, presigned_expiry};
+use super::package::MKOMI_MANIFEST;
+use super::{Error, Result, s3};
+use crate::audit::image::Policy;
+use crate::bundle::checks::Checks;
+use crate::bundle::register::{self, Volume};
+use crate::bundle::{SUMS_FILE, sums};
+use crate::manifest::{Architecture, DiskFormat, Manifest, VolumeType, rules};
+use crate::progress::Progress;
+use crate::source::OpenOptions;
+use crate::util::{IO_CHUNK, hex, is_zero, utc_timestamp};
+use flate2::read::MultiGzDecoder;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Largest `SHA256SUMS` or mkomi manifest fetched beside an export manifest.
+const MAX_SIDE_FILE: u64 = 1 << 20;
+/// Granule of the sparse work files: zero runs of this size become holes.
+const GRANULE: usize = 4096;
+
+/// Where the manifest (and the objects it names by `Filename`) come from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A local manifest file.
+    Local(PathBuf),
+    /// An object: `s3://BUCKET/KEY`.
+    S3 {
+        /// The manifest object.
+        location: s3::Location,
+        /// Endpoint, region, credentials.
+        config: s3::Config,
+    },
+    /// An http(s) URL.
+    Http(String),
+}
+
+/// What to import.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The export manifest.
+    pub origin: Origin,
+    /// The bundle directory to create.
+    pub output: PathBuf,
+    /// Replace `output` if it exists.
+    pub force: bool,
+    /// Disk format of the new bundle.
+    pub format: DiskFormat,
+    /// `CreationDate` of the new bundle.
+    pub creation_epoch: i64,
+    /// Now, in seconds since the epoch, to judge pre-signed URLs' expiry.
+    pub now: i64,
+    /// fsync the bundle.
+    pub sync: bool,
+}
+
+/// What `import` did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The new bundle.
+    pub bundle: register::Report,
+    /// Whether `SHA256SUMS` was there and every object matched it.
+    pub sums_checked: bool,
+    /// Whether mkomi's manifest was there and every ContentDigest matched it.
+    pub digests_checked: bool,
+    /// SHA-256 of each object as received, by file name (recorded when nothing was there to
+    /// check them against).
+    pub received: Vec<(String, String)>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Removes a directory unless kept.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Io { path, what, source }
+}
+
+fn bad(what: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{what}: {reason}"))
+}
+
+impl Origin {
+    /// How the origin is named in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Local(p) => p.display().to_string(),
+            Origin::S3 { location, .. } => location.to_string(),
+            Origin::Http(url) => redact(url),
+        }
+    }
+
+    /// Reads a small file beside the manifest; `None` when it is not there (or cannot be
+    /// reached beside a pre-signed URL).
+    fn side_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Origin::Local(p) => {
+                let path = p.parent().unwrap_or(Path::new(".")).join(name);
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_file() && m.len() <= MAX_SIDE_FILE => std::fs::read(&path)
+                        .map(Some)
+                        .map_err(io(&path, "cannot read")),
+                    Ok(m) if m.is_file() => Err(bad(
+                        &path.display().to_string(),
+                        format!("{} bytes: too large", m.len()),
+                    )),
+                    Ok(_) => Err(bad(&path.display().to_string(), "not a regular file")),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io(&path, "cannot read")(e)),
+                }
+            }
+            Origin::S3 { location, config } => {
+                let client = s3::Client::new(config, &location.bucket)?;
+                get_small(&client, &sibling(&location.key, name), MAX_SIDE_FILE)
+            }
+            // Pre-signed URLs sign one object: siblings cannot be reached.
+            Origin::Http(_) => Ok(None),
+        }
+    }
+
+    /// Reads the manifest itself.
+    fn manifest(&self) -> Result<Vec<u8>> {
+        let max = super::manifest::MAX_BYTES;
+        match self {
+            Origin::Local(p) => {
+                let meta = std::fs::metadata(p).map_err(io(p, "cannot read"))?;
+                if meta.len() > max {
+                    return Err(bad(&p.display().to_string(), "too large for a manifest"));
+                }
+                std::fs::read(p).map_err(io(p, "cannot read"))
+            }
+            Origin::S3 { location, config } => {
+                let client = s3::Client::new(config, &location.bucket)?;
+                get_small(&client, &location.key, max)?
+                    .ok_or_else(|| bad(&location.to_string(), "no such object"))
+            }
+            Origin::Http(url) => {
+                let mut body = Vec::new();
+                s3::get_url(url)?
+                    .take(max + 1)
+                    .read_to_end(&mut body)
+                    .map_err(|e| bad(&redact(url), e))?;
+                if body.len() as u64 > max {
+                    return Err(bad(&redact(url), "too large for a manifest"));
+                }
+                Ok(body)
+            }
+        }
+    }
+
+    /// Opens the object of a snapshot: its pre-signed URL when it has one, else its `Filename`
+    /// beside the manifest.
+    fn object(&self, snap: &Snapshot) -> Result<Box<dyn Read + Send>> {
+        if let Some(url) = &snap.pre_signed_url {
+            if let Some(rest) = url.strip_prefix("s3://") {
+                let config = match self {
+                    Origin::S3 { config, .. } => config.clone(),
+                    _ => s3::Config::from_env(None, None)?,
+                };
+                let location = s3::Location::parse(&format!("s3://{rest}"))?;
+                let client = s3::Client::new(&config, &location.bucket)?;
+                return Ok(Box::new(client.get_stream(&location.key)?));
+            }
+            return Ok(Box::new(s3::get_url(url)?));
+        }
+        match self {
+            Origin::Local(p) => {
+                let path = p.parent().unwrap_or(Path::new(".")).join(&snap.filename);
+                let meta = std::fs::symlink_metadata(&path).map_err(io(&path, "cannot open"))?;
+                if !meta.is_file() {
+                    return Err(bad(&path.display().to_string(), "not a regular file"));
+                }
+                Ok(Box::new(
+                    File::open(&path).map_err(io(&path, "cannot open"))?,
+                ))
+            }
+            Origin::S3 { location, config } => {
+                let client = s3::Client::new(config, &location.bucket)?;
+                Ok(Box::new(
+                    client.get_stream(&sibling(&location.key, &snap.filename))?,
+                ))
+            }
+            Origin::Http(url) => {
+                let base = url.split('?').next().unwrap_or(url);
+                let dir = base.rsplit_once('/').map_or(base, |(d, _)| d);
+                Ok(Box::new(s3::get_url(&format!("{dir}/{}", snap.filename))?))
+            }
+        }
+    }
+}
+
+/// The key of `name` beside the object `key`.
+fn sibling(key: &str, name: &str) -> String {
+    match key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// An object of at most `max` bytes; `None` when there is none.
+fn get_small(client: &s3::Client, key: &str, max: u64) -> Result<Option<Vec<u8>>> {
+    match client.head(key)? {
+        None => Ok(None),
+        Some(size) if size > max => Err(bad(
+            &format!("s3://{}/{key}", client.bucket()),
+            format!("{size} bytes: too large"),
+        )),
+        Some(_) => {
+            let mut body = Vec::new();
+            client
+                .get_stream(key)?
+                .take(max + 1)
+                .read_to_end(&mut body)
+                .map_err(|e| bad(&format!("s3://{}/{key}", client.bucket()), e))?;
+            Ok(Some(body))
+        }
+    }
+}
+
+/// A URL without its query (which holds a pre-signed URL's signature), for messages.
+pub fn redact(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_owned(),
+    }
+}
+
+/// Counts and hashes the compressed bytes as they arrive, refusing more than `max`.
+struct Incoming<R: Read> {
+    inner: R,
+    hash: Sha256,
+    len: u64,
+    max: u64,
+}
+
+impl<R: Read> Read for Incoming<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        if self.len > self.max {
+            return Err(std::io::Error::other(format!(
+                "the compressed object passes {} bytes, more than its Size allows",
+                self.max
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Decompresses `object` into a sparse file at `path`, refusing more than `max` bytes out;
+/// returns the decompressed length and the compressed bytes' SHA-256.
+fn receive(
+    object: Box<dyn Read + Send>,
+    name: &str,
+    path: &Path,
+    max: u64,
+    max_in: u64,
+) -> Result<(u64, String)> {
+    let mut incoming = Incoming {
+        inner: object,
+        hash: Sha256::new(),
+        len: 0,
+        max: max_in,
+    };
+    let file = File::create(path).map_err(io(path, "cannot create"))?;
+    let mut gz = MultiGzDecoder::new(&mut incoming);
+    let mut buf = vec![0u8; IO_CHUNK];
+    let mut pos = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = gz
+                .read(&mut buf[filled..])
+                .map_err(|e| bad(name, format!("cannot decompress: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        if pos + filled as u64 > max {
+            return Err(bad(
+                name,
+                format!("decompresses to more than {max} bytes: a gzip bomb, or a wrong Size"),
+            ));
+        }
+        for (i, g) in buf[..filled].chunks(GRANULE).enumerate() {
+            if !is_zero(g) {
+                file.write_all_at(g, pos + (i * GRANULE) as u64)
+                    .map_err(io(path, "cannot write"))?;
+            }
+        }
+        pos += filled as u64;
+    }
+    file.set_len(pos).map_err(io(path, "cannot write"))?;
+    drop(gz);
+    Ok((pos, hex(&incoming.hash.finalize())))
+}
+
+fn volume_type(s: &str) -> VolumeType {
+    match s {
+        "gp2" => VolumeType::Gp2,
+        "io1" => VolumeType::Io1,
+        _ => VolumeType::Standard,
+    }
+}
+
+/// Imports the package: see the module documentation.
+pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
+    let started = Instant::now();
+    let what = req.origin.describe();
+    let em = ExportManifest::parse(&req.origin.manifest()?).map_err(|e| bad(&what, e))?;
+    for s in &em.image.snapshots {
+        if let Some(expiry) = s.pre_signed_url.as_deref().and_then(presigned_expiry)
+            && expiry <= req.now
+        {
+            return Err(bad(
+                &what,
+                format!(
+                    "the PreSignedUrl of {} expired at {}",
+                    s.device,
+                    utc_timestamp(expiry)
+                ),
+            ));
+        }
+    }
+    let sums = match req.origin.side_file(SUMS_FILE)? {
+        Some(bytes) => {
+            Some(sums::parse(&bytes).map_err(|e| bad(&format!("{what}: {SUMS_FILE}"), e))?)
+        }
+        None => None,
+    };
+    let mkomi = match req.origin.side_file(MKOMI_MANIFEST)? {
+        Some(bytes) => {
+            let m = Manifest::parse(&bytes)
+                .map_err(|e| bad(&format!("{what}: {MKOMI_MANIFEST}"), e))?;
+            if let Some(sums) = &sums {
+                let sha = hex(&Sha256::digest(&bytes));
+                if !sums.iter().any(|(n, h)| n == MKOMI_MANIFEST && *h == sha) {
+                    return Err(bad(
+                        &what,
+                        format!("{MKOMI_MANIFEST} does not match {SUMS_FILE}"),
+                    ));
+                }
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    if let Some(m) = &mkomi {
+        let same = m.disks.len() == em.image.snapshots.len()
+            && m.disks
+                .iter()
+                .zip(&em.image.snapshots)
+                .all(|(d, s)| d.device_name == s.device && d.virtual_size <= s.size);
+        if !same {
+            return Err(bad(
+                &what,
+                format!("{MKOMI_MANIFEST} lists other disks than the export manifest"),
+            ));
+        }
+    }
+
+    let (parent, out_name) =
+        register::split_output(&req.output).map_err(|e| Error::Invalid(e.to_string()))?;
+    if req.output.symlink_metadata().is_ok() && !req.force {
+        return Err(Error::Exists(req.output.clone()));
+    }
+    let work = WorkDir(parent.join(format!(".{out_name}.mkomi-{}.import", std::process::id())));
+    std::fs::create_dir(&work.0).map_err(io(&work.0, "cannot create"))?;
+
+    let mut received = Vec::new();
+    let mut volumes = Vec::new();
+    for s in &em.image.snapshots {
+        let format = s.format().unwrap_or(ObjectFormat::Raw);
+        let stem = s.filename.trim_end_matches(".gz");
+        let path = work.0.join(stem);
+        // A raw object is at most the volume; a qcow2 one adds its metadata (well under 1/64 of
+        // the volume at 64 KiB clusters) to the data it holds.
+        let max = match format {
+            ObjectFormat::Raw => s.size,
+            ObjectFormat::Qcow2 => s.size.saturating_add(s.size / 64).saturating_add(64 << 20),
+        };
+        // gzip never grows data by more than 5 bytes per 16 KiB stored block plus its header.
+        let max_in = max.saturating_add(max / 1024).saturating_add(1 << 20);
+        let task = progress.task(&s.filename);
+        let (len, sha) = receive(req.origin.object(s)?, &s.filename, &path, max, max_in)
+            .map_err(|e| in_object(e, &s.filename))?;
+        task.finish();
+        if format == ObjectFormat::Raw && (len == 0 || len % 512 != 0) {
+            return Err(bad(
+                &s.filename,
+                format!("decompresses to {len} bytes: not a whole number of 512-byte sectors"),
+            ));
+        }
+        if let Some(d) = mkomi
+            .as_ref()
+            .and_then(|m| m.disks.iter().find(|d| d.device_name == s.device))
+        {
+            let expected = match format {
+                ObjectFormat::Raw => d.virtual_size,
+                ObjectFormat::Qcow2 => len,
+            };
+            if len != expected {
+                return Err(bad(
+                    &s.filename,
+                    format!(
+                        "decompresses to {len} bytes, but {MKOMI_MANIFEST} says the disk has {expected}"
+                    ),
+                ));
+            }
+        }
+        if let Some(sums) = &sums {
+            match sums.iter().find(|(n, _)| *n == s.filename) {
+                Some((_, h)) if *h == sha => {}
+                Some((_, h)) => {
+                    return Err(bad(
+                        &s.filename,
+                        format!("SHA-256 {sha} differs from {SUMS_FILE}'s {h}"),
+                    ));
+                }
+                None => return Err(bad(&s.filename, format!("not listed in {SUMS_FILE}"))),
+            }
+        }
+        received.push((s.filename.clone(), sha));
+        let mut v = Volume::new(&s.device, &path);
+        // mkomi's manifest keeps the mapping as registered (a volume may be larger than its
+        // disk); Outscale's has the volume's size in bytes.
+        let registered = mkomi.as_ref().and_then(|m| {
+            m.image
+                .block_device_mappings
+                .iter()
+                .find(|b| b.device_name == s.device)
+        });
+        match registered {
+            Some(b) => {
+                v.volume_size = Some(b.bsu.volume_size);
+                v.volume_type = b.bsu.volume_type;
+                v.iops = b.bsu.iops;
+                v.delete_on_vm_deletion = b.bsu.delete_on_vm_deletion;
+            }
+            None => {
+                v.volume_size = Some(rules::min_volume_gib(s.size));
+                v.volume_type = volume_type(&s.volume_type);
+                v.iops = s.iops;
+                v.delete_on_vm_deletion = s.delete_on_termination;
+            }
+        }
+        volumes.push(v);
+    }
+
+    let architecture = match em.image.architecture.as_str() {
+        "i386" => Architecture::I386,
+        _ => Architecture::X86_64,
+    };
+    let staged = work.0.join("bundle");
+    let mut volumes = volumes.into_iter();
+    let root = volumes.next().ok_or_else(|| bad(&what, "no snapshots"))?;
+    let request = register::Request {
+        output: staged.clone(),
+        force: false,
+        format: req.format,
+        cluster_bits: 16,
+        name: Some(em.image.name.clone()),
+        description: em.image.description.clone(),
+        architecture: Some(architecture),
+        boot_modes: mkomi
+            .as_ref()
+            .map(|m| m.image.boot_modes.clone())
+            .unwrap_or_default(),
+        // The checks the package's registration skipped stay skipped: the disks are the same.
+        checks: {
+            let skipped = mkomi
+                .as_ref()
+                .and_then(|m| m.inspection.as_ref())
+                .map(|i| i.checks_skipped.clone())
+                .unwrap_or_default();
+            Checks {
+                arch: !skipped.iter().any(|c| c == "arch"),
+                boot: !skipped.iter().any(|c| c == "boot-mode"),
+            }
+        },
+        audit: Policy::Report,
+        root,
+        extra: volumes.collect(),
+        open: OpenOptions::default(),
+        creation_epoch: req.creation_epoch,
+        sync: req.sync,
+    };
+    let mut report = register::register(&request, progress, None)?;
+    if let Some(m) = &mkomi {
+        for (new, old) in report.manifest.disks.iter().zip(&m.disks) {
+            if new.content_digest != old.content_digest {
+                return Err(bad(
+                    &what,
+                    format!(
+                        "{}: ContentDigest {} differs from {MKOMI_MANIFEST}'s {}",
+                        new.device_name, new.content_digest, old.content_digest
+                    ),
+                ));
+            }
+        }
+    }
+    if req.output.symlink_metadata().is_ok() {
+        let old = parent.join(format!(".{out_name}.mkomi-{}.old", std::process::id()));
+        std::fs::rename(&req.output, &old).map_err(io(&req.output, "cannot move aside"))?;
+        if let Err(e) = std::fs::rename(&staged, &req.output) {
+            let _ = std::fs::rename(&old, &req.output);
+            return Err(io(&req.output, "cannot rename the new bundle to")(e));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&staged, &req.output)
+            .map_err(io(&req.output, "cannot rename the new bundle to"))?;
+    }
+    report.output = req.output.clone();
+    Ok(Report {
+        bundle: report,
+        sums_checked: sums.is_some(),
+        digests_checked: mkomi.is_some(),
+        received,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Names the object in an error about it.
+fn in_object(e: Error, name: &str) -> Error {
+    match e {
+        Error::Invalid(m) if !m.contains(name) => Error::Invalid(format!("{name}: {m}")),
+        other => other,
+    }
+}

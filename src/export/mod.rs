@@ -1,0 +1,63 @@
+//! Export and import: bundles to and from Outscale export packages (gzip disk objects, the
+//! export manifest, mkomi's manifest and `SHA256SUMS`) in a directory or object storage.
+
+pub mod gzip;
+pub mod import;
+pub mod manifest;
+pub mod package;
+pub mod s3;
+
+use std::path::PathBuf;
+
+/// An error of export or import; each message is one line naming the file, object or URL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bundle's manifest is unreadable or invalid.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::Error),
+    /// A disk is unreadable or invalid.
+    #[error(transparent)]
+    Source(#[from] crate::source::Error),
+    /// Reading a disk through its format failed.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::Error),
+    /// The bundle names a disk file that cannot be read.
+    #[error(transparent)]
+    Inspect(#[from] crate::inspect::Error),
+    /// Registering the imported disks failed.
+    #[error(transparent)]
+    Register(#[from] crate::bundle::Error),
+    /// Object storage refused or failed.
+    #[error(transparent)]
+    S3(#[from] s3::Error),
+    /// A file could not be made or read.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// Writing a compressed object failed.
+    #[error("cannot write the compressed object: {0}")]
+    Write(std::io::Error),
+    /// A disk of the bundle is not what its manifest says.
+    #[error("{}: {reason}", path.display())]
+    Bundle {
+        /// The disk file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The output exists and `--force` was not given.
+    #[error("{}: already exists (use --force to replace it)", .0.display())]
+    Exists(PathBuf),
+    /// A request that cannot be carried out.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,537 @@
+//! `export`: a bundle out as an Outscale export package — one gzip object per disk, Outscale's
+//! export manifest, mkomi's own manifest and `SHA256SUMS` — in a directory or a bucket.
+//!
+//! Each disk is read once: its bytes are hashed (and checked against the bundle's manifest, so a
+//! damaged bundle is never exported), compressed on all cores and hashed again as they leave,
+//! straight into the object: no intermediate uncompressed file. A directory package appears
+//! atomically (temporary directory, then rename), like a bundle.
+
+use super::gzip::GzWriter;
+use super::manifest::{ExportImage, ExportManifest, MAX_EXPIRY_SECS, Snapshot};
+use super::s3;
+use super::{Error, Result};
+use crate::bundle::{SUMS_FILE, sums};
+use crate::manifest::{self, DiskFormat, Manifest, VolumeType};
+use crate::source::{self, OpenOptions, Source};
+use crate::util::{IO_CHUNK, hex, sync_dir};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Name of Outscale's export manifest in a package: the object whose pre-signed URL is
+/// CreateImage's `FileLocation`.
+pub const EXPORT_MANIFEST: &str = "manifest.json";
+/// Name of the bundle's own manifest in a package, kept so that an import loses nothing
+/// (ContentDigests, inspection, audit).
+pub const MKOMI_MANIFEST: &str = "mkomi-manifest.json";
+
+/// Where the package goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A directory to create.
+    Dir(PathBuf),
+    /// A bucket and key prefix.
+    S3 {
+        /// `s3://BUCKET/PREFIX`.
+        location: s3::Location,
+        /// Endpoint, region, credentials.
+        config: s3::Config,
+    },
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// Where to.
+    pub target: Target,
+    /// Disk format of the objects; the bundle's when absent.
+    pub format: Option<DiskFormat>,
+    /// Validity of the pre-signed URLs.
+    pub expires: Duration,
+    /// Compression threads.
+    pub threads: usize,
+    /// gzip level (1–9).
+    pub level: u32,
+    /// Replace a directory target that exists.
+    pub force: bool,
+    /// Keep the state of interrupted uploads to resume them (bucket targets).
+    pub resume: bool,
+    /// Multipart part size (bucket targets).
+    pub part_size: usize,
+}
+
+/// One object written.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Object {
+    /// Its name in the package.
+    pub name: String,
+    /// Bytes before compression.
+    pub bytes: u64,
+    /// Bytes written.
+    pub compressed: u64,
+    /// SHA-256 of the object as written.
+    pub sha256: String,
+    /// Parts of its multipart upload (bucket targets; 1 for a single PUT).
+    pub parts: Option<usize>,
+}
+
+/// What `export` did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Report {
+    /// The disk objects.
+    pub objects: Vec<Object>,
+    /// The pre-signed URL of the export manifest (bucket targets): CreateImage's `FileLocation`.
+    pub manifest_url: Option<String>,
+    /// Where the package went.
+    pub location: String,
+    /// Wall time.
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// Counts and hashes what passes through to the inner writer.
+struct HashWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The read end of the compression pipe: its end is an error unless the writer finished, so a
+/// failed compression aborts the upload instead of completing a truncated object.
+struct Guarded<'a, R: Read> {
+    inner: R,
+    complete: &'a AtomicBool,
+}
+
+impl<R: Read> Read for Guarded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.complete.load(Ordering::Acquire) {
+            return Err(std::io::Error::other(
+                "the compressed stream ended early (reading or compressing the disk failed)",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Removes a temporary directory unless committed.
+struct TempDir {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Io { path, what, source }
+}
+
+/// The object name of a disk: `sda1.qcow2.gz`.
+fn object_name(device: &str, format: DiskFormat) -> String {
+    format!(
+        "{}.gz",
+        manifest::rules::disk_file_name(device, format.name())
+    )
+}
+
+/// Writes the disk `d` of the bundle at `dir` into `out`, compressed, in `format`; returns the
+/// uncompressed byte count. The file's SHA-256 must match the manifest's, or nothing counts.
+fn write_disk(
+    dir: &Path,
+    d: &manifest::Disk,
+    format: DiskFormat,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let path = dir.join(&d.path);
+    if format == d.format {
+        // The object is exactly the bundle's file: stream it, checking its digest on the way.
+        let mut f = File::open(&path).map_err(io(&path, "cannot open"))?;
+        let mut buf = vec![0u8; IO_CHUNK];
+        let mut hash = Sha256::new();
+        let mut total = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io(&path, "cannot read"))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(Error::Write)?;
+            total += n as u64;
+        }
+        if total != d.file_size || hex(&hash.finalize()) != d.sha256 {
+            return Err(Error::Bundle {
+                path,
+                reason: "differs from the bundle's manifest (run `mkomi verify`)".into(),
+            });
+        }
+        return Ok(total);
+    }
+    match format {
+        DiskFormat::Raw => {
+            // The virtual disk, holes as zeros, read through its format.
+            let mut src = source::open(&path, &OpenOptions::default())?;
+            stream_source(src.as_mut(), out)
+        }
+        DiskFormat::Qcow2 => Err(Error::Bundle {
+            path,
+            reason:
+                "a raw bundle exports as raw; register it with --format qcow2 for qcow2 objects"
+                    .into(),
+        }),
+    }
+}
+
+/// Writes every byte of `src` in order, zeros for its holes.
+fn stream_source(src: &mut dyn Source, out: &mut dyn Write) -> Result<u64> {
+    let zeros = vec![0u8; IO_CHUNK];
+    let mut buf = vec![0u8; IO_CHUNK];
+    let mut extents = Vec::new();
+    crate::copy::walk_extents(src, |e| {
+        extents.push(*e);
+        Ok(())
+    })?;
+    for e in extents {
+        let mut pos = e.offset;
+        let end = e.offset + e.len;
+        while pos < end {
+            let n = (end - pos).min(IO_CHUNK as u64) as usize;
+            match e.kind {
+                source::ExtentKind::Zero => out.write_all(&zeros[..n]),
+                source::ExtentKind::Data => {
+                    src.read_at(pos, &mut buf[..n])?;
+                    out.write_all(&buf[..n])
+                }
+            }
+            .map_err(Error::Write)?;
+            pos += n as u64;
+        }
+    }
+    Ok(src.size())
+}
+
+/// The export manifest of a bundle's manifest.
+fn export_manifest(m: &Manifest, names: &[String], urls: &[Option<String>]) -> ExportManifest {
+    let snapshots = m
+        .image
+        .block_device_mappings
+        .iter()
+        .zip(names.iter().zip(urls))
+        .map(|(bdm, (name, url))| Snapshot {
+            delete_on_termination: bdm.bsu.delete_on_vm_deletion,
+            device: bdm.device_name.clone(),
+            filename: name.clone(),
+            iops: bdm.bsu.iops,
+            pre_signed_url: url.clone(),
+            // The volume's size, as CreateImage makes it; the disk object may be smaller.
+            size: bdm.bsu.volume_size << 30,
+            volume_type: match bdm.bsu.volume_type {
+                VolumeType::Standard => "standard",
+                VolumeType::Gp2 => "gp2",
+                VolumeType::Io1 => "io1",
+            }
+            .to_owned(),
+        })
+        .collect();
+    ExportManifest {
+        version: super::manifest::VERSION,
+        image: ExportImage {
+            name: m.image.image_name.clone(),
+            description: m.image.description.clone(),
+            architecture: match m.image.architecture {
+                manifest::Architecture::X86_64 => "x86_64",
+                manifest::Architecture::I386 => "i386",
+            }
+            .to_owned(),
+            kind: "machine".to_owned(),
+            product_types: vec!["0001".to_owned()],
+            public: false,
+            snapshots,
+        },
+    }
+}
+
+/// Exports the bundle: see the module documentation.
+pub fn export(req: &Request) -> Result<Report> {
+    let started = Instant::now();
+    if req.expires.as_secs() == 0 || req.expires.as_secs() > MAX_EXPIRY_SECS {
+        return Err(Error::Invalid(format!(
+            "--expires {} s: pre-signed URLs last 1 s to 7 days",
+            req.expires.as_secs()
+        )));
+    }
+    let manifest_path = req.bundle.join(manifest::FILE_NAME);
+    let m = Manifest::read(&manifest_path)?;
+    let mkomi_bytes = std::fs::read(&manifest_path).map_err(io(&manifest_path, "cannot read"))?;
+    // The disk files, checked to be plain names inside the bundle.
+    crate::inspect::disk_files(&req.bundle)?;
+    let formats: Vec<DiskFormat> = m
+        .disks
+        .iter()
+        .map(|d| req.format.unwrap_or(d.format))
+        .collect();
+    let names: Vec<String> = m
+        .disks
+        .iter()
+        .zip(&formats)
+        .map(|(d, f)| object_name(&d.device_name, *f))
+        .collect();
+
+    match &req.target {
+        Target::Dir(out) => export_dir(req, &m, &mkomi_bytes, &formats, &names, out, started),
+        Target::S3 { location, config } => export_s3(
+            req,
+            &m,
+            &mkomi_bytes,
+            &formats,
+            &names,
+            location,
+            config,
+            started,
+        ),
+    }
+}
+
+fn export_dir(
+    req: &Request,
+    m: &Manifest,
+    mkomi_bytes: &[u8],
+    formats: &[DiskFormat],
+    names: &[String],
+    out: &Path,
+    started: Instant,
+) -> Result<Report> {
+    let (parent, out_name) =
+        crate::bundle::register::split_output(out).map_err(|e| Error::Invalid(e.to_string()))?;
+    if out.symlink_metadata().is_ok() && !req.force {
+        return Err(Error::Exists(out.to_owned()));
+    }
+    let tmp = TempDir {
+        path: parent.join(format!(".{out_name}.mkomi-{}.tmp", std::process::id())),
+        committed: false,
+    };
+    std::fs::create_dir(&tmp.path).map_err(io(&tmp.path, "cannot create"))?;
+    let mut objects = Vec::new();
+    for ((d, format), name) in m.disks.iter().zip(formats).zip(names) {
+        let path = tmp.path.join(name);
+        let file = File::create(&path).map_err(io(&path, "cannot create"))?;
+        let mut hw = HashWriter {
+            inner: std::io::BufWriter::with_capacity(IO_CHUNK, file),
+            hash: Sha256::new(),
+            len: 0,
+        };
+        let mut gz = GzWriter::new(&mut hw, req.threads, req.level).map_err(Error::Write)?;
+        let bytes = write_disk(&req.bundle, d, *format, &mut gz)?;
+        gz.finish().map_err(Error::Write)?;
+        hw.inner.flush().map_err(io(&path, "cannot write"))?;
+        hw.inner
+            .get_ref()
+            .sync_all()
+            .map_err(io(&path, "cannot sync"))?;
+        objects.push(Object {
+            name: name.clone(),
+            bytes,
+            compressed: hw.len,
+            sha256: hex(&hw.hash.finalize()),
+            parts: None,
+        });
+    }
+    let em = export_manifest(m, names, &vec![None; names.len()]);
+    let em_bytes = em.to_bytes();
+    let mut sums_entries: Vec<(String, String)> = objects
+        .iter()
+        .map(|o| (o.name.clone(), o.sha256.clone()))
+        .collect();
+    for (name, bytes) in [
+        (EXPORT_MANIFEST, &em_bytes[..]),
+        (MKOMI_MANIFEST, mkomi_bytes),
+    ] {
+        let path = tmp.path.join(name);
+        write_synced(&path, bytes)?;
+        sums_entries.push((name.to_owned(), hex(&Sha256::digest(bytes))));
+    }
+    write_synced(
+        &tmp.path.join(SUMS_FILE),
+        sums::render(&sums_entries).as_bytes(),
+    )?;
+    sync_dir(&tmp.path).map_err(io(&tmp.path, "cannot sync"))?;
+    commit(tmp, out, &parent, &out_name)?;
+    Ok(Report {
+        objects,
+        manifest_url: None,
+        location: out.display().to_string(),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(io(path, "cannot create"))?;
+    f.write_all(bytes).map_err(io(path, "cannot write"))?;
+    f.sync_all().map_err(io(path, "cannot sync"))
+}
+
+fn commit(mut tmp: TempDir, out: &Path, parent: &Path, out_name: &str) -> Result<()> {
+    let old = parent.join(format!(".{out_name}.mkomi-{}.old", std::process::id()));
+    let replaced = out.symlink_metadata().is_ok();
+    if replaced {
+        std::fs::rename(out, &old).map_err(io(out, "cannot move aside"))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp.path, out) {
+        if replaced {
+            let _ = std::fs::rename(&old, out);
+        }
+        return Err(io(out, "cannot rename the finished package to")(e));
+    }
+    tmp.committed = true;
+    let _ = sync_dir(parent);
+    if replaced {
+        let removed = if old.is_dir() {
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::remove_file(&old)
+        };
+        removed.map_err(io(&old, "cannot remove the replaced package"))?;
+    }
+    Ok(())
+}
+
+/// Where the state of a resumable upload of `key` is kept: under `$XDG_CACHE_HOME/mkomi` (else
+/// `~/.cache/mkomi`), named by a digest of the target and the bundle's manifest, so that only
+/// the same bundle to the same object resumes it.
+fn state_file(location: &s3::Location, key: &str, mkomi_bytes: &[u8]) -> Result<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or_else(|| Error::Invalid("--resume needs XDG_CACHE_HOME or HOME".into()))?;
+    let dir = cache.join("mkomi").join("uploads");
+    std::fs::create_dir_all(&dir).map_err(io(&dir, "cannot create"))?;
+    let mut h = Sha256::new();
+    h.update(location.bucket.as_bytes());
+    h.update(b"\0");
+    h.update(key.as_bytes());
+    h.update(b"\0");
+    h.update(mkomi_bytes);
+    Ok(dir.join(format!("{}.json", &hex(&h.finalize())[..32])))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn export_s3(
+    req: &Request,
+    m: &Manifest,
+    mkomi_bytes: &[u8],
+    formats: &[DiskFormat],
+    names: &[String],
+    location: &s3::Location,
+    config: &s3::Config,
+    started: Instant,
+) -> Result<Report> {
+    let client = s3::Client::new(config, &location.bucket)?;
+    let mut objects = Vec::new();
+    let mut urls = Vec::new();
+    for ((d, format), name) in m.disks.iter().zip(formats).zip(names) {
+        let key = location.join(name);
+        let state = if req.resume {
+            Some(state_file(location, &key, mkomi_bytes)?)
+        } else {
+            None
+        };
+        // The disk is compressed on its own threads into a pipe that the upload reads: the
+        // object never exists uncompressed, nor whole in memory.
+        let (reader, writer) = std::io::pipe().map_err(Error::Write)?;
+        let complete = AtomicBool::new(false);
+        let (put, produced) = std::thread::scope(|scope| {
+            let complete = &complete;
+            let producer = scope.spawn(move || -> Result<(u64, u64, String)> {
+                let mut hw = HashWriter {
+                    inner: writer,
+                    hash: Sha256::new(),
+                    len: 0,
+                };
+                let mut gz =
+                    GzWriter::new(&mut hw, req.threads, req.level).map_err(Error::Write)?;
+                let bytes = write_disk(&req.bundle, d, *format, &mut gz)?;
+                gz.finish().map_err(Error::Write)?;
+                // Only now may the upload see the end of the stream as the end of the object.
+                complete.store(true, Ordering::Release);
+                let HashWriter { inner, hash, len } = hw;
+                drop(inner);
+                Ok((bytes, len, hex(&hash.finalize())))
+            });
+            let put = client.put_stream(
+                &key,
+                Guarded {
+                    inner: reader,
+                    complete,
+                },
+                req.part_size,
+                s3::DEFAULT_PARALLEL_PARTS,
+                state.as_deref(),
+            );
+            let produced = producer
+                .join()
+                .unwrap_or_else(|_| Err(Error::Invalid("the compression thread failed".into())));
+            (put, produced)
+        });
+        // A failed read or compression shows as a broken upload too: report the cause.
+        let (bytes, compressed, sha256) = produced?;
+        let put = put?;
+        urls.push(Some(client.presign_get(&key, req.expires)?));
+        objects.push(Object {
+            name: name.clone(),
+            bytes,
+            compressed,
+            sha256,
+            parts: Some(put.parts),
+        });
+    }
+    let em = export_manifest(m, names, &urls);
+    let em_bytes = em.to_bytes();
+    let mut sums_entries: Vec<(String, String)> = objects
+        .iter()
+        .map(|o| (o.name.clone(), o.sha256.clone()))
+        .collect();
+    for (name, bytes) in [
+        (EXPORT_MANIFEST, &em_bytes[..]),
+        (MKOMI_MANIFEST, mkomi_bytes),
+    ] {
+        client.put_bytes(&location.join(name), bytes)?;
+        sums_entries.push((name.to_owned(), hex(&Sha256::digest(bytes))));
+    }
+    client.put_bytes(
+        &location.join(SUMS_FILE),
+        sums::render(&sums_entries).as_bytes(),
+    )?;
+    let manifest_url = client.presign_get(&location.join(EXPORT_MANIFEST), req.expires)?;
+    Ok(Report {
+        objects,
+        manifest_url: Some(manifest_url),
+        location: location.to_string(),
+        elapsed: started.elapsed(),
+    })
+}

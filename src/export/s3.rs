@@ -1,0 +1,1783 @@
+//! Objects in S3-protocol storage — Outscale OOS, AWS S3 or any endpoint that speaks SigV4 —
+//! behind a blocking API.
+//!
+//! [`Client`] wraps the `object_store` crate, which signs every request with SigV4 (the payload's
+//! SHA-256 included, so the server checks each body) and retries 5xx answers, timeouts and broken
+//! connections with exponential backoff (up to 8 times, within 4 minutes; each request has 2
+//! minutes). Its async runtime is private: a small tokio runtime is
+//! created inside each [`Client`], so callers stay synchronous (and must not call it from inside
+//! another tokio runtime).
+//!
+//! Large objects go up as multipart uploads ([`Client::put_stream`]): parts of a fixed size read
+//! one after the other from any [`Read`], a few in flight at once, each with its SHA-256 sent as
+//! the part's `x-amz-checksum-sha256` (see [`Config::checksums`]). On an error the multipart
+//! upload is aborted, unless a resume state file was given: that file records the upload and each
+//! finished part (number, size, SHA-256, ETag), rewritten atomically after every part, so that a
+//! later call with the same file re-reads the data, checks each finished part's SHA-256 against
+//! the record without sending it again, sends the rest and completes the upload.
+//!
+//! Downloads ([`Client::get_stream`], and [`get_url`] for pre-signed URLs, without credentials)
+//! stream in ranged GETs pinned to the object's ETag, each retried on its own.
+//!
+//! Credentials come from the environment ([`Config::from_env`]) and are never printed: errors
+//! name the bucket, the key, what was being done and the HTTP status with S3's error code, never a
+//! header, a signature or a response body.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjectPath;
+use object_store::signer::{Method, Signer};
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::runtime::Runtime;
+use tokio::task::JoinSet;
+
+/// S3's smallest part size (all parts but the last must be at least this big).
+pub const MIN_PART_SIZE: usize = 5 << 20;
+/// S3's largest part size.
+pub const MAX_PART_SIZE: usize = 5 << 30;
+/// The part size used when the caller has no better idea: 32 MiB, so 10,000 parts hold 312 GiB.
+pub const DEFAULT_PART_SIZE: usize = 32 << 20;
+/// Parts in flight at once by default.
+pub const DEFAULT_PARALLEL_PARTS: usize = 4;
+/// S3's largest part number.
+pub const MAX_PARTS: usize = 10_000;
+/// The longest a pre-signed URL may live: 7 days, SigV4's (and so Outscale's and AWS's) maximum.
+pub const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How many bytes one ranged GET of [`Client::get_stream`] asks for, so that each request
+/// finishes within [`REQUEST_TIMEOUT`] and is retried on its own.
+const GET_RANGE: u64 = 32 << 20;
+/// The longest one request may take, body included: a 32 MiB part needs 0.3 MB/s.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// No retry starts later than this after a request's first try: SigV4 signatures are made once
+/// per request and servers refuse them 15 minutes after their date.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(240);
+/// The first line of a resume state file's format.
+const STATE_FORMAT: &str = "mkomi-s3-upload/1";
+
+/// An error of this module; one line, naming the object, never a credential or a signature.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An `s3://` location that cannot be used.
+    #[error("invalid S3 location {input:?}: {reason}")]
+    Location {
+        /// What was given.
+        input: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An object key that cannot be used.
+    #[error("invalid object key {key:?}: {reason}")]
+    Key {
+        /// What was given.
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Neither credential pair is in the environment.
+    #[error(
+        "no S3 credentials: set OSC_ACCESS_KEY and OSC_SECRET_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    NoCredentials,
+    /// Half a credential pair is in the environment.
+    #[error("incomplete S3 credentials: {set} is set but {missing} is not")]
+    PartialCredentials {
+        /// The variable that is set.
+        set: &'static str,
+        /// The one missing.
+        missing: &'static str,
+    },
+    /// No region given or in the environment.
+    #[error("no S3 region: give one or set OSC_REGION, AWS_REGION or AWS_DEFAULT_REGION")]
+    NoRegion,
+    /// A setting (endpoint, region, part size, URL lifetime…) out of range.
+    #[error("invalid S3 setting: {0}")]
+    Setting(String),
+    /// The server answered with an error status.
+    #[error("s3://{bucket}/{key}: {op} failed: HTTP {status}{}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Http {
+        /// The bucket.
+        bucket: String,
+        /// The object key (or prefix).
+        key: String,
+        /// What was being done (`PUT`, `upload part 3`…).
+        op: String,
+        /// The HTTP status code.
+        status: u16,
+        /// S3's error code (`SignatureDoesNotMatch`, `NoSuchBucket`…) when the body had one.
+        code: Option<String>,
+    },
+    /// The object does not exist.
+    #[error("s3://{bucket}/{key}: no such object (HTTP 404)")]
+    NotFound {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+    },
+    /// No answer: connection refused or broken, time-out, after the retries.
+    #[error("s3://{bucket}/{key}: {op} failed: {reason}")]
+    Transport {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+        /// What was being done.
+        op: String,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// The data to upload could not be read.
+    #[error("s3://{bucket}/{key}: reading the data to upload: {source}")]
+    Read {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+        /// The reader's error.
+        source: io::Error,
+    },
+    /// A resume state file that cannot be read, written or used.
+    #[error("resume state {}: {reason}", path.display())]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Resuming, the data differs from what was uploaded before.
+    #[error(
+        "s3://{bucket}/{key}: part {part} differs from the part uploaded before ({reason}); the data changed since {} was written: delete it to start again",
+        state.display()
+    )]
+    Changed {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+        /// The part number (from 1).
+        part: usize,
+        /// How it differs.
+        reason: String,
+        /// The state file.
+        state: PathBuf,
+    },
+    /// Resuming, the server no longer knows the multipart upload.
+    #[error(
+        "s3://{bucket}/{key}: the multipart upload recorded in {} is gone from the server (HTTP {status}: completed, aborted or expired): delete it to start again",
+        state.display()
+    )]
+    UploadGone {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+        /// The HTTP status of the refused request.
+        status: u16,
+        /// The state file.
+        state: PathBuf,
+    },
+    /// A GET through a URL failed; the URL is shown without its query (the signature).
+    #[error("{url}: GET failed: {reason}")]
+    Url {
+        /// The URL up to its `?`.
+        url: String,
+        /// `HTTP 403 AccessDenied`, `cannot connect (…)`…
+        reason: String,
+    },
+    /// The data needs more than 10,000 parts.
+    #[error(
+        "s3://{bucket}/{key}: more than {MAX_PARTS} parts of {part_size} bytes (the S3 limit): use larger parts"
+    )]
+    TooManyParts {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
+        /// The part size.
+        part_size: usize,
+    },
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An `s3://BUCKET/KEY` location; the key may be a prefix, or empty for the whole bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The bucket name: 3 to 63 lower-case letters, digits, dots and hyphens.
+    pub bucket: String,
+    /// The object key or prefix, without a leading or trailing `/`; may be empty.
+    pub key: String,
+}
+
+impl Location {
+    /// Parses `s3://bucket`, `s3://bucket/` or `s3://bucket/key/or/prefix[/]`.
+    pub fn parse(input: &str) -> Result<Location> {
+        let bad = |reason| Error::Location {
+            input: input.to_string(),
+            reason,
+        };
+        let rest = input
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("it must start with s3://"))?;
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket name"));
+        }
+        check_bucket(bucket).map_err(bad)?;
+        let key = key.strip_suffix('/').unwrap_or(key);
+        if !key.is_empty() {
+            check_key(key).map_err(bad)?;
+        }
+        Ok(Location {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        })
+    }
+
+    /// The key of `name` under this location's prefix (`name` itself when the prefix is empty).
+    pub fn join(&self, name: &str) -> String {
+        if self.key.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.key)
+        }
+    }
+}
+
+impl FromStr for Location {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Location> {
+        Location::parse(s)
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// S3's bucket naming rules (the common subset of AWS's and Outscale's).
+fn check_bucket(bucket: &str) -> Result<(), &'static str> {
+    if !(3..=63).contains(&bucket.len()) {
+        return Err("a bucket name has 3 to 63 characters");
+    }
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return Err("a bucket name has only lower-case letters, digits, dots and hyphens");
+    }
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !alnum(bucket.as_bytes()[0]) || !alnum(bucket.as_bytes()[bucket.len() - 1]) {
+        return Err("a bucket name starts and ends with a letter or a digit");
+    }
+    if bucket.contains("..") {
+        return Err("a bucket name has no two dots in a row");
+    }
+    Ok(())
+}
+
+/// Object keys are limited to S3's "safe characters" — letters, digits and `! - _ . * ' ( )` —
+/// in `/`-separated segments, none empty, `.` or `..`; at most 1024 bytes.
+fn check_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("an object key is not empty");
+    }
+    if key.len() > 1024 {
+        return Err("an object key has at most 1024 bytes");
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!-_.*'()/".contains(&b))
+    {
+        return Err("an object key has only letters, digits, / and ! - _ . * ' ( )");
+    }
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err("an object key has no empty, . or .. segment between slashes");
+    }
+    Ok(())
+}
+
+fn object_path(key: &str) -> Result<ObjectPath> {
+    check_key(key).map_err(|reason| Error::Key {
+        key: key.to_string(),
+        reason,
+    })?;
+    ObjectPath::parse(key).map_err(|_| Error::Key {
+        key: key.to_string(),
+        reason: "not a valid object path",
+    })
+}
+
+/// An access key, its secret and maybe a session token. `Debug` shows none of them.
+#[derive(Clone)]
+pub struct Credentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+}
+
+impl Credentials {
+    /// Credentials given directly.
+    pub fn new(access_key_id: &str, secret_access_key: &str, session_token: Option<&str>) -> Self {
+        Credentials {
+            access_key_id: access_key_id.to_string(),
+            secret_access_key: secret_access_key.to_string(),
+            session_token: session_token.map(str::to_string),
+        }
+    }
+
+    /// The strings that must never appear in a message.
+    fn secrets(&self) -> Vec<String> {
+        let mut s = vec![self.access_key_id.clone(), self.secret_access_key.clone()];
+        s.extend(self.session_token.clone());
+        s.retain(|s| s.len() >= 4);
+        s
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &"[redacted]")
+            .field("secret_access_key", &"[redacted]")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The endpoint URL (`https://oos.eu-west-2.outscale.com`, `http://127.0.0.1:9000`); `None`
+    /// for AWS S3's own endpoint of the region (virtual-hosted-style requests). With an endpoint,
+    /// requests are path-style (`ENDPOINT/BUCKET/KEY`).
+    pub endpoint: Option<String>,
+    /// The region, part of every SigV4 signature.
+    pub region: String,
+    /// The credentials.
+    pub credentials: Credentials,
+    /// Allow a plain `http://` endpoint (set for `http://` endpoints by [`Config::from_env`]).
+    pub allow_http: bool,
+    /// Send each part's and each object's SHA-256 as `x-amz-checksum-sha256`, for the server to
+    /// check and keep (on by default). Servers that do not know the header ignore it; the SigV4
+    /// payload hash is checked by every server either way.
+    pub checksums: bool,
+}
+
+impl Config {
+    /// The configuration from the process environment; see [`Config::from_vars`].
+    pub fn from_env(endpoint: Option<&str>, region: Option<&str>) -> Result<Config> {
+        Config::from_vars(|name| std::env::var(name).ok(), endpoint, region)
+    }
+
+    /// The configuration from variables looked up by `var`:
+    /// - credentials: `OSC_ACCESS_KEY` and `OSC_SECRET_KEY` or else `AWS_ACCESS_KEY_ID`,
+    ///   `AWS_SECRET_ACCESS_KEY` and maybe `AWS_SESSION_TOKEN` (empty values count as unset);
+    /// - region: `region`, else `OSC_REGION`, `AWS_REGION`, `AWS_DEFAULT_REGION`;
+    /// - endpoint: `endpoint`; without one, Outscale's OOS of the region
+    ///   (`https://oos.REGION.outscale.com`) for `OSC_` credentials, AWS S3 for `AWS_` ones.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        endpoint: Option<&str>,
+        region: Option<&str>,
+    ) -> Result<Config> {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let pair = |key: &'static str, secret: &'static str| match (var(key), var(secret)) {
+            (Some(k), Some(s)) => Ok(Some((k, s))),
+            (Some(_), None) => Err(Error::PartialCredentials {
+                set: key,
+                missing: secret,
+            }),
+            (None, Some(_)) => Err(Error::PartialCredentials {
+                set: secret,
+                missing: key,
+            }),
+            (None, None) => Ok(None),
+        };
+        let (credentials, outscale) =
+            if let Some((k, s)) = pair("OSC_ACCESS_KEY", "OSC_SECRET_KEY")? {
+                (Credentials::new(&k, &s, None), true)
+            } else if let Some((k, s)) = pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")? {
+                let token = var("AWS_SESSION_TOKEN");
+                (Credentials::new(&k, &s, token.as_deref()), false)
+            } else {
+                return Err(Error::NoCredentials);
+            };
+        let region = match region.filter(|r| !r.is_empty()) {
+            Some(r) => r.to_string(),
+            None => ["OSC_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|n| var(n))
+                .ok_or(Error::NoRegion)?,
+        };
+        if !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(Error::Setting(format!(
+                "region {region:?}: only lower-case letters, digits and hyphens"
+            )));
+        }
+        let endpoint = match endpoint.filter(|e| !e.is_empty()) {
+            Some(e) => Some(e.trim_end_matches('/').to_string()),
+            None if outscale => Some(format!("https://oos.{region}.outscale.com")),
+            None => None,
+        };
+        let allow_http = match &endpoint {
+            Some(e) if e.starts_with("http://") => true,
+            Some(e) if e.starts_with("https://") => false,
+            Some(e) => {
+                return Err(Error::Setting(format!(
+                    "endpoint {e:?}: it must start with https:// or http://"
+                )));
+            }
+            None => false,
+        };
+        Ok(Config {
+            endpoint,
+            region,
+            credentials,
+            allow_http,
+            checksums: true,
+        })
+    }
+}
+
+/// What [`Client::put_stream`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutReport {
+    /// Parts in the object (1 for a single PUT).
+    pub parts: usize,
+    /// Parts sent by this call (fewer than `parts` when resuming).
+    pub parts_sent: usize,
+    /// The object's size.
+    pub bytes: u64,
+    /// Bytes sent by this call.
+    pub bytes_sent: u64,
+    /// Whether it went up as a multipart upload.
+    pub multipart: bool,
+    /// The object's ETag, as the server gave it.
+    pub etag: Option<String>,
+}
+
+/// Removes anything secret from a text that came from the HTTP library: the credentials
+/// themselves and the values of SigV4 query parameters and XML error fields.
+#[derive(Debug)]
+struct Scrubber(Vec<String>);
+
+impl Scrubber {
+    fn scrub(&self, text: &str) -> String {
+        let mut s: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        for secret in &self.0 {
+            s = s.replace(secret.as_str(), "[redacted]");
+        }
+        for marker in [
+            "Signature=",
+            "Credential=",
+            "Security-Token=",
+            "<SignatureProvided>",
+            "<AWSAccessKeyId>",
+            "<StringToSign>",
+            "<StringToSignBytes>",
+            "<CanonicalRequest>",
+            "<CanonicalRequestBytes>",
+        ] {
+            let mut from = 0;
+            while let Some(i) = s[from..].find(marker) {
+                let start = from + i + marker.len();
+                let end = s[start..]
+                    .find(['&', '<', '"', ' ', ','])
+                    .map_or(s.len(), |j| start + j);
+                s.replace_range(start..end, "[redacted]");
+                from = start + "[redacted]".len();
+            }
+        }
+        if s.len() > 300 {
+            let mut cut = 300;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            s.push('…');
+        }
+        s
+    }
+}
+
+/// What an `object_store` error amounts to.
+enum Failure {
+    Status { status: u16, code: Option<String> },
+    Transport(String),
+    Other(String),
+}
+
+/// Classifies an `object_store` error: its HTTP status and S3 error code, found in the error
+/// chain's messages (the retry error type that holds them is not public), or the transport
+/// failure at the bottom of the chain.
+fn classify(e: &object_store::Error) -> Failure {
+    let mut messages = Vec::new();
+    let mut transport = None;
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost = String::new();
+    while let Some(err) = current {
+        let text = err.to_string();
+        if let Some(h) = err.downcast_ref::<object_store::client::HttpError>() {
+            transport.get_or_insert(h.kind());
+        }
+        innermost = text.clone();
+        messages.push(text);
+        current = err.source();
+    }
+    for m in &messages {
+        if let Some(i) = m.find("status code: ") {
+            let digits: String = m[i + 13..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(status) = digits.parse() {
+                return Failure::Status {
+                    status,
+                    code: error_code(m),
+                };
+            }
+        }
+        if m.contains("Server returned error response") {
+            return Failure::Status {
+                status: 200,
+                code: error_code(m),
+            };
+        }
+    }
+    let status = match e {
+        object_store::Error::NotFound { .. } => Some(404),
+        object_store::Error::PermissionDenied { .. } => Some(403),
+        object_store::Error::Unauthenticated { .. } => Some(401),
+        object_store::Error::Precondition { .. } => Some(412),
+        object_store::Error::AlreadyExists { .. } => Some(409),
+        _ => None,
+    };
+    if let Some(status) = status {
+        return Failure::Status { status, code: None };
+    }
+    if let Some(kind) = transport {
+        use object_store::client::HttpErrorKind as K;
+        let what = match kind {
+            K::Connect => "cannot connect",
+            K::Timeout => "timed out",
+            K::Request => "request failed",
+            K::Interrupted => "connection broken",
+            K::Decode => "bad response",
+            _ => "HTTP error",
+        };
+        return Failure::Transport(format!("{what} ({innermost})"));
+    }
+    Failure::Other(messages.into_iter().next().unwrap_or_default())
+}
+
+/// The `<Code>` of an S3 XML error body within `text`, when it looks like one.
+fn error_code(text: &str) -> Option<String> {
+    let start = text.find("<Code>")? + 6;
+    let len = text[start..].find("</Code>")?;
+    let code = &text[start..start + len];
+    (!code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| code.to_string())
+}
+
+/// A connection to one bucket. Blocking; not for use inside a tokio runtime.
+#[derive(Debug)]
+pub struct Client {
+    bucket: String,
+    store: Arc<AmazonS3>,
+    runtime: Arc<Runtime>,
+    scrubber: Arc<Scrubber>,
+    get_range: u64,
+}
+
+impl Client {
+    /// A client for `bucket` (nothing is sent yet).
+    pub fn new(config: &Config, bucket: &str) -> Result<Client> {
+        check_bucket(bucket).map_err(|reason| Error::Location {
+            input: bucket.to_string(),
+            reason,
+        })?;
+        let c = &config.credentials;
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(&config.region)
+            .with_access_key_id(&c.access_key_id)
+            .with_secret_access_key(&c.secret_access_key)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(20),
+                    base: 2.0,
+                },
+                max_retries: 8,
+                retry_timeout: RETRY_TIMEOUT,
+            })
+            .with_client_options(
+                // (allow_http is a client option: AmazonS3Builder::with_allow_http before
+                // with_client_options would be undone by it.)
+                ClientOptions::new()
+                    .with_allow_http(config.allow_http)
+                    .with_connect_timeout(Duration::from_secs(15))
+                    .with_timeout(REQUEST_TIMEOUT),
+            );
+        if let Some(token) = &c.session_token {
+            builder = builder.with_token(token);
+        }
+        builder = match &config.endpoint {
+            Some(endpoint) => builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false),
+            None => builder.with_virtual_hosted_style_request(true),
+        };
+        if config.checksums {
+            builder = builder.with_checksum_algorithm(Checksum::SHA256);
+        }
+        let scrubber = Scrubber(c.secrets());
+        let store = builder
+            .build()
+            .map_err(|e| Error::Setting(scrubber.scrub(&e.to_string())))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mkomi-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Setting(format!("cannot start the I/O runtime: {e}")))?;
+        Ok(Client {
+            bucket: bucket.to_string(),
+            store: Arc::new(store),
+            runtime: Arc::new(runtime),
+            scrubber: Arc::new(scrubber),
+            get_range: GET_RANGE,
+        })
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Sets how many bytes each ranged GET of [`Client::get_stream`] asks for (default 32 MiB;
+    /// at least 1 MiB).
+    pub fn set_get_range(&mut self, bytes: u64) {
+        self.get_range = bytes.max(1 << 20);
+    }
+
+    fn error(&self, key: &str, op: &str, e: &object_store::Error) -> Error {
+        map_error(&self.scrubber, &self.bucket, key, op, e)
+    }
+
+    /// Uploads `data` to `key` (a single PUT below [`DEFAULT_PART_SIZE`], multipart above).
+    pub fn put_bytes(&self, key: &str, data: &[u8]) -> Result<PutReport> {
+        self.put_stream(key, data, DEFAULT_PART_SIZE, DEFAULT_PARALLEL_PARTS, None)
+    }
+
+    /// Uploads everything `reader` gives to `key`.
+    ///
+    /// Less than `part_size` bytes go up in a single PUT; more as a multipart upload with parts
+    /// of `part_size` bytes ([`MIN_PART_SIZE`] to [`MAX_PART_SIZE`]), `parallel_parts` of them in
+    /// flight (memory: about `(parallel_parts + 1) × part_size`).
+    ///
+    /// Without `resume`, a failed multipart upload is aborted. With `resume`, the upload and its
+    /// finished parts are recorded in that file after each part, and the file is left in place
+    /// on an error; called again with the same file (and the same data), the upload goes on: the
+    /// recorded part size is used, each finished part is re-read and its SHA-256 compared with
+    /// the record instead of being sent again. The file is removed once the object is complete.
+    pub fn put_stream(
+        &self,
+        key: &str,
+        mut reader: impl Read,
+        part_size: usize,
+        parallel_parts: usize,
+        resume: Option<&Path>,
+    ) -> Result<PutReport> {
+        let path = object_path(key)?;
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
+            return Err(Error::Setting(format!(
+                "part size {part_size}: S3 parts have 5 MiB to 5 GiB"
+            )));
+        }
+        let parallel = parallel_parts.clamp(1, 64);
+        let state = match resume {
+            Some(file) => State::load(file, &self.bucket, key)?,
+            None => None,
+        };
+        let part_size = state.as_ref().map_or(part_size, |s| s.part_size);
+        let read_err = |source| Error::Read {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            source,
+        };
+        let first = read_part(&mut reader, part_size).map_err(read_err)?;
+
+        if state.is_none() && first.len() < part_size {
+            let bytes = first.len() as u64;
+            let result = self
+                .runtime
+                .block_on(self.store.put(&path, first.into()))
+                .map_err(|e| self.error(key, "PUT", &e))?;
+            return Ok(PutReport {
+                parts: 1,
+                parts_sent: 1,
+                bytes,
+                bytes_sent: bytes,
+                multipart: false,
+                etag: result.e_tag,
+            });
+        }
+
+        let resumed = state.is_some();
+        let mut state = match state {
+            Some(s) => s,
+            None => {
+                let upload_id = self
+                    .runtime
+                    .block_on(self.store.create_multipart(&path))
+                    .map_err(|e| self.error(key, "create multipart upload", &e))?;
+                let s = State {
+                    format: STATE_FORMAT.to_string(),
+                    bucket: self.bucket.clone(),
+                    key: key.to_string(),
+                    upload_id,
+                    part_size,
+                    parts: BTreeMap::new(),
+                };
+                if let Some(file) = resume
+                    && let Err(e) = s.save(file)
+                {
+                    self.abort(&path, &s.upload_id);
+                    return Err(e);
+                }
+                s
+            }
+        };
+
+        let mut upload = Upload {
+            client: self,
+            key,
+            path: &path,
+            state: &mut state,
+            resume,
+            resumed,
+            sent: 0,
+            bytes_sent: 0,
+        };
+        let result = upload.run(first, reader, parallel);
+        let (parts_sent, bytes_sent) = (upload.sent, upload.bytes_sent);
+        match result {
+            Ok((bytes, etag)) => {
+                if let Some(file) = resume {
+                    remove_state(file)?;
+                }
+                Ok(PutReport {
+                    parts: state.parts.len(),
+                    parts_sent,
+                    bytes,
+                    bytes_sent,
+                    multipart: true,
+                    etag,
+                })
+            }
+            Err(e) => {
+                if resume.is_none() {
+                    self.abort(&path, &state.upload_id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Aborts a multipart upload, best effort (the original error matters more).
+    fn abort(&self, path: &ObjectPath, upload_id: &str) {
+        let _ = self
+            .runtime
+            .block_on(self.store.abort_multipart(path, &upload_id.to_string()));
+    }
+
+    /// Aborts the multipart upload recorded in the resume state file `file` and removes the
+    /// file; `false` when there is no such file.
+    pub fn abort_resumable(&self, file: &Path) -> Result<bool> {
+        let text = match fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(state_error(file, format!("cannot read it: {e}"))),
+        };
+        let state: State = serde_json::from_str(&text)
+            .map_err(|e| state_error(file, format!("not a resume state file: {e}")))?;
+        let state = state.check(file, &self.bucket, None)?;
+        let path = object_path(&state.key)?;
+        match self.runtime.block_on(
+            self.store
+                .abort_multipart(&path, &state.upload_id.to_string()),
+        ) {
+            Ok(()) => {}
+            Err(e) => match classify(&e) {
+                // Already gone: nothing left to abort.
+                Failure::Status { status: 404, .. } => {}
+                _ => return Err(self.error(&state.key, "abort multipart upload", &e)),
+            },
+        }
+        remove_state(file)?;
+        Ok(true)
+    }
+
+    /// A URL that lets anyone GET `key` for `expires` (1 s to [`MAX_PRESIGN`]), signed locally
+    /// with SigV4 query parameters (nothing is sent).
+    pub fn presign_get(&self, key: &str, expires: Duration) -> Result<String> {
+        let path = object_path(key)?;
+        if expires < Duration::from_secs(1) || expires > MAX_PRESIGN {
+            return Err(Error::Setting(format!(
+                "pre-signed URL lifetime of {} s: it must be from 1 s to 7 days (604800 s)",
+                expires.as_secs()
+            )));
+        }
+        let url = self
+            .runtime
+            .block_on(self.store.signed_url(Method::GET, &path, expires))
+            .map_err(|e| self.error(key, "pre-sign GET", &e))?;
+        Ok(url.to_string())
+    }
+
+    /// The size of `key`, or `None` when there is no such object.
+    pub fn head(&self, key: &str) -> Result<Option<u64>> {
+        let path = object_path(key)?;
+        match self.runtime.block_on(self.store.head(&path)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(key, "HEAD", &e)),
+        }
+    }
+
+    /// A reader of `key`'s content, streamed in ranged GETs of 32 MiB (see
+    /// [`Client::set_get_range`]), each retried on its own, all pinned to the object's ETag so
+    /// that an object replaced meanwhile is an error, not a mix.
+    pub fn get_stream(&self, key: &str) -> Result<ObjectReader> {
+        let path = object_path(key)?;
+        let meta = match self.runtime.block_on(self.store.head(&path)) {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::NotFound {
+                    bucket: self.bucket.clone(),
+                    key: key.to_string(),
+                });
+            }
+            Err(e) => return Err(self.error(key, "HEAD", &e)),
+        };
+        Ok(ObjectReader {
+            runtime: self.runtime.clone(),
+            store: self.store.clone(),
+            scrubber: self.scrubber.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            path,
+            size: meta.size,
+            etag: meta.e_tag,
+            pos: 0,
+            range: self.get_range,
+            range_end: 0,
+            stream: None,
+            buf: Bytes::new(),
+        })
+    }
+
+    /// The objects under `prefix` (a `/`-separated "directory"; empty for the whole bucket),
+    /// as (key, size), sorted by key.
+    pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = prefix.trim_end_matches('/');
+        let path = if prefix.is_empty() {
+            None
+        } else {
+            Some(object_path(prefix)?)
+        };
+        let metas: Vec<_> = self
+            .runtime
+            .block_on(self.store.list(path.as_ref()).try_collect())
+            .map_err(|e| self.error(prefix, "list", &e))?;
+        let mut out: Vec<_> = metas
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.size))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes `key` (no error when it does not exist).
+    pub fn delete(&self, key: &str) -> Result<()> {
+        let path = object_path(key)?;
+        match self.runtime.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(key, "DELETE", &e)),
+        }
+    }
+}
+
+fn map_error(
+    scrubber: &Scrubber,
+    bucket: &str,
+    key: &str,
+    op: &str,
+    e: &object_store::Error,
+) -> Error {
+    let (bucket, key, op) = (bucket.to_string(), key.to_string(), op.to_string());
+    match classify(e) {
+        Failure::Status { status, code } => Error::Http {
+            bucket,
+            key,
+            op,
+            status,
+            code,
+        },
+        Failure::Transport(reason) => Error::Transport {
+            bucket,
+            key,
+            op,
+            reason: scrubber.scrub(&reason),
+        },
+        Failure::Other(reason) => Error::Transport {
+            bucket,
+            key,
+            op,
+            reason: scrubber.scrub(&reason),
+        },
+    }
+}
+
+/// Reads up to `size` bytes: less only at the end of the data.
+fn read_part(reader: &mut impl Read, size: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(size);
+    reader.take(size as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// One finished part, as recorded in a resume state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DonePart {
+    size: u64,
+    /// Hex SHA-256 of the part's bytes.
+    sha256: String,
+    /// What `object_store` needs to complete the upload: the part's ETag (and checksum).
+    etag: String,
+}
+
+/// A resume state file: one multipart upload and its finished parts, by part number.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    format: String,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    part_size: usize,
+    parts: BTreeMap<usize, DonePart>,
+}
+
+fn state_error(path: &Path, reason: String) -> Error {
+    Error::State {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn remove_state(file: &Path) -> Result<()> {
+    match fs::remove_file(file) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(state_error(file, format!("cannot remove it: {e}"))),
+    }
+}
+
+impl State {
+    /// The state in `file`, `None` when there is no such file; checked against the object.
+    fn load(file: &Path, bucket: &str, key: &str) -> Result<Option<State>> {
+        let text = match fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(state_error(file, format!("cannot read it: {e}"))),
+        };
+        let state: State = serde_json::from_str(&text)
+            .map_err(|e| state_error(file, format!("not a resume state file: {e}")))?;
+        state.check(file, bucket, Some(key)).map(Some)
+    }
+
+    fn check(self, file: &Path, bucket: &str, key: Option<&str>) -> Result<State> {
+        let bad = |reason: String| Err(state_error(file, reason));
+        if self.format != STATE_FORMAT {
+            return bad(format!("unknown format {:?}", self.format));
+        }
+        if self.bucket != bucket || key.is_some_and(|k| k != self.key) {
+            return bad(format!(
+                "it is the upload of s3://{}/{}, not of s3://{bucket}/{}",
+                self.bucket,
+                self.key,
+                key.unwrap_or("")
+            ));
+        }
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
+            return bad(format!("part size {} out of range", self.part_size));
+        }
+        if self.parts.keys().any(|&n| n == 0 || n > MAX_PARTS) {
+            return bad("a part number out of range".to_string());
+        }
+        Ok(self)
+    }
+
+    /// Writes the state to `file` atomically: a temporary file beside it, synced, renamed.
+    fn save(&self, file: &Path) -> Result<()> {
+        let fail = |what: &str, e: io::Error| state_error(file, format!("cannot {what}: {e}"));
+        let mut tmp = file.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut json = serde_json::to_vec_pretty(self).expect("state serializes");
+        json.push(b'\n');
+        let mut f = File::create(&tmp).map_err(|e| fail("create a temporary file", e))?;
+        f.write_all(&json)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| fail("write a temporary file", e))?;
+        fs::rename(&tmp, file).map_err(|e| fail("rename the temporary file", e))?;
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
+}
+
+/// What one part's task gives back: part index (from 0), size, hex SHA-256, result.
+type PartResult = (usize, u64, String, object_store::Result<PartId>);
+
+/// One multipart upload in progress.
+struct Upload<'a> {
+    client: &'a Client,
+    key: &'a str,
+    path: &'a ObjectPath,
+    state: &'a mut State,
+    resume: Option<&'a Path>,
+    resumed: bool,
+    sent: usize,
+    bytes_sent: u64,
+}
+
+impl Upload<'_> {
+    /// Sends the parts not yet finished and completes the upload: (object size, ETag).
+    fn run(
+        &mut self,
+        first: Vec<u8>,
+        mut reader: impl Read,
+        parallel: usize,
+    ) -> Result<(u64, Option<String>)> {
+        let mut tasks: JoinSet<PartResult> = JoinSet::new();
+        let result = self.send_parts(&mut tasks, first, &mut reader, parallel);
+        // Whatever happened, the parts already in flight are waited for and recorded, so that a
+        // resumed upload does not send them again.
+        let mut first_error = result.err();
+        while let Some(joined) = self.client.runtime.block_on(tasks.join_next()) {
+            if let Err(e) = self.finish(joined)
+                && first_error.is_none()
+            {
+                first_error = Some(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let total = self.check_complete()?;
+        let parts = self
+            .state
+            .parts
+            .values()
+            .map(|p| PartId {
+                content_id: p.etag.clone(),
+            })
+            .collect();
+        let id = self.state.upload_id.clone();
+        let result = self
+            .client
+            .runtime
+            .block_on(self.client.store.complete_multipart(self.path, &id, parts))
+            .map_err(|e| self.error("complete multipart upload", &e))?;
+        Ok((total, result.e_tag))
+    }
+
+    fn send_parts(
+        &mut self,
+        tasks: &mut JoinSet<PartResult>,
+        first: Vec<u8>,
+        reader: &mut impl Read,
+        parallel: usize,
+    ) -> Result<()> {
+        let part_size = self.state.part_size;
+        let mut next = Some(first);
+        for index in 0.. {
+            let data = match next.take() {
+                Some(d) => d,
+                None => read_part(reader, part_size).map_err(|source| Error::Read {
+                    bucket: self.client.bucket.clone(),
+                    key: self.key.to_string(),
+                    source,
+                })?,
+            };
+            if data.is_empty() && index > 0 {
+                // The data ended on a part boundary.
+                return self.check_no_more(index);
+            }
+            if index >= MAX_PARTS {
+                return Err(Error::TooManyParts {
+                    bucket: self.client.bucket.clone(),
+                    key: self.key.to_string(),
+                    part_size,
+                });
+            }
+            let last = data.len() < part_size;
+            let size = data.len() as u64;
+            let sha256 = hex::encode(Sha256::digest(&data));
+            if let Some(done) = self.state.parts.get(&(index + 1)) {
+                if done.size != size || done.sha256 != sha256 {
+                    return Err(self.changed(
+                        index + 1,
+                        format!(
+                            "{} bytes with SHA-256 {sha256}, not {} bytes with SHA-256 {}",
+                            size, done.size, done.sha256
+                        ),
+                    ));
+                }
+            } else {
+                while tasks.len() >= parallel {
+                    let joined = self
+                        .client
+                        .runtime
+                        .block_on(tasks.join_next())
+                        .expect("a task is in flight");
+                    self.finish(joined)?;
+                }
+                let store = self.client.store.clone();
+                let path = self.path.clone();
+                let id = self.state.upload_id.clone();
+                tasks.spawn_on(
+                    async move {
+                        let r = store.put_part(&path, &id, index, data.into()).await;
+                        (index, size, sha256, r)
+                    },
+                    self.client.runtime.handle(),
+                );
+            }
+            if last {
+                return self.check_no_more(index + 1);
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Resuming with data shorter than before: parts after `count` were recorded.
+    fn check_no_more(&self, count: usize) -> Result<()> {
+        match self.state.parts.keys().find(|&&n| n > count) {
+            Some(&n) => Err(self.changed(n, format!("the data now ends after {count} parts"))),
+            None => Ok(()),
+        }
+    }
+
+    /// All parts from 1 to the last are recorded: the object's size.
+    fn check_complete(&self) -> Result<u64> {
+        for (i, &n) in self.state.parts.keys().enumerate() {
+            if n != i + 1 {
+                return Err(self.changed(i + 1, "missing from the record".to_string()));
+            }
+        }
+        Ok(self.state.parts.values().map(|p| p.size).sum())
+    }
+
+    fn changed(&self, part: usize, reason: String) -> Error {
+        Error::Changed {
+            bucket: self.client.bucket.clone(),
+            key: self.key.to_string(),
+            part,
+            reason,
+            state: self.resume.map(Path::to_path_buf).unwrap_or_default(),
+        }
+    }
+
+    fn error(&self, op: &str, e: &object_store::Error) -> Error {
+        if self.resumed
+            && let Failure::Status { status, code } = classify(e)
+            && (status == 404 || code.as_deref() == Some("NoSuchUpload"))
+            && let Some(file) = self.resume
+        {
+            return Error::UploadGone {
+                bucket: self.client.bucket.clone(),
+                key: self.key.to_string(),
+                status,
+                state: file.to_path_buf(),
+            };
+        }
+        self.client.error(self.key, op, e)
+    }
+
+    /// Records a finished part (and saves the state), or turns its failure into an error.
+    fn finish(&mut self, joined: Result<PartResult, tokio::task::JoinError>) -> Result<()> {
+        let (index, size, sha256, result) = match joined {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {
+                return Err(Error::Setting("an upload task was cancelled".to_string()));
+            }
+        };
+        let part = result.map_err(|e| self.error(&format!("upload part {}", index + 1), &e))?;
+        self.state.parts.insert(
+            index + 1,
+            DonePart {
+                size,
+                sha256,
+                etag: part.content_id,
+            },
+        );
+        self.sent += 1;
+        self.bytes_sent += size;
+        if let Some(file) = self.resume {
+            self.state.save(file)?;
+        }
+        Ok(())
+    }
+}
+
+/// The content of an object, read in ranged GETs; see [`Client::get_stream`].
+pub struct ObjectReader {
+    runtime: Arc<Runtime>,
+    store: Arc<AmazonS3>,
+    scrubber: Arc<Scrubber>,
+    bucket: String,
+    key: String,
+    path: ObjectPath,
+    size: u64,
+    etag: Option<String>,
+    /// Bytes handed out so far.
+    pos: u64,
+    /// Bytes per ranged GET.
+    range: u64,
+    /// The end of the range being streamed.
+    range_end: u64,
+    stream: Option<BoxStream<'static, object_store::Result<Bytes>>>,
+    buf: Bytes,
+}
+
+impl fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("bucket", &self.bucket)
+            .field("key", &self.key)
+            .field("size", &self.size)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectReader {
+    /// The object's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn fail(&self, op: &str, e: &object_store::Error) -> io::Error {
+        io::Error::other(map_error(&self.scrubber, &self.bucket, &self.key, op, e))
+    }
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if !self.buf.is_empty() || out.is_empty() {
+                let n = out.len().min(self.buf.len());
+                out[..n].copy_from_slice(&self.buf.split_to(n));
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            if let Some(stream) = &mut self.stream {
+                match self.runtime.block_on(stream.next()) {
+                    Some(Ok(bytes)) => {
+                        if bytes.len() as u64 > self.range_end - self.pos {
+                            return Err(io::Error::other(format!(
+                                "s3://{}/{}: GET returned more than the range asked for",
+                                self.bucket, self.key
+                            )));
+                        }
+                        self.buf = bytes;
+                    }
+                    Some(Err(e)) => {
+                        self.stream = None;
+                        return Err(self.fail("GET", &e));
+                    }
+                    None => {
+                        self.stream = None;
+                        if self.pos != self.range_end {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!(
+                                    "s3://{}/{}: GET ended at byte {} of {}",
+                                    self.bucket, self.key, self.pos, self.range_end
+                                ),
+                            ));
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.pos >= self.size {
+                return Ok(0);
+            }
+            let end = self.size.min(self.pos + self.range);
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(self.pos..end)),
+                if_match: self.etag.clone(),
+                ..GetOptions::default()
+            };
+            let result = self
+                .runtime
+                .block_on(self.store.get_opts(&self.path, options))
+                .map_err(|e| self.fail("GET", &e))?;
+            self.range_end = end;
+            self.stream = Some(result.into_stream());
+        }
+    }
+}
+
+/// Tries of each GET through a URL (see [`get_url`]).
+const URL_TRIES: u32 = 6;
+
+/// Reads an object through a pre-signed (or public) `https://` URL, without credentials; see
+/// [`get_url_ranged`].
+pub fn get_url(url: &str) -> Result<UrlReader> {
+    get_url_ranged(url, GET_RANGE)
+}
+
+/// Reads an object through a URL in ranged GETs of `range` bytes (at least 1 MiB), pinned to
+/// the object's ETag; each GET, and the rest of a range whose body broke, is tried up to 6 times
+/// with exponential backoff on 5xx and 429 answers and connection failures. Errors show the URL
+/// without its query, where a pre-signed URL has its signature.
+pub fn get_url_ranged(url: &str, range: u64) -> Result<UrlReader> {
+    let shown = url.split(['?', '#']).next().unwrap_or("").to_string();
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(Error::Url {
+            url: shown,
+            reason: "not an https:// or http:// URL".to_string(),
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Setting(format!("cannot start the I/O runtime: {e}")))?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| Error::Setting(format!("cannot set up HTTP: {}", e.without_url())))?;
+    let mut reader = UrlReader {
+        runtime,
+        http,
+        url: url.to_string(),
+        shown,
+        range: range.max(1 << 20),
+        size: 0,
+        etag: None,
+        pos: 0,
+        range_end: 0,
+        body: None,
+        buf: Bytes::new(),
+    };
+    reader.first()?;
+    Ok(reader)
+}
+
+/// The content of an object read through a URL; see [`get_url_ranged`].
+pub struct UrlReader {
+    runtime: Runtime,
+    http: reqwest::Client,
+    url: String,
+    shown: String,
+    range: u64,
+    size: u64,
+    etag: Option<String>,
+    pos: u64,
+    range_end: u64,
+    body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    buf: Bytes,
+}
+
+impl fmt::Debug for UrlReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UrlReader")
+            .field("url", &self.shown)
+            .field("size", &self.size)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one GET through a URL failed: an HTTP status (and whether trying again may help), or
+/// no answer.
+enum UrlFailure {
+    Status(u16, Option<String>),
+    Transport(String),
+}
+
+fn retryable(status: u16) -> bool {
+    status >= 500 || status == 429 || status == 408
+}
+
+/// The innermost cause of a reqwest error, which is where the useful words are; never the URL.
+fn reqwest_reason(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "HTTP error"
+    };
+    let mut inner: Option<&(dyn std::error::Error + 'static)> = e.source();
+    let mut last = None;
+    while let Some(err) = inner {
+        last = Some(err.to_string());
+        inner = err.source();
+    }
+    match last {
+        Some(cause) => format!("{what} ({})", Scrubber(Vec::new()).scrub(&cause)),
+        None => what.to_string(),
+    }
+}
+
+impl UrlReader {
+    /// The object's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn error(&self, failure: UrlFailure) -> Error {
+        let reason = match failure {
+            UrlFailure::Status(status, code) => match code {
+                Some(code) => format!("HTTP {status} {code}"),
+                None => format!("HTTP {status}"),
+            },
+            UrlFailure::Transport(reason) => reason,
+        };
+        Error::Url {
+            url: self.shown.clone(),
+            reason,
+        }
+    }
+
+    /// GETs bytes `start..end` (tried up to [`URL_TRIES`] times).
+    fn fetch(&self, start: u64, end: u64) -> Result<reqwest::Response, UrlFailure> {
+        self.runtime.block_on(async {
+            let mut delay = Duration::from_millis(250);
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let mut request = self
+                    .http
+                    .get(&self.url)
+                    .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
+                if let Some(etag) = &self.etag {
+                    request = request.header(reqwest::header::IF_MATCH, etag);
+                }
+                let failure = match request.send().await {
+                    Ok(response) if response.status().is_success() => return Ok(response),
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let body = response.text().await.unwrap_or_default();
+                        let failure = UrlFailure::Status(status, error_code(&body));
+                        // 416 is the answer for an empty object: the caller handles it.
+                        if !retryable(status) || status == 416 {
+                            return Err(failure);
+                        }
+                        failure
+                    }
+                    Err(e) => UrlFailure::Transport(reqwest_reason(&e)),
+                };
+                if tries >= URL_TRIES {
+                    return Err(failure);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(20));
+            }
+        })
+    }
+
+    /// The first GET: the size, the ETag and the first range.
+    fn first(&mut self) -> Result<()> {
+        let response = match self.fetch(0, self.range) {
+            Ok(r) => r,
+            // An empty object has no byte 0.
+            Err(UrlFailure::Status(416, _)) => return Ok(()),
+            Err(f) => return Err(self.error(f)),
+        };
+        let headers = response.headers();
+        self.etag = headers
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if response.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+            // Content-Range: bytes 0-N/SIZE
+            let total = headers
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit_once('/'))
+                .and_then(|(_, size)| size.parse().ok());
+            self.size = total.ok_or_else(|| {
+                self.error(UrlFailure::Transport(
+                    "a partial answer without a usable Content-Range".to_string(),
+                ))
+            })?;
+            self.range_end = self.size.min(self.range);
+        } else {
+            // The whole object (the server ignored the range).
+            self.size = response.content_length().ok_or_else(|| {
+                self.error(UrlFailure::Transport(
+                    "an answer without Content-Length".to_string(),
+                ))
+            })?;
+            self.range_end = self.size;
+        }
+        self.body = Some(response.bytes_stream().boxed());
+        Ok(())
+    }
+}
+
+impl Read for UrlReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let mut broken = 0;
+        loop {
+            if !self.buf.is_empty() || out.is_empty() {
+                let n = out.len().min(self.buf.len());
+                out[..n].copy_from_slice(&self.buf.split_to(n));
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            if let Some(body) = &mut self.body {
+                match self.runtime.block_on(body.next()) {
+                    Some(Ok(bytes)) => {
+                        if bytes.len() as u64 > self.range_end - self.pos {
+                            return Err(io::Error::other(self.error(UrlFailure::Transport(
+                                "more bytes than asked for".to_string(),
+                            ))));
+                        }
+                        self.buf = bytes;
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        // The body broke: ask again for the rest of the range.
+                        broken += 1;
+                        self.body = None;
+                        if broken >= URL_TRIES {
+                            return Err(io::Error::other(
+                                self.error(UrlFailure::Transport(reqwest_reason(&e))),
+                            ));
+                        }
+                        self.range_end = self.pos;
+                    }
+                    None => {
+                        self.body = None;
+                        if self.pos != self.range_end {
+                            broken += 1;
+                            if broken >= URL_TRIES {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    self.error(UrlFailure::Transport(format!(
+                                        "the answer ended at byte {} of {}",
+                                        self.pos, self.range_end
+                                    ))),
+                                ));
+                            }
+                            self.range_end = self.pos;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if self.pos >= self.size {
+                return Ok(0);
+            }
+            let end = self.size.min(self.pos + self.range);
+            let response = self
+                .fetch(self.pos, end)
+                .map_err(|f| io::Error::other(self.error(f)))?;
+            if response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+                return Err(io::Error::other(self.error(UrlFailure::Transport(
+                    format!(
+                        "HTTP {} instead of 206 for a range",
+                        response.status().as_u16()
+                    ),
+                ))));
+            }
+            self.range_end = end;
+            self.body = Some(response.bytes_stream().boxed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn locations() {
+        let l = Location::parse("s3://my-bucket/images/debian/").unwrap();
+        assert_eq!(
+            (l.bucket.as_str(), l.key.as_str()),
+            ("my-bucket", "images/debian")
+        );
+        assert_eq!(l.join("disk.qcow2.gz"), "images/debian/disk.qcow2.gz");
+        assert_eq!(l.to_string(), "s3://my-bucket/images/debian");
+        let l: Location = "s3://b.1-x".parse().unwrap();
+        assert_eq!((l.bucket.as_str(), l.key.as_str()), ("b.1-x", ""));
+        assert_eq!(l.join("m.json"), "m.json");
+        for bad in [
+            "my-bucket/x",
+            "s3://",
+            "s3:///key",
+            "s3://ab/x",
+            "s3://My-Bucket/x",
+            "s3://bucket_1/x",
+            "s3://-bucket/x",
+            "s3://a..b/x",
+            "s3://bucket//x",
+            "s3://bucket/a/../b",
+            "s3://bucket/a b",
+            "s3://bucket/a%20b",
+            "s3://bucket/a\\b",
+        ] {
+            let e = Location::parse(bad).unwrap_err();
+            assert!(matches!(e, Error::Location { .. }), "{bad}: {e}");
+        }
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn config_from_vars() {
+        let c = Config::from_vars(
+            vars(&[
+                ("OSC_ACCESS_KEY", "AKOSC"),
+                ("OSC_SECRET_KEY", "very-secret"),
+                ("OSC_REGION", "eu-west-2"),
+                ("AWS_SESSION_TOKEN", "tok"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://oos.eu-west-2.outscale.com")
+        );
+        assert_eq!(c.region, "eu-west-2");
+        assert!(!c.allow_http);
+        assert!(c.credentials.session_token.is_none());
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("very-secret") && !debug.contains("AKOSC"),
+            "{debug}"
+        );
+
+        let c = Config::from_vars(
+            vars(&[
+                ("AWS_ACCESS_KEY_ID", "AKAWS"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+                ("AWS_SESSION_TOKEN", "tok"),
+                ("AWS_DEFAULT_REGION", "us-east-1"),
+                ("AWS_REGION", "eu-west-3"),
+            ]),
+            Some("http://127.0.0.1:9000/"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(c.region, "eu-west-3");
+        assert!(c.allow_http);
+        assert_eq!(c.credentials.session_token.as_deref(), Some("tok"));
+        let c = Config::from_vars(
+            vars(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "s")]),
+            None,
+            Some("us-west-1"),
+        )
+        .unwrap();
+        assert_eq!((c.endpoint, c.region.as_str()), (None, "us-west-1"));
+
+        let e = Config::from_vars(vars(&[("OSC_REGION", "eu-west-2")]), None, None).unwrap_err();
+        assert!(matches!(e, Error::NoCredentials), "{e}");
+        assert!(e.to_string().contains("OSC_ACCESS_KEY"), "{e}");
+        let e = Config::from_vars(
+            vars(&[("OSC_ACCESS_KEY", "k"), ("OSC_SECRET_KEY", "")]),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "incomplete S3 credentials: OSC_ACCESS_KEY is set but OSC_SECRET_KEY is not"
+        );
+        let e = Config::from_vars(
+            vars(&[("OSC_ACCESS_KEY", "k"), ("OSC_SECRET_KEY", "s")]),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::NoRegion), "{e}");
+        let e = Config::from_vars(
+            vars(&[("OSC_ACCESS_KEY", "k"), ("OSC_SECRET_KEY", "s")]),
+            Some("ftp://x"),
+            Some("eu-west-2"),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Setting(_)), "{e}");
+    }
+
+    #[test]
+    fn scrubbing() {
+        let s = Scrubber(vec!["AKID1234".into(), "s3cr3t-key".into()]);
+        let out = s.scrub(
+            "GET http://h/b/k?X-Amz-Credential=AKID1234%2F2024&X-Amz-Signature=abcdef01&x=1 \
+             <SignatureProvided>ffff</SignatureProvided> s3cr3t-key\n",
+        );
+        for leak in ["AKID1234", "abcdef01", "ffff", "s3cr3t-key", "\n"] {
+            assert!(!out.contains(leak), "{out}");
+        }
+        assert!(out.contains("x=1"), "{out}");
+        assert_eq!(
+            error_code("<Error><Code>SignatureDoesNotMatch</Code><Message>..."),
+            Some("SignatureDoesNotMatch".to_string())
+        );
+        assert_eq!(error_code("<Code>a b</Code>"), None);
+    }
+}

@@ -1,0 +1,477 @@
+//! `mkomi export` and `mkomi import` through a directory: packages checked with the real gzip,
+//! sha256sum and qemu-img, imported back to bundles with the same ContentDigests, and hostile
+//! manifests and objects refused with nothing written.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A qcow2 bundle of a 40 MiB root (12 MiB of data) and an 8 MiB io1 data volume.
+fn bundle(dir: &Path, format: &str) -> PathBuf {
+    let root = dir.join("web.img");
+    let data = dir.join("data.img");
+    if !root.exists() {
+        sparse_raw(
+            &root,
+            40 * MIB,
+            &[(0, 3 * MIB, 0x10), (20 * MIB, 9 * MIB, 0x20)],
+        );
+        sparse_raw(&data, 8 * MIB, &[(MIB, 64 * 1024, 0x30)]);
+    }
+    let out = dir.join(format!("omi-{format}"));
+    ok(&[
+        "register",
+        s(&root),
+        "-o",
+        s(&out),
+        "--arch",
+        "x86_64",
+        "--name",
+        "web (v2)",
+        "--format",
+        format,
+        "--bdm",
+        &format!(
+            "/dev/sdb={},size=20,type=io1,iops=600,delete-on-vm-deletion=false",
+            s(&data)
+        ),
+        "--force",
+        "-q",
+    ]);
+    out
+}
+
+fn gunzip(path: &Path) -> Vec<u8> {
+    let out = Command::new("gunzip").arg("-c").arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn directory_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), "qcow2");
+    let pkg = d.path().join("pkg");
+    ok(&["export", s(&b), "--to", s(&pkg), "-q"]);
+    assert_eq!(
+        entries(&pkg),
+        [
+            "SHA256SUMS",
+            "manifest.json",
+            "mkomi-manifest.json",
+            "sda1.qcow2.gz",
+            "sdb.qcow2.gz"
+        ]
+    );
+    sha256sum_check(&pkg);
+    for name in ["sda1", "sdb"] {
+        let gz = pkg.join(format!("{name}.qcow2.gz"));
+        tool("gzip", &["-t", s(&gz)]);
+        let original = std::fs::read(b.join(format!("{name}.qcow2"))).unwrap();
+        assert!(
+            gunzip(&gz) == original,
+            "{name}: gunzip differs from the disk file"
+        );
+    }
+    let em = json(&pkg.join("manifest.json"));
+    assert_eq!(em["Version"], 1);
+    assert_eq!(em["Image"]["Name"], "web (v2)");
+    assert_eq!(em["Image"]["Architecture"], "x86_64");
+    assert_eq!(em["Image"]["Type"], "machine");
+    assert_eq!(em["Image"]["ProductTypes"], serde_json::json!(["0001"]));
+    let snaps = em["Image"]["Snapshots"].as_array().unwrap();
+    assert_eq!(snaps[0]["Device"], "/dev/sda1");
+    // Size is the volume's: 1 GiB for the root (its disk is 40 MiB), 20 GiB for /dev/sdb.
+    assert_eq!(snaps[0]["Size"], 1u64 << 30);
+    assert_eq!(snaps[1]["Size"], 20u64 << 30);
+    assert_eq!(snaps[0]["Filename"], "sda1.qcow2.gz");
+    assert_eq!(snaps[0]["DeleteOnTermination"], true);
+    assert_eq!(snaps[1]["Iops"], 600);
+    assert_eq!(snaps[1]["VolumeType"], "io1");
+    assert_eq!(snaps[1]["PreSignedUrl"], Value::Null);
+    assert!(
+        std::fs::read(pkg.join("mkomi-manifest.json")).unwrap()
+            == std::fs::read(b.join("manifest.json")).unwrap()
+    );
+
+    // The same bundle exports to the same bytes.
+    let again = d.path().join("pkg2");
+    ok(&["export", s(&b), "--to", s(&again), "--threads", "1", "-q"]);
+    for name in entries(&pkg) {
+        assert!(
+            std::fs::read(pkg.join(&name)).unwrap() == std::fs::read(again.join(&name)).unwrap(),
+            "{name} differs"
+        );
+    }
+
+    // Import: a new bundle with the same content, checked against both manifests.
+    let back = d.path().join("back");
+    let o = ok(&["import", s(&pkg.join("manifest.json")), "-o", s(&back)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("objects checked against SHA256SUMS, disks against mkomi-manifest.json"),
+        "{err}"
+    );
+    ok(&["verify", s(&back), "-q"]);
+    let (m0, m1) = (manifest(&b), manifest(&back));
+    assert_eq!(m0["Image"], m1["Image"]);
+    for i in 0..2 {
+        assert_eq!(
+            m0["Disks"][i]["ContentDigest"],
+            m1["Disks"][i]["ContentDigest"]
+        );
+    }
+    qemu_compare(&b.join("sda1.qcow2"), &back.join("sda1.qcow2"));
+
+    // Raw objects from a qcow2 bundle: the virtual disk, holes as zeros.
+    let raw = d.path().join("pkg-raw");
+    ok(&["export", s(&b), "--to", s(&raw), "--format", "raw", "-q"]);
+    let disk = gunzip(&raw.join("sda1.raw.gz"));
+    assert!(disk == std::fs::read(d.path().join("web.img")).unwrap());
+    let back_raw = d.path().join("back-raw");
+    ok(&[
+        "import",
+        s(&raw.join("manifest.json")),
+        "-o",
+        s(&back_raw),
+        "--format",
+        "raw",
+        "-q",
+    ]);
+    assert_eq!(
+        manifest(&back_raw)["Disks"][0]["ContentDigest"],
+        m0["Disks"][0]["ContentDigest"]
+    );
+}
+
+/// Copies the package `pkg` to `name` with the export manifest edited by `edit`, without
+/// mkomi's manifest (which would refuse the edit by itself). SHA256SUMS then no longer lists
+/// the right manifest digest, which import does not check for the export manifest: it is the
+/// document being imported.
+fn edited(pkg: &Path, name: &str, edit: impl Fn(&mut Value)) -> PathBuf {
+    let dir = pkg.with_file_name(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    for e in entries(pkg) {
+        std::fs::copy(pkg.join(&e), dir.join(&e)).unwrap();
+    }
+    std::fs::remove_file(dir.join("mkomi-manifest.json")).unwrap();
+    let mut m = json(&dir.join("manifest.json"));
+    edit(&mut m);
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    dir.join("manifest.json")
+}
+
+fn refused(manifest: &Path, out: &Path, want: &str) {
+    let o = run(&["import", s(manifest), "-o", s(out), "-q"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(want), "wanted {want:?} in {err}");
+    assert!(!out.exists(), "{} was written", out.display());
+    let parent = out.parent().unwrap();
+    let leftovers: Vec<String> = entries(parent)
+        .into_iter()
+        .filter(|e| e.contains(".mkomi-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn hostile_packages_are_refused_with_nothing_written() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), "raw");
+    let pkg = d.path().join("pkg");
+    ok(&["export", s(&b), "--to", s(&pkg), "-q"]);
+    let out = d.path().join("out");
+
+    let snap = |i: usize, k: &'static str, v: Value| {
+        move |m: &mut Value| m["Image"]["Snapshots"][i][k] = v.clone()
+    };
+    refused(
+        &edited(&pkg, "e1", snap(0, "Filename", "../sda1.raw.gz".into())),
+        &out,
+        "not a plain file name",
+    );
+    refused(
+        &edited(&pkg, "e2", snap(0, "Filename", "/etc/passwd".into())),
+        &out,
+        "not a plain file name",
+    );
+    refused(
+        &edited(&pkg, "e3", snap(1, "Device", "/dev/sda1".into())),
+        &out,
+        "/dev/sda1",
+    );
+    refused(
+        &edited(
+            &pkg,
+            "e4",
+            snap(0, "PreSignedUrl", "file:///etc/passwd".into()),
+        ),
+        &out,
+        "scheme \"file\"",
+    );
+    refused(
+        &edited(&pkg, "e5", snap(0, "PreSignedUrl", "https://127.0.0.1:9/b/sda1.raw.gz?X-Amz-Date=20200101T000000Z&X-Amz-Expires=604800&X-Amz-Signature=00".into())),
+        &out,
+        "the PreSignedUrl of /dev/sda1 expired at 2020-01-08T00:00:00Z",
+    );
+    // Sizes that disagree with the data: a raw object longer than its Size.
+    refused(
+        &edited(&pkg, "e6", snap(0, "Size", (40 * MIB - 4096).into())),
+        &out,
+        "decompresses to more than 41938944 bytes",
+    );
+    // … or than mkomi's manifest says.
+    let sizes = d.path().join("e7");
+    let _ = std::fs::remove_dir_all(&sizes);
+    std::fs::create_dir(&sizes).unwrap();
+    for e in entries(&pkg) {
+        std::fs::copy(pkg.join(&e), sizes.join(&e)).unwrap();
+    }
+    let mut mm = json(&sizes.join("mkomi-manifest.json"));
+    mm["Disks"][0]["VirtualSize"] = (40 * MIB + 4096).into();
+    std::fs::write(
+        sizes.join("mkomi-manifest.json"),
+        serde_json::to_vec(&mm).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_file(sizes.join("SHA256SUMS")).unwrap();
+    refused(
+        &sizes.join("manifest.json"),
+        &out,
+        "decompresses to 41943040 bytes, but mkomi-manifest.json says the disk has 41947136",
+    );
+
+    // A gzip bomb: a small object that decompresses far beyond the declared Size.
+    let bomb_dir = edited(&pkg, "e8", snap(1, "Size", MIB.into()));
+    let zeros = d.path().join("zeros");
+    sparse_raw(&zeros, 512 * MIB, &[]);
+    let gz = Command::new("gzip")
+        .arg("-c")
+        .arg("-9")
+        .arg(&zeros)
+        .output()
+        .unwrap();
+    assert!(gz.stdout.len() < (MIB as usize), "{}", gz.stdout.len());
+    std::fs::write(bomb_dir.with_file_name("sdb.raw.gz"), &gz.stdout).unwrap();
+    std::fs::remove_file(bomb_dir.with_file_name("SHA256SUMS")).unwrap();
+    refused(&bomb_dir, &out, "decompresses to more than 1048576 bytes");
+
+    // An object that does not match SHA256SUMS.
+    let tampered = edited(&pkg, "e9", |_| {});
+    let obj = tampered.with_file_name("sdb.raw.gz");
+    let mut bytes = std::fs::read(&obj).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x55;
+    std::fs::write(&obj, &bytes).unwrap();
+    refused(&tampered, &out, "sdb.raw.gz");
+
+    // Not gzip at all.
+    let notgz = edited(&pkg, "e10", |_| {});
+    std::fs::write(notgz.with_file_name("sda1.raw.gz"), b"plain bytes").unwrap();
+    std::fs::remove_file(notgz.with_file_name("SHA256SUMS")).unwrap();
+    refused(&notgz, &out, "cannot decompress");
+
+    // A manifest that is not one, and a missing object.
+    let junk = d.path().join("junk.json");
+    std::fs::write(&junk, b"{\"Version\": 1}").unwrap();
+    refused(&junk, &out, "not an export manifest");
+    let missing = edited(&pkg, "e11", |_| {});
+    std::fs::remove_file(missing.with_file_name("sdb.raw.gz")).unwrap();
+    refused(&missing, &out, "sdb.raw.gz");
+    let o = run(&["import", "ftp://host/m.json", "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn an_outscale_manifest_alone_is_imported_with_digests_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), "qcow2");
+    let pkg = d.path().join("pkg");
+    ok(&["export", s(&b), "--to", s(&pkg), "-q"]);
+    std::fs::remove_file(pkg.join("SHA256SUMS")).unwrap();
+    std::fs::remove_file(pkg.join("mkomi-manifest.json")).unwrap();
+    let back = d.path().join("back");
+    let o = ok(&["import", s(&pkg.join("manifest.json")), "-o", s(&back)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("SHA-256s recorded on arrival"), "{err}");
+    let sha = tool("sha256sum", &[s(&pkg.join("sda1.qcow2.gz"))]);
+    assert!(
+        err.contains(sha.split_whitespace().next().unwrap()),
+        "{err}"
+    );
+    ok(&["verify", s(&back), "-q"]);
+    assert_eq!(
+        manifest(&back)["Disks"][0]["ContentDigest"],
+        manifest(&b)["Disks"][0]["ContentDigest"]
+    );
+}
+
+#[path = "common/s3_server.rs"]
+mod s3_server;
+use s3_server::{ACCESS_KEY, BUCKET, REGION, S3Server, SECRET_KEY};
+
+/// mkomi with the test server's credentials in the environment.
+fn with_s3(args: &[&str], secret: &str) -> std::process::Output {
+    let mut c = mkomi();
+    c.args(args)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("OSC_ACCESS_KEY", ACCESS_KEY)
+        .env("OSC_SECRET_KEY", secret)
+        .env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("mkomi-test-cache"),
+        );
+    run_with_timeout(c, std::time::Duration::from_secs(300))
+}
+
+fn curl(url: &str) -> Vec<u8> {
+    let out = Command::new("curl").args(["-sf", url]).output().unwrap();
+    assert!(out.status.success(), "curl {url}: {:?}", out.status);
+    out.stdout
+}
+
+#[test]
+fn bucket_round_trip_through_presigned_urls() {
+    let server = S3Server::start();
+    let d = tempfile::tempdir().unwrap();
+    // Incompressible data, so the root object takes three 5 MiB parts.
+    let root = d.path().join("noise.img");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..12 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(&root, &noise).unwrap();
+    let b = d.path().join("omi");
+    ok(&["register", s(&root), "-o", s(&b), "--arch", "x86_64", "-q"]);
+    let to = format!("s3://{BUCKET}/images/noise");
+    let args = [
+        "export",
+        s(&b),
+        "--to",
+        &to,
+        "--endpoint",
+        &server.endpoint,
+        "--region",
+        REGION,
+        "--part-size",
+        "5",
+        "--level",
+        "1",
+        "--json",
+    ];
+    let o = with_s3(&args, SECRET_KEY);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!text.contains(SECRET_KEY));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["Objects"][0]["Parts"].as_u64().unwrap() >= 3, "{r:#}");
+    let url = r["ManifestUrl"].as_str().unwrap().to_owned();
+    assert!(
+        url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=604800"),
+        "{url}"
+    );
+
+    // What CreateImage would fetch: the manifest and each object through its pre-signed URL.
+    let em: Value = serde_json::from_slice(&curl(&url)).unwrap();
+    let snap = &em["Image"]["Snapshots"][0];
+    let obj = d.path().join("sda1.qcow2.gz");
+    std::fs::write(&obj, curl(snap["PreSignedUrl"].as_str().unwrap())).unwrap();
+    assert!(gunzip(&obj) == std::fs::read(b.join("sda1.qcow2")).unwrap());
+    // A tampered signature is refused by the server.
+    let bad = url.replace("X-Amz-Signature=", "X-Amz-Signature=0");
+    let st = Command::new("curl")
+        .args(["-sf", &bad])
+        .output()
+        .unwrap()
+        .status;
+    assert!(!st.success());
+
+    // Import through the pre-signed manifest URL (no side files reachable) …
+    let back = d.path().join("back-url");
+    let o = with_s3(&["import", &url, "-o", s(&back)], SECRET_KEY);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("recorded on arrival"));
+    // … and through s3://, where SHA256SUMS and mkomi's manifest are checked.
+    let back2 = d.path().join("back-s3");
+    let m = format!("s3://{BUCKET}/images/noise/manifest.json");
+    let o = with_s3(
+        &[
+            "import",
+            &m,
+            "-o",
+            s(&back2),
+            "--endpoint",
+            &server.endpoint,
+            "--region",
+            REGION,
+        ],
+        SECRET_KEY,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("objects checked against SHA256SUMS, disks against mkomi-manifest.json"),
+        "{err}"
+    );
+    for out in [&back, &back2] {
+        ok(&["verify", s(out), "-q"]);
+        assert_eq!(
+            manifest(out)["Disks"][0]["ContentDigest"],
+            manifest(&b)["Disks"][0]["ContentDigest"]
+        );
+    }
+
+    // A wrong secret: a one-line error with the status, never the secret, and no upload left.
+    let wrong = "wrong-secret-8d3a1f";
+    let args2 = [
+        "export",
+        s(&b),
+        "--to",
+        &format!("s3://{BUCKET}/images/denied"),
+        "--endpoint",
+        &server.endpoint,
+        "--region",
+        REGION,
+    ];
+    let o = with_s3(&args2, wrong);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("403") && !err.contains(wrong), "{err}");
+    assert!(
+        server.upload_files().is_empty(),
+        "{:?}",
+        server.upload_files()
+    );
+}
