@@ -2,6 +2,7 @@
 # Side-by-side benchmark of `mkomi export` and `mkomi import` against doing the same by hand,
 # in ONE run on the same machine, reported as medians and ratios (see bench/README.md):
 #   export: mkomi export BUNDLE --to DIR   vs  qemu-img convert -O qcow2 && pigz && sha256sum
+#           (and mkomi register && mkomi export from the raw disk, the same work as by hand)
 #   import: mkomi import DIR/manifest.json  vs  gunzip && qemu-img convert -O qcow2 && sha256sum
 # The input is the realistic disk of bench/run.sh (disk.ext4: 3 GiB ext4 of /usr/share), made by
 # bench/run.sh if missing. Both sides compress at the same gzip level (LEVEL, default 6, pigz's
@@ -27,13 +28,15 @@ mkdir -p "$W"
 export SOURCE_DATE_EPOCH=1700000000
 
 log "registering $DISK"
-"$MKOMI" register "$DISK" -o "$W/bundle" --arch x86_64 --no-sync -q --audit off
-"$MKOMI" export "$W/bundle" --to "$W/pkg" --level "$LEVEL" -q
+"$MKOMI" register "$DISK" -o "$W/bundle" --arch x86_64 --no-sync -q --audit off >&2
+"$MKOMI" export "$W/bundle" --to "$W/pkg" --level "$LEVEL" -q >&2
 
 results=$W/results.json
 hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$results" \
     -n mkomi-export -p "rm -rf $(q "$W/out")" \
     "$(q "$MKOMI") export $(q "$W/bundle") --to $(q "$W/out") --level $LEVEL -q" \
+    -n mkomi-register-export -p "rm -rf $(q "$W/b2") $(q "$W/out2")" \
+    "$(q "$MKOMI") register $(q "$DISK") -o $(q "$W/b2") --arch x86_64 --no-sync -q && $(q "$MKOMI") export $(q "$W/b2") --to $(q "$W/out2") --level $LEVEL -q" \
     -n by-hand-export -p "rm -f $(q "$W/hand.qcow2") $(q "$W/hand.qcow2.gz")" \
     "qemu-img convert -O qcow2 $(q "$DISK") $(q "$W/hand.qcow2") && pigz -$LEVEL $(q "$W/hand.qcow2") && sha256sum $(q "$W/hand.qcow2.gz")" \
     -n mkomi-import -p "rm -rf $(q "$W/back")" \
@@ -47,7 +50,11 @@ r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
 med = lambda n: r[n]["median"]
 print(f"| work (gzip level {sys.argv[2]}) | mkomi (s) | by hand (s) | ratio |")
 print("|---|---|---|---|")
-for what, a, b in (("export", "mkomi-export", "by-hand-export"), ("import", "mkomi-import", "by-hand-import")):
+for what, a, b in (
+    ("export of the bundle", "mkomi-export", "by-hand-export"),
+    ("register + export of the disk", "mkomi-register-export", "by-hand-export"),
+    ("import", "mkomi-import", "by-hand-import"),
+):
     print(f"| {what} | {med(a):.2f} | {med(b):.2f} | {med(a) / med(b):.2f} |")
 EOF
 ls -l "$W/pkg" >&2

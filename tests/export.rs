@@ -474,4 +474,17 @@ fn bucket_round_trip_through_presigned_urls() {
         "{:?}",
         server.upload_files()
     );
+
+    // HTTP errors name the object and the status.
+    let missing = format!("{}/{BUCKET}/images/nothing/manifest.json", server.endpoint);
+    let x = d.path().join("x");
+    let o = with_s3(&["import", &missing, "-o", s(&x)], SECRET_KEY);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("images/nothing/manifest.json") && err.contains("HTTP 40"),
+        "{err}"
+    );
+    assert!(!x.exists());
 }
