@@ -104,9 +104,9 @@ pub struct Report {
 }
 
 /// Removes a temporary directory unless it was committed.
-struct TempDir {
-    path: PathBuf,
-    committed: bool,
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
+    pub(crate) committed: bool,
 }
 
 impl Drop for TempDir {
@@ -385,7 +385,7 @@ fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
 
 /// Moves the finished temporary directory to `output`. An existing `output` (with `--force`) is
 /// first moved aside, then removed once the new bundle is in place.
-fn commit(
+pub(crate) fn commit(
     mut tmp: TempDir,
     output: &Path,
     parent: &Path,

@@ -10,6 +10,7 @@ use super::gzip::GzWriter;
 use super::manifest::{ExportImage, ExportManifest, MAX_EXPIRY_SECS, Snapshot};
 use super::s3;
 use super::{Error, Result};
+use crate::bundle::register::{self, TempDir};
 use crate::bundle::{SUMS_FILE, sums};
 use crate::manifest::{self, DiskFormat, Manifest, VolumeType};
 use crate::source::{self, OpenOptions, Source};
@@ -131,20 +132,6 @@ impl<R: Read> Read for Guarded<'_, R> {
             ));
         }
         Ok(n)
-    }
-}
-
-/// Removes a temporary directory unless committed.
-struct TempDir {
-    path: PathBuf,
-    committed: bool,
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
     }
 }
 
@@ -327,8 +314,7 @@ fn export_dir(
     out: &Path,
     started: Instant,
 ) -> Result<Report> {
-    let (parent, out_name) =
-        crate::bundle::register::split_output(out).map_err(|e| Error::Invalid(e.to_string()))?;
+    let (parent, out_name) = register::split_output(out)?;
     if out.symlink_metadata().is_ok() && !req.force {
         return Err(Error::Exists(out.to_owned()));
     }
@@ -381,7 +367,7 @@ fn export_dir(
         sums::render(&sums_entries).as_bytes(),
     )?;
     sync_dir(&tmp.path).map_err(io(&tmp.path, "cannot sync"))?;
-    commit(tmp, out, &parent, &out_name)?;
+    register::commit(tmp, out, &parent, &out_name, true)?;
     Ok(Report {
         objects,
         manifest_url: None,
@@ -394,31 +380,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = File::create(path).map_err(io(path, "cannot create"))?;
     f.write_all(bytes).map_err(io(path, "cannot write"))?;
     f.sync_all().map_err(io(path, "cannot sync"))
-}
-
-fn commit(mut tmp: TempDir, out: &Path, parent: &Path, out_name: &str) -> Result<()> {
-    let old = parent.join(format!(".{out_name}.mkomi-{}.old", std::process::id()));
-    let replaced = out.symlink_metadata().is_ok();
-    if replaced {
-        std::fs::rename(out, &old).map_err(io(out, "cannot move aside"))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp.path, out) {
-        if replaced {
-            let _ = std::fs::rename(&old, out);
-        }
-        return Err(io(out, "cannot rename the finished package to")(e));
-    }
-    tmp.committed = true;
-    let _ = sync_dir(parent);
-    if replaced {
-        let removed = if old.is_dir() {
-            std::fs::remove_dir_all(&old)
-        } else {
-            std::fs::remove_file(&old)
-        };
-        removed.map_err(io(&old, "cannot remove the replaced package"))?;
-    }
-    Ok(())
 }
 
 /// Where the state of a resumable upload of `key` is kept: under `$XDG_CACHE_HOME/mkomi` (else
