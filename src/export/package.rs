@@ -264,6 +264,35 @@ fn export_manifest(m: &Manifest, names: &[String], urls: &[Option<String>]) -> E
     }
 }
 
+/// The files beside the disk objects, in the order they are written: the export manifest,
+/// mkomi's manifest and `SHA256SUMS` of everything.
+fn side_files(
+    m: &Manifest,
+    names: &[String],
+    urls: &[Option<String>],
+    objects: &[Object],
+    mkomi_bytes: &[u8],
+) -> Vec<(String, Vec<u8>)> {
+    let em_bytes = export_manifest(m, names, urls).to_bytes();
+    let mut sums_entries: Vec<(String, String)> = objects
+        .iter()
+        .map(|o| (o.name.clone(), o.sha256.clone()))
+        .collect();
+    let mut files = Vec::new();
+    for (name, bytes) in [
+        (EXPORT_MANIFEST, em_bytes),
+        (MKOMI_MANIFEST, mkomi_bytes.to_vec()),
+    ] {
+        sums_entries.push((name.to_owned(), hex(&Sha256::digest(&bytes))));
+        files.push((name.to_owned(), bytes));
+    }
+    files.push((
+        SUMS_FILE.to_owned(),
+        sums::render(&sums_entries).into_bytes(),
+    ));
+    files
+}
+
 /// Exports the bundle: see the module documentation.
 pub fn export(req: &Request) -> Result<Report> {
     let started = Instant::now();
@@ -348,24 +377,9 @@ fn export_dir(
             parts: None,
         });
     }
-    let em = export_manifest(m, names, &vec![None; names.len()]);
-    let em_bytes = em.to_bytes();
-    let mut sums_entries: Vec<(String, String)> = objects
-        .iter()
-        .map(|o| (o.name.clone(), o.sha256.clone()))
-        .collect();
-    for (name, bytes) in [
-        (EXPORT_MANIFEST, &em_bytes[..]),
-        (MKOMI_MANIFEST, mkomi_bytes),
-    ] {
-        let path = tmp.path.join(name);
-        write_synced(&path, bytes)?;
-        sums_entries.push((name.to_owned(), hex(&Sha256::digest(bytes))));
+    for (name, bytes) in side_files(m, names, &vec![None; names.len()], &objects, mkomi_bytes) {
+        write_synced(&tmp.path.join(&name), &bytes)?;
     }
-    write_synced(
-        &tmp.path.join(SUMS_FILE),
-        sums::render(&sums_entries).as_bytes(),
-    )?;
     sync_dir(&tmp.path).map_err(io(&tmp.path, "cannot sync"))?;
     register::commit(tmp, out, &parent, &out_name, true)?;
     Ok(Report {
@@ -471,23 +485,10 @@ fn export_s3(
             parts: Some(put.parts),
         });
     }
-    let em = export_manifest(m, names, &urls);
-    let em_bytes = em.to_bytes();
-    let mut sums_entries: Vec<(String, String)> = objects
-        .iter()
-        .map(|o| (o.name.clone(), o.sha256.clone()))
-        .collect();
-    for (name, bytes) in [
-        (EXPORT_MANIFEST, &em_bytes[..]),
-        (MKOMI_MANIFEST, mkomi_bytes),
-    ] {
-        client.put_bytes(&location.join(name), bytes)?;
-        sums_entries.push((name.to_owned(), hex(&Sha256::digest(bytes))));
+    // The manifest goes up last among the objects it names; SHA256SUMS after it.
+    for (name, bytes) in side_files(m, names, &urls, &objects, mkomi_bytes) {
+        client.put_bytes(&location.join(&name), &bytes)?;
     }
-    client.put_bytes(
-        &location.join(SUMS_FILE),
-        sums::render(&sums_entries).as_bytes(),
-    )?;
     let manifest_url = client.presign_get(&location.join(EXPORT_MANIFEST), req.expires)?;
     Ok(Report {
         objects,
