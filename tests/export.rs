@@ -488,3 +488,115 @@ fn bucket_round_trip_through_presigned_urls() {
     );
     assert!(!x.exists());
 }
+
+#[test]
+fn an_interrupted_export_resumes_without_sending_finished_parts_again() {
+    let server = S3Server::start();
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    // 64 MiB of incompressible data at the slowest level: compression paces the upload, so it
+    // can be killed after some parts and before the end.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..64 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let root = d.path().join("noise.img");
+    std::fs::write(&root, &noise).unwrap();
+    let b = d.path().join("omi");
+    ok(&[
+        "register",
+        s(&root),
+        "-o",
+        s(&b),
+        "--arch",
+        "x86_64",
+        "--format",
+        "raw",
+        "-q",
+    ]);
+    let to = format!("s3://{BUCKET}/resume");
+    let export = |extra: &[&str]| {
+        let mut c = mkomi();
+        c.args(["export", s(&b), "--to", &to, "--endpoint", &server.endpoint])
+            .args([
+                "--region",
+                REGION,
+                "--part-size",
+                "5",
+                "--level",
+                "12",
+                "--json",
+            ])
+            .args(extra)
+            .env("OSC_ACCESS_KEY", ACCESS_KEY)
+            .env("OSC_SECRET_KEY", SECRET_KEY)
+            .env("XDG_CACHE_HOME", &cache);
+        c
+    };
+    let mut child = export(&["--resume"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let uploads = cache.join("mkomi/uploads");
+    let start = std::time::Instant::now();
+    let done_parts = |v: &Value| v["parts"].as_object().map_or(0, |p| p.len());
+    loop {
+        let state = std::fs::read_dir(&uploads)
+            .ok()
+            .and_then(|mut e| e.next())
+            .and_then(|e| std::fs::read(e.ok()?.path()).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        if state.as_ref().is_some_and(|v| done_parts(v) >= 2) {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the export ended before it could be interrupted"
+        );
+        assert!(start.elapsed().as_secs() < 120, "no parts recorded");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // No manifest: the package is not there until an export completes.
+    let client_dir = server.root.join(BUCKET).join("resume");
+    assert!(!client_dir.join("manifest.json").exists());
+
+    let o = run_with_timeout(export(&["--resume"]), std::time::Duration::from_secs(300));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let obj = &r["Objects"][0];
+    let (parts, sent) = (
+        obj["Parts"].as_u64().unwrap(),
+        obj["PartsSent"].as_u64().unwrap(),
+    );
+    assert!(parts >= 8 && sent < parts - 1, "{obj:#}");
+    // The state is gone, and the object is the same as a fresh export makes.
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
+    let url = r["ManifestUrl"].as_str().unwrap();
+    let em: Value = serde_json::from_slice(&curl(url)).unwrap();
+    let gz = d.path().join("sda1.raw.gz");
+    std::fs::write(
+        &gz,
+        curl(
+            em["Image"]["Snapshots"][0]["PreSignedUrl"]
+                .as_str()
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    assert!(gunzip(&gz) == noise);
+    assert_eq!(
+        obj["Sha256"],
+        tool("sha256sum", &[s(&gz)])
+            .split_whitespace()
+            .next()
+            .unwrap()
+    );
+}

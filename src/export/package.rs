@@ -80,6 +80,8 @@ pub struct Object {
     pub sha256: String,
     /// Parts of its multipart upload (bucket targets; 1 for a single PUT).
     pub parts: Option<usize>,
+    /// Parts this run sent (fewer than `parts` when an upload was resumed).
+    pub parts_sent: Option<usize>,
 }
 
 /// What `export` did.
@@ -375,6 +377,7 @@ fn export_dir(
             compressed: hw.len,
             sha256: hex(&hw.hash.finalize()),
             parts: None,
+            parts_sent: None,
         });
     }
     for (name, bytes) in side_files(m, names, &vec![None; names.len()], &objects, mkomi_bytes) {
@@ -483,6 +486,7 @@ fn export_s3(
             compressed,
             sha256,
             parts: Some(put.parts),
+            parts_sent: Some(put.parts_sent),
         });
     }
     // The manifest goes up last among the objects it names; SHA256SUMS after it.
