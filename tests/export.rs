@@ -161,9 +161,7 @@ fn directory_round_trip() {
 }
 
 /// Copies the package `pkg` to `name` with the export manifest edited by `edit`, without
-/// mkomi's manifest (which would refuse the edit by itself). SHA256SUMS then no longer lists
-/// the right manifest digest, which import does not check for the export manifest: it is the
-/// document being imported.
+/// mkomi's manifest (which would refuse the edit by itself), and SHA256SUMS updated for it.
 fn edited(pkg: &Path, name: &str, edit: impl Fn(&mut Value)) -> PathBuf {
     let dir = pkg.with_file_name(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -174,7 +172,20 @@ fn edited(pkg: &Path, name: &str, edit: impl Fn(&mut Value)) -> PathBuf {
     std::fs::remove_file(dir.join("mkomi-manifest.json")).unwrap();
     let mut m = json(&dir.join("manifest.json"));
     edit(&mut m);
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let bytes = serde_json::to_vec(&m).unwrap();
+    std::fs::write(dir.join("manifest.json"), &bytes).unwrap();
+    // SHA256SUMS vouches for the edited manifest, so that the edit itself is what is tested.
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let new = tool("sha256sum", &[s(&dir.join("manifest.json"))]);
+    let new = new.split_whitespace().next().unwrap();
+    let sums: String = sums
+        .lines()
+        .map(|l| match l.strip_suffix("  manifest.json") {
+            Some(_) => format!("{new}  manifest.json\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
     dir.join("manifest.json")
 }
 
@@ -294,6 +305,26 @@ fn hostile_packages_are_refused_with_nothing_written() {
     std::fs::write(notgz.with_file_name("sda1.raw.gz"), b"plain bytes").unwrap();
     std::fs::remove_file(notgz.with_file_name("SHA256SUMS")).unwrap();
     refused(&notgz, &out, "cannot decompress");
+
+    // An edited manifest that SHA256SUMS does not vouch for.
+    let forged = d.path().join("e12");
+    let _ = std::fs::remove_dir_all(&forged);
+    std::fs::create_dir(&forged).unwrap();
+    for e in entries(&pkg) {
+        std::fs::copy(pkg.join(&e), forged.join(&e)).unwrap();
+    }
+    let mut m = json(&forged.join("manifest.json"));
+    m["Image"]["Name"] = "someone else's".into();
+    std::fs::write(
+        forged.join("manifest.json"),
+        serde_json::to_vec(&m).unwrap(),
+    )
+    .unwrap();
+    refused(
+        &forged.join("manifest.json"),
+        &out,
+        "differs from SHA256SUMS",
+    );
 
     // A manifest that is not one, and a missing object.
     let junk = d.path().join("junk.json");

@@ -11,7 +11,7 @@
 //! The bundle is made in a work directory and renamed into place only when every check passed.
 
 use super::manifest::{ExportManifest, ObjectFormat, Snapshot, presigned_expiry};
-use super::package::MKOMI_MANIFEST;
+use super::package::{EXPORT_MANIFEST, MKOMI_MANIFEST};
 use super::{Error, Result, s3};
 use crate::audit::image::Policy;
 use crate::bundle::checks::Checks;
@@ -335,7 +335,8 @@ fn volume_type(s: &str) -> VolumeType {
 pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
     let started = Instant::now();
     let what = req.origin.describe();
-    let em = ExportManifest::parse(&req.origin.manifest()?).map_err(|e| bad(&what, e))?;
+    let em_bytes = req.origin.manifest()?;
+    let em = ExportManifest::parse(&em_bytes).map_err(|e| bad(&what, e))?;
     for s in &em.image.snapshots {
         if let Some(expiry) = s.pre_signed_url.as_deref().and_then(presigned_expiry)
             && expiry <= req.now
@@ -356,6 +357,18 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
         }
         None => None,
     };
+    // A SHA256SUMS beside the manifest vouches for the manifest too (an export lists it).
+    if let Some(sums) = &sums {
+        let sha = hex(&Sha256::digest(&em_bytes));
+        if let Some((_, listed)) = sums.iter().find(|(n, _)| n == EXPORT_MANIFEST)
+            && *listed != sha
+        {
+            return Err(bad(
+                &what,
+                format!("SHA-256 {sha} differs from {SUMS_FILE}'s {listed}"),
+            ));
+        }
+    }
     let mkomi = match req.origin.side_file(MKOMI_MANIFEST)? {
         Some(bytes) => {
             let m = Manifest::parse(&bytes)
