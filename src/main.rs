@@ -29,7 +29,8 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
     about = "Build Outscale machine images (OMIs) offline",
     long_about = "Build Outscale machine images (OMIs) offline: stream disk images into a bundle \
 (manifest.json with Outscale's CreateImage fields, one disk file per block device mapping, \
-SHA256SUMS) and verify bundles.",
+SHA256SUMS); verify them; look inside disks (inspect) and audit them for embedded secrets; export \
+bundles as Outscale export packages to a directory or a bucket, and import them back.",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 a check failed (verify found differences, or the audit found what --deny or --audit deny= refuses), 130 interrupted."
 )]
 struct Cli {
