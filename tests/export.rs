@@ -49,6 +49,19 @@ fn bundle(dir: &Path, format: &str) -> PathBuf {
     out
 }
 
+/// `len` incompressible bytes (xorshift64).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 fn gunzip(path: &Path) -> Vec<u8> {
     let out = Command::new("gunzip").arg("-c").arg(path).output().unwrap();
     assert!(
@@ -392,15 +405,7 @@ fn bucket_round_trip_through_presigned_urls() {
     let d = tempfile::tempdir().unwrap();
     // Incompressible data, so the root object takes three 5 MiB parts.
     let root = d.path().join("noise.img");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..12 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let noise = noise(12 << 20, 0x9e37_79b9_7f4a_7c15);
     std::fs::write(&root, &noise).unwrap();
     let b = d.path().join("omi");
     ok(&["register", s(&root), "-o", s(&b), "--arch", "x86_64", "-q"]);
@@ -527,15 +532,7 @@ fn an_interrupted_export_resumes_without_sending_finished_parts_again() {
     let cache = d.path().join("cache");
     // 64 MiB of incompressible data at the slowest level: compression paces the upload, so it
     // can be killed after some parts and before the end.
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let noise: Vec<u8> = (0..64 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let noise = noise(64 << 20, 0x2545_f491_4f6c_dd1d);
     let root = d.path().join("noise.img");
     std::fs::write(&root, &noise).unwrap();
     let b = d.path().join("omi");

@@ -15,7 +15,7 @@ use super::package::{EXPORT_MANIFEST, MKOMI_MANIFEST};
 use super::{Error, Result, s3};
 use crate::audit::image::Policy;
 use crate::bundle::checks::Checks;
-use crate::bundle::register::{self, Volume};
+use crate::bundle::register::{self, TempDir, Volume};
 use crate::bundle::{SUMS_FILE, sums};
 use crate::manifest::{Architecture, DiskFormat, Manifest, VolumeType, rules};
 use crate::progress::Progress;
@@ -540,18 +540,12 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             }
         }
     }
-    if req.output.symlink_metadata().is_ok() {
-        let old = parent.join(format!(".{out_name}.mkomi-{}.old", std::process::id()));
-        std::fs::rename(&req.output, &old).map_err(io(&req.output, "cannot move aside"))?;
-        if let Err(e) = std::fs::rename(&staged, &req.output) {
-            let _ = std::fs::rename(&old, &req.output);
-            return Err(io(&req.output, "cannot rename the new bundle to")(e));
-        }
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&staged, &req.output)
-            .map_err(io(&req.output, "cannot rename the new bundle to"))?;
-    }
+    // Into place as register puts a bundle: an existing one (--force) moved aside first.
+    let staged = TempDir {
+        path: staged,
+        committed: false,
+    };
+    register::commit(staged, &req.output, &parent, &out_name, req.sync)?;
     report.output = req.output.clone();
     Ok(Report {
         bundle: report,

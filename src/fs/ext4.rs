@@ -417,17 +417,7 @@ impl Ext4 {
         let mut buf = vec![0u8; buf_len];
         let mut total = 0u64;
         loop {
-            // `read_bytes` stops at block boundaries: gather a full buffer before writing.
-            let mut filled = 0;
-            while filled < buf.len() {
-                let n = file
-                    .read_bytes(&mut buf[filled..])
-                    .map_err(|e| self.convert(path, e))?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
+            let filled = self.fill(path, file, &mut buf)?;
             if filled == 0 {
                 return Ok(total);
             }
@@ -439,6 +429,22 @@ impl Ext4 {
                 })?;
             total += filled as u64;
         }
+    }
+
+    /// Reads from `file` until `buf` is full or the file ends; returns the bytes read.
+    /// `read_bytes` stops at block boundaries, so one call seldom fills a buffer.
+    fn fill(&self, path: &str, file: &mut ext4_view::File, buf: &mut [u8]) -> Result<usize, Error> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file
+                .read_bytes(&mut buf[filled..])
+                .map_err(|e| self.convert(path, e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        Ok(filled)
     }
 
     fn require_regular(&self, path: &str, meta: &Metadata) -> Result<(), Error> {
@@ -543,17 +549,7 @@ impl super::FileSystem for Ext4 {
             return Ok(0);
         }
         file.seek_to(offset).map_err(|e| self.convert(path, e))?;
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file
-                .read_bytes(&mut buf[filled..])
-                .map_err(|e| self.convert(path, e))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        Ok(filled)
+        Ok(self.fill(path, &mut file, buf)?)
     }
 
     fn read_to_vec(&self, path: &str, max: u64) -> Result<Vec<u8>, super::Error> {
