@@ -3,7 +3,8 @@
 # in ONE run on the same machine, reported as medians and ratios (see bench/README.md):
 #   export: mkomi export BUNDLE --to DIR   vs  qemu-img convert -O qcow2 && pigz && sha256sum
 #           (and mkomi register && mkomi export from the raw disk, the same work as by hand)
-#   import: mkomi import DIR/manifest.json  vs  gunzip && qemu-img convert -O qcow2 && sha256sum
+#   import: mkomi import DIR/manifest.json  vs  gunzip && qemu-img convert -O qcow2 && sha256sum,
+#           for a qcow2 package and a raw one (the raw disk is written sparse by hand too)
 # The input is the realistic disk of bench/run.sh (disk.ext4: 3 GiB ext4 of /usr/share), made by
 # bench/run.sh if missing. Both sides compress at the same gzip level (LEVEL, default 6, pigz's
 # default) on all cores.
@@ -30,6 +31,7 @@ export SOURCE_DATE_EPOCH=1700000000
 log "registering $DISK"
 "$MKOMI" register "$DISK" -o "$W/bundle" --arch x86_64 --no-sync -q --audit off >&2
 "$MKOMI" export "$W/bundle" --to "$W/pkg" --level "$LEVEL" -q >&2
+"$MKOMI" export "$W/bundle" --to "$W/pkg-raw" --format raw --level "$LEVEL" -q >&2
 
 results=$W/results.json
 hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$results" \
@@ -42,7 +44,11 @@ hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$results" \
     -n mkomi-import -p "rm -rf $(q "$W/back")" \
     "$(q "$MKOMI") import $(q "$W/pkg/manifest.json") -o $(q "$W/back") --no-sync -q" \
     -n by-hand-import -p "rm -f $(q "$W/in.qcow2") $(q "$W/in2.qcow2")" \
-    "pigz -dc $(q "$W/pkg/sda1.qcow2.gz") > $(q "$W/in.qcow2") && qemu-img convert -O qcow2 $(q "$W/in.qcow2") $(q "$W/in2.qcow2") && sha256sum $(q "$W/in2.qcow2")" >&2
+    "pigz -dc $(q "$W/pkg/sda1.qcow2.gz") > $(q "$W/in.qcow2") && qemu-img convert -O qcow2 $(q "$W/in.qcow2") $(q "$W/in2.qcow2") && sha256sum $(q "$W/in2.qcow2")" \
+    -n mkomi-import-raw -p "rm -rf $(q "$W/back-raw")" \
+    "$(q "$MKOMI") import $(q "$W/pkg-raw/manifest.json") -o $(q "$W/back-raw") --no-sync -q" \
+    -n by-hand-import-raw -p "rm -f $(q "$W/in.raw") $(q "$W/in3.qcow2")" \
+    "pigz -dc $(q "$W/pkg-raw/sda1.raw.gz") | cp --sparse=always /dev/stdin $(q "$W/in.raw") && qemu-img convert -O qcow2 $(q "$W/in.raw") $(q "$W/in3.qcow2") && sha256sum $(q "$W/in3.qcow2")" >&2
 
 python3 - "$results" "$LEVEL" <<'EOF'
 import json, sys
@@ -53,7 +59,8 @@ print("|---|---|---|---|")
 for what, a, b in (
     ("export of the bundle", "mkomi-export", "by-hand-export"),
     ("register + export of the disk", "mkomi-register-export", "by-hand-export"),
-    ("import", "mkomi-import", "by-hand-import"),
+    ("import of the qcow2 package", "mkomi-import", "by-hand-import"),
+    ("import of the raw package", "mkomi-import-raw", "by-hand-import-raw"),
 ):
     print(f"| {what} | {med(a):.2f} | {med(b):.2f} | {med(a) / med(b):.2f} |")
 EOF

@@ -290,7 +290,11 @@ fn hostile_packages_are_refused_with_nothing_written() {
     );
 
     // A gzip bomb: a small object that decompresses far beyond the declared Size.
-    let bomb_dir = edited(&pkg, "e8", snap(1, "Size", MIB.into()));
+    // (Its Iops is lowered too, to what a 1 GiB volume allows: the fields are checked first.)
+    let bomb_dir = edited(&pkg, "e8", |m: &mut Value| {
+        m["Image"]["Snapshots"][1]["Size"] = MIB.into();
+        m["Image"]["Snapshots"][1]["Iops"] = 300.into();
+    });
     let zeros = d.path().join("zeros");
     sparse_raw(&zeros, 512 * MIB, &[]);
     let gz = Command::new("gzip")
@@ -626,5 +630,184 @@ fn an_interrupted_export_resumes_without_sending_finished_parts_again() {
             .split_whitespace()
             .next()
             .unwrap()
+    );
+}
+
+/// A minimal HTTP/1.1 file server over `dir` with `Range` support. The first GET of `gated`
+/// stops after `gate_at` bytes of its body, reports it on the returned receiver, and goes on
+/// when the returned sender is sent to.
+fn gated_http(
+    dir: PathBuf,
+    gated: &'static str,
+    gate_at: usize,
+) -> (
+    String,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex, mpsc};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (reached_tx, reached_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(Some((reached_tx, go_rx))));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let (dir, gate) = (dir.clone(), gate.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let mut range = None;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                            let (a, b) = v.trim().split_once('-').unwrap();
+                            range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().ok()));
+                        }
+                    }
+                    let name = path.split('?').next().unwrap().trim_start_matches('/');
+                    let Ok(body) = std::fs::read(dir.join(name)) else {
+                        let _ =
+                            conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                        continue;
+                    };
+                    let (a, b) = match range {
+                        Some((a, b)) => (a, b.unwrap_or(body.len() - 1).min(body.len() - 1)),
+                        None => (0, body.len() - 1),
+                    };
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+                         Content-Range: bytes {a}-{b}/{}\r\nETag: \"e\"\r\n\r\n",
+                        b + 1 - a,
+                        body.len()
+                    );
+                    let _ = conn.write_all(head.as_bytes());
+                    let part = &body[a..=b];
+                    let held = if name == gated && a == 0 {
+                        gate.lock().unwrap().take()
+                    } else {
+                        None
+                    };
+                    match held {
+                        Some((reached, go)) if part.len() > gate_at => {
+                            let _ = conn.write_all(&part[..gate_at]);
+                            let _ = conn.flush();
+                            let _ = reached.send(());
+                            let _ = go.recv();
+                            let _ = conn.write_all(&part[gate_at..]);
+                        }
+                        _ => {
+                            let _ = conn.write_all(part);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (base, reached_rx, go_tx)
+}
+
+/// Files under `dir`, recursively, with their sizes.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        match e.metadata() {
+            Ok(m) if m.is_dir() => out.extend(files_under(&p)),
+            Ok(m) => out.push((p, m.len())),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn a_raw_object_is_imported_in_one_pass_as_it_downloads() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("noise.img");
+    std::fs::write(&img, noise(48 * MIB as usize, 7)).unwrap();
+    let b = d.path().join("omi");
+    ok(&[
+        "register",
+        s(&img),
+        "-o",
+        s(&b),
+        "--arch",
+        "x86_64",
+        "--format",
+        "raw",
+        "-q",
+    ]);
+    let pkg = d.path().join("pkg");
+    ok(&["export", s(&b), "--to", s(&pkg), "-q"]);
+    // Noise does not compress: half of the first 32 MiB range is 16 MiB of disk.
+    let (base, reached, go) = gated_http(pkg.clone(), "sda1.raw.gz", 16 * MIB as usize);
+    let out_parent = d.path().join("in");
+    std::fs::create_dir(&out_parent).unwrap();
+    let back = out_parent.join("back");
+    let child = mkomi()
+        .args([
+            "import",
+            &format!("{base}/manifest.json"),
+            "-o",
+            s(&back),
+            "-q",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    reached
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the object was never requested");
+    // While the object is held half-sent, its data is already in the new bundle's disk file,
+    // and no other file holds it: no work file, no second pass.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let seen = loop {
+        let files = files_under(&out_parent);
+        let big: Vec<&(PathBuf, u64)> = files.iter().filter(|(_, l)| *l >= 4 * MIB).collect();
+        if !big.is_empty() || std::time::Instant::now() > deadline {
+            break files;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    go.send(()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let big: Vec<&(PathBuf, u64)> = seen.iter().filter(|(_, l)| *l >= MIB).collect();
+    assert_eq!(big.len(), 1, "{seen:?}");
+    let (path, len) = big[0];
+    assert!(*len >= 4 * MIB && *len < 48 * MIB, "{seen:?}");
+    assert_eq!(path.file_name().unwrap(), "sda1.qcow2", "{seen:?}");
+    assert!(
+        path.parent().unwrap().to_string_lossy().ends_with(".tmp"),
+        "{seen:?}"
+    );
+    ok(&["verify", s(&back), "-q"]);
+    // Through a bare URL neither SHA256SUMS nor mkomi's manifest is reachable: the disk is the
+    // volume's Size (1 GiB), the object's data followed by zeros.
+    let m = manifest(&back);
+    assert_eq!(m["Disks"][0]["VirtualSize"], 1u64 << 30);
+    tool(
+        "qemu-img",
+        &["compare", s(&img), s(&back.join("sda1.qcow2"))],
     );
 }

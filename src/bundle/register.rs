@@ -169,21 +169,54 @@ pub fn register_with_root(
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<Report> {
-    let started = Instant::now();
     check_fields(req)?;
+    let volumes: Vec<&Volume> = std::iter::once(&req.root).chain(&req.extra).collect();
+    let mut sources: Vec<Box<dyn Source>> = Vec::with_capacity(volumes.len());
+    for v in &volumes {
+        sources.push(match root.take() {
+            Some(src) => src,
+            None => source::open(&v.source, &req.open)?,
+        });
+    }
+    run(req, sources, Examine::Before, progress, cancel)
+}
+
+/// Like [`register`], with every volume's content given as a source that can only be read once,
+/// in order (a download being decompressed): the disks are inspected and audited once copied,
+/// from the bundle's own files, and the bundle is removed if they are refused.
+pub(crate) fn register_streamed(
+    req: &Request,
+    sources: Vec<Box<dyn Source>>,
+    progress: &Progress,
+    cancel: Option<&AtomicBool>,
+) -> Result<Report> {
+    check_fields(req)?;
+    run(req, sources, Examine::After, progress, cancel)
+}
+
+/// When the disks are inspected and audited: before anything is written (sources that can be
+/// read at random), or from the bundle's files once copied (sources read once).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Examine {
+    Before,
+    After,
+}
+
+fn run(
+    req: &Request,
+    mut sources: Vec<Box<dyn Source>>,
+    when: Examine,
+    progress: &Progress,
+    cancel: Option<&AtomicBool>,
+) -> Result<Report> {
+    let started = Instant::now();
     let (parent, out_name) = split_output(&req.output)?;
     if req.output.symlink_metadata().is_ok() && !req.force {
         return Err(Error::Exists(req.output.clone()));
     }
-
     let volumes: Vec<&Volume> = std::iter::once(&req.root).chain(&req.extra).collect();
-    let mut sources: Vec<Box<dyn Source>> = Vec::with_capacity(volumes.len());
     let mut mappings = Vec::with_capacity(volumes.len());
-    for v in &volumes {
-        let src = match root.take() {
-            Some(src) => src,
-            None => source::open(&v.source, &req.open)?,
-        };
+    for (v, src) in volumes.iter().zip(&sources) {
         let gib = match v.volume_size {
             Some(g) => g,
             None => rules::min_volume_gib(src.size()),
@@ -199,75 +232,17 @@ pub fn register_with_root(
                 delete_on_vm_deletion: v.delete_on_vm_deletion,
             },
         });
-        sources.push(src);
     }
-    // The root disk is inspected before anything is written: its fields may be refused.
-    let root_src = sources.remove(0);
-    let (decided, root_src) = checks::inspect_root(
-        root_src,
-        &req.root.device,
-        req.architecture,
-        &req.boot_modes,
-        req.checks,
-    )?;
-    sources.insert(0, root_src);
-    let audit = match req.audit {
-        Policy::Off => None,
-        policy => {
-            let mut report = audit::Report::default();
-            sources = std::mem::take(&mut sources)
-                .into_iter()
-                .zip(&volumes)
-                .map(|(src, v)| audit::audit_source(src, Some(&v.device), &mut report))
-                .collect();
-            audit::finish(&mut report);
-            if let Policy::Deny(at) = policy {
-                let denied: Vec<&audit::Located> = report.at_least(at).collect();
-                if !denied.is_empty() {
-                    let first: Vec<String> = denied
-                        .iter()
-                        .take(3)
-                        .map(|l| {
-                            format!(
-                                "{} {} {}: {}",
-                                l.finding.severity,
-                                l.device.as_deref().unwrap_or_default(),
-                                l.finding.path,
-                                l.finding.message
-                            )
-                        })
-                        .collect();
-                    let more = if denied.len() > 3 { "; …" } else { "" };
-                    return Err(Error::AuditDenied {
-                        path: req.root.source.clone(),
-                        reason: format!(
-                            "{} finding(s) at or above {at} (--audit {policy}; `mkomi audit` lists them): {}{more}",
-                            denied.len(),
-                            first.join("; ")
-                        ),
-                    });
-                }
-            }
-            Some(report.to_manifest(&policy.to_string()))
+    let image_name = image_name(req)?;
+    // Sources read at random are examined before anything is written: their fields may be
+    // refused.
+    let examined = match when {
+        Examine::Before => {
+            let (examined, back) = examine(req, &volumes, sources)?;
+            sources = back;
+            Some(examined)
         }
-    };
-    let image_name = match &req.name {
-        Some(n) => n.clone(),
-        None => {
-            let stem = req
-                .root
-                .source
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let name = rules::image_name_from(&stem);
-            rules::image_name(&name).map_err(|_| manifest::Error::Field {
-                field: "ImageName".into(),
-                value: name.clone(),
-                rule: "cannot be derived from the source's file name; give --name".into(),
-            })?;
-            name
-        }
+        Examine::After => None,
     };
 
     let tmp = TempDir {
@@ -313,6 +288,26 @@ pub fn register_with_root(
             content_digest: report.content_digest,
         });
     }
+    let examined = match examined {
+        Some(e) => e,
+        None => {
+            // The bundle's disks, named in messages as the sources they were copied from.
+            let mut written: Vec<Box<dyn Source>> = Vec::with_capacity(disks.len());
+            for (d, src) in disks.iter().zip(&sources) {
+                let file = source::open(&tmp.path.join(&d.path), &source::OpenOptions::default())?;
+                written.push(Box::new(Renamed {
+                    inner: file,
+                    path: src.path().to_owned(),
+                }));
+            }
+            examine(req, &volumes, written)?.0
+        }
+    };
+    drop(sources);
+    let Examined {
+        decided,
+        audit: audit_manifest,
+    } = examined;
 
     let manifest = Manifest {
         schema: manifest::SCHEMA_VERSION,
@@ -329,7 +324,7 @@ pub fn register_with_root(
         disks,
         inspection: Some(decided.inspection),
         launch_requirements: decided.launch_requirements,
-        audit,
+        audit: audit_manifest,
     };
     let manifest_path = tmp.path.join(manifest::FILE_NAME);
     let manifest_bytes = manifest.to_bytes();
@@ -360,6 +355,121 @@ pub fn register_with_root(
         elapsed: started.elapsed(),
         warnings: decided.warnings,
     })
+}
+
+/// What the disks' content decided: the image's fields and the audit.
+struct Examined {
+    decided: checks::Decided,
+    audit: Option<manifest::AuditSummary>,
+}
+
+/// Inspects the root disk and audits every disk; the sources are handed back.
+fn examine(
+    req: &Request,
+    volumes: &[&Volume],
+    mut sources: Vec<Box<dyn Source>>,
+) -> Result<(Examined, Vec<Box<dyn Source>>)> {
+    if sources.is_empty() {
+        return Err(Error::Invalid {
+            path: req.output.clone(),
+            reason: "no volumes".into(),
+        });
+    }
+    let root_src = sources.remove(0);
+    let (decided, root_src) = checks::inspect_root(
+        root_src,
+        &req.root.device,
+        req.architecture,
+        &req.boot_modes,
+        req.checks,
+    )?;
+    sources.insert(0, root_src);
+    let audit = match req.audit {
+        Policy::Off => None,
+        policy => {
+            let mut report = audit::Report::default();
+            sources = std::mem::take(&mut sources)
+                .into_iter()
+                .zip(volumes)
+                .map(|(src, v)| audit::audit_source(src, Some(&v.device), &mut report))
+                .collect();
+            audit::finish(&mut report);
+            if let Policy::Deny(at) = policy {
+                let denied: Vec<&audit::Located> = report.at_least(at).collect();
+                if !denied.is_empty() {
+                    let first: Vec<String> = denied
+                        .iter()
+                        .take(3)
+                        .map(|l| {
+                            format!(
+                                "{} {} {}: {}",
+                                l.finding.severity,
+                                l.device.as_deref().unwrap_or_default(),
+                                l.finding.path,
+                                l.finding.message
+                            )
+                        })
+                        .collect();
+                    let more = if denied.len() > 3 { "; …" } else { "" };
+                    return Err(Error::AuditDenied {
+                        path: req.root.source.clone(),
+                        reason: format!(
+                            "{} finding(s) at or above {at} (--audit {policy}; `mkomi audit` lists them): {}{more}",
+                            denied.len(),
+                            first.join("; ")
+                        ),
+                    });
+                }
+            }
+            Some(report.to_manifest(&policy.to_string()))
+        }
+    };
+    Ok((Examined { decided, audit }, sources))
+}
+
+/// `ImageName`: given, or derived from the root source's file name.
+fn image_name(req: &Request) -> Result<String> {
+    if let Some(n) = &req.name {
+        return Ok(n.clone());
+    }
+    let stem = req
+        .root
+        .source
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = rules::image_name_from(&stem);
+    rules::image_name(&name).map_err(|_| manifest::Error::Field {
+        field: "ImageName".into(),
+        value: name.clone(),
+        rule: "cannot be derived from the source's file name; give --name".into(),
+    })?;
+    Ok(name)
+}
+
+/// A source named as another file in messages: a bundle's disk read back, named as what it was
+/// copied from.
+struct Renamed {
+    inner: Box<dyn Source>,
+    path: PathBuf,
+}
+
+impl Source for Renamed {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<source::Extent> {
+        self.inner.extent(offset, max_len)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> source::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn format(&self) -> &'static str {
+        self.inner.format()
+    }
+    fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Prefixes a field error with the device it is about.

@@ -5,11 +5,14 @@
 //! [`ExportManifest::parse`](super::manifest::ExportManifest::parse)); expired pre-signed URLs are
 //! reported with their expiry. Each object is streamed — download, SHA-256 of the compressed
 //! bytes, gunzip, a bound on the decompressed size (a gzip bomb, or an object larger than its
-//! declared `Size`, stops there) — into a sparse work file beside the output, which `register`
-//! then reads through the copy engine into the new bundle. `SHA256SUMS` and mkomi's manifest,
-//! when the package has them, are checked: every object's digest, every disk's ContentDigest.
+//! declared `Size`, stops there). A raw object goes straight into the copy engine as it arrives
+//! (see [`incoming`]): download to bundle in one pass, the disks inspected and audited from the
+//! bundle's files afterwards. A qcow2 object, whose tables follow its data, lands in a sparse
+//! work file first. `SHA256SUMS` and mkomi's manifest, when the package has them, are checked:
+//! every object's digest, every disk's size and ContentDigest.
 //! The bundle is made in a work directory and renamed into place only when every check passed.
 
+use super::incoming::{self, Expect, RawStream};
 use super::manifest::{ExportManifest, ObjectFormat, Snapshot, presigned_expiry};
 use super::package::{EXPORT_MANIFEST, MKOMI_MANIFEST};
 use super::{Error, Result, s3};
@@ -19,20 +22,16 @@ use crate::bundle::register::{self, TempDir, Volume};
 use crate::bundle::{SUMS_FILE, sums};
 use crate::manifest::{Architecture, DiskFormat, Manifest, VolumeType, rules};
 use crate::progress::Progress;
-use crate::source::OpenOptions;
-use crate::util::{IO_CHUNK, hex, is_zero, utc_timestamp};
-use flate2::read::MultiGzDecoder;
+use crate::source::{self, OpenOptions, Source};
+use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Largest `SHA256SUMS` or mkomi manifest fetched beside an export manifest.
 const MAX_SIDE_FILE: u64 = 1 << 20;
-/// Granule of the sparse work files: zero runs of this size become holes.
-const GRANULE: usize = 4096;
 
 /// Where the manifest (and the objects it names by `Filename`) come from.
 #[derive(Debug, Clone)]
@@ -248,81 +247,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Counts and hashes the compressed bytes as they arrive, refusing more than `max`.
-struct Incoming<R: Read> {
-    inner: R,
-    hash: Sha256,
-    len: u64,
-    max: u64,
-}
-
-impl<R: Read> Read for Incoming<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.len += n as u64;
-        if self.len > self.max {
-            return Err(std::io::Error::other(format!(
-                "the compressed object passes {} bytes, more than its Size allows",
-                self.max
-            )));
-        }
-        Ok(n)
-    }
-}
-
-/// Decompresses `object` into a sparse file at `path`, refusing more than `max` bytes out;
-/// returns the decompressed length and the compressed bytes' SHA-256.
-fn receive(
-    object: Box<dyn Read + Send>,
-    name: &str,
-    path: &Path,
-    max: u64,
-    max_in: u64,
-) -> Result<(u64, String)> {
-    let mut incoming = Incoming {
-        inner: object,
-        hash: Sha256::new(),
-        len: 0,
-        max: max_in,
-    };
-    let file = File::create(path).map_err(io(path, "cannot create"))?;
-    let mut gz = MultiGzDecoder::new(&mut incoming);
-    let mut buf = vec![0u8; IO_CHUNK];
-    let mut pos = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = gz
-                .read(&mut buf[filled..])
-                .map_err(|e| bad(name, format!("cannot decompress: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            break;
-        }
-        if pos + filled as u64 > max {
-            return Err(bad(
-                name,
-                format!("decompresses to more than {max} bytes: a gzip bomb, or a wrong Size"),
-            ));
-        }
-        for (i, g) in buf[..filled].chunks(GRANULE).enumerate() {
-            if !is_zero(g) {
-                file.write_all_at(g, pos + (i * GRANULE) as u64)
-                    .map_err(io(path, "cannot write"))?;
-            }
-        }
-        pos += filled as u64;
-    }
-    file.set_len(pos).map_err(io(path, "cannot write"))?;
-    drop(gz);
-    Ok((pos, hex(&incoming.hash.finalize())))
-}
-
 fn volume_type(s: &str) -> VolumeType {
     match s {
         "gp2" => VolumeType::Gp2,
@@ -410,59 +334,91 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
 
     let mut received = Vec::new();
     let mut volumes = Vec::new();
-    for s in &em.image.snapshots {
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    for (i, s) in em.image.snapshots.iter().enumerate() {
         let format = s.format().unwrap_or(ObjectFormat::Raw);
-        let stem = s.filename.trim_end_matches(".gz");
-        let path = work.0.join(stem);
-        // A raw object is at most the volume; a qcow2 one adds its metadata (well under 1/64 of
-        // the volume at 64 KiB clusters) to the data it holds.
-        let max = match format {
-            ObjectFormat::Raw => s.size,
-            ObjectFormat::Qcow2 => s.size.saturating_add(s.size / 64).saturating_add(64 << 20),
-        };
-        // gzip never grows data by more than 5 bytes per 16 KiB stored block plus its header.
-        let max_in = max.saturating_add(max / 1024).saturating_add(1 << 20);
-        let task = progress.task(&s.filename);
-        let (len, sha) = receive(req.origin.object(s)?, &s.filename, &path, max, max_in)
-            .map_err(|e| in_object(e, &s.filename))?;
-        task.finish();
-        if format == ObjectFormat::Raw && (len == 0 || len % 512 != 0) {
-            return Err(bad(
-                &s.filename,
-                format!("decompresses to {len} bytes: not a whole number of 512-byte sectors"),
-            ));
-        }
-        if let Some(d) = mkomi
+        let disk = mkomi
             .as_ref()
-            .and_then(|m| m.disks.iter().find(|d| d.device_name == s.device))
-        {
-            let expected = match format {
-                ObjectFormat::Raw => d.virtual_size,
-                ObjectFormat::Qcow2 => len,
-            };
-            if len != expected {
-                return Err(bad(
-                    &s.filename,
-                    format!(
-                        "decompresses to {len} bytes, but {MKOMI_MANIFEST} says the disk has {expected}"
+            .and_then(|m| m.disks.iter().find(|d| d.device_name == s.device));
+        let listed = match &sums {
+            Some(sums) => match sums.iter().find(|(n, _)| *n == s.filename) {
+                Some((_, h)) => Some(h.clone()),
+                None => return Err(bad(&s.filename, format!("not listed in {SUMS_FILE}"))),
+            },
+            None => None,
+        };
+        let got = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let source: Box<dyn Source> = match format {
+            ObjectFormat::Raw => {
+                let (size, expect) = match disk {
+                    Some(d) => (
+                        d.virtual_size,
+                        Expect {
+                            exact: true,
+                            size_from: MKOMI_MANIFEST.to_owned(),
+                            sha256: listed,
+                        },
                     ),
-                ));
+                    None => (
+                        s.size,
+                        Expect {
+                            exact: false,
+                            size_from: EXPORT_MANIFEST.to_owned(),
+                            sha256: listed,
+                        },
+                    ),
+                };
+                if size == 0 {
+                    return Err(bad(&s.filename, "an empty disk"));
+                }
+                let (origin, snap) = (req.origin.clone(), s.clone());
+                Box::new(RawStream::new(
+                    &s.filename,
+                    size,
+                    expect,
+                    Box::new(move || origin.object(&snap)),
+                    got.clone(),
+                ))
             }
-        }
-        if let Some(sums) = &sums {
-            match sums.iter().find(|(n, _)| *n == s.filename) {
-                Some((_, h)) if *h == sha => {}
-                Some((_, h)) => {
+            ObjectFormat::Qcow2 => {
+                // A raw object is at most the volume; a qcow2 one adds its metadata (well under
+                // 1/64 of the volume at 64 KiB clusters) to the data it holds. Each object gets
+                // its own directory: a backing file it names finds nothing there but itself.
+                let max = s.size.saturating_add(s.size / 64).saturating_add(64 << 20);
+                let dir = work.0.join(i.to_string());
+                std::fs::create_dir(&dir).map_err(io(&dir, "cannot create"))?;
+                let path = dir.join(s.filename.trim_end_matches(".gz"));
+                let task = progress.task(&s.filename);
+                let (_, sha) = incoming::spool(req.origin.object(s)?, &s.filename, &path, max)
+                    .map_err(|e| in_object(e, &s.filename))?;
+                task.finish();
+                if let Some(h) = listed
+                    && h != sha
+                {
                     return Err(bad(
                         &s.filename,
                         format!("SHA-256 {sha} differs from {SUMS_FILE}'s {h}"),
                     ));
                 }
-                None => return Err(bad(&s.filename, format!("not listed in {SUMS_FILE}"))),
+                *got.lock().map_err(|_| bad(&s.filename, "poisoned"))? = Some(sha);
+                let src = source::open(&path, &OpenOptions::default())?;
+                let expected = disk.map_or(src.size(), |d| d.virtual_size);
+                if src.size() != expected || src.size() > s.size {
+                    return Err(bad(
+                        &s.filename,
+                        format!(
+                            "a disk of {} bytes, but the manifests say {}",
+                            src.size(),
+                            expected.min(s.size)
+                        ),
+                    ));
+                }
+                src
             }
-        }
-        received.push((s.filename.clone(), sha));
-        let mut v = Volume::new(&s.device, &path);
+        };
+        sources.push(source);
+        received.push((s.filename.clone(), got));
+        let mut v = Volume::new(&s.device, Path::new(&s.filename));
         // mkomi's manifest keeps the mapping as registered (a volume may be larger than its
         // disk); Outscale's has the volume's size in bytes.
         let registered = mkomi.as_ref().and_then(|m| {
@@ -526,7 +482,7 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
         creation_epoch: req.creation_epoch,
         sync: req.sync,
     };
-    let mut report = register::register(&request, progress, None)?;
+    let mut report = register::register_streamed(&request, sources, progress, None)?;
     if let Some(m) = &mkomi {
         for (new, old) in report.manifest.disks.iter().zip(&m.disks) {
             if new.content_digest != old.content_digest {
@@ -551,7 +507,13 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
         bundle: report,
         sums_checked: sums.is_some(),
         digests_checked: mkomi.is_some(),
-        received,
+        received: received
+            .into_iter()
+            .map(|(name, got)| {
+                let sha = got.lock().ok().and_then(|g| g.clone()).unwrap_or_default();
+                (name, sha)
+            })
+            .collect(),
         elapsed: started.elapsed(),
     })
 }

@@ -3,6 +3,7 @@
 
 pub mod gzip;
 pub mod import;
+pub mod incoming;
 pub mod manifest;
 pub mod package;
 pub mod s3;
