@@ -25,4 +25,5 @@ pub mod manifest;
 pub mod progress;
 pub mod sink;
 pub mod source;
+pub mod store;
 pub mod util;

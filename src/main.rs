@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+mod store_cmd;
+
 /// Exit code for a verification that found differences.
 const EXIT_MISMATCH: u8 = 3;
 /// Exit code after Ctrl-C, as shells report SIGINT.
@@ -30,7 +32,8 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
     long_about = "Build Outscale machine images (OMIs) offline: stream disk images into a bundle \
 (manifest.json with Outscale's CreateImage fields, one disk file per block device mapping, \
 SHA256SUMS); verify them; look inside disks (inspect) and audit them for embedded secrets; export \
-bundles as Outscale export packages to a directory or a bucket, and import them back.",
+bundles as Outscale export packages to a directory or a bucket, and import them back; keep \
+snapshots and images in a local store with Outscale's lifecycle (IDs, sharing, copies, deletion).",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 a check failed (verify found differences, or the audit found what --deny or --audit deny= refuses), 130 interrupted."
 )]
 struct Cli {
@@ -40,6 +43,10 @@ struct Cli {
     /// Print the final summary as JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// The image store (snapshot, image and store commands); default: MKOMI_STORE, else
+    /// $XDG_DATA_HOME/mkomi/store.
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -144,6 +151,16 @@ object is downloaded, hashed and gunzipped as it arrives, bounded by its declare
 registered; SHA256SUMS and mkomi-manifest.json, when beside the manifest, are checked (every
 object's SHA-256, every disk's ContentDigest). The bundle appears only when all checks pass.")]
     Import(Box<ImportArgs>),
+    /// Snapshots in the local store: create, list, show, delete.
+    #[command(subcommand)]
+    Snapshot(store_cmd::SnapshotCmd),
+    /// Images in the local store: create, list, show, update (launch permissions, tags), copy,
+    /// delete, bundle, export, import.
+    #[command(subcommand)]
+    Image(store_cmd::ImageCmd),
+    /// The local store itself: check, gc.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCmd),
     /// Print shell completions.
     #[command(after_help = "Example:\n  mkomi completions bash > /etc/bash_completion.d/mkomi")]
     Completions {
@@ -234,6 +251,13 @@ struct StorageArgs {
 struct ExportArgs {
     /// The bundle directory.
     bundle: PathBuf,
+    #[command(flatten)]
+    package: PackageArgs,
+}
+
+/// Where and how a package is written (export, image export).
+#[derive(clap::Args)]
+struct PackageArgs {
     /// A directory to create, or s3://BUCKET/PREFIX.
     #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     to: String,
@@ -454,6 +478,9 @@ fn main() -> ExitCode {
         } => run_inspect(&source, allow_backing, cli.json),
         Command::Export(args) => run_export(*args, cli.json),
         Command::Import(args) => run_import(*args, &progress, cli.json),
+        Command::Snapshot(cmd) => store_cmd::snapshot(cmd, cli.store, &progress, cli.json),
+        Command::Image(cmd) => store_cmd::image(cmd, cli.store, &progress, cli.json),
+        Command::Store(cmd) => store_cmd::maintain(cmd, cli.store, &progress, cli.json),
         Command::Audit {
             source,
             deny,
@@ -675,15 +702,22 @@ fn s3_config(storage: &StorageArgs) -> Result<s3::Config, ExitCode> {
 }
 
 fn run_export(a: ExportArgs, json: bool) -> ExitCode {
+    let req = match package_request(&a.package, a.bundle) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match package::export(&req) {
+        Ok(r) => print_export(&r, json),
+        Err(e) => fail(&e),
+    }
+}
+
+fn package_request(a: &PackageArgs, bundle: PathBuf) -> Result<package::Request, ExitCode> {
     let target = if a.to.starts_with("s3://") {
-        let location = match a.to.parse::<s3::Location>() {
-            Ok(l) => l,
-            Err(e) => return usage(&e.to_string()),
-        };
-        let config = match s3_config(&a.storage) {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
+        let location =
+            a.to.parse::<s3::Location>()
+                .map_err(|e| usage(&e.to_string()))?;
+        let config = s3_config(&a.storage)?;
         Target::S3 { location, config }
     } else {
         Target::Dir(PathBuf::from(&a.to))
@@ -691,8 +725,8 @@ fn run_export(a: ExportArgs, json: bool) -> ExitCode {
     let threads = a.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let req = package::Request {
-        bundle: a.bundle,
+    Ok(package::Request {
+        bundle,
         target,
         format: a.format,
         expires: a.expires,
@@ -701,32 +735,51 @@ fn run_export(a: ExportArgs, json: bool) -> ExitCode {
         force: a.force,
         resume: a.resume,
         part_size: (a.part_size as usize) << 20,
-    };
-    match package::export(&req) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                let secs = r.elapsed.as_secs_f64();
-                for o in &r.objects {
-                    println!(
-                        "{}  {} -> {} bytes  {}",
-                        o.name, o.bytes, o.compressed, o.sha256
-                    );
-                }
-                println!(
-                    "{}: {} object(s) in {secs:.2} s",
-                    r.location,
-                    r.objects.len()
-                );
-                if let Some(url) = &r.manifest_url {
-                    println!("FileLocation: {url}");
-                }
-            }
-            ExitCode::SUCCESS
+    })
+}
+
+fn print_export(r: &package::Report, json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+    } else {
+        let secs = r.elapsed.as_secs_f64();
+        for o in &r.objects {
+            println!(
+                "{}  {} -> {} bytes  {}",
+                o.name, o.bytes, o.compressed, o.sha256
+            );
         }
-        Err(e) => fail(&e),
+        println!(
+            "{}: {} object(s) in {secs:.2} s",
+            r.location,
+            r.objects.len()
+        );
+        if let Some(url) = &r.manifest_url {
+            println!("FileLocation: {url}");
+        }
     }
+    ExitCode::SUCCESS
+}
+
+fn import_origin(manifest: &str, storage: &StorageArgs) -> Result<import::Origin, ExitCode> {
+    Ok(if manifest.starts_with("s3://") {
+        let location = manifest
+            .parse::<s3::Location>()
+            .map_err(|e| usage(&e.to_string()))?;
+        import::Origin::S3 {
+            location,
+            config: s3_config(storage)?,
+        }
+    } else if manifest.starts_with("http://") || manifest.starts_with("https://") {
+        import::Origin::Http(manifest.to_owned())
+    } else if manifest.contains("://") {
+        return Err(usage(&format!(
+            "{}: a path, s3://BUCKET/KEY or an http(s) URL",
+            import::redact(manifest)
+        )));
+    } else {
+        import::Origin::Local(PathBuf::from(manifest))
+    })
 }
 
 fn run_import(a: ImportArgs, progress: &Progress, json: bool) -> ExitCode {
@@ -734,25 +787,9 @@ fn run_import(a: ImportArgs, progress: &Progress, json: bool) -> ExitCode {
         Ok(e) => e,
         Err(m) => return usage(&m),
     };
-    let origin = if a.manifest.starts_with("s3://") {
-        let location = match a.manifest.parse::<s3::Location>() {
-            Ok(l) => l,
-            Err(e) => return usage(&e.to_string()),
-        };
-        let config = match s3_config(&a.storage) {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
-        import::Origin::S3 { location, config }
-    } else if a.manifest.starts_with("http://") || a.manifest.starts_with("https://") {
-        import::Origin::Http(a.manifest.clone())
-    } else if a.manifest.contains("://") {
-        return usage(&format!(
-            "{}: a path, s3://BUCKET/KEY or an http(s) URL",
-            import::redact(&a.manifest)
-        ));
-    } else {
-        import::Origin::Local(PathBuf::from(&a.manifest))
+    let origin = match import_origin(&a.manifest, &a.storage) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -118,7 +118,7 @@ impl Drop for TempDir {
 }
 
 /// Checks the request's fields before anything is opened.
-fn check_fields(req: &Request) -> Result<()> {
+pub(crate) fn check_fields(req: &Request) -> Result<()> {
     if let Some(name) = &req.name {
         rules::image_name(name)?;
     }
@@ -215,24 +215,8 @@ fn run(
         return Err(Error::Exists(req.output.clone()));
     }
     let volumes: Vec<&Volume> = std::iter::once(&req.root).chain(&req.extra).collect();
-    let mut mappings = Vec::with_capacity(volumes.len());
-    for (v, src) in volumes.iter().zip(&sources) {
-        let gib = match v.volume_size {
-            Some(g) => g,
-            None => rules::min_volume_gib(src.size()),
-        };
-        rules::volume_size(gib, src.size()).map_err(|e| in_context(e, &v.device))?;
-        rules::iops(v.volume_type, v.iops, gib).map_err(|e| in_context(e, &v.device))?;
-        mappings.push(BlockDeviceMapping {
-            device_name: v.device.clone(),
-            bsu: Bsu {
-                volume_size: gib,
-                volume_type: v.volume_type,
-                iops: v.iops,
-                delete_on_vm_deletion: v.delete_on_vm_deletion,
-            },
-        });
-    }
+    let sizes: Vec<u64> = sources.iter().map(|s| s.size()).collect();
+    let mappings = mappings_for(req, &sizes)?;
     let image_name = image_name(req)?;
     // Sources read at random are examined before anything is written: their fields may be
     // refused.
@@ -326,24 +310,7 @@ fn run(
         launch_requirements: decided.launch_requirements,
         audit: audit_manifest,
     };
-    let manifest_path = tmp.path.join(manifest::FILE_NAME);
-    let manifest_bytes = manifest.to_bytes();
-    write_file(&manifest_path, &manifest_bytes, req.sync)?;
-    let manifest_sha = Sha256::digest(&manifest_bytes);
-    let mut entries: Vec<(String, String)> = manifest
-        .disks
-        .iter()
-        .map(|d| (d.path.clone(), d.sha256.clone()))
-        .collect();
-    entries.push((manifest::FILE_NAME.to_owned(), hex(&manifest_sha)));
-    write_file(
-        &tmp.path.join(SUMS_FILE),
-        sums::render(&entries).as_bytes(),
-        req.sync,
-    )?;
-    if req.sync {
-        sync_dir(&tmp.path).map_err(io_err(&tmp.path, "cannot sync"))?;
-    }
+    write_manifest(&tmp.path, &manifest, req.sync)?;
     if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
         return Err(copy::Error::Interrupted.into());
     }
@@ -357,14 +324,39 @@ fn run(
     })
 }
 
+/// The block device mappings of the request's volumes, whose disks have `sizes` bytes, checked
+/// against Outscale's rules (`VolumeSize` holds the disk, `Iops` fits the volume).
+pub(crate) fn mappings_for(req: &Request, sizes: &[u64]) -> Result<Vec<BlockDeviceMapping>> {
+    let volumes = std::iter::once(&req.root).chain(&req.extra);
+    let mut mappings = Vec::with_capacity(sizes.len());
+    for (v, &size) in volumes.zip(sizes) {
+        let gib = match v.volume_size {
+            Some(g) => g,
+            None => rules::min_volume_gib(size),
+        };
+        rules::volume_size(gib, size).map_err(|e| in_context(e, &v.device))?;
+        rules::iops(v.volume_type, v.iops, gib).map_err(|e| in_context(e, &v.device))?;
+        mappings.push(BlockDeviceMapping {
+            device_name: v.device.clone(),
+            bsu: Bsu {
+                volume_size: gib,
+                volume_type: v.volume_type,
+                iops: v.iops,
+                delete_on_vm_deletion: v.delete_on_vm_deletion,
+            },
+        });
+    }
+    Ok(mappings)
+}
+
 /// What the disks' content decided: the image's fields and the audit.
-struct Examined {
-    decided: checks::Decided,
-    audit: Option<manifest::AuditSummary>,
+pub(crate) struct Examined {
+    pub(crate) decided: checks::Decided,
+    pub(crate) audit: Option<manifest::AuditSummary>,
 }
 
 /// Inspects the root disk and audits every disk; the sources are handed back.
-fn examine(
+pub(crate) fn examine(
     req: &Request,
     volumes: &[&Volume],
     mut sources: Vec<Box<dyn Source>>,
@@ -428,7 +420,7 @@ fn examine(
 }
 
 /// `ImageName`: given, or derived from the root source's file name.
-fn image_name(req: &Request) -> Result<String> {
+pub(crate) fn image_name(req: &Request) -> Result<String> {
     if let Some(n) = &req.name {
         return Ok(n.clone());
     }
@@ -449,9 +441,9 @@ fn image_name(req: &Request) -> Result<String> {
 
 /// A source named as another file in messages: a bundle's disk read back, named as what it was
 /// copied from.
-struct Renamed {
-    inner: Box<dyn Source>,
-    path: PathBuf,
+pub(crate) struct Renamed {
+    pub(crate) inner: Box<dyn Source>,
+    pub(crate) path: PathBuf,
 }
 
 impl Source for Renamed {
@@ -482,6 +474,29 @@ fn in_context(e: manifest::Error, device: &str) -> manifest::Error {
         },
         other => other,
     }
+}
+
+/// Writes `manifest.json` and `SHA256SUMS` (of the disks and the manifest) into `dir`, and
+/// syncs the directory when asked.
+pub(crate) fn write_manifest(dir: &Path, manifest: &Manifest, sync: bool) -> Result<()> {
+    let manifest_bytes = manifest.to_bytes();
+    write_file(&dir.join(manifest::FILE_NAME), &manifest_bytes, sync)?;
+    let manifest_sha = Sha256::digest(&manifest_bytes);
+    let mut entries: Vec<(String, String)> = manifest
+        .disks
+        .iter()
+        .map(|d| (d.path.clone(), d.sha256.clone()))
+        .collect();
+    entries.push((manifest::FILE_NAME.to_owned(), hex(&manifest_sha)));
+    write_file(
+        &dir.join(SUMS_FILE),
+        sums::render(&entries).as_bytes(),
+        sync,
+    )?;
+    if sync {
+        sync_dir(dir).map_err(io_err(dir, "cannot sync"))?;
+    }
+    Ok(())
 }
 
 fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {

@@ -224,7 +224,7 @@ fn open_member(dir: &Path, d: &Disk) -> std::result::Result<(File, u64), String>
     Ok((f, meta.len()))
 }
 
-fn check_file(dir: &Path, d: &Disk) -> (u64, Vec<String>) {
+pub(crate) fn check_file(dir: &Path, d: &Disk) -> (u64, Vec<String>) {
     let (file, len) = match open_member(dir, d) {
         Ok(x) => x,
         Err(e) => return (0, vec![e]),
@@ -249,7 +249,7 @@ fn check_file(dir: &Path, d: &Disk) -> (u64, Vec<String>) {
     (len, found)
 }
 
-fn check_content(dir: &Path, d: &Disk, progress: &Progress) -> (u64, Vec<String>) {
+pub(crate) fn check_content(dir: &Path, d: &Disk, progress: &Progress) -> (u64, Vec<String>) {
     let path = dir.join(&d.path);
     let (file, _) = match open_member(dir, d) {
         Ok(x) => x,

@@ -1,0 +1,505 @@
+//! The local image store: Outscale's OMI lifecycle offline.
+//!
+//! A store is a directory:
+//!
+//! | path | what |
+//! |---|---|
+//! | `catalog.sqlite` | snapshots, images, mappings, permissions, tags (see [`schema`]) |
+//! | `blobs/` | one qcow2 file per distinct ContentDigest, never modified once committed |
+//! | `work/` | a directory per running operation, beside the lock file its process holds |
+//!
+//! Snapshot data is stored once per ContentDigest: snapshots of the same content, and the
+//! snapshots of an image's copies, share one blob. A blob is written to a work directory,
+//! fsynced, renamed into `blobs/` and referenced by a committed transaction, the rename itself
+//! inside that transaction, so that a concurrent `gc` (which takes the same write lock) never
+//! sees it unreferenced. Every write transaction is `BEGIN IMMEDIATE`, in WAL mode, with a busy
+//! timeout: any number of processes can share a store.
+//!
+//! A crash leaves at worst a work directory whose lock nobody holds, a blob file no row names,
+//! or an image still `pending`: [`maintain::check`] turns those images `failed` and removes what
+//! they left, and [`maintain::gc`] removes unreferenced blobs.
+
+pub mod image;
+pub mod maintain;
+pub mod schema;
+pub mod snapshot;
+
+use crate::util::{hex, sync_dir};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The catalog's file name.
+pub const CATALOG: &str = "catalog.sqlite";
+/// Where blobs live.
+pub const BLOBS: &str = "blobs";
+/// Where operations work.
+pub const WORK: &str = "work";
+/// How long a process waits for another's write transaction before giving up. Writers hold the
+/// lock for milliseconds (data is copied outside transactions), so this is only reached when
+/// something is wrong.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An error of the store; each message is one line naming the store file, snapshot or image.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file of the store could not be made, read or removed.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// The catalog is unreadable, damaged, or refused a change.
+    #[error("{}: {reason}", path.display())]
+    Catalog {
+        /// The catalog file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A blob does not hold what the catalog says.
+    #[error("{}: {reason}", path.display())]
+    Damaged {
+        /// The blob.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No snapshot or image has this ID.
+    #[error("{0}: no such {1} in the store")]
+    NotFound(String, &'static str),
+    /// The operation would break the store's rules (a snapshot in use, …).
+    #[error("{id}: {reason}")]
+    Refused {
+        /// The snapshot or image.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A request that cannot be carried out.
+    #[error("{0}")]
+    Invalid(String),
+    /// Registering (inspection, audit, Outscale's rules) refused the image.
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::Error),
+    /// A disk could not be read or stored.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::Error),
+    /// A source could not be opened.
+    #[error(transparent)]
+    Source(#[from] crate::source::Error),
+    /// Exporting or importing failed.
+    #[error(transparent)]
+    Export(#[from] crate::export::Error),
+    /// A field breaks Outscale's rules.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::Error),
+}
+
+impl Error {
+    /// Whether the request broke a rule of the store (not a failure of the store).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Error::Refused { .. })
+    }
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.to_owned();
+    move |source| Error::Io { path, what, source }
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+    catalog: PathBuf,
+    conn: Connection,
+    /// fsync blobs and directories (off only for benchmarks and tests that measure without it).
+    sync: bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+/// The default store: `$MKOMI_STORE`, else `$XDG_DATA_HOME/mkomi/store`, else
+/// `~/.local/share/mkomi/store`.
+pub fn default_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("MKOMI_STORE").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+    Some(data.join("mkomi").join("store"))
+}
+
+impl Store {
+    /// Opens the store at `root`, creating it (and migrating its catalog) as needed.
+    pub fn open(root: &Path) -> Result<Store> {
+        for dir in [root.to_owned(), root.join(BLOBS), root.join(WORK)] {
+            std::fs::create_dir_all(&dir).map_err(io(&dir, "cannot create"))?;
+        }
+        let catalog = root.join(CATALOG);
+        let fail = |e: rusqlite::Error| Error::Catalog {
+            path: catalog.clone(),
+            reason: describe(&e),
+        };
+        let conn = Connection::open(&catalog).map_err(fail)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+        // WAL lets readers go on while one process writes; FULL makes each commit durable.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(fail)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Catalog {
+                path: catalog.clone(),
+                reason: format!("cannot use write-ahead logging (journal mode {mode})"),
+            });
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(fail)?;
+        let mut store = Store {
+            root: root.to_owned(),
+            catalog: catalog.clone(),
+            conn,
+            sync: true,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Skips fsync (for measurements; a crash may then lose committed data).
+    pub fn set_sync(&mut self, sync: bool) {
+        self.sync = sync;
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The catalog file.
+    pub fn catalog(&self) -> &Path {
+        &self.catalog
+    }
+
+    /// Brings the catalog to the latest schema.
+    fn migrate(&mut self) -> Result<()> {
+        let catalog = self.catalog.clone();
+        self.write(|tx| {
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let known = schema::MIGRATIONS.len() as i64;
+            if version > known {
+                return Err(Error::Catalog {
+                    path: catalog.clone(),
+                    reason: format!(
+                        "schema version {version}: made by a newer mkomi (this one knows {known})"
+                    ),
+                });
+            }
+            if version < 0 {
+                return Err(Error::Catalog {
+                    path: catalog.clone(),
+                    reason: format!("schema version {version}: not a mkomi catalog"),
+                });
+            }
+            if version == 0 {
+                // A catalog of another program must not be taken over.
+                let tables: i64 = tx.query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if tables > 0 {
+                    return Err(Error::Catalog {
+                        path: catalog.clone(),
+                        reason: "not a mkomi catalog (it has tables but no schema version)".into(),
+                    });
+                }
+            }
+            for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+                tx.execute_batch(sql)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`: the write lock is taken first, so two
+    /// writers never deadlock) and commits it.
+    pub(crate) fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let catalog = self.catalog.clone();
+        let fail = |e: rusqlite::Error| Error::Catalog {
+            path: catalog.clone(),
+            reason: describe(&e),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        // Errors raised with `?` inside `f` name the catalog by its bare file name.
+        let out = f(&tx).map_err(|e| match e {
+            Error::Catalog { path, reason } if path == Path::new(CATALOG) => Error::Catalog {
+                path: catalog.clone(),
+                reason,
+            },
+            e => e,
+        })?;
+        tx.commit().map_err(fail)?;
+        Ok(out)
+    }
+
+    /// The connection, for reads.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Maps a catalog error to one naming the catalog.
+    pub(crate) fn db(&self) -> impl Fn(rusqlite::Error) -> Error + use<> {
+        let path = self.catalog.clone();
+        move |e| Error::Catalog {
+            path: path.clone(),
+            reason: describe(&e),
+        }
+    }
+
+    /// The path of a blob file.
+    pub(crate) fn blob_path(&self, file: &str) -> PathBuf {
+        self.root.join(BLOBS).join(file)
+    }
+
+    /// Starts an operation: a work directory, locked for as long as the returned value lives.
+    pub(crate) fn work(&self) -> Result<Work> {
+        let dir = self.root.join(WORK);
+        loop {
+            let token = format!("{}-{}", std::process::id(), hex(&random_bytes::<6>()?));
+            let lock_path = dir.join(format!("{token}.lock"));
+            let lock = match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock_path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io(&lock_path, "cannot create")(e)),
+            };
+            lock.lock().map_err(io(&lock_path, "cannot lock"))?;
+            let path = dir.join(&token);
+            std::fs::create_dir(&path).map_err(io(&path, "cannot create"))?;
+            return Ok(Work {
+                token,
+                path,
+                lock_path,
+                _lock: lock,
+            });
+        }
+    }
+
+    /// Looks a snapshot up: its blob.
+    pub(crate) fn snapshot_blob(&self, id: &str) -> Result<Blob> {
+        self.conn
+            .query_row(
+                "SELECT b.digest, b.file, b.virtual_size, b.file_size, b.allocated_bytes, b.sha256
+                 FROM snapshots s JOIN blobs b ON b.digest = s.digest WHERE s.id = ?1",
+                [id],
+                Blob::from_row,
+            )
+            .optional()
+            .map_err(self.db())?
+            .ok_or_else(|| Error::NotFound(id.to_owned(), "snapshot"))
+    }
+}
+
+/// A blob as the catalog records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    /// `ContentDigest`.
+    pub digest: String,
+    /// File name under `blobs/`.
+    pub file: String,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// File size in bytes.
+    pub file_size: u64,
+    /// Bytes stored as data.
+    pub allocated_bytes: u64,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+}
+
+impl Blob {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Blob> {
+        Ok(Blob {
+            digest: r.get(0)?,
+            file: r.get(1)?,
+            virtual_size: r.get(2)?,
+            file_size: r.get(3)?,
+            allocated_bytes: r.get(4)?,
+            sha256: r.get(5)?,
+        })
+    }
+
+    /// The blob file's name for a ContentDigest.
+    pub fn file_name(digest: &str) -> String {
+        format!("{}.qcow2", digest.replace(':', "-"))
+    }
+}
+
+/// A running operation's work directory; removed, and its lock released, when dropped.
+pub(crate) struct Work {
+    pub(crate) token: String,
+    pub(crate) path: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// A blob written to a work directory, not yet in the catalog.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    pub(crate) path: PathBuf,
+    pub(crate) blob: Blob,
+}
+
+/// Puts a staged blob in place inside the write transaction `tx`: renamed into `blobs/` and
+/// recorded, unless the store already has that content (the staged file is then dropped).
+pub(crate) fn commit_blob(
+    tx: &rusqlite::Transaction<'_>,
+    root: &Path,
+    staged: &Staged,
+    sync: bool,
+) -> Result<()> {
+    let known: Option<String> = tx
+        .query_row(
+            "SELECT file FROM blobs WHERE digest = ?1",
+            [&staged.blob.digest],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if known.is_some() {
+        return Ok(());
+    }
+    let dest = root.join(BLOBS).join(&staged.blob.file);
+    std::fs::rename(&staged.path, &dest).map_err(io(&dest, "cannot move a blob to"))?;
+    if sync {
+        let blobs = root.join(BLOBS);
+        sync_dir(&blobs).map_err(io(&blobs, "cannot sync"))?;
+    }
+    let b = &staged.blob;
+    tx.execute(
+        "INSERT INTO blobs (digest, file, virtual_size, file_size, allocated_bytes, sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            b.digest,
+            b.file,
+            b.virtual_size,
+            b.file_size,
+            b.allocated_bytes,
+            b.sha256
+        ],
+    )?;
+    Ok(())
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Catalog {
+            path: PathBuf::from(CATALOG),
+            reason: describe(&e),
+        }
+    }
+}
+
+/// A catalog error in one line, a constraint named by what it protects.
+fn describe(e: &rusqlite::Error) -> String {
+    let text = e.to_string().replace('\n', " ");
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => format!("not a catalog, or damaged: {text}"),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => format!("damaged: {text}"),
+        Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            format!("refused by the catalog's rules: {text}")
+        }
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            format!("busy for more than {} s: {text}", BUSY_TIMEOUT.as_secs())
+        }
+        _ => text,
+    }
+}
+
+/// `N` random bytes from the system.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    let path = Path::new("/dev/urandom");
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(io(path, "cannot read"))?;
+    Ok(b)
+}
+
+/// A new ID of Outscale's shape (`snap-1a2b3c4d`), not yet in `table`.
+pub(crate) fn new_id(tx: &rusqlite::Transaction<'_>, prefix: &str, table: &str) -> Result<String> {
+    loop {
+        let id = format!("{prefix}-{}", hex(&random_bytes::<4>()?));
+        let taken: bool = tx.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE id = ?1)"),
+            [&id],
+            |r| r.get(0),
+        )?;
+        if !taken {
+            return Ok(id);
+        }
+    }
+}
+
+/// Now, as the catalog records dates: `SOURCE_DATE_EPOCH` when set, else the clock.
+pub(crate) fn now() -> String {
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        });
+    crate::util::utc_timestamp(epoch)
+}
+
+/// Whether `id` has the shape of a snapshot ID.
+pub fn is_snapshot_id(id: &str) -> bool {
+    id.len() == 13
+        && id.starts_with("snap-")
+        && id[5..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Whether `id` has the shape of an image ID.
+pub fn is_image_id(id: &str) -> bool {
+    id.len() == 12
+        && id.starts_with("ami-")
+        && id[4..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}

@@ -1,0 +1,497 @@
+//! The store's commands: `snapshot`, `image` and `store`, Outscale's verbs offline.
+
+use crate::{
+    CANCEL, EXIT_MISMATCH, PackageArgs, StorageArgs, fail, import_origin, package_request,
+    parse_bdm, parse_bool, print_export, usage,
+};
+use clap::Subcommand;
+use mkomi::audit::image::Policy;
+use mkomi::bundle::checks::Checks;
+use mkomi::export::import;
+use mkomi::manifest::{Architecture, BootMode, VolumeType, rules};
+use mkomi::progress::Progress;
+use mkomi::source::OpenOptions;
+use mkomi::store::image::{self, Content, Filter, VolumeSpec};
+use mkomi::store::{self, Store, maintain, snapshot};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum SnapshotCmd {
+    /// Store a disk image's content as a new snapshot; prints its ID.
+    #[command(after_help = "Example:
+  mkomi snapshot create disk.qcow2 --description 'web root, 2026-11'
+
+The content is stored once per ContentDigest: a snapshot of content the store already has costs
+no space, and a second snapshot of an unchanged file reads nothing.")]
+    Create {
+        /// A raw or qcow2 disk image.
+        source: PathBuf,
+        /// Description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Also follow backing files inside DIR.
+        #[arg(long, value_name = "DIR")]
+        allow_backing: Option<PathBuf>,
+    },
+    /// List the snapshots.
+    List,
+    /// Show a snapshot (JSON).
+    Show {
+        /// snap-…
+        id: String,
+    },
+    /// Delete a snapshot; refused while an image uses it.
+    Delete {
+        /// snap-…
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Register an image from snapshots, from disk images (snapshotted first), or from a bundle;
+    /// prints its ID.
+    #[command(after_help = "Examples:
+  mkomi image create --root snap-1a2b3c4d --name web --arch x86_64
+  mkomi image create --root root.qcow2 --bdm /dev/sdb=data.raw,size=100,type=gp2
+  mkomi image create --from-bundle debian-omi
+
+The disks are inspected and audited as `register` does (--arch and --boot-mode default to what
+the root disk holds). The image is `pending` while it is made and `available` once committed.")]
+    Create(Box<CreateArgs>),
+    /// List the images.
+    List {
+        /// name=…,arch=…,state=…,tag:KEY=VALUE (repeatable; `*` matches any characters).
+        #[arg(long)]
+        filter: Vec<String>,
+    },
+    /// Show an image (JSON, Outscale's Image fields).
+    Show {
+        /// ami-…
+        id: String,
+    },
+    /// Change launch permissions, description and tags, as UpdateImage does.
+    Update(UpdateArgs),
+    /// Copy an image: a new ID with its own snapshots, independent of the source.
+    Copy {
+        /// ami-…
+        id: String,
+        /// The copy's ImageName; default: the source's.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Deregister and delete an image; its snapshots stay unless --with-snapshots.
+    Delete {
+        /// ami-…
+        id: String,
+        /// Also delete its snapshots that no other image uses.
+        #[arg(long)]
+        with_snapshots: bool,
+    },
+    /// Write an image out as a bundle (then `verify` and `export` apply).
+    Bundle {
+        /// ami-…
+        id: String,
+        /// The bundle directory to create.
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        /// Replace DIR if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Export an image as an Outscale export package (see `mkomi export`).
+    Export {
+        /// ami-…
+        id: String,
+        #[command(flatten)]
+        package: PackageArgs,
+    },
+    /// Import an export package into the store (see `mkomi import`); prints the image's ID.
+    Import {
+        /// The export manifest: a path, s3://BUCKET/KEY or an http(s) URL.
+        manifest: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreCmd {
+    /// Check the catalog and re-verify every blob; turn images left pending by a crash into
+    /// failed and remove what crashed operations left. Exit code 3 when damage is found.
+    Check,
+    /// Remove blobs no snapshot uses and what crashed operations left.
+    Gc,
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// The root volume: snap-… or a disk image.
+    #[arg(
+        long,
+        value_name = "snap-…|PATH",
+        required_unless_present = "from_bundle"
+    )]
+    root: Option<String>,
+    /// A bundle made by register, build or import.
+    #[arg(long, value_name = "DIR", conflicts_with = "root")]
+    from_bundle: Option<PathBuf>,
+    /// An extra volume: DEVICE=snap-…|PATH[,size=GiB][,type=TYPE][,iops=N][,delete-on-vm-deletion=BOOL].
+    #[arg(long, value_name = "MAPPING", value_parser = parse_bdm)]
+    bdm: Vec<mkomi::bundle::register::Volume>,
+    /// Architecture; default: detected.
+    #[arg(long, value_enum)]
+    arch: Option<Architecture>,
+    /// Register even when --arch contradicts the binaries found on the disk.
+    #[arg(long)]
+    no_arch_check: bool,
+    /// Register even when a --boot-mode is not one the disk supports.
+    #[arg(long)]
+    no_boot_check: bool,
+    /// The security audit: off, report, or deny=SEVERITY.
+    #[arg(long, value_name = "POLICY", default_value = "report")]
+    audit: Policy,
+    /// ImageName; default: from the root's file name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Description.
+    #[arg(long)]
+    description: Option<String>,
+    /// A boot mode; repeat for both. Default: the ones found on the disk.
+    #[arg(long = "boot-mode", value_enum)]
+    boot_modes: Vec<BootMode>,
+    /// The root device name.
+    #[arg(long, default_value = rules::ROOT_DEVICE)]
+    root_device: String,
+    /// Root VolumeSize in GiB.
+    #[arg(long, value_name = "GiB")]
+    volume_size: Option<u64>,
+    /// Root VolumeType.
+    #[arg(long, value_enum, default_value = "standard")]
+    volume_type: VolumeType,
+    /// Root Iops (io1 only).
+    #[arg(long)]
+    iops: Option<u32>,
+    /// Root DeleteOnVmDeletion.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    delete_on_vm_deletion: bool,
+    /// Also follow backing files inside DIR.
+    #[arg(long, value_name = "DIR")]
+    allow_backing: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct UpdateArgs {
+    /// ami-…
+    id: String,
+    /// An account that may launch the image (12 digits); repeatable.
+    #[arg(long, value_name = "ACCOUNT", value_parser = image::account_id)]
+    add_account: Vec<String>,
+    /// An account that may no longer launch it; repeatable.
+    #[arg(long, value_name = "ACCOUNT", value_parser = image::account_id)]
+    remove_account: Vec<String>,
+    /// Whether everyone may launch it.
+    #[arg(long, value_name = "BOOL", value_parser = parse_bool)]
+    global: Option<bool>,
+    /// Description.
+    #[arg(long)]
+    description: Option<String>,
+    /// A tag KEY=VALUE; repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = crate::parse_var)]
+    tag: Vec<(String, String)>,
+}
+
+fn open(dir: Option<PathBuf>) -> Result<Store, ExitCode> {
+    let dir = match dir.or_else(store::default_dir) {
+        Some(d) => d,
+        None => return Err(usage("no store: give --store DIR or set MKOMI_STORE")),
+    };
+    Store::open(&dir).map_err(|e| fail(&e))
+}
+
+fn print_json<T: Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn done<T: Serialize>(
+    r: store::Result<T>,
+    json: bool,
+    line: impl FnOnce(&T) -> String,
+) -> ExitCode {
+    match r {
+        Ok(v) if json => {
+            print_json(&v);
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            println!("{}", line(&v));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn snapshot(
+    cmd: SnapshotCmd,
+    dir: Option<PathBuf>,
+    progress: &Progress,
+    json: bool,
+) -> ExitCode {
+    let mut store = match open(dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match cmd {
+        SnapshotCmd::Create {
+            source,
+            description,
+            allow_backing,
+        } => {
+            let req = snapshot::CreateRequest {
+                source,
+                description,
+                open: OpenOptions { allow_backing },
+            };
+            done(
+                snapshot::create(&mut store, &req, progress, Some(&CANCEL)),
+                json,
+                |s| s.snapshot_id.clone(),
+            )
+        }
+        SnapshotCmd::List => done(snapshot::list(&store), json, |l| {
+            l.iter()
+                .map(|s| {
+                    format!(
+                        "{}  {:>5} GiB  {}  {}",
+                        s.snapshot_id,
+                        s.volume_size,
+                        if s.images.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            s.images.join(",")
+                        },
+                        s.description.as_deref().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        SnapshotCmd::Show { id } => done(snapshot::show(&store, &id), true, |_| String::new()),
+        SnapshotCmd::Delete { id } => done(snapshot::delete(&mut store, &id), json, |_| {
+            format!("{id} deleted")
+        }),
+    }
+}
+
+fn spec(v: &mkomi::bundle::register::Volume) -> VolumeSpec {
+    VolumeSpec {
+        device: v.device.clone(),
+        content: Content::parse(&v.source.to_string_lossy()),
+        volume_size: v.volume_size,
+        volume_type: v.volume_type,
+        iops: v.iops,
+        delete_on_vm_deletion: v.delete_on_vm_deletion,
+    }
+}
+
+pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: bool) -> ExitCode {
+    let mut store = match open(dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match cmd {
+        ImageCmd::Create(a) => {
+            let r = match (&a.from_bundle, &a.root) {
+                (Some(b), _) => image::create_from_bundle(&mut store, b, progress),
+                (None, Some(root)) => {
+                    let req = image::CreateRequest {
+                        name: a.name.clone(),
+                        description: a.description.clone(),
+                        architecture: a.arch,
+                        boot_modes: a.boot_modes.clone(),
+                        checks: Checks {
+                            arch: !a.no_arch_check,
+                            boot: !a.no_boot_check,
+                        },
+                        audit: a.audit,
+                        root: VolumeSpec {
+                            device: a.root_device.clone(),
+                            content: Content::parse(root),
+                            volume_size: a.volume_size,
+                            volume_type: a.volume_type,
+                            iops: a.iops,
+                            delete_on_vm_deletion: a.delete_on_vm_deletion,
+                        },
+                        extra: a.bdm.iter().map(spec).collect(),
+                        open: OpenOptions {
+                            allow_backing: a.allow_backing.clone(),
+                        },
+                    };
+                    image::create(&mut store, &req, progress, Some(&CANCEL))
+                }
+                (None, None) => return usage("--root or --from-bundle is required"),
+            };
+            if let Err(e) = &r
+                && let store::Error::Bundle(b) = e
+                && b.is_audit_denied()
+            {
+                let _ = fail(e);
+                return ExitCode::from(EXIT_MISMATCH);
+            }
+            done(r, json, |i| i.image_id.clone())
+        }
+        ImageCmd::List { filter } => {
+            let mut f = Filter::default();
+            for term in &filter {
+                if let Err(m) = f.add(term) {
+                    return usage(&m);
+                }
+            }
+            done(image::list(&store, &f), json, |l| {
+                l.iter()
+                    .map(|i| {
+                        format!(
+                            "{}  {:<9}  {:<6}  {}",
+                            i.image_id,
+                            i.state,
+                            i.architecture
+                                .map(|a| match a {
+                                    Architecture::I386 => "i386",
+                                    Architecture::X86_64 => "x86_64",
+                                })
+                                .unwrap_or("-"),
+                            i.image_name
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        ImageCmd::Show { id } => done(image::show(&store, &id), true, |_| String::new()),
+        ImageCmd::Update(a) => {
+            let u = image::Update {
+                add_accounts: a.add_account,
+                remove_accounts: a.remove_account,
+                global: a.global,
+                description: a.description,
+                tags: a.tag,
+            };
+            done(image::update(&mut store, &a.id, &u), json, |i| {
+                i.image_id.clone()
+            })
+        }
+        ImageCmd::Copy { id, name } => {
+            done(image::copy(&mut store, &id, name.as_deref()), json, |i| {
+                i.image_id.clone()
+            })
+        }
+        ImageCmd::Delete { id, with_snapshots } => {
+            done(image::delete(&mut store, &id, with_snapshots), json, |d| {
+                let mut line = format!("{} deleted", d.image_id);
+                if !d.snapshots_deleted.is_empty() {
+                    line += &format!("; snapshots deleted: {}", d.snapshots_deleted.join(", "));
+                }
+                if !d.snapshots_kept.is_empty() {
+                    line += &format!("; snapshots kept: {}", d.snapshots_kept.join(", "));
+                }
+                line
+            })
+        }
+        ImageCmd::Bundle { id, output, force } => {
+            done(image::bundle(&store, &id, &output, force), json, |_| {
+                output.display().to_string()
+            })
+        }
+        ImageCmd::Export { id, package } => {
+            let req = match package_request(&package, PathBuf::new()) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            match image::export(&store, &id, &req) {
+                Ok(r) => print_export(&r, json),
+                Err(e) => fail(&e),
+            }
+        }
+        ImageCmd::Import { manifest, storage } => {
+            let origin = match import_origin(&manifest, &storage) {
+                Ok(o) => o,
+                Err(code) => return code,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let req = import::Request {
+                origin,
+                output: PathBuf::new(),
+                force: false,
+                format: mkomi::manifest::DiskFormat::Qcow2,
+                creation_epoch: now,
+                now,
+                sync: true,
+            };
+            done(
+                image::import(&mut store, &req, progress).map(|(i, _)| i),
+                json,
+                |i| i.image_id.clone(),
+            )
+        }
+    }
+}
+
+pub fn maintain(cmd: StoreCmd, dir: Option<PathBuf>, progress: &Progress, json: bool) -> ExitCode {
+    let mut store = match open(dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match cmd {
+        StoreCmd::Check => match maintain::check(&mut store, progress) {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else {
+                    for f in &r.fixed {
+                        println!("fixed: {f}");
+                    }
+                    for p in &r.problems {
+                        println!("damage: {p}");
+                    }
+                    println!(
+                        "{}: {} image(s), {} snapshot(s), {} blob(s) verified ({} bytes read): {}",
+                        store.root().display(),
+                        r.images,
+                        r.snapshots,
+                        r.blobs,
+                        r.bytes,
+                        if r.problems.is_empty() {
+                            "no damage".to_owned()
+                        } else {
+                            format!("{} problem(s)", r.problems.len())
+                        }
+                    );
+                }
+                if r.problems.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_MISMATCH)
+                }
+            }
+            Err(e) => fail(&e),
+        },
+        StoreCmd::Gc => done(maintain::gc(&mut store), json, |r| {
+            let mut lines: Vec<String> = r
+                .blobs_removed
+                .iter()
+                .map(|b| format!("removed: {b}"))
+                .chain(r.work_removed.iter().map(|w| format!("removed: {w}")))
+                .collect();
+            lines.push(format!(
+                "{} blob(s) removed, {} bytes freed",
+                r.blobs_removed.len(),
+                r.bytes_freed
+            ));
+            lines.join("\n")
+        }),
+    }
+}
