@@ -349,27 +349,41 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                     return usage(&m);
                 }
             }
-            done(image::list(&store, &f), json, |l| {
-                l.iter()
-                    .map(|i| {
-                        format!(
-                            "{}  {:<9}  {:<6}  {}",
-                            i.image_id,
-                            i.state,
-                            i.architecture
-                                .map(|a| match a {
-                                    Architecture::I386 => "i386",
-                                    Architecture::X86_64 => "x86_64",
-                                })
-                                .unwrap_or("-"),
-                            i.image_name
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
+            #[derive(Serialize)]
+            #[serde(rename_all = "PascalCase")]
+            struct Images {
+                images: Vec<image::ImageInfo>,
+            }
+            done(
+                image::list(&store, &f).map(|images| Images { images }),
+                json,
+                |l| {
+                    let l = &l.images;
+                    l.iter()
+                        .map(|i| {
+                            format!(
+                                "{}  {:<9}  {:<6}  {}",
+                                i.image_id,
+                                i.state,
+                                i.architecture
+                                    .map(|a| match a {
+                                        Architecture::I386 => "i386",
+                                        Architecture::X86_64 => "x86_64",
+                                    })
+                                    .unwrap_or("-"),
+                                i.image_name
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+            )
         }
-        ImageCmd::Show { id } => done(image::show(&store, &id), true, |_| String::new()),
+        ImageCmd::Show { id } => done(
+            image::show(&store, &id).map(image::Shown::from),
+            true,
+            |_| String::new(),
+        ),
         ImageCmd::Update(a) => {
             let u = image::Update {
                 add_accounts: a.add_account,

@@ -190,12 +190,49 @@ pub struct ImageInfo {
     pub tags: Vec<Tag>,
     /// `CreationDate`.
     pub creation_date: String,
+    /// `RootDeviceType`: always `bsu`.
+    pub root_device_type: &'static str,
+    /// `ImageType`: always `machine`.
+    pub image_type: &'static str,
+    /// The image this one is a copy of (mkomi's; shown by [`Shown`]).
+    #[serde(skip)]
+    pub copied_from: Option<String>,
+    /// Evidence and audit (mkomi's; shown by [`Shown`]).
+    #[serde(skip)]
+    pub extra: Extra,
+}
+
+/// An image as `image show` prints it: Outscale's `Image` object (which validates against its
+/// schema) beside what mkomi keeps of it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Shown {
+    /// Outscale's fields.
+    pub image: ImageInfo,
+    /// mkomi's.
+    pub mkomi: Mkomi,
+}
+
+/// What mkomi keeps of an image beyond Outscale's fields.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Mkomi {
     /// The image this one is a copy of.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copied_from: Option<String>,
     /// Evidence and audit.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+impl From<ImageInfo> for Shown {
+    fn from(image: ImageInfo) -> Shown {
+        let mkomi = Mkomi {
+            copied_from: image.copied_from.clone(),
+            extra: image.extra.clone(),
+        };
+        Shown { image, mkomi }
+    }
 }
 
 fn enum_str<T: Serialize>(v: T) -> String {
@@ -691,6 +728,8 @@ fn read(conn: &rusqlite::Connection, id: &str) -> Result<ImageInfo> {
                     },
                     tags: Vec::new(),
                     creation_date: r.get(6)?,
+                    root_device_type: "bsu",
+                    image_type: "machine",
                     copied_from: r.get(7)?,
                     extra: extra
                         .as_deref()
