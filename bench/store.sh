@@ -32,11 +32,11 @@ hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$results" \
     "$(q "$MKOMI") register $(q "$DISK") -o $(q "$W/bundle") --arch x86_64 -q" \
     -n store-first -p "rm -rf $(q "$W/fresh")" \
     "$(q "$MKOMI") --store $(q "$W/fresh") image create --root $(q "$DISK") --arch x86_64 -q" \
-    -n store-second-same-file \
+    -n store-second-same-file -p true \
     "$(q "$MKOMI") --store $(q "$W/warm") image create --root $(q "$DISK") --arch x86_64 -q" \
-    -n store-second-copy-of-file \
+    -n store-second-copy-of-file -p true \
     "$(q "$MKOMI") --store $(q "$W/warm") image create --root $(q "$W/copy.ext4") --arch x86_64 --name copy -q" \
-    -n store-second-from-snapshot \
+    -n store-second-from-snapshot -p true \
     "$(q "$MKOMI") --store $(q "$W/warm") image create --root $SNAP --arch x86_64 --name again -q" >&2
 
 python3 - "$results" <<'PY'

@@ -296,7 +296,17 @@ fn finish(
     for (position, (v, mapping)) in volumes.iter().zip(&image.block_device_mappings).enumerate() {
         v.stage.commit(tx, root, sync)?;
         let snap = match &v.snapshot {
-            Some(s) => s.clone(),
+            Some(s) => {
+                let there: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM snapshots WHERE id = ?1)",
+                    [s],
+                    |r| r.get(0),
+                )?;
+                if !there {
+                    return Err(Error::NotFound(s.clone(), "snapshot"));
+                }
+                s.clone()
+            }
             None => snapshot::insert(
                 tx,
                 v.stage.blob(),

@@ -503,3 +503,146 @@ pub fn is_image_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(tx: &rusqlite::Transaction<'_>, digest_byte: char) -> String {
+        let digest = format!("sha256-4m:{}", digest_byte.to_string().repeat(64));
+        tx.execute(
+            "INSERT INTO blobs (digest, file, virtual_size, file_size, allocated_bytes, sha256)
+             VALUES (?1, ?2, 1048576, 327680, 65536, ?3)",
+            rusqlite::params![digest, Blob::file_name(&digest), "0".repeat(64)],
+        )
+        .unwrap();
+        digest
+    }
+
+    fn refused(store: &mut Store, sql: &str) -> String {
+        let e = store
+            .write(|tx| {
+                tx.execute_batch(sql)?;
+                Ok(())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(CATALOG), "{e}");
+        e
+    }
+
+    #[test]
+    fn the_schema_itself_enforces_the_rules() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = Store::open(d.path()).unwrap();
+        store
+            .write(|tx| {
+                let digest = blob(tx, 'a');
+                tx.execute(
+                    "INSERT INTO snapshots (id, digest, volume_size, origin, creation_date)
+                     VALUES ('snap-0000000a', ?1, 1, 'test', 'now')",
+                    [&digest],
+                )?;
+                tx.execute_batch(
+                    "INSERT INTO images (id, name, root_device_name, state, creation_date)
+                     VALUES ('ami-0000000a', 'web', '/dev/sda1', 'pending', 'now');",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        // No image becomes available without its root snapshot.
+        let e = refused(
+            &mut store,
+            "UPDATE images SET state = 'available', architecture = 'x86_64'",
+        );
+        assert!(e.contains("without its root snapshot"), "{e}");
+        store
+            .write(|tx| {
+                tx.execute_batch(
+                    "INSERT INTO block_device_mappings VALUES
+                         ('ami-0000000a', 0, '/dev/sda1', 'snap-0000000a', 1, 'standard', NULL, 1);
+                     UPDATE images SET state = 'available', architecture = 'x86_64';",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        // A snapshot in use, and a blob in use, cannot be deleted.
+        let e = refused(
+            &mut store,
+            "DELETE FROM snapshots WHERE id = 'snap-0000000a'",
+        );
+        assert!(e.contains("FOREIGN KEY"), "{e}");
+        refused(&mut store, "DELETE FROM blobs");
+        // An available image keeps its mappings.
+        let e = refused(&mut store, "DELETE FROM block_device_mappings");
+        assert!(e.contains("cannot be removed"), "{e}");
+        // Shapes and enumerations.
+        for sql in [
+            "UPDATE images SET id = 'ami-XYZ' WHERE id = 'ami-0000000a'",
+            "UPDATE images SET state = 'gone'",
+            "UPDATE images SET architecture = 'arm64'",
+            "UPDATE block_device_mappings SET volume_type = 'ssd'",
+            "UPDATE block_device_mappings SET volume_size = 14902",
+            "UPDATE block_device_mappings SET iops = 13001",
+            "INSERT INTO launch_permissions VALUES ('ami-0000000a', '12345')",
+            "INSERT INTO boot_modes VALUES ('ami-0000000a', 'bios')",
+            "UPDATE snapshots SET id = 'snap-1'",
+            "UPDATE blobs SET file = '../x.qcow2'",
+        ] {
+            let e = refused(&mut store, sql);
+            assert!(
+                e.contains("CHECK") || e.contains("FOREIGN KEY"),
+                "{sql}: {e}"
+            );
+        }
+        // Deleting the image takes its mappings with it; then the snapshot may go.
+        store
+            .write(|tx| {
+                tx.execute_batch("DELETE FROM images; DELETE FROM snapshots; DELETE FROM blobs;")?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn catalogs_of_another_version_or_program_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        drop(Store::open(d.path()).unwrap());
+        let conn = Connection::open(d.path().join(CATALOG)).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(conn);
+        let e = Store::open(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("schema version 99: made by a newer mkomi"),
+            "{e}"
+        );
+
+        let other = tempfile::tempdir().unwrap();
+        let conn = Connection::open(other.path().join(CATALOG)).unwrap();
+        conn.execute_batch("CREATE TABLE t (x)").unwrap();
+        drop(conn);
+        let e = Store::open(other.path()).unwrap_err().to_string();
+        assert!(e.contains("not a mkomi catalog"), "{e}");
+
+        let junk = tempfile::tempdir().unwrap();
+        std::fs::write(junk.path().join(CATALOG), vec![0x5au8; 8192]).unwrap();
+        let e = Store::open(junk.path()).unwrap_err().to_string();
+        assert!(e.contains(CATALOG) && e.contains("not a catalog"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+    }
+
+    #[test]
+    fn ids_have_outscales_shapes() {
+        assert!(is_snapshot_id("snap-0a1b2c3d"));
+        assert!(!is_snapshot_id("snap-0A1B2C3D"));
+        assert!(!is_snapshot_id("snap-0a1b2c3"));
+        assert!(is_image_id("ami-0a1b2c3d"));
+        assert!(!is_image_id("ami-0a1b2c3g"));
+        let d = tempfile::tempdir().unwrap();
+        let mut store = Store::open(d.path()).unwrap();
+        let ids: Vec<String> = store
+            .write(|tx| (0..50).map(|_| new_id(tx, "snap", "snapshots")).collect())
+            .unwrap();
+        assert!(ids.iter().all(|i| is_snapshot_id(i)), "{ids:?}");
+    }
+}

@@ -86,6 +86,23 @@ impl Stage {
         store_root: &Path,
         sync: bool,
     ) -> Result<()> {
+        if let Stage::Known(blob) = self {
+            // Another process may have deleted the last snapshot of this data since it was
+            // looked up.
+            let there: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM blobs WHERE digest = ?1)",
+                [&blob.digest],
+                |r| r.get(0),
+            )?;
+            if !there {
+                return Err(Error::Refused {
+                    id: blob.digest.clone(),
+                    reason: "this data was deleted by another process meanwhile: run the \
+                             command again"
+                        .into(),
+                });
+            }
+        }
         if let Stage::New { staged, identity } = self {
             commit_blob(tx, store_root, staged, sync)?;
             if let Some(identity) = identity {
