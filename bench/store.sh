@@ -3,7 +3,8 @@
 # same machine, reported as medians and ratios (see bench/README.md):
 #   mkomi image create --root DISK (a fresh store)   vs  mkomi register DISK -o BUNDLE
 #   a second image of the same, unchanged file       vs  the same register
-#   a second image of a copy of the file (same content, another inode: read again, stored once)
+#   a second image of a copy of the file (same content, another inode, touched before each run so
+#   that it is read again: the data is stored once)
 #   a second image of the first image's snapshot (--root snap-…)
 # Every command fsyncs what it writes (the default). The input is the realistic disk of
 # bench/run.sh (disk.ext4: 3 GiB ext4 of /usr/share), made by bench/run.sh if missing.
@@ -34,7 +35,7 @@ hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$results" \
     "$(q "$MKOMI") --store $(q "$W/fresh") image create --root $(q "$DISK") --arch x86_64 -q" \
     -n store-second-same-file -p true \
     "$(q "$MKOMI") --store $(q "$W/warm") image create --root $(q "$DISK") --arch x86_64 -q" \
-    -n store-second-copy-of-file -p true \
+    -n store-second-copy-of-file -p "touch $(q "$W/copy.ext4")" \
     "$(q "$MKOMI") --store $(q "$W/warm") image create --root $(q "$W/copy.ext4") --arch x86_64 --name copy -q" \
     -n store-second-from-snapshot -p true \
     "$(q "$MKOMI") --store $(q "$W/warm") image create --root $SNAP --arch x86_64 --name again -q" >&2
