@@ -229,6 +229,10 @@ fn done<T: Serialize>(
             println!("{}", line(&v));
             ExitCode::SUCCESS
         }
+        Err(e) if e.is_interrupted() => {
+            eprintln!("mkomi: interrupted; nothing was stored");
+            ExitCode::from(crate::EXIT_INTERRUPTED)
+        }
         Err(e) => fail(&e),
     }
 }

@@ -107,6 +107,15 @@ impl Error {
     pub fn is_refused(&self) -> bool {
         matches!(self, Error::Refused { .. })
     }
+
+    /// Whether the operation stopped on Ctrl-C.
+    pub fn is_interrupted(&self) -> bool {
+        match self {
+            Error::Copy(crate::copy::Error::Interrupted) => true,
+            Error::Bundle(b) => b.is_interrupted(),
+            _ => false,
+        }
+    }
 }
 
 /// Result type of this module.
