@@ -604,3 +604,80 @@ fn an_unchanged_file_is_not_read_again_and_a_changed_one_is() {
     assert_ne!(digest(&s3), digest(&s1));
     assert_eq!(blobs(&store).len(), 2);
 }
+
+#[path = "common/s3_server.rs"]
+mod s3_server;
+use s3_server::{ACCESS_KEY, BUCKET, REGION, S3Server, SECRET_KEY};
+
+#[test]
+fn an_image_travels_between_stores_through_a_bucket() {
+    let server = S3Server::start();
+    let d = tempfile::tempdir().unwrap();
+    let (one, two) = (d.path().join("one"), d.path().join("two"));
+    let root = disk(d.path(), "root.raw", 16, 0x91);
+    let ami = st_ok(
+        &one,
+        &[
+            "image",
+            "create",
+            "--root",
+            s(&root),
+            "--arch",
+            "x86_64",
+            "--name",
+            "travel",
+            "-q",
+        ],
+    );
+    let s3 = |store: &Path, args: &[&str]| {
+        let mut c = mkomi();
+        c.arg("--store")
+            .arg(store)
+            .args(args)
+            .args(["--endpoint", &server.endpoint, "--region", REGION, "-q"])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("OSC_ACCESS_KEY", ACCESS_KEY)
+            .env("OSC_SECRET_KEY", SECRET_KEY)
+            .env("XDG_CACHE_HOME", d.path().join("cache"));
+        let o = run_with_timeout(c, std::time::Duration::from_secs(300));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    s3(
+        &one,
+        &[
+            "image",
+            "export",
+            &ami,
+            "--to",
+            &format!("s3://{BUCKET}/travel"),
+        ],
+    );
+    let got = s3(
+        &two,
+        &[
+            "image",
+            "import",
+            &format!("s3://{BUCKET}/travel/manifest.json"),
+        ],
+    );
+    assert!(got.starts_with("ami-"), "{got}");
+    let a = json(&one, &["image", "show", &ami]);
+    let b = json(&two, &["image", "show", &got]);
+    assert_eq!(b["Image"]["ImageName"], "travel");
+    let digest = |store: &Path, image: &Value| {
+        let snap = image["Image"]["BlockDeviceMappings"][0]["Bsu"]["SnapshotId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        json(store, &["snapshot", "show", &snap])["ContentDigest"].clone()
+    };
+    assert_eq!(digest(&one, &a), digest(&two, &b));
+    // The store's work directory is left empty, and its check passes.
+    assert!(entries(&two.join("work")).is_empty());
+    assert_eq!(
+        json(&two, &["store", "check"])["Problems"],
+        serde_json::json!([])
+    );
+}
