@@ -179,6 +179,22 @@ struct RegisterArgs {
     /// Replace DIR if it exists.
     #[arg(long)]
     force: bool,
+    /// Disk file format.
+    #[arg(long, value_enum, default_value = "qcow2")]
+    format: DiskFormat,
+    /// qcow2 cluster size in bytes (64 KiB to 2 MiB, a power of two); suffixes K and M allowed.
+    #[arg(long, default_value = "64K", value_parser = parse_cluster_size)]
+    cluster_size: u32,
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Skip fsync before the final rename (faster; not crash-safe).
+    #[arg(long)]
+    no_sync: bool,
+}
+
+/// The image's fields and checks, shared by `register` and `image create`.
+#[derive(clap::Args)]
+struct ImageArgs {
     /// Architecture; default: the one the root disk's binaries are built for (see `inspect`).
     #[arg(long, value_enum)]
     arch: Option<Architecture>,
@@ -193,13 +209,7 @@ struct RegisterArgs {
     /// high).
     #[arg(long, value_name = "POLICY", default_value = "report")]
     audit: Policy,
-    /// Disk file format.
-    #[arg(long, value_enum, default_value = "qcow2")]
-    format: DiskFormat,
-    /// qcow2 cluster size in bytes (64 KiB to 2 MiB, a power of two); suffixes K and M allowed.
-    #[arg(long, default_value = "64K", value_parser = parse_cluster_size)]
-    cluster_size: u32,
-    /// ImageName (3-128 characters); default: from SOURCE's file name.
+    /// ImageName (3-128 characters); default: from the root's file name.
     #[arg(long)]
     name: Option<String>,
     /// Description.
@@ -225,15 +235,38 @@ struct RegisterArgs {
     /// Root DeleteOnVmDeletion.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     delete_on_vm_deletion: bool,
-    /// An extra volume: DEVICE=PATH[,size=GiB][,type=TYPE][,iops=N][,delete-on-vm-deletion=BOOL].
+    /// An extra volume: DEVICE=PATH[,size=GiB][,type=TYPE][,iops=N][,delete-on-vm-deletion=BOOL]
+    /// (`image create` also takes snap-… for PATH).
     #[arg(long, value_name = "MAPPING", value_parser = parse_bdm)]
     bdm: Vec<register::Volume>,
     /// Also follow backing files inside DIR.
     #[arg(long, value_name = "DIR")]
     allow_backing: Option<PathBuf>,
-    /// Skip fsync before the final rename (faster; not crash-safe).
-    #[arg(long)]
-    no_sync: bool,
+}
+
+impl ImageArgs {
+    /// The root volume, whose content is `source`.
+    fn root(&self, source: &std::path::Path) -> register::Volume {
+        let mut root = register::Volume::new(&self.root_device, source);
+        root.volume_size = self.volume_size;
+        root.volume_type = self.volume_type;
+        root.iops = self.iops;
+        root.delete_on_vm_deletion = self.delete_on_vm_deletion;
+        root
+    }
+
+    fn checks(&self) -> Checks {
+        Checks {
+            arch: !self.no_arch_check,
+            boot: !self.no_boot_check,
+        }
+    }
+
+    fn open(&self) -> OpenOptions {
+        OpenOptions {
+            allow_backing: self.allow_backing.clone(),
+        }
+    }
 }
 
 /// Object storage options shared by export and import.
@@ -539,30 +572,21 @@ fn run_register(a: RegisterArgs, progress: &Progress, json: bool) -> ExitCode {
         Ok(e) => e,
         Err(m) => return usage(&m),
     };
-    let mut root = register::Volume::new(&a.root_device, &a.source);
-    root.volume_size = a.volume_size;
-    root.volume_type = a.volume_type;
-    root.iops = a.iops;
-    root.delete_on_vm_deletion = a.delete_on_vm_deletion;
+    let i = &a.image;
     let req = register::Request {
         output: a.output,
         force: a.force,
         format: a.format,
         cluster_bits: a.cluster_size,
-        name: a.name,
-        description: a.description,
-        architecture: a.arch,
-        boot_modes: a.boot_modes,
-        checks: Checks {
-            arch: !a.no_arch_check,
-            boot: !a.no_boot_check,
-        },
-        audit: a.audit,
-        root,
-        extra: a.bdm,
-        open: OpenOptions {
-            allow_backing: a.allow_backing,
-        },
+        name: i.name.clone(),
+        description: i.description.clone(),
+        architecture: i.arch,
+        boot_modes: i.boot_modes.clone(),
+        checks: i.checks(),
+        audit: i.audit,
+        root: i.root(&a.source),
+        extra: i.bdm.clone(),
+        open: i.open(),
         creation_epoch: epoch,
         sync: !a.no_sync,
     };

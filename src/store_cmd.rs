@@ -1,17 +1,15 @@
 //! The store's commands: `snapshot`, `image` and `store`, Outscale's verbs offline.
 
 use crate::{
-    CANCEL, EXIT_MISMATCH, PackageArgs, StorageArgs, fail, import_origin, package_request,
-    parse_bdm, parse_bool, print_export, usage,
+    CANCEL, EXIT_MISMATCH, ImageArgs, PackageArgs, StorageArgs, fail, import_origin,
+    package_request, parse_bool, print_export, usage,
 };
 use clap::Subcommand;
-use mkomi::audit::image::Policy;
-use mkomi::bundle::checks::Checks;
 use mkomi::export::import;
-use mkomi::manifest::{Architecture, BootMode, VolumeType, rules};
+use mkomi::manifest::Architecture;
 use mkomi::progress::Progress;
 use mkomi::source::OpenOptions;
-use mkomi::store::image::{self, Content, Filter, VolumeSpec};
+use mkomi::store::image::{self, Filter};
 use mkomi::store::{self, Store, maintain, snapshot};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -138,48 +136,8 @@ pub struct CreateArgs {
     /// A bundle made by register, build or import.
     #[arg(long, value_name = "DIR", conflicts_with = "root")]
     from_bundle: Option<PathBuf>,
-    /// An extra volume: DEVICE=snap-…|PATH[,size=GiB][,type=TYPE][,iops=N][,delete-on-vm-deletion=BOOL].
-    #[arg(long, value_name = "MAPPING", value_parser = parse_bdm)]
-    bdm: Vec<mkomi::bundle::register::Volume>,
-    /// Architecture; default: detected.
-    #[arg(long, value_enum)]
-    arch: Option<Architecture>,
-    /// Register even when --arch contradicts the binaries found on the disk.
-    #[arg(long)]
-    no_arch_check: bool,
-    /// Register even when a --boot-mode is not one the disk supports.
-    #[arg(long)]
-    no_boot_check: bool,
-    /// The security audit: off, report, or deny=SEVERITY.
-    #[arg(long, value_name = "POLICY", default_value = "report")]
-    audit: Policy,
-    /// ImageName; default: from the root's file name.
-    #[arg(long)]
-    name: Option<String>,
-    /// Description.
-    #[arg(long)]
-    description: Option<String>,
-    /// A boot mode; repeat for both. Default: the ones found on the disk.
-    #[arg(long = "boot-mode", value_enum)]
-    boot_modes: Vec<BootMode>,
-    /// The root device name.
-    #[arg(long, default_value = rules::ROOT_DEVICE)]
-    root_device: String,
-    /// Root VolumeSize in GiB.
-    #[arg(long, value_name = "GiB")]
-    volume_size: Option<u64>,
-    /// Root VolumeType.
-    #[arg(long, value_enum, default_value = "standard")]
-    volume_type: VolumeType,
-    /// Root Iops (io1 only).
-    #[arg(long)]
-    iops: Option<u32>,
-    /// Root DeleteOnVmDeletion.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    delete_on_vm_deletion: bool,
-    /// Also follow backing files inside DIR.
-    #[arg(long, value_name = "DIR")]
-    allow_backing: Option<PathBuf>,
+    #[command(flatten)]
+    image: ImageArgs,
 }
 
 #[derive(clap::Args)]
@@ -289,17 +247,6 @@ pub fn snapshot(
     }
 }
 
-fn spec(v: &mkomi::bundle::register::Volume) -> VolumeSpec {
-    VolumeSpec {
-        device: v.device.clone(),
-        content: Content::parse(&v.source.to_string_lossy()),
-        volume_size: v.volume_size,
-        volume_type: v.volume_type,
-        iops: v.iops,
-        delete_on_vm_deletion: v.delete_on_vm_deletion,
-    }
-}
-
 pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: bool) -> ExitCode {
     let mut store = match open(dir) {
         Ok(s) => s,
@@ -310,28 +257,17 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
             let r = match (&a.from_bundle, &a.root) {
                 (Some(b), _) => image::create_from_bundle(&mut store, b, progress),
                 (None, Some(root)) => {
+                    let i = &a.image;
                     let req = image::CreateRequest {
-                        name: a.name.clone(),
-                        description: a.description.clone(),
-                        architecture: a.arch,
-                        boot_modes: a.boot_modes.clone(),
-                        checks: Checks {
-                            arch: !a.no_arch_check,
-                            boot: !a.no_boot_check,
-                        },
-                        audit: a.audit,
-                        root: VolumeSpec {
-                            device: a.root_device.clone(),
-                            content: Content::parse(root),
-                            volume_size: a.volume_size,
-                            volume_type: a.volume_type,
-                            iops: a.iops,
-                            delete_on_vm_deletion: a.delete_on_vm_deletion,
-                        },
-                        extra: a.bdm.iter().map(spec).collect(),
-                        open: OpenOptions {
-                            allow_backing: a.allow_backing.clone(),
-                        },
+                        name: i.name.clone(),
+                        description: i.description.clone(),
+                        architecture: i.arch,
+                        boot_modes: i.boot_modes.clone(),
+                        checks: i.checks(),
+                        audit: i.audit,
+                        root: i.root(std::path::Path::new(root)),
+                        extra: i.bdm.clone(),
+                        open: i.open(),
                     };
                     image::create(&mut store, &req, progress, Some(&CANCEL))
                 }

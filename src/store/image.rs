@@ -37,42 +37,9 @@ impl Content {
         }
     }
 
-    fn label(&self) -> PathBuf {
-        match self {
-            Content::Snapshot(id) => PathBuf::from(id),
-            Content::Path(p) => p.clone(),
-        }
-    }
-}
-
-/// One volume of an image to create.
-#[derive(Clone, Debug)]
-pub struct VolumeSpec {
-    /// `DeviceName`.
-    pub device: String,
-    /// Its content.
-    pub content: Content,
-    /// `VolumeSize` in GiB; the disk's size rounded up when absent.
-    pub volume_size: Option<u64>,
-    /// `VolumeType`.
-    pub volume_type: VolumeType,
-    /// `Iops` (io1 only).
-    pub iops: Option<u32>,
-    /// `DeleteOnVmDeletion`.
-    pub delete_on_vm_deletion: bool,
-}
-
-impl VolumeSpec {
-    /// A volume with Outscale's defaults.
-    pub fn new(device: &str, content: Content) -> Self {
-        VolumeSpec {
-            device: device.to_owned(),
-            content,
-            volume_size: None,
-            volume_type: VolumeType::Standard,
-            iops: None,
-            delete_on_vm_deletion: true,
-        }
+    /// The content a volume names.
+    pub fn of(v: &Volume) -> Content {
+        Content::parse(&v.source.to_string_lossy())
     }
 }
 
@@ -91,10 +58,10 @@ pub struct CreateRequest {
     pub checks: Checks,
     /// The security audit.
     pub audit: Policy,
-    /// The root volume.
-    pub root: VolumeSpec,
-    /// Further volumes.
-    pub extra: Vec<VolumeSpec>,
+    /// The root volume; its `source` is a disk image, or names a snapshot (`snap-…`).
+    pub root: Volume,
+    /// Further volumes, likewise.
+    pub extra: Vec<Volume>,
     /// How sources are opened.
     pub open: OpenOptions,
 }
@@ -276,7 +243,7 @@ fn abandon(store: &mut Store, id: &str) {
 
 /// One volume on its way into an image.
 struct Planned {
-    spec: VolumeSpec,
+    spec: Volume,
     stage: Stage,
     /// The snapshot it already is, or `None` for new data.
     snapshot: Option<String>,
@@ -371,14 +338,6 @@ pub fn create(
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<ImageInfo> {
-    let volume = |v: &VolumeSpec| Volume {
-        device: v.device.clone(),
-        source: v.content.label(),
-        volume_size: v.volume_size,
-        volume_type: v.volume_type,
-        iops: v.iops,
-        delete_on_vm_deletion: v.delete_on_vm_deletion,
-    };
     let rreq = register::Request {
         output: store.root().join(super::WORK),
         force: false,
@@ -390,19 +349,19 @@ pub fn create(
         boot_modes: req.boot_modes.clone(),
         checks: req.checks,
         audit: req.audit,
-        root: volume(&req.root),
-        extra: req.extra.iter().map(volume).collect(),
+        root: req.root.clone(),
+        extra: req.extra.clone(),
         open: req.open.clone(),
         creation_epoch: 0,
         sync: store.sync,
     };
     register::check_fields(&rreq)?;
     let name = register::image_name(&rreq)?;
-    let specs: Vec<&VolumeSpec> = std::iter::once(&req.root).chain(&req.extra).collect();
+    let specs: Vec<&Volume> = std::iter::once(&req.root).chain(&req.extra).collect();
     // Snapshots named must exist before anything is made.
     for s in &specs {
-        if let Content::Snapshot(id) = &s.content {
-            store.snapshot_blob(id)?;
+        if let Content::Snapshot(id) = Content::of(s) {
+            store.snapshot_blob(&id)?;
         }
     }
     let work = store.work()?;
@@ -425,20 +384,20 @@ fn make(
     work: &Work,
     id: &str,
     rreq: &register::Request,
-    specs: &[&VolumeSpec],
+    specs: &[&Volume],
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<()> {
     let mut planned = Vec::with_capacity(specs.len());
     for s in specs {
-        let (stage, snapshot, origin) = match &s.content {
+        let (stage, snapshot, origin) = match Content::of(s) {
             Content::Snapshot(sid) => (
-                Stage::Known(store.snapshot_blob(sid)?),
+                Stage::Known(store.snapshot_blob(&sid)?),
                 Some(sid.clone()),
-                sid.clone(),
+                sid,
             ),
             Content::Path(p) => (
-                snapshot::stage(store, work, p, &rreq.open, progress, cancel)?,
+                snapshot::stage(store, work, &p, &rreq.open, progress, cancel)?,
                 None,
                 p.display().to_string(),
             ),
@@ -459,7 +418,7 @@ fn make(
     for p in &planned {
         sources.push(Box::new(Renamed {
             inner: source::open(&p.stage.path(store), &OpenOptions::default())?,
-            path: p.spec.content.label(),
+            path: p.spec.source.clone(),
         }));
     }
     let volumes: Vec<&Volume> = std::iter::once(&rreq.root).chain(&rreq.extra).collect();
@@ -575,7 +534,7 @@ fn ingest_disks(
             }
         };
         planned.push(Planned {
-            spec: VolumeSpec::new(&d.device_name, Content::Path(file.clone())),
+            spec: Volume::new(&d.device_name, &file),
             stage,
             snapshot: None,
             origin: format!("bundle {} ({})", dir.display(), d.device_name),
