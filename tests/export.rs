@@ -151,6 +151,23 @@ fn directory_round_trip() {
         );
     }
     qemu_compare(&b.join("sda1.qcow2"), &back.join("sda1.qcow2"));
+    // A qcow2 object becomes the new bundle's disk as it is: the very file exported.
+    for i in 0..2 {
+        assert_eq!(m0["Disks"][i]["Sha256"], m1["Disks"][i]["Sha256"]);
+    }
+    // Into a raw bundle, the same objects go through the copy engine.
+    let back_as_raw = d.path().join("back-as-raw");
+    ok(&[
+        "import",
+        s(&pkg.join("manifest.json")),
+        "-o",
+        s(&back_as_raw),
+        "--format",
+        "raw",
+        "-q",
+    ]);
+    ok(&["verify", s(&back_as_raw), "-q"]);
+    qemu_compare(&b.join("sdb.qcow2"), &back_as_raw.join("sdb.raw"));
 
     // Raw objects from a qcow2 bundle: the virtual disk, holes as zeros.
     let raw = d.path().join("pkg-raw");
@@ -342,6 +359,36 @@ fn hostile_packages_are_refused_with_nothing_written() {
         &out,
         "differs from SHA256SUMS",
     );
+
+    // A qcow2 object that names a backing file (from a qcow2 package).
+    let qpkg = d.path().join("qpkg");
+    let qb = bundle(d.path(), "qcow2");
+    ok(&["export", s(&qb), "--to", s(&qpkg), "-q"]);
+    let backed = edited(&qpkg, "e13", |_| {});
+    let base = d.path().join("base.qcow2");
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", s(&base), "40M"],
+    );
+    let top = d.path().join("top.qcow2");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&base),
+            "-F",
+            "qcow2",
+            s(&top),
+        ],
+    );
+    let gz = Command::new("gzip").arg("-c").arg(&top).output().unwrap();
+    std::fs::write(backed.with_file_name("sda1.qcow2.gz"), &gz.stdout).unwrap();
+    std::fs::remove_file(backed.with_file_name("SHA256SUMS")).unwrap();
+    refused(&backed, &out, "names a backing file");
 
     // A manifest that is not one, and a missing object.
     let junk = d.path().join("junk.json");

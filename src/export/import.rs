@@ -7,8 +7,10 @@
 //! bytes, gunzip, a bound on the decompressed size (a gzip bomb, or an object larger than its
 //! declared `Size`, stops there). A raw object goes straight into the copy engine as it arrives
 //! (see [`incoming`]): download to bundle in one pass, the disks inspected and audited from the
-//! bundle's files afterwards. A qcow2 object, whose tables follow its data, lands in a sparse
-//! work file first. `SHA256SUMS` and mkomi's manifest, when the package has them, are checked:
+//! bundle's files afterwards. A qcow2 object, whose tables may follow its data (mkomi's own do),
+//! cannot be read in one pass: it lands in a sparse work file, which then becomes the bundle's
+//! disk as it is (read once more for its digests, never rewritten), or is converted by the copy
+//! engine into a raw bundle. `SHA256SUMS` and mkomi's manifest, when the package has them, are checked:
 //! every object's digest, every disk's size and ContentDigest.
 //! The bundle is made in a work directory and renamed into place only when every check passed.
 
@@ -335,6 +337,7 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
     let mut received = Vec::new();
     let mut volumes = Vec::new();
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut takes = Vec::new();
     for (i, s) in em.image.snapshots.iter().enumerate() {
         let format = s.format().unwrap_or(ObjectFormat::Raw);
         let disk = mkomi
@@ -348,6 +351,8 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             None => None,
         };
         let got = std::sync::Arc::new(std::sync::Mutex::new(None));
+        // A qcow2 object becomes the bundle's disk as it is (see `register_streamed`).
+        let mut take = None;
         let source: Box<dyn Source> = match format {
             ObjectFormat::Raw => {
                 let (size, expect) = match disk {
@@ -401,6 +406,22 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
                     ));
                 }
                 *got.lock().map_err(|_| bad(&s.filename, "poisoned"))? = Some(sha);
+                // A package's disks stand alone. Bytes 8..20 of a qcow2 header hold the backing
+                // file's offset and length (qcow2.txt).
+                let mut hdr = [0u8; 20];
+                // (Shorter than a header, it is no qcow2: opening it says so below.)
+                let named =
+                    match std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut hdr)) {
+                        Ok(()) => hdr[8..20].iter().any(|&b| b != 0),
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                        Err(e) => return Err(io(&path, "cannot read")(e)),
+                    };
+                if named {
+                    return Err(bad(
+                        &s.filename,
+                        "names a backing file: a package's disks stand alone",
+                    ));
+                }
                 let src = source::open(&path, &OpenOptions::default())?;
                 let expected = disk.map_or(src.size(), |d| d.virtual_size);
                 if src.size() != expected || src.size() > s.size {
@@ -413,10 +434,12 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
                         ),
                     ));
                 }
+                take = Some(path.clone());
                 src
             }
         };
         sources.push(source);
+        takes.push(take);
         received.push((s.filename.clone(), got));
         let mut v = Volume::new(&s.device, Path::new(&s.filename));
         // mkomi's manifest keeps the mapping as registered (a volume may be larger than its
@@ -482,7 +505,7 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
         creation_epoch: req.creation_epoch,
         sync: req.sync,
     };
-    let mut report = register::register_streamed(&request, sources, progress, None)?;
+    let mut report = register::register_streamed(&request, sources, takes, progress, None)?;
     if let Some(m) = &mkomi {
         for (new, old) in report.manifest.disks.iter().zip(&m.disks) {
             if new.content_digest != old.content_digest {
