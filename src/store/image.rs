@@ -290,7 +290,7 @@ fn finish(
         )?;
     }
     let extra = serde_json::to_string(extra).unwrap_or_default();
-    tx.execute(
+    let changed = tx.execute(
         "UPDATE images SET name = ?2, description = ?3, architecture = ?4, extra = ?5,
                 state = 'available', work = NULL
          WHERE id = ?1 AND state = 'pending'",
@@ -302,6 +302,12 @@ fn finish(
             extra
         ],
     )?;
+    if changed != 1 {
+        return Err(Error::Refused {
+            id: id.to_owned(),
+            reason: "no longer pending: `mkomi store check` marked it failed meanwhile".into(),
+        });
+    }
     Ok(())
 }
 
@@ -925,8 +931,7 @@ pub struct Deleted {
 /// `image delete`: deregisters the image (its mappings go with it), then, when asked, deletes
 /// its snapshots that no other image uses.
 pub fn delete(store: &mut Store, id: &str, with_snapshots: bool) -> Result<Deleted> {
-    let root = store.root().to_owned();
-    store.write(|tx| {
+    let (deleted, files) = store.write(|tx| {
         let info = read(tx, id)?;
         if info.state == "pending" {
             return Err(Error::Refused {
@@ -941,22 +946,29 @@ pub fn delete(store: &mut Store, id: &str, with_snapshots: bool) -> Result<Delet
             image_id: id.to_owned(),
             ..Deleted::default()
         };
+        let mut files = Vec::new();
         for m in &info.block_device_mappings {
             let snap = &m.bsu.snapshot_id;
+            // An image may map one snapshot twice.
+            if out.snapshots_deleted.contains(snap) || out.snapshots_kept.contains(snap) {
+                continue;
+            }
             let used: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM block_device_mappings WHERE snapshot_id = ?1)",
                 [snap],
                 |r| r.get(0),
             )?;
             if with_snapshots && !used {
-                snapshot::delete_in(tx, &root, snap)?;
+                files.extend(snapshot::delete_in(tx, snap)?);
                 out.snapshots_deleted.push(snap.clone());
-            } else if !out.snapshots_kept.contains(snap) {
+            } else {
                 out.snapshots_kept.push(snap.clone());
             }
         }
-        Ok(out)
-    })
+        Ok((out, files))
+    })?;
+    super::remove_blob_files(store, files)?;
+    Ok(deleted)
 }
 
 /// The image as a bundle's manifest and the blob behind each disk.

@@ -48,6 +48,18 @@ fn clear_work(root: &Path) -> Result<Vec<String>> {
     let mut tokens = BTreeSet::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".new") {
+            // A lock file being made: stale only when nobody holds it.
+            let path = dir.join(&name);
+            let free = File::options()
+                .write(true)
+                .open(&path)
+                .is_ok_and(|f| f.try_lock().is_ok());
+            if free {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         tokens.insert(name.trim_end_matches(".lock").to_owned());
     }
     for token in tokens {
@@ -190,6 +202,10 @@ pub fn check(store: &mut Store, progress: &Progress) -> Result<CheckReport> {
             content_digest: b.digest.clone(),
         };
         if !dir.join(&b.file).exists() {
+            if !blob_recorded(store, &b.digest)? {
+                // Deleted by another process since the list was read.
+                continue;
+            }
             let users = snapshots_of(store, &b.digest)?;
             if users.is_empty() {
                 // A blob removed just before a commit that then failed: nothing uses it.
@@ -221,7 +237,12 @@ pub fn check(store: &mut Store, progress: &Progress) -> Result<CheckReport> {
         });
         report.bytes += r1 + r2;
         report.blobs += 1;
-        for f in f1.into_iter().chain(f2) {
+        let found: Vec<String> = f1.into_iter().chain(f2).collect();
+        if !found.is_empty() && !blob_recorded(store, &b.digest)? {
+            continue;
+        }
+        for f in found {
+            let f = f.replace("the manifest's", "the catalog's");
             let users = snapshots_of(store, &b.digest)?;
             report.problems.push(format!(
                 "{}: {f} (used by {})",
@@ -234,20 +255,31 @@ pub fn check(store: &mut Store, progress: &Progress) -> Result<CheckReport> {
             ));
         }
     }
-    let known: BTreeSet<String> = blobs.iter().map(|b| b.file.clone()).collect();
-    let entries = std::fs::read_dir(&dir).map_err(io(&dir, "cannot read"))?;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !known.contains(&name) {
-            report.problems.push(format!(
-                "{}: not in the catalog (left by a crash; `mkomi store gc` removes it)",
-                dir.join(&name).display()
-            ));
-        }
+    // Files no row names, looked for under the write lock: no process is then between renaming
+    // a blob into place and recording it.
+    let root = store.root().to_owned();
+    let orphans = store.write(|tx| super::remove_orphans(tx, &root))?;
+    for (path, _) in orphans {
+        report.fixed.push(format!(
+            "{}: not in the catalog (left by a crash before its commit): removed",
+            path.display()
+        ));
     }
     report.snapshots = count(store, "snapshots")?;
     report.images = count(store, "images")?;
     Ok(report)
+}
+
+/// Whether the catalog still has blob `digest`.
+fn blob_recorded(store: &Store, digest: &str) -> Result<bool> {
+    store
+        .conn()
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM blobs WHERE digest = ?1)",
+            [digest],
+            |r| r.get(0),
+        )
+        .map_err(store.db())
 }
 
 fn count(store: &Store, table: &str) -> Result<usize> {
@@ -265,7 +297,7 @@ fn snapshots_of(store: &Store, digest: &str) -> Result<Vec<String>> {
     let mut stmt = store
         .conn()
         .prepare(
-            "SELECT s.id, group_concat(m.image_id, ' ') FROM snapshots s
+            "SELECT s.id, group_concat(DISTINCT m.image_id) FROM snapshots s
              LEFT JOIN block_device_mappings m ON m.snapshot_id = s.id
              WHERE s.digest = ?1 GROUP BY s.id ORDER BY s.id",
         )
@@ -315,28 +347,9 @@ pub fn gc(store: &mut Store) -> Result<GcReport> {
         for (digest, _) in &unused {
             tx.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
         }
-        let known: BTreeSet<String> = {
-            let mut stmt = tx.prepare("SELECT file FROM blobs")?;
-            stmt.query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        let dir = root.join(BLOBS);
-        let entries = std::fs::read_dir(&dir).map_err(io(&dir, "cannot read"))?;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if known.contains(&name) {
-                continue;
-            }
-            let path = dir.join(&name);
-            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    report.bytes_freed += len;
-                    report.blobs_removed.push(path.display().to_string());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&path, "cannot remove")(e)),
-            }
+        for (path, len) in super::remove_orphans(tx, &root)? {
+            report.bytes_freed += len;
+            report.blobs_removed.push(path.display().to_string());
         }
         Ok(report)
     })?;

@@ -165,12 +165,45 @@ impl Store {
             path: catalog.clone(),
             reason: describe(&e),
         };
+        // A lost catalog must not be made anew over existing data: `gc` would then see every
+        // blob as unreferenced.
+        let empty = std::fs::metadata(&catalog).map_or(true, |m| m.len() == 0);
+        if empty {
+            let blobs = std::fs::read_dir(root.join(BLOBS))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            if blobs > 0 {
+                return Err(Error::Catalog {
+                    path: catalog.clone(),
+                    reason: format!(
+                        "missing or empty, but blobs/ holds {blobs} file(s): the catalog was \
+                         lost; restore it, or move blobs/ aside to start a new store"
+                    ),
+                });
+            }
+        }
         let conn = Connection::open(&catalog).map_err(fail)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
         // WAL lets readers go on while one process writes; FULL makes each commit durable.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(fail)?;
+        // Switching a new catalog to WAL answers "busy" at once, without the busy timeout, while
+        // another process does the same: it is tried again until the timeout.
+        let started = std::time::Instant::now();
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+                Ok(m) => break m,
+                Err(e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        )
+                    ) && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Catalog {
                 path: catalog.clone(),
@@ -298,16 +331,28 @@ impl Store {
         loop {
             let token = format!("{}-{}", std::process::id(), hex(&random_bytes::<6>()?));
             let lock_path = dir.join(format!("{token}.lock"));
+            // The lock file appears already locked (made and locked under another name, then
+            // renamed): `check` never sees it unlocked and takes its owner for dead.
+            let fresh = dir.join(format!(".{token}.new"));
             let lock = match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&lock_path)
+                .open(&fresh)
             {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io(&lock_path, "cannot create")(e)),
+                Err(e) => return Err(io(&fresh, "cannot create")(e)),
             };
-            lock.lock().map_err(io(&lock_path, "cannot lock"))?;
+            let locked = lock
+                .lock()
+                .map_err(io(&fresh, "cannot lock"))
+                .and_then(|()| {
+                    std::fs::rename(&fresh, &lock_path).map_err(io(&lock_path, "cannot create"))
+                });
+            if let Err(e) = locked {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(e);
+            }
             let path = dir.join(&token);
             std::fs::create_dir(&path).map_err(io(&path, "cannot create"))?;
             return Ok(Work {
@@ -429,6 +474,67 @@ pub(crate) fn commit_blob(
         ],
     )?;
     Ok(())
+}
+
+/// Removes blob files whose rows a committed transaction deleted. This runs in a write
+/// transaction of its own: a file is removed only while no row names it, and no other process
+/// can be between renaming the same content into place and recording it meanwhile. A crash
+/// before this leaves files no row names, which `check` and `gc` remove.
+pub(crate) fn remove_blob_files(store: &mut Store, files: Vec<String>) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let root = store.root.clone();
+    store.write(|tx| {
+        for file in &files {
+            let named: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM blobs WHERE file = ?1)",
+                [file],
+                |r| r.get(0),
+            )?;
+            if named {
+                continue;
+            }
+            let path = root.join(BLOBS).join(file);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path, "cannot remove")(e)),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Removes, inside the write transaction `tx`, the files of `blobs/` that no row names: left by
+/// a crash between a rename and its commit, or before [`remove_blob_files`]. Returns each with
+/// its size.
+pub(crate) fn remove_orphans(
+    tx: &rusqlite::Transaction<'_>,
+    root: &Path,
+) -> Result<Vec<(PathBuf, u64)>> {
+    let known: std::collections::BTreeSet<String> = {
+        let mut stmt = tx.prepare("SELECT file FROM blobs")?;
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let dir = root.join(BLOBS);
+    let mut removed = Vec::new();
+    let entries = std::fs::read_dir(&dir).map_err(io(&dir, "cannot read"))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if known.contains(&name) {
+            continue;
+        }
+        let path = dir.join(&name);
+        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push((path, len)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, "cannot remove")(e)),
+        }
+    }
+    Ok(removed)
 }
 
 impl From<rusqlite::Error> for Error {

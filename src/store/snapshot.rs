@@ -258,7 +258,16 @@ pub fn list(store: &Store) -> Result<Vec<Snapshot>> {
             .collect::<rusqlite::Result<_>>()
             .map_err(store.db())?
     };
-    ids.iter().map(|id| show(store, id)).collect()
+    let mut out = Vec::with_capacity(ids.len());
+    for id in &ids {
+        match show(store, id) {
+            Ok(s) => out.push(s),
+            // Deleted by another process since the list was read.
+            Err(Error::NotFound(..)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// `snapshot show`.
@@ -299,9 +308,11 @@ fn users(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<String>>
     stmt.query_map([id], |r| r.get(0))?.collect()
 }
 
-/// Deletes snapshot `id` inside `tx`, and its blob when no other snapshot shares it. Refused
-/// while an image uses the snapshot.
-pub(crate) fn delete_in(tx: &rusqlite::Transaction<'_>, root: &Path, id: &str) -> Result<()> {
+/// Deletes snapshot `id` inside `tx`, and its blob's row when no other snapshot shares it.
+/// Refused while an image uses the snapshot. Returns the blob file to remove once the
+/// transaction is committed (see [`super::remove_blob_files`]): removed before, a failed commit
+/// would bring the rows back without their data.
+pub(crate) fn delete_in(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<String>> {
     let digest: Option<String> = tx
         .query_row("SELECT digest FROM snapshots WHERE id = ?1", [id], |r| {
             r.get(0)
@@ -329,27 +340,19 @@ pub(crate) fn delete_in(tx: &rusqlite::Transaction<'_>, root: &Path, id: &str) -
         [&digest],
         |r| r.get(0),
     )?;
-    if !shared {
-        let file: String =
-            tx.query_row("SELECT file FROM blobs WHERE digest = ?1", [&digest], |r| {
-                r.get(0)
-            })?;
-        tx.execute("DELETE FROM blobs WHERE digest = ?1", [&digest])?;
-        // Removed while the write lock is held: no other process can reference it meanwhile.
-        // Should the commit then fail, the row is back without its file, unreferenced, which
-        // `store check` reports and clears.
-        let path = root.join(super::BLOBS).join(&file);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&path, "cannot remove")(e)),
-        }
+    if shared {
+        return Ok(None);
     }
-    Ok(())
+    let file: String =
+        tx.query_row("SELECT file FROM blobs WHERE digest = ?1", [&digest], |r| {
+            r.get(0)
+        })?;
+    tx.execute("DELETE FROM blobs WHERE digest = ?1", [&digest])?;
+    Ok(Some(file))
 }
 
 /// `snapshot delete`.
 pub fn delete(store: &mut Store, id: &str) -> Result<()> {
-    let root = store.root().to_owned();
-    store.write(|tx| delete_in(tx, &root, id))
+    let files = store.write(|tx| delete_in(tx, id))?;
+    super::remove_blob_files(store, files.into_iter().collect())
 }
