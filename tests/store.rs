@@ -681,3 +681,27 @@ fn an_image_travels_between_stores_through_a_bucket() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn a_lost_catalog_is_not_made_anew_over_the_data() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let a = disk(d.path(), "a.raw", 8, 0xa1);
+    st_ok(&store, &["snapshot", "create", s(&a), "-q"]);
+    for f in ["catalog.sqlite-wal", "catalog.sqlite-shm"] {
+        let _ = std::fs::remove_file(store.join(f));
+    }
+    std::fs::write(store.join("catalog.sqlite"), b"").unwrap();
+    for args in [
+        &["snapshot", "list"][..],
+        &["store", "gc"],
+        &["store", "check"],
+    ] {
+        st_refused(
+            &store,
+            args,
+            "catalog.sqlite: missing or empty, but blobs/ holds 1 file(s)",
+        );
+    }
+    assert_eq!(blobs(&store).len(), 1);
+}
