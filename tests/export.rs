@@ -151,7 +151,7 @@ fn directory_round_trip() {
         );
     }
     qemu_compare(&b.join("sda1.qcow2"), &back.join("sda1.qcow2"));
-    // A qcow2 object becomes the new bundle's disk as it is: the very file exported.
+    // The disk files are rewritten by mkomi's own writer: the same bytes as the originals.
     for i in 0..2 {
         assert_eq!(m0["Disks"][i]["Sha256"], m1["Disks"][i]["Sha256"]);
     }

@@ -178,26 +178,20 @@ pub fn register_with_root(
             None => source::open(&v.source, &req.open)?,
         });
     }
-    let takes = vec![None; sources.len()];
-    run(req, sources, takes, Examine::Before, progress, cancel)
+    run(req, sources, Examine::Before, progress, cancel)
 }
 
 /// Like [`register`], with every volume's content given as a source that can only be read once,
 /// in order (a download being decompressed): the disks are inspected and audited once copied,
 /// from the bundle's own files, and the bundle is removed if they are refused.
-///
-/// A volume whose `takes` entry names a qcow2 file (which its source reads) gets that file as
-/// its disk, moved into the bundle as it is, when the bundle is qcow2: it is then read once for
-/// its digests and never rewritten.
 pub(crate) fn register_streamed(
     req: &Request,
     sources: Vec<Box<dyn Source>>,
-    takes: Vec<Option<PathBuf>>,
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<Report> {
     check_fields(req)?;
-    run(req, sources, takes, Examine::After, progress, cancel)
+    run(req, sources, Examine::After, progress, cancel)
 }
 
 /// When the disks are inspected and audited: before anything is written (sources that can be
@@ -211,7 +205,6 @@ enum Examine {
 fn run(
     req: &Request,
     mut sources: Vec<Box<dyn Source>>,
-    takes: Vec<Option<PathBuf>>,
     when: Examine,
     progress: &Progress,
     cancel: Option<&AtomicBool>,
@@ -244,27 +237,10 @@ fn run(
 
     let mut disks = Vec::with_capacity(volumes.len());
     let mut data_bytes = 0;
-    for ((v, src), take) in volumes.iter().zip(sources.iter_mut()).zip(&takes) {
+    for (v, src) in volumes.iter().zip(sources.iter_mut()) {
         let file_name = rules::disk_file_name(&v.device, req.format.name());
         let path = tmp.path.join(&file_name);
         let size = src.size();
-        if let (Some(file), DiskFormat::Qcow2) = (take, req.format) {
-            let disk = take_disk(
-                file,
-                &path,
-                &file_name,
-                src.as_mut(),
-                req.sync,
-                progress,
-                cancel,
-            )?;
-            data_bytes += disk.allocated_bytes;
-            disks.push(Disk {
-                device_name: v.device.clone(),
-                ..disk
-            });
-            continue;
-        }
         let mut sink: Box<dyn Sink> = match req.format {
             DiskFormat::Qcow2 => Box::new(
                 Qcow2Sink::create(&path, size, req.cluster_bits, req.sync)
@@ -345,59 +321,6 @@ fn run(
         data_bytes,
         elapsed: started.elapsed(),
         warnings: decided.warnings,
-    })
-}
-
-/// Moves the qcow2 file `from` (which `src` reads) to `to` as a bundle's disk, and reads it
-/// once for its ContentDigest and once for its SHA-256, in parallel.
-fn take_disk(
-    from: &Path,
-    to: &Path,
-    file_name: &str,
-    src: &mut dyn Source,
-    sync: bool,
-    progress: &Progress,
-    cancel: Option<&AtomicBool>,
-) -> Result<Disk> {
-    std::fs::rename(from, to).map_err(io_err(to, "cannot move the disk to"))?;
-    let file = File::open(to).map_err(io_err(to, "cannot open"))?;
-    if sync {
-        file.sync_all().map_err(io_err(to, "cannot sync"))?;
-    }
-    let len = file.metadata().map_err(io_err(to, "cannot examine"))?.len();
-    let task = progress.task(file_name);
-    let (content, sha) = std::thread::scope(|s| {
-        let sha = s.spawn(|| crate::util::sha256_file(&file, len));
-        let content = copy::copy(
-            src,
-            &mut crate::sink::NullSink,
-            Options {
-                progress: Some(&task),
-                cancel,
-            },
-        );
-        (content, sha.join())
-    });
-    task.finish();
-    let content = content?;
-    let sha = match sha {
-        Ok(r) => r.map_err(io_err(to, "cannot read"))?,
-        Err(_) => {
-            return Err(Error::Invalid {
-                path: to.to_owned(),
-                reason: "hashing failed".into(),
-            });
-        }
-    };
-    Ok(Disk {
-        device_name: String::new(),
-        path: file_name.to_owned(),
-        format: DiskFormat::Qcow2,
-        virtual_size: src.size(),
-        file_size: len,
-        allocated_bytes: content.data_bytes,
-        sha256: hex(&sha),
-        content_digest: content.content_digest,
     })
 }
 

@@ -8,9 +8,9 @@
 //! declared `Size`, stops there). A raw object goes straight into the copy engine as it arrives
 //! (see [`incoming`]): download to bundle in one pass, the disks inspected and audited from the
 //! bundle's files afterwards. A qcow2 object, whose tables may follow its data (mkomi's own do),
-//! cannot be read in one pass: it lands in a sparse work file, which then becomes the bundle's
-//! disk as it is (read once more for its digests, never rewritten), or is converted by the copy
-//! engine into a raw bundle. `SHA256SUMS` and mkomi's manifest, when the package has them, are checked:
+//! cannot be read in one pass: it lands in a sparse work file, which the copy engine then reads
+//! into the bundle. It is never taken as it is: a qcow2 file can hold more than its disk
+//! (internal snapshots, bitmaps, unreferenced clusters), and a bundle's disk holds its disk only. `SHA256SUMS` and mkomi's manifest, when the package has them, are checked:
 //! every object's digest, every disk's size and ContentDigest.
 //! The bundle is made in a work directory and renamed into place only when every check passed.
 
@@ -337,7 +337,6 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
     let mut received = Vec::new();
     let mut volumes = Vec::new();
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    let mut takes = Vec::new();
     for (i, s) in em.image.snapshots.iter().enumerate() {
         let format = s.format().unwrap_or(ObjectFormat::Raw);
         let disk = mkomi
@@ -351,8 +350,6 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             None => None,
         };
         let got = std::sync::Arc::new(std::sync::Mutex::new(None));
-        // A qcow2 object becomes the bundle's disk as it is (see `register_streamed`).
-        let mut take = None;
         let source: Box<dyn Source> = match format {
             ObjectFormat::Raw => {
                 let (size, expect) = match disk {
@@ -434,12 +431,10 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
                         ),
                     ));
                 }
-                take = Some(path.clone());
                 src
             }
         };
         sources.push(source);
-        takes.push(take);
         received.push((s.filename.clone(), got));
         let mut v = Volume::new(&s.device, Path::new(&s.filename));
         // mkomi's manifest keeps the mapping as registered (a volume may be larger than its
@@ -505,7 +500,7 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
         creation_epoch: req.creation_epoch,
         sync: req.sync,
     };
-    let mut report = register::register_streamed(&request, sources, takes, progress, None)?;
+    let mut report = register::register_streamed(&request, sources, progress, None)?;
     if let Some(m) = &mkomi {
         for (new, old) in report.manifest.disks.iter().zip(&m.disks) {
             if new.content_digest != old.content_digest {
