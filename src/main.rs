@@ -44,7 +44,7 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// The image store (snapshot, image and store commands); default: MKOMI_STORE, else
-    /// $XDG_DATA_HOME/mkomi/store.
+    /// $XDG_DATA_HOME/mkomi/store, else ~/.local/share/mkomi/store.
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<PathBuf>,
     #[command(subcommand)]
@@ -253,6 +253,31 @@ impl ImageArgs {
         root.iops = self.iops;
         root.delete_on_vm_deletion = self.delete_on_vm_deletion;
         root
+    }
+
+    /// The options given (not at their defaults), as named on the command line.
+    fn given(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut given = |set: bool, name| {
+            if set {
+                out.push(name);
+            }
+        };
+        given(self.arch.is_some(), "--arch");
+        given(self.no_arch_check, "--no-arch-check");
+        given(self.no_boot_check, "--no-boot-check");
+        given(self.audit.to_string() != "report", "--audit");
+        given(self.name.is_some(), "--name");
+        given(self.description.is_some(), "--description");
+        given(!self.boot_modes.is_empty(), "--boot-mode");
+        given(self.root_device != rules::ROOT_DEVICE, "--root-device");
+        given(self.volume_size.is_some(), "--volume-size");
+        given(self.volume_type != VolumeType::Standard, "--volume-type");
+        given(self.iops.is_some(), "--iops");
+        given(!self.delete_on_vm_deletion, "--delete-on-vm-deletion");
+        given(!self.bdm.is_empty(), "--bdm");
+        given(self.allow_backing.is_some(), "--allow-backing");
+        out
     }
 
     fn checks(&self) -> Checks {
@@ -495,7 +520,13 @@ fn main() -> ExitCode {
     } else {
         Mode::Lines
     };
-    let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::Relaxed));
+    // Commands that poll the flag stop cleanly on Ctrl-C (their temporary files removed, exit
+    // 130); the others are ended by SIGINT as by a crash, which their outputs survive.
+    let polls = matches!(cli.command, Command::Register(_) | Command::Build(_))
+        || store_cmd::polls_cancel(&cli.command);
+    if polls {
+        let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::Relaxed));
+    }
     let progress = Progress::new(mode);
     match cli.command {
         Command::Completions { shell } => {

@@ -161,12 +161,27 @@ pub struct UpdateArgs {
     tag: Vec<(String, String)>,
 }
 
-fn open(dir: Option<PathBuf>) -> Result<Store, ExitCode> {
+/// Whether the command polls [`CANCEL`] (so that Ctrl-C may set it rather than end the process).
+pub fn polls_cancel(cmd: &crate::Command) -> bool {
+    matches!(
+        cmd,
+        crate::Command::Snapshot(SnapshotCmd::Create { .. })
+            | crate::Command::Image(ImageCmd::Create(_))
+    )
+}
+
+/// Opens the store; `create` for the commands that may make it.
+fn open(dir: Option<PathBuf>, create: bool) -> Result<Store, ExitCode> {
     let dir = match dir.or_else(store::default_dir) {
         Some(d) => d,
         None => return Err(usage("no store: give --store DIR or set MKOMI_STORE")),
     };
-    Store::open(&dir).map_err(|e| fail(&e))
+    let opened = if create {
+        Store::open(&dir)
+    } else {
+        Store::open_existing(&dir)
+    };
+    opened.map_err(|e| fail(&e))
 }
 
 fn print_json<T: Serialize>(v: &T) {
@@ -184,7 +199,10 @@ fn done<T: Serialize>(
             ExitCode::SUCCESS
         }
         Ok(v) => {
-            println!("{}", line(&v));
+            let text = line(&v);
+            if !text.is_empty() {
+                println!("{text}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) if e.is_interrupted() => {
@@ -201,7 +219,8 @@ pub fn snapshot(
     progress: &Progress,
     json: bool,
 ) -> ExitCode {
-    let mut store = match open(dir) {
+    let create = matches!(cmd, SnapshotCmd::Create { .. });
+    let mut store = match open(dir, create) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -241,21 +260,42 @@ pub fn snapshot(
                 .join("\n")
         }),
         SnapshotCmd::Show { id } => done(snapshot::show(&store, &id), true, |_| String::new()),
-        SnapshotCmd::Delete { id } => done(snapshot::delete(&mut store, &id), json, |_| {
-            format!("{id} deleted")
-        }),
+        SnapshotCmd::Delete { id } => {
+            #[derive(Serialize)]
+            #[serde(rename_all = "PascalCase")]
+            struct Deleted {
+                snapshot_id: String,
+            }
+            done(
+                snapshot::delete(&mut store, &id).map(|()| Deleted {
+                    snapshot_id: id.clone(),
+                }),
+                json,
+                |d| format!("{} deleted", d.snapshot_id),
+            )
+        }
     }
 }
 
 pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: bool) -> ExitCode {
-    let mut store = match open(dir) {
+    let create = matches!(cmd, ImageCmd::Create(_) | ImageCmd::Import { .. });
+    let mut store = match open(dir, create) {
         Ok(s) => s,
         Err(code) => return code,
     };
     match cmd {
         ImageCmd::Create(a) => {
             let r = match (&a.from_bundle, &a.root) {
-                (Some(b), _) => image::create_from_bundle(&mut store, b, progress),
+                (Some(b), _) => {
+                    let given = a.image.given();
+                    if !given.is_empty() {
+                        return usage(&format!(
+                            "--from-bundle takes the image as the bundle has it: {} cannot apply",
+                            given.join(", ")
+                        ));
+                    }
+                    image::create_from_bundle(&mut store, b, progress, Some(&CANCEL))
+                }
                 (None, Some(root)) => {
                     let i = &a.image;
                     let req = image::CreateRequest {
@@ -395,7 +435,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
 }
 
 pub fn maintain(cmd: StoreCmd, dir: Option<PathBuf>, progress: &Progress, json: bool) -> ExitCode {
-    let mut store = match open(dir) {
+    let mut store = match open(dir, false) {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -705,3 +705,46 @@ fn a_lost_catalog_is_not_made_anew_over_the_data() {
     }
     assert_eq!(blobs(&store).len(), 1);
 }
+
+#[test]
+fn read_commands_do_not_make_a_store_and_from_bundle_takes_no_image_options() {
+    let d = tempfile::tempdir().unwrap();
+    let typo = d.path().join("typo");
+    st_refused(&typo, &["image", "list"], "no store here");
+    st_refused(&typo, &["store", "check"], "no store here");
+    assert!(!typo.exists());
+    let root = disk(d.path(), "root.raw", 8, 0xb1);
+    let bundle = d.path().join("omi");
+    ok(&[
+        "register",
+        s(&root),
+        "-o",
+        s(&bundle),
+        "--arch",
+        "x86_64",
+        "-q",
+    ]);
+    let store = d.path().join("store");
+    let o = st(
+        &store,
+        &[
+            "image",
+            "create",
+            "--from-bundle",
+            s(&bundle),
+            "--name",
+            "other",
+            "--arch",
+            "i386",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--arch, --name cannot apply"), "{err}");
+    // Empty lists print nothing; a deleted snapshot's JSON names it.
+    let snap = st_ok(&store, &["snapshot", "create", s(&root), "-q"]);
+    assert_eq!(st_ok(&store, &["image", "list"]), "");
+    let del = json(&store, &["snapshot", "delete", &snap]);
+    assert_eq!(del["SnapshotId"], snap);
+    assert_eq!(st_ok(&store, &["snapshot", "list"]), "");
+}

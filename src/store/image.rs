@@ -261,19 +261,20 @@ fn finish(
     extra: &Extra,
 ) -> Result<()> {
     for (position, (v, mapping)) in volumes.iter().zip(&image.block_device_mappings).enumerate() {
+        // A snapshot deleted meanwhile is named as such (before its blob is looked for).
+        if let Some(s) = &v.snapshot {
+            let there: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM snapshots WHERE id = ?1)",
+                [s],
+                |r| r.get(0),
+            )?;
+            if !there {
+                return Err(Error::NotFound(s.clone(), "snapshot"));
+            }
+        }
         v.stage.commit(tx, root, sync)?;
         let snap = match &v.snapshot {
-            Some(s) => {
-                let there: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM snapshots WHERE id = ?1)",
-                    [s],
-                    |r| r.get(0),
-                )?;
-                if !there {
-                    return Err(Error::NotFound(s.clone(), "snapshot"));
-                }
-                s.clone()
-            }
+            Some(s) => s.clone(),
             None => snapshot::insert(
                 tx,
                 v.stage.blob(),
@@ -442,13 +443,22 @@ fn make(
         launch_requirements: examined.decided.launch_requirements,
         audit: examined.audit,
     };
+    // Ctrl-C during the inspection or the audit: nothing is committed.
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(crate::copy::Error::Interrupted.into());
+    }
     let (root, sync) = (store.root().to_owned(), store.sync);
     store.write(|tx| finish(tx, &root, sync, id, &image, &planned, &extra))
 }
 
 /// `image create --from-bundle`: a bundle made by `register`, `build` or `import`, checked with
 /// `verify` first. qcow2 disks are copied as they are; raw ones go through the copy engine.
-pub fn create_from_bundle(store: &mut Store, dir: &Path, progress: &Progress) -> Result<ImageInfo> {
+pub fn create_from_bundle(
+    store: &mut Store,
+    dir: &Path,
+    progress: &Progress,
+    cancel: Option<&AtomicBool>,
+) -> Result<ImageInfo> {
     let report = crate::bundle::verify::verify(dir, progress)?;
     if let Some(first) = report.failures.first() {
         return Err(Error::Invalid(format!(
@@ -457,21 +467,27 @@ pub fn create_from_bundle(store: &mut Store, dir: &Path, progress: &Progress) ->
             report.failures.len()
         )));
     }
-    ingest_bundle(store, dir, false, progress)
+    ingest_bundle(store, dir, false, progress, cancel)
 }
 
-/// Takes the verified (or just made) bundle in `dir` into the store: moved when `take`, copied
-/// otherwise.
+/// Takes the verified (or just made) bundle in `dir` into the store: its disks moved when
+/// `take` (a bundle `import` just wrote), rewritten by the copy engine otherwise.
 fn ingest_bundle(
     store: &mut Store,
     dir: &Path,
     take: bool,
     progress: &Progress,
+    cancel: Option<&AtomicBool>,
 ) -> Result<ImageInfo> {
     let m = Manifest::read(&dir.join(manifest::FILE_NAME))?;
     let work = store.work()?;
     let id = begin(store, &work, &m.image.image_name, &m.image.root_device_name)?;
-    match ingest_disks(store, &work, &id, dir, &m, take, progress) {
+    let bundle = Bundle {
+        dir,
+        manifest: &m,
+        take,
+    };
+    match ingest_disks(store, &work, &id, &bundle, progress, cancel) {
         Ok(()) => {
             drop(work);
             show(store, &id)
@@ -483,15 +499,26 @@ fn ingest_bundle(
     }
 }
 
+/// A bundle on its way into the store.
+struct Bundle<'a> {
+    dir: &'a Path,
+    manifest: &'a Manifest,
+    take: bool,
+}
+
 fn ingest_disks(
     store: &mut Store,
     work: &Work,
     id: &str,
-    dir: &Path,
-    m: &Manifest,
-    take: bool,
+    bundle: &Bundle<'_>,
     progress: &Progress,
+    cancel: Option<&AtomicBool>,
 ) -> Result<()> {
+    let Bundle {
+        dir,
+        manifest: m,
+        take,
+    } = *bundle;
     let mut planned = Vec::with_capacity(m.disks.len());
     for (i, (d, mapping)) in m
         .disks
@@ -507,37 +534,55 @@ fn ingest_disks(
             )));
         }
         let file = dir.join(&d.path);
-        let stage = match d.format {
-            DiskFormat::Qcow2 => {
-                let dest = work.path.join(format!("b{i}.qcow2"));
-                if take {
-                    std::fs::rename(&file, &dest).map_err(io(&file, "cannot move"))?;
-                } else {
-                    std::fs::copy(&file, &dest).map_err(io(&file, "cannot copy"))?;
-                }
-                if store.sync {
-                    std::fs::File::open(&dest)
-                        .and_then(|f| f.sync_all())
-                        .map_err(io(&dest, "cannot sync"))?;
-                }
-                Stage::New {
-                    staged: Staged {
-                        path: dest,
-                        blob: Blob {
-                            file: Blob::file_name(&d.content_digest),
-                            digest: d.content_digest.clone(),
-                            virtual_size: d.virtual_size,
-                            file_size: d.file_size,
-                            allocated_bytes: d.allocated_bytes,
-                            sha256: d.sha256.clone(),
-                        },
+        let stage = if take {
+            // A bundle `import` just wrote in the store's work directory: its disks come from
+            // mkomi's own writer and hold their disk only, so they are moved as they are.
+            let dest = work.path.join(format!("b{i}.qcow2"));
+            if d.format != DiskFormat::Qcow2 {
+                return Err(Error::Invalid(format!(
+                    "{}: not a qcow2 disk",
+                    file.display()
+                )));
+            }
+            std::fs::rename(&file, &dest).map_err(io(&file, "cannot move"))?;
+            Stage::New {
+                staged: Staged {
+                    path: dest,
+                    blob: Blob {
+                        file: Blob::file_name(&d.content_digest),
+                        digest: d.content_digest.clone(),
+                        virtual_size: d.virtual_size,
+                        file_size: d.file_size,
+                        allocated_bytes: d.allocated_bytes,
+                        sha256: d.sha256.clone(),
                     },
-                    identity: None,
-                }
+                },
+                identity: None,
             }
-            DiskFormat::Raw => {
-                snapshot::stage(store, work, &file, &OpenOptions::default(), progress, None)?
+        } else {
+            // Someone else's bundle is rewritten by the copy engine: a qcow2 file can hold more
+            // than its disk (internal snapshots, bitmaps, unreferenced clusters), and the blob
+            // would be shared by every later snapshot of the same content. The digest computed
+            // on the way must still be the manifest's: the bundle may have changed since
+            // `verify` read it.
+            let stage = snapshot::stage(
+                store,
+                work,
+                &file,
+                &OpenOptions::default(),
+                progress,
+                cancel,
+            )?;
+            if stage.blob().digest != d.content_digest {
+                return Err(Error::Invalid(format!(
+                    "{}: ContentDigest {} now, not the manifest's {}: the bundle changed while \
+                     it was read",
+                    file.display(),
+                    stage.blob().digest,
+                    d.content_digest
+                )));
             }
+            stage
         };
         planned.push(Planned {
             spec: Volume::new(&d.device_name, &file),
@@ -1096,7 +1141,7 @@ pub fn import(
     req.force = false;
     req.sync = store.sync;
     let report = import_pkg::import(&req, progress)?;
-    let info = ingest_bundle(store, &req.output, true, progress)?;
+    let info = ingest_bundle(store, &req.output, true, progress, None)?;
     drop(work);
     Ok((info, report))
 }

@@ -30,13 +30,12 @@ pub struct CheckReport {
 /// Whether the work directory `token` belongs to a process that still runs (it holds the lock).
 fn alive(root: &Path, token: &str) -> bool {
     let lock = root.join(WORK).join(format!("{token}.lock"));
-    match File::options().write(true).open(&lock) {
-        Ok(f) => match f.try_lock() {
-            Ok(()) => false,
-            Err(std::fs::TryLockError::WouldBlock) => true,
-            Err(std::fs::TryLockError::Error(_)) => true,
-        },
-        Err(_) => false,
+    // Read-only is enough for flock, and works on another user's lock file of a shared store.
+    // Anything but "no such file" or a lock won is taken for a live owner: wrongly failing a
+    // running operation is worse than leaving a dead one for later.
+    match File::open(&lock) {
+        Ok(f) => !matches!(f.try_lock(), Ok(())),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     }
 }
 
@@ -49,12 +48,16 @@ fn clear_work(root: &Path) -> Result<Vec<String>> {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') && name.ends_with(".new") {
-            // A lock file being made: stale only when nobody holds it.
+            // A lock file being made: stale only when nobody holds it and it is not brand new
+            // (its maker may not have locked it yet).
             let path = dir.join(&name);
-            let free = File::options()
-                .write(true)
-                .open(&path)
-                .is_ok_and(|f| f.try_lock().is_ok());
+            let young = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < std::time::Duration::from_secs(60));
+            let free = !young && File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
             if free {
                 let _ = std::fs::remove_file(&path);
             }
@@ -184,13 +187,6 @@ pub fn check(store: &mut Store, progress: &Progress) -> Result<CheckReport> {
     };
     let dir = store.root().join(BLOBS);
     for b in &blobs {
-        if b.file != super::Blob::file_name(&b.digest) {
-            report.problems.push(format!(
-                "{catalog}: blob {} is recorded as file {:?}",
-                b.digest, b.file
-            ));
-            continue;
-        }
         let disk = Disk {
             device_name: String::new(),
             path: b.file.clone(),
@@ -233,7 +229,10 @@ pub fn check(store: &mut Store, progress: &Progress) -> Result<CheckReport> {
         let ((r1, f1), (r2, f2)) = std::thread::scope(|s| {
             let content = s.spawn(|| check_content(&dir, &disk, progress));
             let file = check_file(&dir, &disk);
-            (file, content.join().unwrap_or((0, Vec::new())))
+            let content = content
+                .join()
+                .unwrap_or_else(|_| (0, vec![format!("{}: the content check failed", disk.path)]));
+            (file, content)
         });
         report.bytes += r1 + r2;
         report.blobs += 1;
@@ -242,7 +241,8 @@ pub fn check(store: &mut Store, progress: &Progress) -> Result<CheckReport> {
             continue;
         }
         for f in found {
-            let f = f.replace("the manifest's", "the catalog's");
+            // verify's words are about a bundle's manifest; here the catalog says what to expect.
+            let f = f.replace("manifest", "catalog");
             let users = snapshots_of(store, &b.digest)?;
             report.problems.push(format!(
                 "{}: {f} (used by {})",
@@ -334,19 +334,19 @@ pub struct GcReport {
 /// process can be between renaming a blob into place and committing its row meanwhile.
 pub fn gc(store: &mut Store) -> Result<GcReport> {
     let root = store.root().to_owned();
+    // Rows first, committed; then, under the write lock again, the files no row names (those
+    // rows' included). Removed before the commit, a failed commit would bring rows back without
+    // their files.
+    store.write(|tx| {
+        tx.execute(
+            "DELETE FROM blobs WHERE NOT EXISTS (
+                 SELECT 1 FROM snapshots s WHERE s.digest = blobs.digest)",
+            [],
+        )?;
+        Ok(())
+    })?;
     let mut report = store.write(|tx| {
         let mut report = GcReport::default();
-        let unused: Vec<(String, String)> = {
-            let mut stmt = tx.prepare(
-                "SELECT digest, file FROM blobs b
-                 WHERE NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.digest = b.digest)",
-            )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        for (digest, _) in &unused {
-            tx.execute("DELETE FROM blobs WHERE digest = ?1", [digest])?;
-        }
         for (path, len) in super::remove_orphans(tx, &root)? {
             report.bytes_freed += len;
             report.blobs_removed.push(path.display().to_string());

@@ -157,6 +157,24 @@ pub fn default_dir() -> Option<PathBuf> {
 impl Store {
     /// Opens the store at `root`, creating it (and migrating its catalog) as needed.
     pub fn open(root: &Path) -> Result<Store> {
+        Store::open_with(root, true)
+    }
+
+    /// Opens the store at `root`, which must exist: for commands that only read or change what
+    /// is there, so that a mistyped `--store` is an error, not a new empty store.
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        Store::open_with(root, false)
+    }
+
+    fn open_with(root: &Path, create: bool) -> Result<Store> {
+        if !create && !root.join(CATALOG).exists() {
+            return Err(Error::Catalog {
+                path: root.join(CATALOG),
+                reason: "no store here (`snapshot create`, `image create` or `image import` \
+                         make one)"
+                    .into(),
+            });
+        }
         for dir in [root.to_owned(), root.join(BLOBS), root.join(WORK)] {
             std::fs::create_dir_all(&dir).map_err(io(&dir, "cannot create"))?;
         }
@@ -240,6 +258,14 @@ impl Store {
     /// Brings the catalog to the latest schema.
     fn migrate(&mut self) -> Result<()> {
         let catalog = self.catalog.clone();
+        // Up to date, as almost always: no write lock is taken.
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.db())?;
+        if version == schema::MIGRATIONS.len() as i64 {
+            return Ok(());
+        }
         self.write(|tx| {
             let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
             let known = schema::MIGRATIONS.len() as i64;
@@ -343,15 +369,15 @@ impl Store {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io(&fresh, "cannot create")(e)),
             };
-            let locked = lock
-                .lock()
-                .map_err(io(&fresh, "cannot lock"))
-                .and_then(|()| {
-                    std::fs::rename(&fresh, &lock_path).map_err(io(&lock_path, "cannot create"))
-                });
-            if let Err(e) = locked {
-                let _ = std::fs::remove_file(&fresh);
-                return Err(e);
+            lock.lock().map_err(io(&fresh, "cannot lock"))?;
+            match std::fs::rename(&fresh, &lock_path) {
+                Ok(()) => {}
+                // Taken for stale by a `check` (it was not yet locked): start again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&fresh);
+                    return Err(io(&lock_path, "cannot create")(e));
+                }
             }
             let path = dir.join(&token);
             std::fs::create_dir(&path).map_err(io(&path, "cannot create"))?;
@@ -397,10 +423,23 @@ pub struct Blob {
 }
 
 impl Blob {
+    /// A blob from a row of `digest, file, virtual_size, file_size, allocated_bytes, sha256`.
+    /// The file's name is never taken from the catalog as it is: it must be the one its
+    /// digest gives, so that no row can name a path outside `blobs/`.
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Blob> {
+        let digest: String = r.get(0)?;
+        let file: String = r.get(1)?;
+        if !is_digest(&digest) || file != Blob::file_name(&digest) {
+            return Err(rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                format!("a blob row names {file:?} for {digest:?}, not the file its digest gives")
+                    .into(),
+            ));
+        }
         Ok(Blob {
-            digest: r.get(0)?,
-            file: r.get(1)?,
+            digest,
+            file,
             virtual_size: r.get(2)?,
             file_size: r.get(3)?,
             allocated_bytes: r.get(4)?,
@@ -412,6 +451,15 @@ impl Blob {
     pub fn file_name(digest: &str) -> String {
         format!("{}.qcow2", digest.replace(':', "-"))
     }
+}
+
+/// Whether `d` has the shape of a ContentDigest: `sha256-4m:` and 64 lowercase hex digits.
+pub(crate) fn is_digest(d: &str) -> bool {
+    d.len() == 74
+        && d.starts_with("sha256-4m:")
+        && d[10..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A running operation's work directory; removed, and its lock released, when dropped.
@@ -444,18 +492,27 @@ pub(crate) fn commit_blob(
     staged: &Staged,
     sync: bool,
 ) -> Result<()> {
-    let known: Option<String> = tx
-        .query_row(
-            "SELECT file FROM blobs WHERE digest = ?1",
-            [&staged.blob.digest],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if known.is_some() {
+    if !is_digest(&staged.blob.digest) {
+        return Err(Error::Invalid(format!(
+            "{:?}: not a ContentDigest",
+            staged.blob.digest
+        )));
+    }
+    let known: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM blobs WHERE digest = ?1)",
+        [&staged.blob.digest],
+        |r| r.get(0),
+    )?;
+    let dest = root.join(BLOBS).join(Blob::file_name(&staged.blob.digest));
+    if known && dest.is_file() {
         return Ok(());
     }
-    let dest = root.join(BLOBS).join(&staged.blob.file);
+    // New content, or a row whose file a crash or damage took: the staged file (the same
+    // content) goes into place.
     std::fs::rename(&staged.path, &dest).map_err(io(&dest, "cannot move a blob to"))?;
+    if known {
+        return Ok(());
+    }
     if sync {
         let blobs = root.join(BLOBS);
         sync_dir(&blobs).map_err(io(&blobs, "cannot sync"))?;
@@ -480,22 +537,22 @@ pub(crate) fn commit_blob(
 /// transaction of its own: a file is removed only while no row names it, and no other process
 /// can be between renaming the same content into place and recording it meanwhile. A crash
 /// before this leaves files no row names, which `check` and `gc` remove.
-pub(crate) fn remove_blob_files(store: &mut Store, files: Vec<String>) -> Result<()> {
-    if files.is_empty() {
+pub(crate) fn remove_blob_files(store: &mut Store, digests: Vec<String>) -> Result<()> {
+    if digests.is_empty() {
         return Ok(());
     }
     let root = store.root.clone();
     store.write(|tx| {
-        for file in &files {
+        for digest in digests.iter().filter(|d| is_digest(d)) {
             let named: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM blobs WHERE file = ?1)",
-                [file],
+                "SELECT EXISTS (SELECT 1 FROM blobs WHERE digest = ?1)",
+                [digest],
                 |r| r.get(0),
             )?;
             if named {
                 continue;
             }
-            let path = root.join(BLOBS).join(file);
+            let path = root.join(BLOBS).join(Blob::file_name(digest));
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -514,8 +571,9 @@ pub(crate) fn remove_orphans(
     root: &Path,
 ) -> Result<Vec<(PathBuf, u64)>> {
     let known: std::collections::BTreeSet<String> = {
-        let mut stmt = tx.prepare("SELECT file FROM blobs")?;
-        stmt.query_map([], |r| r.get(0))?
+        let mut stmt = tx.prepare("SELECT digest FROM blobs")?;
+        stmt.query_map([], |r| r.get::<_, String>(0))?
+            .map(|d| d.map(|d| Blob::file_name(&d)))
             .collect::<rusqlite::Result<_>>()?
     };
     let dir = root.join(BLOBS);
@@ -523,7 +581,8 @@ pub(crate) fn remove_orphans(
     let entries = std::fs::read_dir(&dir).map_err(io(&dir, "cannot read"))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if known.contains(&name) {
+        // Only files: anything else in blobs/ is not ours to remove.
+        if known.contains(&name) || !e.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
         let path = dir.join(&name);
@@ -660,7 +719,9 @@ mod tests {
                 )?;
                 tx.execute_batch(
                     "INSERT INTO images (id, name, root_device_name, state, creation_date)
-                     VALUES ('ami-0000000a', 'web', '/dev/sda1', 'pending', 'now');",
+                     VALUES ('ami-0000000a', 'web', '/dev/sda1', 'pending', 'now');
+                     INSERT INTO images (id, name, root_device_name, state, creation_date)
+                     VALUES ('ami-0000000d', 'db-1', '/dev/sda1', 'pending', 'now');",
                 )?;
                 Ok(())
             })
@@ -676,7 +737,8 @@ mod tests {
                 tx.execute_batch(
                     "INSERT INTO block_device_mappings VALUES
                          ('ami-0000000a', 0, '/dev/sda1', 'snap-0000000a', 1, 'standard', NULL, 1);
-                     UPDATE images SET state = 'available', architecture = 'x86_64';",
+                     UPDATE images SET state = 'available', architecture = 'x86_64'
+                     WHERE id = 'ami-0000000a';",
                 )?;
                 Ok(())
             })
@@ -688,17 +750,36 @@ mod tests {
         );
         assert!(e.contains("FOREIGN KEY"), "{e}");
         refused(&mut store, "DELETE FROM blobs");
-        // An available image keeps its mappings.
+        // An available image keeps its mappings and its root; images start pending.
         let e = refused(&mut store, "DELETE FROM block_device_mappings");
         assert!(e.contains("cannot be removed"), "{e}");
+        let e = refused(
+            &mut store,
+            "UPDATE block_device_mappings SET image_id = 'ami-0000000b'",
+        );
+        assert!(e.contains("cannot change"), "{e}");
+        let e = refused(
+            &mut store,
+            "UPDATE images SET root_device_name = '/dev/sdb'",
+        );
+        assert!(e.contains("cannot change"), "{e}");
+        let e = refused(
+            &mut store,
+            "INSERT INTO images (id, name, architecture, root_device_name, state, creation_date)
+             VALUES ('ami-0000000c', 'x86', 'x86_64', '/dev/sda1', 'available', 'now')",
+        );
+        assert!(e.contains("made pending"), "{e}");
         // Shapes and enumerations.
         for sql in [
             "UPDATE images SET id = 'ami-XYZ' WHERE id = 'ami-0000000a'",
             "UPDATE images SET state = 'gone'",
             "UPDATE images SET architecture = 'arm64'",
-            "UPDATE block_device_mappings SET volume_type = 'ssd'",
-            "UPDATE block_device_mappings SET volume_size = 14902",
-            "UPDATE block_device_mappings SET iops = 13001",
+            "INSERT INTO block_device_mappings VALUES
+                 ('ami-0000000d', 0, '/dev/sda1', 'snap-0000000a', 1, 'ssd', NULL, 1)",
+            "INSERT INTO block_device_mappings VALUES
+                 ('ami-0000000d', 0, '/dev/sda1', 'snap-0000000a', 14902, 'gp2', NULL, 1)",
+            "INSERT INTO block_device_mappings VALUES
+                 ('ami-0000000d', 0, '/dev/sda1', 'snap-0000000a', 1, 'io1', 13001, 1)",
             "INSERT INTO launch_permissions VALUES ('ami-0000000a', '12345')",
             "INSERT INTO boot_modes VALUES ('ami-0000000a', 'bios')",
             "UPDATE snapshots SET id = 'snap-1'",

@@ -5,8 +5,8 @@
 //! - a block device mapping references its snapshot with `ON DELETE RESTRICT`: a snapshot used by
 //!   an image cannot be deleted;
 //! - a snapshot references its blob (the data, stored once per ContentDigest) the same way;
-//! - an image becomes `available` only with a mapping for its root device (a trigger), and a
-//!   mapping cannot be removed from an available image;
+//! - an image is inserted `pending` and becomes `available` only with a mapping for its root
+//!   device (triggers); an available image's mappings and root device cannot change;
 //! - IDs have Outscale's shapes (`snap-`/`ami-` and 8 hex digits), enumerations their values,
 //!   sizes Outscale's limits (`VolumeSize` 1 to 14,901 GiB, `Iops` at most 13,000), account IDs
 //!   12 digits.
@@ -19,7 +19,7 @@ CREATE TABLE blobs (
     digest TEXT PRIMARY KEY
         CHECK (length(digest) = 74 AND digest GLOB 'sha256-4m:*'
                AND substr(digest, 11) NOT GLOB '*[^0-9a-f]*'),
-    file TEXT NOT NULL UNIQUE CHECK (file NOT GLOB '*/*'),
+    file TEXT NOT NULL UNIQUE CHECK (file = replace(digest, ':', '-') || '.qcow2'),
     virtual_size INTEGER NOT NULL CHECK (virtual_size > 0),
     file_size INTEGER NOT NULL CHECK (file_size > 0),
     allocated_bytes INTEGER NOT NULL CHECK (allocated_bytes >= 0),
@@ -102,6 +102,28 @@ WHEN NEW.state = 'available' AND NOT EXISTS (
     WHERE image_id = NEW.id AND device_name = NEW.root_device_name)
 BEGIN
     SELECT RAISE(ABORT, 'an image without its root snapshot cannot be available');
+END;
+
+CREATE TRIGGER images_are_made_pending
+BEFORE INSERT ON images
+WHEN NEW.state <> 'pending'
+BEGIN
+    SELECT RAISE(ABORT, 'an image is made pending, then becomes available with its mappings');
+END;
+
+CREATE TRIGGER available_images_keep_their_root
+BEFORE UPDATE OF root_device_name ON images
+WHEN OLD.state = 'available'
+BEGIN
+    SELECT RAISE(ABORT, 'the root device of an available image cannot change');
+END;
+
+CREATE TRIGGER available_images_keep_their_mappings_as_they_are
+BEFORE UPDATE ON block_device_mappings
+WHEN (SELECT state FROM images WHERE id = OLD.image_id) = 'available'
+  OR (SELECT state FROM images WHERE id = NEW.image_id) = 'available'
+BEGIN
+    SELECT RAISE(ABORT, 'the mappings of an available image cannot change');
 END;
 
 CREATE TRIGGER available_images_keep_their_mappings

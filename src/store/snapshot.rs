@@ -125,6 +125,15 @@ fn identity(path: &Path) -> Option<String> {
     if !meta.is_file() {
         return None;
     }
+    // The kernel stamps times from a coarse clock: a write in the same tick as the last one
+    // may leave them unchanged. A file changed in the last seconds is not trusted (as git
+    // does with its index).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if now - meta.ctime().max(meta.mtime()) < 3 {
+        return None;
+    }
     let mut head = [0u8; 16];
     let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
     if n >= 16 && head[..4] == *b"QFI\xfb" && head[8..16] != [0u8; 8] {
@@ -170,6 +179,12 @@ pub(crate) fn stage(
     }
     let mut src = source::open(path, open)?;
     let size = src.size();
+    // What no volume can hold is refused before anything is read.
+    if size == 0 {
+        return Err(Error::Invalid(format!("{}: an empty disk", path.display())));
+    }
+    rules::volume_size(rules::min_volume_gib(size), size)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let n = std::fs::read_dir(&work.path)
         .map_err(io(&work.path, "cannot read"))?
         .count();
@@ -309,7 +324,7 @@ fn users(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<String>>
 }
 
 /// Deletes snapshot `id` inside `tx`, and its blob's row when no other snapshot shares it.
-/// Refused while an image uses the snapshot. Returns the blob file to remove once the
+/// Refused while an image uses the snapshot. Returns the blob (its digest) to remove once the
 /// transaction is committed (see [`super::remove_blob_files`]): removed before, a failed commit
 /// would bring the rows back without their data.
 pub(crate) fn delete_in(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<String>> {
@@ -343,12 +358,8 @@ pub(crate) fn delete_in(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Opti
     if shared {
         return Ok(None);
     }
-    let file: String =
-        tx.query_row("SELECT file FROM blobs WHERE digest = ?1", [&digest], |r| {
-            r.get(0)
-        })?;
     tx.execute("DELETE FROM blobs WHERE digest = ?1", [&digest])?;
-    Ok(Some(file))
+    Ok(Some(digest))
 }
 
 /// `snapshot delete`.
