@@ -714,7 +714,14 @@ pub fn list(store: &Store, filter: &Filter) -> Result<Vec<ImageInfo>> {
 
 /// `image show`.
 pub fn show(store: &Store, id: &str) -> Result<ImageInfo> {
-    read(store.conn(), id).map_err(|e| match e {
+    // One read transaction: the image and its mappings as one commit left them.
+    let tx = store.conn().unchecked_transaction().map_err(store.db())?;
+    read_named(store, &tx, id)
+}
+
+/// [`read`], its catalog errors naming the catalog.
+fn read_named(store: &Store, conn: &rusqlite::Connection, id: &str) -> Result<ImageInfo> {
+    read(conn, id).map_err(|e| match e {
         Error::Catalog { reason, .. } => Error::Catalog {
             path: store.catalog().to_owned(),
             reason,
@@ -1018,7 +1025,9 @@ pub fn delete(store: &mut Store, id: &str, with_snapshots: bool) -> Result<Delet
 
 /// The image as a bundle's manifest and the blob behind each disk.
 fn as_bundle(store: &Store, id: &str) -> Result<(Manifest, Vec<(String, PathBuf)>)> {
-    let info = show(store, id)?;
+    // The image and its blobs read in one transaction.
+    let tx = store.conn().unchecked_transaction().map_err(store.db())?;
+    let info = read_named(store, &tx, id)?;
     if info.state != "available" {
         return Err(Error::Refused {
             id: id.to_owned(),
