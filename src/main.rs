@@ -816,6 +816,13 @@ fn print_export(r: &package::Report, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Now, in seconds since the epoch (to judge pre-signed URLs' expiry).
+fn now_epoch() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn import_origin(manifest: &str, storage: &StorageArgs) -> Result<import::Origin, ExitCode> {
     Ok(if manifest.starts_with("s3://") {
         let location = manifest
@@ -846,9 +853,7 @@ fn run_import(a: ImportArgs, progress: &Progress, json: bool) -> ExitCode {
         Ok(o) => o,
         Err(code) => return code,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = now_epoch();
     let req = import::Request {
         origin,
         output: a.output,

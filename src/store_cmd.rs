@@ -413,9 +413,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                 Ok(o) => o,
                 Err(code) => return code,
             };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
+            let now = crate::now_epoch();
             let req = import::Request {
                 origin,
                 output: PathBuf::new(),

@@ -230,6 +230,22 @@ fn begin(store: &mut Store, work: &Work, name: &str, root_device: &str) -> Resul
     })
 }
 
+/// Ends the making of image `id`: shown once made, removed (with its work) when it failed.
+fn settle(store: &mut Store, work: Work, id: &str, made: Result<()>) -> Result<ImageInfo> {
+    match made {
+        Ok(()) => {
+            drop(work);
+            show(store, id)
+        }
+        Err(e) => {
+            // Removed while its work is still locked: no `check` takes it for a crash meanwhile.
+            abandon(store, id);
+            drop(work);
+            Err(e)
+        }
+    }
+}
+
 /// Removes a pending image whose making failed.
 fn abandon(store: &mut Store, id: &str) {
     let _ = store.write(|tx| {
@@ -374,16 +390,7 @@ pub fn create(
     let work = store.work()?;
     let id = begin(store, &work, &name, &req.root.device)?;
     let made = make(store, &work, &id, &rreq, &specs, progress, cancel);
-    match made {
-        Ok(()) => {
-            drop(work);
-            show(store, &id)
-        }
-        Err(e) => {
-            abandon(store, &id);
-            Err(e)
-        }
-    }
+    settle(store, work, &id, made)
 }
 
 fn make(
@@ -487,16 +494,8 @@ fn ingest_bundle(
         manifest: &m,
         take,
     };
-    match ingest_disks(store, &work, &id, &bundle, progress, cancel) {
-        Ok(()) => {
-            drop(work);
-            show(store, &id)
-        }
-        Err(e) => {
-            abandon(store, &id);
-            Err(e)
-        }
-    }
+    let made = ingest_disks(store, &work, &id, &bundle, progress, cancel);
+    settle(store, work, &id, made)
 }
 
 /// A bundle on its way into the store.
