@@ -557,6 +557,7 @@ fn ingest_disks(
                     },
                 },
                 identity: None,
+                read: 0,
             }
         } else {
             // Someone else's bundle is rewritten by the copy engine: a qcow2 file can hold more

@@ -38,6 +38,10 @@ pub struct Snapshot {
     pub virtual_size: u64,
     /// The images that use it.
     pub images: Vec<String>,
+    /// Bytes of data read to make it (`snapshot create` only): 0 when the store knew the
+    /// unchanged file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_read: Option<u64>,
 }
 
 /// What `snapshot create` makes.
@@ -60,6 +64,8 @@ pub(crate) enum Stage {
         staged: Staged,
         /// The source's identity, for the cache, when it did not change while read.
         identity: Option<String>,
+        /// Bytes of data read.
+        read: u64,
     },
 }
 
@@ -103,7 +109,10 @@ impl Stage {
                 });
             }
         }
-        if let Stage::New { staged, identity } = self {
+        if let Stage::New {
+            staged, identity, ..
+        } = self
+        {
             commit_blob(tx, store_root, staged, sync)?;
             if let Some(identity) = identity {
                 tx.execute(
@@ -216,6 +225,7 @@ pub(crate) fn stage(
     Ok(Stage::New {
         staged: Staged { path: file, blob },
         identity: before.filter(|b| after.as_ref() == Some(b)),
+        read: report.data_bytes,
     })
 }
 
@@ -258,7 +268,13 @@ pub fn create(
         insert(tx, stage.blob(), req.description.as_deref(), &origin)
     })?;
     drop(work);
-    show(store, &id)
+    let read = match &stage {
+        Stage::Known(_) => 0,
+        Stage::New { read, .. } => *read,
+    };
+    let mut snap = show(store, &id)?;
+    snap.bytes_read = Some(read);
+    Ok(snap)
 }
 
 /// `snapshot list`: every snapshot, oldest first.
@@ -305,6 +321,7 @@ pub fn show(store: &Store, id: &str) -> Result<Snapshot> {
                     content_digest: r.get(4)?,
                     virtual_size: r.get(5)?,
                     images: Vec::new(),
+                    bytes_read: None,
                 })
             },
         )
