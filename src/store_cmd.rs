@@ -156,9 +156,12 @@ pub struct UpdateArgs {
     /// Description.
     #[arg(long)]
     description: Option<String>,
-    /// A tag KEY=VALUE; repeatable.
+    /// A tag KEY=VALUE to set; repeatable.
     #[arg(long, value_name = "KEY=VALUE", value_parser = crate::parse_var)]
     tag: Vec<(String, String)>,
+    /// A tag to remove, by key; repeatable.
+    #[arg(long, value_name = "KEY")]
+    remove_tag: Vec<String>,
 }
 
 /// Whether the command polls [`CANCEL`] (so that Ctrl-C may set it rather than end the process).
@@ -371,6 +374,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                 global: a.global,
                 description: a.description,
                 tags: a.tag,
+                remove_tags: a.remove_tag,
             };
             done(image::update(&mut store, &a.id, &u), json, |i| {
                 i.image_id.clone()

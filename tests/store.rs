@@ -334,6 +334,16 @@ fn launch_permissions_tags_and_filters() {
     assert_eq!(o.status.code(), Some(2));
     let o = st(&store, &["image", "list", "--filter", "owner=me"]);
     assert_eq!(o.status.code(), Some(2));
+    let o = st(&store, &["image", "list", "--filter", "state=deleted"]);
+    assert_eq!(o.status.code(), Some(2));
+    // A tag removed; the other stays.
+    st_ok(&store, &["image", "update", &a, "--remove-tag", "env"]);
+    let image = json(&store, &["image", "show", &a])["Image"].clone();
+    assert_eq!(
+        image["Tags"],
+        serde_json::json!([{"Key": "team", "Value": "web"}])
+    );
+    assert_eq!(ids(&["tag:env=prod"]), Vec::<String>::new());
     st_refused(
         &store,
         &["image", "update", "ami-00000000", "--global", "false"],

@@ -630,8 +630,18 @@ impl Filter {
                 .ok_or_else(|| format!("{term:?}: KEY=VALUE expected"))?;
             match k {
                 "name" => self.names.push(v.to_owned()),
-                "arch" | "architecture" => self.architectures.push(v.to_owned()),
-                "state" => self.states.push(v.to_owned()),
+                // A value no image can have is a mistake, not an empty answer.
+                "arch" | "architecture" if ["i386", "x86_64"].contains(&v) => {
+                    self.architectures.push(v.to_owned())
+                }
+                "state" if ["pending", "available", "failed"].contains(&v) => {
+                    self.states.push(v.to_owned())
+                }
+                "arch" | "architecture" | "state" => {
+                    return Err(format!(
+                        "{term:?}: arch is i386 or x86_64, state pending, available or failed"
+                    ));
+                }
                 _ => match k.strip_prefix("tag:") {
                     Some(key) if !key.is_empty() => self.tags.push((key.to_owned(), v.to_owned())),
                     _ => {
@@ -822,6 +832,8 @@ pub struct Update {
     pub description: Option<String>,
     /// Tags to set.
     pub tags: Vec<(String, String)>,
+    /// Tags to remove, by key.
+    pub remove_tags: Vec<String>,
 }
 
 /// Checks an account ID: 12 digits, as Outscale's are.
@@ -879,6 +891,12 @@ pub fn update(store: &mut Store, id: &str, u: &Update) -> Result<ImageInfo> {
         }
         if let Some(d) = &u.description {
             tx.execute("UPDATE images SET description = ?2 WHERE id = ?1", [id, d])?;
+        }
+        for k in &u.remove_tags {
+            tx.execute(
+                "DELETE FROM image_tags WHERE image_id = ?1 AND key = ?2",
+                [id, k],
+            )?;
         }
         for (k, v) in &u.tags {
             tx.execute(
