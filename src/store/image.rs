@@ -942,24 +942,18 @@ pub fn copy(store: &mut Store, id: &str, name: Option<&str>) -> Result<ImageInfo
             ],
         )?;
         for (position, m) in src.block_device_mappings.iter().enumerate() {
-            let (digest, description): (String, Option<String>) = tx.query_row(
-                "SELECT digest, description FROM snapshots WHERE id = ?1",
-                [&m.bsu.snapshot_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            // The new snapshot shares the source's data (and keeps its description).
             let snap = new_id(tx, "snap", "snapshots")?;
             tx.execute(
                 "INSERT INTO snapshots (id, digest, volume_size, description, origin, creation_date)
-                 SELECT ?1, digest, volume_size, ?2, ?3, ?4 FROM snapshots WHERE id = ?5",
+                 SELECT ?1, digest, volume_size, description, ?2, ?3 FROM snapshots WHERE id = ?4",
                 rusqlite::params![
                     snap,
-                    description,
                     format!("copy of {}", m.bsu.snapshot_id),
                     now(),
                     m.bsu.snapshot_id
                 ],
             )?;
-            let _ = digest;
             let mapping = BlockDeviceMapping {
                 device_name: m.device_name.clone(),
                 bsu: Bsu {

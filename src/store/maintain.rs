@@ -21,7 +21,7 @@ pub struct CheckReport {
     pub blobs: usize,
     /// Bytes of blob files read.
     pub bytes: u64,
-    /// Snapshots and images in the catalog.
+    /// Snapshots in the catalog.
     pub snapshots: usize,
     /// Images in the catalog.
     pub images: usize,

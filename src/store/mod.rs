@@ -103,11 +103,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the request broke a rule of the store (not a failure of the store).
-    pub fn is_refused(&self) -> bool {
-        matches!(self, Error::Refused { .. })
-    }
-
     /// Whether the operation stopped on Ctrl-C.
     pub fn is_interrupted(&self) -> bool {
         match self {
