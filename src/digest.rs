@@ -4,6 +4,11 @@
 //! consecutive 4 MiB block of the virtual disk; the last block may be shorter. A disk of size 0
 //! has no blocks, so its digest is the SHA-256 of the empty string.
 //!
+//! The virtual disk is the one qemu sees: the source rounded up to a whole 512-byte sector, the
+//! tail zero-filled ([`crate::sink::virtual_size`]), the disk every output of mkomi holds. So the
+//! qcow2 and the raw output of one source have the same digest, and a source whose size is not
+//! a whole number of sectors has the digest of its bytes followed by zeros to the next sector.
+//!
 //! All-zero blocks take a digest computed once, so the cost follows the allocated data. Block
 //! digests are independent, which lets the copy engine hash blocks on one thread while another
 //! reads and a third writes.

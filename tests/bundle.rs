@@ -277,6 +277,103 @@ fn verify_catches_every_kind_of_damage() {
     assert!(stdout.contains("not a plain file name"), "{stdout}");
 }
 
+/// Rewrites a disk's manifest fields and SHA256SUMS around a hand-edited disk file, as a bundle
+/// written that way would have them: only what the edit itself breaks is left to find.
+fn reseal(b: &Path, disk: &str, virtual_size: u64) {
+    let file = b.join(disk);
+    let sha = tool("sha256sum", &[s(&file)]);
+    let mut m = manifest(b);
+    m["Disks"][0]["VirtualSize"] = virtual_size.into();
+    m["Disks"][0]["FileSize"] = std::fs::metadata(&file).unwrap().len().into();
+    m["Disks"][0]["Sha256"] = sha.split_whitespace().next().unwrap().into();
+    let mut bytes = serde_json::to_vec_pretty(&m).unwrap();
+    bytes.push(b'\n');
+    std::fs::write(b.join("manifest.json"), bytes).unwrap();
+    let sums = Command::new("sha256sum")
+        .args(["manifest.json", disk])
+        .current_dir(b)
+        .output()
+        .unwrap();
+    assert!(sums.status.success());
+    std::fs::write(b.join("SHA256SUMS"), sums.stdout).unwrap();
+}
+
+#[test]
+fn verify_finds_a_tail_that_qemu_does_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 57 bytes past a whole sector, holding data.
+    let size = 3_158_073u64;
+    let src = d.join("odd.img");
+    sparse_raw(&src, size, &[(0, 100_000, 0x51), (size - 57, 57, 0x52)]);
+    let register = |out: &Path, format: &str| {
+        ok(&[
+            "register",
+            s(&src),
+            "-o",
+            s(out),
+            "--arch",
+            "x86_64",
+            "--format",
+            format,
+            "--no-boot-check",
+            "-q",
+            "--no-sync",
+        ]);
+    };
+
+    // A qcow2 disk whose header says the source's odd size, as mkomi once wrote it: qemu reads
+    // 3,158,016 bytes of it, and the last 57 are lost.
+    let q = d.join("q");
+    register(&q, "qcow2");
+    assert_eq!(verify(&q).0, 0);
+    open_rw(&q.join("sda1.qcow2"))
+        .write_all_at(&size.to_be_bytes(), 24)
+        .unwrap();
+    reseal(&q, "sda1.qcow2", size);
+    sha256sum_check(&q);
+    let (code, stdout) = verify(&q);
+    assert_eq!(code, 3, "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "{}: sda1.qcow2: qemu reads 3158016 bytes (the qcow2 size 3158073 rounded down to whole \
+         512-byte sectors), less than the manifest's VirtualSize 3158073: the last 57 bytes are lost",
+            s(&q)
+        )
+    );
+    // inspect says so too, as a problem of the disk.
+    let shown = ok(&["inspect", s(&q.join("sda1.qcow2"))]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(
+            "problem: the qcow2 virtual size 3158073 is not a multiple of 512 bytes: qemu reads \
+             only the first 3158016 bytes, and the last 57 bytes are lost to every qemu-based reader"
+        ),
+        "{shown}"
+    );
+
+    // A raw disk of the odd size: qemu reads all of it, but its VirtualSize is not the disk
+    // mkomi writes and its ContentDigest covers.
+    let r = d.join("r");
+    register(&r, "raw");
+    assert_eq!(verify(&r).0, 0);
+    open_rw(&r.join("sda1.raw")).set_len(size).unwrap();
+    reseal(&r, "sda1.raw", size);
+    let (code, stdout) = verify(&r);
+    assert_eq!(code, 3, "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "{}: sda1.raw: manifest VirtualSize 3158073 is not a whole number of 512-byte sectors, as \
+         mkomi writes every disk: register the source again",
+            s(&r)
+        )
+    );
+}
+
 type Damage = Box<dyn Fn(&Path)>;
 
 /// Flips the lowest bit of one byte of a bundle file.

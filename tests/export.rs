@@ -425,6 +425,56 @@ fn an_outscale_manifest_alone_is_imported_with_digests_recorded() {
     );
 }
 
+#[test]
+fn a_disk_of_odd_size_keeps_its_tail_through_export_and_import() {
+    let d = tempfile::tempdir().unwrap();
+    // 57 bytes past a whole sector, holding data.
+    let size = 3_158_073u64;
+    let padded = 3_158_528u64;
+    let src = d.path().join("odd.raw");
+    sparse_raw(&src, size, &[(0, 100_000, 0x71), (size - 57, 57, 0x72)]);
+    let b = d.path().join("b");
+    ok(&[
+        "register",
+        s(&src),
+        "-o",
+        s(&b),
+        "--arch",
+        "x86_64",
+        "--no-boot-check",
+        "-q",
+    ]);
+    for object in ["qcow2", "raw"] {
+        let pkg = d.path().join(format!("pkg-{object}"));
+        ok(&["export", s(&b), "--to", s(&pkg), "--format", object, "-q"]);
+        for format in ["qcow2", "raw"] {
+            let back = d.path().join(format!("back-{object}-{format}"));
+            ok(&[
+                "import",
+                s(&pkg.join("manifest.json")),
+                "-o",
+                s(&back),
+                "--format",
+                format,
+                "-q",
+            ]);
+            ok(&["verify", s(&back), "-q"]);
+            let disk = back.join(format!("sda1.{format}"));
+            qemu_compare(&src, &disk);
+            let info: Value =
+                serde_json::from_str(&tool("qemu-img", &["info", "--output=json", s(&disk)]))
+                    .unwrap();
+            assert_eq!(info["virtual-size"], padded, "{object} to {format}");
+            let m = manifest(&back);
+            assert_eq!(m["Disks"][0]["VirtualSize"], padded);
+            assert_eq!(
+                m["Disks"][0]["ContentDigest"],
+                manifest(&b)["Disks"][0]["ContentDigest"]
+            );
+        }
+    }
+}
+
 #[path = "common/s3_server.rs"]
 mod s3_server;
 use s3_server::{ACCESS_KEY, BUCKET, REGION, S3Server, SECRET_KEY};

@@ -51,6 +51,13 @@ fn roundtrip(src: &Path, work: &Path, formats: &[&str], clusters: &[&str]) -> St
                 assert_eq!(info["cluster-size"].as_u64().unwrap(), parse_size(cs));
             }
             qemu_compare(src, &file);
+            // The disk qemu reads from the output is the one the manifest describes.
+            assert_eq!(
+                qemu_virtual_size(&file),
+                disk["VirtualSize"].as_u64().unwrap(),
+                "{}",
+                file.display()
+            );
             sha256sum_check(&out);
             ok(&["verify", out.to_str().unwrap(), "-q"]);
             assert_eq!(
@@ -144,6 +151,47 @@ fn raw_sources_of_awkward_sizes() {
         let digest = roundtrip(&src, dir.path(), &["qcow2", "raw"], &ALL_CLUSTERS);
         assert_eq!(digest, readme_digest(&src), "{name}");
     }
+}
+
+#[test]
+fn a_source_of_odd_size_keeps_its_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 57 bytes past a whole sector, and those bytes hold data: qemu drops a qcow2 disk's
+    // partial last sector, so the output must be rounded up to 3,158,528 bytes.
+    let size = 3_158_073;
+    let padded = 3_158_528;
+    let src = d.join("odd.img");
+    sparse_raw(&src, size, &[(0, 100_000, 0x51), (size - 57, 57, 0x52)]);
+    assert_eq!(qemu_virtual_size(&src), padded);
+    // Both formats: qemu-img compare against the source, qemu-img info's size, verify.
+    let digest = roundtrip(&src, d, &["qcow2", "raw"], &ALL_CLUSTERS);
+    // The digest is that of the disk qemu makes of the source.
+    assert_eq!(digest, readme_digest(&src));
+    let converted = d.join("converted.raw");
+    qemu_img(&["convert", "-O", "raw", s(&src), s(&converted)]);
+    assert_eq!(std::fs::metadata(&converted).unwrap().len(), padded);
+    assert_eq!(digest, readme_digest(&converted));
+    // The raw output is the source, then zeros to the end of the sector.
+    let out = d.join("raw");
+    ok(&[
+        "register",
+        s(&src),
+        "-o",
+        s(&out),
+        "--arch",
+        "x86_64",
+        "--format",
+        "raw",
+        "--no-boot-check",
+        "-q",
+        "--no-sync",
+    ]);
+    let written = std::fs::read(out.join("sda1.raw")).unwrap();
+    let mut expect = std::fs::read(&src).unwrap();
+    expect.resize(padded as usize, 0);
+    assert!(written == expect, "the raw output is not the padded source");
+    assert_eq!(manifest(&out)["Disks"][0]["FileSize"], padded);
 }
 
 #[test]

@@ -227,6 +227,47 @@ fn images_from_volumes_bundle_out_verified_and_identical_each_time() {
 }
 
 #[test]
+fn a_disk_of_odd_size_keeps_its_tail_in_a_blob() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    // 57 bytes past a whole sector, holding data: the blob's disk is rounded up to a sector.
+    let size = 3_158_073u64;
+    let padded = 3_158_528u64;
+    let src = d.path().join("odd.raw");
+    sparse_raw(&src, size, &[(0, 100_000, 0x61), (size - 57, 57, 0x62)]);
+    let snap = st_ok(&store, &["snapshot", "create", s(&src), "-q"]);
+    assert_eq!(
+        json(&store, &["snapshot", "show", &snap])["VirtualSize"],
+        padded
+    );
+    let ami = st_ok(
+        &store,
+        &[
+            "image",
+            "create",
+            "--root",
+            &snap,
+            "--arch",
+            "x86_64",
+            "--name",
+            "odd",
+            "--no-boot-check",
+            "-q",
+        ],
+    );
+    let b = d.path().join("b");
+    st_ok(&store, &["image", "bundle", &ami, "-o", s(&b)]);
+    ok(&["verify", s(&b), "-q"]);
+    let disk = b.join("sda1.qcow2");
+    qemu_check(&disk);
+    qemu_compare(&src, &disk);
+    let info: Value =
+        serde_json::from_str(&tool("qemu-img", &["info", "--output=json", s(&disk)])).unwrap();
+    assert_eq!(info["virtual-size"], padded);
+    assert_eq!(manifest(&b)["Disks"][0]["VirtualSize"], padded);
+}
+
+#[test]
 fn launch_permissions_tags_and_filters() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");

@@ -265,7 +265,7 @@ fn run(
             device_name: v.device.clone(),
             path: file_name,
             format: req.format,
-            virtual_size: size,
+            virtual_size: report.virtual_size,
             file_size: report.written.file_size,
             allocated_bytes: report.written.allocated_bytes,
             sha256: hex(&report.written.sha256),

@@ -286,6 +286,9 @@ pub(crate) fn check_content(dir: &Path, d: &Disk, progress: &Progress) -> (u64, 
         Err(e) => return (0, vec![one_line(&e.to_string(), dir)]),
     };
     let mut found = Vec::new();
+    if let Some(line) = qemu_size_problem(d, src.size()) {
+        return (0, vec![line]);
+    }
     if src.size() != d.virtual_size {
         found.push(format!(
             "{}: virtual size {}, manifest VirtualSize {}",
@@ -316,4 +319,31 @@ pub(crate) fn check_content(dir: &Path, d: &Disk, progress: &Progress) -> (u64, 
         Ok(r) => (r.data_bytes, found),
         Err(e) => (0, vec![one_line(&e.to_string(), dir)]),
     }
+}
+
+/// Why qemu would not see the disk the manifest describes, if it would not. qemu counts disks
+/// in whole 512-byte sectors: it drops a partial last sector of a qcow2 disk (earlier mkomi
+/// versions wrote such headers, losing the source's tail) and reads a raw file's as zeros.
+/// mkomi writes every disk as a whole number of sectors and `ContentDigest` covers that disk,
+/// so a `VirtualSize` that is not one is refused too.
+fn qemu_size_problem(d: &Disk, size: u64) -> Option<String> {
+    let sector = crate::sink::SECTOR;
+    let seen = size - size % sector;
+    if d.format == DiskFormat::Qcow2 && seen < d.virtual_size {
+        return Some(format!(
+            "{}: qemu reads {seen} bytes (the qcow2 size {size} rounded down to whole 512-byte \
+             sectors), less than the manifest's VirtualSize {}: the last {} bytes are lost",
+            d.path,
+            d.virtual_size,
+            d.virtual_size - seen
+        ));
+    }
+    if !d.virtual_size.is_multiple_of(sector) {
+        return Some(format!(
+            "{}: manifest VirtualSize {} is not a whole number of 512-byte sectors, as mkomi \
+             writes every disk: register the source again",
+            d.path, d.virtual_size
+        ));
+    }
+    None
 }

@@ -12,6 +12,10 @@
 //!
 //! Each data byte is thus hashed twice, once on each core, by the thread that holds it.
 //!
+//! The disk copied is the source rounded up to a whole 512-byte sector ([`sink::virtual_size`]):
+//! the engine supplies the zeros past the source's end, so the sink, the `ContentDigest` and
+//! qemu all see the same disk.
+//!
 //! Memory is the pool — [`POOL_BUFFERS`] chunks — whatever the disk's size. Chunks are as large
 //! as a fast system call ([`crate::util::IO_CHUNK`]). Before the copy, one walk over the extents (metadata only) totals the data for progress and
 //! gives sinks that need it (qcow2) their plan.
@@ -43,6 +47,17 @@ pub enum Error {
     /// The copy was cancelled (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
+    /// The source is too large to round up to a whole sector.
+    #[error("{}: a {size}-byte disk is too large", path.display())]
+    TooLarge {
+        /// The source.
+        path: std::path::PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// A bug in mkomi: a thread of the engine panicked or stopped without saying why.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Result type of this module.
@@ -51,6 +66,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// What a copy produced.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The size of the disk copied: the source's, rounded up to a whole 512-byte sector.
+    pub virtual_size: u64,
     /// The disk's `ContentDigest`.
     pub content_digest: String,
     /// Bytes the source reported as data and the engine read.
@@ -112,8 +129,14 @@ fn checked_extent(source: &mut dyn Source, pos: u64, max: u64) -> Result<Extent>
     Ok(e)
 }
 
-/// Copies `source` into `sink`, returning the disk's `ContentDigest` and what was written.
+/// Copies `source` into `sink`, returning the disk's `ContentDigest` and what was written. The
+/// sink must have been created for the source's size: it writes [`sink::virtual_size`] bytes.
 pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) -> Result<Report> {
+    let source_size = source.size();
+    let size = sink::virtual_size(source_size).ok_or_else(|| Error::TooLarge {
+        path: source.path().to_owned(),
+        size: source_size,
+    })?;
     let mut total_data = 0u64;
     let plan = sink.wants_plan();
     walk_extents(source, |e| {
@@ -125,11 +148,13 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
         }
         Ok(())
     })?;
+    if plan && size > source_size {
+        sink.plan(&padding(source_size, size))?;
+    }
     if let Some(p) = options.progress {
         p.set_length(total_data);
     }
 
-    let size = source.size();
     // Chunks hold whole clusters and divide the digest block: both are powers of two.
     let chunk = CHUNK.max(sink.alignment()).min(BLOCK_SIZE);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(POOL_BUFFERS);
@@ -163,19 +188,50 @@ pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) 
         // send a chunk or for a buffer.
         drop(read_rx);
         drop(free_tx);
-        let content = reader.join().unwrap_or_default();
+        // A panic is a bug, never Ctrl-C: cancellation arrives as `Out::Failed(Interrupted)`.
+        let content = reader.join().map_err(|panic| {
+            Error::Internal(format!(
+                "the reader thread panicked: {}",
+                panic_message(panic.as_ref())
+            ))
+        })?;
         outcome?;
-        let (hasher, data_bytes) = content.ok_or(Error::Interrupted)?;
+        let (hasher, data_bytes) =
+            content.ok_or_else(|| Error::Internal("the reader thread stopped early".into()))?;
         if hasher.blocks() != size.div_ceil(BLOCK_SIZE) {
-            return Err(Error::Interrupted);
+            return Err(Error::Internal(format!(
+                "the reader digested {} blocks of a {size}-byte disk",
+                hasher.blocks()
+            )));
         }
         let written = sink.finish()?;
         Ok(Report {
+            virtual_size: size,
             content_digest: hasher.finish(),
             data_bytes,
             written,
         })
     })
+}
+
+/// The zeros that round a source of `source_size` bytes up to a disk of `size` bytes.
+fn padding(source_size: u64, size: u64) -> Extent {
+    Extent {
+        offset: source_size,
+        len: size - source_size,
+        kind: ExtentKind::Zero,
+    }
+}
+
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "no message".to_owned()
+    }
 }
 
 /// Reads chunks, maps their zero granules and digests them, in order; returns the content
@@ -192,6 +248,7 @@ fn read_chunks(
     let mut digest = BlockDigest::new(size);
     let mut data_bytes = 0u64;
     let mut reader = ChunkReader {
+        source_size: source.size(),
         source,
         size,
         chunk,
@@ -248,6 +305,8 @@ fn read_chunks(
 /// the source will report it, and consumed across chunks.
 struct ChunkReader<'a> {
     source: &'a mut dyn Source,
+    /// The source's size, and the disk's: the source rounded up to a whole sector.
+    source_size: u64,
     size: u64,
     chunk: u64,
     /// The extent that covers the current offset, possibly reaching far past it.
@@ -263,7 +322,11 @@ impl ChunkReader<'_> {
         match self.current {
             Some(e) if e.offset <= pos && pos < e.offset + e.len => Ok(e),
             _ => {
-                let e = checked_extent(self.source, pos, self.size - pos)?;
+                let e = if pos >= self.source_size {
+                    padding(pos, self.size)
+                } else {
+                    checked_extent(self.source, pos, self.source_size - pos)?
+                };
                 self.current = Some(e);
                 Ok(e)
             }
@@ -487,8 +550,10 @@ mod tests {
                 .map(|(a, b)| (a.min(size), b.min(size)))
                 .filter(|(a, b)| a < b)
                 .collect();
-            // Bytes outside the data extents read as zeros.
-            let mut expect = vec![0u8; size as usize];
+            // Bytes outside the data extents read as zeros, and so do those that round the
+            // disk up to a whole sector.
+            let padded = size.next_multiple_of(512);
+            let mut expect = vec![0u8; padded as usize];
             for &(a, b) in &data {
                 expect[a as usize..b as usize].copy_from_slice(&disk[a as usize..b as usize]);
             }
@@ -504,6 +569,7 @@ mod tests {
                 };
                 let r = copy(&mut src, &mut sink, Options::default()).unwrap();
                 assert_eq!(sink.got, expect, "size {size} align {align}");
+                assert_eq!(r.virtual_size, padded, "size {size}");
                 assert_eq!(
                     r.content_digest,
                     digest::content_digest_of(&expect),
@@ -549,5 +615,64 @@ mod tests {
         });
         let failed = rx.recv_timeout(std::time::Duration::from_secs(30));
         assert_eq!(failed, Ok(true), "the copy hung or did not fail");
+    }
+
+    /// A source whose reads panic: a bug in a reader, not an input mkomi meets.
+    struct Panicking(MemSource);
+
+    impl Source for Panicking {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<Extent> {
+            self.0.extent(offset, max_len)
+        }
+        fn read_at(&mut self, _offset: u64, _buf: &mut [u8]) -> source::Result<()> {
+            panic!("read_at exploded")
+        }
+        fn format(&self) -> &'static str {
+            "raw"
+        }
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    #[test]
+    fn a_panicking_reader_is_an_internal_error_not_an_interrupt() {
+        let mut src = Panicking(MemSource {
+            disk: vec![7u8; 8 << 20],
+            data: vec![(0, 8 << 20)],
+            path: "mem".into(),
+        });
+        let err = copy(&mut src, &mut NullSink, Options::default()).unwrap_err();
+        assert!(!matches!(err, Error::Interrupted), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "internal error: the reader thread panicked: read_at exploded"
+        );
+    }
+
+    #[test]
+    fn a_panicking_sink_is_not_an_interrupt() {
+        // The sink runs on the caller's thread: its panic stays a panic, never exit 130.
+        struct Boom;
+        impl Sink for Boom {
+            fn write(&mut self, _offset: u64, _block: &Block<'_>) -> sink::Result<()> {
+                panic!("write exploded")
+            }
+            fn finish(&mut self) -> sink::Result<Written> {
+                NullSink.finish()
+            }
+        }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut src = MemSource {
+                disk: vec![7u8; 8 << 20],
+                data: vec![(0, 8 << 20)],
+                path: "mem".into(),
+            };
+            copy(&mut src, &mut Boom, Options::default()).map(|_| ())
+        }));
+        assert!(r.is_err(), "the sink's panic was turned into {r:?}");
     }
 }

@@ -175,7 +175,16 @@ pub fn read(source: &mut dyn Source) -> PartitionTable {
     let ss = sector_size(source, size);
     table.sector_size = ss;
     let sectors = size / ss;
-    if !size.is_multiple_of(ss) {
+    if source.format() == "qcow2" && !size.is_multiple_of(SECTOR) {
+        // qemu drops a qcow2 disk's partial last sector: what a raw file would read as zeros is
+        // data no VM sees (mkomi's own outputs are whole sectors).
+        problems.push(format!(
+            "the qcow2 virtual size {size} is not a multiple of 512 bytes: qemu reads only the \
+             first {} bytes, and the last {} bytes are lost to every qemu-based reader",
+            size - size % SECTOR,
+            size % SECTOR
+        ));
+    } else if !size.is_multiple_of(ss) {
         problems.push(format!(
             "the disk size {size} is not a multiple of the {ss}-byte sector; the last {} bytes are ignored",
             size % ss

@@ -302,7 +302,8 @@ pub struct Disk {
     pub path: String,
     /// `qcow2` or `raw`.
     pub format: DiskFormat,
-    /// Virtual size in bytes.
+    /// Virtual size in bytes: the source's size rounded up to a whole 512-byte sector, the disk
+    /// qemu sees (see [`crate::sink::virtual_size`]).
     pub virtual_size: u64,
     /// File size in bytes.
     pub file_size: u64,

@@ -60,6 +60,18 @@ impl Error {
     }
 }
 
+/// qemu's sector: the size qemu gives any disk is a whole number of them.
+pub const SECTOR: u64 = 512;
+
+/// The size of the disk mkomi writes for a source of `source_size` bytes: rounded up to a
+/// whole 512-byte sector, the tail zero-filled, as `qemu-img convert` does. qemu reads a raw
+/// file's partial last sector as zeros but drops a qcow2 header's partial last sector, so only
+/// a whole number of sectors keeps every byte of the source, in both formats. `None` when the
+/// rounded size does not fit in 64 bits.
+pub fn virtual_size(source_size: u64) -> Option<u64> {
+    source_size.checked_next_multiple_of(SECTOR)
+}
+
 /// Zero detection granule: 4 KiB, the page and filesystem block size.
 pub const GRANULE: usize = 4096;
 

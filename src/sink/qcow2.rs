@@ -99,12 +99,16 @@ struct Layout {
 }
 
 impl Qcow2Sink {
-    /// Creates (truncating) `path` for a disk of `size` bytes with `2^cluster_bits` clusters.
+    /// Creates (truncating) `path` for a source of `size` bytes with `2^cluster_bits` clusters.
+    /// The disk written is [`super::virtual_size`] bytes: qemu ignores a partial last sector of
+    /// a qcow2 disk, so the header's size is rounded up and the copy engine supplies the zeros.
     pub fn create(path: &Path, size: u64, cluster_bits: u32, sync: bool) -> Result<Self> {
         let unsupported = |reason: String| Error::Unsupported {
             path: path.to_owned(),
             reason,
         };
+        let size = super::virtual_size(size)
+            .ok_or_else(|| unsupported(format!("a {size}-byte disk is too large")))?;
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
             return Err(unsupported(format!(
                 "cluster size 2^{cluster_bits}: must be a power of two from 64 KiB to 2 MiB"

@@ -1,4 +1,5 @@
-//! Raw output: the virtual disk byte for byte, with zeros left as holes.
+//! Raw output: the virtual disk byte for byte, with zeros left as holes. The virtual disk is the
+//! source rounded up to a whole 512-byte sector (see [`super::virtual_size`]).
 //!
 //! The file's SHA-256 covers the whole virtual size, holes included, because that is what
 //! `sha256sum` reads: it is computed as the blocks are written, zero runs from a static buffer.
@@ -21,9 +22,15 @@ pub struct RawSink {
 }
 
 impl RawSink {
-    /// Creates (truncating) the file at `path` for a disk of `size` bytes. With `sync`, the data
-    /// reaches the disk before [`Sink::finish`] returns.
+    /// Creates (truncating) the file at `path` for a source of `size` bytes. With `sync`, the
+    /// data reaches the disk before [`Sink::finish`] returns. The file is [`super::virtual_size`]
+    /// bytes, the disk as qemu reads the source and as `qemu-img convert -O raw` writes it, so a
+    /// raw and a qcow2 output of one source hold the same disk.
     pub fn create(path: &Path, size: u64, sync: bool) -> Result<Self> {
+        let size = super::virtual_size(size).ok_or_else(|| Error::Unsupported {
+            path: path.to_owned(),
+            reason: format!("a {size}-byte disk is too large"),
+        })?;
         let file = File::create(path).map_err(Error::io(path, "cannot create"))?;
         Ok(Self {
             file,

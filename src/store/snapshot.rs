@@ -217,7 +217,7 @@ pub(crate) fn stage(
     let blob = Blob {
         file: Blob::file_name(&report.content_digest),
         digest: report.content_digest,
-        virtual_size: size,
+        virtual_size: report.virtual_size,
         file_size: report.written.file_size,
         allocated_bytes: report.written.allocated_bytes,
         sha256: hex(&report.written.sha256),
