@@ -67,9 +67,11 @@ fn digest_of_blocks(blocks: &[[u8; 32]]) -> String {
     format!("sha256-4m:{}", hex::encode(h.finalize()))
 }
 
-/// The ContentDigest of a disk holding `data`.
+/// The ContentDigest of a disk holding `data`: mkomi rounds it up to a whole 512-byte sector.
 fn content_digest(data: &[u8]) -> String {
-    let blocks: Vec<[u8; 32]> = data.chunks(BLOCK).map(block_hash).collect();
+    let mut disk = data.to_vec();
+    disk.resize(data.len().next_multiple_of(512), 0);
+    let blocks: Vec<[u8; 32]> = disk.chunks(BLOCK).map(block_hash).collect();
     digest_of_blocks(&blocks)
 }
 
