@@ -297,7 +297,10 @@ impl ImageArgs {
         given(!self.delete_on_vm_deletion, "--delete-on-vm-deletion");
         given(!self.bdm.is_empty(), "--bdm");
         given(!self.open.allow_backing.is_empty(), "--allow-backing");
-        given(self.open.input_format != InputFormat::Auto, "--input-format");
+        given(
+            self.open.input_format != InputFormat::Auto,
+            "--input-format",
+        );
         out
     }
 
@@ -560,11 +563,9 @@ fn main() -> ExitCode {
         Command::Snapshot(cmd) => store_cmd::snapshot(cmd, cli.store, &progress, cli.json),
         Command::Image(cmd) => store_cmd::image(cmd, cli.store, &progress, cli.json),
         Command::Store(cmd) => store_cmd::maintain(cmd, cli.store, &progress, cli.json),
-        Command::Audit {
-            source,
-            deny,
-            open,
-        } => run_audit(&source, deny, &open.options(), cli.json),
+        Command::Audit { source, deny, open } => {
+            run_audit(&source, deny, &open.options(), cli.json)
+        }
     }
 }
 

@@ -512,18 +512,41 @@ fn backing_files_beside_the_image_need_allow_backing() {
     tool(
         "qemu-img",
         &[
-            "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", s(&top),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            s(&top),
         ],
     );
     let store = d.join("store");
     let out = d.join("out");
     let commands: [Vec<&str>; 5] = [
-        vec!["register", s(&top), "-o", s(&out), "--arch", "x86_64", "--no-boot-check"],
+        vec![
+            "register",
+            s(&top),
+            "-o",
+            s(&out),
+            "--arch",
+            "x86_64",
+            "--no-boot-check",
+        ],
         vec!["inspect", s(&top)],
         vec!["audit", s(&top)],
         vec!["--store", s(&store), "snapshot", "create", s(&top)],
         vec![
-            "--store", s(&store), "image", "create", "--root", s(&top), "--arch", "x86_64",
+            "--store",
+            s(&store),
+            "image",
+            "create",
+            "--root",
+            s(&top),
+            "--arch",
+            "x86_64",
             "--no-boot-check",
         ],
     ];
@@ -551,8 +574,18 @@ fn input_format_overrides_the_content() {
     let len = std::fs::metadata(&img).unwrap().len();
     let out = d.join("out");
     ok(&[
-        "register", s(&img), "-o", s(&out), "--arch", "x86_64", "--no-boot-check", "--format",
-        "raw", "--input-format", "raw", "-q",
+        "register",
+        s(&img),
+        "-o",
+        s(&out),
+        "--arch",
+        "x86_64",
+        "--no-boot-check",
+        "--format",
+        "raw",
+        "--input-format",
+        "raw",
+        "-q",
     ]);
     let m = manifest(&out);
     assert_eq!(m["Disks"][0]["VirtualSize"], len);
@@ -564,7 +597,10 @@ fn input_format_overrides_the_content() {
     let r = run(&["inspect", s(&raw), "--input-format", "qcow2"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
-    assert!(err.contains("disk.raw") && err.contains("not a qcow2 image"), "{err}");
+    assert!(
+        err.contains("disk.raw") && err.contains("not a qcow2 image"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -257,7 +257,11 @@ mod tests {
             .arg(size)
             .output()
             .expect("qemu-img (qemu-utils installed?)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn opts(input_format: InputFormat) -> OpenOptions {
@@ -271,10 +275,22 @@ mod tests {
     fn only_regular_files_are_probed() {
         let never = || -> Result<Format> { panic!("a device's content was probed") };
         let qcow2 = || Ok(Format::Qcow2);
-        assert_eq!(choose_format(InputFormat::Auto, false, never).unwrap(), Format::Raw);
-        assert_eq!(choose_format(InputFormat::Auto, true, qcow2).unwrap(), Format::Qcow2);
-        assert_eq!(choose_format(InputFormat::Raw, true, never).unwrap(), Format::Raw);
-        assert_eq!(choose_format(InputFormat::Qcow2, false, never).unwrap(), Format::Qcow2);
+        assert_eq!(
+            choose_format(InputFormat::Auto, false, never).unwrap(),
+            Format::Raw
+        );
+        assert_eq!(
+            choose_format(InputFormat::Auto, true, qcow2).unwrap(),
+            Format::Qcow2
+        );
+        assert_eq!(
+            choose_format(InputFormat::Raw, true, never).unwrap(),
+            Format::Raw
+        );
+        assert_eq!(
+            choose_format(InputFormat::Qcow2, false, never).unwrap(),
+            Format::Qcow2
+        );
     }
 
     #[test]
@@ -298,7 +314,10 @@ mod tests {
             Ok(_) => panic!("a raw file opened as qcow2"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains("disk.raw") && err.contains("not a qcow2 image"), "{err}");
+        assert!(
+            err.contains("disk.raw") && err.contains("not a qcow2 image"),
+            "{err}"
+        );
     }
 
     /// Detaches a loop device when dropped.
@@ -319,7 +338,8 @@ mod tests {
         qemu_img_create(&img, "8M");
         // Whole sectors, as a disk has: the qcow2 file ends with its L1 table's 8 bytes.
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-        f.set_len(f.metadata().unwrap().len().next_multiple_of(65536)).unwrap();
+        f.set_len(f.metadata().unwrap().len().next_multiple_of(65536))
+            .unwrap();
         drop(f);
         let len = std::fs::metadata(&img).unwrap().len();
         let out = Command::new("losetup")

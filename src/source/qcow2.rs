@@ -930,8 +930,13 @@ fn open_backing(
     }
     // A directory on the way may have been swapped for a symlink since it was resolved: ask the
     // kernel where the descriptor really leads.
-    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|e| refuse(format!("cannot tell where {} leads: {e}", canonical.display())))?;
+    let opened =
+        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| {
+            refuse(format!(
+                "cannot tell where {} leads: {e}",
+                canonical.display()
+            ))
+        })?;
     if !inside(&opened) {
         return Err(refuse(format!(
             "{} led to {} while being opened, outside the directories backing files may be \
@@ -1687,7 +1692,10 @@ mod tests {
             &["--allow-backing", "not followed"],
         );
         // One line naming the image and the backing file.
-        assert!(msg.contains(s(&top)) && msg.contains("\"base.qcow2\""), "{msg}");
+        assert!(
+            msg.contains(s(&top)) && msg.contains("\"base.qcow2\""),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'), "{msg}");
         let mut src = Qcow2Source::open(&top, &allow(&[dir.path()])).unwrap();
         let mut buf = vec![0u8; 64 * K as usize];
@@ -1915,10 +1923,18 @@ mod tests {
         let (calls0, bytes0) = thread_reads();
         let mut src = open(&img).unwrap();
         let (calls1, bytes1) = thread_reads();
-        eprintln!("3 TiB open: {} reads, {} bytes", calls1 - calls0, bytes1 - bytes0);
+        eprintln!(
+            "3 TiB open: {} reads, {} bytes",
+            calls1 - calls0,
+            bytes1 - bytes0
+        );
         // The header, the L1 table and the three L2 tables, by this module and by imago.
         assert!(calls1 - calls0 <= 32, "open: {} reads", calls1 - calls0);
-        assert!(bytes1 - bytes0 <= 1 << 20, "open: {} bytes", bytes1 - bytes0);
+        assert!(
+            bytes1 - bytes0 <= 1 << 20,
+            "open: {} bytes",
+            bytes1 - bytes0
+        );
         for max_len in [u64::MAX, 1 << 30] {
             let (calls0, bytes0) = thread_reads();
             let got = extents(&mut src, max_len);
