@@ -1997,6 +1997,22 @@ mod tests {
         }
     }
 
+    /// The clusters a chain has met: ranges merge as they touch, and membership is exact.
+    #[test]
+    fn seen_clusters_merge_into_ranges() {
+        let mut seen = Seen::default();
+        for c in [10, 12, 11, 20, 9, 19, u32::MAX] {
+            assert!(!seen.contains(c), "{c}");
+            seen.insert(c);
+            assert!(seen.contains(c), "{c}");
+        }
+        let ranges: Vec<(u32, u32)> = seen.0.iter().map(|(&f, &n)| (f, n)).collect();
+        assert_eq!(ranges, [(9, 4), (19, 2), (u32::MAX, 1)]);
+        for c in [0, 8, 13, 18, 21, u32::MAX - 1] {
+            assert!(!seen.contains(c), "{c}");
+        }
+    }
+
     /// A read costs the FAT lookups of the clusters it reads, however long the chain: a hostile
     /// chain through every cluster of the volume costs nothing to a read of the first bytes.
     /// And a file read piece by piece resolves its path once.
