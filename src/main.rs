@@ -9,7 +9,7 @@ use mkomi::export::package::{self, Target};
 use mkomi::export::{import, s3};
 use mkomi::manifest::{Architecture, BootMode, DiskFormat, VolumeType, rules};
 use mkomi::progress::{Mode, Progress};
-use mkomi::source::OpenOptions;
+use mkomi::source::{InputFormat, OpenOptions};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,8 +60,9 @@ enum Command {
       --bdm /dev/sdb=data.qcow2,size=100,type=gp2
 
 SOURCE and each --bdm PATH are raw images, block devices or qcow2 images (v2/v3, compressed
-clusters, backing chains); the format is read from the content. A backing file is followed only
-inside the image's own directory or --allow-backing DIR. SOURCE_DATE_EPOCH, when set, is the
+clusters, backing chains); the format is read from the content of a regular file (--input-format
+says it instead; a block device is raw unless --input-format qcow2). A backing file is followed
+only onto a regular file inside --allow-backing DIR. SOURCE_DATE_EPOCH, when set, is the
 manifest's CreationDate, so the same inputs give byte-identical bundles.")]
     Register(Box<RegisterArgs>),
     /// Lay out a bootable disk from a template and register it as a bundle.
@@ -100,9 +101,8 @@ exit code is 1 only when SOURCE cannot be opened at all.")]
     Inspect {
         /// A disk image or a bundle directory.
         source: PathBuf,
-        /// Also follow backing files inside DIR.
-        #[arg(long, value_name = "DIR")]
-        allow_backing: Option<PathBuf>,
+        #[command(flatten)]
+        open: OpenArgs,
     },
     /// Look for what must not ship in an image: SSH keys, passwords, host keys, machine ids,
     /// histories, cloud-init state.
@@ -121,9 +121,8 @@ then incomplete, not clean. Exit code 3 when a finding is at least --deny's seve
         /// Exit with code 3 when a finding is at least this severe (info, low, medium, high).
         #[arg(long, value_name = "SEVERITY")]
         deny: Option<Severity>,
-        /// Also follow backing files inside DIR.
-        #[arg(long, value_name = "DIR")]
-        allow_backing: Option<PathBuf>,
+        #[command(flatten)]
+        open: OpenArgs,
     },
     /// Package a bundle for Outscale object storage: gzip disk objects, the export manifest,
     /// mkomi's manifest and SHA256SUMS, in a directory or a bucket.
@@ -239,9 +238,30 @@ struct ImageArgs {
     /// (`image create` also takes snap-… for PATH).
     #[arg(long, value_name = "MAPPING", value_parser = parse_bdm)]
     bdm: Vec<register::Volume>,
-    /// Also follow backing files inside DIR.
+    #[command(flatten)]
+    open: OpenArgs,
+}
+
+/// How disk images are opened: backing files and format (every command that reads one).
+#[derive(clap::Args)]
+pub(crate) struct OpenArgs {
+    /// Follow a qcow2 backing file found inside DIR (repeatable); without it, an image that
+    /// names a backing file is refused.
     #[arg(long, value_name = "DIR")]
-    allow_backing: Option<PathBuf>,
+    allow_backing: Vec<PathBuf>,
+    /// The format of the disk images: auto (the content of a regular file tells; a block
+    /// device is raw), raw, or qcow2.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "auto")]
+    input_format: InputFormat,
+}
+
+impl OpenArgs {
+    pub(crate) fn options(&self) -> OpenOptions {
+        OpenOptions {
+            allow_backing: self.allow_backing.clone(),
+            input_format: self.input_format,
+        }
+    }
 }
 
 impl ImageArgs {
@@ -276,7 +296,11 @@ impl ImageArgs {
         given(self.iops.is_some(), "--iops");
         given(!self.delete_on_vm_deletion, "--delete-on-vm-deletion");
         given(!self.bdm.is_empty(), "--bdm");
-        given(self.allow_backing.is_some(), "--allow-backing");
+        given(!self.open.allow_backing.is_empty(), "--allow-backing");
+        given(
+            self.open.input_format != InputFormat::Auto,
+            "--input-format",
+        );
         out
     }
 
@@ -288,9 +312,7 @@ impl ImageArgs {
     }
 
     fn open(&self) -> OpenOptions {
-        OpenOptions {
-            allow_backing: self.allow_backing.clone(),
-        }
+        self.open.options()
     }
 }
 
@@ -393,9 +415,8 @@ struct BuildArgs {
     /// qcow2 cluster size in bytes (64 KiB to 2 MiB, a power of two); suffixes K and M allowed.
     #[arg(long, default_value = "64K", value_parser = parse_cluster_size)]
     cluster_size: u32,
-    /// Also follow backing files inside DIR.
-    #[arg(long, value_name = "DIR")]
-    allow_backing: Option<PathBuf>,
+    #[command(flatten)]
+    open: OpenArgs,
     /// Skip fsync before the final rename (faster; not crash-safe).
     #[arg(long)]
     no_sync: bool,
@@ -536,20 +557,15 @@ fn main() -> ExitCode {
         Command::Register(args) => run_register(*args, &progress, cli.json),
         Command::Build(args) => run_build(*args, &progress, cli.json),
         Command::Verify { dir } => run_verify(&dir, &progress, cli.json, cli.quiet),
-        Command::Inspect {
-            source,
-            allow_backing,
-        } => run_inspect(&source, allow_backing, cli.json),
+        Command::Inspect { source, open } => run_inspect(&source, &open.options(), cli.json),
         Command::Export(args) => run_export(*args, cli.json),
         Command::Import(args) => run_import(*args, &progress, cli.json),
         Command::Snapshot(cmd) => store_cmd::snapshot(cmd, cli.store, &progress, cli.json),
         Command::Image(cmd) => store_cmd::image(cmd, cli.store, &progress, cli.json),
         Command::Store(cmd) => store_cmd::maintain(cmd, cli.store, &progress, cli.json),
-        Command::Audit {
-            source,
-            deny,
-            allow_backing,
-        } => run_audit(&source, deny, allow_backing, cli.json),
+        Command::Audit { source, deny, open } => {
+            run_audit(&source, deny, &open.options(), cli.json)
+        }
     }
 }
 
@@ -584,9 +600,7 @@ fn run_build(a: BuildArgs, progress: &Progress, json: bool) -> ExitCode {
         output: a.output,
         force: a.force,
         cluster_bits: a.cluster_size,
-        open: OpenOptions {
-            allow_backing: a.allow_backing,
-        },
+        open: a.open.options(),
         epoch,
         sync: !a.no_sync,
         checks: Checks {
@@ -708,9 +722,8 @@ fn run_verify(dir: &std::path::Path, progress: &Progress, json: bool, quiet: boo
     }
 }
 
-fn run_inspect(source: &std::path::Path, allow_backing: Option<PathBuf>, json: bool) -> ExitCode {
-    let open = OpenOptions { allow_backing };
-    match mkomi::inspect::inspect_path(source, &open) {
+fn run_inspect(source: &std::path::Path, open: &OpenOptions, json: bool) -> ExitCode {
+    match mkomi::inspect::inspect_path(source, open) {
         Ok(report) if json => match serde_json::to_string_pretty(&report) {
             Ok(text) => {
                 println!("{text}");
@@ -729,11 +742,10 @@ fn run_inspect(source: &std::path::Path, allow_backing: Option<PathBuf>, json: b
 fn run_audit(
     source: &std::path::Path,
     deny: Option<Severity>,
-    allow_backing: Option<PathBuf>,
+    open: &OpenOptions,
     json: bool,
 ) -> ExitCode {
-    let open = OpenOptions { allow_backing };
-    let report = match mkomi::audit::image::audit_path(source, &open) {
+    let report = match mkomi::audit::image::audit_path(source, open) {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };

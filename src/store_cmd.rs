@@ -1,14 +1,13 @@
 //! The store's commands: `snapshot`, `image` and `store`, Outscale's verbs offline.
 
 use crate::{
-    CANCEL, EXIT_MISMATCH, ImageArgs, PackageArgs, StorageArgs, fail, import_origin,
+    CANCEL, EXIT_MISMATCH, ImageArgs, OpenArgs, PackageArgs, StorageArgs, fail, import_origin,
     package_request, parse_bool, print_export, usage,
 };
 use clap::Subcommand;
 use mkomi::export::import;
 use mkomi::manifest::Architecture;
 use mkomi::progress::Progress;
-use mkomi::source::OpenOptions;
 use mkomi::store::image::{self, Filter};
 use mkomi::store::{self, Store, maintain, snapshot};
 use serde::Serialize;
@@ -29,9 +28,8 @@ no space, and a second snapshot of an unchanged file reads nothing.")]
         /// Description.
         #[arg(long)]
         description: Option<String>,
-        /// Also follow backing files inside DIR.
-        #[arg(long, value_name = "DIR")]
-        allow_backing: Option<PathBuf>,
+        #[command(flatten)]
+        open: OpenArgs,
     },
     /// List the snapshots.
     List,
@@ -231,12 +229,12 @@ pub fn snapshot(
         SnapshotCmd::Create {
             source,
             description,
-            allow_backing,
+            open,
         } => {
             let req = snapshot::CreateRequest {
                 source,
                 description,
-                open: OpenOptions { allow_backing },
+                open: open.options(),
             };
             done(
                 snapshot::create(&mut store, &req, progress, Some(&CANCEL)),

@@ -597,6 +597,109 @@ fn backing_files_outside_the_directory_are_refused() {
     ]);
 }
 
+/// No backing file is followed unless --allow-backing names its directory, not even one beside
+/// the image; every command that opens a source takes the option.
+#[test]
+fn backing_files_beside_the_image_need_allow_backing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = d.join("base.qcow2");
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", s(&base), "8M"]);
+    let top = d.join("top.qcow2");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            s(&top),
+        ],
+    );
+    let store = d.join("store");
+    let out = d.join("out");
+    let commands: [Vec<&str>; 5] = [
+        vec![
+            "register",
+            s(&top),
+            "-o",
+            s(&out),
+            "--arch",
+            "x86_64",
+            "--no-boot-check",
+        ],
+        vec!["inspect", s(&top)],
+        vec!["audit", s(&top)],
+        vec!["--store", s(&store), "snapshot", "create", s(&top)],
+        vec![
+            "--store",
+            s(&store),
+            "image",
+            "create",
+            "--root",
+            s(&top),
+            "--arch",
+            "x86_64",
+            "--no-boot-check",
+        ],
+    ];
+    for args in commands {
+        let r = run(&args);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        for needle in [s(&top), "\"base.qcow2\"", "--allow-backing"] {
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        let mut allowed = args.clone();
+        allowed.extend(["--allow-backing", s(d)]);
+        ok(&allowed);
+    }
+}
+
+/// --input-format raw reads a qcow2 file as its bytes; --input-format qcow2 refuses anything else.
+#[test]
+fn input_format_overrides_the_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = d.join("disk.qcow2");
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "64M"]);
+    let len = std::fs::metadata(&img).unwrap().len();
+    let out = d.join("out");
+    ok(&[
+        "register",
+        s(&img),
+        "-o",
+        s(&out),
+        "--arch",
+        "x86_64",
+        "--no-boot-check",
+        "--format",
+        "raw",
+        "--input-format",
+        "raw",
+        "-q",
+    ]);
+    let m = manifest(&out);
+    assert_eq!(m["Disks"][0]["VirtualSize"], len);
+    let disk = out.join(m["Disks"][0]["Path"].as_str().unwrap());
+    assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&img).unwrap());
+
+    let raw = d.join("disk.raw");
+    sparse_raw(&raw, MIB, &[]);
+    let r = run(&["inspect", s(&raw), "--input-format", "qcow2"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("disk.raw") && err.contains("not a qcow2 image"),
+        "{err}"
+    );
+}
+
 #[test]
 fn json_summary_and_completions() {
     let dir = tempfile::tempdir().unwrap();

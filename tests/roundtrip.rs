@@ -35,6 +35,9 @@ fn roundtrip(src: &Path, work: &Path, formats: &[&str], clusters: &[&str]) -> St
                 "roundtrip test",
                 "-q",
                 "--no-sync",
+                // The backing chains of these tests sit beside the image.
+                "--allow-backing",
+                src.parent().unwrap().to_str().unwrap(),
             ]);
             let m = manifest(&out);
             let disk = &m["Disks"][0];

@@ -10,10 +10,12 @@
 //! the neighbouring partition or a panic.
 //!
 //! Nothing is loaded whole: FAT entries are read on demand through a small cache, a directory
-//! when a path goes through it, file data when asked for. Everything taken from the disk is
-//! checked before use: the BPB's fields when the file system is opened, every cluster number
-//! against the volume's range, every cluster chain for loops and for its length, every directory
-//! against FAT's limit of 65,536 entries. A corrupt structure is an error that names the
+//! when a path goes through it, file data when asked for. A file's cluster chain is followed
+//! only as far as a read needs, so the cost of a read follows the bytes it asks for, whatever
+//! length a hostile FAT gives the chain. Everything taken from the disk is checked before use:
+//! the BPB's fields when the file system is opened, every cluster number against the volume's
+//! range, every link followed for loops, every directory chain for its length against FAT's
+//! limit of 65,536 entries. A corrupt structure is an error that names the
 //! image and the path, never a panic, a hang or an unbounded allocation.
 //!
 //! Names are read as Windows and Linux show them: the long (VFAT) name when there is a valid
@@ -23,10 +25,10 @@
 
 use super::{Entry, Kind, Meta};
 use crate::source::Source;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Bytes of the boot sector read by [`Fat::open`]: the BPB lies in the first 90 bytes and no
 /// sector is smaller than 512 bytes (spec, "Boot Sector and BPB").
@@ -561,13 +563,58 @@ struct Run {
     count: u32,
 }
 
-/// The runs of a file's clusters, kept by [`Fat::file_runs`] for the next read.
-struct FileRuns {
-    /// The file's first cluster…
+/// Clusters already met in a chain, as disjoint ranges (first cluster → count), so that a
+/// cluster met twice, a loop, is found at once and the memory follows the chain's fragments.
+#[derive(Default)]
+struct Seen(BTreeMap<u32, u32>);
+
+impl Seen {
+    fn contains(&self, c: u32) -> bool {
+        self.0
+            .range(..=c)
+            .next_back()
+            .is_some_and(|(&first, &count)| u64::from(c) < u64::from(first) + u64::from(count))
+    }
+
+    /// Adds `c`, which [`Seen::contains`] said is not in.
+    fn insert(&mut self, c: u32) {
+        let after = c.checked_add(1).and_then(|n| self.0.remove_entry(&n));
+        let before = self
+            .0
+            .range_mut(..c)
+            .next_back()
+            .filter(|(first, count)| u64::from(**first) + u64::from(**count) == u64::from(c));
+        match (before, after) {
+            (Some((_, count)), Some((_, more))) => *count += 1 + more,
+            (Some((_, count)), None) => *count += 1,
+            (None, Some((_, more))) => {
+                self.0.insert(c, 1 + more);
+            }
+            (None, None) => {
+                self.0.insert(c, 1);
+            }
+        }
+    }
+}
+
+/// A file's cluster chain, followed only as far as reads have needed (never past the clusters
+/// its size needs), and kept for the next read of the same file.
+struct FileChain {
+    /// The file's first cluster and size: the key.
     first: u32,
-    /// …and how many clusters its size needs: the key.
+    size: u64,
+    /// How many clusters the size needs.
     needed: u64,
-    runs: Arc<[Run]>,
+    /// The clusters found so far, in chain order.
+    runs: Vec<Run>,
+    /// How many clusters `runs` hold, at least 1.
+    known: u64,
+    /// The last cluster found.
+    last: u32,
+    /// Every cluster of `runs`.
+    seen: Seen,
+    /// Whether the link out of the `needed`th cluster has been checked.
+    checked_end: bool,
 }
 
 /// A walked cluster chain.
@@ -576,13 +623,6 @@ struct Chain {
     runs: Vec<Run>,
     /// The length of the whole chain, in clusters.
     clusters: u64,
-}
-
-/// What a chain belongs to, for its length limit and message.
-#[derive(Clone, Copy)]
-enum ChainOf {
-    Dir,
-    File,
 }
 
 /// A file or directory found by a path.
@@ -787,6 +827,15 @@ fn same_name(a: &str, b: &str) -> bool {
         .eq(b.chars().flat_map(char::to_lowercase))
 }
 
+/// What a [`Fat`] has done so far: the work its reads cost, for tests and diagnostics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    /// FAT entries looked up (each cluster link followed or checked).
+    pub fat_entries: u64,
+    /// Directories read and parsed (each path component resolved).
+    pub directories: u64,
+}
+
 /// A FAT12, FAT16 or FAT32 file system opened read-only inside an image.
 ///
 /// The source sits in a `RefCell` since [`super::FileSystem`]'s methods take `&self`; a `Fat`
@@ -796,9 +845,14 @@ pub struct Fat {
     geo: Geometry,
     window: RefCell<Window>,
     fat_cache: RefCell<FatCache>,
-    /// The runs of the last file read, so that reading a file piece by piece walks its chain
+    /// The chain of the last file read, so that reading a file piece by piece walks its chain
     /// once.
-    last_file: RefCell<Option<FileRuns>>,
+    last_file: RefCell<Option<FileChain>>,
+    /// The last path resolved and what it named, so that reading a file piece by piece
+    /// resolves its path once (the file system does not change under a reader).
+    last_lookup: RefCell<Option<(String, Node)>>,
+    /// What was done so far.
+    work: Cell<Work>,
 }
 
 impl fmt::Debug for Fat {
@@ -873,12 +927,25 @@ impl Fat {
             }),
             fat_cache: RefCell::new(FatCache::default()),
             last_file: RefCell::new(None),
+            last_lookup: RefCell::new(None),
+            work: Cell::new(Work::default()),
         })
     }
 
     /// The name that stands for the image in messages.
     pub fn name(&self) -> &Path {
         &self.name
+    }
+
+    /// The work done so far by this reader.
+    pub fn work(&self) -> Work {
+        self.work.get()
+    }
+
+    fn count(&self, add: impl FnOnce(&mut Work)) {
+        let mut w = self.work.get();
+        add(&mut w);
+        self.work.set(w);
     }
 
     /// The volume label: the root directory's label entry, which Windows shows and sets, else
@@ -960,6 +1027,7 @@ impl Fat {
     /// The FAT entry of cluster `n` (spec, "FAT Data Structure"), the 4 reserved high bits of
     /// a FAT32 entry cleared.
     fn fat_entry(&self, n: u32, path: &str) -> Result<u32, Error> {
+        self.count(|w| w.fat_entries += 1);
         let n64 = u64::from(n);
         let mut bytes = [0u8; 4];
         let (offset, width) = match self.geo.fat_type {
@@ -980,26 +1048,56 @@ impl Fat {
         })
     }
 
-    /// Follows the chain that starts at cluster `first` to its end-of-chain mark, keeping its
-    /// first `keep` clusters as runs.
-    ///
-    /// Every link is checked: a free or bad cluster or a number outside the volume inside the
-    /// chain is corruption, and so is a loop, found by Brent's algorithm in time proportional
-    /// to the chain's length with no memory, or a chain longer than `of` allows.
-    fn walk(&self, first: u32, keep: u64, of: ChainOf, path: &str) -> Result<Chain, Error> {
+    /// The link out of cluster `current`: `None` at the chain's end mark, else the next
+    /// cluster, checked: a free or bad cluster or a number outside the volume is corruption.
+    fn link(&self, current: u32, path: &str) -> Result<Option<u32>, Error> {
+        let next = self.fat_entry(current, path)?;
         let max = self.geo.max_cluster();
         let corrupt = |reason: String| self.corrupt(Some(path), reason);
-        if !(2..=max).contains(&first) {
+        if next >= self.geo.fat_type.end_of_chain() {
+            return Ok(None);
+        }
+        if next == self.geo.fat_type.bad() {
             return Err(corrupt(format!(
-                "its first cluster {first} is outside the volume's clusters 2 to {max}"
+                "cluster {current} links to the bad-cluster mark {next:#x}"
             )));
         }
-        let limit = match of {
-            ChainOf::Dir => self.geo.dir_cluster_limit(),
-            ChainOf::File => u64::from(self.geo.clusters),
-        };
-        let end_of_chain = self.geo.fat_type.end_of_chain();
-        let bad = self.geo.fat_type.bad();
+        if next == 0 {
+            return Err(corrupt(format!(
+                "cluster {current} links to a free cluster (0) before the chain's end"
+            )));
+        }
+        if next == 1 || next > max {
+            return Err(corrupt(format!(
+                "cluster {current} links to {next}, outside the volume's clusters 2 to {max}"
+            )));
+        }
+        Ok(Some(next))
+    }
+
+    /// Checks that `first`, a first cluster from a directory entry, is in the volume.
+    fn first_cluster(&self, first: u32, path: &str) -> Result<(), Error> {
+        let max = self.geo.max_cluster();
+        if (2..=max).contains(&first) {
+            Ok(())
+        } else {
+            Err(self.corrupt(
+                Some(path),
+                format!("its first cluster {first} is outside the volume's clusters 2 to {max}"),
+            ))
+        }
+    }
+
+    /// Follows the directory chain that starts at cluster `first` to its end-of-chain mark,
+    /// keeping its first `keep` clusters as runs.
+    ///
+    /// Every link is checked ([`Fat::link`]); a loop is corruption, found by Brent's algorithm
+    /// in time proportional to the chain's length with no memory, and so is a chain longer than
+    /// a directory may be, which bounds the work.
+    fn walk(&self, first: u32, keep: u64, path: &str) -> Result<Chain, Error> {
+        let corrupt = |reason: String| self.corrupt(Some(path), reason);
+        self.first_cluster(first, path)?;
+        let limit = self.geo.dir_cluster_limit();
         let mut runs: Vec<Run> = Vec::new();
         let add = |runs: &mut Vec<Run>, c: u32| {
             if let Some(last) = runs.last_mut()
@@ -1019,27 +1117,7 @@ impl Fat {
         // steps; once it is inside a loop and the step count reaches the loop's length, the
         // chain comes back to it.
         let (mut saved, mut power, mut steps) = (first, 1u64, 0u64);
-        loop {
-            let next = self.fat_entry(current, path)?;
-            if next >= end_of_chain {
-                break;
-            }
-            if next == bad {
-                return Err(corrupt(format!(
-                    "cluster {current} links to the bad-cluster mark {next:#x}"
-                )));
-            }
-            if next == 0 {
-                return Err(corrupt(format!(
-                    "cluster {current} links to a free cluster (0) before the chain's end"
-                )));
-            }
-            if next == 1 || next > max {
-                return Err(corrupt(format!(
-                    "cluster {current} links to {next}, outside the volume's clusters 2 to \
-                     {max}"
-                )));
-            }
+        while let Some(next) = self.link(current, path)? {
             if next == saved {
                 return Err(corrupt(format!(
                     "the cluster chain loops back to cluster {next}"
@@ -1047,15 +1125,10 @@ impl Fat {
             }
             length += 1;
             if length > limit {
-                return Err(corrupt(match of {
-                    ChainOf::Dir => format!(
-                        "the directory is longer than {limit} clusters, more than the \
-                         {MAX_DIR_ENTRIES} entries a FAT directory may hold"
-                    ),
-                    ChainOf::File => {
-                        format!("the cluster chain is longer than the volume's {limit} clusters")
-                    }
-                }));
+                return Err(corrupt(format!(
+                    "the directory is longer than {limit} clusters, more than the \
+                     {MAX_DIR_ENTRIES} entries a FAT directory may hold"
+                )));
             }
             if length <= keep {
                 add(&mut runs, next);
@@ -1092,7 +1165,7 @@ impl Fat {
                 "a directory entry with no first cluster".to_owned(),
             ));
         }
-        let chain = self.walk(first, u64::MAX, ChainOf::Dir, path)?;
+        let chain = self.walk(first, u64::MAX, path)?;
         let cluster_bytes = usize::try_from(self.geo.cluster_bytes)
             .map_err(|_| self.corrupt(Some(path), "clusters too large".to_owned()))?;
         let mut out = Vec::new();
@@ -1113,6 +1186,7 @@ impl Fat {
 
     /// The parsed directory `dir`, which `path` names.
     fn listing(&self, dir: Node, path: &str) -> Result<Listing, Error> {
+        self.count(|w| w.directories += 1);
         let bytes = match (dir, self.geo.root) {
             (Node::Root, Root::Fixed { start, entries }) => {
                 // At most 65,535 entries of 32 bytes: 2 MiB.
@@ -1130,6 +1204,18 @@ impl Fat {
     /// and the 8.3 names; empty components and `.` are skipped, `..` goes up (FAT has no
     /// symlinks, so this is exact).
     fn lookup(&self, path: &str) -> Result<Node, Error> {
+        if let Some((p, node)) = self.last_lookup.borrow().as_ref()
+            && p == path
+        {
+            return Ok(*node);
+        }
+        let node = self.resolve(path)?;
+        *self.last_lookup.borrow_mut() = Some((path.to_owned(), node));
+        Ok(node)
+    }
+
+    /// [`Fat::lookup`]'s work, directory by directory.
+    fn resolve(&self, path: &str) -> Result<Node, Error> {
         let Some(rest) = path.strip_prefix('/') else {
             return Err(self.invalid(path, "not an absolute path"));
         };
@@ -1168,7 +1254,7 @@ impl Fat {
                 "a directory entry with no first cluster".to_owned(),
             ));
         }
-        let chain = self.walk(first, 0, ChainOf::Dir, path)?;
+        let chain = self.walk(first, 0, path)?;
         // At most dir_cluster_limit() clusters: no overflow.
         Ok(chain.clusters * self.geo.cluster_bytes)
     }
@@ -1181,73 +1267,109 @@ impl Fat {
         }
     }
 
-    /// The runs of clusters that hold a file of `size` bytes starting at cluster `first`,
-    /// after checking its whole chain.
+    /// Follows `chain` until it holds `upto` clusters (at most the `needed` its size needs).
     ///
-    /// A chain shorter than the size needs is corruption; a longer one is read as Linux does
-    /// (the size wins), its extra clusters checked but not kept.
-    fn file_runs(&self, path: &str, first: u32, size: u32) -> Result<Arc<[Run]>, Error> {
-        let needed = u64::from(size).div_ceil(self.geo.cluster_bytes);
-        if first == 0 {
-            if size == 0 {
-                return Ok(Arc::from(Vec::new()));
+    /// Only the links the read needs are followed, so reading the start of a file costs the
+    /// same whatever its chain's length, which a corrupt or hostile FAT may make as long as the
+    /// volume. Every link followed is checked as [`Fat::walk`] checks them, a loop found the
+    /// moment a cluster comes back. Once the last needed cluster is reached, the link out of it
+    /// is checked too: an end mark, or a longer chain, read as Linux does (the size wins).
+    fn extend(&self, chain: &mut FileChain, upto: u64, path: &str) -> Result<(), Error> {
+        let upto = upto.min(chain.needed);
+        let corrupt = |reason: String| self.corrupt(Some(path), reason);
+        // The link out of the last needed cluster is checked by the reads that reach it only,
+        // so that a corrupt tail does not fail a read of the file's start.
+        while chain.known < upto || (upto == chain.needed && !chain.checked_end) {
+            let Some(next) = self.link(chain.last, path)? else {
+                if chain.known < chain.needed {
+                    return Err(corrupt(format!(
+                        "its {} bytes need {} clusters of {} bytes, but its cluster chain has {}",
+                        chain.size, chain.needed, self.geo.cluster_bytes, chain.known
+                    )));
+                }
+                chain.checked_end = true;
+                break;
+            };
+            if chain.seen.contains(next) {
+                return Err(corrupt(format!(
+                    "the cluster chain loops back to cluster {next}"
+                )));
             }
+            if chain.known == chain.needed {
+                // A chain longer than the size: its extra clusters are not the file's.
+                chain.checked_end = true;
+                break;
+            }
+            chain.seen.insert(next);
+            match chain.runs.last_mut() {
+                Some(run) if run.first.checked_add(run.count) == Some(next) => run.count += 1,
+                _ => chain.runs.push(Run {
+                    first: next,
+                    count: 1,
+                }),
+            }
+            chain.known += 1;
+            chain.last = next;
+        }
+        Ok(())
+    }
+
+    /// Reads bytes `offset..` of the file of `size` bytes whose chain starts at `first` into
+    /// `buf`; returns how many, fewer than `buf.len()` only at the end of the file.
+    fn read_file(
+        &self,
+        path: &str,
+        first: u32,
+        size: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Error> {
+        let size = u64::from(size);
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        if first == 0 {
             return Err(self.corrupt(
                 Some(path),
                 format!("a file of {size} bytes with no first cluster"),
             ));
         }
-        if let Some(last) = self.last_file.borrow().as_ref()
-            && last.first == first
-            && last.needed == needed
-        {
-            return Ok(Arc::clone(&last.runs));
-        }
-        let chain = self.walk(first, needed, ChainOf::File, path)?;
-        if chain.clusters < needed {
-            return Err(self.corrupt(
-                Some(path),
-                format!(
-                    "its {size} bytes need {needed} clusters of {} bytes, but its cluster chain \
-                     has {}",
-                    self.geo.cluster_bytes, chain.clusters
-                ),
-            ));
-        }
-        let runs: Arc<[Run]> = chain.runs.into();
-        *self.last_file.borrow_mut() = Some(FileRuns {
-            first,
-            needed,
-            runs: Arc::clone(&runs),
-        });
-        Ok(runs)
-    }
-
-    /// Reads bytes `offset..` of a file of `size` bytes held by `runs` into `buf`; returns how
-    /// many, fewer than `buf.len()` only at the end of the file.
-    fn read_runs(
-        &self,
-        path: &str,
-        runs: &[Run],
-        size: u64,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<usize, Error> {
-        if offset >= size {
-            return Ok(0);
-        }
+        self.first_cluster(first, path)?;
+        let cluster_bytes = self.geo.cluster_bytes;
+        let needed = size.div_ceil(cluster_bytes);
         let want = (size - offset).min(buf.len() as u64);
         // <= buf.len(), so it fits a usize.
         let want_usize = want as usize;
         let end = offset + want;
+
+        let mut slot = self.last_file.borrow_mut();
+        let chain = match slot.take() {
+            Some(c) if c.first == first && c.size == size => slot.insert(c),
+            _ => {
+                let mut seen = Seen::default();
+                seen.insert(first);
+                slot.insert(FileChain {
+                    first,
+                    size,
+                    needed,
+                    runs: vec![Run { first, count: 1 }],
+                    known: 1,
+                    last: first,
+                    seen,
+                    checked_end: false,
+                })
+            }
+        };
+        self.extend(chain, end.div_ceil(cluster_bytes), path)?;
+
         let short = || self.corrupt(Some(path), "the cluster chain ends early".to_owned());
         let mut pos = 0u64;
-        for run in runs {
+        for run in &chain.runs {
             if pos >= end {
                 break;
             }
             // The runs cover at most the clusters of a 4 GiB file: no overflow.
-            let run_end = pos + u64::from(run.count) * self.geo.cluster_bytes;
+            let run_end = pos + u64::from(run.count) * cluster_bytes;
             let (lo, hi) = (pos.max(offset), run_end.min(end));
             if lo < hi {
                 let disk = self.cluster_offset(run.first, path)? + (lo - pos);
@@ -1329,11 +1451,7 @@ impl super::FileSystem for Fat {
 
     fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, super::Error> {
         let (first, size) = self.file(path)?;
-        if offset >= u64::from(size) || buf.is_empty() {
-            return Ok(0);
-        }
-        let runs = self.file_runs(path, first, size)?;
-        Ok(self.read_runs(path, &runs, u64::from(size), offset, buf)?)
+        Ok(self.read_file(path, first, size, offset, buf)?)
     }
 
     fn read_to_vec(&self, path: &str, max: u64) -> Result<Vec<u8>, super::Error> {
@@ -1347,9 +1465,8 @@ impl super::FileSystem for Fat {
         if u64::from(size) > max {
             return Err(too_large().into());
         }
-        let runs = self.file_runs(path, first, size)?;
         let mut out = vec![0u8; usize::try_from(size).map_err(|_| too_large())?];
-        let n = self.read_runs(path, &runs, u64::from(size), 0, &mut out)?;
+        let n = self.read_file(path, first, size, 0, &mut out)?;
         out.truncate(n);
         Ok(out)
     }
@@ -1534,10 +1651,10 @@ mod tests {
 
         // Pieces of the fragmented file, across cluster and run boundaries and past its end.
         let big = fx.data("/big.bin");
-        let Node::File { cluster, size } = fs.lookup("/big.bin").unwrap() else {
+        let Node::File { cluster, .. } = fs.lookup("/big.bin").unwrap() else {
             panic!("/big.bin is not a file");
         };
-        assert!(fs.file_runs("/big.bin", cluster, size).unwrap().len() > 1);
+        assert!(fs.walk(cluster, u64::MAX, "/big.bin").unwrap().runs.len() > 1);
         let cb = fs.geo.cluster_bytes as usize;
         let n = big.len();
         for (offset, len) in [
@@ -1819,12 +1936,13 @@ mod tests {
 
     /// The clusters of the chain of the file or directory at `path`.
     fn clusters(fs: &Fat, path: &str) -> Vec<u32> {
-        let (first, of) = match (fs.lookup(path).unwrap(), fs.geo.root) {
-            (Node::File { cluster, .. }, _) => (cluster, ChainOf::File),
-            (Node::Dir(c), _) | (Node::Root, Root::Cluster(c)) => (c, ChainOf::Dir),
+        let first = match (fs.lookup(path).unwrap(), fs.geo.root) {
+            (Node::File { cluster, .. }, _) => cluster,
+            (Node::Dir(c), _) | (Node::Root, Root::Cluster(c)) => c,
             other => panic!("{other:?}"),
         };
-        let chain = fs.walk(first, u64::MAX, of, path).unwrap();
+        // Walked as a directory: the test files are shorter than a directory's limit.
+        let chain = fs.walk(first, u64::MAX, path).unwrap();
         chain
             .runs
             .iter()
@@ -1849,7 +1967,13 @@ mod tests {
                 let e = fs.read_to_vec(EFI, M as u64).unwrap_err().to_string();
                 assert!(e.starts_with(&corrupt_at(&fx, EFI)), "{e}");
                 assert!(e.contains("the cluster chain loops back to cluster"), "{e}");
-                let e = fs.read_at(EFI, 0, &mut [0; 10]).unwrap_err().to_string();
+                // A read follows the chain only as far as it needs: the first bytes come before
+                // the loop, the last ones after it.
+                assert_eq!(fs.read_at(EFI, 0, &mut [0; 10]).unwrap(), 10);
+                let e = fs
+                    .read_at(EFI, 69_999, &mut [0; 10])
+                    .unwrap_err()
+                    .to_string();
                 assert!(e.contains("loops back"), "{e}");
                 // The file's entry is still there.
                 assert_eq!(fs.metadata(EFI).unwrap().len, 70_000);
@@ -1871,6 +1995,107 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The clusters a chain has met: ranges merge as they touch, and membership is exact.
+    #[test]
+    fn seen_clusters_merge_into_ranges() {
+        let mut seen = Seen::default();
+        for c in [10, 12, 11, 20, 9, 19, u32::MAX] {
+            assert!(!seen.contains(c), "{c}");
+            seen.insert(c);
+            assert!(seen.contains(c), "{c}");
+        }
+        let ranges: Vec<(u32, u32)> = seen.0.iter().map(|(&f, &n)| (f, n)).collect();
+        assert_eq!(ranges, [(9, 4), (19, 2), (u32::MAX, 1)]);
+        for c in [0, 8, 13, 18, 21, u32::MAX - 1] {
+            assert!(!seen.contains(c), "{c}");
+        }
+    }
+
+    /// A read costs the FAT lookups of the clusters it reads, however long the chain: a hostile
+    /// chain through every cluster of the volume costs nothing to a read of the first bytes.
+    /// And a file read piece by piece resolves its path once.
+    #[test]
+    fn reads_follow_the_chain_only_as_far_as_they_need() {
+        let fx = build(32, 65536, &[]);
+        let fs = open(&fx);
+        let chain = clusters(&fs, EFI);
+        let cb = fs.geo.cluster_bytes;
+        // Every free cluster from the last one down, linked after the file's last cluster.
+        let last = chain[chain.len() - 1];
+        let spare: Vec<u32> = (2..=fs.geo.max_cluster())
+            .rev()
+            .filter(|&c| fs.fat_entry(c, "/").unwrap() == 0)
+            .collect();
+        assert!(spare.len() > 60_000, "{} free clusters", spare.len());
+        let huge = chain.len() as u64 + spare.len() as u64;
+        let entry = |b: &[u8]| b.windows(11).position(|w| w == b"BOOTX64 EFI").unwrap();
+        for size in [70_000, (huge * cb) as u32] {
+            let fs = patched(&fx, |b, fs| {
+                let mut prev = last;
+                for &c in &spare {
+                    set_fat(b, &fs.geo, prev, c);
+                    prev = c;
+                }
+                set_fat(b, &fs.geo, prev, 0x0FFF_FFFF);
+                let at = entry(b);
+                b[at + 28..at + 32].copy_from_slice(&size.to_le_bytes());
+            });
+            assert_eq!(fs.metadata(EFI).unwrap().len, u64::from(size));
+            let before = fs.work();
+            let mut head = [0u8; 64];
+            assert_eq!(fs.read_at(EFI, 0, &mut head).unwrap(), 64);
+            assert!(head[..] == fx.data(EFI)[..64]);
+            // The first cluster comes from the directory entry: no FAT entry is needed.
+            assert_eq!(fs.work(), before, "size {size}");
+            // The third cluster: two links.
+            let mut buf = [0u8; 10];
+            fs.read_at(EFI, 2 * cb, &mut buf).unwrap();
+            assert!(buf[..] == fx.data(EFI)[2 * cb as usize..2 * cb as usize + 10]);
+            assert_eq!(fs.work().fat_entries - before.fat_entries, 2, "size {size}");
+            assert_eq!(fs.work().directories, before.directories, "size {size}");
+        }
+        // Reading the whole file (its size unchanged) costs its own clusters' links and the
+        // check of the link after its last cluster, not the tens of thousands after.
+        let fs = patched(&fx, |b, fs| {
+            let mut prev = last;
+            for &c in &spare {
+                set_fat(b, &fs.geo, prev, c);
+                prev = c;
+            }
+            set_fat(b, &fs.geo, prev, 0x0FFF_FFFF);
+        });
+        fs.metadata(EFI).unwrap();
+        let before = fs.work();
+        assert!(fs.read_to_vec(EFI, M as u64).unwrap() == fx.data(EFI));
+        let needed = 70_000u64.div_ceil(cb);
+        assert_eq!(fs.work().fat_entries - before.fat_entries, needed);
+        // Piece by piece: the path is resolved once, the chain followed once.
+        let fs = open(&fx);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        let mut per_read = Vec::new();
+        loop {
+            let n = fs.read_at(EFI, got.len() as u64, &mut buf).unwrap();
+            per_read.push(fs.work());
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == fx.data(EFI));
+        let first = per_read[0];
+        let end = per_read[per_read.len() - 1];
+        assert_eq!(end.directories, first.directories, "{per_read:?}");
+        // The first read followed the links to its own last cluster; the others, the rest.
+        let first_upto = 4096u64.div_ceil(cb).min(needed);
+        let first_links = first_upto - 1 + u64::from(first_upto == needed);
+        assert_eq!(
+            end.fat_entries - first.fat_entries,
+            needed - first_links,
+            "{per_read:?}"
+        );
     }
 
     #[test]
@@ -1999,7 +2224,12 @@ mod tests {
                 chain + 3
             )
         );
-        let e = fs.read_at(EFI, 0, &mut [0; 1]).unwrap_err().to_string();
+        // Only a read that needs the missing clusters finds them missing.
+        assert_eq!(fs.read_at(EFI, 0, &mut [0; 1]).unwrap(), 1);
+        let e = fs
+            .read_at(EFI, u64::from(size) - 1, &mut [0; 1])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cluster chain has"), "{e}");
 
         // A smaller size is read as Linux reads it: the size wins.

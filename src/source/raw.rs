@@ -83,12 +83,21 @@ struct FiemapExtent {
 impl RawSource {
     /// Opens a raw image or block device read-only.
     pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            what: "cannot open",
+            source,
+        })?;
+        Self::from_file(file, path)
+    }
+
+    /// Reads `file`, already open as `path`, as a raw disk.
+    pub fn from_file(mut file: File, path: &Path) -> Result<Self> {
         let io = |what, source| Error::Io {
             path: path.to_owned(),
             what,
             source,
         };
-        let mut file = File::open(path).map_err(|e| io("cannot open", e))?;
         let meta = file.metadata().map_err(|e| io("cannot stat", e))?;
         if meta.is_dir() {
             return Err(Error::Invalid {
