@@ -119,9 +119,9 @@ fn snapshots_share_their_data_and_cannot_be_deleted_while_used() {
     assert_ne!(s1, s2);
     let j1 = json(&store, &["snapshot", "show", &s1]);
     let j2 = json(&store, &["snapshot", "show", &s2]);
-    assert_eq!(j1["ContentDigest"], j2["ContentDigest"]);
-    assert_eq!(j2["Description"], "b");
-    assert_eq!(j1["VirtualSize"], 16 * MIB);
+    assert_eq!(j1["Mkomi"]["ContentDigest"], j2["Mkomi"]["ContentDigest"]);
+    assert_eq!(j2["Snapshot"]["Description"], "b");
+    assert_eq!(j1["Mkomi"]["VirtualSize"], 16 * MIB);
     // The same content is stored once.
     assert_eq!(blobs(&store).len(), 1);
 
@@ -188,7 +188,7 @@ fn images_from_volumes_bundle_out_verified_and_identical_each_time() {
         .as_str()
         .unwrap();
     let rs = json(&store, &["snapshot", "show", root_snap]);
-    assert_eq!(rs["Images"], serde_json::json!([ami]));
+    assert_eq!(rs["Mkomi"]["Images"], serde_json::json!([ami]));
 
     let b1 = d.path().join("b1");
     let b2 = d.path().join("b2");
@@ -394,8 +394,8 @@ fn copies_are_independent_of_their_source() {
     for (a, b) in ss.iter().zip(&cs) {
         assert_ne!(a, b);
         assert_eq!(
-            json(&store, &["snapshot", "show", a])["ContentDigest"],
-            json(&store, &["snapshot", "show", b])["ContentDigest"]
+            json(&store, &["snapshot", "show", a])["Mkomi"]["ContentDigest"],
+            json(&store, &["snapshot", "show", b])["Mkomi"]["ContentDigest"]
         );
     }
     assert_eq!(blobs(&store).len(), 2);
@@ -554,6 +554,26 @@ fn refused_images_leave_nothing() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // Refused before anything was stored, on a new store: no store is left.
+    assert!(!store.exists(), "a refused image create made {store:?}");
+    // On a store that exists: nothing is left either.
+    let other = disk(d.path(), "other.raw", 8, 0x99);
+    st_ok(&store, &["snapshot", "create", s(&other), "-q"]);
+    let o = st(
+        &store,
+        &[
+            "image",
+            "create",
+            "--root",
+            s(&img),
+            "--arch",
+            "x86_64",
+            "--audit",
+            "deny=medium",
+            "-q",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3));
     // A contradicting field, a missing snapshot, a volume too small for its disk.
     st_refused(
         &store,
@@ -583,15 +603,16 @@ fn refused_images_leave_nothing() {
     );
     let listed = json(&store, &["image", "list"]);
     assert_eq!(listed["Images"], serde_json::json!([]));
-    assert!(
-        json(&store, &["snapshot", "list"])
+    assert_eq!(
+        json(&store, &["snapshot", "list"])["Snapshots"]
             .as_array()
             .unwrap()
-            .is_empty()
+            .len(),
+        1
     );
     assert!(entries(&store.join("work")).is_empty());
-    // The refused disk's data was staged, never committed: nothing in blobs/.
-    assert!(blobs(&store).is_empty());
+    // The refused disk's data was staged, never committed: only the snapshot's blob.
+    assert_eq!(blobs(&store).len(), 1);
 }
 
 #[test]
@@ -601,7 +622,7 @@ fn an_unchanged_file_is_not_read_again_and_a_changed_one_is() {
     let a = disk(d.path(), "a.raw", 8, 0x81);
     // Files changed in the last 3 seconds are always read (coarse kernel timestamps).
     let settle = || std::thread::sleep(std::time::Duration::from_millis(3200));
-    let create = || json(&store, &["snapshot", "create", s(&a), "-q"]);
+    let create = || json(&store, &["snapshot", "create", s(&a), "-q"])["Mkomi"].clone();
     let fresh = create();
     assert!(fresh["BytesRead"].as_u64().unwrap() > 0, "{fresh}");
     settle();
@@ -690,7 +711,7 @@ fn an_image_travels_between_stores_through_a_bucket() {
             .as_str()
             .unwrap()
             .to_owned();
-        json(store, &["snapshot", "show", &snap])["ContentDigest"].clone()
+        json(store, &["snapshot", "show", &snap])["Mkomi"]["ContentDigest"].clone()
     };
     assert_eq!(digest(&one, &a), digest(&two, &b));
     // The store's work directory is left empty, and its check passes.
