@@ -890,7 +890,10 @@ fn print_export(r: &package::Report, json: bool) -> ExitCode {
         for o in &r.objects {
             outln!(
                 "{}  {} -> {} bytes  {}",
-                o.name, o.bytes, o.compressed, o.sha256
+                o.name,
+                o.bytes,
+                o.compressed,
+                o.sha256
             );
         }
         outln!(

@@ -273,25 +273,29 @@ pub fn snapshot(
                 s.snapshot.snapshot_id.clone()
             })
         }
-        SnapshotCmd::List => done(snapshot::list(&store).map(snapshot::Listed::from), json, |l| {
-            l.snapshots
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{}  {:>5} GiB  {}  {}",
-                        s.snapshot_id,
-                        s.volume_size,
-                        if s.mkomi.images.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            s.mkomi.images.join(",")
-                        },
-                        s.description.as_deref().unwrap_or("")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        }),
+        SnapshotCmd::List => done(
+            snapshot::list(&store).map(snapshot::Listed::from),
+            json,
+            |l| {
+                l.snapshots
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}  {:>5} GiB  {}  {}",
+                            s.snapshot_id,
+                            s.volume_size,
+                            if s.mkomi.images.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                s.mkomi.images.join(",")
+                            },
+                            s.description.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        ),
         SnapshotCmd::Show { id } => done(
             snapshot::show(&store, &id).map(snapshot::Shown::from),
             true,
@@ -389,7 +393,9 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                 }
             };
             settle(store, &r);
-            done(r.map(image::Shown::from), json, |i| i.image.image_id.clone())
+            done(r.map(image::Shown::from), json, |i| {
+                i.image.image_id.clone()
+            })
         }
         ImageCmd::List { filter } => {
             let mut f = Filter::default();
@@ -485,7 +491,9 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
             };
             let r = image::import(&mut store, &req, progress).map(|(i, _)| i);
             settle(store, &r);
-            done(r.map(image::Shown::from), json, |i| i.image.image_id.clone())
+            done(r.map(image::Shown::from), json, |i| {
+                i.image.image_id.clone()
+            })
         }
     }
 }

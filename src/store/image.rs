@@ -3,7 +3,6 @@
 
 use super::snapshot::{self, Stage};
 use super::{Blob, Error, Result, Staged, Store, Work, io, new_id, now};
-use crate::util::hex;
 use crate::audit::image::Policy;
 use crate::bundle::checks::Checks;
 use crate::bundle::register::{self, Renamed, TempDir, Volume};
@@ -14,11 +13,12 @@ use crate::manifest::{
 };
 use crate::progress::Progress;
 use crate::source::{self, OpenOptions, Source};
+use crate::util::hex;
 use rusqlite::OptionalExtension;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 

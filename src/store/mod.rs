@@ -498,7 +498,8 @@ fn lock_dir(root: &Path, create: bool) -> std::result::Result<(File, bool), Opti
         let mut made = false;
         if create {
             if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| Some(io(parent, "cannot create")(e)))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Some(io(parent, "cannot create")(e)))?;
             }
             match std::fs::create_dir(root) {
                 Ok(()) => made = true,
