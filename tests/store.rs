@@ -1012,6 +1012,15 @@ fn refused_creates_make_no_store() {
         st(&store, args);
         assert_eq!(entries(&store), Vec::<String>::new(), "{args:?}");
     }
+    // What was there before is not the store's to remove: only what it made goes.
+    std::fs::write(store.join("notes.txt"), "mine").unwrap();
+    std::fs::create_dir(store.join("work")).unwrap();
+    for (args, _) in cases {
+        st(&store, args);
+        assert_eq!(entries(&store), vec!["notes.txt", "work"], "{args:?}");
+    }
+    std::fs::remove_file(store.join("notes.txt")).unwrap();
+    std::fs::remove_dir(store.join("work")).unwrap();
     // What succeeds makes the store, and a later refusal leaves it as it was.
     st_ok(&store, &["snapshot", "create", s(&root), "-q"]);
     st(&store, &["snapshot", "create", s(&missing)]);

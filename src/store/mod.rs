@@ -142,12 +142,12 @@ pub struct Store {
     made: Made,
 }
 
-/// What [`Store::open`] made: nothing, the store's files in an existing directory, or the
-/// directory itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What [`Store::open`] made: nothing, the store's files in an existing directory (the
+/// catalog, and those of `blobs/` and `work/` it made), or the directory itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Made {
     Nothing,
-    Files,
+    Files(Vec<PathBuf>),
     Directory,
 }
 
@@ -195,23 +195,25 @@ impl Store {
             Some(e) => e,
             None => no_store(),
         })?;
-        let made = if made_dir {
-            Made::Directory
-        } else if !root.join(CATALOG).exists() {
-            Made::Files
-        } else {
-            Made::Nothing
-        };
-        if !create && made == Made::Files {
+        let new_catalog = !root.join(CATALOG).exists();
+        if !create && new_catalog {
             return Err(no_store());
         }
+        let mut made_dirs = Vec::new();
         for dir in [root.join(BLOBS), root.join(WORK)] {
             match std::fs::create_dir(&dir) {
-                Ok(()) => {}
+                Ok(()) => made_dirs.push(dir),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io(&dir, "cannot create")(e)),
             }
         }
+        let made = if made_dir {
+            Made::Directory
+        } else if new_catalog {
+            Made::Files(made_dirs)
+        } else {
+            Made::Nothing
+        };
         let catalog = root.join(CATALOG);
         let fail = |e: rusqlite::Error| Error::Catalog {
             path: catalog.clone(),
@@ -312,13 +314,14 @@ impl Store {
         }
         let done = match made {
             Made::Directory => std::fs::remove_dir_all(&root).is_ok(),
-            _ => {
+            Made::Files(dirs) => {
                 for f in ["", "-wal", "-shm", "-journal"] {
                     let _ = std::fs::remove_file(root.join(format!("{CATALOG}{f}")));
                 }
-                std::fs::remove_dir(root.join(BLOBS)).is_ok()
-                    && std::fs::remove_dir(root.join(WORK)).is_ok()
+                // Only the directories it made: one that was there is not the store's to remove.
+                dirs.iter().all(|d| std::fs::remove_dir(d).is_ok())
             }
+            Made::Nothing => false,
         };
         drop(dir_lock);
         done
