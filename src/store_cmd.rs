@@ -333,7 +333,20 @@ fn image_usage(cmd: &ImageCmd) -> Result<(), ExitCode> {
                 }
                 Ok(())
             }
-            (None, Some(_)) => Ok(()),
+            (None, Some(root)) => {
+                // A volume's content is snap-… or a path: what looks like an ID but names no
+                // file is a mistaken ID, not a missing file.
+                let sources = std::iter::once(std::path::Path::new(root))
+                    .chain(a.image.bdm.iter().map(|v| v.source.as_path()));
+                for src in sources {
+                    let text = src.to_string_lossy();
+                    let id_like = text.starts_with("snap-") || store::is_image_id(&text);
+                    if id_like && !src.exists() {
+                        store::snapshot_id(&text).map_err(|m| usage(&m))?;
+                    }
+                }
+                Ok(())
+            }
             (None, None) => Err(usage("--root or --from-bundle is required")),
         },
         ImageCmd::List { filter } => {

@@ -912,6 +912,23 @@ fn json_has_outscales_shapes_and_ids_are_checked() {
     for (args, want) in wrong {
         st_usage(&store, args, want);
     }
+    // A volume's content is a snapshot ID or a path: an image ID, or a malformed snapshot ID,
+    // that names no file is a usage error too.
+    let bdm = format!("/dev/sdb={ami}");
+    let volumes: &[(&[&str], &str)] = &[
+        (&["image", "create", "--root", &ami], "is an image ID"),
+        (
+            &["image", "create", "--root", "snap-xyz"],
+            "not a snapshot ID",
+        ),
+        (
+            &["image", "create", "--root", &snap, "--bdm", &bdm],
+            "is an image ID",
+        ),
+    ];
+    for (args, want) in volumes {
+        st_usage(&store, args, want);
+    }
     st_refused(
         &store,
         &["image", "show", "ami-00000000"],
