@@ -1,5 +1,36 @@
 //! The `mkomi` command: a thin layer over the library that parses arguments, shows progress and
 //! turns errors into one-line messages and exit codes.
+//!
+//! All output goes through [`outln!`], [`out!`] and [`errln!`] (clippy refuses `println!` and
+//! its kin here): a reader that goes away (`mkomi image list | head -1`) ends the output
+//! quietly, where `println!` would panic.
+
+// The output macros are the only way out: see `write_stdout`.
+#![deny(clippy::disallowed_macros)]
+
+/// `println!` that survives a closed pipe: see [`write_stdout`].
+macro_rules! outln {
+    () => {
+        $crate::write_stdout("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that survives a closed pipe: see [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(&format!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics: see [`write_stderr`].
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::write_stderr(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 use clap::{CommandFactory, Parser, Subcommand};
 use mkomi::audit::{Severity, image::Policy};
@@ -10,7 +41,7 @@ use mkomi::export::{import, s3};
 use mkomi::manifest::{Architecture, BootMode, DiskFormat, VolumeType, rules};
 use mkomi::progress::{Mode, Progress};
 use mkomi::source::{InputFormat, OpenOptions};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +54,60 @@ const EXIT_MISMATCH: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// Set once stdout's reader has gone: the rest of the output is dropped.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+/// The first failure to write stdout other than a reader gone (a full disk, say).
+static STDOUT_FAILED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Writes `text` to stdout. When the reader has gone (EPIPE: `mkomi image list | head -1`),
+/// the rest of the output is dropped and the command ends as it would have, with its own exit
+/// code, quietly, as coreutils do; `println!` would panic instead (exit 101).
+///
+/// SIGPIPE stays ignored (Rust's default) rather than reset to end the process, as coreutils
+/// let it: a command's output is its last step, but stderr is written while it works (progress,
+/// warnings), and a SIGPIPE death there (`mkomi register … 2>&1 | head -1`) would end it between
+/// two steps of an atomic write, leaving its temporary directory, or a store's work, behind. An
+/// ignored SIGPIPE turns every such write into an error the code handles, and lets every
+/// cleanup run.
+fn write_stdout(text: &str) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe
+            && let Ok(mut failed) = STDOUT_FAILED.lock()
+        {
+            failed.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Writes `text` to stderr; a failure is ignored, as there is nowhere left to report it.
+fn write_stderr(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// The command's exit code, unless its output could not be written (other than to a reader
+/// that had gone, which is no error): then one line on stderr and exit code 1.
+fn output_written(code: ExitCode) -> ExitCode {
+    match STDOUT_FAILED.lock().ok().and_then(|mut f| f.take()) {
+        Some(e) => {
+            errln!("mkomi: cannot write to standard output: {e}");
+            if code == ExitCode::SUCCESS {
+                ExitCode::FAILURE
+            } else {
+                code
+            }
+        }
+        None => code,
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -549,9 +634,12 @@ fn main() -> ExitCode {
         let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::Relaxed));
     }
     let progress = Progress::new(mode);
-    match cli.command {
+    let code = match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "mkomi", &mut std::io::stdout());
+            // Made in memory: clap_complete panics when it cannot write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mkomi", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
             ExitCode::SUCCESS
         }
         Command::Register(args) => run_register(*args, &progress, cli.json),
@@ -566,11 +654,12 @@ fn main() -> ExitCode {
         Command::Audit { source, deny, open } => {
             run_audit(&source, deny, &open.options(), cli.json)
         }
-    }
+    };
+    output_written(code)
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("mkomi: {}", e.to_string().replace('\n', " "));
+    errln!("mkomi: {}", e.to_string().replace('\n', " "));
     ExitCode::FAILURE
 }
 
@@ -643,7 +732,7 @@ fn report(result: bundle::Result<register::Report>, json: bool) -> ExitCode {
     match result {
         Ok(r) => {
             for w in &r.warnings {
-                eprintln!("mkomi: warning: {w}");
+                errln!("mkomi: warning: {w}");
             }
             let secs = r.elapsed.as_secs_f64();
             if json {
@@ -656,9 +745,9 @@ fn report(result: bundle::Result<register::Report>, json: bool) -> ExitCode {
                     "Inspection": r.manifest.inspection,
                     "Warnings": r.warnings,
                 });
-                println!("{summary}");
+                outln!("{summary}");
             } else {
-                println!(
+                outln!(
                     "{}: {} disk(s), {} MiB of data in {:.2} s ({:.0} MiB/s)",
                     r.output.display(),
                     r.manifest.disks.len(),
@@ -667,13 +756,13 @@ fn report(result: bundle::Result<register::Report>, json: bool) -> ExitCode {
                     mib_per_s(r.data_bytes, secs)
                 );
                 for d in &r.manifest.disks {
-                    println!("  {}  {}  {}", d.device_name, d.path, d.content_digest);
+                    outln!("  {}  {}  {}", d.device_name, d.path, d.content_digest);
                 }
             }
             ExitCode::SUCCESS
         }
         Err(e) if e.is_interrupted() => {
-            eprintln!("mkomi: interrupted; nothing was written");
+            errln!("mkomi: interrupted; nothing was written");
             ExitCode::from(EXIT_INTERRUPTED)
         }
         Err(e) if e.is_audit_denied() => {
@@ -699,13 +788,13 @@ fn run_verify(dir: &std::path::Path, progress: &Progress, json: bool, quiet: boo
             "Bytes": report.bytes,
             "Seconds": secs,
         });
-        println!("{summary}");
+        outln!("{summary}");
     } else {
         for f in &report.failures {
-            println!("{}: {f}", dir.display());
+            outln!("{}: {f}", dir.display());
         }
         if !quiet {
-            eprintln!(
+            errln!(
                 "{}: {} ({} disk(s), {} MiB read in {:.2} s)",
                 dir.display(),
                 if report.ok() { "OK" } else { "FAILED" },
@@ -726,13 +815,13 @@ fn run_inspect(source: &std::path::Path, open: &OpenOptions, json: bool) -> Exit
     match mkomi::inspect::inspect_path(source, open) {
         Ok(report) if json => match serde_json::to_string_pretty(&report) {
             Ok(text) => {
-                println!("{text}");
+                outln!("{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
         },
         Ok(report) => {
-            print!("{report}");
+            out!("{report}");
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
@@ -751,11 +840,11 @@ fn run_audit(
     };
     if json {
         match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => outln!("{text}"),
             Err(e) => return fail(&e),
         }
     } else {
-        print!("{report}");
+        out!("{report}");
     }
     match deny {
         Some(at) if report.at_least(at).next().is_some() => ExitCode::from(EXIT_MISMATCH),
@@ -807,22 +896,25 @@ fn package_request(a: &PackageArgs, bundle: PathBuf) -> Result<package::Request,
 
 fn print_export(r: &package::Report, json: bool) -> ExitCode {
     if json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        outln!("{}", serde_json::to_string(r).unwrap_or_default());
     } else {
         let secs = r.elapsed.as_secs_f64();
         for o in &r.objects {
-            println!(
+            outln!(
                 "{}  {} -> {} bytes  {}",
-                o.name, o.bytes, o.compressed, o.sha256
+                o.name,
+                o.bytes,
+                o.compressed,
+                o.sha256
             );
         }
-        println!(
+        outln!(
             "{}: {} object(s) in {secs:.2} s",
             r.location,
             r.objects.len()
         );
         if let Some(url) = &r.manifest_url {
-            println!("FileLocation: {url}");
+            outln!("FileLocation: {url}");
         }
     }
     ExitCode::SUCCESS
@@ -886,9 +978,9 @@ fn run_import(a: ImportArgs, progress: &Progress, json: bool) -> ExitCode {
                     (false, true) => "disks checked against mkomi-manifest.json",
                     (false, false) => "nothing to check against: SHA-256s recorded on arrival",
                 };
-                eprintln!("mkomi: {checked}");
+                errln!("mkomi: {checked}");
                 for (name, sha) in &r.received {
-                    eprintln!("  {sha}  {name}");
+                    errln!("  {sha}  {name}");
                 }
             }
             report(Ok(r.bundle), json)

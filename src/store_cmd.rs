@@ -33,14 +33,16 @@ no space, and a second snapshot of an unchanged file reads nothing.")]
     },
     /// List the snapshots.
     List,
-    /// Show a snapshot (JSON).
+    /// Show a snapshot (JSON: Snapshot, Outscale's fields, beside Mkomi, mkomi's).
     Show {
         /// snap-…
+        #[arg(value_parser = store::snapshot_id)]
         id: String,
     },
     /// Delete a snapshot; refused while an image uses it.
     Delete {
         /// snap-…
+        #[arg(value_parser = store::snapshot_id)]
         id: String,
     },
 }
@@ -63,9 +65,10 @@ the root disk holds). The image is `pending` while it is made and `available` on
         #[arg(long)]
         filter: Vec<String>,
     },
-    /// Show an image (JSON, Outscale's Image fields).
+    /// Show an image (JSON: Image, Outscale's fields, beside Mkomi, mkomi's).
     Show {
         /// ami-…
+        #[arg(value_parser = store::image_id)]
         id: String,
     },
     /// Change launch permissions, description and tags, as UpdateImage does.
@@ -73,6 +76,7 @@ the root disk holds). The image is `pending` while it is made and `available` on
     /// Copy an image: a new ID with its own snapshots, independent of the source.
     Copy {
         /// ami-…
+        #[arg(value_parser = store::image_id)]
         id: String,
         /// The copy's ImageName; default: the source's.
         #[arg(long)]
@@ -81,6 +85,7 @@ the root disk holds). The image is `pending` while it is made and `available` on
     /// Deregister and delete an image; its snapshots stay unless --with-snapshots.
     Delete {
         /// ami-…
+        #[arg(value_parser = store::image_id)]
         id: String,
         /// Also delete its snapshots that no other image uses.
         #[arg(long)]
@@ -89,6 +94,7 @@ the root disk holds). The image is `pending` while it is made and `available` on
     /// Write an image out as a bundle (then `verify` and `export` apply).
     Bundle {
         /// ami-…
+        #[arg(value_parser = store::image_id)]
         id: String,
         /// The bundle directory to create.
         #[arg(short, long, value_name = "DIR")]
@@ -100,6 +106,7 @@ the root disk holds). The image is `pending` while it is made and `available` on
     /// Export an image as an Outscale export package (see `mkomi export`).
     Export {
         /// ami-…
+        #[arg(value_parser = store::image_id)]
         id: String,
         #[command(flatten)]
         package: PackageArgs,
@@ -141,6 +148,7 @@ pub struct CreateArgs {
 #[derive(clap::Args)]
 pub struct UpdateArgs {
     /// ami-…
+    #[arg(value_parser = store::image_id)]
     id: String,
     /// An account that may launch the image (12 digits); repeatable.
     #[arg(long, value_name = "ACCOUNT", value_parser = image::account_id)]
@@ -186,7 +194,23 @@ fn open(dir: Option<PathBuf>, create: bool) -> Result<Store, ExitCode> {
 }
 
 fn print_json<T: Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// The exit code of a store error, its line on stderr.
+fn failed(e: &store::Error) -> ExitCode {
+    if e.is_interrupted() {
+        errln!("mkomi: interrupted; nothing was stored");
+        return ExitCode::from(crate::EXIT_INTERRUPTED);
+    }
+    let code = fail(e);
+    // Damage in the store, or an audit under deny=: a check failed.
+    let refused_by_audit = matches!(e, store::Error::Bundle(b) if b.is_audit_denied());
+    if e.is_damaged() || refused_by_audit {
+        ExitCode::from(EXIT_MISMATCH)
+    } else {
+        code
+    }
 }
 
 fn done<T: Serialize>(
@@ -202,15 +226,20 @@ fn done<T: Serialize>(
         Ok(v) => {
             let text = line(&v);
             if !text.is_empty() {
-                println!("{text}");
+                outln!("{text}");
             }
             ExitCode::SUCCESS
         }
-        Err(e) if e.is_interrupted() => {
-            eprintln!("mkomi: interrupted; nothing was stored");
-            ExitCode::from(crate::EXIT_INTERRUPTED)
-        }
-        Err(e) => fail(&e),
+        Err(e) => failed(&e),
+    }
+}
+
+/// What a `create` or `import` that made a new store does when it fails: removes the store
+/// again (if it stored nothing and no other process has it open), so that a refused command
+/// leaves nothing.
+fn settle<T>(store: Store, r: &store::Result<T>) {
+    if r.is_err() {
+        store.discard_if_new();
     }
 }
 
@@ -236,31 +265,40 @@ pub fn snapshot(
                 description,
                 open: open.options(),
             };
-            done(
-                snapshot::create(&mut store, &req, progress, Some(&CANCEL)),
-                json,
-                |s| s.snapshot_id.clone(),
-            )
+            let r = snapshot::create(&mut store, &req, progress, Some(&CANCEL));
+            settle(store, &r);
+            done(r.map(snapshot::Shown::from), json, |s| {
+                s.snapshot.snapshot_id.clone()
+            })
         }
-        SnapshotCmd::List => done(snapshot::list(&store), json, |l| {
-            l.iter()
-                .map(|s| {
-                    format!(
-                        "{}  {:>5} GiB  {}  {}",
-                        s.snapshot_id,
-                        s.volume_size,
-                        if s.images.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            s.images.join(",")
-                        },
-                        s.description.as_deref().unwrap_or("")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        }),
-        SnapshotCmd::Show { id } => done(snapshot::show(&store, &id), true, |_| String::new()),
+        SnapshotCmd::List => done(
+            snapshot::list(&store).map(snapshot::Listed::from),
+            json,
+            |l| {
+                l.snapshots
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}  {:>5} GiB  {}  {}",
+                            s.snapshot_id,
+                            s.volume_size,
+                            if s.mkomi.images.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                s.mkomi.images.join(",")
+                            },
+                            s.description.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        ),
+        SnapshotCmd::Show { id } => done(
+            snapshot::show(&store, &id).map(snapshot::Shown::from),
+            true,
+            |_| String::new(),
+        ),
         SnapshotCmd::Delete { id } => {
             #[derive(Serialize)]
             #[serde(rename_all = "PascalCase")]
@@ -278,7 +316,67 @@ pub fn snapshot(
     }
 }
 
+/// A usage error found in the arguments before the store is opened (so that a refused
+/// command makes no store).
+fn image_usage(cmd: &ImageCmd) -> Result<(), ExitCode> {
+    match cmd {
+        ImageCmd::Create(a) => match (&a.from_bundle, &a.root) {
+            (Some(_), _) => {
+                let given = a.image.given();
+                if !given.is_empty() {
+                    return Err(usage(&format!(
+                        "--from-bundle takes the image as the bundle has it: {} cannot apply",
+                        given.join(", ")
+                    )));
+                }
+                Ok(())
+            }
+            (None, Some(root)) => {
+                // A volume's content is snap-… or a path: what looks like an ID but names no
+                // file is a mistaken ID, not a missing file.
+                let sources = std::iter::once(std::path::Path::new(root))
+                    .chain(a.image.bdm.iter().map(|v| v.source.as_path()));
+                for src in sources {
+                    let text = src.to_string_lossy();
+                    let id_like = text.starts_with("snap-") || store::is_image_id(&text);
+                    if id_like && !src.exists() {
+                        store::snapshot_id(&text).map_err(|m| usage(&m))?;
+                    }
+                }
+                Ok(())
+            }
+            (None, None) => Err(usage("--root or --from-bundle is required")),
+        },
+        ImageCmd::List { filter } => {
+            let mut f = Filter::default();
+            for term in filter {
+                f.add(term).map_err(|m| usage(&m))?;
+            }
+            Ok(())
+        }
+        ImageCmd::Update(a) if update_of(a).is_empty() => Err(usage(
+            "image update: nothing to change: give --add-account, --remove-account, --global, \
+             --description, --tag or --remove-tag",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn update_of(a: &UpdateArgs) -> image::Update {
+    image::Update {
+        add_accounts: a.add_account.clone(),
+        remove_accounts: a.remove_account.clone(),
+        global: a.global,
+        description: a.description.clone(),
+        tags: a.tag.clone(),
+        remove_tags: a.remove_tag.clone(),
+    }
+}
+
 pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: bool) -> ExitCode {
+    if let Err(code) = image_usage(&cmd) {
+        return code;
+    }
     let create = matches!(cmd, ImageCmd::Create(_) | ImageCmd::Import { .. });
     let mut store = match open(dir, create) {
         Ok(s) => s,
@@ -287,17 +385,9 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
     match cmd {
         ImageCmd::Create(a) => {
             let r = match (&a.from_bundle, &a.root) {
-                (Some(b), _) => {
-                    let given = a.image.given();
-                    if !given.is_empty() {
-                        return usage(&format!(
-                            "--from-bundle takes the image as the bundle has it: {} cannot apply",
-                            given.join(", ")
-                        ));
-                    }
-                    image::create_from_bundle(&mut store, b, progress, Some(&CANCEL))
-                }
-                (None, Some(root)) => {
+                (Some(b), _) => image::create_from_bundle(&mut store, b, progress, Some(&CANCEL)),
+                (_, root) => {
+                    let root = root.as_deref().unwrap_or_default();
                     let i = &a.image;
                     let req = image::CreateRequest {
                         name: i.name.clone(),
@@ -312,16 +402,11 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                     };
                     image::create(&mut store, &req, progress, Some(&CANCEL))
                 }
-                (None, None) => return usage("--root or --from-bundle is required"),
             };
-            if let Err(e) = &r
-                && let store::Error::Bundle(b) = e
-                && b.is_audit_denied()
-            {
-                let _ = fail(e);
-                return ExitCode::from(EXIT_MISMATCH);
-            }
-            done(r, json, |i| i.image_id.clone())
+            settle(store, &r);
+            done(r.map(image::Shown::from), json, |i| {
+                i.image.image_id.clone()
+            })
         }
         ImageCmd::List { filter } => {
             let mut f = Filter::default();
@@ -330,13 +415,8 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                     return usage(&m);
                 }
             }
-            #[derive(Serialize)]
-            #[serde(rename_all = "PascalCase")]
-            struct Images {
-                images: Vec<image::ImageInfo>,
-            }
             done(
-                image::list(&store, &f).map(|images| Images { images }),
+                image::list(&store, &f).map(|images| image::Listed { images }),
                 json,
                 |l| {
                     let l = &l.images;
@@ -365,24 +445,16 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
             true,
             |_| String::new(),
         ),
-        ImageCmd::Update(a) => {
-            let u = image::Update {
-                add_accounts: a.add_account,
-                remove_accounts: a.remove_account,
-                global: a.global,
-                description: a.description,
-                tags: a.tag,
-                remove_tags: a.remove_tag,
-            };
-            done(image::update(&mut store, &a.id, &u), json, |i| {
-                i.image_id.clone()
-            })
-        }
-        ImageCmd::Copy { id, name } => {
-            done(image::copy(&mut store, &id, name.as_deref()), json, |i| {
-                i.image_id.clone()
-            })
-        }
+        ImageCmd::Update(a) => done(
+            image::update(&mut store, &a.id, &update_of(&a)).map(image::Shown::from),
+            json,
+            |i| i.image.image_id.clone(),
+        ),
+        ImageCmd::Copy { id, name } => done(
+            image::copy(&mut store, &id, name.as_deref()).map(image::Shown::from),
+            json,
+            |i| i.image.image_id.clone(),
+        ),
         ImageCmd::Delete { id, with_snapshots } => {
             done(image::delete(&mut store, &id, with_snapshots), json, |d| {
                 let mut line = format!("{} deleted", d.image_id);
@@ -407,13 +479,16 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
             };
             match image::export(&store, &id, &req) {
                 Ok(r) => print_export(&r, json),
-                Err(e) => fail(&e),
+                Err(e) => failed(&e),
             }
         }
         ImageCmd::Import { manifest, storage } => {
             let origin = match import_origin(&manifest, &storage) {
                 Ok(o) => o,
-                Err(code) => return code,
+                Err(code) => {
+                    store.discard_if_new();
+                    return code;
+                }
             };
             let now = crate::now_epoch();
             let req = import::Request {
@@ -425,11 +500,11 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                 now,
                 sync: true,
             };
-            done(
-                image::import(&mut store, &req, progress).map(|(i, _)| i),
-                json,
-                |i| i.image_id.clone(),
-            )
+            let r = image::import(&mut store, &req, progress).map(|(i, _)| i);
+            settle(store, &r);
+            done(r.map(image::Shown::from), json, |i| {
+                i.image.image_id.clone()
+            })
         }
     }
 }
@@ -446,12 +521,12 @@ pub fn maintain(cmd: StoreCmd, dir: Option<PathBuf>, progress: &Progress, json: 
                     print_json(&r);
                 } else {
                     for f in &r.fixed {
-                        println!("fixed: {f}");
+                        outln!("fixed: {f}");
                     }
                     for p in &r.problems {
-                        println!("damage: {p}");
+                        outln!("damage: {p}");
                     }
-                    println!(
+                    outln!(
                         "{}: {} image(s), {} snapshot(s), {} blob(s) verified ({} bytes read): {}",
                         store.root().display(),
                         r.images,

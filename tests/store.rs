@@ -119,9 +119,9 @@ fn snapshots_share_their_data_and_cannot_be_deleted_while_used() {
     assert_ne!(s1, s2);
     let j1 = json(&store, &["snapshot", "show", &s1]);
     let j2 = json(&store, &["snapshot", "show", &s2]);
-    assert_eq!(j1["ContentDigest"], j2["ContentDigest"]);
-    assert_eq!(j2["Description"], "b");
-    assert_eq!(j1["VirtualSize"], 16 * MIB);
+    assert_eq!(j1["Mkomi"]["ContentDigest"], j2["Mkomi"]["ContentDigest"]);
+    assert_eq!(j2["Snapshot"]["Description"], "b");
+    assert_eq!(j1["Mkomi"]["VirtualSize"], 16 * MIB);
     // The same content is stored once.
     assert_eq!(blobs(&store).len(), 1);
 
@@ -188,7 +188,7 @@ fn images_from_volumes_bundle_out_verified_and_identical_each_time() {
         .as_str()
         .unwrap();
     let rs = json(&store, &["snapshot", "show", root_snap]);
-    assert_eq!(rs["Images"], serde_json::json!([ami]));
+    assert_eq!(rs["Mkomi"]["Images"], serde_json::json!([ami]));
 
     let b1 = d.path().join("b1");
     let b2 = d.path().join("b2");
@@ -435,8 +435,8 @@ fn copies_are_independent_of_their_source() {
     for (a, b) in ss.iter().zip(&cs) {
         assert_ne!(a, b);
         assert_eq!(
-            json(&store, &["snapshot", "show", a])["ContentDigest"],
-            json(&store, &["snapshot", "show", b])["ContentDigest"]
+            json(&store, &["snapshot", "show", a])["Mkomi"]["ContentDigest"],
+            json(&store, &["snapshot", "show", b])["Mkomi"]["ContentDigest"]
         );
     }
     assert_eq!(blobs(&store).len(), 2);
@@ -595,6 +595,26 @@ fn refused_images_leave_nothing() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // Refused before anything was stored, on a new store: no store is left.
+    assert!(!store.exists(), "a refused image create made {store:?}");
+    // On a store that exists: nothing is left either.
+    let other = disk(d.path(), "other.raw", 8, 0x99);
+    st_ok(&store, &["snapshot", "create", s(&other), "-q"]);
+    let o = st(
+        &store,
+        &[
+            "image",
+            "create",
+            "--root",
+            s(&img),
+            "--arch",
+            "x86_64",
+            "--audit",
+            "deny=medium",
+            "-q",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3));
     // A contradicting field, a missing snapshot, a volume too small for its disk.
     st_refused(
         &store,
@@ -624,15 +644,16 @@ fn refused_images_leave_nothing() {
     );
     let listed = json(&store, &["image", "list"]);
     assert_eq!(listed["Images"], serde_json::json!([]));
-    assert!(
-        json(&store, &["snapshot", "list"])
+    assert_eq!(
+        json(&store, &["snapshot", "list"])["Snapshots"]
             .as_array()
             .unwrap()
-            .is_empty()
+            .len(),
+        1
     );
     assert!(entries(&store.join("work")).is_empty());
-    // The refused disk's data was staged, never committed: nothing in blobs/.
-    assert!(blobs(&store).is_empty());
+    // The refused disk's data was staged, never committed: only the snapshot's blob.
+    assert_eq!(blobs(&store).len(), 1);
 }
 
 #[test]
@@ -642,7 +663,7 @@ fn an_unchanged_file_is_not_read_again_and_a_changed_one_is() {
     let a = disk(d.path(), "a.raw", 8, 0x81);
     // Files changed in the last 3 seconds are always read (coarse kernel timestamps).
     let settle = || std::thread::sleep(std::time::Duration::from_millis(3200));
-    let create = || json(&store, &["snapshot", "create", s(&a), "-q"]);
+    let create = || json(&store, &["snapshot", "create", s(&a), "-q"])["Mkomi"].clone();
     let fresh = create();
     assert!(fresh["BytesRead"].as_u64().unwrap() > 0, "{fresh}");
     settle();
@@ -731,7 +752,7 @@ fn an_image_travels_between_stores_through_a_bucket() {
             .as_str()
             .unwrap()
             .to_owned();
-        json(store, &["snapshot", "show", &snap])["ContentDigest"].clone()
+        json(store, &["snapshot", "show", &snap])["Mkomi"]["ContentDigest"].clone()
     };
     assert_eq!(digest(&one, &a), digest(&two, &b));
     // The store's work directory is left empty, and its check passes.
@@ -807,4 +828,430 @@ fn read_commands_do_not_make_a_store_and_from_bundle_takes_no_image_options() {
     let del = json(&store, &["snapshot", "delete", &snap]);
     assert_eq!(del["SnapshotId"], snap);
     assert_eq!(st_ok(&store, &["snapshot", "list"]), "");
+}
+
+/// Validates each document against a response of Outscale's API (osc-api 1.40.1, the whole
+/// document but its `Mkomi` key, which is mkomi's own).
+fn osc_api_valid(docs: &[(&Value, &str)]) {
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/specs/osc-api-1.40.1.yaml");
+    let script = r##"
+import json, sys, yaml, jsonschema
+loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+spec = yaml.load(open(sys.argv[1]), Loader=loader)
+for doc, name in json.load(sys.stdin):
+    doc.pop("Mkomi", None)
+    schema = {"components": spec["components"], "$ref": "#/components/schemas/" + name}
+    jsonschema.Draft7Validator(schema).validate(doc)
+    print(name, "ok")
+"##;
+    let input: Vec<(&Value, &str)> = docs.to_vec();
+    let mut child = Command::new("python3")
+        .args(["-c", script, s(&spec)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    serde_json::to_writer(child.stdin.take().unwrap(), &input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a command that must be refused as a usage error: exit 2, stderr containing `want`.
+fn st_usage(store: &Path, args: &[&str], want: &str) {
+    let o = st(store, args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: wanted {want:?} in {err}");
+}
+
+#[test]
+fn json_has_outscales_shapes_and_ids_are_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let root = disk(d.path(), "root.raw", 8, 0xc1);
+    let created = json(&store, &["snapshot", "create", s(&root), "-q"]);
+    let snap = created["Snapshot"]["SnapshotId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        created["Mkomi"]["BytesRead"].as_u64().unwrap() > 0,
+        "{created}"
+    );
+    let made = json(
+        &store,
+        &[
+            "image", "create", "--root", &snap, "--arch", "x86_64", "--name", "shapes", "-q",
+        ],
+    );
+    let ami = made["Image"]["ImageId"].as_str().unwrap().to_owned();
+    let updated = json(&store, &["image", "update", &ami, "--description", "d"]);
+    assert_eq!(updated["Image"]["Description"], "d");
+    let copied = json(&store, &["image", "copy", &ami]);
+    let shown = json(&store, &["image", "show", &ami]);
+    let snap_shown = json(&store, &["snapshot", "show", &snap]);
+    assert_eq!(snap_shown["Snapshot"]["SnapshotId"], snap.as_str());
+    assert_eq!(snap_shown["Mkomi"]["Images"], serde_json::json!([ami]));
+    let images = json(&store, &["image", "list"]);
+    assert_eq!(images["Images"].as_array().unwrap().len(), 2, "{images}");
+    let snaps = json(&store, &["snapshot", "list"]);
+    // The copy has a snapshot of its own, sharing the data.
+    assert_eq!(snaps["Snapshots"].as_array().unwrap().len(), 2, "{snaps}");
+    assert_eq!(snaps["Snapshots"][0]["SnapshotId"], snap.as_str());
+    assert_eq!(
+        snaps["Mkomi"][&snap]["ContentDigest"],
+        snap_shown["Mkomi"]["ContentDigest"]
+    );
+    osc_api_valid(&[
+        (&created, "CreateSnapshotResponse"),
+        (&snap_shown, "CreateSnapshotResponse"),
+        (&snaps, "ReadSnapshotsResponse"),
+        (&made, "CreateImageResponse"),
+        (&copied, "CreateImageResponse"),
+        (&shown, "CreateImageResponse"),
+        (&updated, "UpdateImageResponse"),
+        (&images, "ReadImagesResponse"),
+    ]);
+
+    // An ID of the other kind, or of no kind, is a usage error that says so; a well-formed ID
+    // that is not there is "no such".
+    let wrong: &[(&[&str], &str)] = &[
+        (
+            &["image", "show", "snap-00000000"],
+            "snap-00000000 is a snapshot ID",
+        ),
+        (&["image", "show", &snap], "is a snapshot ID"),
+        (&["image", "delete", &snap], "is a snapshot ID"),
+        (&["image", "copy", &snap], "is a snapshot ID"),
+        (&["image", "bundle", &snap, "-o", "x"], "is a snapshot ID"),
+        (&["image", "export", &snap, "--to", "x"], "is a snapshot ID"),
+        (
+            &["image", "update", &snap, "--global", "true"],
+            "is a snapshot ID",
+        ),
+        (&["snapshot", "show", &ami], "is an image ID"),
+        (
+            &["snapshot", "delete", "ami-00000000"],
+            "ami-00000000 is an image ID",
+        ),
+        (
+            &["image", "show", "ami-xyz"],
+            "not an image ID: ami- and 8 lowercase hex digits",
+        ),
+        (&["image", "show", "AMI-0000000A"], "not an image ID"),
+        (
+            &["snapshot", "show", "snap-1"],
+            "not a snapshot ID: snap- and 8 lowercase hex digits",
+        ),
+    ];
+    for (args, want) in wrong {
+        st_usage(&store, args, want);
+    }
+    // A volume's content is a snapshot ID or a path: an image ID, or a malformed snapshot ID,
+    // that names no file is a usage error too.
+    let bdm = format!("/dev/sdb={ami}");
+    let volumes: &[(&[&str], &str)] = &[
+        (&["image", "create", "--root", &ami], "is an image ID"),
+        (
+            &["image", "create", "--root", "snap-xyz"],
+            "not a snapshot ID",
+        ),
+        (
+            &["image", "create", "--root", &snap, "--bdm", &bdm],
+            "is an image ID",
+        ),
+    ];
+    for (args, want) in volumes {
+        st_usage(&store, args, want);
+    }
+    st_refused(
+        &store,
+        &["image", "show", "ami-00000000"],
+        "ami-00000000: no such image",
+    );
+    st_refused(
+        &store,
+        &["snapshot", "show", "snap-00000000"],
+        "snap-00000000: no such snapshot",
+    );
+    // An update that changes nothing is a usage error naming what can change.
+    st_usage(
+        &store,
+        &["image", "update", &ami],
+        "nothing to change: give --add-account, --remove-account, --global, --description, \
+         --tag or --remove-tag",
+    );
+    assert_eq!(json(&store, &["image", "show", &ami]), shown);
+}
+
+#[test]
+fn refused_creates_make_no_store() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let root = disk(d.path(), "root.raw", 8, 0xd1);
+    let bundle = d.path().join("omi");
+    ok(&[
+        "register",
+        s(&root),
+        "-o",
+        s(&bundle),
+        "--arch",
+        "x86_64",
+        "-q",
+    ]);
+    let missing = d.path().join("missing.raw");
+    let no_package = d.path().join("none/manifest.json");
+    let cases: &[(&[&str], i32)] = &[
+        (&["snapshot", "create", s(&missing)], 1),
+        (
+            &["image", "create", "--root", s(&missing), "--arch", "x86_64"],
+            1,
+        ),
+        (
+            &[
+                "image",
+                "create",
+                "--root",
+                "snap-0badf00d",
+                "--arch",
+                "x86_64",
+            ],
+            1,
+        ),
+        (&["image", "create", "--root", s(&root), "--name", "x"], 1),
+        // Refused by the inspection, after the data was staged.
+        (
+            &[
+                "image",
+                "create",
+                "--root",
+                s(&root),
+                "--arch",
+                "x86_64",
+                "--boot-mode",
+                "uefi",
+            ],
+            1,
+        ),
+        (&["image", "create", "--from-bundle", s(&missing)], 1),
+        (
+            &[
+                "image",
+                "create",
+                "--from-bundle",
+                s(&bundle),
+                "--arch",
+                "i386",
+            ],
+            2,
+        ),
+        (&["image", "create"], 2),
+        (&["image", "import", s(&no_package)], 1),
+    ];
+    for (args, code) in cases {
+        let o = st(&store, args);
+        assert_eq!(
+            o.status.code(),
+            Some(*code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!store.exists(), "{args:?} was refused but made {store:?}");
+    }
+    // In a directory that exists (and is empty), a refused command leaves it empty.
+    std::fs::create_dir(&store).unwrap();
+    for (args, _) in cases {
+        st(&store, args);
+        assert_eq!(entries(&store), Vec::<String>::new(), "{args:?}");
+    }
+    // What was there before is not the store's to remove: only what it made goes.
+    std::fs::write(store.join("notes.txt"), "mine").unwrap();
+    std::fs::create_dir(store.join("work")).unwrap();
+    for (args, _) in cases {
+        st(&store, args);
+        assert_eq!(entries(&store), vec!["notes.txt", "work"], "{args:?}");
+    }
+    std::fs::remove_file(store.join("notes.txt")).unwrap();
+    std::fs::remove_dir(store.join("work")).unwrap();
+    // What succeeds makes the store, and a later refusal leaves it as it was.
+    st_ok(&store, &["snapshot", "create", s(&root), "-q"]);
+    st(&store, &["snapshot", "create", s(&missing)]);
+    assert_eq!(
+        json(&store, &["snapshot", "list"])["Snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// How a command whose stdout reader went away ended: its exit code (None after a signal),
+/// whether a signal was SIGPIPE, and its stderr.
+struct Cut {
+    code: Option<i32>,
+    sigpipe: bool,
+    stderr: String,
+}
+
+impl Cut {
+    /// Ended quietly, as coreutils do: no panic, no message, exit code 0 or SIGPIPE.
+    fn assert_quiet(&self, what: &str) {
+        assert!(
+            !self.stderr.contains("panicked") && !self.stderr.contains("Broken pipe"),
+            "{what}: {}",
+            self.stderr
+        );
+        assert!(
+            self.code == Some(0) || self.sigpipe,
+            "{what}: exit {:?}: {}",
+            self.code,
+            self.stderr
+        );
+    }
+}
+
+fn cut(child: std::process::Child) -> Cut {
+    use std::os::unix::process::ExitStatusExt;
+    let out = child.wait_with_output().unwrap();
+    Cut {
+        code: out.status.code(),
+        sigpipe: out.status.signal() == Some(13),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// mkomi with stdout into a pipe whose reader has gone before it writes anything.
+fn into_closed_pipe(args: &[&str]) -> Cut {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = mkomi()
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cut(child)
+}
+
+/// mkomi with stdout into a pipe whose reader reads one line, then goes.
+fn one_line_then_gone(args: &[&str]) -> Cut {
+    use std::io::BufRead;
+    let mut child = mkomi()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(!line.is_empty(), "{args:?} printed nothing");
+    cut(child)
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let st_ = s(&store);
+    let root = disk(d.path(), "root.raw", 8, 0xe1);
+    let ami = st_ok(
+        &store,
+        &[
+            "image",
+            "create",
+            "--root",
+            s(&root),
+            "--arch",
+            "x86_64",
+            "--name",
+            "piped",
+            "-q",
+        ],
+    );
+    let snap = image_snapshots(&store, &ami)[0].clone();
+    let bundle = d.path().join("omi");
+    st_ok(&store, &["image", "bundle", &ami, "-o", s(&bundle)]);
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["--store", st_, "image", "list"],
+        vec!["--store", st_, "--json", "image", "list"],
+        vec!["--store", st_, "snapshot", "list"],
+        vec!["--store", st_, "--json", "snapshot", "list"],
+        vec!["--store", st_, "image", "show", &ami],
+        vec!["--store", st_, "snapshot", "show", &snap],
+        vec!["--store", st_, "image", "copy", &ami, "--json"],
+        vec!["--store", st_, "image", "copy", &ami],
+        vec!["--store", st_, "store", "check"],
+        vec!["--store", st_, "--json", "store", "gc"],
+        vec!["verify", s(&bundle)],
+        vec!["--json", "verify", s(&bundle)],
+        vec!["inspect", s(&root)],
+        vec!["--json", "inspect", s(&root)],
+        vec!["audit", s(&root)],
+        vec!["--json", "audit", s(&root)],
+        vec!["completions", "bash"],
+    ];
+    for c in &commands {
+        into_closed_pipe(c).assert_quiet(&format!("{c:?}"));
+    }
+    // register --json: the bundle is whole, and no temporary file is left beside it.
+    let out = d.path().join("registered");
+    into_closed_pipe(&[
+        "register",
+        s(&root),
+        "-o",
+        s(&out),
+        "--arch",
+        "x86_64",
+        "--json",
+        "-q",
+    ])
+    .assert_quiet("register --json");
+    ok(&["verify", s(&out), "-q"]);
+    assert!(
+        !entries(d.path()).iter().any(|e| e.contains(".mkomi-")),
+        "{:?}",
+        entries(d.path())
+    );
+    // A reader that reads one line of an output larger than a pipe holds, then goes.
+    let tags: Vec<String> = (0..300)
+        .map(|i| format!("key{i:03}={}", "v".repeat(250)))
+        .collect();
+    let mut update = vec!["--store", st_, "image", "update", &ami];
+    for t in &tags {
+        update.extend(["--tag", t]);
+    }
+    ok(&update);
+    for c in [
+        vec!["--store", st_, "--json", "image", "list"],
+        vec!["--store", st_, "image", "show", &ami],
+        vec![
+            "--store", st_, "--json", "image", "update", &ami, "--global", "false",
+        ],
+    ] {
+        one_line_then_gone(&c).assert_quiet(&format!("{c:?}"));
+    }
+    // Any other failure to write stdout is an error, said once.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = mkomi()
+        .args(["--store", st_, "image", "list"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot write to standard output") && err.lines().count() == 1,
+        "{err}"
+    );
 }

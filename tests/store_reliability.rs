@@ -12,6 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -130,13 +131,24 @@ fn json_ok(store: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
 }
 
-/// `snapshot list --json`, by ID.
+/// `snapshot list --json`, by ID: each of Outscale's `Snapshots` with mkomi's fields for it
+/// (`Mkomi`, by ID) added.
 fn snapshots(store: &Path) -> BTreeMap<String, Value> {
-    json_ok(store, &["snapshot", "list"])
+    let listed = json_ok(store, &["snapshot", "list"]);
+    listed["Snapshots"]
         .as_array()
-        .expect("snapshot list --json: an array")
+        .expect("snapshot list --json: Snapshots, an array")
         .iter()
-        .map(|v| (v["SnapshotId"].as_str().unwrap().to_owned(), v.clone()))
+        .map(|v| {
+            let id = v["SnapshotId"].as_str().unwrap().to_owned();
+            let mut merged = v.clone();
+            if let (Some(m), Some(extra)) =
+                (merged.as_object_mut(), listed["Mkomi"][&id].as_object())
+            {
+                m.extend(extra.clone());
+            }
+            (id, merged)
+        })
         .collect()
 }
 
@@ -170,8 +182,13 @@ fn mapping_snaps(image: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The ContentDigest of a snapshot, as `snapshot show` prints it or [`snapshots`] lists it.
 fn digest_of(snapshot: &Value) -> String {
-    snapshot["ContentDigest"].as_str().unwrap_or("").to_owned()
+    snapshot["Mkomi"]["ContentDigest"]
+        .as_str()
+        .or(snapshot["ContentDigest"].as_str())
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -212,8 +229,54 @@ struct Running {
     label: String,
     started: Instant,
     child: Child,
+    /// Readable once the child has ended: waited on with `poll`, never by spinning, so that the
+    /// watcher takes no core from the children it watches.
+    pidfd: OwnedFd,
     out: PathBuf,
     err: PathBuf,
+}
+
+/// A file descriptor that becomes readable when `child` ends (pidfd_open(2)). The child is not
+/// reaped before [`Child::wait`], so its PID cannot have been reused.
+fn pidfd(child: &Child) -> OwnedFd {
+    // SAFETY: a plain system call; the descriptor it returns is owned here alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+}
+
+/// Blocks until one of `fds` is readable or `timeout` passes; returns which are readable.
+fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> Vec<bool> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `polled` is a valid array of `polled.len()` pollfd structures.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+        return vec![false; fds.len()];
+    }
+    polled.iter().map(|p| p.revents != 0).collect()
+}
+
+/// CPU time this thread has used: what a watcher costs the children it watches.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write to.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(r, 0);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// How a child ended.
@@ -244,6 +307,7 @@ fn spawn(store: &Path, args: &[String], logs: &Path, label: &str) -> Running {
     Running {
         label: label.to_owned(),
         started: Instant::now(),
+        pidfd: pidfd(&child),
         child,
         out,
         err,
@@ -260,7 +324,8 @@ fn collect(r: Running, status: ExitStatus) -> Done {
     }
 }
 
-/// Waits for all, within `limit` overall; kills the rest and fails the test after it.
+/// Waits for all, within `limit` overall; kills the rest and fails the test after it. The wait
+/// blocks in `poll` on the children's pidfds: it spins no core.
 fn wait_all(mut running: Vec<Running>, limit: Duration) -> Vec<Done> {
     let deadline = Instant::now() + limit;
     let mut done: Vec<Option<Done>> = (0..running.len()).map(|_| None).collect();
@@ -277,7 +342,8 @@ fn wait_all(mut running: Vec<Running>, limit: Duration) -> Vec<Done> {
         if !pending {
             break;
         }
-        if Instant::now() > deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             let mut hung = Vec::new();
             for r in slots.iter_mut().flatten() {
                 let _ = r.child.kill();
@@ -286,7 +352,8 @@ fn wait_all(mut running: Vec<Running>, limit: Duration) -> Vec<Done> {
             }
             panic!("still running after {limit:?}, killed: {hung:?}");
         }
-        std::thread::sleep(Duration::from_millis(5));
+        let fds: Vec<BorrowedFd<'_>> = slots.iter().flatten().map(|r| r.pidfd.as_fd()).collect();
+        poll_readable(&fds, left);
     }
     done.into_iter().map(Option::unwrap).collect()
 }
@@ -684,7 +751,7 @@ fn concurrent_processes_lose_nothing() {
                 }
                 Op::ListSnaps => {
                     let listed: BTreeSet<String> = serde_json::from_str::<Value>(out)
-                        .unwrap_or_else(|e| panic!("{what}: not JSON ({e})"))
+                        .unwrap_or_else(|e| panic!("{what}: not JSON ({e})"))["Snapshots"]
                         .as_array()
                         .unwrap()
                         .iter()
@@ -1181,16 +1248,21 @@ fn sigkill_as_the_blob_lands_leaves_no_damage() {
     let tmp = tempfile::tempdir().unwrap();
     let mut rig = CrashRig::new(tmp.path());
     let mut bad = Vec::new();
+    // CPU time spent watching: blocked in poll, the watcher costs the child nothing.
+    let mut watching = Duration::ZERO;
     for kind in [Kind::Snapshot, Kind::Image] {
         for _ in 0..2 {
             let digest = rig.big.retag();
             rig.runs += 1;
             let blob = rig.store.join("blobs").join(blob_name(&digest));
             let label = format!("land-{}", rig.runs);
+            // Watched before the run starts, so that no arrival is missed.
+            let watch = DirWatch::new(&rig.store.join("blobs"));
             let mut r = spawn(&rig.store, &rig.args(kind), &rig.dir, &label);
+            let cpu = thread_cpu();
             let deadline = Instant::now() + LIMIT;
             let mut seen = false;
-            while Instant::now() < deadline {
+            loop {
                 if blob.exists() {
                     seen = true;
                     let _ = r.child.kill();
@@ -1199,7 +1271,15 @@ fn sigkill_as_the_blob_lands_leaves_no_damage() {
                 if r.child.try_wait().unwrap().is_some() {
                     break;
                 }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                // Until a file arrives in blobs/ or the child ends.
+                poll_readable(&[watch.fd.as_fd(), r.pidfd.as_fd()], left);
+                watch.drain();
             }
+            watching += thread_cpu() - cpu;
             let d = wait_one(r, LIMIT);
             seen |= blob.exists();
             assert!(seen, "{kind:?}: the blob never appeared: {}", d.stderr);
@@ -1223,6 +1303,60 @@ fn sigkill_as_the_blob_lands_leaves_no_damage() {
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
+    assert!(
+        watching < Duration::from_millis(50),
+        "watching 4 runs took {watching:?} of CPU: the watcher spins"
+    );
+}
+
+/// A directory watched for files created or moved into it (inotify(7)).
+struct DirWatch {
+    fd: OwnedFd,
+}
+
+impl DirWatch {
+    fn new(dir: &Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain system calls; the descriptor is owned here alone.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                fd.as_raw_fd(),
+                path.as_ptr(),
+                libc::IN_CREATE | libc::IN_MOVED_TO,
+            )
+        };
+        assert!(
+            wd >= 0,
+            "inotify_add_watch {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        DirWatch { fd }
+    }
+
+    /// Discards the events that arrived (the caller looks at the directory itself).
+    fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is non-blocking.
+        while unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+            )
+        } > 0
+        {}
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1376,12 +1510,89 @@ fn a_missing_blob_is_named_with_its_snapshot() {
         !problems.iter().any(|p| p.contains(&lone)),
         "the other snapshot is whole: {problems:#?}"
     );
-    // Using the image now fails with one line naming the file, not a panic.
+    // Using the image now fails as a failed check (exit 3), one line naming the file, its
+    // snapshot and its image; nothing is written.
     let out = st(
         &store,
         &["image", "bundle", &ami, "-o", s(&tmp.path().join("out"))],
     );
-    assert_clear_error(&out, &name, "image bundle of an image whose blob is gone");
+    assert_refused_damage(&out, &[&name, "missing", &snap, &ami], "image bundle");
+    assert_nothing_left(tmp.path(), "out");
+}
+
+/// Exit 3 (a check failed), one stderr line naming each of `what`, no panic.
+fn assert_refused_damage(out: &Output, what: &[&str], ctx: &str) {
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{ctx}: panicked: {err}");
+    assert_eq!(out.status.code(), Some(3), "{ctx}: exit code; stderr {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{ctx}: one line: {err:?}"
+    );
+    for w in what {
+        assert!(err.contains(w), "{ctx}: names {w}: {err:?}");
+    }
+}
+
+/// Neither `dir/name` nor a temporary file for it exists.
+fn assert_nothing_left(dir: &Path, name: &str) {
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|e| e == name || e.starts_with(&format!(".{name}.")))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// One byte flipped in a blob: `store check` finds it, and no command publishes the damaged
+/// data (`image bundle`, `image export` in the blob's format and converted to raw): each
+/// refuses with exit 3, naming the blob, its snapshot and its image, and leaves nothing.
+#[test]
+fn a_damaged_blob_is_not_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, ami, snap, _, _) = small_store(tmp.path());
+    let blob = blob_of(&store, &snap);
+    let name = blob.file_name().unwrap().to_str().unwrap().to_owned();
+    let f = open_rw(&blob);
+    let len = f.metadata().unwrap().len();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, len / 2).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x01], len / 2).unwrap();
+    drop(f);
+    let (code, _) = check(&store);
+    assert_eq!(code, Some(3));
+    let out = st(
+        &store,
+        &["image", "bundle", &ami, "-o", s(&tmp.path().join("out"))],
+    );
+    assert_refused_damage(&out, &[&name, "SHA-256", &snap, &ami], "image bundle");
+    assert_nothing_left(tmp.path(), "out");
+    for format in ["qcow2", "raw"] {
+        let pkg = format!("pkg-{format}");
+        let out = st(
+            &store,
+            &[
+                "image",
+                "export",
+                &ami,
+                "--to",
+                s(&tmp.path().join(&pkg)),
+                "--format",
+                format,
+            ],
+        );
+        let ctx = format!("image export --format {format}");
+        assert_refused_damage(&out, &[&name, "SHA-256", &snap, &ami], &ctx);
+        // The store's work directory, which the export used, is not named: it is gone.
+        assert!(
+            !text(&out.stderr).contains("/work/"),
+            "{ctx}: {}",
+            text(&out.stderr)
+        );
+        assert_nothing_left(tmp.path(), &pkg);
+    }
+    assert!(entries(&store.join("work")).is_empty());
 }
 
 #[test]

@@ -13,8 +13,12 @@ use crate::manifest::{
 };
 use crate::progress::Progress;
 use crate::source::{self, OpenOptions, Source};
+use crate::util::hex;
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -169,8 +173,9 @@ pub struct ImageInfo {
     pub extra: Extra,
 }
 
-/// An image as `image show` prints it: Outscale's `Image` object (which validates against its
-/// schema) beside what mkomi keeps of it.
+/// An image as `image show`, `create`, `update`, `copy` and `import` print it: `Image` as
+/// Outscale's CreateImage and UpdateImage answer (it validates against Outscale's schema),
+/// beside `Mkomi`, what mkomi keeps of it.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Shown {
@@ -190,6 +195,14 @@ pub struct Mkomi {
     /// Evidence and audit.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// Images as `image list` prints them: `Images` as Outscale's ReadImages answers.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Listed {
+    /// Outscale's fields.
+    pub images: Vec<ImageInfo>,
 }
 
 impl From<ImageInfo> for Shown {
@@ -741,6 +754,7 @@ fn read_named(store: &Store, conn: &rusqlite::Connection, id: &str) -> Result<Im
 }
 
 fn read(conn: &rusqlite::Connection, id: &str) -> Result<ImageInfo> {
+    super::check_image_id(id)?;
     let info = conn
         .query_row(
             "SELECT name, description, architecture, state, root_device_name, global_permission,
@@ -836,6 +850,18 @@ pub struct Update {
     pub remove_tags: Vec<String>,
 }
 
+impl Update {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.add_accounts.is_empty()
+            && self.remove_accounts.is_empty()
+            && self.global.is_none()
+            && self.description.is_none()
+            && self.tags.is_empty()
+            && self.remove_tags.is_empty()
+    }
+}
+
 /// Checks an account ID: 12 digits, as Outscale's are.
 pub fn account_id(s: &str) -> std::result::Result<String, String> {
     if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
@@ -847,6 +873,7 @@ pub fn account_id(s: &str) -> std::result::Result<String, String> {
 
 /// `image update`.
 pub fn update(store: &mut Store, id: &str, u: &Update) -> Result<ImageInfo> {
+    super::check_image_id(id)?;
     for a in u.add_accounts.iter().chain(&u.remove_accounts) {
         account_id(a).map_err(Error::Invalid)?;
     }
@@ -1035,8 +1062,22 @@ pub fn delete(store: &mut Store, id: &str, with_snapshots: bool) -> Result<Delet
     Ok(deleted)
 }
 
+/// A disk of an image and the blob that holds it.
+struct DiskBlob {
+    /// The disk's file name in a bundle (`sda1.qcow2`).
+    name: String,
+    /// `DeviceName`.
+    device: String,
+    /// The snapshot the disk is made from.
+    snapshot: String,
+    /// The blob, as the catalog records it.
+    blob: Blob,
+    /// The blob's file.
+    path: PathBuf,
+}
+
 /// The image as a bundle's manifest and the blob behind each disk.
-fn as_bundle(store: &Store, id: &str) -> Result<(Manifest, Vec<(String, PathBuf)>)> {
+fn as_bundle(store: &Store, id: &str) -> Result<(Manifest, Vec<DiskBlob>)> {
     // The image and its blobs read in one transaction.
     let tx = store.conn().unchecked_transaction().map_err(store.db())?;
     let info = read_named(store, &tx, id)?;
@@ -1052,7 +1093,13 @@ fn as_bundle(store: &Store, id: &str) -> Result<(Manifest, Vec<(String, PathBuf)
     for m in &info.block_device_mappings {
         let blob = store.snapshot_blob(&m.bsu.snapshot_id)?;
         let path = rules::disk_file_name(&m.device_name, DiskFormat::Qcow2.name());
-        files.push((path.clone(), store.blob_path(&blob.file)));
+        files.push(DiskBlob {
+            name: path.clone(),
+            device: m.device_name.clone(),
+            snapshot: m.bsu.snapshot_id.clone(),
+            path: store.blob_path(&blob.file),
+            blob: blob.clone(),
+        });
         disks.push(Disk {
             device_name: m.device_name.clone(),
             path,
@@ -1093,24 +1140,82 @@ fn as_bundle(store: &Store, id: &str) -> Result<(Manifest, Vec<(String, PathBuf)
     Ok((manifest, files))
 }
 
+/// The error for a blob of image `image` that does not hold what the catalog says.
+fn damaged(image: &str, d: &DiskBlob, what: String) -> Error {
+    Error::Damaged {
+        path: d.path.clone(),
+        reason: format!(
+            "{what}: the data of snapshot {} ({} of {image}) is damaged; nothing was written \
+             (`mkomi store check` lists what else uses it)",
+            d.snapshot, d.device
+        ),
+    }
+}
+
+/// Reads the blob of `d` whole, into `out` when given, and checks its size and SHA-256
+/// against the catalog's: a blob is never modified once committed, so any difference is
+/// damage, and what was written to `out` must not be used.
+fn read_checked(image: &str, d: &DiskBlob, mut out: Option<(&Path, &mut File)>) -> Result<()> {
+    let mut f = match File::open(&d.path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(damaged(image, d, "missing".into()));
+        }
+        Err(e) => return Err(io(&d.path, "cannot open")(e)),
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut hash = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(&d.path, "cannot read")(e)),
+        };
+        hash.update(&buf[..n]);
+        if let Some((path, w)) = out.as_mut() {
+            w.write_all(&buf[..n]).map_err(io(path, "cannot write"))?;
+        }
+        total += n as u64;
+    }
+    if total != d.blob.file_size {
+        return Err(damaged(
+            image,
+            d,
+            format!("{total} bytes, not the catalog's {}", d.blob.file_size),
+        ));
+    }
+    let sha = hex(&hash.finalize());
+    if sha != d.blob.sha256 {
+        return Err(damaged(
+            image,
+            d,
+            format!("SHA-256 {sha}, not the catalog's {}", d.blob.sha256),
+        ));
+    }
+    Ok(())
+}
+
 /// Writes the bundle's files into `dir`: each blob linked (`link`, for a bundle that only lives
-/// inside the store) or copied, then the manifest and `SHA256SUMS`.
+/// inside the store, whose reader checks it) or copied and checked on the way, then the
+/// manifest and `SHA256SUMS`.
 fn write_bundle(
+    image: &str,
     manifest: &Manifest,
-    files: &[(String, PathBuf)],
+    files: &[DiskBlob],
     dir: &Path,
     link: bool,
     sync: bool,
 ) -> Result<()> {
-    for (name, blob) in files {
-        let dest = dir.join(name);
-        let linked = link && std::fs::hard_link(blob, &dest).is_ok();
+    for d in files {
+        let dest = dir.join(&d.name);
+        let linked = link && std::fs::hard_link(&d.path, &dest).is_ok();
         if !linked {
-            std::fs::copy(blob, &dest).map_err(io(blob, "cannot copy"))?;
+            let mut f = File::create(&dest).map_err(io(&dest, "cannot create"))?;
+            read_checked(image, d, Some((&dest, &mut f)))?;
             if sync {
-                std::fs::File::open(&dest)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io(&dest, "cannot sync"))?;
+                f.sync_all().map_err(io(&dest, "cannot sync"))?;
             }
         }
     }
@@ -1119,7 +1224,9 @@ fn write_bundle(
 }
 
 /// `image bundle`: writes the image out as a qcow2 bundle (then `verify` and `export` apply),
-/// atomically as `register` does.
+/// atomically as `register` does. Each blob's size and SHA-256 are checked against the
+/// catalog's as it is copied: a damaged blob is refused ([`Error::Damaged`]) and nothing is
+/// left.
 pub fn bundle(store: &Store, id: &str, output: &Path, force: bool) -> Result<Manifest> {
     let (manifest, files) = as_bundle(store, id)?;
     let (parent, out_name) = register::split_output(output)?;
@@ -1131,22 +1238,41 @@ pub fn bundle(store: &Store, id: &str, output: &Path, force: bool) -> Result<Man
         committed: false,
     };
     std::fs::create_dir(&tmp.path).map_err(io(&tmp.path, "cannot create"))?;
-    write_bundle(&manifest, &files, &tmp.path, false, store.sync)?;
+    write_bundle(id, &manifest, &files, &tmp.path, false, store.sync)?;
     register::commit(tmp, output, &parent, &out_name, store.sync)?;
     Ok(manifest)
 }
 
 /// `image export`: the image's package, made from the store's blobs (linked into a bundle that
-/// lives in the store's work directory while the export runs).
+/// lives in the store's work directory while the export runs). A damaged blob is refused
+/// ([`Error::Damaged`]), named with its snapshot and image.
 pub fn export(store: &Store, id: &str, req: &package::Request) -> Result<package::Report> {
     let (manifest, files) = as_bundle(store, id)?;
+    // A disk exported in its own format is checked against its SHA-256 as it is read; one
+    // converted (qcow2 to raw) is read through its format, which would not notice damage in
+    // the data: its blob is checked first.
+    if req.format.is_some_and(|f| f != DiskFormat::Qcow2) {
+        for d in &files {
+            read_checked(id, d, None)?;
+        }
+    }
     let work = store.work()?;
     let dir = work.path.join("bundle");
     std::fs::create_dir(&dir).map_err(io(&dir, "cannot create"))?;
-    write_bundle(&manifest, &files, &dir, true, false)?;
+    write_bundle(id, &manifest, &files, &dir, true, false)?;
     let mut req = req.clone();
-    req.bundle = dir;
-    Ok(package::export(&req)?)
+    req.bundle = dir.clone();
+    package::export(&req).map_err(|e| {
+        // The export names the file it found different, a link in the work directory that is
+        // gone by now: the blob behind it is checked again, and named with its snapshot.
+        if let crate::export::Error::Bundle { path, .. } = &e
+            && let Some(d) = files.iter().find(|d| dir.join(&d.name) == *path)
+            && let Err(damage) = read_checked(id, d, None)
+        {
+            return damage;
+        }
+        e.into()
+    })
 }
 
 /// `image import`: a package imported (see [`crate::export::import`]) into the store.

@@ -111,6 +111,12 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether a blob was found damaged or missing: a failed check (exit code 3), not an error
+    /// of the request.
+    pub fn is_damaged(&self) -> bool {
+        matches!(self, Error::Damaged { .. })
+    }
 }
 
 /// Result type of this module.
@@ -128,6 +134,21 @@ pub struct Store {
     conn: Connection,
     /// fsync blobs and directories (off only for benchmarks and tests that measure without it).
     sync: bool,
+    /// A shared lock on the store's directory, held while the store is open, so that a store
+    /// this process made is removed again only when no other process has it open (see
+    /// [`Store::discard_if_new`]).
+    dir_lock: File,
+    /// What opening the store made.
+    made: Made,
+}
+
+/// What [`Store::open`] made: nothing, the store's files in an existing directory (the
+/// catalog, and those of `blobs/` and `work/` it made), or the directory itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Made {
+    Nothing,
+    Files(Vec<PathBuf>),
+    Directory,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,17 +183,37 @@ impl Store {
     }
 
     fn open_with(root: &Path, create: bool) -> Result<Store> {
+        let no_store = || Error::Catalog {
+            path: root.join(CATALOG),
+            reason: "no store here (`snapshot create`, `image create` or `image import` make one)"
+                .into(),
+        };
         if !create && !root.join(CATALOG).exists() {
-            return Err(Error::Catalog {
-                path: root.join(CATALOG),
-                reason: "no store here (`snapshot create`, `image create` or `image import` \
-                         make one)"
-                    .into(),
-            });
+            return Err(no_store());
         }
-        for dir in [root.to_owned(), root.join(BLOBS), root.join(WORK)] {
-            std::fs::create_dir_all(&dir).map_err(io(&dir, "cannot create"))?;
+        let (dir_lock, made_dir) = lock_dir(root, create).map_err(|e| match e {
+            Some(e) => e,
+            None => no_store(),
+        })?;
+        let new_catalog = !root.join(CATALOG).exists();
+        if !create && new_catalog {
+            return Err(no_store());
         }
+        let mut made_dirs = Vec::new();
+        for dir in [root.join(BLOBS), root.join(WORK)] {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => made_dirs.push(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(&dir, "cannot create")(e)),
+            }
+        }
+        let made = if made_dir {
+            Made::Directory
+        } else if new_catalog {
+            Made::Files(made_dirs)
+        } else {
+            Made::Nothing
+        };
         let catalog = root.join(CATALOG);
         let fail = |e: rusqlite::Error| Error::Catalog {
             path: catalog.clone(),
@@ -230,9 +271,60 @@ impl Store {
             catalog: catalog.clone(),
             conn,
             sync: true,
+            dir_lock,
+            made,
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Removes what opening the store made (the directory, or the store's files in a directory
+    /// that existed), when nothing was stored since and no other process has the store open:
+    /// for a `create` or `import` refused before it stored anything, which must leave nothing.
+    /// Returns whether it did.
+    pub fn discard_if_new(self) -> bool {
+        if self.made == Made::Nothing {
+            return false;
+        }
+        // Exclusive only when no other process holds the store open: each holds a shared lock.
+        if self.dir_lock.try_lock().is_err() {
+            return false;
+        }
+        let rows: rusqlite::Result<i64> = self.conn.query_row(
+            "SELECT (SELECT count(*) FROM blobs) + (SELECT count(*) FROM snapshots)
+                  + (SELECT count(*) FROM images)",
+            [],
+            |r| r.get(0),
+        );
+        let empty_dir =
+            |d: &Path| std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_none());
+        if rows != Ok(0) || !empty_dir(&self.root.join(BLOBS)) || !empty_dir(&self.root.join(WORK))
+        {
+            return false;
+        }
+        let Store {
+            root,
+            conn,
+            dir_lock,
+            made,
+            ..
+        } = self;
+        if conn.close().is_err() {
+            return false;
+        }
+        let done = match made {
+            Made::Directory => std::fs::remove_dir_all(&root).is_ok(),
+            Made::Files(dirs) => {
+                for f in ["", "-wal", "-shm", "-journal"] {
+                    let _ = std::fs::remove_file(root.join(format!("{CATALOG}{f}")));
+                }
+                // Only the directories it made: one that was there is not the store's to remove.
+                dirs.iter().all(|d| std::fs::remove_dir(d).is_ok())
+            }
+            Made::Nothing => false,
+        };
+        drop(dir_lock);
+        done
     }
 
     /// Skips fsync (for measurements; a crash may then lose committed data).
@@ -387,6 +479,7 @@ impl Store {
 
     /// Looks a snapshot up: its blob.
     pub(crate) fn snapshot_blob(&self, id: &str) -> Result<Blob> {
+        check_snapshot_id(id)?;
         self.conn
             .query_row(
                 "SELECT b.digest, b.file, b.virtual_size, b.file_size, b.allocated_bytes, b.sha256
@@ -397,6 +490,51 @@ impl Store {
             .optional()
             .map_err(self.db())?
             .ok_or_else(|| Error::NotFound(id.to_owned(), "snapshot"))
+    }
+}
+
+/// Opens and share-locks the store's directory, making it when `create` (its parents too).
+/// Returns the lock and whether this call made the directory; `Err(None)` when there is no
+/// store directory and `create` is false.
+fn lock_dir(root: &Path, create: bool) -> std::result::Result<(File, bool), Option<Error>> {
+    loop {
+        let mut made = false;
+        if create {
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Some(io(parent, "cannot create")(e)))?;
+            }
+            match std::fs::create_dir(root) {
+                Ok(()) => made = true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Some(io(root, "cannot create")(e))),
+            }
+        }
+        let dir = match File::open(root) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if create {
+                    continue;
+                }
+                return Err(None);
+            }
+            Err(e) => return Err(Some(io(root, "cannot open")(e))),
+        };
+        dir.lock_shared()
+            .map_err(|e| Some(io(root, "cannot lock")(e)))?;
+        // A process whose command was refused removes the store it had just made, under an
+        // exclusive lock: locked after that, this is a directory that is gone. Start again.
+        use std::os::unix::fs::MetadataExt;
+        let same = match (dir.metadata(), std::fs::metadata(root)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if same {
+            return Ok((dir, made));
+        }
+        if !create {
+            return Err(None);
+        }
     }
 }
 
@@ -671,6 +809,49 @@ pub fn is_image_id(id: &str) -> bool {
         && id[4..]
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// An image ID as a command takes it: the error says what shape is expected, and when `id`
+/// is a snapshot's ID, that it is one (a mistake that "no such image" would hide).
+pub fn image_id(id: &str) -> std::result::Result<String, String> {
+    if is_image_id(id) {
+        Ok(id.to_owned())
+    } else if is_snapshot_id(id) {
+        Err(format!(
+            "{id} is a snapshot ID: this command takes an image ID, ami- and 8 hex digits \
+             (snapshots have `mkomi snapshot` commands)"
+        ))
+    } else {
+        Err(format!(
+            "{id:?} is not an image ID: ami- and 8 lowercase hex digits, as ami-1a2b3c4d"
+        ))
+    }
+}
+
+/// A snapshot ID as a command takes it; see [`image_id`].
+pub fn snapshot_id(id: &str) -> std::result::Result<String, String> {
+    if is_snapshot_id(id) {
+        Ok(id.to_owned())
+    } else if is_image_id(id) {
+        Err(format!(
+            "{id} is an image ID: this command takes a snapshot ID, snap- and 8 hex digits \
+             (images have `mkomi image` commands)"
+        ))
+    } else {
+        Err(format!(
+            "{id:?} is not a snapshot ID: snap- and 8 lowercase hex digits, as snap-1a2b3c4d"
+        ))
+    }
+}
+
+/// [`image_id`] as a store error.
+pub(crate) fn check_image_id(id: &str) -> Result<()> {
+    image_id(id).map(|_| ()).map_err(Error::Invalid)
+}
+
+/// [`snapshot_id`] as a store error.
+pub(crate) fn check_snapshot_id(id: &str) -> Result<()> {
+    snapshot_id(id).map(|_| ()).map_err(Error::Invalid)
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-/// A snapshot as `snapshot list` and `snapshot show` report it; fields named as Outscale's
-/// `Snapshot`, plus the data's identity.
+/// A snapshot as the store reports it: Outscale's `Snapshot` fields (which validate against
+/// Outscale's schema), and in [`Snapshot::mkomi`] what the store keeps beyond them.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Snapshot {
@@ -25,11 +25,22 @@ pub struct Snapshot {
     pub volume_size: u64,
     /// Always `completed`: a snapshot enters the catalog only once its data is stored.
     pub state: &'static str,
+    /// Always 100, as Outscale reports a completed snapshot.
+    pub progress: u8,
     /// Description.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// When it was made (ISO 8601 UTC).
     pub creation_date: String,
+    /// mkomi's data (printed beside Outscale's object: see [`Shown`] and [`Listed`]).
+    #[serde(skip)]
+    pub mkomi: Mkomi,
+}
+
+/// What the store keeps of a snapshot beyond Outscale's fields.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Mkomi {
     /// Where the data came from.
     pub origin: String,
     /// The content's digest: snapshots with the same one share their data.
@@ -42,6 +53,45 @@ pub struct Snapshot {
     /// unchanged file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_read: Option<u64>,
+}
+
+/// A snapshot as `snapshot show` and `snapshot create` print it: `Snapshot` as Outscale's
+/// CreateSnapshot answers, beside `Mkomi`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Shown {
+    /// Outscale's fields.
+    pub snapshot: Snapshot,
+    /// mkomi's.
+    pub mkomi: Mkomi,
+}
+
+impl From<Snapshot> for Shown {
+    fn from(snapshot: Snapshot) -> Shown {
+        let mkomi = snapshot.mkomi.clone();
+        Shown { snapshot, mkomi }
+    }
+}
+
+/// Snapshots as `snapshot list` prints them: `Snapshots` as Outscale's ReadSnapshots answers,
+/// beside `Mkomi`, mkomi's data by snapshot ID.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Listed {
+    /// Outscale's fields.
+    pub snapshots: Vec<Snapshot>,
+    /// mkomi's, by snapshot ID.
+    pub mkomi: std::collections::BTreeMap<String, Mkomi>,
+}
+
+impl From<Vec<Snapshot>> for Listed {
+    fn from(snapshots: Vec<Snapshot>) -> Listed {
+        let mkomi = snapshots
+            .iter()
+            .map(|s| (s.snapshot_id.clone(), s.mkomi.clone()))
+            .collect();
+        Listed { snapshots, mkomi }
+    }
 }
 
 /// What `snapshot create` makes.
@@ -273,7 +323,7 @@ pub fn create(
         Stage::New { read, .. } => *read,
     };
     let mut snap = show(store, &id)?;
-    snap.bytes_read = Some(read);
+    snap.mkomi.bytes_read = Some(read);
     Ok(snap)
 }
 
@@ -303,6 +353,7 @@ pub fn list(store: &Store) -> Result<Vec<Snapshot>> {
 
 /// `snapshot show`.
 pub fn show(store: &Store, id: &str) -> Result<Snapshot> {
+    super::check_snapshot_id(id)?;
     let row = store
         .conn()
         .query_row(
@@ -315,20 +366,23 @@ pub fn show(store: &Store, id: &str) -> Result<Snapshot> {
                     snapshot_id: id.to_owned(),
                     volume_size: r.get(0)?,
                     state: "completed",
+                    progress: 100,
                     description: r.get(1)?,
                     creation_date: r.get(2)?,
-                    origin: r.get(3)?,
-                    content_digest: r.get(4)?,
-                    virtual_size: r.get(5)?,
-                    images: Vec::new(),
-                    bytes_read: None,
+                    mkomi: Mkomi {
+                        origin: r.get(3)?,
+                        content_digest: r.get(4)?,
+                        virtual_size: r.get(5)?,
+                        images: Vec::new(),
+                        bytes_read: None,
+                    },
                 })
             },
         )
         .optional()
         .map_err(store.db())?;
     let mut snap = row.ok_or_else(|| Error::NotFound(id.to_owned(), "snapshot"))?;
-    snap.images = users(store.conn(), id).map_err(store.db())?;
+    snap.mkomi.images = users(store.conn(), id).map_err(store.db())?;
     Ok(snap)
 }
 
@@ -345,6 +399,7 @@ fn users(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<String>>
 /// transaction is committed (see [`super::remove_blob_files`]): removed before, a failed commit
 /// would bring the rows back without their data.
 pub(crate) fn delete_in(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<Option<String>> {
+    super::check_snapshot_id(id)?;
     let digest: Option<String> = tx
         .query_row("SELECT digest FROM snapshots WHERE id = ?1", [id], |r| {
             r.get(0)
