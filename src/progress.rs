@@ -4,6 +4,7 @@
 //! logs (not a terminal) a plain line every few seconds; nothing at all when quiet.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -98,7 +99,10 @@ impl Task {
         {
             *last = Instant::now();
             let total = self.total.load(Ordering::Relaxed).max(1);
-            eprintln!(
+            // A progress line must never end the copy: with stderr's reader gone (`2>&1 | head`),
+            // eprintln! would panic mid-write, so a failed write is dropped.
+            let _ = writeln!(
+                std::io::stderr(),
                 "{}: {} of {} MiB ({}%)",
                 self.name,
                 done >> 20,
