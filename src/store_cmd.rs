@@ -1,8 +1,8 @@
 //! The store's commands: `snapshot`, `image` and `store`, Outscale's verbs offline.
 
 use crate::{
-    CANCEL, EXIT_MISMATCH, ImageArgs, PackageArgs, StorageArgs, fail, import_origin,
-    package_request, parse_bool, print_export, usage,
+    CANCEL, EXIT_INCOMPLETE, EXIT_MISMATCH, ImageArgs, PackageArgs, StorageArgs, fail,
+    import_origin, package_request, parse_bool, print_export, usage,
 };
 use clap::Subcommand;
 use mkomi::export::import;
@@ -307,7 +307,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                         architecture: i.arch,
                         boot_modes: i.boot_modes.clone(),
                         checks: i.checks(),
-                        audit: i.audit,
+                        audit: i.audit(),
                         root: i.root(std::path::Path::new(root)),
                         extra: i.bdm.clone(),
                         open: i.open(),
@@ -322,6 +322,13 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
             {
                 let _ = fail(e);
                 return ExitCode::from(EXIT_MISMATCH);
+            }
+            if let Err(e) = &r
+                && let store::Error::Bundle(b) = e
+                && b.is_audit_incomplete()
+            {
+                let _ = fail(e);
+                return ExitCode::from(EXIT_INCOMPLETE);
             }
             done(r, json, |i| i.image_id.clone())
         }

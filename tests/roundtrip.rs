@@ -27,6 +27,7 @@ fn roundtrip(src: &Path, work: &Path, formats: &[&str], clusters: &[&str]) -> St
                 out.to_str().unwrap(),
                 "--arch",
                 "x86_64",
+                "--no-boot-check",
                 "--format",
                 format,
                 "--cluster-size",
@@ -166,6 +167,7 @@ fn written_zeros_are_not_stored() {
         s(&out),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
         "--no-sync",
     ]);
@@ -184,6 +186,7 @@ fn written_zeros_are_not_stored() {
         s(&raw),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--format",
         "raw",
         "-q",

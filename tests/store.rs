@@ -128,7 +128,16 @@ fn snapshots_share_their_data_and_cannot_be_deleted_while_used() {
     let ami = st_ok(
         &store,
         &[
-            "image", "create", "--root", &s1, "--arch", "x86_64", "--name", "web", "-q",
+            "image",
+            "create",
+            "--root",
+            &s1,
+            "--arch",
+            "x86_64",
+            "--no-boot-check",
+            "--name",
+            "web",
+            "-q",
         ],
     );
     assert!(ami.starts_with("ami-") && ami.len() == 12, "{ami}");
@@ -167,6 +176,7 @@ fn images_from_volumes_bundle_out_verified_and_identical_each_time() {
             &format!("/dev/sdb={snap},size=20,type=io1,iops=600,delete-on-vm-deletion=false"),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--name",
             "web (v2)",
             "--description",
@@ -214,6 +224,7 @@ fn images_from_volumes_bundle_out_verified_and_identical_each_time() {
         s(&direct),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
     ]);
     assert_eq!(
@@ -240,6 +251,7 @@ fn launch_permissions_tags_and_filters() {
             s(&root),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--name",
             "web-1",
             "-q",
@@ -254,6 +266,7 @@ fn launch_permissions_tags_and_filters() {
             s(&root),
             "--arch",
             "i386",
+            "--no-boot-check",
             "--name",
             "db-1",
             "-q",
@@ -368,6 +381,7 @@ fn copies_are_independent_of_their_source() {
             &format!("/dev/sdb={}", s(&data)),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--name",
             "src",
             "-q",
@@ -435,6 +449,7 @@ fn bundles_and_packages_go_in_and_out() {
         s(&bundle),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--name",
         "from bundle",
         "--bdm",
@@ -472,6 +487,7 @@ fn bundles_and_packages_go_in_and_out() {
         s(&bad),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
     ]);
     let f = bad.join("sda1.qcow2");
@@ -543,6 +559,7 @@ fn refused_images_leave_nothing() {
             s(&img),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--audit",
             "deny=medium",
             "-q",
@@ -643,6 +660,7 @@ fn an_image_travels_between_stores_through_a_bucket() {
             s(&root),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--name",
             "travel",
             "-q",
@@ -741,6 +759,7 @@ fn read_commands_do_not_make_a_store_and_from_bundle_takes_no_image_options() {
         s(&bundle),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
     ]);
     let store = d.path().join("store");
