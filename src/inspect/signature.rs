@@ -279,6 +279,33 @@ mod tests {
     }
 
     #[test]
+    fn declared_sizes_are_the_sizes_mkfs_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (name, size, cmd, kind) in [
+            ("e4", 64u64 << 20, &["mkfs.ext4", "-q"][..], FsKind::Ext4),
+            (
+                "e4k",
+                24 << 20,
+                &["mkfs.ext4", "-q", "-b", "1024"],
+                FsKind::Ext4,
+            ),
+            ("e2", 16 << 20, &["mkfs.ext2", "-q"], FsKind::Ext2),
+            ("f32", 64 << 20, &["mkfs.vfat", "-F", "32"], FsKind::Fat32),
+            ("f16", 32 << 20, &["mkfs.vfat", "-F", "16"], FsKind::Fat16),
+            ("f12", 4 << 20, &["mkfs.vfat", "-F", "12"], FsKind::Fat12),
+        ] {
+            assert_eq!(make(d, name, &size.to_string(), cmd), Some(kind));
+            let mut src = RawSource::open(&d.join(name)).unwrap();
+            assert_eq!(size_of(&mut src, 0, size, kind), Some(size), "{name}");
+        }
+        // Swap has no size mkomi compares; short buffers never panic.
+        assert_eq!(declared_size(FsKind::Swap, &[0u8; 4096]), None);
+        assert_eq!(declared_size(FsKind::Ext4, &[0u8; 1100]), None);
+        assert_eq!(declared_size(FsKind::Fat32, &[0u8; 20]), None);
+    }
+
+    #[test]
     fn magics_at_their_offsets() {
         let with = |off: usize, magic: &[u8]| {
             let mut b = vec![0u8; PROBE as usize];
