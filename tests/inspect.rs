@@ -1204,6 +1204,46 @@ fn a_file_system_larger_than_its_disk_or_partition_is_a_problem() {
         ),
         "{p}"
     );
+    // A partitioned disk cut short: the GPT is still read, the root's file system is larger
+    // than what is left of its partition, and the audit says the disk is short.
+    let root = ext4(&t, &d.path().join("root64.ext4"), "64M");
+    let esp = esp(d.path(), &[]);
+    let disk = gpt_disk(
+        &d.path().join("cut.raw"),
+        &[("ef00", "ESP", Ok(&esp)), ("8304", "root", Ok(&root))],
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(70 * MIB)
+        .unwrap();
+    let r = inspect(&disk);
+    let table = r["disks"][0]["partition_table"]["problems"].to_string();
+    assert!(
+        table.contains("the disk is short: the primary GPT header describes a disk of 100.0 MiB"),
+        "{table}"
+    );
+    let p = r["disks"][0]["volumes"][1]["problems"][0].as_str().unwrap();
+    assert!(
+        p.starts_with(
+            "the disk is short: the ext4 file system is 64.0 MiB (67108864 bytes), but \
+             partition 2 holds only 35.0 MiB (36700160 bytes) of it"
+        ),
+        "{p}"
+    );
+    assert_eq!(r["summary"]["boot_modes"], serde_json::json!(["uefi"]));
+    let (code, r, text) = audit(&disk, &["--deny", "high"]);
+    assert_eq!(code, 4, "{text}");
+    assert!(
+        r["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("partition 2: the disk is short: the ext4 file system is 64.0 MiB"),
+        "{r:#}"
+    );
+    assert!(!text.contains("corrupt"), "{text}");
+
     // A file system that fits is no problem.
     let whole = ext4(&t, &d.path().join("whole.ext4"), "24M");
     assert_eq!(
