@@ -29,7 +29,7 @@ mkdir -p "$W"
 export SOURCE_DATE_EPOCH=1700000000
 
 log "registering $DISK"
-"$MKOMI" register "$DISK" -o "$W/bundle" --arch x86_64 --no-sync -q --audit off >&2
+"$MKOMI" register "$DISK" -o "$W/bundle" --arch x86_64 --no-boot-check --no-sync -q --audit off >&2
 "$MKOMI" export "$W/bundle" --to "$W/pkg" --level "$LEVEL" -q >&2
 "$MKOMI" export "$W/bundle" --to "$W/pkg-raw" --format raw --level "$LEVEL" -q >&2
 
@@ -38,7 +38,7 @@ hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$results" \
     -n mkomi-export -p "rm -rf $(q "$W/out")" \
     "$(q "$MKOMI") export $(q "$W/bundle") --to $(q "$W/out") --level $LEVEL -q" \
     -n mkomi-register-export -p "rm -rf $(q "$W/b2") $(q "$W/out2")" \
-    "$(q "$MKOMI") register $(q "$DISK") -o $(q "$W/b2") --arch x86_64 --no-sync -q && $(q "$MKOMI") export $(q "$W/b2") --to $(q "$W/out2") --level $LEVEL -q" \
+    "$(q "$MKOMI") register $(q "$DISK") -o $(q "$W/b2") --arch x86_64 --no-boot-check --no-sync -q && $(q "$MKOMI") export $(q "$W/b2") --to $(q "$W/out2") --level $LEVEL -q" \
     -n by-hand-export -p "rm -f $(q "$W/hand.qcow2") $(q "$W/hand.qcow2.gz")" \
     "qemu-img convert -O qcow2 $(q "$DISK") $(q "$W/hand.qcow2") && pigz -$LEVEL $(q "$W/hand.qcow2") && sha256sum $(q "$W/hand.qcow2.gz")" \
     -n mkomi-import -p "rm -rf $(q "$W/back")" \

@@ -76,7 +76,7 @@ QOUT=$WORK/out.qcow2       # qemu-img's output
 reg_args() { # reg_args SOURCE OUTDIR [extra...]
     local src=$1 out=$2
     shift 2
-    printf '%s\0' "$MKOMI" register "$src" -o "$out" --arch x86_64 --name mkomi-bench \
+    printf '%s\0' "$MKOMI" register "$src" -o "$out" --arch x86_64 --no-boot-check --name mkomi-bench \
         --format qcow2 -q "$@"
 }
 mapfile -d '' REG_NOSYNC < <(reg_args "$DISK" "$BUNDLE" --no-sync)

@@ -24,21 +24,21 @@ export SOURCE_DATE_EPOCH=1700000000
 cp --reflink=auto "$DISK" "$W/copy.ext4"
 
 # A store holding one image of DISK, for the second-image rows.
-"$MKOMI" --store "$W/warm" image create --root "$DISK" --arch x86_64 --name first -q >&2
+"$MKOMI" --store "$W/warm" image create --root "$DISK" --arch x86_64 --no-boot-check --name first -q >&2
 SNAP=$("$MKOMI" --store "$W/warm" snapshot list | head -1 | cut -d' ' -f1)
 
 results=$W/results.json
 hyperfine --runs "$RUNS" --warmup "$WARMUP" --export-json "$results" \
     -n register -p "rm -rf $(q "$W/bundle")" \
-    "$(q "$MKOMI") register $(q "$DISK") -o $(q "$W/bundle") --arch x86_64 -q" \
+    "$(q "$MKOMI") register $(q "$DISK") -o $(q "$W/bundle") --arch x86_64 --no-boot-check -q" \
     -n store-first -p "rm -rf $(q "$W/fresh")" \
-    "$(q "$MKOMI") --store $(q "$W/fresh") image create --root $(q "$DISK") --arch x86_64 -q" \
+    "$(q "$MKOMI") --store $(q "$W/fresh") image create --root $(q "$DISK") --arch x86_64 --no-boot-check -q" \
     -n store-second-same-file -p true \
-    "$(q "$MKOMI") --store $(q "$W/warm") image create --root $(q "$DISK") --arch x86_64 -q" \
+    "$(q "$MKOMI") --store $(q "$W/warm") image create --root $(q "$DISK") --arch x86_64 --no-boot-check -q" \
     -n store-second-copy-of-file -p "touch $(q "$W/copy.ext4")" \
-    "$(q "$MKOMI") --store $(q "$W/warm") image create --root $(q "$W/copy.ext4") --arch x86_64 --name copy -q" \
+    "$(q "$MKOMI") --store $(q "$W/warm") image create --root $(q "$W/copy.ext4") --arch x86_64 --no-boot-check --name copy -q" \
     -n store-second-from-snapshot -p true \
-    "$(q "$MKOMI") --store $(q "$W/warm") image create --root $SNAP --arch x86_64 --name again -q" >&2
+    "$(q "$MKOMI") --store $(q "$W/warm") image create --root $SNAP --arch x86_64 --no-boot-check --name again -q" >&2
 
 python3 - "$results" <<'PY'
 import json, sys

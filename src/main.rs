@@ -50,6 +50,8 @@ mod store_cmd;
 
 /// Exit code for a verification that found differences.
 const EXIT_MISMATCH: u8 = 3;
+/// Exit code when `--deny` or `--audit deny=` meets an incomplete audit.
+const EXIT_INCOMPLETE: u8 = 4;
 /// Exit code after Ctrl-C, as shells report SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -119,7 +121,7 @@ fn output_written(code: ExitCode) -> ExitCode {
 SHA256SUMS); verify them; look inside disks (inspect) and audit them for embedded secrets; export \
 bundles as Outscale export packages to a directory or a bucket, and import them back; keep \
 snapshots and images in a local store with Outscale's lifecycle (IDs, sharing, copies, deletion).",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 a check failed (verify found differences, or the audit found what --deny or --audit deny= refuses), 130 interrupted."
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 a check failed (verify found differences, or the audit found what --deny or --audit deny= refuses), 4 the audit under --deny or --audit deny= was incomplete (something holding data could not be read) and --allow-incomplete was not given, 130 interrupted."
 )]
 struct Cli {
     /// No progress output.
@@ -198,14 +200,21 @@ exit code is 1 only when SOURCE cannot be opened at all.")]
 Reads every ext2/3/4 and FAT file system of SOURCE (a disk image or every disk of a bundle)
 without mounting it. Each finding has a severity, the file and a fix; secrets are never shown
 (keys by their SHA256 fingerprint as ssh-keygen -l prints it, password hashes by their scheme,
-histories by their size). File systems that cannot be read are listed as problems: the audit is
-then incomplete, not clean. Exit code 3 when a finding is at least --deny's severity.")]
+histories by their size). What holds data but cannot be read (a file system mkomi does not read
+or that does not open, a partition or disk with data in no file system it recognises, a disk cut
+short) is listed as a problem: the audit is then incomplete, never clean. Exit code 3 when a
+finding is at least --deny's severity; with --deny, exit code 4 when the audit is incomplete,
+unless --allow-incomplete.")]
     Audit {
         /// A disk image or a bundle directory.
         source: PathBuf,
-        /// Exit with code 3 when a finding is at least this severe (info, low, medium, high).
+        /// Exit with code 3 when a finding is at least this severe (info, low, medium, high),
+        /// and with code 4 when the audit is incomplete.
         #[arg(long, value_name = "SEVERITY")]
         deny: Option<Severity>,
+        /// With --deny, accept an incomplete audit (exit 0 rather than 4).
+        #[arg(long)]
+        allow_incomplete: bool,
         #[command(flatten)]
         open: OpenArgs,
     },
@@ -285,14 +294,18 @@ struct ImageArgs {
     /// Register even when --arch contradicts the binaries found on the disk.
     #[arg(long)]
     no_arch_check: bool,
-    /// Register even when a --boot-mode is not one the disk supports.
+    /// Register even when a --boot-mode is not one the disk supports, or when no --boot-mode is
+    /// given and the disk holds no boot loader.
     #[arg(long)]
     no_boot_check: bool,
     /// The security audit (see `mkomi audit`): off, report (record findings in the manifest), or
     /// deny=SEVERITY (also refuse the image on a finding at least that severe: info, low, medium,
-    /// high).
+    /// high; and, exit code 4, when the audit is incomplete).
     #[arg(long, value_name = "POLICY", default_value = "report")]
     audit: Policy,
+    /// With --audit deny=SEVERITY, accept an incomplete audit.
+    #[arg(long)]
+    allow_incomplete: bool,
     /// ImageName (3-128 characters); default: from the root's file name.
     #[arg(long)]
     name: Option<String>,
@@ -372,6 +385,7 @@ impl ImageArgs {
         given(self.no_arch_check, "--no-arch-check");
         given(self.no_boot_check, "--no-boot-check");
         given(self.audit.to_string() != "report", "--audit");
+        given(self.allow_incomplete, "--allow-incomplete");
         given(self.name.is_some(), "--name");
         given(self.description.is_some(), "--description");
         given(!self.boot_modes.is_empty(), "--boot-mode");
@@ -393,7 +407,13 @@ impl ImageArgs {
         Checks {
             arch: !self.no_arch_check,
             boot: !self.no_boot_check,
+            loader: !self.no_boot_check,
         }
+    }
+
+    /// The audit policy, `--allow-incomplete` applied.
+    fn audit(&self) -> Policy {
+        self.audit.allowing_incomplete(self.allow_incomplete)
     }
 
     fn open(&self) -> OpenOptions {
@@ -486,14 +506,18 @@ struct BuildArgs {
     /// Build even when the template's architecture contradicts the binaries on the disk.
     #[arg(long)]
     no_arch_check: bool,
-    /// Build even when a template boot mode is not one the disk supports.
+    /// Build even when a template boot mode is not one the disk supports, or when the template
+    /// declares none and the disk holds no boot loader.
     #[arg(long)]
     no_boot_check: bool,
     /// The security audit (see `mkomi audit`): off, report (record findings in the manifest), or
     /// deny=SEVERITY (also refuse the image on a finding at least that severe: info, low, medium,
-    /// high).
+    /// high; and, exit code 4, when the audit is incomplete).
     #[arg(long, value_name = "POLICY", default_value = "report")]
     audit: Policy,
+    /// With --audit deny=SEVERITY, accept an incomplete audit.
+    #[arg(long)]
+    allow_incomplete: bool,
     /// Replace DIR if it exists.
     #[arg(long)]
     force: bool,
@@ -651,9 +675,12 @@ fn main() -> ExitCode {
         Command::Snapshot(cmd) => store_cmd::snapshot(cmd, cli.store, &progress, cli.json),
         Command::Image(cmd) => store_cmd::image(cmd, cli.store, &progress, cli.json),
         Command::Store(cmd) => store_cmd::maintain(cmd, cli.store, &progress, cli.json),
-        Command::Audit { source, deny, open } => {
-            run_audit(&source, deny, &open.options(), cli.json)
-        }
+        Command::Audit {
+            source,
+            deny,
+            allow_incomplete,
+            open,
+        } => run_audit(&source, deny, allow_incomplete, &open.options(), cli.json),
     };
     output_written(code)
 }
@@ -695,8 +722,9 @@ fn run_build(a: BuildArgs, progress: &Progress, json: bool) -> ExitCode {
         checks: Checks {
             arch: !a.no_arch_check,
             boot: !a.no_boot_check,
+            loader: !a.no_boot_check,
         },
-        audit: a.audit,
+        audit: a.audit.allowing_incomplete(a.allow_incomplete),
     };
     report(bundle::build::build(&req, progress, Some(&CANCEL)), json)
 }
@@ -717,7 +745,7 @@ fn run_register(a: RegisterArgs, progress: &Progress, json: bool) -> ExitCode {
         architecture: i.arch,
         boot_modes: i.boot_modes.clone(),
         checks: i.checks(),
-        audit: i.audit,
+        audit: i.audit(),
         root: i.root(&a.source),
         extra: i.bdm.clone(),
         open: i.open(),
@@ -768,6 +796,10 @@ fn report(result: bundle::Result<register::Report>, json: bool) -> ExitCode {
         Err(e) if e.is_audit_denied() => {
             fail(&e);
             ExitCode::from(EXIT_MISMATCH)
+        }
+        Err(e) if e.is_audit_incomplete() => {
+            fail(&e);
+            ExitCode::from(EXIT_INCOMPLETE)
         }
         Err(e) => fail(&e),
     }
@@ -831,6 +863,7 @@ fn run_inspect(source: &std::path::Path, open: &OpenOptions, json: bool) -> Exit
 fn run_audit(
     source: &std::path::Path,
     deny: Option<Severity>,
+    allow_incomplete: bool,
     open: &OpenOptions,
     json: bool,
 ) -> ExitCode {
@@ -846,8 +879,18 @@ fn run_audit(
     } else {
         out!("{report}");
     }
-    match deny {
-        Some(at) if report.at_least(at).next().is_some() => ExitCode::from(EXIT_MISMATCH),
+    match (deny, report.incomplete()) {
+        (Some(at), _) if report.at_least(at).next().is_some() => ExitCode::from(EXIT_MISMATCH),
+        // Fail closed: what could not be read may hold what --deny refuses.
+        (Some(at), Some(why)) if !allow_incomplete => {
+            errln!(
+                "mkomi: {}: audit: {} (--deny {at} refuses an incomplete audit; \
+                 --allow-incomplete accepts it)",
+                source.display(),
+                why.replace('\n', " ")
+            );
+            ExitCode::from(EXIT_INCOMPLETE)
+        }
         _ => ExitCode::SUCCESS,
     }
 }

@@ -1,8 +1,8 @@
 //! The store's commands: `snapshot`, `image` and `store`, Outscale's verbs offline.
 
 use crate::{
-    CANCEL, EXIT_MISMATCH, ImageArgs, OpenArgs, PackageArgs, StorageArgs, fail, import_origin,
-    package_request, parse_bool, print_export, usage,
+    CANCEL, EXIT_INCOMPLETE, EXIT_MISMATCH, ImageArgs, OpenArgs, PackageArgs, StorageArgs, fail,
+    import_origin, package_request, parse_bool, print_export, usage,
 };
 use clap::Subcommand;
 use mkomi::export::import;
@@ -208,6 +208,8 @@ fn failed(e: &store::Error) -> ExitCode {
     let refused_by_audit = matches!(e, store::Error::Bundle(b) if b.is_audit_denied());
     if e.is_damaged() || refused_by_audit {
         ExitCode::from(EXIT_MISMATCH)
+    } else if matches!(e, store::Error::Bundle(b) if b.is_audit_incomplete()) {
+        ExitCode::from(EXIT_INCOMPLETE)
     } else {
         code
     }
@@ -395,7 +397,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                         architecture: i.arch,
                         boot_modes: i.boot_modes.clone(),
                         checks: i.checks(),
-                        audit: i.audit,
+                        audit: i.audit(),
                         root: i.root(std::path::Path::new(root)),
                         extra: i.bdm.clone(),
                         open: i.open(),

@@ -468,6 +468,7 @@ fn failed_and_refused_registers_leave_nothing() {
         s(&out),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--force",
         "-q",
     ]);
@@ -485,7 +486,16 @@ fn interrupted_register_leaves_nothing() {
     sparse_raw(&src, 3 * GIB, &[(0, GIB, 0x5c), (2 * GIB, GIB, 0x5d)]);
     let out = d.join("out");
     let child = mkomi()
-        .args(["register", s(&src), "-o", s(&out), "--arch", "x86_64", "-q"])
+        .args([
+            "register",
+            s(&src),
+            "-o",
+            s(&out),
+            "--arch",
+            "x86_64",
+            "--no-boot-check",
+            "-q",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -529,6 +539,7 @@ fn hostile_images_get_one_line_errors() {
             s(&out),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "-q",
             "--no-sync",
         ]);
@@ -591,6 +602,7 @@ fn backing_files_outside_the_directory_are_refused() {
         s(&out),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--allow-backing",
         s(&d.join("base")),
         "-q",
@@ -713,6 +725,7 @@ fn json_summary_and_completions() {
         s(&out),
         "--arch",
         "i386",
+        "--no-boot-check",
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();

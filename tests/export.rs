@@ -34,6 +34,7 @@ fn bundle(dir: &Path, format: &str) -> PathBuf {
         s(&out),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--name",
         "web (v2)",
         "--format",
@@ -509,7 +510,16 @@ fn bucket_round_trip_through_presigned_urls() {
     let noise = noise(12 << 20, 0x9e37_79b9_7f4a_7c15);
     std::fs::write(&root, &noise).unwrap();
     let b = d.path().join("omi");
-    ok(&["register", s(&root), "-o", s(&b), "--arch", "x86_64", "-q"]);
+    ok(&[
+        "register",
+        s(&root),
+        "-o",
+        s(&b),
+        "--arch",
+        "x86_64",
+        "--no-boot-check",
+        "-q",
+    ]);
     let to = format!("s3://{BUCKET}/images/noise");
     let args = [
         "export",
@@ -644,6 +654,7 @@ fn an_interrupted_export_resumes_without_sending_finished_parts_again() {
         s(&b),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--format",
         "raw",
         "-q",
@@ -845,6 +856,7 @@ fn a_raw_object_is_imported_in_one_pass_as_it_downloads() {
         s(&b),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--format",
         "raw",
         "-q",

@@ -462,11 +462,58 @@ fn register_takes_the_architecture_and_boot_modes_from_the_disk() {
         err.contains("boot mode uefi declared, but no EFI system partition holds a UEFI loader for i386 (EFI/BOOT/BOOTIA32.EFI)"),
         "{err}"
     );
-    // Detected i386 without --arch; no boot modes found, none declared.
-    ok(&["register", s(&bare), "-o", s(&bad), "--force", "-q"]);
+    // Detected i386 without --arch; no boot modes found, none declared: the image could not
+    // boot, so it is refused, naming what was looked for, and nothing is written.
+    std::fs::remove_dir_all(&bad).unwrap();
+    let o = run(&["register", s(&bare), "-o", s(&bad), "-q"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(
+            "r32.ext4: no boot loader found on the root disk: looked for EFI/BOOT/BOOTIA32.EFI \
+             on an ESP and for MBR boot code or a BIOS boot partition; pass --no-boot-check to \
+             register it anyway"
+        ),
+        "{err}"
+    );
+    assert!(!bad.exists());
+    assert!(
+        std::fs::read_dir(d.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".bad")),
+        "a temporary directory was left"
+    );
+    // `image create` refuses it the same way, and makes no image.
+    let store = d.path().join("store");
+    let o = run(&[
+        "--store",
+        s(&store),
+        "image",
+        "create",
+        "--root",
+        s(&bare),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no boot loader found on the root disk"),
+        "{err}"
+    );
+    let list = run(&["--store", s(&store), "image", "list", "--json"]);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("ami-"));
+    // --no-boot-check registers it anyway, with no BootModes, and the manifest says so.
+    ok(&["register", s(&bare), "-o", s(&bad), "--no-boot-check", "-q"]);
     let m = manifest(&bad);
     assert_eq!(m["Image"]["Architecture"], "i386");
     assert!(m["Image"].get("BootModes").is_none());
+    assert_eq!(
+        m["Inspection"]["ChecksSkipped"],
+        serde_json::json!(["boot-mode"])
+    );
 
     // No evidence at all: --arch is needed.
     let noise = d.path().join("noise.raw");
@@ -862,6 +909,346 @@ fn audit_of_a_clean_image_finds_nothing_and_says_what_it_could_not_read() {
     assert!(
         text.contains("audit: incomplete: 1 part(s) not audited"),
         "{text}"
+    );
+}
+
+/// An ext4 image of `tree` with 1 KiB blocks: even a small one has backup superblocks (the
+/// first at block 8193, where block group 1 starts).
+fn ext4_1k(tree: &Path, out: &Path, size: &str) -> PathBuf {
+    tool(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "1024",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            s(tree),
+            s(out),
+            size,
+        ],
+    );
+    out.to_owned()
+}
+
+/// Temporary directories left beside `dir`'s entries (`.NAME.mkomi-PID.tmp`).
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".mkomi-"))
+        .collect()
+}
+
+#[test]
+fn an_audit_that_cannot_read_what_holds_data_is_incomplete_and_deny_fails_closed() {
+    let d = tempfile::tempdir().unwrap();
+    let t = root_tree(d.path(), Arch::X86_64);
+    let (_, secrets) = plant(&t, &d.path().join("keys"));
+    let root = ext4_1k(&t, &d.path().join("root.ext4"), "24M");
+    // The primary superblock overwritten: no ext4 signature is left at its place.
+    let f = std::fs::OpenOptions::new().write(true).open(&root).unwrap();
+    f.write_all_at(&[0x5a; 1024], 1024).unwrap();
+    drop(f);
+    // The secrets are still in the image: e2fsck finds the file system through the backup.
+    let fixed = d.path().join("fixed.ext4");
+    std::fs::copy(&root, &fixed).unwrap();
+    let o = Command::new("e2fsck")
+        .args(["-fy", "-b", "8193", "-B", "1024", s(&fixed)])
+        .output()
+        .unwrap();
+    assert!(matches!(o.status.code(), Some(0..=1)), "{o:?}");
+    let shadow = tool("debugfs", &["-R", "cat /etc/shadow", s(&fixed)]);
+    assert!(shadow.contains(secrets[6].as_str()), "{shadow}");
+
+    let esp = esp(d.path(), &[]);
+    let disk = gpt_disk(
+        &d.path().join("damaged.raw"),
+        &[("ef00", "ESP", Ok(&esp)), ("8304", "root", Ok(&root))],
+    );
+    for (image, at) in [(&root, "whole disk"), (&disk, "partition 2")] {
+        // --deny fails closed: exit 4 and one line naming the disk and why…
+        let o = run(&["audit", s(image), "--deny", "high"]);
+        assert_eq!(o.status.code(), Some(4), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(s(image))
+                && err.contains("incomplete")
+                && err.contains(at)
+                && err.contains("--allow-incomplete"),
+            "{err}"
+        );
+        // … unless an incomplete audit is accepted.
+        assert_eq!(audit(image, &["--deny", "high", "--allow-incomplete"]).0, 0);
+        // The report says what was not audited, and why, and is never clean.
+        let (code, r, text) = audit(image, &[]);
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(r["complete"], false, "{r:#}");
+        let p = r["problems"][0].as_str().unwrap();
+        assert!(
+            p.starts_with(&format!("{at}: holds data"))
+                && p.contains("but no file system mkomi recognises")
+                && p.contains("backup superblock")
+                && p.contains("e2fsck -b 8193"),
+            "{p}"
+        );
+        let human = String::from_utf8_lossy(&ok(&["audit", s(image)]).stdout).into_owned();
+        assert!(
+            human.contains("audit: incomplete: 1 part(s) not audited") && !human.contains("clean"),
+            "{human}"
+        );
+    }
+
+    // register --audit deny=: refused with exit 4, nothing written; accepted with
+    // --allow-incomplete, the manifest saying what was not audited.
+    let out = d.path().join("omi");
+    let o = run(&[
+        "register",
+        s(&disk),
+        "-o",
+        s(&out),
+        "--audit",
+        "deny=high",
+        "-q",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("audit: incomplete")
+            && err.contains("partition 2: holds data")
+            && err.contains("--allow-incomplete"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(
+        temporaries(d.path()).is_empty(),
+        "{:?}",
+        temporaries(d.path())
+    );
+    ok(&[
+        "register",
+        s(&disk),
+        "-o",
+        s(&out),
+        "--audit",
+        "deny=high",
+        "--allow-incomplete",
+        "-q",
+    ]);
+    let m = manifest(&out);
+    assert_eq!(m["Audit"]["Policy"], "deny=high");
+    assert_eq!(m["Audit"]["Complete"], false, "{:#}", m["Audit"]);
+    let p = m["Audit"]["Problems"][0].as_str().unwrap();
+    assert!(p.starts_with("/dev/sda1 partition 2: holds data"), "{p}");
+    // `image create` refuses it the same way, and makes no image.
+    let store = d.path().join("store");
+    let o = run(&[
+        "--store",
+        s(&store),
+        "image",
+        "create",
+        "--root",
+        s(&disk),
+        "--audit",
+        "deny=high",
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    let list = run(&["--store", s(&store), "image", "list", "--json"]);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("ami-"));
+}
+
+#[test]
+fn a_partition_holding_data_in_no_file_system_is_not_clean_one_of_zeros_is() {
+    let d = tempfile::tempdir().unwrap();
+    // An ESP that holds data but no file system: incomplete, naming the ESP.
+    let good = ext4(
+        &root_tree(d.path(), Arch::X86_64),
+        &d.path().join("good.ext4"),
+        "24M",
+    );
+    let junk = d.path().join("junk.img");
+    let bytes: Vec<u8> = (0..8 * MIB).map(|i| (i % 251) as u8 + 1).collect();
+    std::fs::write(&junk, bytes).unwrap();
+    let no_fs = gpt_disk(
+        &d.path().join("no-fs-esp.raw"),
+        &[("ef00", "ESP", Ok(&junk)), ("8304", "root", Ok(&good))],
+    );
+    let (code, r, text) = audit(&no_fs, &["--deny", "high"]);
+    assert_eq!(code, 4, "{text}");
+    assert_eq!(r["complete"], false);
+    assert_eq!(
+        r["problems"],
+        serde_json::json!([
+            "partition 1: holds data (from byte 0) but no file system mkomi recognises; not audited"
+        ])
+    );
+    assert_eq!(r["audited"], serde_json::json!(["partition 2 (ext4)"]));
+    // An ESP of zeros holds nothing: the audit is complete.
+    let zeros = gpt_disk(
+        &d.path().join("zero-esp.raw"),
+        &[("ef00", "ESP", Err(8)), ("8304", "root", Ok(&good))],
+    );
+    let (code, r, text) = audit(&zeros, &["--deny", "high"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["complete"], true);
+    assert_eq!(r["problems"], serde_json::json!([]));
+
+    // A fresh swap area is only its header; one that holds paged-out memory is not audited.
+    let swap = d.path().join("swap.img");
+    std::fs::File::create(&swap).unwrap().set_len(MIB).unwrap();
+    tool("mkswap", &[s(&swap)]);
+    let (code, r, text) = audit(&swap, &["--deny", "high"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["complete"], true);
+    let f = std::fs::OpenOptions::new().write(true).open(&swap).unwrap();
+    f.write_all_at(b"password=Hunter2", MIB / 2).unwrap();
+    drop(f);
+    let (code, r, text) = audit(&swap, &["--deny", "high"]);
+    assert_eq!(code, 4, "{text}");
+    let p = r["problems"][0].as_str().unwrap();
+    assert!(
+        p.starts_with("whole disk: swap: holds data past its header (at byte 524288)"),
+        "{p}"
+    );
+}
+
+#[test]
+fn a_file_system_larger_than_its_disk_or_partition_is_a_problem() {
+    let d = tempfile::tempdir().unwrap();
+    let t = root_tree(d.path(), Arch::X86_64);
+    // An ext4 of 64 MiB on a disk cut to 40 MiB.
+    let cut = ext4(&t, &d.path().join("cut.ext4"), "64M");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(40 * MIB)
+        .unwrap();
+    let r = inspect(&cut);
+    let p = r["disks"][0]["volumes"][0]["problems"][0].as_str().unwrap();
+    assert_eq!(
+        p,
+        "the disk is short: the ext4 file system is 64.0 MiB (67108864 bytes), but the disk \
+         holds only 40.0 MiB (41943040 bytes) of it; its last 24.0 MiB are missing (a truncated \
+         copy?)"
+    );
+    assert!(
+        inspect_text(&cut).contains("    problem: the disk is short"),
+        "{}",
+        inspect_text(&cut)
+    );
+    // The audit says the disk is short, not that the file system is damaged, and is
+    // incomplete.
+    let (code, r, text) = audit(&cut, &["--deny", "high"]);
+    assert_eq!(code, 4, "{text}");
+    let problems = r["problems"].as_array().unwrap();
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .starts_with("whole disk: the disk is short: the ext4 file system is 64.0 MiB"),
+        "{problems:?}"
+    );
+    assert!(!text.contains("corrupt"), "{text}");
+
+    // FAT, from its boot sector: 34 MiB cut to 20 MiB.
+    let fat = fat(
+        &d.path().join("cut.fat"),
+        34,
+        &[("/hello.txt", b"hello".to_vec())],
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fat)
+        .unwrap()
+        .set_len(20 * MIB)
+        .unwrap();
+    let r = inspect(&fat);
+    let p = r["disks"][0]["volumes"][0]["problems"][0].as_str().unwrap();
+    assert!(
+        p.starts_with(
+            "the disk is short: the fat32 file system is 34.0 MiB (35651584 bytes), but the \
+             disk holds only 20.0 MiB (20971520 bytes) of it"
+        ),
+        "{p}"
+    );
+    let (code, r, text) = audit(&fat, &["--deny", "high"]);
+    assert_eq!(code, 4, "{text}");
+    assert!(
+        r["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("the disk is short: the fat32 file system is 34.0 MiB"),
+        "{r:#}"
+    );
+    assert!(!text.contains("corrupt"), "{text}");
+
+    // A file system larger than its partition: a 24 MiB ext4 in a 16 MiB partition.
+    let big = ext4(&t, &d.path().join("big.ext4"), "24M");
+    let disk = gpt_disk(
+        &d.path().join("small-partition.raw"),
+        &[("8304", "root", Err(16)), ("8300", "data", Err(16))],
+    );
+    put(&disk, MIB, &big);
+    let r = inspect(&disk);
+    let p = r["disks"][0]["volumes"][0]["problems"][0].as_str().unwrap();
+    assert!(
+        p.starts_with(
+            "the disk is short: the ext4 file system is 24.0 MiB (25165824 bytes), but \
+             partition 1 holds only 16.0 MiB (16777216 bytes) of it"
+        ),
+        "{p}"
+    );
+    // A partitioned disk cut short: the GPT is still read, the root's file system is larger
+    // than what is left of its partition, and the audit says the disk is short.
+    let root = ext4(&t, &d.path().join("root64.ext4"), "64M");
+    let esp = esp(d.path(), &[]);
+    let disk = gpt_disk(
+        &d.path().join("cut.raw"),
+        &[("ef00", "ESP", Ok(&esp)), ("8304", "root", Ok(&root))],
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(70 * MIB)
+        .unwrap();
+    let r = inspect(&disk);
+    let table = r["disks"][0]["partition_table"]["problems"].to_string();
+    assert!(
+        table.contains("the disk is short: the primary GPT header describes a disk of 100.0 MiB"),
+        "{table}"
+    );
+    let p = r["disks"][0]["volumes"][1]["problems"][0].as_str().unwrap();
+    assert!(
+        p.starts_with(
+            "the disk is short: the ext4 file system is 64.0 MiB (67108864 bytes), but \
+             partition 2 holds only 35.0 MiB (36700160 bytes) of it"
+        ),
+        "{p}"
+    );
+    assert_eq!(r["summary"]["boot_modes"], serde_json::json!(["uefi"]));
+    let (code, r, text) = audit(&disk, &["--deny", "high"]);
+    assert_eq!(code, 4, "{text}");
+    assert!(
+        r["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("partition 2: the disk is short: the ext4 file system is 64.0 MiB"),
+        "{r:#}"
+    );
+    assert!(!text.contains("corrupt"), "{text}");
+
+    // A file system that fits is no problem.
+    let whole = ext4(&t, &d.path().join("whole.ext4"), "24M");
+    assert_eq!(
+        inspect(&whole)["disks"][0]["volumes"][0]["problems"],
+        serde_json::json!([])
     );
 }
 

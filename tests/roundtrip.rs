@@ -27,6 +27,7 @@ fn roundtrip(src: &Path, work: &Path, formats: &[&str], clusters: &[&str]) -> St
                 out.to_str().unwrap(),
                 "--arch",
                 "x86_64",
+                "--no-boot-check",
                 "--format",
                 format,
                 "--cluster-size",
@@ -217,6 +218,7 @@ fn written_zeros_are_not_stored() {
         s(&out),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
         "--no-sync",
     ]);
@@ -235,6 +237,7 @@ fn written_zeros_are_not_stored() {
         s(&raw),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--format",
         "raw",
         "-q",

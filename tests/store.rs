@@ -128,7 +128,16 @@ fn snapshots_share_their_data_and_cannot_be_deleted_while_used() {
     let ami = st_ok(
         &store,
         &[
-            "image", "create", "--root", &s1, "--arch", "x86_64", "--name", "web", "-q",
+            "image",
+            "create",
+            "--root",
+            &s1,
+            "--arch",
+            "x86_64",
+            "--no-boot-check",
+            "--name",
+            "web",
+            "-q",
         ],
     );
     assert!(ami.starts_with("ami-") && ami.len() == 12, "{ami}");
@@ -167,6 +176,7 @@ fn images_from_volumes_bundle_out_verified_and_identical_each_time() {
             &format!("/dev/sdb={snap},size=20,type=io1,iops=600,delete-on-vm-deletion=false"),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--name",
             "web (v2)",
             "--description",
@@ -214,6 +224,7 @@ fn images_from_volumes_bundle_out_verified_and_identical_each_time() {
         s(&direct),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
     ]);
     assert_eq!(
@@ -281,6 +292,7 @@ fn launch_permissions_tags_and_filters() {
             s(&root),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--name",
             "web-1",
             "-q",
@@ -295,6 +307,7 @@ fn launch_permissions_tags_and_filters() {
             s(&root),
             "--arch",
             "i386",
+            "--no-boot-check",
             "--name",
             "db-1",
             "-q",
@@ -409,6 +422,7 @@ fn copies_are_independent_of_their_source() {
             &format!("/dev/sdb={}", s(&data)),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--name",
             "src",
             "-q",
@@ -476,6 +490,7 @@ fn bundles_and_packages_go_in_and_out() {
         s(&bundle),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--name",
         "from bundle",
         "--bdm",
@@ -513,6 +528,7 @@ fn bundles_and_packages_go_in_and_out() {
         s(&bad),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
     ]);
     let f = bad.join("sda1.qcow2");
@@ -584,6 +600,7 @@ fn refused_images_leave_nothing() {
             s(&img),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--audit",
             "deny=medium",
             "-q",
@@ -705,6 +722,7 @@ fn an_image_travels_between_stores_through_a_bucket() {
             s(&root),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--name",
             "travel",
             "-q",
@@ -803,6 +821,7 @@ fn read_commands_do_not_make_a_store_and_from_bundle_takes_no_image_options() {
         s(&bundle),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
     ]);
     let store = d.path().join("store");

@@ -1,13 +1,16 @@
 //! Auditing whole disks and bundles: every file system mkomi can read, on every disk, each
 //! scanned by [`super::scan`], with the findings located (`/dev/sdb partition 2`).
 //!
-//! Volumes whose contents mkomi cannot read (NTFS, XFS, Btrfs, LUKS, a corrupt file system) are
-//! listed in `problems`: the audit says so instead of calling them clean.
+//! Volumes whose contents mkomi cannot read (NTFS, XFS, Btrfs, LUKS, a corrupt file system, a
+//! partition or disk that holds data in no file system mkomi recognises, a swap area that holds
+//! paged-out memory) are listed in `problems`, and the report is not
+//! [`complete`](Report::complete): the audit says so instead of calling them clean. Only a
+//! volume that reads as zeros holds nothing to audit.
 
 use super::{Finding, Severity};
-use crate::inspect::{self, location, signature::FsKind};
+use crate::inspect::{self, VolumeInfo, location, signature, signature::FsKind};
 use crate::manifest::{AuditFinding, AuditSummary};
-use crate::source::{self, OpenOptions, Source};
+use crate::source::{self, ExtentKind, OpenOptions, Source};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,6 +42,9 @@ pub struct Report {
     pub findings: Vec<Located>,
     /// Parts not audited, one line each.
     pub problems: Vec<String>,
+    /// Whether everything that holds data was audited: false when there are `problems`. An
+    /// incomplete audit is never clean, and `--deny` refuses it.
+    pub complete: bool,
     /// File systems audited (`/dev/sda1 partition 2 (ext4)`).
     pub audited: Vec<String>,
     /// Findings per severity, every severity present.
@@ -53,6 +59,7 @@ impl Default for Report {
             schema: SCHEMA,
             findings: Vec::new(),
             problems: Vec::new(),
+            complete: true,
             audited: Vec::new(),
             counts: Severity::ALL
                 .iter()
@@ -88,10 +95,30 @@ impl Report {
                 })
                 .collect(),
             problems: self.problems.clone(),
+            complete: self.complete,
         }
     }
 
+    /// Why the audit is incomplete, in one line (the first problems): `None` when complete.
+    pub fn incomplete(&self) -> Option<String> {
+        if self.complete {
+            return None;
+        }
+        let first: Vec<&str> = self.problems.iter().take(3).map(String::as_str).collect();
+        let more = if self.problems.len() > first.len() {
+            "; …"
+        } else {
+            ""
+        };
+        Some(format!(
+            "incomplete: {} part(s) not audited: {}{more}",
+            self.problems.len(),
+            first.join("; ")
+        ))
+    }
+
     fn finish(&mut self) {
+        self.complete = self.problems.is_empty();
         for f in &self.findings {
             *self
                 .counts
@@ -116,10 +143,18 @@ pub fn audit_source(
     report: &mut Report,
 ) -> Box<dyn Source> {
     let file = src.path().display().to_string();
-    let (_, src) = inspect::walk(src, &mut |info, fs| {
+    // Volumes without a file system mkomi reads: looked at for data once the walk is done.
+    let mut unread: Vec<VolumeInfo> = Vec::new();
+    let (_, mut src) = inspect::walk(src, &mut |info, fs| {
         let at = where_(device, &location(info.partition));
+        let short = info.short();
         match fs {
             Some(Ok(fs)) => {
+                if let Some(line) = &short {
+                    report.problems.push(format!(
+                        "{at}: {line}; what lies past the end was not audited"
+                    ));
+                }
                 let audit = super::scan(fs);
                 let kind = info.filesystem.map_or(fs.kind(), FsKind::name);
                 report.audited.push(format!("{at} ({kind})"));
@@ -135,10 +170,14 @@ pub fn audit_source(
                         finding,
                     }));
             }
-            Some(Err(e)) => report.problems.push(format!("{at}: not audited: {e}")),
+            // A short disk is why such a file system does not open: that is what to fix, not
+            // a damaged file system.
+            Some(Err(e)) => match short {
+                Some(line) => report.problems.push(format!("{at}: not audited: {line}")),
+                None => report.problems.push(format!("{at}: not audited: {e}")),
+            },
             None => match info.filesystem {
-                // Nothing a user put there: no files to audit.
-                None | Some(FsKind::Swap) => {}
+                None | Some(FsKind::Swap) => unread.push(info),
                 Some(kind) => report.problems.push(format!(
                     "{at}: {}: not audited (mkomi reads ext2/3/4 and FAT contents)",
                     kind.name()
@@ -146,7 +185,84 @@ pub fn audit_source(
             },
         }
     });
+    for info in unread {
+        let at = where_(device, &location(info.partition));
+        if let Some(line) = unread_volume(src.as_mut(), &info) {
+            report.problems.push(format!("{at}: {line}"));
+        }
+    }
     src
+}
+
+/// Bytes at the start of a swap area that are its header (the signature page), not paged-out
+/// memory.
+const SWAP_HEADER: u64 = 4096;
+
+/// The problem with a volume that has no file system mkomi reads, if it holds data: such data
+/// was not audited. `None` when it reads as zeros (nothing there), for a fresh swap area (only
+/// its header), and for a BIOS boot partition (GRUB's core image, no files).
+fn unread_volume(src: &mut dyn Source, info: &VolumeInfo) -> Option<String> {
+    if info.partition_type.as_deref() == Some("bios-boot") {
+        return None;
+    }
+    let swap = info.filesystem == Some(FsKind::Swap);
+    let skip = if swap { SWAP_HEADER } else { 0 };
+    if info.size <= skip {
+        return None;
+    }
+    match first_data(src, info.offset + skip, info.size - skip) {
+        Ok(None) => None,
+        Ok(Some(at)) if swap => Some(format!(
+            "swap: holds data past its header (at byte {}): memory paged out by the machine \
+             the image was made from may hold secrets; not audited (recreate it with mkswap)",
+            at - info.offset
+        )),
+        Ok(Some(at)) => {
+            let at = at - info.offset;
+            Some(
+                match signature::ext_backup_superblock(src, info.offset, info.size) {
+                    Some((byte, block)) => format!(
+                        "holds data (from byte {at}) but no file system mkomi recognises; an \
+                         ext2/3/4 backup superblock lies at byte {byte}: the primary superblock \
+                         is damaged but the files are still there (`e2fsck -b {block}` repairs \
+                         it); not audited"
+                    ),
+                    None => format!(
+                        "holds data (from byte {at}) but no file system mkomi recognises; not \
+                         audited"
+                    ),
+                },
+            )
+        }
+        Err(e) => Some(format!("not audited: cannot read it: {e}")),
+    }
+}
+
+/// The offset of the first byte that is not zero in the `len` bytes at `offset` of `src`, or
+/// `None` when they all read as zeros. Holes and unallocated clusters are skipped unread.
+fn first_data(src: &mut dyn Source, offset: u64, len: u64) -> source::Result<Option<u64>> {
+    const CHUNK: u64 = 1 << 20;
+    let end = offset.saturating_add(len).min(src.size());
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = offset;
+    while pos < end {
+        let extent = src.extent(pos, end - pos)?;
+        let run_end = pos.saturating_add(extent.len.max(1)).min(end);
+        if extent.kind == ExtentKind::Data {
+            let mut p = pos;
+            while p < run_end {
+                let n = (run_end - p).min(CHUNK);
+                let chunk = &mut buf[..n as usize];
+                src.read_at(p, chunk)?;
+                if let Some(i) = chunk.iter().position(|&b| b != 0) {
+                    return Ok(Some(p + i as u64));
+                }
+                p += n;
+            }
+        }
+        pos = run_end;
+    }
+    Ok(None)
 }
 
 /// Audits a disk image or every disk of a bundle.
@@ -233,8 +349,28 @@ pub enum Policy {
     Off,
     /// Audit and record the result in the manifest.
     Report,
-    /// Also refuse the image when a finding is at least this severe.
-    Deny(Severity),
+    /// Also refuse the image when a finding is at least severity `at`, and when the audit is
+    /// incomplete unless `allow_incomplete`.
+    Deny {
+        /// The least severity refused.
+        at: Severity,
+        /// Accept an incomplete audit (`--allow-incomplete`).
+        allow_incomplete: bool,
+    },
+}
+
+impl Policy {
+    /// The same policy, an incomplete audit accepted under `deny` when `allow` (the
+    /// `--allow-incomplete` flag); other policies do not refuse anything.
+    pub fn allowing_incomplete(self, allow: bool) -> Policy {
+        match self {
+            Policy::Deny { at, .. } => Policy::Deny {
+                at,
+                allow_incomplete: allow,
+            },
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for Policy {
@@ -242,7 +378,7 @@ impl fmt::Display for Policy {
         match self {
             Policy::Off => f.write_str("off"),
             Policy::Report => f.write_str("report"),
-            Policy::Deny(s) => write!(f, "deny={s}"),
+            Policy::Deny { at, .. } => write!(f, "deny={at}"),
         }
     }
 }
@@ -258,7 +394,10 @@ impl std::str::FromStr for Policy {
             _ => match s.strip_prefix("deny=") {
                 Some(sev) => sev
                     .parse()
-                    .map(Policy::Deny)
+                    .map(|at| Policy::Deny {
+                        at,
+                        allow_incomplete: false,
+                    })
                     .map_err(|e: super::ParseSeverityError| e.to_string()),
                 None => Err(format!(
                     "{s:?}: expected off, report or deny=SEVERITY (info, low, medium, high)"

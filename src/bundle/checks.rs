@@ -1,7 +1,8 @@
 //! What `register` and `build` conclude from inspecting the root disk: the architecture and
 //! boot modes when the user leaves them out, and errors when what the user declares contradicts
 //! the disk (an image tagged with the wrong architecture, or `uefi` without a UEFI loader, never
-//! boots).
+//! boots) or when the disk holds no boot loader at all (an image with no `BootModes` never
+//! boots either).
 
 use super::{Error, Result};
 use crate::inspect::{self, Summary};
@@ -16,6 +17,9 @@ pub struct Checks {
     pub arch: bool,
     /// A declared boot mode must be one the disk supports (`--no-boot-check` turns it off).
     pub boot: bool,
+    /// With no boot mode declared, the root disk must hold a boot loader (`--no-boot-check`
+    /// turns it off with `boot`).
+    pub loader: bool,
 }
 
 impl Default for Checks {
@@ -23,6 +27,7 @@ impl Default for Checks {
         Checks {
             arch: true,
             boot: true,
+            loader: true,
         }
     }
 }
@@ -46,6 +51,14 @@ fn arch_name(a: Architecture) -> &'static str {
     match a {
         Architecture::I386 => "i386",
         Architecture::X86_64 => "x86_64",
+    }
+}
+
+/// The loader UEFI firmware boots from an ESP without boot entries, for `a`.
+fn fallback(a: Architecture) -> &'static str {
+    match a {
+        Architecture::X86_64 => "BOOTX64.EFI",
+        Architecture::I386 => "BOOTIA32.EFI",
     }
 }
 
@@ -108,6 +121,14 @@ pub fn decide(
     };
 
     let boot_modes = if declared_modes.is_empty() {
+        if summary.boot_modes.is_empty() && checks.loader {
+            return Err(fail(format!(
+                "no boot loader found on the root disk: looked for EFI/BOOT/{} on an ESP and for \
+                 MBR boot code or a BIOS boot partition; pass --no-boot-check to register it \
+                 anyway",
+                fallback(architecture)
+            )));
+        }
         summary.boot_modes.clone()
     } else {
         if checks.boot {
@@ -119,10 +140,7 @@ pub fn decide(
                     BootMode::Uefi => format!(
                         "no EFI system partition holds a UEFI loader for {} (EFI/BOOT/{})",
                         arch_name(architecture),
-                        match architecture {
-                            Architecture::X86_64 => "BOOTX64.EFI",
-                            Architecture::I386 => "BOOTIA32.EFI",
-                        }
+                        fallback(architecture)
                     ),
                     BootMode::Legacy => {
                         "the MBR holds no boot code and there is no BIOS boot partition".to_owned()

@@ -59,6 +59,15 @@ pub enum Error {
         /// The findings, summed up in one line.
         reason: String,
     },
+    /// The audit could not read everything that holds data, and the policy denies findings
+    /// without `--allow-incomplete`.
+    #[error("{}: audit: {reason}", path.display())]
+    AuditIncomplete {
+        /// The image's root disk.
+        path: PathBuf,
+        /// What was not audited, in one line.
+        reason: String,
+    },
     /// Something about the bundle itself is wrong.
     #[error("{}: {reason}", path.display())]
     Invalid {
@@ -73,6 +82,11 @@ impl Error {
     /// True when the image was refused by the audit policy.
     pub fn is_audit_denied(&self) -> bool {
         matches!(self, Error::AuditDenied { .. })
+    }
+
+    /// True when the image was refused because its audit was incomplete.
+    pub fn is_audit_incomplete(&self) -> bool {
+        matches!(self, Error::AuditIncomplete { .. })
     }
 
     /// True when the operation stopped because it was interrupted.

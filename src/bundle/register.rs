@@ -386,7 +386,11 @@ pub(crate) fn examine(
                 .map(|(src, v)| audit::audit_source(src, Some(&v.device), &mut report))
                 .collect();
             audit::finish(&mut report);
-            if let Policy::Deny(at) = policy {
+            if let Policy::Deny {
+                at,
+                allow_incomplete,
+            } = policy
+            {
                 let denied: Vec<&audit::Located> = report.at_least(at).collect();
                 if !denied.is_empty() {
                     let first: Vec<String> = denied
@@ -409,6 +413,16 @@ pub(crate) fn examine(
                             "{} finding(s) at or above {at} (--audit {policy}; `mkomi audit` lists them): {}{more}",
                             denied.len(),
                             first.join("; ")
+                        ),
+                    });
+                }
+                // Fail closed: what could not be read may hold what the policy refuses.
+                if let (false, Some(why)) = (allow_incomplete, report.incomplete()) {
+                    return Err(Error::AuditIncomplete {
+                        path: req.root.source.clone(),
+                        reason: format!(
+                            "{why} (--audit {policy} refuses an incomplete audit; \
+                             --allow-incomplete accepts it)"
                         ),
                     });
                 }

@@ -237,6 +237,7 @@ fn slots(table: &PartitionTable, disk_size: u64) -> Vec<VolumeInfo> {
             offset: 0,
             size: disk_size,
             filesystem: None,
+            filesystem_size: None,
         }];
     }
     table
@@ -249,6 +250,7 @@ fn slots(table: &PartitionTable, disk_size: u64) -> Vec<VolumeInfo> {
             offset: p.offset.min(disk_size),
             size: p.size.min(disk_size.saturating_sub(p.offset)),
             filesystem: None,
+            filesystem_size: None,
         })
         .collect()
 }
@@ -290,6 +292,9 @@ pub fn walk(
     for mut info in slots(&table, shared.size) {
         if info.size > 0 {
             info.filesystem = signature::detect(&mut shared, info.offset, info.size);
+            info.filesystem_size = info
+                .filesystem
+                .and_then(|k| signature::size_of(&mut shared, info.offset, info.size, k));
         }
         let name = PathBuf::from(match info.partition {
             Some(n) => format!("{file} partition {n}"),
@@ -329,6 +334,33 @@ pub struct VolumeInfo {
     pub size: u64,
     /// The file system found by its signature.
     pub filesystem: Option<FsKind>,
+    /// The size the file system says it has (ext2/3/4 and FAT), to compare with `size`.
+    #[serde(skip)]
+    pub filesystem_size: Option<u64>,
+}
+
+impl VolumeInfo {
+    /// When the file system says it is larger than the room the disk gives it (a disk cut
+    /// short: a truncated copy or download), one line saying so; `None` otherwise.
+    pub fn short(&self) -> Option<String> {
+        let (kind, claimed) = (self.filesystem?, self.filesystem_size?);
+        if claimed <= self.size {
+            return None;
+        }
+        let room = match self.partition {
+            Some(n) => format!("partition {n} holds"),
+            None => "the disk holds".to_owned(),
+        };
+        Some(format!(
+            "the disk is short: the {} file system is {} ({claimed} bytes), but {room} only {} \
+             ({} bytes) of it; its last {} are missing (a truncated copy?)",
+            kind.name(),
+            human_size(claimed),
+            human_size(self.size),
+            self.size,
+            human_size(claimed - self.size)
+        ))
+    }
 }
 
 /// Inspects one disk; `device` names its mapping in a bundle. Returns the source, to be used
@@ -348,6 +380,10 @@ pub fn inspect_source(src: Box<dyn Source>, device: Option<&str>) -> (DiskReport
             evidence: Vec::new(),
             problems: Vec::new(),
         };
+        // Said first: a short disk explains the read errors that follow.
+        if let Some(line) = v.info.short() {
+            v.problems.push(line);
+        }
         match fs {
             Some(Ok(fs)) => read_volume(fs, &mut v),
             Some(Err(e)) => v.problems.push(e.to_string()),

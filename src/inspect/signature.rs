@@ -128,6 +128,88 @@ pub fn detect_bytes(b: &[u8]) -> Option<FsKind> {
     None
 }
 
+/// The size in bytes the file system of `kind` says it has, from its first bytes (`b`, up to
+/// [`PROBE`]): ext2/3/4 from the superblock's block count and block size, FAT from the boot
+/// sector's sector count and sector size. `None` for other kinds, or when the fields are
+/// missing or make no sense (they are only compared with the room the volume has).
+pub fn declared_size(kind: FsKind, b: &[u8]) -> Option<u64> {
+    let le16 = |off: usize| {
+        b.get(off..off + 2)
+            .map(|x| u64::from(u16::from_le_bytes([x[0], x[1]])))
+    };
+    let le32 = |off: usize| {
+        b.get(off..off + 4)
+            .map(|x| u64::from(u32::from_le_bytes([x[0], x[1], x[2], x[3]])))
+    };
+    match kind {
+        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => {
+            // s_blocks_count_lo at +0x04, s_log_block_size at +0x18, s_feature_incompat at
+            // +0x60 (INCOMPAT_64BIT 0x80 adds s_blocks_count_hi at +0x150).
+            let sb = 1024;
+            let log = le32(sb + 0x18)?;
+            if log > 6 {
+                return None;
+            }
+            let mut blocks = le32(sb + 0x04)?;
+            if le32(sb + 0x60)? & 0x80 != 0 {
+                blocks |= le32(sb + 0x150)? << 32;
+            }
+            blocks.checked_mul(1024 << log)
+        }
+        FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => {
+            // BPB_BytsPerSec at 11, BPB_TotSec16 at 19, else BPB_TotSec32 at 32.
+            let sector = le16(11)?;
+            if !matches!(sector, 512 | 1024 | 2048 | 4096) {
+                return None;
+            }
+            let sectors = match le16(19)? {
+                0 => le32(32)?,
+                n => n,
+            };
+            Some(sectors * sector)
+        }
+        _ => None,
+    }
+}
+
+/// The size the file system of `kind` at `offset` of `source` says it has; see
+/// [`declared_size`]. `None` when unknown or unreadable.
+pub fn size_of(source: &mut dyn Source, offset: u64, len: u64, kind: FsKind) -> Option<u64> {
+    // Both the ext superblock (1024..2048, s_blocks_count_hi at 1024 + 0x150) and the FAT boot
+    // sector lie in the first 2 KiB.
+    let n = len.min(2048).min(source.size().saturating_sub(offset));
+    let mut buf = vec![0u8; usize::try_from(n).ok()?];
+    source.read_at(offset, &mut buf).ok()?;
+    declared_size(kind, &buf)
+}
+
+/// Where an ext2/3/4 backup superblock lies in the `len` bytes at `offset` of `source`: the
+/// byte offset (from `offset`) and the block number `e2fsck -b` takes, when the primary one is
+/// gone. Looks where `mke2fs` puts the first backup (block group 1) for 1, 2 and 4 KiB blocks.
+pub fn ext_backup_superblock(source: &mut dyn Source, offset: u64, len: u64) -> Option<(u64, u64)> {
+    for log in 0..3u32 {
+        let block = 1024u64 << log;
+        // Group 1 starts after 8 × block size blocks; with 1 KiB blocks block 0 is the boot
+        // block, so the first group starts at block 1.
+        let number = 8 * block + u64::from(log == 0);
+        let at = number * block;
+        if at + 1024 > len || offset + at + 1024 > source.size() {
+            continue;
+        }
+        let mut sb = [0u8; 1024];
+        if source.read_at(offset + at, &mut sb).is_err() {
+            continue;
+        }
+        let magic = u16::from_le_bytes([sb[0x38], sb[0x39]]);
+        // s_log_block_size must agree with where the copy was found.
+        let log_found = u32::from_le_bytes([sb[0x18], sb[0x19], sb[0x1a], sb[0x1b]]);
+        if magic == 0xef53 && log_found == log {
+            return Some((at, number));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -194,6 +276,33 @@ mod tests {
             Some(FsKind::Fat12)
         );
         assert_eq!(make(d, "sw", "64M", &["mkswap"]), Some(FsKind::Swap));
+    }
+
+    #[test]
+    fn declared_sizes_are_the_sizes_mkfs_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (name, size, cmd, kind) in [
+            ("e4", 64u64 << 20, &["mkfs.ext4", "-q"][..], FsKind::Ext4),
+            (
+                "e4k",
+                24 << 20,
+                &["mkfs.ext4", "-q", "-b", "1024"],
+                FsKind::Ext4,
+            ),
+            ("e2", 16 << 20, &["mkfs.ext2", "-q"], FsKind::Ext2),
+            ("f32", 64 << 20, &["mkfs.vfat", "-F", "32"], FsKind::Fat32),
+            ("f16", 32 << 20, &["mkfs.vfat", "-F", "16"], FsKind::Fat16),
+            ("f12", 4 << 20, &["mkfs.vfat", "-F", "12"], FsKind::Fat12),
+        ] {
+            assert_eq!(make(d, name, &size.to_string(), cmd), Some(kind));
+            let mut src = RawSource::open(&d.join(name)).unwrap();
+            assert_eq!(size_of(&mut src, 0, size, kind), Some(size), "{name}");
+        }
+        // Swap has no size mkomi compares; short buffers never panic.
+        assert_eq!(declared_size(FsKind::Swap, &[0u8; 4096]), None);
+        assert_eq!(declared_size(FsKind::Ext4, &[0u8; 1100]), None);
+        assert_eq!(declared_size(FsKind::Fat32, &[0u8; 20]), None);
     }
 
     #[test]

@@ -589,6 +589,10 @@ enum GptResult {
     Absent,
 }
 
+/// The largest backup header LBA taken as the end of a disk that was cut short: 2^40 sectors
+/// (512 TiB of 512-byte sectors), beyond any disk mkomi registers.
+const MAX_CUT_LBA: u64 = 1 << 40;
+
 /// Reads and checks the header in `lba`; `Err` with the first fatal problem.
 fn read_header(
     source: &mut dyn Source,
@@ -657,7 +661,26 @@ fn read_header(
         ));
     }
     let last = sectors.saturating_sub(1);
-    if h.first_usable > h.last_usable || h.last_usable > last {
+    // A primary header that describes a larger disk, consistently (its backup in the last LBA
+    // of that disk, past the usable range): this disk was cut short, a truncated copy. Its
+    // partitions are still listed, so what lies in the part that is left is still read.
+    let cut_short = lba == 1
+        && h.first_usable <= h.last_usable
+        && h.last_usable > last
+        && h.last_usable < h.alternate_lba
+        && h.alternate_lba <= MAX_CUT_LBA;
+    if cut_short {
+        let claimed = h.alternate_lba.saturating_add(1).saturating_mul(ss);
+        problems.push(format!(
+            "the disk is short: the primary GPT header describes a disk of {} ({claimed} bytes, \
+             backup header at LBA {}), but this one has {} ({size} bytes); its last {} are \
+             missing (a truncated copy?)",
+            super::human_size(claimed),
+            h.alternate_lba,
+            super::human_size(size),
+            super::human_size(claimed.saturating_sub(size))
+        ));
+    } else if h.first_usable > h.last_usable || h.last_usable > last {
         return Err(format!(
             "{which} GPT header: usable range LBA {}..={} is not inside the disk (last LBA {last})",
             h.first_usable, h.last_usable
@@ -701,7 +724,7 @@ fn read_header(
             h.entries_lba, array_end, h.first_usable, h.last_usable
         ));
     }
-    if h.first_usable <= 1 || (h.last_usable >= last && last > 0) {
+    if h.first_usable <= 1 || (h.last_usable >= last && last > 0 && !cut_short) {
         problems.push(format!(
             "{which} GPT header: usable range LBA {}..={} covers a GPT header",
             h.first_usable, h.last_usable
@@ -1583,6 +1606,54 @@ mod tests {
         assert_eq!(t.scheme, Scheme::Mbr);
         assert_eq!(t.partitions.len(), 1);
         assert!(has(&t, &["stale GPT"]), "{:?}", t.problems);
+    }
+
+    #[test]
+    fn disk_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = planned();
+        let path = write_table(&dir, &table);
+        let cut = table.disk_size - 3 * MIB;
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let t = inspect(&path);
+        // The primary GPT is still used: the partitions are listed, and the disk said short.
+        assert_eq!(t.scheme, Scheme::Gpt);
+        assert_eq!(
+            t.partitions.len(),
+            table.partitions.len(),
+            "{:?}",
+            t.problems
+        );
+        assert!(
+            has(
+                &t,
+                &[
+                    "the disk is short: the primary GPT header describes a disk of",
+                    &format!("but this one has {}", crate::inspect::human_size(cut)),
+                    "its last 3.0 MiB are missing"
+                ]
+            ),
+            "{:?}",
+            t.problems
+        );
+        assert!(!has(&t, &["covers a GPT header"]), "{:?}", t.problems);
+        // A usable range past the end that no larger disk explains is still refused.
+        let path = write_table(&dir, &table);
+        patch_header(&path, 1, |h| {
+            h[48..56].copy_from_slice(&(1u64 << 50).to_le_bytes())
+        });
+        let t = inspect(&path);
+        assert!(
+            has(&t, &["primary GPT header", "usable range"]),
+            "{:?}",
+            t.problems
+        );
+        assert!(!has(&t, &["the disk is short"]), "{:?}", t.problems);
     }
 
     #[test]

@@ -147,6 +147,11 @@ impl LaunchRequirements {
 pub struct AuditSummary {
     /// The policy applied: `report`, or `deny=SEVERITY`.
     pub policy: String,
+    /// Whether every disk, partition and file system that holds data was audited: false when
+    /// there are `problems`. Absent from manifests of mkomi versions that did not check, which
+    /// read as false: such an audit is not known to be complete.
+    #[serde(default)]
+    pub complete: bool,
     /// Findings per severity (`high`, `medium`, `low`, `info`).
     pub counts: std::collections::BTreeMap<String, u64>,
     /// Each finding.
