@@ -426,6 +426,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                 creation_epoch: now,
                 now,
                 sync: true,
+                checks: Default::default(),
             };
             done(
                 image::import(&mut store, &req, progress).map(|(i, _)| i),

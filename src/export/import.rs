@@ -22,6 +22,7 @@ use crate::audit::image::Policy;
 use crate::bundle::checks::Checks;
 use crate::bundle::register::{self, TempDir, Volume};
 use crate::bundle::{SUMS_FILE, sums};
+use crate::copy;
 use crate::manifest::{Architecture, DiskFormat, Manifest, VolumeType, rules};
 use crate::progress::Progress;
 use crate::source::{self, OpenOptions, Source};
@@ -29,7 +30,10 @@ use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 /// Largest `SHA256SUMS` or mkomi manifest fetched beside an export manifest.
@@ -68,6 +72,9 @@ pub struct Request {
     pub now: i64,
     /// fsync the bundle.
     pub sync: bool,
+    /// The checks of the disks against the image's fields: the importer's own, never the
+    /// package's (its `ChecksSkipped` records what its maker chose, and a package is untrusted).
+    pub checks: Checks,
 }
 
 /// What `import` did.
@@ -173,8 +180,11 @@ impl Origin {
     }
 
     /// Opens the object of a snapshot: its pre-signed URL when it has one, else its `Filename`
-    /// beside the manifest.
-    fn object(&self, snap: &Snapshot) -> Result<Box<dyn Read + Send>> {
+    /// beside the manifest. Returns it with its (compressed) size.
+    fn object(&self, snap: &Snapshot) -> Result<(Box<dyn Read + Send>, u64)> {
+        fn sized<R: Read + Send + 'static>(r: R, size: u64) -> (Box<dyn Read + Send>, u64) {
+            (Box::new(r), size)
+        }
         if let Some(url) = &snap.pre_signed_url {
             if let Some(rest) = url.strip_prefix("s3://") {
                 let config = match self {
@@ -183,9 +193,13 @@ impl Origin {
                 };
                 let location = s3::Location::parse(&format!("s3://{rest}"))?;
                 let client = s3::Client::new(&config, &location.bucket)?;
-                return Ok(Box::new(client.get_stream(&location.key)?));
+                let r = client.get_stream(&location.key)?;
+                let size = r.size();
+                return Ok(sized(r, size));
             }
-            return Ok(Box::new(s3::get_url(url)?));
+            let r = s3::get_url(url)?;
+            let size = r.size();
+            return Ok(sized(r, size));
         }
         match self {
             Origin::Local(p) => {
@@ -194,20 +208,21 @@ impl Origin {
                 if !meta.is_file() {
                     return Err(bad(&path.display().to_string(), "not a regular file"));
                 }
-                Ok(Box::new(
-                    File::open(&path).map_err(io(&path, "cannot open"))?,
-                ))
+                let f = File::open(&path).map_err(io(&path, "cannot open"))?;
+                Ok(sized(f, meta.len()))
             }
             Origin::S3 { location, config } => {
                 let client = s3::Client::new(config, &location.bucket)?;
-                Ok(Box::new(
-                    client.get_stream(&sibling(&location.key, &snap.filename))?,
-                ))
+                let r = client.get_stream(&sibling(&location.key, &snap.filename))?;
+                let size = r.size();
+                Ok(sized(r, size))
             }
             Origin::Http(url) => {
                 let base = url.split('?').next().unwrap_or(url);
                 let dir = base.rsplit_once('/').map_or(base, |(d, _)| d);
-                Ok(Box::new(s3::get_url(&format!("{dir}/{}", snap.filename))?))
+                let r = s3::get_url(&format!("{dir}/{}", snap.filename))?;
+                let size = r.size();
+                Ok(sized(r, size))
             }
         }
     }
@@ -258,10 +273,31 @@ fn volume_type(s: &str) -> VolumeType {
 }
 
 /// Imports the package: see the module documentation.
-pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
+///
+/// Once `cancel` is set (Ctrl-C), the import stops at the next chunk of data, or at once while it
+/// waits for a server, with [`copy::Error::Interrupted`], and the work directory is removed with
+/// all it holds (the decompressed disks).
+pub fn import(
+    req: &Request,
+    progress: &Progress,
+    cancel: Option<&'static AtomicBool>,
+) -> Result<Report> {
+    let result = run(req, progress, cancel);
+    // By now the work directory is gone, whatever stopped the import: an error seen after
+    // Ctrl-C (a download cut short, a closed channel) is the interruption.
+    match result {
+        Err(_) if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) => {
+            Err(copy::Error::Interrupted.into())
+        }
+        other => other,
+    }
+}
+
+fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) -> Result<Report> {
     let started = Instant::now();
     let what = req.origin.describe();
-    let em_bytes = req.origin.manifest()?;
+    let origin = req.origin.clone();
+    let em_bytes = interruptible(cancel, move || origin.manifest())?;
     let em = ExportManifest::parse(&em_bytes).map_err(|e| bad(&what, e))?;
     for s in &em.image.snapshots {
         if let Some(expiry) = s.pre_signed_url.as_deref().and_then(presigned_expiry)
@@ -277,7 +313,8 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             ));
         }
     }
-    let sums = match req.origin.side_file(SUMS_FILE)? {
+    let origin = req.origin.clone();
+    let sums = match interruptible(cancel, move || origin.side_file(SUMS_FILE))? {
         Some(bytes) => {
             Some(sums::parse(&bytes).map_err(|e| bad(&format!("{what}: {SUMS_FILE}"), e))?)
         }
@@ -295,7 +332,8 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             ));
         }
     }
-    let mkomi = match req.origin.side_file(MKOMI_MANIFEST)? {
+    let origin = req.origin.clone();
+    let mkomi = match interruptible(cancel, move || origin.side_file(MKOMI_MANIFEST))? {
         Some(bytes) => {
             let m = Manifest::parse(&bytes)
                 .map_err(|e| bad(&format!("{what}: {MKOMI_MANIFEST}"), e))?;
@@ -331,14 +369,32 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
     if req.output.symlink_metadata().is_ok() && !req.force {
         return Err(Error::Exists(req.output.clone()));
     }
+
+    // Each object is opened (its size learnt) before anything is written, so that an import
+    // that cannot fit is refused first.
+    let mut objects = Vec::with_capacity(em.image.snapshots.len());
+    for s in &em.image.snapshots {
+        let (origin, snap) = (req.origin.clone(), s.clone());
+        objects.push(interruptible(cancel, move || origin.object(&snap))?);
+    }
+    let need = space_needed(req.format, &em, mkomi.as_ref(), &objects);
+    let free = free_space(&parent)?;
+    if need > free {
+        return Err(Error::Invalid(format!(
+            "{}: the import needs {need} bytes, but its file system has {free} bytes free",
+            req.output.display()
+        )));
+    }
+
     let work = WorkDir(parent.join(format!(".{out_name}.mkomi-{}.import", std::process::id())));
     std::fs::create_dir(&work.0).map_err(io(&work.0, "cannot create"))?;
 
     let mut received = Vec::new();
     let mut volumes = Vec::new();
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    for (i, s) in em.image.snapshots.iter().enumerate() {
+    for (i, (s, (object, _))) in em.image.snapshots.iter().zip(objects).enumerate() {
         let format = s.format().unwrap_or(ObjectFormat::Raw);
+        let open: incoming::Opener = Box::new(move || Ok(object));
         let disk = mkomi
             .as_ref()
             .and_then(|m| m.disks.iter().find(|d| d.device_name == s.device));
@@ -352,46 +408,37 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
         let got = std::sync::Arc::new(std::sync::Mutex::new(None));
         let source: Box<dyn Source> = match format {
             ObjectFormat::Raw => {
-                let (size, expect) = match disk {
-                    Some(d) => (
-                        d.virtual_size,
-                        Expect {
-                            exact: true,
-                            size_from: MKOMI_MANIFEST.to_owned(),
-                            sha256: listed,
-                        },
-                    ),
-                    None => (
-                        s.size,
-                        Expect {
-                            exact: false,
-                            size_from: EXPORT_MANIFEST.to_owned(),
-                            sha256: listed,
-                        },
-                    ),
+                // A raw object holds the whole disk: the size mkomi's manifest gives, else the
+                // volume's (`Size`), as Outscale's own raw exports do.
+                let (size, size_from) = match disk {
+                    Some(d) => (d.virtual_size, MKOMI_MANIFEST.to_owned()),
+                    None => (s.size, format!("the Size in {EXPORT_MANIFEST}")),
                 };
                 if size == 0 {
                     return Err(bad(&s.filename, "an empty disk"));
                 }
-                let (origin, snap) = (req.origin.clone(), s.clone());
+                let expect = Expect {
+                    size_from,
+                    sha256: listed,
+                };
                 Box::new(RawStream::new(
                     &s.filename,
                     size,
                     expect,
-                    Box::new(move || origin.object(&snap)),
+                    open,
                     got.clone(),
+                    cancel,
                 ))
             }
             ObjectFormat::Qcow2 => {
-                // A raw object is at most the volume; a qcow2 one adds its metadata (well under
-                // 1/64 of the volume at 64 KiB clusters) to the data it holds. Each object gets
-                // its own directory: a backing file it names finds nothing there but itself.
-                let max = s.size.saturating_add(s.size / 64).saturating_add(64 << 20);
+                // Each object gets its own directory: a backing file it names finds nothing
+                // there but itself.
+                let max = qcow2_object_max(s.size);
                 let dir = work.0.join(i.to_string());
                 std::fs::create_dir(&dir).map_err(io(&dir, "cannot create"))?;
                 let path = dir.join(s.filename.trim_end_matches(".gz"));
                 let task = progress.task(&s.filename);
-                let (_, sha) = incoming::spool(req.origin.object(s)?, &s.filename, &path, max)
+                let (_, sha) = incoming::spool(open, &s.filename, &path, max, cancel)
                     .map_err(|e| in_object(e, &s.filename))?;
                 task.finish();
                 if let Some(h) = listed
@@ -481,18 +528,9 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             .as_ref()
             .map(|m| m.image.boot_modes.clone())
             .unwrap_or_default(),
-        // The checks the package's registration skipped stay skipped: the disks are the same.
-        checks: {
-            let skipped = mkomi
-                .as_ref()
-                .and_then(|m| m.inspection.as_ref())
-                .map(|i| i.checks_skipped.clone())
-                .unwrap_or_default();
-            Checks {
-                arch: !skipped.iter().any(|c| c == "arch"),
-                boot: !skipped.iter().any(|c| c == "boot-mode"),
-            }
-        },
+        // The importer's checks: a package's `ChecksSkipped` is its maker's word, and the
+        // package is untrusted.
+        checks: req.checks,
         audit: Policy::Report,
         root,
         extra: volumes.collect(),
@@ -500,7 +538,7 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
         creation_epoch: req.creation_epoch,
         sync: req.sync,
     };
-    let mut report = register::register_streamed(&request, sources, progress, None)?;
+    let mut report = register::register_streamed(&request, sources, progress, cancel)?;
     if let Some(m) = &mkomi {
         for (new, old) in report.manifest.disks.iter().zip(&m.disks) {
             if new.content_digest != old.content_digest {
@@ -534,6 +572,93 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             .collect(),
         elapsed: started.elapsed(),
     })
+}
+
+/// The most a qcow2 object of a `size`-byte volume may decompress to: the disk's data and the
+/// qcow2's metadata (well under 1/64 of the volume at 64 KiB clusters).
+fn qcow2_object_max(size: u64) -> u64 {
+    size.saturating_add(size / 64).saturating_add(64 << 20)
+}
+
+/// The bytes an import will write at the least into the output's file system, from what the
+/// manifests declare and the objects' compressed sizes (see the README, "import").
+///
+/// A raw output holds each disk at its declared size (mkomi's manifest's, else `Size`). A qcow2
+/// output, and the work copy of a qcow2 object, hold only what is not zeros, which no manifest
+/// declares; for them the bound is the least an object can hold that is not zeros: deflate
+/// codes a run of zeros in less than 1 byte per 128 (13 bits per 258-byte match even with its
+/// fixed codes), so an object of `c` compressed bytes that decompresses to at most `d` bytes
+/// holds at least `c - d / 128` bytes that are not zeros.
+fn space_needed(
+    format: DiskFormat,
+    em: &ExportManifest,
+    mkomi: Option<&Manifest>,
+    objects: &[(Box<dyn Read + Send>, u64)],
+) -> u64 {
+    let mut need = 0u64;
+    for (s, (_, compressed)) in em.image.snapshots.iter().zip(objects) {
+        let disk = mkomi
+            .and_then(|m| m.disks.iter().find(|d| d.device_name == s.device))
+            .map_or(s.size, |d| d.virtual_size);
+        let qcow2 = s.format() == Some(ObjectFormat::Qcow2);
+        let out_max = if qcow2 {
+            qcow2_object_max(s.size)
+        } else {
+            disk
+        };
+        let least = compressed.saturating_sub(out_max / 128);
+        need = need.saturating_add(match format {
+            DiskFormat::Raw => disk,
+            DiskFormat::Qcow2 => least,
+        });
+        if qcow2 {
+            need = need.saturating_add(least);
+        }
+    }
+    need
+}
+
+/// The bytes free for an unprivileged user on the file system of `dir`.
+fn free_space(dir: &Path) -> Result<u64> {
+    let f = File::open(dir).map_err(io(dir, "cannot open"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: fstatvfs on a descriptor we own writes only into `st`, which it fills on success.
+    let r = unsafe { libc::fstatvfs(f.as_raw_fd(), st.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io(dir, "cannot measure the free space")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fstatvfs succeeded, so `st` is filled.
+    let st = unsafe { st.assume_init() };
+    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+}
+
+/// Runs `f` (a request to a server) on its own thread, so that a set `cancel` stops the wait at
+/// once, whatever the server does.
+fn interruptible<T: Send + 'static>(
+    cancel: Option<&'static AtomicBool>,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let Some(flag) = cancel else {
+        return f();
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => return r,
+            Err(RecvTimeoutError::Timeout) if flag.load(Ordering::Relaxed) => {
+                return Err(copy::Error::Interrupted.into());
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::Invalid("a request stopped without an answer".into()));
+            }
+        }
+    }
 }
 
 /// Names the object in an error about it.
