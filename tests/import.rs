@@ -54,9 +54,12 @@ fn export_manifest(snaps: &[(&str, &str, u64)]) -> Value {
            "Type": "machine", "ProductTypes": ["0001"], "Public": false, "Snapshots": snaps}})
 }
 
+/// A request's `Range`: its first byte, and its last when given.
+type Range = Option<(usize, Option<usize>)>;
+
 /// Reads one request's line and headers: its path and `Range` (start, end); `None` at the end
 /// of the connection.
-fn request(reader: &mut BufReader<TcpStream>) -> Option<(String, Option<(usize, Option<usize>)>)> {
+fn request(reader: &mut BufReader<TcpStream>) -> Option<(String, Range)> {
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
         return None;
@@ -81,9 +84,7 @@ fn request(reader: &mut BufReader<TcpStream>) -> Option<(String, Option<(usize, 
 
 /// A minimal HTTP/1.1 server on 127.0.0.1: each request of each connection is given to
 /// `answer` with its path (query removed) and range; returns the base URL.
-fn serve(
-    answer: impl Fn(&str, Option<(usize, Option<usize>)>, &mut TcpStream) + Send + Sync + 'static,
-) -> String {
+fn serve(answer: impl Fn(&str, Range, &mut TcpStream) + Send + Sync + 'static) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let answer = Arc::new(answer);

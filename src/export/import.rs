@@ -5,7 +5,9 @@
 //! [`ExportManifest::parse`](super::manifest::ExportManifest::parse)); expired pre-signed URLs are
 //! reported with their expiry. Each object is streamed — download, SHA-256 of the compressed
 //! bytes, gunzip, a bound on the decompressed size (a gzip bomb, or an object larger than its
-//! declared `Size`, stops there). A raw object goes straight into the copy engine as it arrives
+//! declared `Size`, stops there). A raw object must decompress to exactly its disk's size: a
+//! gzip file cut at a member boundary is still valid gzip, and only its length shows the cut.
+//! Before anything is written the import is refused if it cannot fit (see [`space_needed`]). A raw object goes straight into the copy engine as it arrives
 //! (see [`incoming`]): download to bundle in one pass, the disks inspected and audited from the
 //! bundle's files afterwards. A qcow2 object, whose tables may follow its data (mkomi's own do),
 //! cannot be read in one pass: it lands in a sparse work file, which the copy engine then reads
@@ -631,7 +633,7 @@ fn free_space(dir: &Path) -> Result<u64> {
     }
     // SAFETY: fstatvfs succeeded, so `st` is filled.
     let st = unsafe { st.assume_init() };
-    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Runs `f` (a request to a server) on its own thread, so that a set `cancel` stops the wait at

@@ -515,6 +515,49 @@ mod tests {
         assert!(e.starts_with("obj.raw.gz: cannot decompress"), "{e}");
     }
 
+    /// A server that never answers.
+    struct Stalled(std::sync::mpsc::Receiver<()>);
+
+    impl Read for Stalled {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_set_cancel_ends_a_wait_for_a_stalled_download() {
+        static CANCEL: AtomicBool = AtomicBool::new(true);
+        let (keep, rx) = std::sync::mpsc::channel::<()>();
+        let mut s = RawStream::new(
+            "obj.raw.gz",
+            8192,
+            Expect {
+                size_from: "the manifest".into(),
+                sha256: None,
+            },
+            Box::new(move || Ok(Box::new(Stalled(rx)) as Box<dyn Read + Send>)),
+            Arc::new(Mutex::new(None)),
+            Some(&CANCEL),
+        );
+        let mut buf = [0u8; 512];
+        let e = s.read_at(0, &mut buf).unwrap_err().to_string();
+        assert_eq!(e, "obj.raw.gz: interrupted");
+
+        let (keep2, rx) = std::sync::mpsc::channel::<()>();
+        let path = tempfile::tempdir().unwrap();
+        let e = spool(
+            Box::new(move || Ok(Box::new(Stalled(rx)) as Box<dyn Read + Send>)),
+            "obj.qcow2.gz",
+            &path.path().join("obj.qcow2"),
+            8192,
+            Some(&CANCEL),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Copy(copy::Error::Interrupted)), "{e}");
+        drop((keep, keep2));
+    }
+
     #[test]
     fn reads_out_of_order_are_refused() {
         let d = data(8192);
