@@ -7,7 +7,8 @@
 //! bytes, gunzip, a bound on the decompressed size (a gzip bomb, or an object larger than its
 //! declared `Size`, stops there). A raw object must decompress to exactly its disk's size: a
 //! gzip file cut at a member boundary is still valid gzip, and only its length shows the cut.
-//! Before anything is written the import is refused if it cannot fit (see [`space_needed`]). A raw object goes straight into the copy engine as it arrives
+//! Before anything is written the import is refused if it cannot fit in the free space of the
+//! output's file system. A raw object goes straight into the copy engine as it arrives
 //! (see [`incoming`]): download to bundle in one pass, the disks inspected and audited from the
 //! bundle's files afterwards. A qcow2 object, whose tables may follow its data (mkomi's own do),
 //! cannot be read in one pass: it lands in a sparse work file, which the copy engine then reads
@@ -587,10 +588,13 @@ fn qcow2_object_max(size: u64) -> u64 {
 ///
 /// A raw output holds each disk at its declared size (mkomi's manifest's, else `Size`). A qcow2
 /// output, and the work copy of a qcow2 object, hold only what is not zeros, which no manifest
-/// declares; for them the bound is the least an object can hold that is not zeros: deflate
-/// codes a run of zeros in less than 1 byte per 128 (13 bits per 258-byte match even with its
-/// fixed codes), so an object of `c` compressed bytes that decompresses to at most `d` bytes
-/// holds at least `c - d / 128` bytes that are not zeros.
+/// declares; for them the bound is the least an object can hold that is not zeros, so that the
+/// import is refused only when it cannot fit. Deflate codes a run of zeros in less than 1 byte
+/// per 128 (a 258-byte match at distance 1 takes 13 bits even with the fixed codes), and never
+/// grows other data by more than its block and member headers (well under 1/1024), so an
+/// object of `c` compressed bytes that decompresses to at most `d` bytes holds at least
+/// `c - c / 1024 - d / 128` bytes that are not zeros. (An encoder that stored zeros as literals
+/// would make this bound too high; no gzip tool does.)
 fn space_needed(
     format: DiskFormat,
     em: &ExportManifest,
@@ -608,7 +612,9 @@ fn space_needed(
         } else {
             disk
         };
-        let least = compressed.saturating_sub(out_max / 128);
+        let least = compressed
+            .saturating_sub(compressed / 1024)
+            .saturating_sub(out_max / 128);
         need = need.saturating_add(match format {
             DiskFormat::Raw => disk,
             DiskFormat::Qcow2 => least,
@@ -668,5 +674,61 @@ fn in_object(e: Error, name: &str) -> Error {
     match e {
         Error::Invalid(m) if !m.contains(name) => Error::Invalid(format!("{name}: {m}")),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_needed_is_the_disks_for_raw_and_the_least_not_zeros_for_qcow2() {
+        const MIB: u64 = 1 << 20;
+        let em = ExportManifest::parse(
+            serde_json::json!({
+                "Version": 1,
+                "Image": {
+                    "Name": "web", "Architecture": "x86_64", "Type": "machine",
+                    "ProductTypes": ["0001"], "Public": false,
+                    "Snapshots": [
+                        {"DeleteOnTermination": true, "Device": "/dev/sda1",
+                         "Filename": "sda1.raw.gz", "Iops": null, "PreSignedUrl": null,
+                         "Size": 1024 * MIB, "VolumeType": "standard"},
+                        {"DeleteOnTermination": true, "Device": "/dev/sdb",
+                         "Filename": "sdb.qcow2.gz", "Iops": null, "PreSignedUrl": null,
+                         "Size": 2048 * MIB, "VolumeType": "standard"}
+                    ]
+                }
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let objects = || -> Vec<(Box<dyn Read + Send>, u64)> {
+            vec![
+                (Box::new(std::io::empty()), 100 * MIB),
+                (Box::new(std::io::empty()), 300 * MIB),
+            ]
+        };
+        // Raw: the root disk whole (1 GiB), plus the qcow2 object's work copy.
+        let qcow2_least = 300 * MIB - 300 * MIB / 1024 - qcow2_object_max(2048 * MIB) / 128;
+        assert_eq!(
+            space_needed(DiskFormat::Raw, &em, None, &objects()),
+            1024 * MIB + 2048 * MIB + qcow2_least
+        );
+        // qcow2: what the objects hold at least that is not zeros, the qcow2 one twice.
+        let raw_least = 100 * MIB - 100 * MIB / 1024 - 1024 * MIB / 128;
+        assert_eq!(
+            space_needed(DiskFormat::Qcow2, &em, None, &objects()),
+            raw_least + 2 * qcow2_least
+        );
+        // Objects that are mostly zeros need nothing from the bound.
+        let tiny = || -> Vec<(Box<dyn Read + Send>, u64)> {
+            vec![
+                (Box::new(std::io::empty()), MIB),
+                (Box::new(std::io::empty()), MIB),
+            ]
+        };
+        assert_eq!(space_needed(DiskFormat::Qcow2, &em, None, &tiny()), 0);
     }
 }
