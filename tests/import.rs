@@ -460,10 +460,10 @@ fn a_package_s_own_checks_skipped_does_not_turn_checks_off() {
     );
 }
 
-/// Starts an import of `url` into `out`, waits until the object is held half-sent and some
-/// file under the output's parent holds at least 4 MiB, sends SIGINT, and requires exit 130 and
-/// nothing left in the parent.
-fn interrupt(url: &str, out: &Path, reached: &mpsc::Receiver<()>) {
+/// Starts an import of `url` into `out`, waits until the object is held half-sent and (when
+/// `data`) some file under the output's parent holds at least 4 MiB, sends SIGINT, and requires
+/// exit 130 and nothing left in the parent.
+fn interrupt(url: &str, out: &Path, reached: &mpsc::Receiver<()>, data: bool) {
     let child = mkomi()
         .args(["import", url, "-o", s(out), "-q"])
         .stdout(Stdio::piped())
@@ -475,7 +475,7 @@ fn interrupt(url: &str, out: &Path, reached: &mpsc::Receiver<()>) {
         .expect("the object was never requested");
     let parent = out.parent().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    while data {
         let files = files_under(parent);
         if files.iter().any(|(_, l)| *l >= 4 * MIB) {
             break;
@@ -521,6 +521,17 @@ fn ctrl_c_during_an_import_removes_its_work_directory() {
             &format!("{base}/manifest.json"),
             &out_parent.join("back"),
             &reached,
+            true,
         );
+        // A server that stalls in the middle of the manifest: Ctrl-C ends the wait.
+        if format == "raw" {
+            let (base, reached, _go) = gated_http(d.path().join("pkg-raw"), "manifest.json", 10);
+            interrupt(
+                &format!("{base}/manifest.json"),
+                &out_parent.join("back"),
+                &reached,
+                false,
+            );
+        }
     }
 }
