@@ -475,9 +475,9 @@ fn interrupt(url: &str, out: &Path, reached: &mpsc::Receiver<()>, data: bool) {
         .expect("the object was never requested");
     let parent = out.parent().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while data {
+    loop {
         let files = files_under(parent);
-        if files.iter().any(|(_, l)| *l >= 4 * MIB) {
+        if !data || files.iter().any(|(_, l)| *l >= 4 * MIB) {
             break;
         }
         assert!(Instant::now() < deadline, "no data arrived: {files:?}");
