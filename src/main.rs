@@ -489,6 +489,13 @@ struct ImportArgs {
     /// Skip fsync before the final rename.
     #[arg(long)]
     no_sync: bool,
+    /// Import even when the manifest's Architecture contradicts the binaries on the root disk
+    /// (the package's own ChecksSkipped never turns a check off).
+    #[arg(long)]
+    no_arch_check: bool,
+    /// Import even when a boot mode of the package is not one the disk supports.
+    #[arg(long)]
+    no_boot_check: bool,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -652,8 +659,10 @@ fn main() -> ExitCode {
     };
     // Commands that poll the flag stop cleanly on Ctrl-C (their temporary files removed, exit
     // 130); the others are ended by SIGINT as by a crash, which their outputs survive.
-    let polls = matches!(cli.command, Command::Register(_) | Command::Build(_))
-        || store_cmd::polls_cancel(&cli.command);
+    let polls = matches!(
+        cli.command,
+        Command::Register(_) | Command::Build(_) | Command::Import(_)
+    ) || store_cmd::polls_cancel(&cli.command);
     if polls {
         let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::Relaxed));
     }
@@ -1009,8 +1018,14 @@ fn run_import(a: ImportArgs, progress: &Progress, json: bool) -> ExitCode {
         creation_epoch: epoch,
         now,
         sync: !a.no_sync,
+        checks: Checks {
+            arch: !a.no_arch_check,
+            boot: !a.no_boot_check,
+            // Import sets its own: see import::run.
+            loader: false,
+        },
     };
-    match import::import(&req, progress) {
+    match import::import(&req, progress, Some(&CANCEL)) {
         Ok(r) => {
             if !json {
                 let checked = match (r.sums_checked, r.digests_checked) {
@@ -1027,6 +1042,10 @@ fn run_import(a: ImportArgs, progress: &Progress, json: bool) -> ExitCode {
                 }
             }
             report(Ok(r.bundle), json)
+        }
+        Err(e) if e.is_interrupted() => {
+            eprintln!("mkomi: interrupted; nothing was written");
+            ExitCode::from(EXIT_INTERRUPTED)
         }
         Err(e) => fail(&e),
     }

@@ -501,6 +501,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                 creation_epoch: now,
                 now,
                 sync: true,
+                checks: Default::default(),
             };
             let r = image::import(&mut store, &req, progress).map(|(i, _)| i);
             settle(store, &r);

@@ -193,6 +193,8 @@ fn directory_round_trip() {
 
 /// Copies the package `pkg` to `name` with the export manifest edited by `edit`, without
 /// mkomi's manifest (which would refuse the edit by itself), and SHA256SUMS updated for it.
+/// A raw root object is given its disk's size as `Size` first: without mkomi's manifest, a raw
+/// object must hold its whole volume.
 fn edited(pkg: &Path, name: &str, edit: impl Fn(&mut Value)) -> PathBuf {
     let dir = pkg.with_file_name(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -200,8 +202,13 @@ fn edited(pkg: &Path, name: &str, edit: impl Fn(&mut Value)) -> PathBuf {
     for e in entries(pkg) {
         std::fs::copy(pkg.join(&e), dir.join(&e)).unwrap();
     }
+    let mm = json(&dir.join("mkomi-manifest.json"));
     std::fs::remove_file(dir.join("mkomi-manifest.json")).unwrap();
     let mut m = json(&dir.join("manifest.json"));
+    let root = &mut m["Image"]["Snapshots"][0];
+    if root["Filename"].as_str().unwrap().ends_with(".raw.gz") {
+        root["Size"] = mm["Disks"][0]["VirtualSize"].clone();
+    }
     edit(&mut m);
     let bytes = serde_json::to_vec(&m).unwrap();
     std::fs::write(dir.join("manifest.json"), &bytes).unwrap();
@@ -848,6 +855,14 @@ fn a_raw_object_is_imported_in_one_pass_as_it_downloads() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("noise.img");
     std::fs::write(&img, noise(48 * MIB as usize, 7)).unwrap();
+    // A disk the size of its volume, 1 GiB (48 MiB of noise, zeros after): a raw object through
+    // a bare URL must hold the whole volume.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
     let b = d.path().join("omi");
     ok(&[
         "register",
@@ -912,7 +927,7 @@ fn a_raw_object_is_imported_in_one_pass_as_it_downloads() {
     );
     ok(&["verify", s(&back), "-q"]);
     // Through a bare URL neither SHA256SUMS nor mkomi's manifest is reachable: the disk is the
-    // volume's Size (1 GiB), the object's data followed by zeros.
+    // volume's Size (1 GiB), all of it in the object.
     let m = manifest(&back);
     assert_eq!(m["Disks"][0]["VirtualSize"], 1u64 << 30);
     tool(

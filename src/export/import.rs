@@ -5,7 +5,10 @@
 //! [`ExportManifest::parse`](super::manifest::ExportManifest::parse)); expired pre-signed URLs are
 //! reported with their expiry. Each object is streamed — download, SHA-256 of the compressed
 //! bytes, gunzip, a bound on the decompressed size (a gzip bomb, or an object larger than its
-//! declared `Size`, stops there). A raw object goes straight into the copy engine as it arrives
+//! declared `Size`, stops there). A raw object must decompress to exactly its disk's size: a
+//! gzip file cut at a member boundary is still valid gzip, and only its length shows the cut.
+//! Before anything is written the import is refused if it cannot fit in the free space of the
+//! output's file system. A raw object goes straight into the copy engine as it arrives
 //! (see [`incoming`]): download to bundle in one pass, the disks inspected and audited from the
 //! bundle's files afterwards. A qcow2 object, whose tables may follow its data (mkomi's own do),
 //! cannot be read in one pass: it lands in a sparse work file, which the copy engine then reads
@@ -22,6 +25,7 @@ use crate::audit::image::Policy;
 use crate::bundle::checks::Checks;
 use crate::bundle::register::{self, TempDir, Volume};
 use crate::bundle::{SUMS_FILE, sums};
+use crate::copy;
 use crate::manifest::{Architecture, DiskFormat, Manifest, VolumeType, rules};
 use crate::progress::Progress;
 use crate::source::{self, OpenOptions, Source};
@@ -29,7 +33,10 @@ use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 /// Largest `SHA256SUMS` or mkomi manifest fetched beside an export manifest.
@@ -68,6 +75,9 @@ pub struct Request {
     pub now: i64,
     /// fsync the bundle.
     pub sync: bool,
+    /// The checks of the disks against the image's fields: the importer's own, never the
+    /// package's (its `ChecksSkipped` records what its maker chose, and a package is untrusted).
+    pub checks: Checks,
 }
 
 /// What `import` did.
@@ -173,8 +183,11 @@ impl Origin {
     }
 
     /// Opens the object of a snapshot: its pre-signed URL when it has one, else its `Filename`
-    /// beside the manifest.
-    fn object(&self, snap: &Snapshot) -> Result<Box<dyn Read + Send>> {
+    /// beside the manifest. Returns it with its (compressed) size.
+    fn object(&self, snap: &Snapshot) -> Result<(Box<dyn Read + Send>, u64)> {
+        fn sized<R: Read + Send + 'static>(r: R, size: u64) -> (Box<dyn Read + Send>, u64) {
+            (Box::new(r), size)
+        }
         if let Some(url) = &snap.pre_signed_url {
             if let Some(rest) = url.strip_prefix("s3://") {
                 let config = match self {
@@ -183,9 +196,13 @@ impl Origin {
                 };
                 let location = s3::Location::parse(&format!("s3://{rest}"))?;
                 let client = s3::Client::new(&config, &location.bucket)?;
-                return Ok(Box::new(client.get_stream(&location.key)?));
+                let r = client.get_stream(&location.key)?;
+                let size = r.size();
+                return Ok(sized(r, size));
             }
-            return Ok(Box::new(s3::get_url(url)?));
+            let r = s3::get_url(url)?;
+            let size = r.size();
+            return Ok(sized(r, size));
         }
         match self {
             Origin::Local(p) => {
@@ -194,20 +211,21 @@ impl Origin {
                 if !meta.is_file() {
                     return Err(bad(&path.display().to_string(), "not a regular file"));
                 }
-                Ok(Box::new(
-                    File::open(&path).map_err(io(&path, "cannot open"))?,
-                ))
+                let f = File::open(&path).map_err(io(&path, "cannot open"))?;
+                Ok(sized(f, meta.len()))
             }
             Origin::S3 { location, config } => {
                 let client = s3::Client::new(config, &location.bucket)?;
-                Ok(Box::new(
-                    client.get_stream(&sibling(&location.key, &snap.filename))?,
-                ))
+                let r = client.get_stream(&sibling(&location.key, &snap.filename))?;
+                let size = r.size();
+                Ok(sized(r, size))
             }
             Origin::Http(url) => {
                 let base = url.split('?').next().unwrap_or(url);
                 let dir = base.rsplit_once('/').map_or(base, |(d, _)| d);
-                Ok(Box::new(s3::get_url(&format!("{dir}/{}", snap.filename))?))
+                let r = s3::get_url(&format!("{dir}/{}", snap.filename))?;
+                let size = r.size();
+                Ok(sized(r, size))
             }
         }
     }
@@ -258,10 +276,31 @@ fn volume_type(s: &str) -> VolumeType {
 }
 
 /// Imports the package: see the module documentation.
-pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
+///
+/// Once `cancel` is set (Ctrl-C), the import stops at the next chunk of data, or at once while it
+/// waits for a server, with [`copy::Error::Interrupted`], and the work directory is removed with
+/// all it holds (the decompressed disks).
+pub fn import(
+    req: &Request,
+    progress: &Progress,
+    cancel: Option<&'static AtomicBool>,
+) -> Result<Report> {
+    let result = run(req, progress, cancel);
+    // By now the work directory is gone, whatever stopped the import: an error seen after
+    // Ctrl-C (a download cut short, a closed channel) is the interruption.
+    match result {
+        Err(_) if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) => {
+            Err(copy::Error::Interrupted.into())
+        }
+        other => other,
+    }
+}
+
+fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) -> Result<Report> {
     let started = Instant::now();
     let what = req.origin.describe();
-    let em_bytes = req.origin.manifest()?;
+    let origin = req.origin.clone();
+    let em_bytes = interruptible(cancel, move || origin.manifest())?;
     let em = ExportManifest::parse(&em_bytes).map_err(|e| bad(&what, e))?;
     for s in &em.image.snapshots {
         if let Some(expiry) = s.pre_signed_url.as_deref().and_then(presigned_expiry)
@@ -277,7 +316,8 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             ));
         }
     }
-    let sums = match req.origin.side_file(SUMS_FILE)? {
+    let origin = req.origin.clone();
+    let sums = match interruptible(cancel, move || origin.side_file(SUMS_FILE))? {
         Some(bytes) => {
             Some(sums::parse(&bytes).map_err(|e| bad(&format!("{what}: {SUMS_FILE}"), e))?)
         }
@@ -295,7 +335,8 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             ));
         }
     }
-    let mkomi = match req.origin.side_file(MKOMI_MANIFEST)? {
+    let origin = req.origin.clone();
+    let mkomi = match interruptible(cancel, move || origin.side_file(MKOMI_MANIFEST))? {
         Some(bytes) => {
             let m = Manifest::parse(&bytes)
                 .map_err(|e| bad(&format!("{what}: {MKOMI_MANIFEST}"), e))?;
@@ -331,14 +372,32 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
     if req.output.symlink_metadata().is_ok() && !req.force {
         return Err(Error::Exists(req.output.clone()));
     }
+
+    // Each object is opened (its size learnt) before anything is written, so that an import
+    // that cannot fit is refused first.
+    let mut objects = Vec::with_capacity(em.image.snapshots.len());
+    for s in &em.image.snapshots {
+        let (origin, snap) = (req.origin.clone(), s.clone());
+        objects.push(interruptible(cancel, move || origin.object(&snap))?);
+    }
+    let need = space_needed(req.format, &em, mkomi.as_ref(), &objects);
+    let free = free_space(&parent)?;
+    if need > free {
+        return Err(Error::Invalid(format!(
+            "{}: the import needs {need} bytes, but its file system has {free} bytes free",
+            req.output.display()
+        )));
+    }
+
     let work = WorkDir(parent.join(format!(".{out_name}.mkomi-{}.import", std::process::id())));
     std::fs::create_dir(&work.0).map_err(io(&work.0, "cannot create"))?;
 
     let mut received = Vec::new();
     let mut volumes = Vec::new();
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    for (i, s) in em.image.snapshots.iter().enumerate() {
+    for (i, (s, (object, _))) in em.image.snapshots.iter().zip(objects).enumerate() {
         let format = s.format().unwrap_or(ObjectFormat::Raw);
+        let open: incoming::Opener = Box::new(move || Ok(object));
         let disk = mkomi
             .as_ref()
             .and_then(|m| m.disks.iter().find(|d| d.device_name == s.device));
@@ -352,46 +411,37 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
         let got = std::sync::Arc::new(std::sync::Mutex::new(None));
         let source: Box<dyn Source> = match format {
             ObjectFormat::Raw => {
-                let (size, expect) = match disk {
-                    Some(d) => (
-                        d.virtual_size,
-                        Expect {
-                            exact: true,
-                            size_from: MKOMI_MANIFEST.to_owned(),
-                            sha256: listed,
-                        },
-                    ),
-                    None => (
-                        s.size,
-                        Expect {
-                            exact: false,
-                            size_from: EXPORT_MANIFEST.to_owned(),
-                            sha256: listed,
-                        },
-                    ),
+                // A raw object holds the whole disk: the size mkomi's manifest gives, else the
+                // volume's (`Size`), as Outscale's own raw exports do.
+                let (size, size_from) = match disk {
+                    Some(d) => (d.virtual_size, MKOMI_MANIFEST.to_owned()),
+                    None => (s.size, format!("the Size in {EXPORT_MANIFEST}")),
                 };
                 if size == 0 {
                     return Err(bad(&s.filename, "an empty disk"));
                 }
-                let (origin, snap) = (req.origin.clone(), s.clone());
+                let expect = Expect {
+                    size_from,
+                    sha256: listed,
+                };
                 Box::new(RawStream::new(
                     &s.filename,
                     size,
                     expect,
-                    Box::new(move || origin.object(&snap)),
+                    open,
                     got.clone(),
+                    cancel,
                 ))
             }
             ObjectFormat::Qcow2 => {
-                // A raw object is at most the volume; a qcow2 one adds its metadata (well under
-                // 1/64 of the volume at 64 KiB clusters) to the data it holds. Each object gets
-                // its own directory: a backing file it names finds nothing there but itself.
-                let max = s.size.saturating_add(s.size / 64).saturating_add(64 << 20);
+                // Each object gets its own directory: a backing file it names finds nothing
+                // there but itself.
+                let max = qcow2_object_max(s.size);
                 let dir = work.0.join(i.to_string());
                 std::fs::create_dir(&dir).map_err(io(&dir, "cannot create"))?;
                 let path = dir.join(s.filename.trim_end_matches(".gz"));
                 let task = progress.task(&s.filename);
-                let (_, sha) = incoming::spool(req.origin.object(s)?, &s.filename, &path, max)
+                let (_, sha) = incoming::spool(open, &s.filename, &path, max, cancel)
                     .map_err(|e| in_object(e, &s.filename))?;
                 task.finish();
                 if let Some(h) = listed
@@ -481,20 +531,13 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
             .as_ref()
             .map(|m| m.image.boot_modes.clone())
             .unwrap_or_default(),
-        // The checks the package's registration skipped stay skipped: the disks are the same.
-        checks: {
-            let skipped = mkomi
-                .as_ref()
-                .and_then(|m| m.inspection.as_ref())
-                .map(|i| i.checks_skipped.clone())
-                .unwrap_or_default();
-            Checks {
-                arch: !skipped.iter().any(|c| c == "arch"),
-                boot: !skipped.iter().any(|c| c == "boot-mode"),
-                // The package is an image that exists already (an Outscale export lists no
-                // BootModes): import reproduces it, and records the boot modes found.
-                loader: false,
-            }
+        // The importer's checks: a package's `ChecksSkipped` is its maker's word, and the
+        // package is untrusted. A boot loader is not required: the package is an image that
+        // exists already (an Outscale export lists no BootModes), and import records the boot
+        // modes it finds.
+        checks: Checks {
+            loader: false,
+            ..req.checks
         },
         audit: Policy::Report,
         root,
@@ -503,7 +546,7 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
         creation_epoch: req.creation_epoch,
         sync: req.sync,
     };
-    let mut report = register::register_streamed(&request, sources, progress, None)?;
+    let mut report = register::register_streamed(&request, sources, progress, cancel)?;
     if let Some(m) = &mkomi {
         for (new, old) in report.manifest.disks.iter().zip(&m.disks) {
             if new.content_digest != old.content_digest {
@@ -539,10 +582,158 @@ pub fn import(req: &Request, progress: &Progress) -> Result<Report> {
     })
 }
 
+/// The most a qcow2 object of a `size`-byte volume may decompress to: the disk's data and the
+/// qcow2's metadata (well under 1/64 of the volume at 64 KiB clusters).
+fn qcow2_object_max(size: u64) -> u64 {
+    size.saturating_add(size / 64).saturating_add(64 << 20)
+}
+
+/// The bytes an import will write at the least into the output's file system, from what the
+/// manifests declare and the objects' compressed sizes (see the README, "import").
+///
+/// A raw output holds each disk at its declared size (mkomi's manifest's, else `Size`). A qcow2
+/// output, and the work copy of a qcow2 object, hold only what is not zeros, which no manifest
+/// declares; for them the bound is the least an object can hold that is not zeros, so that the
+/// import is refused only when it cannot fit. Deflate codes a run of zeros in less than 1 byte
+/// per 128 (a 258-byte match at distance 1 takes 13 bits even with the fixed codes), and never
+/// grows other data by more than its block and member headers (well under 1/1024), so an
+/// object of `c` compressed bytes that decompresses to at most `d` bytes holds at least
+/// `c - c / 1024 - d / 128` bytes that are not zeros. (An encoder that stored zeros as literals
+/// would make this bound too high; no gzip tool does.)
+fn space_needed(
+    format: DiskFormat,
+    em: &ExportManifest,
+    mkomi: Option<&Manifest>,
+    objects: &[(Box<dyn Read + Send>, u64)],
+) -> u64 {
+    let mut need = 0u64;
+    for (s, (_, compressed)) in em.image.snapshots.iter().zip(objects) {
+        let disk = mkomi
+            .and_then(|m| m.disks.iter().find(|d| d.device_name == s.device))
+            .map_or(s.size, |d| d.virtual_size);
+        let qcow2 = s.format() == Some(ObjectFormat::Qcow2);
+        let out_max = if qcow2 {
+            qcow2_object_max(s.size)
+        } else {
+            disk
+        };
+        let least = compressed
+            .saturating_sub(compressed / 1024)
+            .saturating_sub(out_max / 128);
+        need = need.saturating_add(match format {
+            DiskFormat::Raw => disk,
+            DiskFormat::Qcow2 => least,
+        });
+        if qcow2 {
+            need = need.saturating_add(least);
+        }
+    }
+    need
+}
+
+/// The bytes free for an unprivileged user on the file system of `dir`.
+fn free_space(dir: &Path) -> Result<u64> {
+    let f = File::open(dir).map_err(io(dir, "cannot open"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: fstatvfs on a descriptor we own writes only into `st`, which it fills on success.
+    let r = unsafe { libc::fstatvfs(f.as_raw_fd(), st.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io(dir, "cannot measure the free space")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fstatvfs succeeded, so `st` is filled.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Runs `f` (a request to a server) on its own thread, so that a set `cancel` stops the wait at
+/// once, whatever the server does.
+fn interruptible<T: Send + 'static>(
+    cancel: Option<&'static AtomicBool>,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let Some(flag) = cancel else {
+        return f();
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => return r,
+            Err(RecvTimeoutError::Timeout) if flag.load(Ordering::Relaxed) => {
+                return Err(copy::Error::Interrupted.into());
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::Invalid("a request stopped without an answer".into()));
+            }
+        }
+    }
+}
+
 /// Names the object in an error about it.
 fn in_object(e: Error, name: &str) -> Error {
     match e {
         Error::Invalid(m) if !m.contains(name) => Error::Invalid(format!("{name}: {m}")),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_needed_is_the_disks_for_raw_and_the_least_not_zeros_for_qcow2() {
+        const MIB: u64 = 1 << 20;
+        let em = ExportManifest::parse(
+            serde_json::json!({
+                "Version": 1,
+                "Image": {
+                    "Name": "web", "Architecture": "x86_64", "Type": "machine",
+                    "ProductTypes": ["0001"], "Public": false,
+                    "Snapshots": [
+                        {"DeleteOnTermination": true, "Device": "/dev/sda1",
+                         "Filename": "sda1.raw.gz", "Iops": null, "PreSignedUrl": null,
+                         "Size": 1024 * MIB, "VolumeType": "standard"},
+                        {"DeleteOnTermination": true, "Device": "/dev/sdb",
+                         "Filename": "sdb.qcow2.gz", "Iops": null, "PreSignedUrl": null,
+                         "Size": 2048 * MIB, "VolumeType": "standard"}
+                    ]
+                }
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let objects = || -> Vec<(Box<dyn Read + Send>, u64)> {
+            vec![
+                (Box::new(std::io::empty()), 100 * MIB),
+                (Box::new(std::io::empty()), 300 * MIB),
+            ]
+        };
+        // Raw: the root disk whole (1 GiB), plus the qcow2 object's work copy.
+        let qcow2_least = 300 * MIB - 300 * MIB / 1024 - qcow2_object_max(2048 * MIB) / 128;
+        assert_eq!(
+            space_needed(DiskFormat::Raw, &em, None, &objects()),
+            1024 * MIB + 2048 * MIB + qcow2_least
+        );
+        // qcow2: what the objects hold at least that is not zeros, the qcow2 one twice.
+        let raw_least = 100 * MIB - 100 * MIB / 1024 - 1024 * MIB / 128;
+        assert_eq!(
+            space_needed(DiskFormat::Qcow2, &em, None, &objects()),
+            raw_least + 2 * qcow2_least
+        );
+        // Objects that are mostly zeros need nothing from the bound.
+        let tiny = || -> Vec<(Box<dyn Read + Send>, u64)> {
+            vec![
+                (Box::new(std::io::empty()), MIB),
+                (Box::new(std::io::empty()), MIB),
+            ]
+        };
+        assert_eq!(space_needed(DiskFormat::Qcow2, &em, None, &tiny()), 0);
     }
 }

@@ -9,6 +9,7 @@
 //! that inflating overlaps the engine's hashing and writing.
 
 use super::{Error, Result};
+use crate::copy;
 use crate::source::{self, Extent, ExtentKind, Source};
 use crate::util::{IO_CHUNK, hex, is_zero};
 use flate2::read::MultiGzDecoder;
@@ -17,16 +18,16 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Granule of the sparse work files: zero runs of this size become holes.
 const GRANULE: usize = 4096;
 /// Decompressed chunks queued between the download thread and the engine.
 const AHEAD: usize = 4;
-/// Longest data extent a stream reports. Once the data has ended, the rest of the disk is
-/// reported as zeros; the engine asks again at least this often, so at most this much of the
-/// zero tail is read as data.
+/// Longest data extent a stream reports (the whole disk is data, as it is not known yet).
 const EXTENT: u64 = 64 << 20;
 
 /// Opens an object for reading, on the download thread.
@@ -82,47 +83,119 @@ fn too_large(name: &str, max: u64) -> Error {
     ))
 }
 
-/// Decompresses `object` into a sparse file at `path`, refusing more than `max` bytes out;
-/// returns the decompressed length and the compressed bytes' SHA-256.
+/// Decompresses the object `open` opens into a sparse file at `path`, refusing more than `max`
+/// bytes out; returns the decompressed length and the compressed bytes' SHA-256. The download
+/// runs on its own thread, so that a `cancel` set while it waits (a server that stalls) stops
+/// the spool at once with [`copy::Error::Interrupted`].
 pub fn spool(
-    object: Box<dyn Read + Send>,
+    open: Opener,
     name: &str,
     path: &Path,
     max: u64,
+    cancel: Option<&AtomicBool>,
 ) -> Result<(u64, String)> {
-    let mut counted = Counted {
-        inner: object,
-        hash: Sha256::new(),
-        len: 0,
-        max: max_compressed(max),
-    };
     let io = |what| {
         let path = path.to_owned();
         move |source| Error::Io { path, what, source }
     };
     let file = File::create(path).map_err(io("cannot create"))?;
-    let mut gz = MultiGzDecoder::new(&mut counted);
-    let mut buf = vec![0u8; IO_CHUNK];
+    let rx = download(open, name.to_owned(), max);
     let mut pos = 0u64;
     loop {
-        let filled = fill(&mut gz, &mut buf, name)?;
-        if filled == 0 {
-            break;
+        let msg = match receive(&rx, cancel) {
+            Ok(m) => m,
+            Err(Stop::Cancelled) => return Err(copy::Error::Interrupted.into()),
+            Err(Stop::Gone) => {
+                return Err(Error::Invalid(format!("{name}: the download stopped")));
+            }
+        };
+        match msg {
+            Msg::Data(buf) => {
+                for (i, g) in buf.chunks(GRANULE).enumerate() {
+                    if !is_zero(g) {
+                        file.write_all_at(g, pos + (i * GRANULE) as u64)
+                            .map_err(io("cannot write"))?;
+                    }
+                }
+                pos += buf.len() as u64;
+            }
+            Msg::End(len, sha) => {
+                file.set_len(len).map_err(io("cannot write"))?;
+                return Ok((len, sha));
+            }
+            Msg::Failed(m) => return Err(Error::Invalid(m)),
         }
-        if pos + filled as u64 > max {
-            return Err(too_large(name, max));
-        }
-        for (i, g) in buf[..filled].chunks(GRANULE).enumerate() {
-            if !is_zero(g) {
-                file.write_all_at(g, pos + (i * GRANULE) as u64)
-                    .map_err(io("cannot write"))?;
+    }
+}
+
+/// Why no message came from a download thread.
+enum Stop {
+    /// `cancel` was set.
+    Cancelled,
+    /// The thread ended without its last message.
+    Gone,
+}
+
+/// How often a wait for the download polls `cancel`.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The next message of a download, or why there is none.
+fn receive(rx: &Receiver<Msg>, cancel: Option<&AtomicBool>) -> std::result::Result<Msg, Stop> {
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(m) => return Ok(m),
+            Err(RecvTimeoutError::Disconnected) => return Err(Stop::Gone),
+            Err(RecvTimeoutError::Timeout) => {
+                if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    return Err(Stop::Cancelled);
+                }
             }
         }
-        pos += filled as u64;
     }
-    file.set_len(pos).map_err(io("cannot write"))?;
-    drop(gz);
-    Ok((pos, hex(&counted.hash.finalize())))
+}
+
+/// Starts a thread that opens the object, counts and hashes its compressed bytes, gunzips them
+/// and sends the data in chunks, at most [`AHEAD`] of them waiting, refusing more than `max`
+/// bytes out; its last message is [`Msg::End`] or [`Msg::Failed`]. It stops when the receiver
+/// is dropped.
+fn download(open: Opener, name: String, max: u64) -> Receiver<Msg> {
+    let (tx, rx) = sync_channel(AHEAD);
+    std::thread::spawn(move || {
+        let run = || -> Result<(u64, String)> {
+            let mut counted = Counted {
+                inner: open()?,
+                hash: Sha256::new(),
+                len: 0,
+                max: max_compressed(max),
+            };
+            let mut gz = MultiGzDecoder::new(&mut counted);
+            let mut total = 0u64;
+            loop {
+                let mut buf = vec![0u8; IO_CHUNK];
+                let n = fill(&mut gz, &mut buf, &name)?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                if total > max {
+                    return Err(too_large(&name, max));
+                }
+                buf.truncate(n);
+                if tx.send(Msg::Data(buf)).is_err() {
+                    // The reader stopped: nothing more is wanted.
+                    return Ok((total, String::new()));
+                }
+            }
+            drop(gz);
+            Ok((total, hex(&counted.hash.finalize())))
+        };
+        let last = match run() {
+            Ok((len, sha)) => Msg::End(len, sha),
+            Err(e) => Msg::Failed(e.to_string()),
+        };
+        let _ = tx.send(last);
+    });
+    rx
 }
 
 /// What the download thread sends.
@@ -133,13 +206,13 @@ enum Msg {
     Failed(String),
 }
 
-/// How a raw stream must end.
+/// How a raw stream must end. Its data is exactly the disk's size, whoever says it: a gzip
+/// object cut at a member boundary is a valid gzip file, and its length is the only sign of
+/// the cut.
 #[derive(Clone, Debug)]
 pub struct Expect {
-    /// The data is exactly the disk's size (mkomi's manifest says it); otherwise it may be
-    /// shorter, the rest of the volume reading as zeros (Outscale's `Size` is the volume's).
-    pub exact: bool,
-    /// Who says how large the disk is, for messages.
+    /// Who says how large the disk is, for messages (`mkomi-manifest.json`, `manifest.json's
+    /// Size`).
     pub size_from: String,
     /// The compressed object's SHA-256 as `SHA256SUMS` lists it.
     pub sha256: Option<String>,
@@ -157,21 +230,25 @@ pub struct RawStream {
     used: usize,
     /// Bytes handed to the engine.
     pos: u64,
-    /// Where the data ended, once it has.
-    end: Option<u64>,
+    /// Whether the object has ended (and passed its checks).
+    ended: bool,
     received: Arc<Mutex<Option<String>>>,
+    /// Polled while the engine waits for the download.
+    cancel: Option<&'static AtomicBool>,
 }
 
 impl RawStream {
     /// A disk of `size` bytes from the object `open` opens (named `name`), checked as `expect`
     /// says. The object is opened on first read. The compressed SHA-256 is put in `received`
-    /// once the object has ended and passed every check.
+    /// once the object has ended and passed every check. A read waiting for the download fails
+    /// ("interrupted") once `cancel` is set.
     pub fn new(
         name: &str,
         size: u64,
         expect: Expect,
         open: Opener,
         received: Arc<Mutex<Option<String>>>,
+        cancel: Option<&'static AtomicBool>,
     ) -> Self {
         RawStream {
             name: PathBuf::from(name),
@@ -182,8 +259,9 @@ impl RawStream {
             chunk: Vec::new(),
             used: 0,
             pos: 0,
-            end: None,
+            ended: false,
             received,
+            cancel,
         }
     }
 
@@ -194,75 +272,31 @@ impl RawStream {
         }
     }
 
-    /// Starts the download thread.
-    fn start(&mut self) -> Receiver<Msg> {
-        let (tx, rx) = sync_channel(AHEAD);
-        let open = self.open.take();
-        let (name, max) = (self.name.display().to_string(), self.size);
-        std::thread::spawn(move || {
-            let run = || -> Result<(u64, String)> {
-                let open = open.ok_or_else(|| Error::Invalid(format!("{name}: read twice")))?;
-                let mut counted = Counted {
-                    inner: open()?,
-                    hash: Sha256::new(),
-                    len: 0,
-                    max: max_compressed(max),
-                };
-                let mut gz = MultiGzDecoder::new(&mut counted);
-                let mut total = 0u64;
-                loop {
-                    let mut buf = vec![0u8; IO_CHUNK];
-                    let n = fill(&mut gz, &mut buf, &name)?;
-                    if n == 0 {
-                        break;
-                    }
-                    total += n as u64;
-                    if total > max {
-                        return Err(too_large(&name, max));
-                    }
-                    buf.truncate(n);
-                    if tx.send(Msg::Data(buf)).is_err() {
-                        // The engine stopped: nothing more is wanted.
-                        return Ok((total, String::new()));
-                    }
-                }
-                drop(gz);
-                Ok((total, hex(&counted.hash.finalize())))
-            };
-            let last = match run() {
-                Ok((len, sha)) => Msg::End(len, sha),
-                Err(e) => Msg::Failed(e.to_string()),
-            };
-            let _ = tx.send(last);
-        });
-        rx
-    }
-
     /// The next message from the download thread.
     fn next(&mut self) -> source::Result<Msg> {
-        if self.rx.is_none() {
-            self.rx = Some(self.start());
-        }
-        match self.rx.as_ref().map(|rx| rx.recv()) {
-            Some(Ok(m)) => Ok(m),
-            _ => Err(self.invalid("the download stopped")),
+        let rx = match &self.rx {
+            Some(rx) => rx,
+            None => {
+                let open = self.open.take().ok_or_else(|| self.invalid("read twice"))?;
+                let name = self.name.display().to_string();
+                self.rx.insert(download(open, name, self.size))
+            }
+        };
+        match receive(rx, self.cancel) {
+            Ok(m) => Ok(m),
+            Err(Stop::Cancelled) => Err(self.invalid("interrupted")),
+            Err(Stop::Gone) => Err(self.invalid("the download stopped")),
         }
     }
 
     /// Checks the object once it has ended at `len` bytes with compressed SHA-256 `sha`.
     fn ended(&mut self, len: u64, sha: String) -> source::Result<()> {
-        if len < self.size {
-            if self.expect.exact {
-                return Err(self.invalid(format!(
-                    "decompresses to {len} bytes, but {} says the disk has {}",
-                    self.expect.size_from, self.size
-                )));
-            }
-            if len == 0 || !len.is_multiple_of(512) {
-                return Err(self.invalid(format!(
-                    "decompresses to {len} bytes: not a whole number of 512-byte sectors"
-                )));
-            }
+        if len != self.size {
+            return Err(self.invalid(format!(
+                "decompresses to {len} bytes, but {} says the disk has {}: the object is cut \
+                 short",
+                self.expect.size_from, self.size
+            )));
         }
         if let Some(listed) = &self.expect.sha256
             && *listed != sha
@@ -272,7 +306,7 @@ impl RawStream {
                 crate::bundle::SUMS_FILE
             )));
         }
-        self.end = Some(len);
+        self.ended = true;
         if let Ok(mut r) = self.received.lock() {
             *r = Some(sha);
         }
@@ -286,15 +320,11 @@ impl Source for RawStream {
     }
 
     fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<Extent> {
-        let kind = match self.end {
-            Some(end) if offset >= end => ExtentKind::Zero,
-            _ => ExtentKind::Data,
-        };
-        let len = match kind {
-            ExtentKind::Zero => max_len,
-            ExtentKind::Data => max_len.min(EXTENT),
-        };
-        Ok(Extent { offset, len, kind })
+        Ok(Extent {
+            offset,
+            len: max_len.min(EXTENT),
+            kind: ExtentKind::Data,
+        })
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> source::Result<()> {
@@ -304,12 +334,11 @@ impl Source for RawStream {
                 self.pos
             )));
         }
+        if self.ended || buf.len() as u64 > self.size - offset.min(self.size) {
+            return Err(self.invalid(format!("read past the end of the disk at {offset}")));
+        }
         let mut at = 0;
         while at < buf.len() {
-            if self.end.is_some() {
-                buf[at..].fill(0);
-                break;
-            }
             if self.used == self.chunk.len() {
                 match self.next()? {
                     Msg::Data(d) => {
@@ -331,7 +360,7 @@ impl Source for RawStream {
         }
         self.pos += buf.len() as u64;
         // The last byte of the disk: the object must end here, and match its checksums.
-        if self.pos == self.size && self.end.is_none() {
+        if self.pos == self.size {
             if self.used < self.chunk.len() {
                 return Err(self.invalid(format!(
                     "decompresses to more than {} bytes: a gzip bomb, or a wrong Size",
@@ -389,17 +418,17 @@ mod tests {
         e.finish().unwrap()
     }
 
-    fn stream(object: Vec<u8>, size: u64, exact: bool, sha: Option<String>) -> RawStream {
+    fn stream(object: Vec<u8>, size: u64, sha: Option<String>) -> RawStream {
         RawStream::new(
             "obj.raw.gz",
             size,
             Expect {
-                exact,
                 size_from: "the manifest".into(),
                 sha256: sha,
             },
             Box::new(move || Ok(Box::new(std::io::Cursor::new(object)) as Box<dyn Read + Send>)),
             Arc::new(Mutex::new(None)),
+            None,
         )
     }
 
@@ -432,7 +461,7 @@ mod tests {
         let object = gz(&d);
         let sha = hex(&Sha256::digest(&object));
         for step in [4096, IO_CHUNK, 3 * IO_CHUNK] {
-            let mut s = stream(object.clone(), d.len() as u64, true, Some(sha.clone()));
+            let mut s = stream(object.clone(), d.len() as u64, Some(sha.clone()));
             let received = s.received.clone();
             assert_eq!(read_all(&mut s, step).unwrap(), d);
             assert_eq!(received.lock().unwrap().as_deref(), Some(sha.as_str()));
@@ -440,57 +469,99 @@ mod tests {
     }
 
     #[test]
-    fn a_short_object_reads_as_zeros_to_the_volume_size_unless_exact() {
+    fn an_object_shorter_than_its_disk_is_refused() {
         let d = data(8192);
-        let mut s = stream(gz(&d), 1 << 20, false, None);
-        let got = read_all(&mut s, 4096).unwrap();
-        assert_eq!(&got[..8192], &d[..]);
-        assert!(got[8192..].iter().all(|&b| b == 0));
-        assert_eq!(got.len(), 1 << 20);
-
-        let mut s = stream(gz(&d), 1 << 20, true, None);
+        // Two gzip members, cut after the first: still valid gzip, one member short.
+        let whole = [gz(&d[..4096]), gz(&d[4096..])].concat();
+        let mut s = stream(whole, 8192, None);
+        assert_eq!(read_all(&mut s, 4096).unwrap(), d);
+        for step in [512, 4096] {
+            let mut s = stream(gz(&d[..4096]), 8192, None);
+            let e = read_all(&mut s, step).unwrap_err().to_string();
+            assert!(
+                e.contains("decompresses to 4096 bytes, but the manifest says the disk has 8192"),
+                "{e}"
+            );
+        }
+        let mut s = stream(gz(&d), 1 << 20, None);
         let e = read_all(&mut s, 4096).unwrap_err().to_string();
-        assert!(
-            e.contains("decompresses to 8192 bytes, but the manifest says the disk has 1048576"),
-            "{e}"
-        );
-
-        let mut s = stream(gz(&d[..1000]), 1 << 20, false, None);
-        let e = read_all(&mut s, 4096).unwrap_err().to_string();
-        assert!(e.contains("512-byte sectors"), "{e}");
+        assert!(e.contains("decompresses to 8192 bytes"), "{e}");
     }
 
     #[test]
     fn long_objects_wrong_checksums_and_containers_are_refused() {
         let d = data(8192);
         for step in [4096, 8192] {
-            let mut s = stream(gz(&d), 4096, false, None);
+            let mut s = stream(gz(&d), 4096, None);
             let e = read_all(&mut s, step).unwrap_err().to_string();
             assert!(e.contains("decompresses to more than 4096 bytes"), "{e}");
         }
-        let mut s = stream(gz(&d), 8192, true, Some("00".repeat(32)));
+        let mut s = stream(gz(&d), 8192, Some("00".repeat(32)));
         let e = read_all(&mut s, 4096).unwrap_err().to_string();
         assert!(e.starts_with("obj.raw.gz: SHA-256 "), "{e}");
         assert!(e.contains("differs from SHA256SUMS's 0000"), "{e}");
 
         let mut q = data(8192);
         q[..4].copy_from_slice(b"QFI\xfb");
-        let mut s = stream(gz(&q), 8192, true, None);
+        let mut s = stream(gz(&q), 8192, None);
         let e = read_all(&mut s, 4096).unwrap_err().to_string();
         assert!(
             e.contains("declared raw, but the data is a qcow2 image"),
             "{e}"
         );
 
-        let mut s = stream(b"plain bytes".to_vec(), 8192, true, None);
+        let mut s = stream(b"plain bytes".to_vec(), 8192, None);
         let e = read_all(&mut s, 4096).unwrap_err().to_string();
         assert!(e.starts_with("obj.raw.gz: cannot decompress"), "{e}");
+    }
+
+    /// A server that never answers.
+    struct Stalled(std::sync::mpsc::Receiver<()>);
+
+    impl Read for Stalled {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_set_cancel_ends_a_wait_for_a_stalled_download() {
+        static CANCEL: AtomicBool = AtomicBool::new(true);
+        let (keep, rx) = std::sync::mpsc::channel::<()>();
+        let mut s = RawStream::new(
+            "obj.raw.gz",
+            8192,
+            Expect {
+                size_from: "the manifest".into(),
+                sha256: None,
+            },
+            Box::new(move || Ok(Box::new(Stalled(rx)) as Box<dyn Read + Send>)),
+            Arc::new(Mutex::new(None)),
+            Some(&CANCEL),
+        );
+        let mut buf = [0u8; 512];
+        let e = s.read_at(0, &mut buf).unwrap_err().to_string();
+        assert_eq!(e, "obj.raw.gz: interrupted");
+
+        let (keep2, rx) = std::sync::mpsc::channel::<()>();
+        let path = tempfile::tempdir().unwrap();
+        let e = spool(
+            Box::new(move || Ok(Box::new(Stalled(rx)) as Box<dyn Read + Send>)),
+            "obj.qcow2.gz",
+            &path.path().join("obj.qcow2"),
+            8192,
+            Some(&CANCEL),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Copy(copy::Error::Interrupted)), "{e}");
+        drop((keep, keep2));
     }
 
     #[test]
     fn reads_out_of_order_are_refused() {
         let d = data(8192);
-        let mut s = stream(gz(&d), 8192, true, None);
+        let mut s = stream(gz(&d), 8192, None);
         let mut buf = [0u8; 512];
         let e = s.read_at(512, &mut buf).unwrap_err().to_string();
         assert!(e.contains("out of order"), "{e}");

@@ -32,8 +32,8 @@ pub struct ExportManifest {
 pub struct ExportImage {
     /// `ImageName`.
     pub name: String,
-    /// `Description`.
-    #[serde(default)]
+    /// `Description`; left out when there is none, as in Outscale's manifests (never `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// `x86_64` or `i386`.
     pub architecture: String,
@@ -112,8 +112,20 @@ impl ExportManifest {
                 bytes.len()
             ));
         }
-        let m: ExportManifest =
+        let doc: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| format!("not an export manifest: {e}"))?;
+        // Each snapshot is read field by field first, so that a bad value is named by its
+        // snapshot and field rather than by serde's line and column.
+        if let Some(snaps) = doc.pointer("/Image/Snapshots").and_then(|v| v.as_array()) {
+            for (i, s) in snaps.iter().enumerate() {
+                check_snapshot_fields(s).map_err(|reason| {
+                    let device = s.get("Device").and_then(|d| d.as_str()).unwrap_or("?");
+                    format!("Snapshots[{i}] ({device}): {reason}")
+                })?;
+            }
+        }
+        let m: ExportManifest =
+            serde_json::from_value(doc).map_err(|e| format!("not an export manifest: {e}"))?;
         if m.version != VERSION {
             return Err(format!(
                 "Version {}; mkomi reads Version {VERSION}",
@@ -171,6 +183,51 @@ impl ExportManifest {
         }
         rules::mappings(snaps.iter().map(|s| s.device.as_str())).map_err(|e| e.to_string())?;
         Ok(m)
+    }
+}
+
+/// Checks the type of each field of one snapshot of a manifest: the error names the field.
+fn check_snapshot_fields(s: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let obj = s
+        .as_object()
+        .ok_or_else(|| format!("{}: not an object", shown(s)))?;
+    let field = |name: &str| obj.get(name).unwrap_or(&Value::Null);
+    for name in ["Device", "Filename", "VolumeType"] {
+        if !field(name).is_string() {
+            return Err(format!("{name}: {} is not a string", shown(field(name))));
+        }
+    }
+    if !field("DeleteOnTermination").is_boolean() {
+        let v = shown(field("DeleteOnTermination"));
+        return Err(format!("DeleteOnTermination: {v} is not true or false"));
+    }
+    if field("Size").as_u64().is_none() {
+        return Err(format!(
+            "Size: {} is not a number of bytes",
+            shown(field("Size"))
+        ));
+    }
+    let iops = field("Iops");
+    if !iops.is_null() && iops.as_u64().is_none_or(|n| u32::try_from(n).is_err()) {
+        return Err(format!("Iops: {} is not null or a number", shown(iops)));
+    }
+    let url = field("PreSignedUrl");
+    if !url.is_null() && !url.is_string() {
+        return Err(format!("PreSignedUrl: {} is not null or a URL", shown(url)));
+    }
+    Ok(())
+}
+
+/// A JSON value as it appears in a message: short, one line.
+fn shown(v: &serde_json::Value) -> String {
+    let text = match v {
+        serde_json::Value::Null => "missing or null".to_owned(),
+        other => other.to_string(),
+    };
+    match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
     }
 }
 
@@ -324,6 +381,67 @@ mod tests {
                 .unwrap_err()
                 .starts_with("not an export manifest")
         );
+    }
+
+    #[test]
+    fn no_description_is_left_out_not_null() {
+        let mut v = good();
+        v["Image"].as_object_mut().unwrap().remove("Description");
+        let m = parse(&v).unwrap();
+        assert_eq!(m.image.description, None);
+        let text = String::from_utf8(m.to_bytes()).unwrap();
+        assert!(!text.contains("Description"), "{text}");
+        // A null one is read as none.
+        let m = parse(&good()).unwrap();
+        assert_eq!(m.image.description, None);
+        v["Image"]["Description"] = "a web server".into();
+        let text = String::from_utf8(parse(&v).unwrap().to_bytes()).unwrap();
+        assert!(text.contains("\"Description\": \"a web server\""), "{text}");
+    }
+
+    #[test]
+    fn bad_fields_are_named_with_their_snapshot() {
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|v| v["Image"]["Snapshots"][0]["Size"] = (-1).into()),
+                "Snapshots[0] (/dev/sda1): Size: -1 is not a number of bytes",
+            ),
+            (
+                Box::new(|v| v["Image"]["Snapshots"][1]["Size"] = "10".into()),
+                "Snapshots[1] (/dev/sdb): Size: \"10\" is not a number of bytes",
+            ),
+            (
+                Box::new(|v| v["Image"]["Snapshots"][1]["Size"] = 1.5.into()),
+                "Snapshots[1] (/dev/sdb): Size: 1.5 is not a number of bytes",
+            ),
+            (
+                Box::new(|v| {
+                    v["Image"]["Snapshots"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("Size");
+                }),
+                "Snapshots[0] (/dev/sda1): Size: missing or null is not a number of bytes",
+            ),
+            (
+                Box::new(|v| v["Image"]["Snapshots"][1]["Iops"] = (-600).into()),
+                "Snapshots[1] (/dev/sdb): Iops: -600 is not null or a number",
+            ),
+            (
+                Box::new(|v| v["Image"]["Snapshots"][0]["Device"] = 7.into()),
+                "Snapshots[0] (?): Device: 7 is not a string",
+            ),
+            (
+                Box::new(|v| v["Image"]["Snapshots"][0]["DeleteOnTermination"] = "yes".into()),
+                "Snapshots[0] (/dev/sda1): DeleteOnTermination: \"yes\" is not true or false",
+            ),
+        ];
+        for (edit, want) in cases {
+            let mut v = good();
+            edit(&mut v);
+            assert_eq!(parse(&v).unwrap_err(), want);
+        }
     }
 
     #[test]

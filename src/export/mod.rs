@@ -60,5 +60,16 @@ pub enum Error {
     Invalid(String),
 }
 
+impl Error {
+    /// Whether the work stopped on Ctrl-C.
+    pub fn is_interrupted(&self) -> bool {
+        match self {
+            Error::Copy(e) => matches!(e, crate::copy::Error::Interrupted),
+            Error::Register(e) => e.is_interrupted(),
+            _ => false,
+        }
+    }
+}
+
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1444,6 +1444,27 @@ enum UrlFailure {
     Transport(String),
 }
 
+/// The most of an error answer's body read, for its S3 error code: a URL from a package is
+/// untrusted, and its server may answer with an endless body.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// The start of an error answer's body (at most [`MAX_ERROR_BODY`] bytes), as text; the rest is
+/// never read: dropping the response closes the connection.
+async fn error_body(response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while body.len() < MAX_ERROR_BODY {
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                let room = MAX_ERROR_BODY - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 fn retryable(status: u16) -> bool {
     status >= 500 || status == 429 || status == 408
 }
@@ -1508,7 +1529,7 @@ impl UrlReader {
                     Ok(response) if response.status().is_success() => return Ok(response),
                     Ok(response) => {
                         let status = response.status().as_u16();
-                        let body = response.text().await.unwrap_or_default();
+                        let body = error_body(response).await;
                         let failure = UrlFailure::Status(status, error_code(&body));
                         // 416 is the answer for an empty object: the caller handles it.
                         if !retryable(status) || status == 416 {

@@ -1287,7 +1287,7 @@ pub fn import(
     req.format = DiskFormat::Qcow2;
     req.force = false;
     req.sync = store.sync;
-    let report = import_pkg::import(&req, progress)?;
+    let report = import_pkg::import(&req, progress, None)?;
     let info = ingest_bundle(store, &req.output, true, progress, None)?;
     drop(work);
     Ok((info, report))

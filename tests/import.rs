@@ -1,0 +1,537 @@
+//! `mkomi import` of untrusted packages: through local HTTP servers written here (one that
+//! holds an object half-sent, one that answers errors with huge bodies) and directories; objects
+//! cut short, sizes beyond the free space, a package's own `ChecksSkipped`, and Ctrl-C.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `len` incompressible bytes (xorshift64).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// `data` as gzip members of 1 MiB of input each, as mkomi's export writes them.
+fn gzip_members(data: &[u8]) -> Vec<Vec<u8>> {
+    use flate2::{Compression, write::GzEncoder};
+    data.chunks(MIB as usize)
+        .map(|c| {
+            let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+            e.write_all(c).unwrap();
+            e.finish().unwrap()
+        })
+        .collect()
+}
+
+/// An export manifest of one snapshot per `(device, file name, Size)`, without URLs.
+fn export_manifest(snaps: &[(&str, &str, u64)]) -> Value {
+    let snaps: Vec<Value> = snaps
+        .iter()
+        .map(|(device, file, size)| {
+            json!({"DeleteOnTermination": true, "Device": device, "Filename": file,
+                   "Iops": null, "PreSignedUrl": null, "Size": size, "VolumeType": "standard"})
+        })
+        .collect();
+    json!({"Version": 1, "Image": {"Name": "imported", "Architecture": "x86_64",
+           "Type": "machine", "ProductTypes": ["0001"], "Public": false, "Snapshots": snaps}})
+}
+
+/// A request's `Range`: its first byte, and its last when given.
+type Range = Option<(usize, Option<usize>)>;
+
+/// Reads one request's line and headers: its path and `Range` (start, end); `None` at the end
+/// of the connection.
+fn request(reader: &mut BufReader<TcpStream>) -> Option<(String, Range)> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        if h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            let (a, b) = v.trim().split_once('-').unwrap();
+            range = Some((a.parse().unwrap(), b.parse().ok()));
+        }
+    }
+    Some((path, range))
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1: each request of each connection is given to
+/// `answer` with its path (query removed) and range; returns the base URL.
+fn serve(answer: impl Fn(&str, Range, &mut TcpStream) + Send + Sync + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                while let Some((path, range)) = request(&mut reader) {
+                    let name = path.split('?').next().unwrap().trim_start_matches('/');
+                    answer(name, range, &mut conn);
+                }
+            });
+        }
+    });
+    base
+}
+
+/// A file server over `dir` with `Range` support. The first GET of `gated` from byte 0 stops
+/// after `gate_at` bytes of its body, says so on the returned receiver, and goes on only when
+/// the returned sender is sent to.
+fn gated_http(
+    dir: PathBuf,
+    gated: &'static str,
+    gate_at: usize,
+) -> (String, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (reached_tx, reached_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let gate = Mutex::new(Some((reached_tx, go_rx)));
+    let base = serve(move |name, range, conn| {
+        let Ok(body) = std::fs::read(dir.join(name)) else {
+            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            return;
+        };
+        let last = body.len() - 1;
+        let (a, b) = match range {
+            Some((a, b)) => (a, b.unwrap_or(last).min(last)),
+            None => (0, last),
+        };
+        let head = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+             Content-Range: bytes {a}-{b}/{}\r\nETag: \"e\"\r\n\r\n",
+            b + 1 - a,
+            body.len()
+        );
+        let _ = conn.write_all(head.as_bytes());
+        let part = &body[a..=b];
+        let held = if name == gated && a == 0 {
+            gate.lock().unwrap().take()
+        } else {
+            None
+        };
+        match held {
+            Some((reached, go)) if part.len() > gate_at => {
+                let _ = conn.write_all(&part[..gate_at]);
+                let _ = conn.flush();
+                let _ = reached.send(());
+                let _ = go.recv();
+                let _ = conn.write_all(&part[gate_at..]);
+            }
+            _ => {
+                let _ = conn.write_all(part);
+            }
+        }
+    });
+    (base, reached_rx, go_tx)
+}
+
+/// Files under `dir`, recursively, with their sizes.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        match e.metadata() {
+            Ok(m) if m.is_dir() => out.extend(files_under(&p)),
+            Ok(m) => out.push((p, m.len())),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+/// Runs `mkomi import` and requires a one-line refusal containing every one of `want`, with
+/// nothing left beside the output.
+fn refused(args: &[&str], out: &Path, want: &[&str]) -> String {
+    let mut all = vec!["import"];
+    all.extend_from_slice(args);
+    all.extend(["-o", s(out), "-q"]);
+    let o = run(&all);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for w in want {
+        assert!(err.contains(w), "wanted {w:?} in {err}");
+    }
+    assert!(!out.exists(), "{} was written", out.display());
+    assert_eq!(entries(out.parent().unwrap()), Vec::<String>::new());
+    err
+}
+
+#[test]
+fn http_error_bodies_are_read_up_to_64_kib() {
+    // Every GET is answered 500 with a 256 MiB body, sent 16 KiB at a time; each connection
+    // counts what the client let it send before it hung up.
+    const BODY: usize = 256 << 20;
+    let sent: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let counts = sent.clone();
+    let base = serve(move |_, _, conn| {
+        let head = format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n\
+             Content-Length: {BODY}\r\n\r\n<Error><Code>InternalError</Code>"
+        );
+        let _ = conn.write_all(head.as_bytes());
+        let chunk = vec![b' '; 16 << 10];
+        let mut n = 0;
+        while n < BODY && conn.write_all(&chunk).is_ok() {
+            n += chunk.len();
+        }
+        counts.lock().unwrap().push(n);
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+    });
+    let d = tempfile::tempdir().unwrap();
+    let out_parent = d.path().join("in");
+    std::fs::create_dir(&out_parent).unwrap();
+    let err = refused(
+        &[&format!(
+            "{base}/images/manifest.json?X-Amz-Signature=secret"
+        )],
+        &out_parent.join("back"),
+        &["/images/manifest.json", "HTTP 500 InternalError"],
+    );
+    assert!(!err.contains("secret"), "{err}");
+    // The answer was tried again (a 5xx), and each body was left after its start: what the
+    // server could push is the 64 KiB read plus what the sockets' buffers hold, far from the
+    // 256 MiB it offered.
+    let sent = sent.lock().unwrap().clone();
+    eprintln!("bytes sent per answer: {sent:?}");
+    assert!(sent.len() > 1, "{sent:?}");
+    for n in &sent {
+        assert!(
+            *n < 16 << 20,
+            "the client read {n} bytes of an error body: {sent:?}"
+        );
+    }
+}
+
+#[test]
+fn imports_larger_than_the_free_space_are_refused_before_writing() {
+    let d = tempfile::tempdir().unwrap();
+    let pkg = d.path().join("pkg");
+    std::fs::create_dir(&pkg).unwrap();
+    // Two volumes of the largest size, 14,901 GiB each: more than any test machine has free.
+    let max = 14_901u64 << 30;
+    let em = export_manifest(&[
+        ("/dev/sda1", "sda1.raw.gz", max),
+        ("/dev/sdb", "sdb.raw.gz", max),
+    ]);
+    std::fs::write(pkg.join("manifest.json"), em.to_string()).unwrap();
+    for name in ["sda1.raw.gz", "sdb.raw.gz"] {
+        std::fs::write(
+            pkg.join(name),
+            gzip_members(&noise(MIB as usize, 3)).concat(),
+        )
+        .unwrap();
+    }
+    let out_parent = d.path().join("in");
+    std::fs::create_dir(&out_parent).unwrap();
+    let avail = tool("df", &["-B1", "--output=avail", s(&out_parent)]);
+    let avail: u64 = avail.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert!(
+        avail < 2 * max,
+        "the test needs less than {} bytes free",
+        2 * max
+    );
+    let out = out_parent.join("back");
+    let manifest = pkg.join("manifest.json");
+    // A raw output holds both disks at their full size.
+    refused(
+        &[s(&manifest), "--format", "raw"],
+        &out,
+        &[
+            s(&out),
+            &format!("the import needs {} bytes", 2 * max),
+            "bytes free",
+        ],
+    );
+    // A qcow2 output holds only what is not zeros, which no manifest declares: the import goes
+    // on, and finds the objects far shorter than their Size.
+    refused(
+        &[s(&manifest)],
+        &out,
+        &[&format!(
+            "sda1.raw.gz: decompresses to 1048576 bytes, but the Size in manifest.json says the disk has {max}"
+        )],
+    );
+}
+
+/// A raw disk of `size` bytes: 4 MiB of noise, zeros after, as a 1 MiB-member gzip object.
+fn raw_object(size: u64) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut disk = noise(4 * MIB as usize, 11);
+    disk.resize(size as usize, 0);
+    let members = gzip_members(&disk);
+    (disk, members)
+}
+
+#[test]
+fn a_raw_object_cut_at_a_gzip_member_boundary_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let pkg = d.path().join("pkg");
+    std::fs::create_dir(&pkg).unwrap();
+    let size = 16 * MIB;
+    let (disk, members) = raw_object(size);
+    let em = export_manifest(&[("/dev/sda1", "sda1.raw.gz", size)]);
+    std::fs::write(pkg.join("manifest.json"), em.to_string()).unwrap();
+    std::fs::write(pkg.join("sda1.raw.gz"), members.concat()).unwrap();
+    let (base, _, _) = gated_http(pkg.clone(), "none", 0);
+    let url = format!("{base}/manifest.json");
+    let out_parent = d.path().join("in");
+    std::fs::create_dir(&out_parent).unwrap();
+
+    // Whole, the object is the disk.
+    let whole = out_parent.join("whole");
+    ok(&["import", &url, "-o", s(&whole), "-q"]);
+    assert_eq!(manifest(&whole)["Disks"][0]["VirtualSize"], size);
+    std::fs::write(d.path().join("disk.img"), &disk).unwrap();
+    qemu_compare(&d.path().join("disk.img"), &whole.join("sda1.qcow2"));
+    std::fs::remove_dir_all(&whole).unwrap();
+
+    // Cut after its 6th member (the data's end, as far as gzip knows), it is refused.
+    std::fs::write(pkg.join("sda1.raw.gz"), members[..6].concat()).unwrap();
+    refused(
+        &[&url],
+        &out_parent.join("cut"),
+        &[
+            "sda1.raw.gz: decompresses to 6291456 bytes, but the Size in manifest.json says the disk has 16777216: the object is cut short",
+        ],
+    );
+}
+
+#[test]
+fn a_qcow2_object_cut_at_a_gzip_member_boundary_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    let mut data = noise(6 * MIB as usize, 5);
+    data.resize(16 * MIB as usize, 0);
+    std::fs::write(&img, &data).unwrap();
+    // Two layouts: mkomi's (tables after the data) and qemu-img's (tables first).
+    let mkomi_q = d.path().join("omi");
+    ok(&[
+        "register",
+        s(&img),
+        "-o",
+        s(&mkomi_q),
+        "--arch",
+        "x86_64",
+        "-q",
+    ]);
+    let qemu_q = d.path().join("qemu.qcow2");
+    tool("qemu-img", &["convert", "-O", "qcow2", s(&img), s(&qemu_q)]);
+    let out_parent = d.path().join("in");
+    std::fs::create_dir(&out_parent).unwrap();
+    for (i, qcow2) in [mkomi_q.join("sda1.qcow2"), qemu_q].iter().enumerate() {
+        let pkg = d.path().join(format!("pkg{i}"));
+        std::fs::create_dir(&pkg).unwrap();
+        let em = export_manifest(&[("/dev/sda1", "sda1.qcow2.gz", 1 << 30)]);
+        std::fs::write(pkg.join("manifest.json"), em.to_string()).unwrap();
+        let members = gzip_members(&std::fs::read(qcow2).unwrap());
+        assert!(members.len() > 4, "{}", members.len());
+        std::fs::write(pkg.join("sda1.qcow2.gz"), members[..4].concat()).unwrap();
+        let (base, _, _) = gated_http(pkg.clone(), "none", 0);
+        refused(
+            &[&format!("{base}/manifest.json")],
+            &out_parent.join("cut"),
+            &["sda1.qcow2", "past the end of the file"],
+        );
+    }
+}
+
+/// A root disk whose binaries are i386 (an ELF32 header behind /sbin/init).
+fn i386_root(dir: &Path) -> PathBuf {
+    let t = dir.join("tree32");
+    for d in ["bin", "sbin", "etc"] {
+        std::fs::create_dir_all(t.join(d)).unwrap();
+    }
+    let mut elf = vec![0u8; 4096];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 1; // ELFCLASS32
+    elf[5] = 1; // little-endian
+    elf[6] = 1; // EV_CURRENT
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[18..20].copy_from_slice(&3u16.to_le_bytes()); // EM_386
+    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+    elf[40..42].copy_from_slice(&52u16.to_le_bytes()); // e_ehsize
+    std::fs::write(t.join("bin/busybox"), elf).unwrap();
+    std::os::unix::fs::symlink("../bin/busybox", t.join("sbin/init")).unwrap();
+    std::fs::write(t.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+    let fs = dir.join("root32.ext4");
+    tool("mkfs.ext4", &["-q", "-F", "-d", s(&t), s(&fs), "16M"]);
+    // On an MBR disk with boot code (a legacy boot loader, as far as the boot check goes), the
+    // ext4 at 1 MiB.
+    let disk = dir.join("root32.img");
+    let fs_bytes = std::fs::read(&fs).unwrap();
+    let mut img = vec![0u8; MIB as usize];
+    img[..3].copy_from_slice(&[0xeb, 0x63, 0x90]);
+    for (i, b) in img[3..440].iter_mut().enumerate() {
+        *b = (i * 7 + 1) as u8;
+    }
+    let rec = &mut img[446..462];
+    rec[0] = 0x80;
+    rec[4] = 0x83;
+    rec[8..12].copy_from_slice(&((MIB / 512) as u32).to_le_bytes());
+    rec[12..16].copy_from_slice(&((fs_bytes.len() / 512) as u32).to_le_bytes());
+    img[510] = 0x55;
+    img[511] = 0xaa;
+    img.extend_from_slice(&fs_bytes);
+    std::fs::write(&disk, img).unwrap();
+    disk
+}
+
+#[test]
+fn a_package_s_own_checks_skipped_does_not_turn_checks_off() {
+    let d = tempfile::tempdir().unwrap();
+    let root = i386_root(d.path());
+    // Registered against its binaries, with the check turned off: the manifest records it.
+    let b = d.path().join("omi");
+    ok(&[
+        "register",
+        s(&root),
+        "-o",
+        s(&b),
+        "--arch",
+        "x86_64",
+        "--no-arch-check",
+        "-q",
+    ]);
+    assert_eq!(manifest(&b)["Image"]["BootModes"], json!(["legacy"]));
+    let skipped = &manifest(&b)["Inspection"]["ChecksSkipped"];
+    assert!(
+        skipped.as_array().unwrap().contains(&"arch".into()),
+        "{skipped}"
+    );
+    let pkg = d.path().join("pkg");
+    ok(&["export", s(&b), "--to", s(&pkg), "-q"]);
+    let out_parent = d.path().join("in");
+    std::fs::create_dir(&out_parent).unwrap();
+    let manifest_json = pkg.join("manifest.json");
+    // The importer did not turn the check off: refused.
+    refused(
+        &[s(&manifest_json)],
+        &out_parent.join("back"),
+        &["contradicts", "--no-arch-check"],
+    );
+    // Its own flag does.
+    let back = out_parent.join("back");
+    ok(&[
+        "import",
+        s(&manifest_json),
+        "-o",
+        s(&back),
+        "--no-arch-check",
+        "-q",
+    ]);
+    let m = manifest(&back);
+    assert_eq!(m["Image"]["Architecture"], "x86_64");
+    assert!(
+        m["Inspection"]["ChecksSkipped"]
+            .as_array()
+            .unwrap()
+            .contains(&"arch".into()),
+        "{m}"
+    );
+}
+
+/// Starts an import of `url` into `out`, waits until the object is held half-sent and (when
+/// `data`) some file under the output's parent holds at least 4 MiB, sends SIGINT, and requires
+/// exit 130 and nothing left in the parent.
+fn interrupt(url: &str, out: &Path, reached: &mpsc::Receiver<()>, data: bool) {
+    let child = mkomi()
+        .args(["import", url, "-o", s(out), "-q"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    reached
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the object was never requested");
+    let parent = out.parent().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let files = files_under(parent);
+        if !data || files.iter().any(|(_, l)| *l >= 4 * MIB) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no data arrived: {files:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    tool("kill", &["-INT", &pid]);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{:?}: {err}", o.status);
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(entries(parent), Vec::<String>::new());
+}
+
+#[test]
+fn ctrl_c_during_an_import_removes_its_work_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("noise.img");
+    std::fs::write(&img, noise(48 * MIB as usize, 7)).unwrap();
+    let out_parent = d.path().join("in");
+    std::fs::create_dir(&out_parent).unwrap();
+    for (format, object) in [("raw", "sda1.raw.gz"), ("qcow2", "sda1.qcow2.gz")] {
+        let b = d.path().join(format!("omi-{format}"));
+        ok(&[
+            "register",
+            s(&img),
+            "-o",
+            s(&b),
+            "--arch",
+            "x86_64",
+            "--format",
+            format,
+            "-q",
+        ]);
+        let pkg = d.path().join(format!("pkg-{format}"));
+        ok(&["export", s(&b), "--to", s(&pkg), "-q"]);
+        // Noise does not compress: the object is held after 16 MiB of disk. A raw object is
+        // in the new bundle's disk file by then, a qcow2 one in its work file.
+        let (base, reached, _go) = gated_http(pkg, object, 16 * MIB as usize);
+        interrupt(
+            &format!("{base}/manifest.json"),
+            &out_parent.join("back"),
+            &reached,
+            true,
+        );
+        // A server that stalls in the middle of the manifest: Ctrl-C ends the wait.
+        if format == "raw" {
+            let (base, reached, _go) = gated_http(d.path().join("pkg-raw"), "manifest.json", 10);
+            interrupt(
+                &format!("{base}/manifest.json"),
+                &out_parent.join("back"),
+                &reached,
+                false,
+            );
+        }
+    }
+}
