@@ -336,8 +336,9 @@ struct PackageArgs {
     /// is kept under ~/.cache/mkomi/uploads; without --resume a failed upload is aborted).
     #[arg(long)]
     resume: bool,
-    /// Multipart upload part size in MiB (5 to 5120); parts go up 4 at a time.
-    #[arg(long, default_value_t = 32, value_name = "MiB", value_parser = clap::value_parser!(u32).range(5..=5120))]
+    /// Multipart upload part size in MiB (5 to 128); parts go up 4 at a time, within 256 MiB of
+    /// memory (fewer at once when parts are large).
+    #[arg(long, default_value_t = 32, value_name = "MiB", value_parser = clap::value_parser!(u32).range(5..=128))]
     part_size: u32,
     /// Replace a directory target that exists.
     #[arg(long)]
@@ -522,8 +523,10 @@ fn main() -> ExitCode {
     };
     // Commands that poll the flag stop cleanly on Ctrl-C (their temporary files removed, exit
     // 130); the others are ended by SIGINT as by a crash, which their outputs survive.
-    let polls = matches!(cli.command, Command::Register(_) | Command::Build(_))
-        || store_cmd::polls_cancel(&cli.command);
+    let polls = matches!(
+        cli.command,
+        Command::Register(_) | Command::Build(_) | Command::Export(_)
+    ) || store_cmd::polls_cancel(&cli.command);
     if polls {
         let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::Relaxed));
     }
@@ -761,8 +764,20 @@ fn run_export(a: ExportArgs, json: bool) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
+    let kept = req.resume && matches!(req.target, Target::S3 { .. });
     match package::export(&req) {
         Ok(r) => print_export(&r, json),
+        Err(e) if e.is_interrupted() => {
+            eprintln!(
+                "mkomi: interrupted; {}",
+                if kept {
+                    "the upload is kept: run the same command with --resume to go on with it"
+                } else {
+                    "nothing was left behind"
+                }
+            );
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
         Err(e) => fail(&e),
     }
 }
@@ -790,10 +805,17 @@ fn package_request(a: &PackageArgs, bundle: PathBuf) -> Result<package::Request,
         force: a.force,
         resume: a.resume,
         part_size: (a.part_size as usize) << 20,
+        cancel: Some(&CANCEL),
     })
 }
 
 fn print_export(r: &package::Report, json: bool) -> ExitCode {
+    for a in &r.aborted_uploads {
+        eprintln!(
+            "mkomi: aborted the multipart upload {} of {}, left open by an earlier export",
+            a.upload_id, a.object
+        );
+    }
     if json {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
     } else {

@@ -58,6 +58,19 @@ pub enum Error {
     /// A request that cannot be carried out.
     #[error("{0}")]
     Invalid(String),
+    /// Stopped by Ctrl-C (see `package::Request::cancel`).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// Whether the export stopped because it was interrupted.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Error::Interrupted | Error::S3(s3::Error::Interrupted { .. })
+        )
+    }
 }
 
 /// Result type of this module.
