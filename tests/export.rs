@@ -939,10 +939,17 @@ fn export_memory_is_bounded_whatever_the_part_size() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("5..=128"));
 
-    // 400 MiB of noise in parts of 128 MiB: at most two parts in memory (one in flight, one
-    // being read), where four used to be, measured as the child's peak RSS: its VmHWM, which
-    // only grows, read until it exits (the peak comes while parts go up, long before the end).
+    // 400 MiB of noise in parts of 128 MiB, to a server slower than the compression: at most
+    // two parts in memory (one in flight, one being read), where all four were, measured as the
+    // child's peak RSS: its VmHWM, which only grows, read until it exits (the peak comes while
+    // parts go up, long before the end).
     let server = S3Server::start();
+    let slow = Proxy::slow(
+        server.port,
+        server.root.clone(),
+        None,
+        std::time::Duration::from_secs(3),
+    );
     let (b, noise) = noise_bundle(d.path(), "noise", 400 << 20, 21);
     drop(noise);
     // (Two compression threads: their buffers grow with the thread count.)
@@ -950,7 +957,7 @@ fn export_memory_is_bounded_whatever_the_part_size() {
     let mut child = spawn(s3_export(
         &b,
         "big",
-        &server.endpoint,
+        &slow.endpoint,
         &d.path().join("cache"),
         &extra,
     ));

@@ -29,6 +29,8 @@ struct Shared {
     parts: AtomicUsize,
     /// Part uploads are held once this many were forwarded.
     hold_after: Mutex<Option<usize>>,
+    /// Each part upload waits this long before it is forwarded (a slow server).
+    part_delay: std::time::Duration,
     released: Condvar,
     /// ListMultipartUploads requests answered.
     lists: AtomicUsize,
@@ -38,6 +40,17 @@ impl Proxy {
     /// A proxy to `127.0.0.1:upstream` (s3s-fs over `root`) that holds every part upload after
     /// the first `hold_after`.
     pub fn start(upstream: u16, root: PathBuf, hold_after: Option<usize>) -> Proxy {
+        Proxy::slow(upstream, root, hold_after, std::time::Duration::ZERO)
+    }
+
+    /// The same, with each part upload forwarded only after `part_delay`: a slow server, whose
+    /// uploads fall behind the data.
+    pub fn slow(
+        upstream: u16,
+        root: PathBuf,
+        hold_after: Option<usize>,
+        part_delay: std::time::Duration,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         let shared = Arc::new(Shared {
@@ -45,6 +58,7 @@ impl Proxy {
             root,
             parts: AtomicUsize::new(0),
             hold_after: Mutex::new(hold_after),
+            part_delay,
             released: Condvar::new(),
             lists: AtomicUsize::new(0),
         });
@@ -156,6 +170,7 @@ impl Shared {
             return out.shutdown(Shutdown::Both);
         }
         if method == "PUT" && param("partNumber").is_some() {
+            std::thread::sleep(self.part_delay);
             let mut hold = self.hold_after.lock().unwrap();
             while hold.is_some_and(|n| self.parts.load(Ordering::SeqCst) >= n) {
                 hold = self.released.wait(hold).unwrap();
