@@ -998,7 +998,9 @@ impl Client {
     }
 
     /// The multipart uploads in progress for keys under `prefix` (S3's ListMultipartUploads,
-    /// every page), or `None` when the server does not implement it (HTTP 501).
+    /// every page), or `None` when the server does not implement it (HTTP 501) or does not
+    /// allow it to these credentials (HTTP 403 `AccessDenied`: a policy may grant uploads
+    /// without listing them).
     pub fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<OpenUpload>>> {
         use object_store::aws::{AwsAuthorizer, AwsCredential};
         use object_store::client::{HttpRequest, HttpRequestBody};
@@ -1066,6 +1068,9 @@ impl Client {
                         Ok(r) => {
                             let status = r.status().as_u16();
                             let code = error_code(&r.text().await.unwrap_or_default());
+                            if status == 403 && code.as_deref() == Some("AccessDenied") {
+                                return Ok(None);
+                            }
                             let e = Error::Http {
                                 bucket: self.bucket.clone(),
                                 key: prefix.to_string(),
@@ -2182,6 +2187,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, Error::Setting(_)), "{e}");
+    }
+
+    #[test]
+    fn upload_lists() {
+        let page = "<?xml version=\"1.0\"?><ListMultipartUploadsResult><Bucket>b</Bucket>\
+            <KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>\
+            <NextKeyMarker>p/b&amp;c.gz</NextKeyMarker><NextUploadIdMarker>id2</NextUploadIdMarker>\
+            <IsTruncated>true</IsTruncated>\
+            <Upload><Key>p/a.gz</Key><UploadId>id1</UploadId><Initiated>x</Initiated></Upload>\
+            <Upload><Key>p/b&amp;c.gz</Key><UploadId>id2</UploadId></Upload>\
+            <Upload><Key>no-id</Key></Upload></ListMultipartUploadsResult>";
+        let (uploads, next) = parse_uploads(page);
+        assert_eq!(
+            uploads,
+            [
+                OpenUpload {
+                    key: "p/a.gz".into(),
+                    upload_id: "id1".into()
+                },
+                OpenUpload {
+                    key: "p/b&c.gz".into(),
+                    upload_id: "id2".into()
+                }
+            ]
+        );
+        assert_eq!(next, Some(("p/b&c.gz".into(), "id2".into())));
+        let last = page.replace("<IsTruncated>true", "<IsTruncated>false");
+        assert_eq!(parse_uploads(&last).1, None);
+        assert!(parse_uploads("<ListMultipartUploadsResult/>").0.is_empty());
     }
 
     #[test]
