@@ -787,6 +787,37 @@ fn ctrl_c_aborts_the_upload_or_keeps_it_to_resume_and_resume_sends_only_missing_
 }
 
 #[test]
+fn ctrl_c_is_obeyed_while_a_request_hangs() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, _) = noise_bundle(d.path(), "noise", 1 << 20, 3);
+    // A server that accepts connections and never answers: each request would wait two
+    // minutes, and be retried.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let mut child = spawn(s3_export(
+        &b,
+        "hang",
+        &endpoint,
+        &d.path().join("cache"),
+        &[],
+    ));
+    let (_conn, _) = silent.accept().unwrap();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed().as_secs() > 60 {
+            child.kill().unwrap();
+            panic!("Ctrl-C ignored while a request hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+}
+
+#[test]
 fn uploads_left_open_by_killed_exports_are_aborted_by_the_next() {
     let server = S3Server::start();
     let d = tempfile::tempdir().unwrap();

@@ -823,8 +823,7 @@ impl Client {
         if state.is_none() && first.len() < part_size {
             let bytes = first.len() as u64;
             let result = self
-                .runtime
-                .block_on(self.store.put(&path, first.into()))
+                .cancellable(key, self.store.put(&path, first.into()))?
                 .map_err(|e| self.error(key, "PUT", &e))?;
             if let Some(file) = options.state {
                 remove_state(file)?;
@@ -844,8 +843,7 @@ impl Client {
             Some(s) => s,
             None => {
                 let upload_id = self
-                    .runtime
-                    .block_on(self.store.create_multipart(&path))
+                    .cancellable(key, self.store.create_multipart(&path))?
                     .map_err(|e| self.error(key, "create multipart upload", &e))?;
                 let s = State {
                     format: STATE_FORMAT.to_string(),
@@ -914,6 +912,29 @@ impl Client {
     /// cancelled.
     pub fn set_cancel(&mut self, flag: &'static AtomicBool) {
         self.cancel = Some(flag);
+    }
+
+    /// Runs `fut` to its end, or until the cancel flag is set: then [`Error::Interrupted`]
+    /// (the request is dropped: a request's retries may take minutes).
+    fn cancellable<F: std::future::Future>(&self, key: &str, fut: F) -> Result<F::Output> {
+        let Some(flag) = self.cancel else {
+            return Ok(self.runtime.block_on(fut));
+        };
+        let watch = async move {
+            while !flag.load(Ordering::Relaxed) {
+                tokio::time::sleep(CANCEL_POLL).await;
+            }
+        };
+        self.runtime.block_on(async move {
+            let (fut, watch) = (std::pin::pin!(fut), std::pin::pin!(watch));
+            match futures_util::future::select(fut, watch).await {
+                futures_util::future::Either::Left((out, _)) => Ok(out),
+                futures_util::future::Either::Right(_) => Err(Error::Interrupted {
+                    bucket: self.bucket.clone(),
+                    key: key.to_string(),
+                }),
+            }
+        })
     }
 
     fn cancelled(&self) -> bool {
@@ -1037,7 +1058,7 @@ impl Client {
             }
             let url = reqwest::Url::parse_with_params(&base, &query)
                 .map_err(|e| Error::Setting(format!("endpoint {base:?}: {e}")))?;
-            let body = self.runtime.block_on(async {
+            let body = self.cancellable(prefix, async {
                 let mut delay = Duration::from_millis(250);
                 let mut tries = 0;
                 loop {
@@ -1091,7 +1112,7 @@ impl Client {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(20));
                 }
-            })?;
+            })??;
             let Some(body) = body else {
                 return Ok(None);
             };
@@ -1508,8 +1529,10 @@ impl Upload<'_> {
         };
         let result = self
             .client
-            .runtime
-            .block_on(self.client.store.complete_multipart(self.path, &id, parts))
+            .cancellable(
+                self.key,
+                self.client.store.complete_multipart(self.path, &id, parts),
+            )?
             .map_err(|e| self.error("complete multipart upload", &e))?;
         Ok((total, result.e_tag))
     }
