@@ -899,6 +899,7 @@ fn uploads_left_open_by_killed_exports_are_aborted_by_the_next() {
     );
     assert!(err.contains(&third_id) && err.contains("aborted"), "{err}");
     assert_eq!(r["Objects"][0]["PartsSent"].as_u64(), Some(4), "{r:#}");
+    assert_eq!(proxy.part_puts(), 4);
     assert!(
         server.open_uploads().is_empty(),
         "{:?}",

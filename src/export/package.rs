@@ -5,6 +5,12 @@
 //! damaged bundle is never exported), compressed on all cores and hashed again as they leave,
 //! straight into the object: no intermediate uncompressed file. A directory package appears
 //! atomically (temporary directory, then rename), like a bundle.
+//!
+//! In a bucket, each multipart upload is recorded from its start in a state file under the
+//! user's cache directory, so that an export killed at any point leaves a record: the next
+//! export to the same prefix aborts what such exports left open (and what the server lists
+//! there), except the upload a `--resume` run goes on with. Ctrl-C (see [`Request::cancel`])
+//! aborts the upload, or keeps it and its record with `--resume`.
 
 use super::gzip::GzWriter;
 use super::manifest::{ExportImage, ExportManifest, MAX_EXPIRY_SECS, Snapshot};
