@@ -463,8 +463,9 @@ struct PackageArgs {
     /// is kept under ~/.cache/mkomi/uploads; without --resume a failed upload is aborted).
     #[arg(long)]
     resume: bool,
-    /// Multipart upload part size in MiB (5 to 5120); parts go up 4 at a time.
-    #[arg(long, default_value_t = 32, value_name = "MiB", value_parser = clap::value_parser!(u32).range(5..=5120))]
+    /// Multipart upload part size in MiB (5 to 128); parts go up 4 at a time, within 256 MiB of
+    /// memory (fewer at once when parts are large).
+    #[arg(long, default_value_t = 32, value_name = "MiB", value_parser = clap::value_parser!(u32).range(5..=128))]
     part_size: u32,
     /// Replace a directory target that exists.
     #[arg(long)]
@@ -661,7 +662,7 @@ fn main() -> ExitCode {
     // 130); the others are ended by SIGINT as by a crash, which their outputs survive.
     let polls = matches!(
         cli.command,
-        Command::Register(_) | Command::Build(_) | Command::Import(_)
+        Command::Register(_) | Command::Build(_) | Command::Import(_) | Command::Export(_)
     ) || store_cmd::polls_cancel(&cli.command);
     if polls {
         let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::Relaxed));
@@ -914,8 +915,20 @@ fn run_export(a: ExportArgs, json: bool) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
+    let kept = req.resume && matches!(req.target, Target::S3 { .. });
     match package::export(&req) {
         Ok(r) => print_export(&r, json),
+        Err(e) if e.is_interrupted() => {
+            errln!(
+                "mkomi: interrupted; {}",
+                if kept {
+                    "the upload is kept: run the same command with --resume to go on with it"
+                } else {
+                    "nothing was left behind"
+                }
+            );
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
         Err(e) => fail(&e),
     }
 }
@@ -943,10 +956,17 @@ fn package_request(a: &PackageArgs, bundle: PathBuf) -> Result<package::Request,
         force: a.force,
         resume: a.resume,
         part_size: (a.part_size as usize) << 20,
+        cancel: Some(&CANCEL),
     })
 }
 
 fn print_export(r: &package::Report, json: bool) -> ExitCode {
+    for a in &r.aborted_uploads {
+        errln!(
+            "mkomi: aborted the multipart upload {} of {}, left open by an earlier export",
+            a.upload_id, a.object
+        );
+    }
     if json {
         outln!("{}", serde_json::to_string(r).unwrap_or_default());
     } else {
@@ -1044,7 +1064,7 @@ fn run_import(a: ImportArgs, progress: &Progress, json: bool) -> ExitCode {
             report(Ok(r.bundle), json)
         }
         Err(e) if e.is_interrupted() => {
-            eprintln!("mkomi: interrupted; nothing was written");
+            errln!("mkomi: interrupted; nothing was written");
             ExitCode::from(EXIT_INTERRUPTED)
         }
         Err(e) => fail(&e),

@@ -643,20 +643,19 @@ fn bucket_round_trip_through_presigned_urls() {
     assert!(!x.exists());
 }
 
-#[test]
-fn an_interrupted_export_resumes_without_sending_finished_parts_again() {
-    let server = S3Server::start();
-    let d = tempfile::tempdir().unwrap();
-    let cache = d.path().join("cache");
-    // 64 MiB of incompressible data at the slowest level: compression paces the upload, so it
-    // can be killed after some parts and before the end.
-    let noise = noise(64 << 20, 0x2545_f491_4f6c_dd1d);
-    let root = d.path().join("noise.img");
-    std::fs::write(&root, &noise).unwrap();
-    let b = d.path().join("omi");
+#[path = "common/s3_proxy.rs"]
+mod s3_proxy;
+use s3_proxy::Proxy;
+
+/// A raw bundle of `len` bytes of noise (seed `seed`) named `name`, at `dir/name`.
+fn noise_bundle(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let noise = noise(len, seed);
+    let img = dir.join(format!("{name}.img"));
+    std::fs::write(&img, &noise).unwrap();
+    let b = dir.join(name);
     ok(&[
         "register",
-        s(&root),
+        s(&img),
         "-o",
         s(&b),
         "--arch",
@@ -664,88 +663,432 @@ fn an_interrupted_export_resumes_without_sending_finished_parts_again() {
         "--no-boot-check",
         "--format",
         "raw",
+        "--name",
+        name,
         "-q",
     ]);
-    let to = format!("s3://{BUCKET}/resume");
-    let export = |extra: &[&str]| {
-        let mut c = mkomi();
-        c.args(["export", s(&b), "--to", &to, "--endpoint", &server.endpoint])
-            .args([
-                "--region",
-                REGION,
-                "--part-size",
-                "5",
-                "--level",
-                "12",
-                "--json",
-            ])
-            .args(extra)
-            .env("OSC_ACCESS_KEY", ACCESS_KEY)
-            .env("OSC_SECRET_KEY", SECRET_KEY)
-            .env("XDG_CACHE_HOME", &cache);
-        c
-    };
-    let mut child = export(&["--resume"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let uploads = cache.join("mkomi/uploads");
+    std::fs::remove_file(&img).unwrap();
+    (b, noise)
+}
+
+/// `mkomi export BUNDLE --to s3://BUCKET/PREFIX` through `endpoint` in 5 MiB parts, with the
+/// test's credentials and `cache` as XDG_CACHE_HOME.
+fn s3_export(bundle: &Path, prefix: &str, endpoint: &str, cache: &Path, extra: &[&str]) -> Command {
+    let mut c = mkomi();
+    c.args([
+        "export",
+        s(bundle),
+        "--to",
+        &format!("s3://{BUCKET}/{prefix}"),
+    ])
+    .args(["--endpoint", endpoint, "--region", REGION])
+    .args(extra)
+    .env_remove("AWS_ACCESS_KEY_ID")
+    .env_remove("AWS_SECRET_ACCESS_KEY")
+    .env("OSC_ACCESS_KEY", ACCESS_KEY)
+    .env("OSC_SECRET_KEY", SECRET_KEY)
+    .env("XDG_CACHE_HOME", cache);
+    if !extra.contains(&"--part-size") {
+        c.args(["--part-size", "5"]);
+    }
+    c
+}
+
+/// The upload state files under `cache`, parsed.
+fn states(cache: &Path) -> Vec<(PathBuf, Value)> {
+    let mut out: Vec<(PathBuf, Value)> = std::fs::read_dir(cache.join("mkomi/uploads"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| {
+            Some((
+                p.clone(),
+                serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?,
+            ))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Waits until a state file under `cache` other than those in `except` records `parts` parts:
+/// its path and content. Fails if the export ends first, or after two minutes.
+fn wait_for_parts(
+    child: &mut std::process::Child,
+    cache: &Path,
+    parts: usize,
+    except: &[PathBuf],
+) -> (PathBuf, Value) {
     let start = std::time::Instant::now();
-    let done_parts = |v: &Value| v["parts"].as_object().map_or(0, |p| p.len());
     loop {
-        let state = std::fs::read_dir(&uploads)
-            .ok()
-            .and_then(|mut e| e.next())
-            .and_then(|e| std::fs::read(e.ok()?.path()).ok())
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        if state.as_ref().is_some_and(|v| done_parts(v) >= 2) {
-            break;
+        if let Some(found) = states(cache).into_iter().find(|(p, v)| {
+            !except.contains(p) && v["parts"].as_object().is_some_and(|m| m.len() >= parts)
+        }) {
+            return found;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+            }
+            panic!("the export ended ({status}) before {parts} part(s) were recorded: {err}");
         }
         assert!(
-            child.try_wait().unwrap().is_none(),
-            "the export ended before it could be interrupted"
+            start.elapsed().as_secs() < 120,
+            "{parts} part(s) never recorded: {:?}",
+            states(cache)
         );
-        assert!(start.elapsed().as_secs() < 120, "no parts recorded");
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // No manifest: the package is not there until an export completes.
-    let client_dir = server.root.join(BUCKET).join("resume");
-    assert!(!client_dir.join("manifest.json").exists());
+}
 
-    let o = run_with_timeout(export(&["--resume"]), std::time::Duration::from_secs(300));
+fn spawn(mut c: Command) -> std::process::Child {
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGINT (Ctrl-C) to `child` and waits for it: exit code and stderr.
+fn interrupt(child: std::process::Child) -> (Option<i32>, String) {
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctrl_c_aborts_the_upload_or_keeps_it_to_resume_and_resume_sends_only_missing_parts() {
+    let server = S3Server::start();
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    // 24 MiB of noise: 5 parts of 5 MiB. A proxy holds the part uploads after the second, so
+    // the export is stopped in a known state, however fast the machine.
+    let (b, noise) = noise_bundle(d.path(), "noise", 24 << 20, 0x2545_f491_4f6c_dd1d);
+    let object = server.root.join(BUCKET).join("ctrlc/sda1.raw.gz");
+
+    // Ctrl-C without --resume: the upload is aborted and its record removed.
+    let held = Proxy::start(server.port, server.root.clone(), Some(2));
+    let mut child = spawn(s3_export(&b, "ctrlc", &held.endpoint, &cache, &[]));
+    let (file, state) = wait_for_parts(&mut child, &cache, 2, &[]);
+    assert_eq!(
+        server.open_uploads(),
+        [state["upload_id"].as_str().unwrap()]
+    );
+    let (code, err) = interrupt(child);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(
+        server.open_uploads().is_empty(),
+        "{:?}",
+        server.open_uploads()
+    );
+    assert!(
+        server.upload_files().is_empty(),
+        "{:?}",
+        server.upload_files()
+    );
+    assert!(!file.exists());
+    assert!(!object.exists());
+
+    // Ctrl-C with --resume: the upload and its record (2 parts) are kept.
+    let held = Proxy::start(server.port, server.root.clone(), Some(2));
+    let mut child = spawn(s3_export(
+        &b,
+        "ctrlc",
+        &held.endpoint,
+        &cache,
+        &["--resume"],
+    ));
+    let (file, _) = wait_for_parts(&mut child, &cache, 2, &[]);
+    let (code, err) = interrupt(child);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let state = json(&file);
+    assert_eq!(state["parts"].as_object().unwrap().len(), 2, "{state:#}");
+    assert_eq!(
+        server.open_uploads(),
+        [state["upload_id"].as_str().unwrap()]
+    );
+    assert!(!object.exists());
+
+    // Resumed: only the 3 missing parts go up (counted by the proxy), nothing is aborted.
+    let counting = Proxy::start(server.port, server.root.clone(), None);
+    let o = run_with_timeout(
+        s3_export(
+            &b,
+            "ctrlc",
+            &counting.endpoint,
+            &cache,
+            &["--resume", "--json"],
+        ),
+        std::time::Duration::from_secs(300),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     let obj = &r["Objects"][0];
-    let (parts, sent) = (
-        obj["Parts"].as_u64().unwrap(),
-        obj["PartsSent"].as_u64().unwrap(),
+    assert_eq!(
+        (obj["Parts"].as_u64(), obj["PartsSent"].as_u64()),
+        (Some(5), Some(3)),
+        "{r:#}"
     );
-    assert!(parts >= 8 && sent < parts - 1, "{obj:#}");
-    // The state is gone, and the object is the same as a fresh export makes.
-    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
-    let url = r["ManifestUrl"].as_str().unwrap();
-    let em: Value = serde_json::from_slice(&curl(url)).unwrap();
-    let gz = d.path().join("sda1.raw.gz");
-    std::fs::write(
-        &gz,
-        curl(
-            em["Image"]["Snapshots"][0]["PreSignedUrl"]
-                .as_str()
-                .unwrap(),
-        ),
-    )
-    .unwrap();
-    assert!(gunzip(&gz) == noise);
+    assert_eq!(counting.part_puts(), 3);
+    assert_eq!(r["AbortedUploads"], serde_json::json!([]), "{r:#}");
+    assert!(states(&cache).is_empty());
+    assert!(
+        server.open_uploads().is_empty(),
+        "{:?}",
+        server.open_uploads()
+    );
+    assert!(gunzip(&object) == noise);
     assert_eq!(
         obj["Sha256"],
-        tool("sha256sum", &[s(&gz)])
+        tool("sha256sum", &[s(&object)])
             .split_whitespace()
             .next()
             .unwrap()
     );
+}
+
+#[test]
+fn ctrl_c_is_obeyed_while_a_request_hangs() {
+    let d = tempfile::tempdir().unwrap();
+    let (b, _) = noise_bundle(d.path(), "noise", 1 << 20, 3);
+    // A server that accepts connections and never answers: each request would wait two
+    // minutes, and be retried.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let mut child = spawn(s3_export(
+        &b,
+        "hang",
+        &endpoint,
+        &d.path().join("cache"),
+        &[],
+    ));
+    let (_conn, _) = silent.accept().unwrap();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed().as_secs() > 60 {
+            child.kill().unwrap();
+            panic!("Ctrl-C ignored while a request hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+}
+
+#[test]
+fn uploads_left_open_by_killed_exports_are_aborted_by_the_next() {
+    let server = S3Server::start();
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let (a, _) = noise_bundle(d.path(), "first", 24 << 20, 11);
+    let (b, noise_b) = noise_bundle(d.path(), "second", 24 << 20, 12);
+
+    // Killed (SIGKILL) without --resume after a part: its upload stays open, but recorded.
+    let held = Proxy::start(server.port, server.root.clone(), Some(1));
+    let mut child = spawn(s3_export(&a, "stale", &held.endpoint, &cache, &[]));
+    let (first_file, first) = wait_for_parts(&mut child, &cache, 1, &[]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first_id = first["upload_id"].as_str().unwrap().to_owned();
+    assert_eq!(server.open_uploads(), [first_id.as_str()]);
+
+    // Another bundle to the same prefix, with --resume, killed too: it aborted the first upload
+    // (from its record) when it started.
+    let held = Proxy::start(server.port, server.root.clone(), Some(1));
+    let mut child = spawn(s3_export(
+        &b,
+        "stale",
+        &held.endpoint,
+        &cache,
+        &["--resume"],
+    ));
+    let (second_file, second) =
+        wait_for_parts(&mut child, &cache, 1, std::slice::from_ref(&first_file));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let second_id = second["upload_id"].as_str().unwrap().to_owned();
+    assert_eq!(server.open_uploads(), [second_id.as_str()]);
+    assert!(!first_file.exists());
+
+    // An upload of the package that no local record knows (made elsewhere), found in the
+    // server's list of uploads.
+    let client = mkomi::export::s3::Client::new(
+        &mkomi::export::s3::Config {
+            endpoint: Some(server.endpoint.clone()),
+            region: REGION.into(),
+            credentials: mkomi::export::s3::Credentials::new(ACCESS_KEY, SECRET_KEY, None),
+            allow_http: true,
+            checksums: true,
+        },
+        BUCKET,
+    )
+    .unwrap();
+    let elsewhere = d.path().join("elsewhere.json");
+    let short = std::io::Read::chain(&noise_b[..6 << 20], FailingReader);
+    client
+        .put_stream("stale/sda1.raw.gz", short, 5 << 20, 1, Some(&elsewhere))
+        .unwrap_err();
+    let third_id = json(&elsewhere)["upload_id"].as_str().unwrap().to_owned();
+    assert_eq!(server.open_uploads().len(), 2);
+
+    // Resumed: it goes on with its own upload and aborts the other, saying so.
+    let proxy = Proxy::start(server.port, server.root.clone(), None);
+    let o = run_with_timeout(
+        s3_export(
+            &b,
+            "stale",
+            &proxy.endpoint,
+            &cache,
+            &["--resume", "--json"],
+        ),
+        std::time::Duration::from_secs(300),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(proxy.lists() >= 1);
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        r["AbortedUploads"],
+        serde_json::json!([{
+            "Object": format!("s3://{BUCKET}/stale/sda1.raw.gz"),
+            "UploadId": third_id,
+        }]),
+        "{r:#}"
+    );
+    assert!(err.contains(&third_id) && err.contains("aborted"), "{err}");
+    assert_eq!(r["Objects"][0]["PartsSent"].as_u64(), Some(4), "{r:#}");
+    assert_eq!(proxy.part_puts(), 4);
+    assert!(
+        server.open_uploads().is_empty(),
+        "{:?}",
+        server.open_uploads()
+    );
+    assert!(!second_file.exists());
+    let object = server.root.join(BUCKET).join("stale/sda1.raw.gz");
+    assert!(gunzip(&object) == noise_b);
+}
+
+/// A reader that fails: the data "ends" with an error.
+struct FailingReader;
+
+impl std::io::Read for FailingReader {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("disk unplugged"))
+    }
+}
+
+#[test]
+fn storage_errors_are_reported_not_the_broken_pipe_they_cause() {
+    let server = S3Server::start();
+    let d = tempfile::tempdir().unwrap();
+    // 12 MiB of noise: a multipart upload in 5 MiB parts, refused at its start.
+    let (b, _) = noise_bundle(d.path(), "noise", 12 << 20, 5);
+    let wrong = "wrong-secret-8d3a1f";
+    let mut c = s3_export(&b, "denied", &server.endpoint, &d.path().join("cache"), &[]);
+    c.env("OSC_SECRET_KEY", wrong);
+    let o = run_with_timeout(c, std::time::Duration::from_secs(300));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("s3://{BUCKET}/denied")) && err.contains("failed: HTTP 403"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(wrong) && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert!(
+        server.open_uploads().is_empty(),
+        "{:?}",
+        server.open_uploads()
+    );
+
+    // Nobody listening: the connection failure, not the pipe.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let c = s3_export(&b, "nowhere", &endpoint, &d.path().join("cache"), &[]);
+    let o = run_with_timeout(c, std::time::Duration::from_secs(600));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("s3://{BUCKET}/nowhere")) && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(!err.contains("Broken pipe"), "{err}");
+}
+
+#[test]
+fn export_memory_is_bounded_whatever_the_part_size() {
+    let d = tempfile::tempdir().unwrap();
+    let to = format!("s3://{BUCKET}/big");
+    // Parts beyond 128 MiB are refused: one part and the next being read must fit in 256 MiB.
+    let o = run(&["export", s(d.path()), "--to", &to, "--part-size", "129"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("5..=128"));
+
+    // 400 MiB of noise in parts of 128 MiB, to a server slower than the compression: at most
+    // two parts in memory (one in flight, one being read), where all four were, measured as the
+    // child's peak RSS: its VmHWM, which only grows, read until it exits (the peak comes while
+    // parts go up, long before the end).
+    let server = S3Server::start();
+    let slow = Proxy::slow(
+        server.port,
+        server.root.clone(),
+        None,
+        std::time::Duration::from_secs(3),
+    );
+    let (b, noise) = noise_bundle(d.path(), "noise", 400 << 20, 21);
+    drop(noise);
+    // (Two compression threads: their buffers grow with the thread count.)
+    let extra = ["--json", "--part-size", "128", "--threads", "2"];
+    let mut child = spawn(s3_export(
+        &b,
+        "big",
+        &slow.endpoint,
+        &d.path().join("cache"),
+        &extra,
+    ));
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let start = std::time::Instant::now();
+    let exit = loop {
+        if let Some(hwm) = std::fs::read_to_string(&status).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            peak_kib = peak_kib.max(hwm);
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(start.elapsed().as_secs() < 600, "the export did not end");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(exit.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let peak_mib = peak_kib / 1024;
+    eprintln!("peak RSS of the export: {peak_mib} MiB");
+    assert!(
+        peak_mib > 128 && peak_mib < 256 + 64,
+        "peak RSS {peak_mib} MiB"
+    );
+    assert!(server.open_uploads().is_empty());
+    let object = server.root.join(BUCKET).join("big/sda1.raw.gz");
+    assert!(object.metadata().unwrap().len() > 400 << 20);
 }
 
 /// A minimal HTTP/1.1 file server over `dir` with `Range` support. The first GET of `gated`

@@ -480,3 +480,126 @@ fn server_errors_are_retried() {
     assert!(fetched == body);
     assert!(connections.load(Ordering::SeqCst) >= 3);
 }
+
+/// Gives `open` bytes of `data`, then blocks until `failed` is set, and fails.
+struct Stalled<'a> {
+    data: &'a [u8],
+    open: usize,
+    failed: &'a (Mutex<bool>, std::sync::Condvar),
+}
+
+impl Read for Stalled<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.open == 0 {
+            let (lock, cv) = self.failed;
+            let mut failed = lock.lock().unwrap();
+            while !*failed {
+                failed = cv.wait(failed).unwrap();
+            }
+            return Err(io::Error::other("disk unplugged"));
+        }
+        let n = buf.len().min(self.open);
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        self.open -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn each_part_is_recorded_as_soon_as_it_is_uploaded() {
+    let server = S3Server::start();
+    let client = client(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("upload.json");
+    let body = data(3 * MIN_PART_SIZE + MIB, 9); // 4 parts: 5, 5, 5 and 1 MiB
+    let failed = (Mutex::new(false), std::sync::Condvar::new());
+    std::thread::scope(|scope| {
+        // Three parts go up while the reader is stuck on the fourth: the loop, waiting for the
+        // data, never collects them, but each must be in the state file once uploaded.
+        let upload = scope.spawn(|| {
+            let reader = Stalled {
+                data: &body,
+                open: 3 * MIN_PART_SIZE,
+                failed: &failed,
+            };
+            client.put_stream("rec.bin", reader, MIN_PART_SIZE, 4, Some(&state))
+        });
+        let start = std::time::Instant::now();
+        let recorded = loop {
+            let parts = std::fs::read(&state)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["parts"].as_object().map(|p| p.len()))
+                .unwrap_or(0);
+            if parts == 3 || start.elapsed() > Duration::from_secs(60) {
+                break parts;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        *failed.0.lock().unwrap() = true;
+        failed.1.notify_all();
+        let e = upload.join().unwrap().unwrap_err();
+        assert!(matches!(e, Error::Read { .. }), "{e}");
+        assert_eq!(recorded, 3, "parts recorded while the data was stalled");
+    });
+    // Resumed: only the last part is sent.
+    let report = client
+        .put_stream("rec.bin", &body[..], MIN_PART_SIZE, 4, Some(&state))
+        .unwrap();
+    assert_eq!((report.parts, report.parts_sent), (4, 1), "{report:?}");
+    assert!(get(&client, "rec.bin") == body);
+    assert!(
+        server.open_uploads().is_empty(),
+        "{:?}",
+        server.open_uploads()
+    );
+}
+
+#[test]
+fn part_data_in_memory_is_bounded() {
+    use s3::{MAX_BUFFERED, buffered_parts};
+    assert_eq!(MAX_BUFFERED, 256 * MIB);
+    // Small parts: all in flight plus the one being read.
+    assert_eq!(buffered_parts(5 * MIB, 4), 5);
+    assert_eq!(buffered_parts(32 * MIB, 4), 5);
+    // Large ones: fewer, within the bound.
+    assert_eq!(buffered_parts(64 * MIB, 4), 4);
+    assert_eq!(buffered_parts(128 * MIB, 4), 2);
+    // Beyond half the bound, one at a time: a part, then the next.
+    assert_eq!(buffered_parts(s3::MAX_PART_SIZE, 4), 1);
+    assert_eq!(buffered_parts(5 * MIB, 0), 2);
+}
+
+#[test]
+fn the_uploads_in_progress_are_listed_where_the_server_can() {
+    // s3s-fs has no ListMultipartUploads (HTTP 501): the client says so rather than failing.
+    let server = S3Server::start();
+    let client = client(&server);
+    assert_eq!(client.list_uploads("images/").unwrap(), None);
+    // A wrong secret is an error, naming the operation.
+    let denied = Client::new(&config(&server.endpoint, "wrong-secret-3c1f"), BUCKET).unwrap();
+    let e = denied.list_uploads("images/").unwrap_err();
+    assert!(
+        e.to_string().starts_with(&format!(
+            "s3://{BUCKET}/images/: list multipart uploads failed: HTTP 403"
+        )),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("wrong-secret"), "{e}");
+    // An upload left open (and recorded) is aborted by its ID.
+    let body = data(MIN_PART_SIZE + 1, 10);
+    let reader = FailAfter {
+        data: &body,
+        limit: MIN_PART_SIZE + 1,
+    };
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("s.json");
+    client
+        .put_stream("images/a", reader, MIN_PART_SIZE, 1, Some(&file))
+        .unwrap_err();
+    let (_, open) = s3::recorded_upload(&file).unwrap().unwrap();
+    assert_eq!(server.open_uploads(), [open.upload_id.as_str()]);
+    assert!(client.abort_upload("images/a", &open.upload_id).unwrap());
+    assert!(server.open_uploads().is_empty());
+}

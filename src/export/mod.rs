@@ -58,12 +58,16 @@ pub enum Error {
     /// A request that cannot be carried out.
     #[error("{0}")]
     Invalid(String),
+    /// Stopped by Ctrl-C (see `package::Request::cancel`).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl Error {
-    /// Whether the work stopped on Ctrl-C.
+    /// Whether the work (an export or an import) stopped on Ctrl-C.
     pub fn is_interrupted(&self) -> bool {
         match self {
+            Error::Interrupted | Error::S3(s3::Error::Interrupted { .. }) => true,
             Error::Copy(e) => matches!(e, crate::copy::Error::Interrupted),
             Error::Register(e) => e.is_interrupted(),
             _ => false,

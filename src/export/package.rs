@@ -5,6 +5,12 @@
 //! damaged bundle is never exported), compressed on all cores and hashed again as they leave,
 //! straight into the object: no intermediate uncompressed file. A directory package appears
 //! atomically (temporary directory, then rename), like a bundle.
+//!
+//! In a bucket, each multipart upload is recorded from its start in a state file under the
+//! user's cache directory, so that an export killed at any point leaves a record: the next
+//! export to the same prefix aborts what such exports left open (and what the server lists
+//! there), except the upload a `--resume` run goes on with. Ctrl-C (see [`Request::cancel`])
+//! aborts the upload, or keeps it and its record with `--resume`.
 
 use super::gzip::GzWriter;
 use super::manifest::{ExportImage, ExportManifest, MAX_EXPIRY_SECS, Snapshot};
@@ -64,6 +70,10 @@ pub struct Request {
     pub resume: bool,
     /// Multipart part size (bucket targets).
     pub part_size: usize,
+    /// When set (by a Ctrl-C handler), the export stops soon with an interruption error,
+    /// leaving nothing behind: its temporary directory removed, its uploads aborted (or kept to
+    /// be resumed, with `resume`).
+    pub cancel: Option<&'static AtomicBool>,
 }
 
 /// One object written.
@@ -84,6 +94,16 @@ pub struct Object {
     pub parts_sent: Option<usize>,
 }
 
+/// A multipart upload that `export` found open and aborted.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AbortedUpload {
+    /// `s3://BUCKET/KEY`.
+    pub object: String,
+    /// Its upload ID.
+    pub upload_id: String,
+}
+
 /// What `export` did.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -94,6 +114,9 @@ pub struct Report {
     pub manifest_url: Option<String>,
     /// Where the package went.
     pub location: String,
+    /// Multipart uploads of this package left open by earlier exports (killed, or interrupted
+    /// with `--resume`) that this one aborted.
+    pub aborted_uploads: Vec<AbortedUpload>,
     /// Wall time.
     #[serde(skip)]
     pub elapsed: Duration,
@@ -142,6 +165,13 @@ fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { path, what, source }
 }
 
+fn check_cancel(cancel: Option<&AtomicBool>) -> Result<()> {
+    match cancel {
+        Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
+        _ => Ok(()),
+    }
+}
+
 /// The object name of a disk: `sda1.qcow2.gz`.
 fn object_name(device: &str, format: DiskFormat) -> String {
     format!(
@@ -157,6 +187,7 @@ fn write_disk(
     d: &manifest::Disk,
     format: DiskFormat,
     out: &mut dyn Write,
+    cancel: Option<&AtomicBool>,
 ) -> Result<u64> {
     let path = dir.join(&d.path);
     if format == d.format {
@@ -166,6 +197,7 @@ fn write_disk(
         let mut hash = Sha256::new();
         let mut total = 0u64;
         loop {
+            check_cancel(cancel)?;
             let n = f.read(&mut buf).map_err(io(&path, "cannot read"))?;
             if n == 0 {
                 break;
@@ -186,7 +218,7 @@ fn write_disk(
         DiskFormat::Raw => {
             // The virtual disk, holes as zeros, read through its format.
             let mut src = source::open(&path, &OpenOptions::default())?;
-            stream_source(src.as_mut(), out)
+            stream_source(src.as_mut(), out, cancel)
         }
         DiskFormat::Qcow2 => Err(Error::Bundle {
             path,
@@ -198,7 +230,11 @@ fn write_disk(
 }
 
 /// Writes every byte of `src` in order, zeros for its holes.
-fn stream_source(src: &mut dyn Source, out: &mut dyn Write) -> Result<u64> {
+fn stream_source(
+    src: &mut dyn Source,
+    out: &mut dyn Write,
+    cancel: Option<&AtomicBool>,
+) -> Result<u64> {
     let zeros = vec![0u8; IO_CHUNK];
     let mut buf = vec![0u8; IO_CHUNK];
     let mut extents = Vec::new();
@@ -210,6 +246,7 @@ fn stream_source(src: &mut dyn Source, out: &mut dyn Write) -> Result<u64> {
         let mut pos = e.offset;
         let end = e.offset + e.len;
         while pos < end {
+            check_cancel(cancel)?;
             let n = (end - pos).min(IO_CHUNK as u64) as usize;
             match e.kind {
                 source::ExtentKind::Zero => out.write_all(&zeros[..n]),
@@ -364,7 +401,7 @@ fn export_dir(
             len: 0,
         };
         let mut gz = GzWriter::new(&mut hw, req.threads, req.level).map_err(Error::Write)?;
-        let bytes = write_disk(&req.bundle, d, *format, &mut gz)?;
+        let bytes = write_disk(&req.bundle, d, *format, &mut gz, req.cancel)?;
         gz.finish().map_err(Error::Write)?;
         hw.inner.flush().map_err(io(&path, "cannot write"))?;
         hw.inner
@@ -380,6 +417,7 @@ fn export_dir(
             parts_sent: None,
         });
     }
+    check_cancel(req.cancel)?;
     for (name, bytes) in side_files(m, names, &vec![None; names.len()], &objects, mkomi_bytes) {
         write_synced(&tmp.path.join(&name), &bytes)?;
     }
@@ -389,6 +427,7 @@ fn export_dir(
         objects,
         manifest_url: None,
         location: out.display().to_string(),
+        aborted_uploads: Vec::new(),
         elapsed: started.elapsed(),
     })
 }
@@ -399,23 +438,114 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(io(path, "cannot sync"))
 }
 
-/// Where the state of a resumable upload of `key` is kept: under `$XDG_CACHE_HOME/mkomi` (else
-/// `~/.cache/mkomi`), named by a digest of the target and the bundle's manifest, so that only
-/// the same bundle to the same object resumes it.
-fn state_file(location: &s3::Location, key: &str, mkomi_bytes: &[u8]) -> Result<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+/// Where the state files of uploads are kept: `$XDG_CACHE_HOME/mkomi/uploads` (else
+/// `~/.cache/mkomi/uploads`), created; `None` when neither variable is set.
+fn state_dir() -> Result<Option<PathBuf>> {
+    let Some(cache) = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .ok_or_else(|| Error::Invalid("--resume needs XDG_CACHE_HOME or HOME".into()))?;
+    else {
+        return Ok(None);
+    };
     let dir = cache.join("mkomi").join("uploads");
     std::fs::create_dir_all(&dir).map_err(io(&dir, "cannot create"))?;
+    Ok(Some(dir))
+}
+
+/// The state file of the upload of `key` in `dir`, named by a digest of the target and the
+/// bundle's manifest, so that only the same bundle to the same object resumes it.
+fn state_file(dir: &Path, location: &s3::Location, key: &str, mkomi_bytes: &[u8]) -> PathBuf {
     let mut h = Sha256::new();
     h.update(location.bucket.as_bytes());
     h.update(b"\0");
     h.update(key.as_bytes());
     h.update(b"\0");
     h.update(mkomi_bytes);
-    Ok(dir.join(format!("{}.json", &hex(&h.finalize())[..32])))
+    dir.join(format!("{}.json", &hex(&h.finalize())[..32]))
+}
+
+/// Whether `key` is an object of the package at `location`: a disk object (`*.gz`) or a side
+/// file directly under its prefix.
+fn package_key(location: &s3::Location, key: &str) -> bool {
+    let name = if location.key.is_empty() {
+        Some(key)
+    } else {
+        key.strip_prefix(&location.key)
+            .and_then(|k| k.strip_prefix('/'))
+    };
+    name.is_some_and(|n| {
+        !n.contains('/')
+            && (n.ends_with(".gz") || [EXPORT_MANIFEST, MKOMI_MANIFEST, SUMS_FILE].contains(&n))
+    })
+}
+
+/// Aborts the multipart uploads of the package at `location` that earlier exports left open
+/// (killed, or interrupted with `--resume`), except those recorded in `keep` (the ones this
+/// export resumes). They are found in the state files of `dir` and, where the server implements
+/// it, in its list of uploads under the prefix.
+fn abort_stale_uploads(
+    client: &s3::Client,
+    location: &s3::Location,
+    dir: Option<&Path>,
+    keep: &[PathBuf],
+) -> Result<Vec<AbortedUpload>> {
+    let mut kept = Vec::new();
+    for file in keep {
+        if let Some((_, upload)) = s3::recorded_upload(file)? {
+            kept.push(upload.upload_id);
+        }
+    }
+    let mut aborted = Vec::new();
+    let mut seen = Vec::new();
+    let mut abort = |upload: s3::OpenUpload| -> Result<()> {
+        if client.abort_upload(&upload.key, &upload.upload_id)? {
+            aborted.push(AbortedUpload {
+                object: format!("s3://{}/{}", location.bucket, upload.key),
+                upload_id: upload.upload_id,
+            });
+        }
+        Ok(())
+    };
+    if let Some(dir) = dir {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io(dir, "cannot read"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json") && !keep.contains(p))
+            .collect();
+        files.sort();
+        for file in files {
+            // A file that is not a state file is not ours to judge.
+            let Ok(Some((bucket, upload))) = s3::recorded_upload(&file) else {
+                continue;
+            };
+            if bucket != location.bucket || !package_key(location, &upload.key) {
+                continue;
+            }
+            seen.push(upload.upload_id.clone());
+            abort(upload)?;
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(&file, "cannot remove")(e));
+                }
+                _ => {}
+            }
+        }
+    }
+    let prefix = if location.key.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", location.key)
+    };
+    for upload in client.list_uploads(&prefix)?.unwrap_or_default() {
+        if package_key(location, &upload.key)
+            && !kept.contains(&upload.upload_id)
+            && !seen.contains(&upload.upload_id)
+        {
+            abort(upload)?;
+        }
+    }
+    Ok(aborted)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -429,16 +559,36 @@ fn export_s3(
     config: &s3::Config,
     started: Instant,
 ) -> Result<Report> {
-    let client = s3::Client::new(config, &location.bucket)?;
+    let mut client = s3::Client::new(config, &location.bucket)?;
+    if let Some(cancel) = req.cancel {
+        client.set_cancel(cancel);
+    }
+    // Every multipart upload is recorded in a state file from its start, so that one left open
+    // by a killed export is found and aborted (or, with --resume, continued) by the next.
+    let dir = state_dir()?;
+    if req.resume && dir.is_none() {
+        return Err(Error::Invalid(
+            "--resume needs XDG_CACHE_HOME or HOME".into(),
+        ));
+    }
+    let states: Vec<Option<PathBuf>> = names
+        .iter()
+        .map(|name| {
+            dir.as_deref()
+                .map(|d| state_file(d, location, &location.join(name), mkomi_bytes))
+        })
+        .collect();
+    let keep: Vec<PathBuf> = if req.resume {
+        states.iter().flatten().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    let aborted_uploads = abort_stale_uploads(&client, location, dir.as_deref(), &keep)?;
     let mut objects = Vec::new();
     let mut urls = Vec::new();
-    for ((d, format), name) in m.disks.iter().zip(formats).zip(names) {
+    for (((d, format), name), state) in m.disks.iter().zip(formats).zip(names).zip(&states) {
+        check_cancel(req.cancel)?;
         let key = location.join(name);
-        let state = if req.resume {
-            Some(state_file(location, &key, mkomi_bytes)?)
-        } else {
-            None
-        };
         // The disk is compressed on its own threads into a pipe that the upload reads: the
         // object never exists uncompressed, nor whole in memory.
         let (reader, writer) = std::io::pipe().map_err(Error::Write)?;
@@ -453,7 +603,7 @@ fn export_s3(
                 };
                 let mut gz =
                     GzWriter::new(&mut hw, req.threads, req.level).map_err(Error::Write)?;
-                let bytes = write_disk(&req.bundle, d, *format, &mut gz)?;
+                let bytes = write_disk(&req.bundle, d, *format, &mut gz, req.cancel)?;
                 gz.finish().map_err(Error::Write)?;
                 // Only now may the upload see the end of the stream as the end of the object.
                 complete.store(true, Ordering::Release);
@@ -461,24 +611,33 @@ fn export_s3(
                 drop(inner);
                 Ok((bytes, len, hex(&hash.finalize())))
             });
-            let put = client.put_stream(
+            let put = client.put_stream_with(
                 &key,
                 Guarded {
                     inner: reader,
                     complete,
                 },
-                req.part_size,
-                s3::DEFAULT_PARALLEL_PARTS,
-                state.as_deref(),
+                &s3::PutOptions {
+                    part_size: req.part_size,
+                    parallel_parts: s3::DEFAULT_PARALLEL_PARTS,
+                    state: state.as_deref(),
+                    keep_on_error: req.resume,
+                },
             );
             let produced = producer
                 .join()
                 .unwrap_or_else(|_| Err(Error::Invalid("the compression thread failed".into())));
             (put, produced)
         });
-        // A failed read or compression shows as a broken upload too: report the cause.
-        let (bytes, compressed, sha256) = produced?;
-        let put = put?;
+        check_cancel(req.cancel)?;
+        // Each side's failure shows on the other as a broken stream: report the cause. The
+        // upload ends the stream early only when the data stopped (s3::Error::Read); any other
+        // upload error is the cause, and the compressor's broken pipe its consequence.
+        let (put, (bytes, compressed, sha256)) = match (put, produced) {
+            (Ok(put), Ok(produced)) => (put, produced),
+            (Err(s3::Error::Read { .. }), Err(e)) | (Ok(_), Err(e)) => return Err(e),
+            (Err(e), _) => return Err(e.into()),
+        };
         urls.push(Some(client.presign_get(&key, req.expires)?));
         objects.push(Object {
             name: name.clone(),
@@ -489,6 +648,7 @@ fn export_s3(
             parts_sent: Some(put.parts_sent),
         });
     }
+    check_cancel(req.cancel)?;
     // The manifest goes up last among the objects it names; SHA256SUMS after it.
     for (name, bytes) in side_files(m, names, &urls, &objects, mkomi_bytes) {
         client.put_bytes(&location.join(&name), &bytes)?;
@@ -498,6 +658,7 @@ fn export_s3(
         objects,
         manifest_url: Some(manifest_url),
         location: location.to_string(),
+        aborted_uploads,
         elapsed: started.elapsed(),
     })
 }

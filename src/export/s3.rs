@@ -8,13 +8,16 @@
 //! created inside each [`Client`], so callers stay synchronous (and must not call it from inside
 //! another tokio runtime).
 //!
-//! Large objects go up as multipart uploads ([`Client::put_stream`]): parts of a fixed size read
-//! one after the other from any [`Read`], a few in flight at once, each with its SHA-256 sent as
-//! the part's `x-amz-checksum-sha256` (see [`Config::checksums`]). On an error the multipart
-//! upload is aborted, unless a resume state file was given: that file records the upload and each
-//! finished part (number, size, SHA-256, ETag), rewritten atomically after every part, so that a
-//! later call with the same file re-reads the data, checks each finished part's SHA-256 against
-//! the record without sending it again, sends the rest and completes the upload.
+//! Large objects go up as multipart uploads ([`Client::put_stream_with`]): parts of a fixed size
+//! read one after the other from any [`Read`], a few in flight at once (their data within
+//! [`MAX_BUFFERED`] bytes), each with its SHA-256 sent as the part's `x-amz-checksum-sha256` (see
+//! [`Config::checksums`]). A state file may record the upload and each finished part (number,
+//! size, SHA-256, ETag), rewritten atomically as each part's upload completes. On an error or an
+//! interruption the multipart upload is aborted, unless the state is to be kept: then a later
+//! call with the same file re-reads the data, checks each finished part's SHA-256 against the
+//! record without sending it again, sends the rest and completes the upload. Uploads left open by
+//! a killed process are found with [`Client::list_uploads`] (where the server implements it) or
+//! their state files ([`recorded_upload`]), and aborted with [`Client::abort_upload`].
 //!
 //! Downloads ([`Client::get_stream`], and [`get_url`] for pre-signed URLs, without credentials)
 //! stream in ranged GETs pinned to the object's ETag, each retried on its own.
@@ -29,7 +32,8 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,7 +43,8 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::{Method, Signer};
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -54,6 +59,9 @@ pub const MAX_PART_SIZE: usize = 5 << 30;
 pub const DEFAULT_PART_SIZE: usize = 32 << 20;
 /// Parts in flight at once by default.
 pub const DEFAULT_PARALLEL_PARTS: usize = 4;
+/// The most part data a multipart upload holds in memory (parts in flight and the one being
+/// read), whatever the part size, unless one part is larger: see [`buffered_parts`].
+pub const MAX_BUFFERED: usize = 256 << 20;
 /// S3's largest part number.
 pub const MAX_PARTS: usize = 10_000;
 /// The longest a pre-signed URL may live: 7 days, SigV4's (and so Outscale's and AWS's) maximum.
@@ -198,6 +206,14 @@ pub enum Error {
         url: String,
         /// `HTTP 403 AccessDenied`, `cannot connect (…)`…
         reason: String,
+    },
+    /// The upload was interrupted (see [`Client::set_cancel`]).
+    #[error("s3://{bucket}/{key}: interrupted")]
+    Interrupted {
+        /// The bucket.
+        bucket: String,
+        /// The object key.
+        key: String,
     },
     /// The data needs more than 10,000 parts.
     #[error(
@@ -467,6 +483,31 @@ impl Config {
     }
 }
 
+/// How [`Client::put_stream_with`] uploads.
+#[derive(Debug, Clone, Copy)]
+pub struct PutOptions<'a> {
+    /// Bytes per part ([`MIN_PART_SIZE`] to [`MAX_PART_SIZE`]); data shorter than a part goes
+    /// up in a single PUT.
+    pub part_size: usize,
+    /// Parts in flight at most.
+    pub parallel_parts: usize,
+    /// The file recording the multipart upload and its finished parts.
+    pub state: Option<&'a Path>,
+    /// On an error or interruption, leave the upload open and its state file in place, to be
+    /// resumed, instead of aborting it.
+    pub keep_on_error: bool,
+}
+
+/// A multipart upload in progress on the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct OpenUpload {
+    /// The object key.
+    pub key: String,
+    /// The upload ID.
+    pub upload_id: String,
+}
+
 /// What [`Client::put_stream`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutReport {
@@ -618,6 +659,11 @@ pub struct Client {
     runtime: Arc<Runtime>,
     scrubber: Arc<Scrubber>,
     get_range: u64,
+    /// What [`Client::list_uploads`] needs to sign its own requests.
+    endpoint: Option<String>,
+    region: String,
+    credentials: Credentials,
+    cancel: Option<&'static AtomicBool>,
 }
 
 impl Client {
@@ -678,6 +724,10 @@ impl Client {
             runtime: Arc::new(runtime),
             scrubber: Arc::new(scrubber),
             get_range: GET_RANGE,
+            endpoint: config.endpoint.clone(),
+            region: config.region.clone(),
+            credentials: config.credentials.clone(),
+            cancel: None,
         })
     }
 
@@ -701,50 +751,83 @@ impl Client {
         self.put_stream(key, data, DEFAULT_PART_SIZE, DEFAULT_PARALLEL_PARTS, None)
     }
 
-    /// Uploads everything `reader` gives to `key`.
-    ///
-    /// Less than `part_size` bytes go up in a single PUT; more as a multipart upload with parts
-    /// of `part_size` bytes ([`MIN_PART_SIZE`] to [`MAX_PART_SIZE`]), `parallel_parts` of them in
-    /// flight (memory: about `(parallel_parts + 1) × part_size`).
-    ///
-    /// Without `resume`, a failed multipart upload is aborted. With `resume`, the upload and its
-    /// finished parts are recorded in that file after each part, and the file is left in place
-    /// on an error; called again with the same file (and the same data), the upload goes on: the
-    /// recorded part size is used, each finished part is re-read and its SHA-256 compared with
-    /// the record instead of being sent again. The file is removed once the object is complete.
+    /// Uploads everything `reader` gives to `key`, with a resume state file when `resume` is
+    /// given; see [`Client::put_stream_with`] (`keep_on_error` is `resume.is_some()`).
     pub fn put_stream(
         &self,
         key: &str,
-        mut reader: impl Read,
+        reader: impl Read,
         part_size: usize,
         parallel_parts: usize,
         resume: Option<&Path>,
     ) -> Result<PutReport> {
+        self.put_stream_with(
+            key,
+            reader,
+            &PutOptions {
+                part_size,
+                parallel_parts,
+                state: resume,
+                keep_on_error: resume.is_some(),
+            },
+        )
+    }
+
+    /// Uploads everything `reader` gives to `key`.
+    ///
+    /// Less than `part_size` bytes go up in a single PUT; more as a multipart upload with parts
+    /// of `part_size` bytes ([`MIN_PART_SIZE`] to [`MAX_PART_SIZE`]), up to `parallel_parts` of
+    /// them in flight. Part data held in memory (the parts in flight and the one being read)
+    /// stays within [`MAX_BUFFERED`] bytes, or one part when a part is larger: see
+    /// [`buffered_parts`].
+    ///
+    /// With a `state` file, the upload is recorded in it when it starts and each part when its
+    /// upload completes (rewritten atomically each time), so that a process killed at any point
+    /// leaves a record of what the server holds. On an error or an interruption (see
+    /// [`Client::set_cancel`]) the multipart upload is aborted and the file removed, unless
+    /// `keep_on_error`: then both are left for a later call with the same file (and the same
+    /// data), which goes on with the upload: the recorded part size is used, each finished part
+    /// is re-read and its SHA-256 compared with the record instead of being sent again. Without
+    /// `keep_on_error`, an upload recorded in the file by an earlier call is aborted first. The
+    /// file is removed once the object is complete.
+    pub fn put_stream_with(
+        &self,
+        key: &str,
+        mut reader: impl Read,
+        options: &PutOptions<'_>,
+    ) -> Result<PutReport> {
         let path = object_path(key)?;
+        let part_size = options.part_size;
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
             return Err(Error::Setting(format!(
                 "part size {part_size}: S3 parts have 5 MiB to 5 GiB"
             )));
         }
-        let parallel = parallel_parts.clamp(1, 64);
-        let state = match resume {
+        let parallel = options.parallel_parts.clamp(1, 64);
+        let state = match options.state {
             Some(file) => State::load(file, &self.bucket, key)?,
             None => None,
         };
-        let part_size = state.as_ref().map_or(part_size, |s| s.part_size);
-        let read_err = |source| Error::Read {
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            source,
+        let state = match state {
+            Some(old) if !options.keep_on_error => {
+                // Left by a call that was killed: not ours to go on with.
+                self.abort(&path, &old.upload_id);
+                None
+            }
+            s => s,
         };
-        let first = read_part(&mut reader, part_size).map_err(read_err)?;
+        let part_size = state.as_ref().map_or(part_size, |s| s.part_size);
+        let first = read_part(&mut reader, part_size).map_err(|e| self.read_error(key, e))?;
+        self.check_cancel(key)?;
 
         if state.is_none() && first.len() < part_size {
             let bytes = first.len() as u64;
             let result = self
-                .runtime
-                .block_on(self.store.put(&path, first.into()))
+                .cancellable(key, self.store.put(&path, first.into()))?
                 .map_err(|e| self.error(key, "PUT", &e))?;
+            if let Some(file) = options.state {
+                remove_state(file)?;
+            }
             return Ok(PutReport {
                 parts: 1,
                 parts_sent: 1,
@@ -756,12 +839,11 @@ impl Client {
         }
 
         let resumed = state.is_some();
-        let mut state = match state {
+        let state = match state {
             Some(s) => s,
             None => {
                 let upload_id = self
-                    .runtime
-                    .block_on(self.store.create_multipart(&path))
+                    .cancellable(key, self.store.create_multipart(&path))?
                     .map_err(|e| self.error(key, "create multipart upload", &e))?;
                 let s = State {
                     format: STATE_FORMAT.to_string(),
@@ -771,7 +853,7 @@ impl Client {
                     part_size,
                     parts: BTreeMap::new(),
                 };
-                if let Some(file) = resume
+                if let Some(file) = options.state
                     && let Err(e) = s.save(file)
                 {
                     self.abort(&path, &s.upload_id);
@@ -780,26 +862,32 @@ impl Client {
                 s
             }
         };
+        let upload_id = state.upload_id.clone();
+        let record = Arc::new(Record {
+            state: Mutex::new(state),
+            file: options.state.map(Path::to_path_buf),
+        });
 
         let mut upload = Upload {
             client: self,
             key,
             path: &path,
-            state: &mut state,
-            resume,
+            record: record.clone(),
+            state_file: options.state,
             resumed,
             sent: 0,
             bytes_sent: 0,
+            buffers: buffered_parts(part_size, parallel),
         };
         let result = upload.run(first, reader, parallel);
         let (parts_sent, bytes_sent) = (upload.sent, upload.bytes_sent);
         match result {
             Ok((bytes, etag)) => {
-                if let Some(file) = resume {
+                if let Some(file) = options.state {
                     remove_state(file)?;
                 }
                 Ok(PutReport {
-                    parts: state.parts.len(),
+                    parts: record.lock().parts.len(),
                     parts_sent,
                     bytes,
                     bytes_sent,
@@ -808,11 +896,74 @@ impl Client {
                 })
             }
             Err(e) => {
-                if resume.is_none() {
-                    self.abort(&path, &state.upload_id);
+                if !options.keep_on_error {
+                    self.abort(&path, &upload_id);
+                    if let Some(file) = options.state {
+                        let _ = remove_state(file);
+                    }
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Makes uploads stop, with [`Error::Interrupted`], soon after `flag` is set (by a Ctrl-C
+    /// handler): between parts, and while waiting for parts in flight, which are then
+    /// cancelled.
+    pub fn set_cancel(&mut self, flag: &'static AtomicBool) {
+        self.cancel = Some(flag);
+    }
+
+    /// Runs `fut` to its end, or until the cancel flag is set: then [`Error::Interrupted`]
+    /// (the request is dropped: a request's retries may take minutes).
+    fn cancellable<F: std::future::Future>(&self, key: &str, fut: F) -> Result<F::Output> {
+        let Some(flag) = self.cancel else {
+            return Ok(self.runtime.block_on(fut));
+        };
+        let watch = async move {
+            while !flag.load(Ordering::Relaxed) {
+                tokio::time::sleep(CANCEL_POLL).await;
+            }
+        };
+        self.runtime.block_on(async move {
+            let (fut, watch) = (std::pin::pin!(fut), std::pin::pin!(watch));
+            match futures_util::future::select(fut, watch).await {
+                futures_util::future::Either::Left((out, _)) => Ok(out),
+                futures_util::future::Either::Right(_) => Err(Error::Interrupted {
+                    bucket: self.bucket.clone(),
+                    key: key.to_string(),
+                }),
+            }
+        })
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn check_cancel(&self, key: &str) -> Result<()> {
+        if self.cancelled() {
+            return Err(Error::Interrupted {
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The data could not be read: because of an interruption (the reader's own end may be
+    /// what stopped), or as the reader says.
+    fn read_error(&self, key: &str, source: io::Error) -> Error {
+        if self.cancelled() {
+            return Error::Interrupted {
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+            };
+        }
+        Error::Read {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            source,
         }
     }
 
@@ -848,6 +999,131 @@ impl Client {
         }
         remove_state(file)?;
         Ok(true)
+    }
+
+    /// Aborts the multipart upload `upload_id` of `key`; `false` when the server no longer knows
+    /// it (HTTP 404 `NoSuchUpload`: completed, aborted or expired).
+    pub fn abort_upload(&self, key: &str, upload_id: &str) -> Result<bool> {
+        let path = object_path(key)?;
+        match self
+            .runtime
+            .block_on(self.store.abort_multipart(&path, &upload_id.to_string()))
+        {
+            Ok(()) => Ok(true),
+            Err(e) => match classify(&e) {
+                Failure::Status { status: 404, .. } => Ok(false),
+                Failure::Status { code: Some(c), .. } if c == "NoSuchUpload" => Ok(false),
+                _ => Err(self.error(key, "abort multipart upload", &e)),
+            },
+        }
+    }
+
+    /// The multipart uploads in progress for keys under `prefix` (S3's ListMultipartUploads,
+    /// every page), or `None` when the server does not implement it (HTTP 501) or does not
+    /// allow it to these credentials (HTTP 403 `AccessDenied`: a policy may grant uploads
+    /// without listing them).
+    pub fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<OpenUpload>>> {
+        use object_store::aws::{AwsAuthorizer, AwsCredential};
+        use object_store::client::{HttpRequest, HttpRequestBody};
+        const OP: &str = "list multipart uploads";
+        let base = match &self.endpoint {
+            Some(e) => format!("{e}/{}", self.bucket),
+            None => format!("https://{}.s3.{}.amazonaws.com/", self.bucket, self.region),
+        };
+        let c = &self.credentials;
+        let credential = AwsCredential {
+            key_id: c.access_key_id.clone(),
+            secret_key: c.secret_access_key.clone(),
+            token: c.session_token.clone(),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| Error::Setting(format!("cannot set up HTTP: {}", e.without_url())))?;
+        let transport = |reason: String| Error::Transport {
+            bucket: self.bucket.clone(),
+            key: prefix.to_string(),
+            op: OP.to_string(),
+            reason: self.scrubber.scrub(&reason),
+        };
+        let mut uploads = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        // A server that keeps saying "truncated" is not followed for ever.
+        for _ in 0..1000 {
+            let mut query = vec![("prefix", prefix.to_string()), ("uploads", String::new())];
+            if let Some((key, id)) = &marker {
+                query.push(("key-marker", key.clone()));
+                query.push(("upload-id-marker", id.clone()));
+            }
+            let url = reqwest::Url::parse_with_params(&base, &query)
+                .map_err(|e| Error::Setting(format!("endpoint {base:?}: {e}")))?;
+            let body = self.cancellable(prefix, async {
+                let mut delay = Duration::from_millis(250);
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    // Signed again for each try: a signature has a date.
+                    let mut request = HttpRequest::new(HttpRequestBody::empty());
+                    *request.uri_mut() = url
+                        .as_str()
+                        .parse()
+                        .map_err(|_| Error::Setting(format!("endpoint {base:?}: not a URI")))?;
+                    AwsAuthorizer::new(&credential, "s3", &self.region)
+                        .try_authorize(&mut request, None)
+                        .map_err(|e| transport(format!("cannot sign: {e}")))?;
+                    let failure = match http
+                        .get(url.clone())
+                        .headers(request.headers().clone())
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => {
+                            return r
+                                .text()
+                                .await
+                                .map(Some)
+                                .map_err(|e| transport(reqwest_reason(&e)));
+                        }
+                        Ok(r) if r.status().as_u16() == 501 => return Ok(None),
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let code = error_code(&r.text().await.unwrap_or_default());
+                            if status == 403 && code.as_deref() == Some("AccessDenied") {
+                                return Ok(None);
+                            }
+                            let e = Error::Http {
+                                bucket: self.bucket.clone(),
+                                key: prefix.to_string(),
+                                op: OP.to_string(),
+                                status,
+                                code,
+                            };
+                            if !retryable(status) {
+                                return Err(e);
+                            }
+                            e
+                        }
+                        Err(e) => transport(reqwest_reason(&e)),
+                    };
+                    if tries >= URL_TRIES {
+                        return Err(failure);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(20));
+                }
+            })??;
+            let Some(body) = body else {
+                return Ok(None);
+            };
+            let (page, next) = parse_uploads(&body);
+            uploads.extend(page.into_iter().filter(|u| u.key.starts_with(prefix)));
+            match next {
+                Some(next) if marker.as_ref() != Some(&next) => marker = Some(next),
+                _ => return Ok(Some(uploads)),
+            }
+        }
+        Ok(Some(uploads))
     }
 
     /// A URL that lets anyone GET `key` for `expires` (1 s to [`MAX_PRESIGN`]), signed locally
@@ -971,6 +1247,69 @@ fn map_error(
     }
 }
 
+/// The text of the first `<tag>…</tag>` in `xml`, with XML's five entities decoded.
+fn xml_field(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&format!("</{tag}>"))?;
+    Some(
+        xml[start..start + len]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// The uploads of one ListMultipartUploads answer, and the markers of the next page when it is
+/// truncated.
+fn parse_uploads(xml: &str) -> (Vec<OpenUpload>, Option<(String, String)>) {
+    let mut uploads = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find("<Upload>") {
+        let block = &rest[i..];
+        let end = block.find("</Upload>").map_or(block.len(), |j| j + 9);
+        if let (Some(key), Some(upload_id)) = (
+            xml_field(&block[..end], "Key"),
+            xml_field(&block[..end], "UploadId"),
+        ) {
+            uploads.push(OpenUpload { key, upload_id });
+        }
+        rest = &block[end..];
+    }
+    let next = (xml_field(xml, "IsTruncated").as_deref() == Some("true"))
+        .then(|| {
+            Some((
+                xml_field(xml, "NextKeyMarker")?,
+                xml_field(xml, "NextUploadIdMarker")?,
+            ))
+        })
+        .flatten();
+    (uploads, next)
+}
+
+/// The bucket and the upload recorded in a state file of [`Client::put_stream_with`], `None`
+/// when there is no such file.
+pub fn recorded_upload(file: &Path) -> Result<Option<(String, OpenUpload)>> {
+    let text = match fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(state_error(file, format!("cannot read it: {e}"))),
+    };
+    let state: State = serde_json::from_str(&text)
+        .map_err(|e| state_error(file, format!("not a resume state file: {e}")))?;
+    let bucket = state.bucket.clone();
+    let state = state.check(file, &bucket, None)?;
+    Ok(Some((
+        state.bucket,
+        OpenUpload {
+            key: state.key,
+            upload_id: state.upload_id,
+        },
+    )))
+}
+
 /// Reads up to `size` bytes: less only at the end of the data.
 fn read_part(reader: &mut impl Read, size: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(size);
@@ -1069,20 +1408,75 @@ impl State {
     }
 }
 
-/// What one part's task gives back: part index (from 0), size, hex SHA-256, result.
-type PartResult = (usize, u64, String, object_store::Result<PartId>);
+/// How many parts' data a multipart upload holds in memory at once (the parts in flight and the
+/// one being read): as many as fit in [`MAX_BUFFERED`], at most `parallel_parts + 1`, at least
+/// one. With one, the next part is read only once the previous one is sent.
+pub fn buffered_parts(part_size: usize, parallel_parts: usize) -> usize {
+    (MAX_BUFFERED / part_size.max(1)).clamp(1, parallel_parts.clamp(1, 64) + 1)
+}
+
+/// A part's data as the payload of its request: slices of 1 MiB of the same buffer. The HTTP
+/// client may copy each slice of a body into its own buffer as it sends it (it does on plain
+/// `http://` connections): one slice the size of the part would double the part's memory.
+fn payload(data: Vec<u8>) -> PutPayload {
+    const SLICE: usize = 1 << 20;
+    let data = Bytes::from(data);
+    (0..data.len())
+        .step_by(SLICE)
+        .map(|start| data.slice(start..data.len().min(start + SLICE)))
+        .collect()
+}
+
+/// The state of an upload, shared with the part tasks, which record each part as soon as its
+/// upload completes.
+struct Record {
+    state: Mutex<State>,
+    file: Option<PathBuf>,
+}
+
+impl Record {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a finished part, and saves the state (under the lock, so that saves are whole
+    /// and in order).
+    fn done(&self, number: usize, part: DonePart) -> Result<()> {
+        let mut state = self.lock();
+        state.parts.insert(number, part);
+        match &self.file {
+            Some(file) => state.save(file),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why one part's task failed.
+enum PartFailure {
+    Store(object_store::Error),
+    State(Error),
+}
+
+/// What one part's task gives back: part index (from 0), size, and how it went (the part is
+/// already recorded when it succeeded).
+type PartResult = (usize, u64, std::result::Result<(), PartFailure>);
 
 /// One multipart upload in progress.
 struct Upload<'a> {
     client: &'a Client,
     key: &'a str,
     path: &'a ObjectPath,
-    state: &'a mut State,
-    resume: Option<&'a Path>,
+    record: Arc<Record>,
+    state_file: Option<&'a Path>,
     resumed: bool,
     sent: usize,
     bytes_sent: u64,
+    /// Parts' data held at most (see [`buffered_parts`]).
+    buffers: usize,
 }
+
+/// How often a wait for parts in flight looks at the cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 impl Upload<'_> {
     /// Sends the parts not yet finished and completes the upload: (object size, ETag).
@@ -1094,35 +1488,70 @@ impl Upload<'_> {
     ) -> Result<(u64, Option<String>)> {
         let mut tasks: JoinSet<PartResult> = JoinSet::new();
         let result = self.send_parts(&mut tasks, first, &mut reader, parallel);
-        // Whatever happened, the parts already in flight are waited for and recorded, so that a
-        // resumed upload does not send them again.
+        drop(reader);
+        // Whatever happened, the parts already in flight are waited for (each records itself),
+        // unless the upload is interrupted: then they are cancelled.
         let mut first_error = result.err();
-        while let Some(joined) = self.client.runtime.block_on(tasks.join_next()) {
+        loop {
+            if self.client.cancelled() {
+                tasks.abort_all();
+            }
+            let joined = match self
+                .client
+                .runtime
+                .block_on(async { tokio::time::timeout(CANCEL_POLL, tasks.join_next()).await })
+            {
+                Ok(Some(joined)) => joined,
+                Ok(None) => break,
+                Err(_) => continue,
+            };
             if let Err(e) = self.finish(joined)
                 && first_error.is_none()
             {
                 first_error = Some(e);
             }
         }
+        self.client.check_cancel(self.key)?;
         if let Some(e) = first_error {
             return Err(e);
         }
         let total = self.check_complete()?;
-        let parts = self
-            .state
-            .parts
-            .values()
-            .map(|p| PartId {
-                content_id: p.etag.clone(),
-            })
-            .collect();
-        let id = self.state.upload_id.clone();
+        let (parts, id) = {
+            let state = self.record.lock();
+            let parts = state
+                .parts
+                .values()
+                .map(|p| PartId {
+                    content_id: p.etag.clone(),
+                })
+                .collect();
+            (parts, state.upload_id.clone())
+        };
         let result = self
             .client
-            .runtime
-            .block_on(self.client.store.complete_multipart(self.path, &id, parts))
+            .cancellable(
+                self.key,
+                self.client.store.complete_multipart(self.path, &id, parts),
+            )?
             .map_err(|e| self.error("complete multipart upload", &e))?;
         Ok((total, result.e_tag))
+    }
+
+    /// Waits until fewer than `limit` parts are in flight, recording those that finish.
+    fn wait_below(&mut self, tasks: &mut JoinSet<PartResult>, limit: usize) -> Result<()> {
+        while tasks.len() >= limit.max(1) {
+            self.client.check_cancel(self.key)?;
+            let joined = self
+                .client
+                .runtime
+                .block_on(async { tokio::time::timeout(CANCEL_POLL, tasks.join_next()).await });
+            match joined {
+                Ok(Some(joined)) => self.finish(joined)?,
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     fn send_parts(
@@ -1132,16 +1561,20 @@ impl Upload<'_> {
         reader: &mut impl Read,
         parallel: usize,
     ) -> Result<()> {
-        let part_size = self.state.part_size;
+        let (part_size, upload_id) = {
+            let state = self.record.lock();
+            (state.part_size, state.upload_id.clone())
+        };
         let mut next = Some(first);
         for index in 0.. {
             let data = match next.take() {
                 Some(d) => d,
-                None => read_part(reader, part_size).map_err(|source| Error::Read {
-                    bucket: self.client.bucket.clone(),
-                    key: self.key.to_string(),
-                    source,
-                })?,
+                None => {
+                    // The part about to be read counts against the memory bound too.
+                    self.wait_below(tasks, self.buffers)?;
+                    self.client.check_cancel(self.key)?;
+                    read_part(reader, part_size).map_err(|e| self.client.read_error(self.key, e))?
+                }
             };
             if data.is_empty() && index > 0 {
                 // The data ended on a part boundary.
@@ -1157,7 +1590,8 @@ impl Upload<'_> {
             let last = data.len() < part_size;
             let size = data.len() as u64;
             let sha256 = hex::encode(Sha256::digest(&data));
-            if let Some(done) = self.state.parts.get(&(index + 1)) {
+            let done = self.record.lock().parts.get(&(index + 1)).cloned();
+            if let Some(done) = done {
                 if done.size != size || done.sha256 != sha256 {
                     return Err(self.changed(
                         index + 1,
@@ -1168,21 +1602,30 @@ impl Upload<'_> {
                     ));
                 }
             } else {
-                while tasks.len() >= parallel {
-                    let joined = self
-                        .client
-                        .runtime
-                        .block_on(tasks.join_next())
-                        .expect("a task is in flight");
-                    self.finish(joined)?;
-                }
+                self.wait_below(tasks, parallel)?;
                 let store = self.client.store.clone();
                 let path = self.path.clone();
-                let id = self.state.upload_id.clone();
+                let id = upload_id.clone();
+                let record = self.record.clone();
+                let data = payload(data);
                 tasks.spawn_on(
                     async move {
-                        let r = store.put_part(&path, &id, index, data.into()).await;
-                        (index, size, sha256, r)
+                        let outcome = match store.put_part(&path, &id, index, data).await {
+                            // Recorded now, not when the loop gets to it: a process killed
+                            // meanwhile must not send this part again.
+                            Ok(part) => record
+                                .done(
+                                    index + 1,
+                                    DonePart {
+                                        size,
+                                        sha256,
+                                        etag: part.content_id,
+                                    },
+                                )
+                                .map_err(PartFailure::State),
+                            Err(e) => Err(PartFailure::Store(e)),
+                        };
+                        (index, size, outcome)
                     },
                     self.client.runtime.handle(),
                 );
@@ -1196,20 +1639,28 @@ impl Upload<'_> {
 
     /// Resuming with data shorter than before: parts after `count` were recorded.
     fn check_no_more(&self, count: usize) -> Result<()> {
-        match self.state.parts.keys().find(|&&n| n > count) {
-            Some(&n) => Err(self.changed(n, format!("the data now ends after {count} parts"))),
+        let later = self
+            .record
+            .lock()
+            .parts
+            .keys()
+            .find(|&&n| n > count)
+            .copied();
+        match later {
+            Some(n) => Err(self.changed(n, format!("the data now ends after {count} parts"))),
             None => Ok(()),
         }
     }
 
     /// All parts from 1 to the last are recorded: the object's size.
     fn check_complete(&self) -> Result<u64> {
-        for (i, &n) in self.state.parts.keys().enumerate() {
+        let state = self.record.lock();
+        for (i, &n) in state.parts.keys().enumerate() {
             if n != i + 1 {
                 return Err(self.changed(i + 1, "missing from the record".to_string()));
             }
         }
-        Ok(self.state.parts.values().map(|p| p.size).sum())
+        Ok(state.parts.values().map(|p| p.size).sum())
     }
 
     fn changed(&self, part: usize, reason: String) -> Error {
@@ -1218,7 +1669,7 @@ impl Upload<'_> {
             key: self.key.to_string(),
             part,
             reason,
-            state: self.resume.map(Path::to_path_buf).unwrap_or_default(),
+            state: self.state_file.map(Path::to_path_buf).unwrap_or_default(),
         }
     }
 
@@ -1226,7 +1677,7 @@ impl Upload<'_> {
         if self.resumed
             && let Failure::Status { status, code } = classify(e)
             && (status == 404 || code.as_deref() == Some("NoSuchUpload"))
-            && let Some(file) = self.resume
+            && let Some(file) = self.state_file
         {
             return Error::UploadGone {
                 bucket: self.client.bucket.clone(),
@@ -1238,30 +1689,28 @@ impl Upload<'_> {
         self.client.error(self.key, op, e)
     }
 
-    /// Records a finished part (and saves the state), or turns its failure into an error.
+    /// Counts a finished part, or turns its failure into an error.
     fn finish(&mut self, joined: Result<PartResult, tokio::task::JoinError>) -> Result<()> {
-        let (index, size, sha256, result) = match joined {
+        let (index, size, outcome) = match joined {
             Ok(r) => r,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => {
+                // Cancelled: only an interruption does that.
+                self.client.check_cancel(self.key)?;
                 return Err(Error::Setting("an upload task was cancelled".to_string()));
             }
         };
-        let part = result.map_err(|e| self.error(&format!("upload part {}", index + 1), &e))?;
-        self.state.parts.insert(
-            index + 1,
-            DonePart {
-                size,
-                sha256,
-                etag: part.content_id,
-            },
-        );
-        self.sent += 1;
-        self.bytes_sent += size;
-        if let Some(file) = self.resume {
-            self.state.save(file)?;
+        match outcome {
+            Ok(()) => {
+                self.sent += 1;
+                self.bytes_sent += size;
+                Ok(())
+            }
+            Err(PartFailure::Store(e)) => {
+                Err(self.error(&format!("upload part {}", index + 1), &e))
+            }
+            Err(PartFailure::State(e)) => Err(e),
         }
-        Ok(())
     }
 }
 
@@ -1782,6 +2231,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, Error::Setting(_)), "{e}");
+    }
+
+    #[test]
+    fn upload_lists() {
+        let page = "<?xml version=\"1.0\"?><ListMultipartUploadsResult><Bucket>b</Bucket>\
+            <KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>\
+            <NextKeyMarker>p/b&amp;c.gz</NextKeyMarker><NextUploadIdMarker>id2</NextUploadIdMarker>\
+            <IsTruncated>true</IsTruncated>\
+            <Upload><Key>p/a.gz</Key><UploadId>id1</UploadId><Initiated>x</Initiated></Upload>\
+            <Upload><Key>p/b&amp;c.gz</Key><UploadId>id2</UploadId></Upload>\
+            <Upload><Key>no-id</Key></Upload></ListMultipartUploadsResult>";
+        let (uploads, next) = parse_uploads(page);
+        assert_eq!(
+            uploads,
+            [
+                OpenUpload {
+                    key: "p/a.gz".into(),
+                    upload_id: "id1".into()
+                },
+                OpenUpload {
+                    key: "p/b&c.gz".into(),
+                    upload_id: "id2".into()
+                }
+            ]
+        );
+        assert_eq!(next, Some(("p/b&c.gz".into(), "id2".into())));
+        let last = page.replace("<IsTruncated>true", "<IsTruncated>false");
+        assert_eq!(parse_uploads(&last).1, None);
+        assert!(parse_uploads("<ListMultipartUploadsResult/>").0.is_empty());
     }
 
     #[test]

@@ -113,6 +113,24 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// The multipart uploads s3s-fs knows (`.upload-ID.json` in its root, from creation to
+    /// completion or abort, parts or none), as their IDs.
+    pub fn open_uploads(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(&self.root)
+            .expect("read the root")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter_map(|n| {
+                n.strip_prefix(".upload-")?
+                    .strip_suffix(".json")
+                    .map(str::to_owned)
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
