@@ -964,7 +964,8 @@ fn print_export(r: &package::Report, json: bool) -> ExitCode {
     for a in &r.aborted_uploads {
         errln!(
             "mkomi: aborted the multipart upload {} of {}, left open by an earlier export",
-            a.upload_id, a.object
+            a.upload_id,
+            a.object
         );
     }
     if json {

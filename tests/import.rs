@@ -535,3 +535,109 @@ fn ctrl_c_during_an_import_removes_its_work_directory() {
         }
     }
 }
+
+/// A raw object is its whole volume (`Size`): the disk, then zeros. So a package reached by
+/// its export manifest alone (a pre-signed URL) imports whole; with mkomi's manifest the disk
+/// is its own size again, and data in the zeros is refused.
+#[test]
+fn a_raw_export_holds_its_volume_and_imports_from_its_manifest_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    std::fs::write(&img, noise(16 * MIB as usize, 7)).unwrap();
+    let bundle = d.path().join("omi");
+    ok(&[
+        "register",
+        s(&img),
+        "-o",
+        s(&bundle),
+        "--arch",
+        "x86_64",
+        "--no-boot-check",
+        "-q",
+    ]);
+    let pkg = d.path().join("pkg");
+    ok(&[
+        "export",
+        s(&bundle),
+        "--to",
+        s(&pkg),
+        "--format",
+        "raw",
+        "-q",
+    ]);
+    let object = std::fs::read(pkg.join("sda1.raw.gz")).unwrap();
+    // The volume is 1 GiB: the object decompresses to it, the disk first, zeros after.
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::MultiGzDecoder::new(&object[..]),
+        &mut all,
+    )
+    .unwrap();
+    assert_eq!(all.len() as u64, 1 << 30);
+    assert_eq!(all[..16 * MIB as usize], std::fs::read(&img).unwrap()[..]);
+    assert!(all[16 * MIB as usize..].iter().all(|&b| b == 0));
+    drop(all);
+    // The 16 MiB of noise do not compress; the 1008 MiB of zeros cost little.
+    assert!(object.len() < 20 * MIB as usize, "{} bytes", object.len());
+
+    // With mkomi's manifest beside it: the disk as registered.
+    let out_parent = d.path().join("in");
+    std::fs::create_dir(&out_parent).unwrap();
+    let with = out_parent.join("with");
+    ok(&[
+        "import",
+        s(&pkg.join("manifest.json")),
+        "-o",
+        s(&with),
+        "-q",
+    ]);
+    assert_eq!(
+        manifest(&with)["Disks"][0]["ContentDigest"],
+        manifest(&bundle)["Disks"][0]["ContentDigest"]
+    );
+
+    // Through the export manifest alone, as a pre-signed URL gives it: the whole volume.
+    let alone = d.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    for f in ["manifest.json", "sda1.raw.gz"] {
+        std::fs::copy(pkg.join(f), alone.join(f)).unwrap();
+    }
+    let (base, _, _) = gated_http(alone.clone(), "none", 0);
+    let by_url = out_parent.join("by-url");
+    ok(&[
+        "import",
+        &format!("{base}/manifest.json"),
+        "-o",
+        s(&by_url),
+        "-q",
+    ]);
+    assert_eq!(manifest(&by_url)["Disks"][0]["VirtualSize"], 1u64 << 30);
+    qemu_compare(&img, &by_url.join("sda1.qcow2"));
+    std::fs::remove_dir_all(&by_url).unwrap();
+
+    // Data where the volume's zeros belong is refused, even with SHA256SUMS made to agree.
+    let mut members = gzip_members(&std::fs::read(&img).unwrap());
+    members.extend(gzip_members(&vec![1u8; MIB as usize]));
+    members.extend(gzip_members(&vec![0u8; (1 << 30) - 17 * MIB as usize]));
+    let tampered = members.concat();
+    std::fs::write(pkg.join("sda1.raw.gz"), &tampered).unwrap();
+    let sums = std::fs::read_to_string(pkg.join("SHA256SUMS")).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&tampered))
+    };
+    let sums: String = sums
+        .lines()
+        .map(|l| match l.split_once("  ") {
+            Some((_, "sda1.raw.gz")) => format!("{sha}  sda1.raw.gz\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(pkg.join("SHA256SUMS"), sums).unwrap();
+    std::fs::remove_dir_all(&with).unwrap();
+    refused(
+        &[s(&pkg.join("manifest.json"))],
+        &out_parent.join("tampered"),
+        &["sda1.raw.gz: holds data after the disk's 16777216 bytes"],
+    );
+}

@@ -413,9 +413,14 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
             ObjectFormat::Raw => {
                 // A raw object holds the whole disk: the size mkomi's manifest gives, else the
                 // volume's (`Size`), as Outscale's own raw exports do.
-                let (size, size_from) = match disk {
-                    Some(d) => (d.virtual_size, MKOMI_MANIFEST.to_owned()),
-                    None => (s.size, format!("the Size in {EXPORT_MANIFEST}")),
+                // mkomi's packages hold the volume (`Size`): the disk, then zeros.
+                let (size, size_from, tail) = match disk {
+                    Some(d) => (
+                        d.virtual_size,
+                        MKOMI_MANIFEST.to_owned(),
+                        s.size.saturating_sub(d.virtual_size),
+                    ),
+                    None => (s.size, format!("the Size in {EXPORT_MANIFEST}"), 0),
                 };
                 if size == 0 {
                     return Err(bad(&s.filename, "an empty disk"));
@@ -424,14 +429,10 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
                     size_from,
                     sha256: listed,
                 };
-                Box::new(RawStream::new(
-                    &s.filename,
-                    size,
-                    expect,
-                    open,
-                    got.clone(),
-                    cancel,
-                ))
+                Box::new(
+                    RawStream::new(&s.filename, size, expect, open, got.clone(), cancel)
+                        .with_zero_tail(tail),
+                )
             }
             ObjectFormat::Qcow2 => {
                 // Each object gets its own directory: a backing file it names finds nothing

@@ -235,6 +235,9 @@ pub struct RawStream {
     received: Arc<Mutex<Option<String>>>,
     /// Polled while the engine waits for the download.
     cancel: Option<&'static AtomicBool>,
+    /// Zeros the object may hold after the disk: the rest of its volume (see
+    /// [`RawStream::with_zero_tail`]).
+    tail: u64,
 }
 
 impl RawStream {
@@ -260,9 +263,36 @@ impl RawStream {
             used: 0,
             pos: 0,
             ended: false,
+            tail: 0,
             received,
             cancel,
         }
+    }
+
+    /// Lets the object hold `tail` zero bytes after the disk, or none: a raw object is the
+    /// disk's whole volume, the disk followed by zeros (mkomi's packages before 0.2 held the
+    /// disk alone). The tail is checked to be zeros, and dropped.
+    pub fn with_zero_tail(mut self, tail: u64) -> Self {
+        self.tail = tail;
+        self
+    }
+
+    /// Checks the chunk's bytes from `from` on, `extra` bytes past the disk in all: zeros,
+    /// within the tail.
+    fn check_tail(&self, from: usize, extra: u64) -> source::Result<()> {
+        if extra > self.tail {
+            return Err(self.invalid(format!(
+                "decompresses to more than {} bytes: a gzip bomb, or a wrong Size",
+                self.size.saturating_add(self.tail)
+            )));
+        }
+        if self.chunk[from..].iter().any(|&b| b != 0) {
+            return Err(self.invalid(format!(
+                "holds data after the disk's {} bytes, where its volume must read as zeros",
+                self.size
+            )));
+        }
+        Ok(())
     }
 
     fn invalid(&self, reason: impl Into<String>) -> source::Error {
@@ -279,7 +309,8 @@ impl RawStream {
             None => {
                 let open = self.open.take().ok_or_else(|| self.invalid("read twice"))?;
                 let name = self.name.display().to_string();
-                self.rx.insert(download(open, name, self.size))
+                self.rx
+                    .insert(download(open, name, self.size.saturating_add(self.tail)))
             }
         };
         match receive(rx, self.cancel) {
@@ -291,10 +322,15 @@ impl RawStream {
 
     /// Checks the object once it has ended at `len` bytes with compressed SHA-256 `sha`.
     fn ended(&mut self, len: u64, sha: String) -> source::Result<()> {
-        if len != self.size {
+        if len != self.size && len != self.size.saturating_add(self.tail) {
+            let volume = if self.tail > 0 {
+                format!(" (its volume {})", self.size.saturating_add(self.tail))
+            } else {
+                String::new()
+            };
             return Err(self.invalid(format!(
-                "decompresses to {len} bytes, but {} says the disk has {}: the object is cut \
-                 short",
+                "decompresses to {len} bytes, but {} says the disk has {}{volume}: the object \
+                 is cut short",
                 self.expect.size_from, self.size
             )));
         }
@@ -359,23 +395,22 @@ impl Source for RawStream {
             at += n;
         }
         self.pos += buf.len() as u64;
-        // The last byte of the disk: the object must end here, and match its checksums.
+        // The last byte of the disk: the object must end here, or after its volume's zeros,
+        // and match its checksums.
         if self.pos == self.size {
-            if self.used < self.chunk.len() {
-                return Err(self.invalid(format!(
-                    "decompresses to more than {} bytes: a gzip bomb, or a wrong Size",
-                    self.size
-                )));
-            }
-            match self.next()? {
-                Msg::End(len, sha) => self.ended(len, sha)?,
-                Msg::Data(_) => {
-                    return Err(self.invalid(format!(
-                        "decompresses to more than {} bytes: a gzip bomb, or a wrong Size",
-                        self.size
-                    )));
+            let mut extra = (self.chunk.len() - self.used) as u64;
+            self.check_tail(self.used, extra)?;
+            loop {
+                match self.next()? {
+                    Msg::End(len, sha) => break self.ended(len, sha)?,
+                    Msg::Data(d) => {
+                        self.chunk = d;
+                        self.used = 0;
+                        extra += self.chunk.len() as u64;
+                        self.check_tail(0, extra)?;
+                    }
+                    Msg::Failed(m) => return Err(self.invalid(strip_name(&m, &self.name))),
                 }
-                Msg::Failed(m) => return Err(self.invalid(strip_name(&m, &self.name))),
             }
         }
         Ok(())

@@ -180,9 +180,50 @@ fn object_name(device: &str, format: DiskFormat) -> String {
     )
 }
 
+/// The size in bytes of the volume that the disk `d` of `m` becomes (`VolumeSize` GiB): the
+/// export manifest's `Size`, and the length of a raw object.
+fn volume_bytes(m: &Manifest, d: &manifest::Disk) -> u64 {
+    m.image
+        .block_device_mappings
+        .iter()
+        .find(|b| b.device_name == d.device_name)
+        .map_or(d.virtual_size, |b| {
+            (b.bsu.volume_size << 30).max(d.virtual_size)
+        })
+}
+
 /// Writes the disk `d` of the bundle at `dir` into `out`, compressed, in `format`; returns the
 /// uncompressed byte count. The file's SHA-256 must match the manifest's, or nothing counts.
+///
+/// A raw object is the whole volume of `volume` bytes, the disk followed by zeros, as
+/// Outscale's own raw exports are: its `Size` is the volume's, and an importer that has only
+/// the export manifest (a pre-signed URL) can tell a cut object only by its length. The zeros
+/// cost little: deflate codes a 1 MiB member of zeros in about 1 KiB.
 fn write_disk(
+    dir: &Path,
+    d: &manifest::Disk,
+    format: DiskFormat,
+    volume: u64,
+    out: &mut dyn Write,
+    cancel: Option<&AtomicBool>,
+) -> Result<u64> {
+    let disk = write_disk_data(dir, d, format, out, cancel)?;
+    if format != DiskFormat::Raw || disk >= volume {
+        return Ok(disk);
+    }
+    let zeros = vec![0u8; IO_CHUNK];
+    let mut pos = disk;
+    while pos < volume {
+        check_cancel(cancel)?;
+        let n = (volume - pos).min(IO_CHUNK as u64) as usize;
+        out.write_all(&zeros[..n]).map_err(Error::Write)?;
+        pos += n as u64;
+    }
+    Ok(volume)
+}
+
+/// The disk's own bytes for [`write_disk`].
+fn write_disk_data(
     dir: &Path,
     d: &manifest::Disk,
     format: DiskFormat,
@@ -401,7 +442,14 @@ fn export_dir(
             len: 0,
         };
         let mut gz = GzWriter::new(&mut hw, req.threads, req.level).map_err(Error::Write)?;
-        let bytes = write_disk(&req.bundle, d, *format, &mut gz, req.cancel)?;
+        let bytes = write_disk(
+            &req.bundle,
+            d,
+            *format,
+            volume_bytes(m, d),
+            &mut gz,
+            req.cancel,
+        )?;
         gz.finish().map_err(Error::Write)?;
         hw.inner.flush().map_err(io(&path, "cannot write"))?;
         hw.inner
@@ -603,7 +651,14 @@ fn export_s3(
                 };
                 let mut gz =
                     GzWriter::new(&mut hw, req.threads, req.level).map_err(Error::Write)?;
-                let bytes = write_disk(&req.bundle, d, *format, &mut gz, req.cancel)?;
+                let bytes = write_disk(
+                    &req.bundle,
+                    d,
+                    *format,
+                    volume_bytes(m, d),
+                    &mut gz,
+                    req.cancel,
+                )?;
                 gz.finish().map_err(Error::Write)?;
                 // Only now may the upload see the end of the stream as the end of the object.
                 complete.store(true, Ordering::Release);
