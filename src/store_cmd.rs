@@ -175,7 +175,9 @@ pub fn polls_cancel(cmd: &crate::Command) -> bool {
     matches!(
         cmd,
         crate::Command::Snapshot(SnapshotCmd::Create { .. })
-            | crate::Command::Image(ImageCmd::Create(_))
+            | crate::Command::Image(
+                ImageCmd::Create(_) | ImageCmd::Export { .. } | ImageCmd::Import { .. }
+            )
     )
 }
 
@@ -503,7 +505,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                 sync: true,
                 checks: Default::default(),
             };
-            let r = image::import(&mut store, &req, progress).map(|(i, _)| i);
+            let r = image::import(&mut store, &req, progress, Some(&CANCEL)).map(|(i, _)| i);
             settle(store, &r);
             done(r.map(image::Shown::from), json, |i| {
                 i.image.image_id.clone()

@@ -1280,6 +1280,7 @@ pub fn import(
     store: &mut Store,
     req: &import_pkg::Request,
     progress: &Progress,
+    cancel: Option<&'static AtomicBool>,
 ) -> Result<(ImageInfo, import_pkg::Report)> {
     let work = store.work()?;
     let mut req = req.clone();
@@ -1287,8 +1288,8 @@ pub fn import(
     req.format = DiskFormat::Qcow2;
     req.force = false;
     req.sync = store.sync;
-    let report = import_pkg::import(&req, progress, None)?;
-    let info = ingest_bundle(store, &req.output, true, progress, None)?;
+    let report = import_pkg::import(&req, progress, cancel)?;
+    let info = ingest_bundle(store, &req.output, true, progress, cancel)?;
     drop(work);
     Ok((info, report))
 }

@@ -108,6 +108,7 @@ impl Error {
         match self {
             Error::Copy(crate::copy::Error::Interrupted) => true,
             Error::Bundle(b) => b.is_interrupted(),
+            Error::Export(e) => e.is_interrupted(),
             _ => false,
         }
     }
