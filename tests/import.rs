@@ -342,6 +342,7 @@ fn a_qcow2_object_cut_at_a_gzip_member_boundary_is_refused() {
         s(&mkomi_q),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
     ]);
     let qemu_q = d.path().join("qemu.qcow2");
@@ -419,6 +420,7 @@ fn a_package_s_own_checks_skipped_does_not_turn_checks_off() {
         s(&b),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--no-arch-check",
         "-q",
     ]);
@@ -508,6 +510,7 @@ fn ctrl_c_during_an_import_removes_its_work_directory() {
             s(&b),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--format",
             format,
             "-q",

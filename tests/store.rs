@@ -248,7 +248,7 @@ fn a_disk_of_odd_size_keeps_its_tail_in_a_blob() {
     sparse_raw(&src, size, &[(0, 100_000, 0x61), (size - 57, 57, 0x62)]);
     let snap = st_ok(&store, &["snapshot", "create", s(&src), "-q"]);
     assert_eq!(
-        json(&store, &["snapshot", "show", &snap])["VirtualSize"],
+        json(&store, &["snapshot", "show", &snap])["Mkomi"]["VirtualSize"],
         padded
     );
     let ami = st_ok(
@@ -626,6 +626,7 @@ fn refused_images_leave_nothing() {
             s(&img),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--audit",
             "deny=medium",
             "-q",
@@ -642,6 +643,7 @@ fn refused_images_leave_nothing() {
             "snap-0badf00d",
             "--arch",
             "x86_64",
+            "--no-boot-check",
         ],
         "snap-0badf00d: no such snapshot",
     );
@@ -656,6 +658,7 @@ fn refused_images_leave_nothing() {
             "/dev/sda1=x",
             "--arch",
             "x86_64",
+            "--no-boot-check",
         ],
         "/dev/sda1",
     );
@@ -906,7 +909,16 @@ fn json_has_outscales_shapes_and_ids_are_checked() {
     let made = json(
         &store,
         &[
-            "image", "create", "--root", &snap, "--arch", "x86_64", "--name", "shapes", "-q",
+            "image",
+            "create",
+            "--root",
+            &snap,
+            "--arch",
+            "x86_64",
+            "--no-boot-check",
+            "--name",
+            "shapes",
+            "-q",
         ],
     );
     let ami = made["Image"]["ImageId"].as_str().unwrap().to_owned();
@@ -1022,6 +1034,7 @@ fn refused_creates_make_no_store() {
         s(&bundle),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "-q",
     ]);
     let missing = d.path().join("missing.raw");
@@ -1040,6 +1053,7 @@ fn refused_creates_make_no_store() {
                 "snap-0badf00d",
                 "--arch",
                 "x86_64",
+                "--no-boot-check",
             ],
             1,
         ),
@@ -1190,6 +1204,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
             s(&root),
             "--arch",
             "x86_64",
+            "--no-boot-check",
             "--name",
             "piped",
             "-q",
@@ -1229,6 +1244,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
         s(&out),
         "--arch",
         "x86_64",
+        "--no-boot-check",
         "--json",
         "-q",
     ])
