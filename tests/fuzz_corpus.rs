@@ -10,6 +10,9 @@ mod harness;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
+/// A harness: one input, run to the end (or a panic).
+type Harness<'a> = Box<dyn Fn(&[u8]) + 'a>;
+
 /// Runs each file of `dir/TARGET/` through TARGET's harness; returns how many ran.
 fn replay(dir: &str) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir);
@@ -24,7 +27,7 @@ fn replay(dir: &str) -> usize {
     targets.sort();
     for target in targets {
         let name = target.file_name().unwrap().to_str().unwrap().to_owned();
-        let run: Box<dyn Fn(&[u8])> = match name.as_str() {
+        let run: Harness = match name.as_str() {
             "qcow2" => Box::new(|d: &[u8]| harness::qcow2_in(qcow2_dir.path(), d)),
             "table" => Box::new(harness::table),
             "fat" => Box::new(harness::fat),

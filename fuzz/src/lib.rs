@@ -322,7 +322,12 @@ fn walk_fs(fs: &dyn FileSystem) {
         }
     }
     // Paths that are not in any listing.
-    for path in ["/etc/os-release", "/no/such/file", "/EFI/BOOT/BOOTX64.EFI", "/."] {
+    for path in [
+        "/etc/os-release",
+        "/no/such/file",
+        "/EFI/BOOT/BOOTX64.EFI",
+        "/.",
+    ] {
         let _ = fs.metadata(path);
         let _ = fs.read_to_vec(path, 4096);
     }
@@ -351,10 +356,10 @@ pub fn binary(data: &[u8]) {
         }
     }
     let _ = binary::parse_elf(data);
-    if let Ok(at) = binary::parse_pe_dos(data) {
-        if let Some(nt) = usize::try_from(at).ok().and_then(|at| data.get(at..)) {
-            let _ = binary::parse_pe_nt(nt);
-        }
+    if let Ok(at) = binary::parse_pe_dos(data)
+        && let Some(nt) = usize::try_from(at).ok().and_then(|at| data.get(at..))
+    {
+        let _ = binary::parse_pe_nt(nt);
     }
     let _ = binary::parse_pe_nt(data);
 }
@@ -383,7 +388,10 @@ pub fn export_manifest(data: &[u8]) {
         }
     }
     let again = ExportManifest::parse(&m.to_bytes());
-    assert!(again.is_ok(), "a parsed manifest written back is refused: {again:?}");
+    assert!(
+        again.is_ok(),
+        "a parsed manifest written back is refused: {again:?}"
+    );
 }
 
 /// `template`: the input as a build template ([`mkomi::layout::template::Template::parse`]),
