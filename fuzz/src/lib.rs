@@ -181,7 +181,11 @@ pub fn qcow2_in(dir: &Path, data: &[u8]) {
     }
     let top = dir.join("top.qcow2");
     std::fs::write(&top, data).expect("cannot write the input");
-    let options = mkomi::source::OpenOptions::default();
+    // Backing files are followed in the input's own directory, whatever mkomi's default.
+    let options = mkomi::source::OpenOptions {
+        allow_backing: Some(dir.to_owned()),
+        ..Default::default()
+    };
     let Ok(mut src) = mkomi::source::open(&top, &options) else {
         return;
     };
