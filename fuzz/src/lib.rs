@@ -181,7 +181,9 @@ pub fn qcow2_in(dir: &Path, data: &[u8]) {
     }
     let top = dir.join("top.qcow2");
     std::fs::write(&top, data).expect("cannot write the input");
-    // Backing files are followed in the input's own directory, whatever mkomi's default.
+    // Backing files are followed in the input's own directory, whatever mkomi's default. The
+    // other options (there may be more than today's one) keep their defaults.
+    #[allow(clippy::needless_update)]
     let options = mkomi::source::OpenOptions {
         allow_backing: Some(dir.to_owned()),
         ..Default::default()
