@@ -19,6 +19,8 @@ pub mod copy;
 pub mod digest;
 pub mod export;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod layout;
 pub mod manifest;

@@ -686,7 +686,7 @@ impl Filter {
 }
 
 /// `*` matches any run of characters; everything else itself.
-fn glob(pattern: &str, s: &str) -> bool {
+pub(crate) fn glob(pattern: &str, s: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == s;
