@@ -181,11 +181,10 @@ pub fn qcow2_in(dir: &Path, data: &[u8]) {
     }
     let top = dir.join("top.qcow2");
     std::fs::write(&top, data).expect("cannot write the input");
-    // Backing files are followed in the input's own directory, whatever mkomi's default. The
-    // other options (there may be more than today's one) keep their defaults.
-    #[allow(clippy::needless_update)]
+    // Backing files are followed in the input's own directory, whatever mkomi's default, so
+    // that the backing chain is fuzzed too.
     let options = mkomi::source::OpenOptions {
-        allow_backing: Some(dir.to_owned()),
+        allow_backing: vec![dir.to_owned()],
         ..Default::default()
     };
     let Ok(mut src) = mkomi::source::open(&top, &options) else {
