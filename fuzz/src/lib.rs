@@ -185,7 +185,7 @@ pub fn qcow2_in(dir: &Path, data: &[u8]) {
     // other options (there may be more than today's one) keep their defaults.
     #[allow(clippy::needless_update)]
     let options = mkomi::source::OpenOptions {
-        allow_backing: Some(dir.to_owned()),
+        allow_backing: vec![dir.to_owned()],
         ..Default::default()
     };
     let Ok(mut src) = mkomi::source::open(&top, &options) else {
