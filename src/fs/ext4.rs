@@ -27,6 +27,10 @@ const MAGIC_OFFSET: usize = 0x38;
 const MAGIC: u16 = 0xef53;
 /// Offset of `s_feature_incompat` in the superblock.
 const INCOMPAT_OFFSET: usize = 0x60;
+/// The `64bit` bit of `s_feature_incompat`.
+const INCOMPAT_64BIT: u32 = 0x80;
+/// Largest `s_log_block_size`: 64 KiB blocks.
+const MAX_LOG_BLOCK_SIZE: u32 = 6;
 /// Size of the buffer that [`Ext4::copy_to`] fills before each write.
 const CHUNK: usize = 1 << 20;
 
@@ -224,7 +228,9 @@ impl Ext4 {
     /// the image in messages.
     ///
     /// Reads the superblock, the block group descriptors and the journal (replayed in memory,
-    /// never written back); file data is read only when asked for.
+    /// never written back); file data is read only when asked for. A superblock whose group
+    /// descriptors cannot fit in the window, or whose blocks are over 64 KiB, is refused as
+    /// corrupt before `ext4-view` allocates anything from it.
     pub fn open(
         mut source: Box<dyn Source>,
         offset: u64,
@@ -264,6 +270,11 @@ impl Ext4 {
         }
         let i = INCOMPAT_OFFSET;
         let incompat = u32::from_le_bytes([sb[i], sb[i + 1], sb[i + 2], sb[i + 3]]);
+        check_geometry(&sb, incompat, len).map_err(|reason| Error::Corrupt {
+            name: name.to_owned(),
+            path: None,
+            reason,
+        })?;
         let window = Window {
             source,
             offset,
@@ -555,6 +566,47 @@ impl super::FileSystem for Ext4 {
     fn read_to_vec(&self, path: &str, max: u64) -> Result<Vec<u8>, super::Error> {
         Ok(Ext4::read_to_vec(self, path, max)?)
     }
+}
+
+/// Refuses a superblock whose counts would make `ext4-view` allocate more than the file system
+/// could hold: it sizes its block cache from the block size and its table of block group
+/// descriptors from the group count before reading anything else, so a few corrupt bytes could
+/// ask for gigabytes. `len` is the window's length; the reason is for [`Error::Corrupt`].
+fn check_geometry(sb: &[u8; SUPERBLOCK_LEN], incompat: u32, len: u64) -> Result<(), String> {
+    let le32 = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+    // ext4 blocks are 1 KiB to 64 KiB (the kernel's EXT4_MAX_BLOCK_LOG_SIZE); ext4-view accepts
+    // up to 2 GiB and caches nine blocks of that size.
+    let log_block_size = le32(0x18);
+    if log_block_size > MAX_LOG_BLOCK_SIZE {
+        return Err(format!(
+            "s_log_block_size {log_block_size} makes blocks of 2^{} bytes, more than 64 KiB",
+            u64::from(log_block_size) + 10
+        ));
+    }
+    let block_size = 1024u64 << log_block_size;
+    // The group count as ext4-view computes it: it adds the high word of the block count even
+    // without the 64bit feature.
+    let blocks = u64::from(le32(0x04)) | u64::from(le32(0x150)) << 32;
+    let per_group = u64::from(le32(0x20)).max(1);
+    let groups = blocks
+        .saturating_sub(u64::from(le32(0x14)))
+        .div_ceil(per_group);
+    let desc_size = if incompat & INCOMPAT_64BIT != 0 {
+        u64::from(u16::from_le_bytes([sb[0xfe], sb[0xff]])).max(64)
+    } else {
+        32
+    };
+    // The table starts in the block after the superblock's.
+    let start = if block_size == 1024 { 2048 } else { block_size };
+    let end = groups.saturating_mul(desc_size).saturating_add(start);
+    if end > len {
+        return Err(format!(
+            "{groups} block groups need {} bytes of group descriptors, \
+             more than the {len}-byte file system holds",
+            groups.saturating_mul(desc_size)
+        ));
+    }
+    Ok(())
 }
 
 fn is_glob(c: char) -> bool {
@@ -1001,6 +1053,41 @@ mod tests {
             e,
             "root.ext4: corrupt ext4 file system: invalid superblock checksum"
         );
+    }
+
+    #[test]
+    fn counts_beyond_the_volume_are_refused_before_allocating() {
+        let fx = build(&[], &[]);
+        let good = std::fs::read(&fx.image).unwrap();
+        let len = good.len() as u64;
+        let sb = 1024;
+        let patched = |at: usize, value: u32| {
+            let mut bytes = good.clone();
+            bytes[sb + at..sb + at + 4].copy_from_slice(&value.to_le_bytes());
+            std::fs::write(&fx.image, &bytes).unwrap();
+            open_at(&fx.image, 0, None).unwrap_err().to_string()
+        };
+        // s_blocks_count_hi: 2^40 more blocks, a descriptor table of gigabytes (ext4-view asked
+        // for it whole before reading it).
+        let e = patched(0x150, 0x100);
+        assert!(
+            e.starts_with("root.ext4: corrupt ext4 file system: ")
+                && e.contains("bytes of group descriptors, more than the ")
+                && e.ends_with(&format!("{len}-byte file system holds")),
+            "{e}"
+        );
+        // s_log_block_size 21: 2 GiB blocks, of which ext4-view cached nine.
+        let e = patched(0x18, 21);
+        assert_eq!(
+            e,
+            "root.ext4: corrupt ext4 file system: \
+             s_log_block_size 21 makes blocks of 2^31 bytes, more than 64 KiB"
+        );
+        // The volume cut short of its own descriptor table.
+        std::fs::write(&fx.image, &good).unwrap();
+        let e = open_at(&fx.image, 0, Some(2048)).unwrap_err().to_string();
+        assert!(e.contains("bytes of group descriptors"), "{e}");
+        assert!(open_at(&fx.image, 0, None).is_ok());
     }
 
     #[test]
