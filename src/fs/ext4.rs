@@ -8,6 +8,10 @@
 //! `ext4-view` reads `metadata_csum` and `64bit` file systems, hashed directories and symlinks,
 //! and replays the journal in memory. It refuses some features (`inline_data`, `meta_bg`,
 //! `large_dir`, `ea_inode`, `mmp`, …); [`Ext4::open`] names them as `e2fsprogs` does.
+//!
+//! Paths are resolved here, a component at a time, rather than by `ext4-view`, which reads a
+//! symlink's target whole at whatever size its inode claims: a target over 4096 bytes
+//! (`PATH_MAX`) is an error for the path that meets it, and at most 40 links are followed.
 
 use crate::source::Source;
 use ext4_view::{Ext4Error, Ext4Read, FileType, Metadata};
@@ -27,6 +31,14 @@ const MAGIC_OFFSET: usize = 0x38;
 const MAGIC: u16 = 0xef53;
 /// Offset of `s_feature_incompat` in the superblock.
 const INCOMPAT_OFFSET: usize = 0x60;
+/// The `64bit` bit of `s_feature_incompat`.
+const INCOMPAT_64BIT: u32 = 0x80;
+/// Largest `s_log_block_size`: 64 KiB blocks.
+const MAX_LOG_BLOCK_SIZE: u32 = 6;
+/// Most symlinks followed in one lookup, as Linux (`ELOOP`).
+const MAX_SYMLINKS: usize = 40;
+/// Longest symlink target read (`PATH_MAX`); ext4-view would allocate a target of any size.
+const MAX_LINK_TARGET: u64 = 4096;
 /// Size of the buffer that [`Ext4::copy_to`] fills before each write.
 const CHUNK: usize = 1 << 20;
 
@@ -224,7 +236,9 @@ impl Ext4 {
     /// the image in messages.
     ///
     /// Reads the superblock, the block group descriptors and the journal (replayed in memory,
-    /// never written back); file data is read only when asked for.
+    /// never written back); file data is read only when asked for. A superblock whose group
+    /// descriptors cannot fit in the window, or whose blocks are over 64 KiB, is refused as
+    /// corrupt before `ext4-view` allocates anything from it.
     pub fn open(
         mut source: Box<dyn Source>,
         offset: u64,
@@ -264,6 +278,11 @@ impl Ext4 {
         }
         let i = INCOMPAT_OFFSET;
         let incompat = u32::from_le_bytes([sb[i], sb[i + 1], sb[i + 2], sb[i + 3]]);
+        check_geometry(&sb, incompat, len).map_err(|reason| Error::Corrupt {
+            name: name.to_owned(),
+            path: None,
+            reason,
+        })?;
         let window = Window {
             source,
             offset,
@@ -317,18 +336,21 @@ impl Ext4 {
             ));
         }
         if !last.contains(is_glob) {
-            let meta = self.fs.metadata(pattern).map_err(|e| match e {
-                Ext4Error::NotFound => no_match(),
-                e => self.convert(pattern, e),
+            let found = self.lookup(pattern, true).map_err(|e| match e {
+                Lookup::Fs(Ext4Error::NotFound) => no_match(),
+                e => self.convert_lookup(pattern, e),
             })?;
-            self.require_regular(pattern, &meta)?;
+            self.require_regular(pattern, &found.meta)?;
             return Ok(pattern.to_owned());
         }
         let dir_path = if dir.is_empty() { "/" } else { dir };
-        let entries = self.fs.read_dir(dir_path).map_err(|e| match e {
-            Ext4Error::NotFound => no_match(),
-            e => self.convert(dir_path, e),
-        })?;
+        let entries = self
+            .lookup(dir_path, true)
+            .and_then(|found| Ok(self.fs.read_dir(found.path.as_slice())?))
+            .map_err(|e| match e {
+                Lookup::Fs(Ext4Error::NotFound) => no_match(),
+                e => self.convert_lookup(dir_path, e),
+            })?;
         let mut matches = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| self.convert(dir_path, e))?;
@@ -342,13 +364,13 @@ impl Ext4 {
             let path = format!("{dir}/{file}");
             let file_type = entry.file_type().map_err(|e| self.convert(&path, e))?;
             let regular = if file_type.is_symlink() {
-                match self.fs.metadata(path.as_str()) {
-                    Ok(meta) => meta.file_type().is_regular_file(),
+                match self.lookup(&path, true) {
+                    Ok(found) => found.meta.file_type().is_regular_file(),
                     // Dangling, looping or through a non-directory: leads to no file.
-                    Err(
+                    Err(Lookup::Fs(
                         Ext4Error::NotFound | Ext4Error::NotADirectory | Ext4Error::TooManySymlinks,
-                    ) => false,
-                    Err(e) => return Err(self.convert(&path, e)),
+                    )) => false,
+                    Err(e) => return Err(self.convert_lookup(&path, e)),
                 }
             } else {
                 file_type.is_regular_file()
@@ -371,7 +393,7 @@ impl Ext4 {
 
     /// The size in bytes of the regular file at `path` (symlinks are followed).
     pub fn len(&self, path: &str) -> Result<u64, Error> {
-        let meta = self.fs.metadata(path).map_err(|e| self.convert(path, e))?;
+        let meta = self.found(path, true)?.meta;
         self.require_regular(path, &meta)?;
         Ok(meta.len())
     }
@@ -403,7 +425,101 @@ impl Ext4 {
     }
 
     fn open_file(&self, path: &str) -> Result<ext4_view::File, Error> {
-        self.fs.open(path).map_err(|e| self.convert(path, e))
+        let found = self.found(path, true)?;
+        self.fs
+            .open(found.path.as_slice())
+            .map_err(|e| self.convert(path, e))
+    }
+
+    /// Looks `path` up as the kernel would, in mkomi rather than in `ext4-view`, whose lookups
+    /// read every symlink target on the way whole, whatever its size: here each step asks
+    /// `ext4-view` about a path that has no symlink, `.` or `..` left (so that it follows
+    /// nothing), a symlink's size is checked before its target is read, and at most
+    /// [`MAX_SYMLINKS`] are followed. A final symlink is followed when `follow_last` is set.
+    fn lookup(&self, path: &str, follow_last: bool) -> Result<Found, Lookup> {
+        if !path.starts_with('/') {
+            return Err(Ext4Error::NotAbsolute.into());
+        }
+        // The components still to walk, the next one last.
+        let mut todo = components(path.as_bytes());
+        // Where the walk is: the components from the root, and the metadata of each directory
+        // on the way (the root's first), of the file reached last.
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let mut metas = vec![self.fs.symlink_metadata("/")?];
+        let mut links = 0;
+        while let Some(name) = todo.pop() {
+            // Never empty: it starts with the root's and `..` keeps the root's.
+            let here = &metas[metas.len() - 1];
+            if !here.is_dir() {
+                return Err(Ext4Error::NotADirectory.into());
+            }
+            match name.as_slice() {
+                b"." => continue,
+                b".." => {
+                    if !names.is_empty() {
+                        names.pop();
+                        metas.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            names.push(name);
+            let next = joined(&names);
+            let meta = self.fs.symlink_metadata(next.as_slice())?;
+            if !meta.is_symlink() || (todo.is_empty() && !follow_last) {
+                metas.push(meta);
+                continue;
+            }
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(Ext4Error::TooManySymlinks.into());
+            }
+            let target = self.link_target(&next, &meta)?;
+            names.pop();
+            if target.starts_with(b"/") {
+                names.clear();
+                metas.truncate(1);
+            }
+            todo.extend(components(&target));
+        }
+        Ok(Found {
+            path: joined(&names),
+            // Never empty, as above.
+            meta: metas.swap_remove(metas.len() - 1),
+        })
+    }
+
+    /// The target of the symlink at `path` (which has no symlink on the way), `meta` its
+    /// metadata; one longer than [`MAX_LINK_TARGET`] is refused before anything is allocated.
+    fn link_target(&self, path: &[u8], meta: &Metadata) -> Result<Vec<u8>, Lookup> {
+        if meta.len() > MAX_LINK_TARGET {
+            return Err(Lookup::LinkTooLong {
+                link: String::from_utf8_lossy(path).into_owned(),
+                size: meta.len(),
+            });
+        }
+        Ok(self.fs.read_link(path)?.as_ref().to_vec())
+    }
+
+    /// [`Ext4::lookup`], its error converted for `path`.
+    fn found(&self, path: &str, follow_last: bool) -> Result<Found, Error> {
+        self.lookup(path, follow_last)
+            .map_err(|e| self.convert_lookup(path, e))
+    }
+
+    fn convert_lookup(&self, path: &str, e: Lookup) -> Error {
+        match e {
+            Lookup::Fs(e) => self.convert(path, e),
+            Lookup::LinkTooLong { link, size } => Error::Invalid {
+                name: self.name.clone(),
+                path: path.to_owned(),
+                reason: format!(
+                    "symlink target too long: {link} is a symlink of {size} bytes, \
+                     more than {MAX_LINK_TARGET}"
+                ),
+            },
+        }
     }
 
     fn stream(
@@ -502,7 +618,11 @@ impl super::FileSystem for Ext4 {
     }
 
     fn read_dir(&self, path: &str, max: usize) -> Result<Vec<super::Entry>, super::Error> {
-        let entries = self.fs.read_dir(path).map_err(|e| self.convert(path, e))?;
+        let found = self.found(path, true)?;
+        let entries = self
+            .fs
+            .read_dir(found.path.as_slice())
+            .map_err(|e| self.convert(path, e))?;
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| self.convert(path, e))?;
@@ -526,21 +646,22 @@ impl super::FileSystem for Ext4 {
     }
 
     fn metadata(&self, path: &str) -> Result<super::Meta, super::Error> {
-        let meta = self.fs.metadata(path).map_err(|e| self.convert(path, e))?;
-        Ok(meta_of(&meta))
+        Ok(meta_of(&self.found(path, true)?.meta))
     }
 
     fn symlink_metadata(&self, path: &str) -> Result<super::Meta, super::Error> {
-        let meta = self
-            .fs
-            .symlink_metadata(path)
-            .map_err(|e| self.convert(path, e))?;
-        Ok(meta_of(&meta))
+        Ok(meta_of(&self.found(path, false)?.meta))
     }
 
     fn read_link(&self, path: &str) -> Result<String, super::Error> {
-        let target = self.fs.read_link(path).map_err(|e| self.convert(path, e))?;
-        Ok(String::from_utf8_lossy(target.as_ref()).into_owned())
+        let found = self.found(path, false)?;
+        if !found.meta.is_symlink() {
+            return Err(self.convert(path, Ext4Error::NotASymlink).into());
+        }
+        let target = self
+            .link_target(&found.path, &found.meta)
+            .map_err(|e| self.convert_lookup(path, e))?;
+        Ok(String::from_utf8_lossy(&target).into_owned())
     }
 
     fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, super::Error> {
@@ -555,6 +676,99 @@ impl super::FileSystem for Ext4 {
     fn read_to_vec(&self, path: &str, max: u64) -> Result<Vec<u8>, super::Error> {
         Ok(Ext4::read_to_vec(self, path, max)?)
     }
+}
+
+/// Refuses a superblock whose counts would make `ext4-view` allocate more than the file system
+/// could hold: it sizes its block cache from the block size and its table of block group
+/// descriptors from the group count before reading anything else, so a few corrupt bytes could
+/// ask for gigabytes. `len` is the window's length; the reason is for [`Error::Corrupt`].
+fn check_geometry(sb: &[u8; SUPERBLOCK_LEN], incompat: u32, len: u64) -> Result<(), String> {
+    let le32 = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+    // ext4 blocks are 1 KiB to 64 KiB (the kernel's EXT4_MAX_BLOCK_LOG_SIZE); ext4-view accepts
+    // up to 2 GiB and caches nine blocks of that size.
+    let log_block_size = le32(0x18);
+    if log_block_size > MAX_LOG_BLOCK_SIZE {
+        return Err(format!(
+            "s_log_block_size {log_block_size} makes blocks of 2^{} bytes, more than 64 KiB",
+            u64::from(log_block_size) + 10
+        ));
+    }
+    let block_size = 1024u64 << log_block_size;
+    // The group count as ext4-view computes it: it adds the high word of the block count even
+    // without the 64bit feature.
+    let blocks = u64::from(le32(0x04)) | u64::from(le32(0x150)) << 32;
+    let per_group = u64::from(le32(0x20)).max(1);
+    let groups = blocks
+        .saturating_sub(u64::from(le32(0x14)))
+        .div_ceil(per_group);
+    let desc_size = if incompat & INCOMPAT_64BIT != 0 {
+        u64::from(u16::from_le_bytes([sb[0xfe], sb[0xff]])).max(64)
+    } else {
+        32
+    };
+    // The table starts in the block after the superblock's.
+    let start = if block_size == 1024 { 2048 } else { block_size };
+    let end = groups.saturating_mul(desc_size).saturating_add(start);
+    if end > len {
+        return Err(format!(
+            "{groups} block groups need {} bytes of group descriptors, \
+             more than the {len}-byte file system holds",
+            groups.saturating_mul(desc_size)
+        ));
+    }
+    Ok(())
+}
+
+/// A path looked up by [`Ext4::lookup`].
+struct Found {
+    /// The same file named without symlinks, `.` or `..`: `ext4-view` follows nothing on it.
+    path: Vec<u8>,
+    /// Its metadata (of the symlink itself when a final one was not followed).
+    meta: Metadata,
+}
+
+/// Why [`Ext4::lookup`] failed.
+enum Lookup {
+    /// `ext4-view`'s error.
+    Fs(Ext4Error),
+    /// A symlink on the way has a target longer than [`MAX_LINK_TARGET`]: the symlink, and the
+    /// target's size.
+    LinkTooLong { link: String, size: u64 },
+}
+
+impl From<Ext4Error> for Lookup {
+    fn from(e: Ext4Error) -> Lookup {
+        Lookup::Fs(e)
+    }
+}
+
+/// The components of a path, the last first (a stack to pop); a trailing `/` counts as a final
+/// `.`, so that what precedes it must be a directory and a symlink there is followed, as the
+/// kernel does.
+fn components(path: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if path.len() > 1 && path.ends_with(b"/") && !out.is_empty() {
+        out.push(b".".to_vec());
+    }
+    out.reverse();
+    out
+}
+
+/// The absolute path of `names` from the root.
+fn joined(names: &[Vec<u8>]) -> Vec<u8> {
+    if names.is_empty() {
+        return b"/".to_vec();
+    }
+    let mut out = Vec::new();
+    for name in names {
+        out.push(b'/');
+        out.extend_from_slice(name);
+    }
+    out
 }
 
 fn is_glob(c: char) -> bool {
@@ -964,6 +1178,108 @@ mod tests {
         );
     }
 
+    /// Runs `debugfs -w` commands on an image.
+    fn debugfs(image: &Path, commands: &str) {
+        let out = Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg("-")
+            .arg(image)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child.stdin.take().unwrap().write_all(commands.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    #[test]
+    fn symlinks_are_followed_within_bounds() {
+        use crate::fs::{FileSystem, Kind};
+        let fx = build(&[], &[]);
+        // A slow symlink (its target over 60 bytes, in a block) to the kernel, and a copy of it
+        // whose size says 5,000 bytes (ext4-view read e2fsprogs' f_badsymlinks' 4 GiB one
+        // whole); a link to a directory; a loop; a chain of 41 links to os-release.
+        let slow = format!("{}boot/vmlinuz-6.1.0-28-cloud-amd64", "./".repeat(20));
+        let mut cmds = format!("symlink /slow {slow}\nsymlink /huge {slow}\n");
+        cmds += "sif /huge size 5000\nsymlink /lib usr/lib\nsymlink /loop loop\n";
+        cmds += "symlink /c1 etc/os-release\n";
+        for i in 2..=41 {
+            cmds += &format!("symlink /c{i} c{}\n", i - 1);
+        }
+        debugfs(&fx.image, &cmds);
+        let fs = open_at(&fx.image, 0, None).unwrap();
+        fn err<T>(r: Result<T, crate::fs::Error>) -> String {
+            r.map(|_| ()).unwrap_err().to_string()
+        }
+
+        assert_eq!(
+            FileSystem::metadata(&fs, "/slow").unwrap().len,
+            fx.kernel.len() as u64
+        );
+        assert!(copy(&fs, "/slow") == fx.kernel);
+        let too_long = |path: &str| {
+            format!(
+                "root.ext4: {path}: symlink target too long: \
+                 /huge is a symlink of 5000 bytes, more than 4096"
+            )
+        };
+        assert_eq!(err(FileSystem::metadata(&fs, "/huge")), too_long("/huge"));
+        assert_eq!(err(fs.read_link("/huge")), too_long("/huge"));
+        assert_eq!(
+            err(FileSystem::read_to_vec(&fs, "/huge", 10)),
+            too_long("/huge")
+        );
+        assert_eq!(err(fs.read_dir("/huge/x", 10)), too_long("/huge/x"));
+        assert_eq!(
+            fs.resolve("/hug*").unwrap_err().to_string(),
+            too_long("/huge")
+        );
+        let meta = fs.symlink_metadata("/huge").unwrap();
+        assert_eq!((meta.kind, meta.len), (Kind::Symlink, 5000));
+
+        // `..` after a symlink to a directory is the target's parent, as in the kernel.
+        assert_eq!(fs.read_link("/lib").unwrap(), "usr/lib");
+        let efi = "/lib/systemd/boot/efi/systemd-bootx64.efi";
+        assert!(FileSystem::read_to_vec(&fs, efi, u64::MAX).unwrap() == fx.efi);
+        let os = FileSystem::read_to_vec(&fs, "/lib/../../etc/./os-release", 4096).unwrap();
+        assert_eq!(os, OS_RELEASE);
+        assert_eq!(FileSystem::metadata(&fs, "/lib/").unwrap().kind, Kind::Dir);
+        assert_eq!(fs.symlink_metadata("/lib/").unwrap().kind, Kind::Dir);
+        assert_eq!(fs.symlink_metadata("/lib").unwrap().kind, Kind::Symlink);
+        assert_eq!(
+            err(FileSystem::metadata(&fs, "/vmlinuz/")),
+            "root.ext4: /vmlinuz/: a component of the path is not a directory"
+        );
+        assert_eq!(
+            err(fs.read_link(KERNEL)),
+            format!("root.ext4: {KERNEL}: path is not a symlink")
+        );
+
+        // Forty links are followed, not forty-one.
+        assert_eq!(
+            FileSystem::read_to_vec(&fs, "/c40", 4096).unwrap(),
+            OS_RELEASE
+        );
+        let loop_error =
+            |path: &str| format!("root.ext4: {path}: too many levels of symbolic links");
+        assert_eq!(
+            err(FileSystem::read_to_vec(&fs, "/c41", 4096)),
+            loop_error("/c41")
+        );
+        assert_eq!(err(FileSystem::metadata(&fs, "/loop")), loop_error("/loop"));
+        assert_eq!(fs.read_link("/loop").unwrap(), "loop");
+        assert_eq!(
+            fs.resolve("/loo*").unwrap_err().to_string(),
+            "no file matches /loo* in root.ext4"
+        );
+    }
+
     #[test]
     fn read_to_vec_refuses_files_over_max() {
         let fx = build(&[], &[]);
@@ -1001,6 +1317,41 @@ mod tests {
             e,
             "root.ext4: corrupt ext4 file system: invalid superblock checksum"
         );
+    }
+
+    #[test]
+    fn counts_beyond_the_volume_are_refused_before_allocating() {
+        let fx = build(&[], &[]);
+        let good = std::fs::read(&fx.image).unwrap();
+        let len = good.len() as u64;
+        let sb = 1024;
+        let patched = |at: usize, value: u32| {
+            let mut bytes = good.clone();
+            bytes[sb + at..sb + at + 4].copy_from_slice(&value.to_le_bytes());
+            std::fs::write(&fx.image, &bytes).unwrap();
+            open_at(&fx.image, 0, None).unwrap_err().to_string()
+        };
+        // s_blocks_count_hi: 2^40 more blocks, a descriptor table of gigabytes (ext4-view asked
+        // for it whole before reading it).
+        let e = patched(0x150, 0x100);
+        assert!(
+            e.starts_with("root.ext4: corrupt ext4 file system: ")
+                && e.contains("bytes of group descriptors, more than the ")
+                && e.ends_with(&format!("{len}-byte file system holds")),
+            "{e}"
+        );
+        // s_log_block_size 21: 2 GiB blocks, of which ext4-view cached nine.
+        let e = patched(0x18, 21);
+        assert_eq!(
+            e,
+            "root.ext4: corrupt ext4 file system: \
+             s_log_block_size 21 makes blocks of 2^31 bytes, more than 64 KiB"
+        );
+        // The volume cut short of its own descriptor table.
+        std::fs::write(&fx.image, &good).unwrap();
+        let e = open_at(&fx.image, 0, Some(2048)).unwrap_err().to_string();
+        assert!(e.contains("bytes of group descriptors"), "{e}");
+        assert!(open_at(&fx.image, 0, None).is_ok());
     }
 
     #[test]

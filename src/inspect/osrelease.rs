@@ -74,6 +74,12 @@ impl OsRelease {
 /// invalid UTF-8 is replaced by U+FFFD. When a key is set twice, the last value wins, as in the
 /// shell.
 pub fn parse(bytes: &[u8]) -> OsRelease {
+    parse_counting(bytes, &mut 0)
+}
+
+/// [`parse`], adding to `steps` the bytes that unquoting looks at (lookahead included), so that a
+/// test can check that the work stays linear in the input.
+fn parse_counting(bytes: &[u8], steps: &mut usize) -> OsRelease {
     let text = String::from_utf8_lossy(bytes);
     let mut os = OsRelease::default();
     for line in text.lines() {
@@ -88,7 +94,7 @@ pub fn parse(bytes: &[u8]) -> OsRelease {
         if !is_key(key) {
             continue;
         }
-        let Some(value) = unquote(raw.trim_start()) else {
+        let Some(value) = unquote(raw.trim_start(), steps) else {
             continue;
         };
         let slot = match key {
@@ -137,8 +143,8 @@ fn is_key(key: &str) -> bool {
 
 /// The value of an assignment's right-hand side (trimmed of surrounding whitespace by the
 /// caller), with quotes removed and escapes resolved; `None` if a quote is not closed or the
-/// line ends in a lone backslash.
-fn unquote(raw: &str) -> Option<String> {
+/// line ends in a lone backslash. `steps` counts the bytes looked at.
+fn unquote(raw: &str, steps: &mut usize) -> Option<String> {
     #[derive(PartialEq)]
     enum Quote {
         None,
@@ -149,15 +155,25 @@ fn unquote(raw: &str) -> Option<String> {
     let mut quote = Quote::None;
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
+        *steps += c.len_utf8();
         match (&quote, c) {
             (Quote::None, '\'') => quote = Quote::Single,
             (Quote::None, '"') => quote = Quote::Double,
             (Quote::None, '\\') => out.push(chars.next()?),
-            // As in the shell, an unquoted `#` after whitespace starts a comment.
-            (Quote::None, c)
-                if c.is_whitespace() && chars.as_str().trim_start().starts_with('#') =>
-            {
-                break;
+            // As in the shell, an unquoted `#` after whitespace starts a comment. The whole run
+            // of blanks is taken at once, so that the lookahead reads each blank once, not once
+            // per blank before it.
+            (Quote::None, c) if c.is_whitespace() => {
+                let rest = chars.as_str();
+                let after = rest.trim_start();
+                let run = rest.len() - after.len();
+                *steps += run + 1;
+                if after.starts_with('#') {
+                    break;
+                }
+                out.push(c);
+                out.push_str(&rest[..run]);
+                chars = after.chars();
             }
             (Quote::Single, '\'') | (Quote::Double, '"') => quote = Quote::None,
             (Quote::Double, '\\') => match chars.next()? {
@@ -212,6 +228,37 @@ mod tests {
             }
         );
         assert_eq!(os.display_name(), "Debian GNU/Linux 12 (bookworm)");
+    }
+
+    #[test]
+    fn a_run_of_blanks_is_looked_past_once() {
+        // The fuzz finding: `ID=a`, 65,000 blanks, `b`. Looking ahead for a comment at each blank
+        // cost n²/2 steps (two billion here).
+        let input = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/regressions/os_release/quadratic-whitespace"
+        ))
+        .unwrap();
+        let mut steps = 0;
+        let os = parse_counting(&input, &mut steps);
+        let id = os.id.unwrap();
+        assert!(id.starts_with("a ") && id.ends_with(" b"), "{id:?}");
+        assert_eq!(id.len(), input.len() - "ID=\n".len());
+        assert!(
+            steps <= 2 * input.len(),
+            "{steps} steps for {} bytes",
+            input.len()
+        );
+
+        // Blanks then a comment, blanks then more value, in every quoting.
+        let mut steps = 0;
+        let value = |raw: &str, steps: &mut usize| unquote(raw, steps).unwrap();
+        assert_eq!(value("a  \t # c", &mut steps), "a");
+        assert_eq!(value("a  \t b#c", &mut steps), "a  \t b#c");
+        assert_eq!(value("a \\  # c", &mut steps), "a  ");
+        assert_eq!(value("a\\ #c", &mut steps), "a #c");
+        assert_eq!(value("'a  # b'  c", &mut steps), "a  # b  c");
+        assert!(steps < 100, "{steps}");
     }
 
     #[test]
