@@ -1182,3 +1182,49 @@ fn a_raw_object_is_imported_in_one_pass_as_it_downloads() {
         &["compare", s(&img), s(&back.join("sda1.qcow2"))],
     );
 }
+
+/// Ctrl-C while the second disk goes up: the first disk's finished object is removed too, so
+/// that no part of the package is left in the bucket.
+#[test]
+fn ctrl_c_on_a_later_disk_removes_the_objects_already_sent() {
+    let server = S3Server::start();
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let root = d.path().join("root.img");
+    std::fs::write(&root, noise(MIB as usize, 3)).unwrap();
+    let data = d.path().join("data.img");
+    std::fs::write(&data, noise(24 << 20, 4)).unwrap();
+    let b = d.path().join("two");
+    ok(&[
+        "register",
+        s(&root),
+        "-o",
+        s(&b),
+        "--arch",
+        "x86_64",
+        "--no-boot-check",
+        "--format",
+        "raw",
+        "--bdm",
+        &format!("/dev/sdb={}", s(&data)),
+        "-q",
+    ]);
+    // The root object (1 MiB of noise and its volume's zeros) goes up whole; the proxy holds
+    // the second disk's upload after 2 of its parts.
+    let held = Proxy::start(server.port, server.root.clone(), Some(2));
+    let mut child = spawn(s3_export(&b, "two", &held.endpoint, &cache, &[]));
+    wait_for_parts(&mut child, &cache, 2, &[]);
+    let prefix = server.root.join(BUCKET).join("two");
+    assert!(prefix.join("sda1.raw.gz").exists());
+    let (code, err) = interrupt(child);
+    assert_eq!(code, Some(130), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&prefix)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        server.open_uploads().is_empty(),
+        "{:?}",
+        server.open_uploads()
+    );
+}

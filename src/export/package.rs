@@ -632,9 +632,59 @@ fn export_s3(
         Vec::new()
     };
     let aborted_uploads = abort_stale_uploads(&client, location, dir.as_deref(), &keep)?;
+    // The keys this run has written. A run that fails or is interrupted without --resume
+    // removes them again, so that no part of a package is left behind: a package is its
+    // objects, its manifests and SHA256SUMS together, or nothing.
+    let mut written = Vec::new();
+    let run = upload_package(
+        req,
+        m,
+        mkomi_bytes,
+        formats,
+        names,
+        location,
+        &client,
+        &states,
+        &mut written,
+    );
+    let (objects, manifest_url) = match run {
+        Ok(done) => done,
+        Err(e) => {
+            if !req.resume {
+                for key in &written {
+                    // Best effort: the error that stopped the export is the one to report.
+                    let _ = client.delete(key);
+                }
+            }
+            return Err(e);
+        }
+    };
+    Ok(Report {
+        objects,
+        manifest_url: Some(manifest_url),
+        location: location.to_string(),
+        aborted_uploads,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Uploads the package's objects, then its manifests and `SHA256SUMS`, adding each key to
+/// `written` once it is there; returns the objects and the manifest's pre-signed URL.
+#[allow(clippy::too_many_arguments)]
+fn upload_package(
+    req: &Request,
+    m: &Manifest,
+    mkomi_bytes: &[u8],
+    formats: &[DiskFormat],
+    names: &[String],
+    location: &s3::Location,
+    client: &s3::Client,
+    states: &[Option<PathBuf>],
+    written: &mut Vec<String>,
+) -> Result<(Vec<Object>, String)> {
     let mut objects = Vec::new();
     let mut urls = Vec::new();
-    for (((d, format), name), state) in m.disks.iter().zip(formats).zip(names).zip(&states) {
+    for (((d, format), name), state) in m.disks.iter().zip(formats).zip(names).zip(states) {
         check_cancel(req.cancel)?;
         let key = location.join(name);
         // The disk is compressed on its own threads into a pipe that the upload reads: the
@@ -693,6 +743,7 @@ fn export_s3(
             (Err(s3::Error::Read { .. }), Err(e)) | (Ok(_), Err(e)) => return Err(e),
             (Err(e), _) => return Err(e.into()),
         };
+        written.push(key.clone());
         urls.push(Some(client.presign_get(&key, req.expires)?));
         objects.push(Object {
             name: name.clone(),
@@ -706,14 +757,12 @@ fn export_s3(
     check_cancel(req.cancel)?;
     // The manifest goes up last among the objects it names; SHA256SUMS after it.
     for (name, bytes) in side_files(m, names, &urls, &objects, mkomi_bytes) {
-        client.put_bytes(&location.join(&name), &bytes)?;
+        check_cancel(req.cancel)?;
+        let key = location.join(&name);
+        // Recorded first: a put that fails half-way may still have made the object.
+        written.push(key.clone());
+        client.put_bytes(&key, &bytes)?;
     }
     let manifest_url = client.presign_get(&location.join(EXPORT_MANIFEST), req.expires)?;
-    Ok(Report {
-        objects,
-        manifest_url: Some(manifest_url),
-        location: location.to_string(),
-        aborted_uploads,
-        elapsed: started.elapsed(),
-    })
+    Ok((objects, manifest_url))
 }
