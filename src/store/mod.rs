@@ -313,15 +313,17 @@ impl Store {
         if conn.close().is_err() {
             return false;
         }
+        // Only the files a store has, and directories only when empty (`remove_dir`, never
+        // `remove_dir_all`): whatever else appeared in the meantime is not ours to remove.
+        for f in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(root.join(format!("{CATALOG}{f}")));
+        }
         let done = match made {
-            Made::Directory => std::fs::remove_dir_all(&root).is_ok(),
-            Made::Files(dirs) => {
-                for f in ["", "-wal", "-shm", "-journal"] {
-                    let _ = std::fs::remove_file(root.join(format!("{CATALOG}{f}")));
-                }
-                // Only the directories it made: one that was there is not the store's to remove.
-                dirs.iter().all(|d| std::fs::remove_dir(d).is_ok())
-            }
+            Made::Directory => [root.join(BLOBS), root.join(WORK), root]
+                .iter()
+                .all(|d| std::fs::remove_dir(d).is_ok()),
+            // Only the directories it made: one that was there is not the store's to remove.
+            Made::Files(dirs) => dirs.iter().all(|d| std::fs::remove_dir(d).is_ok()),
             Made::Nothing => false,
         };
         drop(dir_lock);
