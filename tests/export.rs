@@ -50,19 +50,6 @@ fn bundle(dir: &Path, format: &str) -> PathBuf {
     out
 }
 
-/// `len` incompressible bytes (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn gunzip(path: &Path) -> Vec<u8> {
     let out = Command::new("gunzip").arg("-c").arg(path).output().unwrap();
     assert!(

@@ -18,19 +18,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `len` incompressible bytes (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// `data` as gzip members of 1 MiB of input each, as mkomi's export writes them.
 fn gzip_members(data: &[u8]) -> Vec<Vec<u8>> {
     use flate2::{Compression, write::GzEncoder};

@@ -210,3 +210,16 @@ pub fn fake_efi(len: usize, machine: u16) -> Vec<u8> {
     b[0x98 + 68..0x98 + 70].copy_from_slice(&10u16.to_le_bytes());
     b
 }
+
+/// `len` incompressible bytes (xorshift64).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
