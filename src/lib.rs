@@ -13,6 +13,8 @@
 //! - [`audit`]: what must not ship in an image (SSH keys, passwords, host keys, histories…);
 //! - [`bundle`]: the operations on bundles — `register`, `build` and `verify`.
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod bundle;
 pub mod copy;
