@@ -916,6 +916,57 @@ mod tests {
         }
     }
 
+    /// GUIDs pinned from the hand-written HMAC-SHA256 this module had before it used the `hmac`
+    /// crate: seeds shorter than, equal to and longer than SHA-256's 64-byte block (a longer key
+    /// is hashed first, RFC 2104 §2), and the empty seed.
+    #[test]
+    fn guids_pinned() {
+        let requests = [
+            req(PartitionType::Esp, "esp", Some(MIB)),
+            req(PartitionType::Esp, "esp2", None),
+        ];
+        let cases: [(&[u8], [&str; 3]); 4] = [
+            (
+                b"any byte string, not only 16 bytes",
+                [
+                    "212f2ba2-e4c9-48de-a9c7-b5ae37c81f1e",
+                    "e7d92d36-0205-4178-a0ba-2ef37f7cf760",
+                    "e1e80300-8d00-413e-b85a-aca428f4e769",
+                ],
+            ),
+            (
+                &[0xa5; 100],
+                [
+                    "c960a7d2-8807-4c62-b7d0-75ac49c93f9f",
+                    "20bdc650-f92c-46a7-a8b4-e912f431a94b",
+                    "c5362b08-e05e-489f-8f7c-1fd67581ac70",
+                ],
+            ),
+            (
+                &[7; 64],
+                [
+                    "02e6f507-f1b2-4aa6-890e-e9f7c4e8b684",
+                    "7e1e7cee-e7e8-4892-8f39-df33e920f2b7",
+                    "a922ce35-0c33-47da-bc93-d71b33fa3bff",
+                ],
+            ),
+            (
+                b"",
+                [
+                    "a8dbca6f-77a6-485c-8c67-b653758a8928",
+                    "da584991-3b7c-4868-a2f6-f82b79dc70db",
+                    "ce6598bf-3bce-4d57-8fc3-380f96999bd3",
+                ],
+            ),
+        ];
+        for (seed, [disk, first, second]) in cases {
+            let t = plan(GIB, &requests, seed).unwrap();
+            assert_eq!(t.disk_guid, guid(disk), "seed {seed:?}");
+            assert_eq!(t.partitions[0].unique_guid, guid(first), "seed {seed:?}");
+            assert_eq!(t.partitions[1].unique_guid, guid(second), "seed {seed:?}");
+        }
+    }
+
     #[test]
     fn same_seed_same_bytes() {
         let a = plan(GIB, &sample(), b"seed").unwrap();
