@@ -402,17 +402,8 @@ fn plan(files: &[(String, FileSource)]) -> Result<Vec<Planned<'_>>, Error> {
 fn fat_date_time(epoch: i64) -> DateTime {
     let t = epoch.clamp(FAT_EPOCH_MIN, FAT_EPOCH_MAX);
     let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date
-    // Algorithms", civil_from_days); `t` is clamped, so every value is small and non-negative.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    // `t` is clamped, so every value is small and non-negative.
+    let (year, month, day) = crate::util::civil_from_days(days);
     // All in range: year 1980..=2107, month 1..=12, day 1..=31, seconds of a day < 86400.
     let small = |v: i64| v as u16;
     DateTime {
