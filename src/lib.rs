@@ -8,6 +8,8 @@
 //! - [`digest`]: the container-independent `ContentDigest` of a disk;
 //! - [`manifest`]: the bundle's `manifest.json`, with Outscale's field names and rules;
 //! - [`layout`]: new disks — GPT, FAT32 ESPs, templates, disks composed of pieces;
+//! - [`ondisk`]: one codec per on-disk format (GPT, FAT) that the layout writers and the
+//!   readers of [`inspect`] and [`fs`] share;
 //! - [`fs`]: reading files out of file systems inside images (ext4), without mounting;
 //! - [`inspect`]: looking inside disks (partition tables so far);
 //! - [`audit`]: what must not ship in an image (SSH keys, passwords, host keys, histories…);
@@ -26,6 +28,7 @@ pub mod fuzzing;
 pub mod inspect;
 pub mod layout;
 pub mod manifest;
+pub mod ondisk;
 pub mod progress;
 pub mod sink;
 pub mod source;

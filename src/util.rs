@@ -96,12 +96,10 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Formats seconds since the Unix epoch as an ISO 8601 UTC timestamp (`2026-11-27T03:47:22Z`),
-/// the form of Outscale's `CreationDate`.
-pub fn utc_timestamp(epoch: i64) -> String {
-    let days = epoch.div_euclid(86_400);
-    let secs = epoch.rem_euclid(86_400);
-    // Civil-from-days, after Howard Hinnant's public-domain algorithm "days_from_civil".
+/// The proleptic Gregorian (year, month 1–12, day 1–31) of `days` since 1970-01-01, after
+/// Howard Hinnant's public-domain algorithm `civil_from_days` ("chrono-Compatible Low-Level
+/// Date Algorithms").
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -110,7 +108,15 @@ pub fn utc_timestamp(epoch: i64) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Formats seconds since the Unix epoch as an ISO 8601 UTC timestamp (`2026-11-27T03:47:22Z`),
+/// the form of Outscale's `CreationDate`.
+pub fn utc_timestamp(epoch: i64) -> String {
+    let days = epoch.div_euclid(86_400);
+    let secs = epoch.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         secs / 3600,

@@ -24,55 +24,13 @@
 //! Windows do, and match the 8.3 alias too.
 
 use super::{Entry, Kind, Meta};
+use crate::ondisk::fat::{
+    BOOT_SECTOR, Chain, DIR_ENTRY, Fault, Geometry, Listing, Node, Root, geometry, parse_dir,
+};
 use crate::source::Source;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// Bytes of the boot sector read by [`Fat::open`]: the BPB lies in the first 90 bytes and no
-/// sector is smaller than 512 bytes (spec, "Boot Sector and BPB").
-const BOOT_SECTOR: usize = 512;
-/// Size of a directory entry (spec, "FAT Directory Structure").
-const DIR_ENTRY: usize = 32;
-/// Most 32-byte entries a directory may hold: 65,536 (2 MiB), the FAT limit that Windows and
-/// Linux (`FAT_MAX_DIR_ENTRIES` in `msdos_fs.h`) enforce, entries being numbered in 16 bits. A
-/// longer directory chain is taken as corruption, which also bounds what reading one directory
-/// costs.
-const MAX_DIR_ENTRIES: u64 = 65_536;
-/// The largest cluster count FAT32 can address: cluster numbers run from 2 to count + 1, which
-/// must stay below the bad-cluster mark 0x0FFFFFF7 (spec, "FAT Data Structure").
-const MAX_FAT32_CLUSTERS: u64 = 0x0FFF_FFF5;
-
-/// Attribute bit of the volume label entry (spec, "FAT Directory Structure").
-const ATTR_VOLUME_ID: u8 = 0x08;
-/// Attribute bit of a directory.
-const ATTR_DIRECTORY: u8 = 0x10;
-/// Attribute value of a long-name entry, under [`ATTR_LONG_NAME_MASK`] (spec, "FAT Long
-/// Directory Entries").
-const ATTR_LONG_NAME: u8 = 0x0F;
-/// The attribute bits compared to find a long-name entry.
-const ATTR_LONG_NAME_MASK: u8 = 0x3F;
-/// Flag of `LDIR_Ord` on the last (first stored) entry of a long name.
-const LAST_LONG_ENTRY: u8 = 0x40;
-/// A long name has at most 255 characters, so at most 20 entries of 13.
-const MAX_LONG_ENTRIES: u8 = 20;
-/// Characters (UCS-2 units) held by one long-name entry.
-const LONG_UNITS: usize = 13;
-/// Offsets of those characters in the entry: `LDIR_Name1`, `LDIR_Name2`, `LDIR_Name3`.
-const LONG_UNIT_OFFSETS: [usize; LONG_UNITS] = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
-/// `DIR_NTRes` flag: the base name is shown in lower case (Windows NT, not in the spec but
-/// written by Windows, mtools and Linux for names such as `readme.txt`).
-const NT_LOWER_BASE: u8 = 0x08;
-/// `DIR_NTRes` flag: the extension is shown in lower case.
-const NT_LOWER_EXT: u8 = 0x10;
-/// First name byte of a free (deleted) entry.
-const FREE_ENTRY: u8 = 0xE5;
-/// First name byte that stands for a real 0xE5 (a KANJI lead byte) in a name.
-const KANJI_E5: u8 = 0x05;
-/// The name bytes of the `.` and `..` entries of a subdirectory.
-const DOT: &[u8; 11] = b".          ";
-const DOT_DOT: &[u8; 11] = b"..         ";
 
 /// FAT entries are read in blocks of this many bytes of the FAT…
 const FAT_BLOCK: u64 = 32 * 1024;
@@ -82,10 +40,6 @@ const FAT_CACHE_BLOCKS: usize = 8;
 /// Unix permissions reported for directories and files, FAT having none.
 const DIR_MODE: u32 = 0o755;
 const FILE_MODE: u32 = 0o644;
-
-/// Code page 437's characters for bytes 0x80 to 0xFF, the code page Linux assumes for 8.3 names.
-const CP437_HIGH: &str = "ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»\
-░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u{a0}";
 
 /// An error about a FAT file system inside an image; the message names the image and, when
 /// there is one, the path inside the file system.
@@ -198,302 +152,6 @@ fn at(path: &Option<String>) -> String {
     path.as_ref().map(|p| format!(": {p}")).unwrap_or_default()
 }
 
-/// The three FAT types, told apart by the cluster count (spec, "FAT Type Determination").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FatType {
-    Fat12,
-    Fat16,
-    Fat32,
-}
-
-impl FatType {
-    fn name(self) -> &'static str {
-        match self {
-            FatType::Fat12 => "fat12",
-            FatType::Fat16 => "fat16",
-            FatType::Fat32 => "fat32",
-        }
-    }
-
-    /// The lowest end-of-chain mark (spec, "FAT Data Structure": any value from it up ends a
-    /// chain).
-    fn end_of_chain(self) -> u32 {
-        match self {
-            FatType::Fat12 => 0xFF8,
-            FatType::Fat16 => 0xFFF8,
-            FatType::Fat32 => 0x0FFF_FFF8,
-        }
-    }
-
-    /// The bad-cluster mark, never part of a chain.
-    fn bad(self) -> u32 {
-        match self {
-            FatType::Fat12 => 0xFF7,
-            FatType::Fat16 => 0xFFF7,
-            FatType::Fat32 => 0x0FFF_FFF7,
-        }
-    }
-
-    /// Bytes of FAT needed for `entries` entries.
-    fn fat_bytes(self, entries: u64) -> u64 {
-        match self {
-            FatType::Fat12 => (entries * 3).div_ceil(2),
-            FatType::Fat16 => entries * 2,
-            FatType::Fat32 => entries * 4,
-        }
-    }
-}
-
-/// Where the root directory is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Root {
-    /// FAT12/16: a fixed region of `entries` entries at byte `start` of the window.
-    Fixed { start: u64, entries: u64 },
-    /// FAT32: a cluster chain like any directory (`BPB_RootClus`).
-    Cluster(u32),
-}
-
-/// The layout of the volume, from a validated BPB. All offsets are bytes within the window.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Geometry {
-    fat_type: FatType,
-    sector_bytes: u64,
-    total_sectors: u64,
-    cluster_bytes: u64,
-    /// Start of the FAT in use (the first, or the active one when mirroring is off).
-    fat_start: u64,
-    /// Length of one FAT; holds at least `clusters + 2` entries.
-    fat_len: u64,
-    /// Start of cluster 2.
-    data_start: u64,
-    /// Count of data clusters: valid cluster numbers are 2 to `clusters + 1`, and all of them
-    /// lie inside the window.
-    clusters: u32,
-    root: Root,
-    /// `BS_VolLab`, if the extended boot signature says it is there and it is not `NO NAME`.
-    boot_label: Option<String>,
-}
-
-impl Geometry {
-    /// The highest valid cluster number.
-    fn max_cluster(&self) -> u32 {
-        // No overflow: clusters <= MAX_FAT32_CLUSTERS.
-        self.clusters.saturating_add(1)
-    }
-
-    /// Most clusters a directory chain may have: 65,536 entries, rounded up to whole clusters.
-    fn dir_cluster_limit(&self) -> u64 {
-        (MAX_DIR_ENTRIES * DIR_ENTRY as u64).div_ceil(self.cluster_bytes)
-    }
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u16::from_le_bytes)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u32::from_le_bytes)
-}
-
-/// Validates the BPB of `boot` (spec, "Boot Sector and BPB", "FAT Type Determination") and
-/// derives the volume's layout; `Err` names the wrong field and its value.
-fn geometry(boot: &[u8; BOOT_SECTOR]) -> Result<Geometry, String> {
-    let sector_bytes = le16(boot, 11);
-    if !matches!(sector_bytes, 512 | 1024 | 2048 | 4096) {
-        return Err(format!(
-            "bytes per sector (BPB_BytsPerSec) is {sector_bytes}, not 512, 1024, 2048 or 4096"
-        ));
-    }
-    let per_cluster = boot[13];
-    if !per_cluster.is_power_of_two() {
-        return Err(format!(
-            "sectors per cluster (BPB_SecPerClus) is {per_cluster}, not a power of two from 1 \
-             to 128"
-        ));
-    }
-    let reserved = le16(boot, 14);
-    if reserved == 0 {
-        return Err("reserved sector count (BPB_RsvdSecCnt) is 0, not at least 1".to_owned());
-    }
-    let fats = boot[16];
-    if fats == 0 {
-        return Err("number of FATs (BPB_NumFATs) is 0".to_owned());
-    }
-    let root_entries = le16(boot, 17);
-    let total16 = le16(boot, 19);
-    let media = boot[21];
-    let fat_size16 = le16(boot, 22);
-    let total32 = le32(boot, 32);
-    let fat_size32 = le32(boot, 36);
-    // The media byte is also the low byte of FAT[0]; Linux refuses other values as well.
-    if media != 0xF0 && media < 0xF8 {
-        return Err(format!(
-            "media type (BPB_Media) is {media:#04x}, not 0xf0 or 0xf8 to 0xff"
-        ));
-    }
-    // Sizes in sectors: the 16-bit field when not 0, else the 32-bit one.
-    let fat_size = if fat_size16 != 0 {
-        u64::from(fat_size16)
-    } else {
-        u64::from(fat_size32)
-    };
-    if fat_size == 0 {
-        return Err("FAT size (BPB_FATSz16 and BPB_FATSz32) is 0".to_owned());
-    }
-    let total = if total16 != 0 {
-        u64::from(total16)
-    } else {
-        u64::from(total32)
-    };
-    if total == 0 {
-        return Err("total sector count (BPB_TotSec16 and BPB_TotSec32) is 0".to_owned());
-    }
-    let sector = u64::from(sector_bytes);
-    let per_cluster = u64::from(per_cluster);
-    // All in u64 from fields of at most 32 bits: none of this can overflow.
-    let root_sectors = (u64::from(root_entries) * DIR_ENTRY as u64).div_ceil(sector);
-    let fats_start = u64::from(reserved);
-    let root_start = fats_start + u64::from(fats) * fat_size;
-    let data_start = root_start + root_sectors;
-    if data_start >= total {
-        return Err(format!(
-            "the reserved sectors, FATs and root directory take {data_start} sectors, leaving \
-             no data sectors of the {total} (BPB_TotSec)"
-        ));
-    }
-    let clusters = (total - data_start) / per_cluster;
-    if clusters == 0 {
-        return Err(format!(
-            "the {} data sectors are fewer than one cluster of {per_cluster}",
-            total - data_start
-        ));
-    }
-    // Spec, "FAT Type Determination": the cluster count alone decides.
-    let fat_type = if clusters < 4085 {
-        FatType::Fat12
-    } else if clusters < 65525 {
-        FatType::Fat16
-    } else {
-        FatType::Fat32
-    };
-    let what = format!("a {} volume ({clusters} clusters)", fat_type.name());
-    let max_cluster = clusters + 1;
-    let mut active = 0;
-    let root = if fat_type == FatType::Fat32 {
-        if fat_size16 != 0 {
-            return Err(format!(
-                "{what} must have BPB_FATSz16 = 0, not {fat_size16}"
-            ));
-        }
-        if root_entries != 0 {
-            return Err(format!(
-                "{what} must have BPB_RootEntCnt = 0, not {root_entries}"
-            ));
-        }
-        if clusters > MAX_FAT32_CLUSTERS {
-            return Err(format!(
-                "{what} has more clusters than FAT32 can address ({MAX_FAT32_CLUSTERS})"
-            ));
-        }
-        let version = le16(boot, 42);
-        if version != 0 {
-            return Err(format!(
-                "FAT32 version (BPB_FSVer) is {}.{}, not 0.0",
-                version >> 8,
-                version & 0xFF
-            ));
-        }
-        // BPB_ExtFlags bit 7: mirroring off, only the FAT numbered by bits 0-3 is in use.
-        let flags = le16(boot, 40);
-        if flags & 0x80 != 0 {
-            active = u64::from(flags & 0x0F);
-            if active >= u64::from(fats) {
-                return Err(format!(
-                    "the active FAT (BPB_ExtFlags) is number {active}, but there are {fats}"
-                ));
-            }
-        }
-        let root_cluster = le32(boot, 44);
-        if !(2..=max_cluster).contains(&u64::from(root_cluster)) {
-            return Err(format!(
-                "root cluster (BPB_RootClus) is {root_cluster}, outside the clusters 2 to \
-                 {max_cluster}"
-            ));
-        }
-        Root::Cluster(root_cluster)
-    } else {
-        if fat_size16 == 0 {
-            return Err(format!("{what} has BPB_FATSz16 = 0, as only FAT32 may"));
-        }
-        if root_entries == 0 {
-            return Err(format!(
-                "{what} has no root directory (BPB_RootEntCnt is 0)"
-            ));
-        }
-        Root::Fixed {
-            start: root_start * sector,
-            entries: u64::from(root_entries),
-        }
-    };
-    let needed = fat_type.fat_bytes(clusters + 2);
-    if fat_size * sector < needed {
-        return Err(format!(
-            "FAT size (BPB_FATSz) of {fat_size} sectors is {} bytes, too small for the \
-             {needed} bytes of entries of {clusters} clusters",
-            fat_size * sector
-        ));
-    }
-    // BS_BootSig 0x29 says BS_VolID, BS_VolLab and BS_FilSysType follow.
-    let (sig, label_at) = match fat_type {
-        FatType::Fat32 => (boot[66], 71),
-        _ => (boot[38], 43),
-    };
-    let boot_label = if sig == 0x29 {
-        boot.get(label_at..label_at + 11).and_then(label_text)
-    } else {
-        None
-    };
-    Ok(Geometry {
-        fat_type,
-        sector_bytes: sector,
-        total_sectors: total,
-        cluster_bytes: sector * per_cluster,
-        fat_start: (fats_start + active * fat_size) * sector,
-        fat_len: fat_size * sector,
-        data_start: data_start * sector,
-        clusters: u32::try_from(clusters).map_err(|_| format!("{what} is too large"))?,
-        root,
-        boot_label,
-    })
-}
-
-/// A volume label's 11 bytes as text, without trailing spaces; `None` for a blank label or
-/// mkfs's `NO NAME`.
-fn label_text(bytes: &[u8]) -> Option<String> {
-    let text: String = trim_spaces(bytes).iter().map(|&b| cp437(b)).collect();
-    (!text.is_empty() && text != "NO NAME").then_some(text)
-}
-
-fn trim_spaces(bytes: &[u8]) -> &[u8] {
-    let end = bytes.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
-    bytes.get(..end).unwrap_or_default()
-}
-
-/// The character code page 437 gives byte `b`.
-fn cp437(b: u8) -> char {
-    match b.checked_sub(0x80) {
-        None => char::from(b),
-        Some(i) => CP437_HIGH
-            .chars()
-            .nth(usize::from(i))
-            .unwrap_or(char::REPLACEMENT_CHARACTER),
-    }
-}
-
 /// The bytes `offset..offset + len` of a source.
 struct Window {
     source: Box<dyn Source>,
@@ -556,47 +214,6 @@ impl FatCache {
     }
 }
 
-/// A run of consecutive clusters of a chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Run {
-    first: u32,
-    count: u32,
-}
-
-/// Clusters already met in a chain, as disjoint ranges (first cluster → count), so that a
-/// cluster met twice, a loop, is found at once and the memory follows the chain's fragments.
-#[derive(Default)]
-struct Seen(BTreeMap<u32, u32>);
-
-impl Seen {
-    fn contains(&self, c: u32) -> bool {
-        self.0
-            .range(..=c)
-            .next_back()
-            .is_some_and(|(&first, &count)| u64::from(c) < u64::from(first) + u64::from(count))
-    }
-
-    /// Adds `c`, which [`Seen::contains`] said is not in.
-    fn insert(&mut self, c: u32) {
-        let after = c.checked_add(1).and_then(|n| self.0.remove_entry(&n));
-        let before = self
-            .0
-            .range_mut(..c)
-            .next_back()
-            .filter(|(first, count)| u64::from(**first) + u64::from(**count) == u64::from(c));
-        match (before, after) {
-            (Some((_, count)), Some((_, more))) => *count += 1 + more,
-            (Some((_, count)), None) => *count += 1,
-            (None, Some((_, more))) => {
-                self.0.insert(c, 1 + more);
-            }
-            (None, None) => {
-                self.0.insert(c, 1);
-            }
-        }
-    }
-}
-
 /// A file's cluster chain, followed only as far as reads have needed (never past the clusters
 /// its size needs), and kept for the next read of the same file.
 struct FileChain {
@@ -605,219 +222,18 @@ struct FileChain {
     size: u64,
     /// How many clusters the size needs.
     needed: u64,
-    /// The clusters found so far, in chain order.
-    runs: Vec<Run>,
-    /// How many clusters `runs` hold, at least 1.
-    known: u64,
-    /// The last cluster found.
-    last: u32,
-    /// Every cluster of `runs`.
-    seen: Seen,
+    /// The clusters found so far.
+    chain: Chain,
     /// Whether the link out of the `needed`th cluster has been checked.
     checked_end: bool,
 }
 
-/// A walked cluster chain.
-struct Chain {
-    /// The first clusters of the chain (as many as asked for), as runs.
-    runs: Vec<Run>,
-    /// The length of the whole chain, in clusters.
-    clusters: u64,
-}
-
-/// A file or directory found by a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Node {
-    /// The root directory.
-    Root,
-    /// A subdirectory and its first cluster (0 if the entry is corrupt).
-    Dir(u32),
-    /// A file: its first cluster (0 when empty) and size.
-    File { cluster: u32, size: u32 },
-}
-
-impl Node {
-    fn kind(self) -> Kind {
-        match self {
-            Node::Root | Node::Dir(_) => Kind::Dir,
-            Node::File { .. } => Kind::File,
-        }
+/// Whether a node is a directory or a file, as [`super::FileSystem`] reports it.
+fn kind(node: Node) -> Kind {
+    match node {
+        Node::Root | Node::Dir(_) => Kind::Dir,
+        Node::File { .. } => Kind::File,
     }
-}
-
-/// One entry of a directory, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct DirEntry {
-    /// The long name if there is a valid one, else the 8.3 name.
-    name: String,
-    /// The 8.3 name (`README.TXT`, or `readme.txt` with the lower-case flags).
-    short: String,
-    node: Node,
-}
-
-/// A parsed directory.
-struct Listing {
-    entries: Vec<DirEntry>,
-    /// The first volume label entry (the root directory's is the volume's label).
-    label: Option<String>,
-}
-
-/// A long name being assembled from its entries, stored last part first (spec, "FAT Long
-/// Directory Entries", "Sequence Of Long Directory Entries").
-struct LongName {
-    units: Vec<u16>,
-    /// `LDIR_Chksum`, the same in every entry and equal to the 8.3 name's checksum.
-    checksum: u8,
-    /// The `LDIR_Ord` the next entry must have; 0 once complete.
-    next: u8,
-}
-
-impl LongName {
-    /// Adds the long-name entry `e` to the name being assembled (`prev`); `None` when `e` does
-    /// not continue it nor start a new one, an orphan the spec says to ignore.
-    fn push(prev: Option<LongName>, e: &[u8; DIR_ENTRY]) -> Option<LongName> {
-        let ord = e[0];
-        let mut name = if ord & LAST_LONG_ENTRY != 0 {
-            let count = ord & !LAST_LONG_ENTRY;
-            if count == 0 || count > MAX_LONG_ENTRIES {
-                return None;
-            }
-            LongName {
-                units: vec![0xFFFF; usize::from(count) * LONG_UNITS],
-                checksum: e[13],
-                next: count,
-            }
-        } else {
-            prev.filter(|p| p.checksum == e[13])?
-        };
-        if ord & !LAST_LONG_ENTRY != name.next || name.next == 0 {
-            return None;
-        }
-        let start = usize::from(name.next - 1) * LONG_UNITS;
-        for (k, &at) in LONG_UNIT_OFFSETS.iter().enumerate() {
-            if let Some(unit) = name.units.get_mut(start + k) {
-                *unit = le16(e, at);
-            }
-        }
-        name.next -= 1;
-        Some(name)
-    }
-
-    /// The name, if complete and made for the 8.3 entry `short`.
-    fn finish(self, short: &[u8]) -> Option<String> {
-        if self.next != 0 || self.checksum != short_checksum(short) {
-            return None;
-        }
-        // A name ends at a 0x0000 unit, padded with 0xFFFF; a full last entry has neither.
-        let units: Vec<u16> = self
-            .units
-            .into_iter()
-            .take_while(|&u| u != 0 && u != 0xFFFF)
-            .collect();
-        let name = String::from_utf16_lossy(&units);
-        usable(&name).then_some(name)
-    }
-}
-
-/// The checksum of an 8.3 name that its long-name entries carry (spec, "FAT Long Directory
-/// Entries", `ChkSum`).
-fn short_checksum(name: &[u8]) -> u8 {
-    name.iter()
-        .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
-}
-
-/// Whether a stored name can be a path component.
-fn usable(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
-}
-
-/// The 8.3 name of entry `e`, with the NT lower-case flags applied.
-fn short_name(e: &[u8; DIR_ENTRY]) -> String {
-    let nt = e[12];
-    let part = |bytes: &[u8], lower: bool| -> String {
-        let chars = trim_spaces(bytes).iter().map(|&b| cp437(b));
-        if lower {
-            chars.flat_map(char::to_lowercase).collect()
-        } else {
-            chars.collect()
-        }
-    };
-    let mut base = [0u8; 8];
-    base.copy_from_slice(&e[..8]);
-    if base[0] == KANJI_E5 {
-        base[0] = FREE_ENTRY;
-    }
-    let mut name = part(&base, nt & NT_LOWER_BASE != 0);
-    let ext = part(&e[8..11], nt & NT_LOWER_EXT != 0);
-    if !ext.is_empty() {
-        name.push('.');
-        name.push_str(&ext);
-    }
-    // Only a corrupt entry holds these; keep the entry visible but harmless as a component.
-    let name = name.replace(['/', '\0'], "\u{FFFD}");
-    if usable(&name) {
-        name
-    } else {
-        "\u{FFFD}".to_owned()
-    }
-}
-
-/// Parses the entries of a directory (spec, "FAT Directory Structure"): stops at the first
-/// entry that starts with 0x00, skips free entries, `.` and `..`, and takes the volume label
-/// apart.
-fn parse_dir(bytes: &[u8], fat_type: FatType) -> Listing {
-    let mut entries = Vec::new();
-    let mut label = None;
-    let mut long: Option<LongName> = None;
-    for raw in bytes.chunks_exact(DIR_ENTRY) {
-        let Ok(e) = <&[u8; DIR_ENTRY]>::try_from(raw) else {
-            break;
-        };
-        match e[0] {
-            0x00 => break,
-            FREE_ENTRY => {
-                long = None;
-                continue;
-            }
-            _ => {}
-        }
-        let attr = e[11];
-        if attr & ATTR_LONG_NAME_MASK == ATTR_LONG_NAME {
-            long = LongName::push(long.take(), e);
-            continue;
-        }
-        let long = long.take();
-        if attr & ATTR_VOLUME_ID != 0 {
-            if label.is_none() {
-                label = label_text(&e[..11]);
-            }
-            continue;
-        }
-        let name11 = &e[..11];
-        if name11 == DOT || name11 == DOT_DOT {
-            continue;
-        }
-        let low = u32::from(le16(e, 26));
-        // DIR_FstClusHI is meaningful on FAT32 only (spec, "FAT Directory Structure").
-        let cluster = match fat_type {
-            FatType::Fat32 => low | (u32::from(le16(e, 20)) << 16),
-            _ => low,
-        };
-        let node = if attr & ATTR_DIRECTORY != 0 {
-            Node::Dir(cluster)
-        } else {
-            Node::File {
-                cluster,
-                size: le32(e, 28),
-            }
-        };
-        let short = short_name(e);
-        let name = long
-            .and_then(|l| l.finish(name11))
-            .unwrap_or_else(|| short.clone());
-        entries.push(DirEntry { name, short, node });
-    }
-    Listing { entries, label }
 }
 
 /// Whether two names are equal without regard to case, as FAT lookups are.
@@ -1028,131 +444,33 @@ impl Fat {
     /// a FAT32 entry cleared.
     fn fat_entry(&self, n: u32, path: &str) -> Result<u32, Error> {
         self.count(|w| w.fat_entries += 1);
-        let n64 = u64::from(n);
+        let (offset, width) = self.geo.fat_type.entry_location(n);
         let mut bytes = [0u8; 4];
-        let (offset, width) = match self.geo.fat_type {
-            // 12-bit entries packed in pairs: entry n starts at byte n * 1.5.
-            FatType::Fat12 => (n64 + n64 / 2, 2),
-            FatType::Fat16 => (n64 * 2, 2),
-            FatType::Fat32 => (n64 * 4, 4),
-        };
         for (i, slot) in bytes.iter_mut().take(width).enumerate() {
             *slot = self.fat_byte(offset + i as u64, path)?;
         }
-        let value = u32::from_le_bytes(bytes);
-        Ok(match self.geo.fat_type {
-            FatType::Fat12 if n % 2 == 1 => value >> 4,
-            FatType::Fat12 => value & 0xFFF,
-            FatType::Fat16 => value,
-            FatType::Fat32 => value & 0x0FFF_FFFF,
-        })
+        Ok(self.geo.fat_type.entry_value(n, bytes))
     }
 
-    /// The link out of cluster `current`: `None` at the chain's end mark, else the next
-    /// cluster, checked: a free or bad cluster or a number outside the volume is corruption.
-    fn link(&self, current: u32, path: &str) -> Result<Option<u32>, Error> {
-        let next = self.fat_entry(current, path)?;
-        let max = self.geo.max_cluster();
-        let corrupt = |reason: String| self.corrupt(Some(path), reason);
-        if next >= self.geo.fat_type.end_of_chain() {
-            return Ok(None);
-        }
-        if next == self.geo.fat_type.bad() {
-            return Err(corrupt(format!(
-                "cluster {current} links to the bad-cluster mark {next:#x}"
-            )));
-        }
-        if next == 0 {
-            return Err(corrupt(format!(
-                "cluster {current} links to a free cluster (0) before the chain's end"
-            )));
-        }
-        if next == 1 || next > max {
-            return Err(corrupt(format!(
-                "cluster {current} links to {next}, outside the volume's clusters 2 to {max}"
-            )));
-        }
-        Ok(Some(next))
-    }
-
-    /// Checks that `first`, a first cluster from a directory entry, is in the volume.
-    fn first_cluster(&self, first: u32, path: &str) -> Result<(), Error> {
-        let max = self.geo.max_cluster();
-        if (2..=max).contains(&first) {
-            Ok(())
-        } else {
-            Err(self.corrupt(
-                Some(path),
-                format!("its first cluster {first} is outside the volume's clusters 2 to {max}"),
-            ))
+    /// The error for a chain `fault` met while reading `path`.
+    fn fault(&self, fault: Fault<Error>, path: &str) -> Error {
+        match fault {
+            Fault::Corrupt(reason) => self.corrupt(Some(path), reason),
+            Fault::Read(e) => e,
         }
     }
 
-    /// Follows the directory chain that starts at cluster `first` to its end-of-chain mark,
-    /// keeping its first `keep` clusters as runs.
-    ///
-    /// Every link is checked ([`Fat::link`]); a loop is corruption, found by Brent's algorithm
-    /// in time proportional to the chain's length with no memory, and so is a chain longer than
-    /// a directory may be, which bounds the work.
-    fn walk(&self, first: u32, keep: u64, path: &str) -> Result<Chain, Error> {
-        let corrupt = |reason: String| self.corrupt(Some(path), reason);
-        self.first_cluster(first, path)?;
-        let limit = self.geo.dir_cluster_limit();
-        let mut runs: Vec<Run> = Vec::new();
-        let add = |runs: &mut Vec<Run>, c: u32| {
-            if let Some(last) = runs.last_mut()
-                && last.first.checked_add(last.count) == Some(c)
-            {
-                last.count += 1;
-            } else {
-                runs.push(Run { first: c, count: 1 });
-            }
-        };
-        if keep > 0 {
-            add(&mut runs, first);
-        }
-        let mut current = first;
-        let mut length: u64 = 1;
-        // Brent: `saved` is compared with every later cluster and moved forward after 1, 2, 4…
-        // steps; once it is inside a loop and the step count reaches the loop's length, the
-        // chain comes back to it.
-        let (mut saved, mut power, mut steps) = (first, 1u64, 0u64);
-        while let Some(next) = self.link(current, path)? {
-            if next == saved {
-                return Err(corrupt(format!(
-                    "the cluster chain loops back to cluster {next}"
-                )));
-            }
-            length += 1;
-            if length > limit {
-                return Err(corrupt(format!(
-                    "the directory is longer than {limit} clusters, more than the \
-                     {MAX_DIR_ENTRIES} entries a FAT directory may hold"
-                )));
-            }
-            if length <= keep {
-                add(&mut runs, next);
-            }
-            current = next;
-            steps += 1;
-            if steps == power {
-                saved = current;
-                power = power.saturating_mul(2);
-                steps = 0;
-            }
-        }
-        Ok(Chain {
-            runs,
-            clusters: length,
-        })
+    /// Follows the directory chain that starts at cluster `first` to its end-of-chain mark
+    /// ([`Chain::directory`]: every link checked, loops found, at most a directory's length).
+    fn walk(&self, first: u32, path: &str) -> Result<Chain, Error> {
+        Chain::directory(&self.geo, first, |c| self.fat_entry(c, path))
+            .map_err(|f| self.fault(f, path))
     }
 
     /// Byte offset in the window of cluster `c` (2 to `max_cluster`).
     fn cluster_offset(&self, c: u32, path: &str) -> Result<u64, Error> {
-        u64::from(c)
-            .checked_sub(2)
-            .and_then(|i| i.checked_mul(self.geo.cluster_bytes))
-            .and_then(|o| o.checked_add(self.geo.data_start))
+        self.geo
+            .cluster_offset(c)
             .ok_or_else(|| self.corrupt(Some(path), format!("cluster {c} has no offset")))
     }
 
@@ -1165,7 +483,7 @@ impl Fat {
                 "a directory entry with no first cluster".to_owned(),
             ));
         }
-        let chain = self.walk(first, u64::MAX, path)?;
+        let chain = self.walk(first, path)?;
         let cluster_bytes = usize::try_from(self.geo.cluster_bytes)
             .map_err(|_| self.corrupt(Some(path), "clusters too large".to_owned()))?;
         let mut out = Vec::new();
@@ -1222,7 +540,7 @@ impl Fat {
         let mut parents = Vec::new();
         let mut node = Node::Root;
         for component in rest.split('/') {
-            if node.kind() != Kind::Dir {
+            if kind(node) != Kind::Dir {
                 return Err(self.invalid(path, "a component of the path is not a directory"));
             }
             match component {
@@ -1254,9 +572,9 @@ impl Fat {
                 "a directory entry with no first cluster".to_owned(),
             ));
         }
-        let chain = self.walk(first, 0, path)?;
+        let chain = self.walk(first, path)?;
         // At most dir_cluster_limit() clusters: no overflow.
-        Ok(chain.clusters * self.geo.cluster_bytes)
+        Ok(chain.known * self.geo.cluster_bytes)
     }
 
     /// The file at `path`: its first cluster and size.
@@ -1279,37 +597,27 @@ impl Fat {
         let corrupt = |reason: String| self.corrupt(Some(path), reason);
         // The link out of the last needed cluster is checked by the reads that reach it only,
         // so that a corrupt tail does not fail a read of the file's start.
-        while chain.known < upto || (upto == chain.needed && !chain.checked_end) {
-            let Some(next) = self.link(chain.last, path)? else {
-                if chain.known < chain.needed {
+        while chain.chain.known < upto || (upto == chain.needed && !chain.checked_end) {
+            let next = chain
+                .chain
+                .next(&self.geo, |c| self.fat_entry(c, path))
+                .map_err(|f| self.fault(f, path))?;
+            let Some(next) = next else {
+                if chain.chain.known < chain.needed {
                     return Err(corrupt(format!(
                         "its {} bytes need {} clusters of {} bytes, but its cluster chain has {}",
-                        chain.size, chain.needed, self.geo.cluster_bytes, chain.known
+                        chain.size, chain.needed, self.geo.cluster_bytes, chain.chain.known
                     )));
                 }
                 chain.checked_end = true;
                 break;
             };
-            if chain.seen.contains(next) {
-                return Err(corrupt(format!(
-                    "the cluster chain loops back to cluster {next}"
-                )));
-            }
-            if chain.known == chain.needed {
+            if chain.chain.known == chain.needed {
                 // A chain longer than the size: its extra clusters are not the file's.
                 chain.checked_end = true;
                 break;
             }
-            chain.seen.insert(next);
-            match chain.runs.last_mut() {
-                Some(run) if run.first.checked_add(run.count) == Some(next) => run.count += 1,
-                _ => chain.runs.push(Run {
-                    first: next,
-                    count: 1,
-                }),
-            }
-            chain.known += 1;
-            chain.last = next;
+            chain.chain.push(next);
         }
         Ok(())
     }
@@ -1334,7 +642,6 @@ impl Fat {
                 format!("a file of {size} bytes with no first cluster"),
             ));
         }
-        self.first_cluster(first, path)?;
         let cluster_bytes = self.geo.cluster_bytes;
         let needed = size.div_ceil(cluster_bytes);
         let want = (size - offset).min(buf.len() as u64);
@@ -1345,26 +652,20 @@ impl Fat {
         let mut slot = self.last_file.borrow_mut();
         let chain = match slot.take() {
             Some(c) if c.first == first && c.size == size => slot.insert(c),
-            _ => {
-                let mut seen = Seen::default();
-                seen.insert(first);
-                slot.insert(FileChain {
-                    first,
-                    size,
-                    needed,
-                    runs: vec![Run { first, count: 1 }],
-                    known: 1,
-                    last: first,
-                    seen,
-                    checked_end: false,
-                })
-            }
+            _ => slot.insert(FileChain {
+                first,
+                size,
+                needed,
+                chain: Chain::start(&self.geo, first)
+                    .map_err(|reason| self.corrupt(Some(path), reason))?,
+                checked_end: false,
+            }),
         };
         self.extend(chain, end.div_ceil(cluster_bytes), path)?;
 
         let short = || self.corrupt(Some(path), "the cluster chain ends early".to_owned());
         let mut pos = 0u64;
-        for run in &chain.runs {
+        for run in &chain.chain.runs {
             if pos >= end {
                 break;
             }
@@ -1412,7 +713,7 @@ impl super::FileSystem for Fat {
             .into_iter()
             .map(|e| Entry {
                 name: e.name,
-                kind: e.node.kind(),
+                kind: kind(e.node),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1476,6 +777,7 @@ impl super::FileSystem for Fat {
 mod tests {
     use super::*;
     use crate::fs::FileSystem;
+    use crate::ondisk::fat::*;
     use crate::source::{self, OpenOptions};
     use std::ffi::OsStr;
     use std::process::Command;
@@ -1654,7 +956,7 @@ mod tests {
         let Node::File { cluster, .. } = fs.lookup("/big.bin").unwrap() else {
             panic!("/big.bin is not a file");
         };
-        assert!(fs.walk(cluster, u64::MAX, "/big.bin").unwrap().runs.len() > 1);
+        assert!(fs.walk(cluster, "/big.bin").unwrap().runs.len() > 1);
         let cb = fs.geo.cluster_bytes as usize;
         let n = big.len();
         for (offset, len) in [
@@ -1942,12 +1244,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         // Walked as a directory: the test files are shorter than a directory's limit.
-        let chain = fs.walk(first, u64::MAX, path).unwrap();
-        chain
-            .runs
-            .iter()
-            .flat_map(|r| (0..r.count).map(move |i| r.first + i))
-            .collect()
+        fs.walk(first, path).unwrap().clusters().collect()
     }
 
     /// `"{image}: {path}: corrupt FAT file system: "`, how corruption messages start.
@@ -1994,22 +1291,6 @@ mod tests {
                     "{e}"
                 );
             }
-        }
-    }
-
-    /// The clusters a chain has met: ranges merge as they touch, and membership is exact.
-    #[test]
-    fn seen_clusters_merge_into_ranges() {
-        let mut seen = Seen::default();
-        for c in [10, 12, 11, 20, 9, 19, u32::MAX] {
-            assert!(!seen.contains(c), "{c}");
-            seen.insert(c);
-            assert!(seen.contains(c), "{c}");
-        }
-        let ranges: Vec<(u32, u32)> = seen.0.iter().map(|(&f, &n)| (f, n)).collect();
-        assert_eq!(ranges, [(9, 4), (19, 2), (u32::MAX, 1)]);
-        for c in [0, 8, 13, 18, 21, u32::MAX - 1] {
-            assert!(!seen.contains(c), "{c}");
         }
     }
 

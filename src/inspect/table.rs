@@ -6,13 +6,11 @@
 //! a whole. What it finds goes in a [`PartitionTable`], what is wrong in its `problems`, one line
 //! each, so that a report can still print the rest.
 
-use crate::layout::gpt::crc32;
 use std::fmt::Display;
 
 use serde::Serialize;
 
-use crate::layout::Guid;
-use crate::layout::gpt::PartitionType;
+use crate::ondisk::gpt::{self as codec, Entry, Guid, Header, PartitionType};
 use crate::source::Source;
 
 /// The logical sector size assumed unless a GPT header is found at 4096 bytes instead.
@@ -26,9 +24,9 @@ const MBR_RECORDS: usize = 446;
 /// The GPT protective partition type (UEFI 2.10 §5.2.3).
 const PROTECTIVE_TYPE: u8 = 0xee;
 /// `Revision` of every GPT header so far (1.0).
-const GPT_REVISION: u32 = 0x0001_0000;
+const GPT_REVISION: u32 = codec::REVISION;
 /// Smallest `HeaderSize` (UEFI 2.10 §5.3.2).
-const MIN_HEADER_SIZE: u32 = 92;
+const MIN_HEADER_SIZE: u32 = codec::HEADER_SIZE;
 /// Largest `NumberOfPartitionEntries` accepted.
 const MAX_ENTRIES: u32 = 1024;
 /// Largest `SizeOfPartitionEntry` accepted.
@@ -355,20 +353,6 @@ fn le32(buf: &[u8], at: usize) -> u32 {
         .map_or(0, u32::from_le_bytes)
 }
 
-fn le64(buf: &[u8], at: usize) -> u64 {
-    buf.get(at..at + 8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
-}
-
-fn guid_at(buf: &[u8], at: usize) -> Guid {
-    let bytes: [u8; 16] = buf
-        .get(at..at + 16)
-        .and_then(|b| b.try_into().ok())
-        .unwrap_or([0; 16]);
-    Guid::from_gpt_bytes(bytes)
-}
-
 // ---------------------------------------------------------------------------------------------
 // MBR
 
@@ -553,27 +537,6 @@ fn check_overlaps(parts: &[Partition], what: &str, problems: &mut Problems) {
 // ---------------------------------------------------------------------------------------------
 // GPT
 
-/// A GPT header's fields (UEFI 2.10 Table 5.5).
-#[derive(Debug, Clone)]
-struct Header {
-    my_lba: u64,
-    alternate_lba: u64,
-    first_usable: u64,
-    last_usable: u64,
-    disk_guid: Guid,
-    entries_lba: u64,
-    entry_count: u32,
-    entry_size: u32,
-    entries_crc: u32,
-}
-
-impl Header {
-    /// The entry array's length in bytes, bounded by the checks of [`read_header`].
-    fn array_len(&self) -> u64 {
-        u64::from(self.entry_count) * u64::from(self.entry_size)
-    }
-}
-
 /// A usable GPT.
 struct Gpt {
     disk_guid: Guid,
@@ -614,46 +577,34 @@ fn read_header(
         let line = local.lines.into_iter().next().unwrap_or_default();
         return Err(format!("{which} GPT header at LBA {lba}: {line}"));
     };
-    if buf.get(..8) != Some(&b"EFI PART"[..]) {
+    let Some(h) = Header::decode(&buf) else {
         return Err(format!(
             "{which} GPT header at LBA {lba}: bad signature (expected \"EFI PART\")"
         ));
-    }
-    let revision = le32(&buf, 8);
+    };
+    let revision = h.revision;
     if revision != GPT_REVISION {
         problems.push(format!(
             "{which} GPT header: revision 0x{revision:08x}, expected 0x{GPT_REVISION:08x}"
         ));
     }
-    let header_size = le32(&buf, 12);
+    let header_size = h.header_size;
     let max_header = u32::try_from(ss).unwrap_or(u32::MAX);
-    if !(MIN_HEADER_SIZE..=max_header).contains(&header_size) {
+    // `computed_crc` is `None` for a size outside the header's 92 bytes and the sector read.
+    let computed = h
+        .computed_crc(&buf)
+        .filter(|_| (MIN_HEADER_SIZE..=max_header).contains(&header_size));
+    let Some(computed) = computed else {
         return Err(format!(
             "{which} GPT header: header size {header_size} outside {MIN_HEADER_SIZE}..={max_header}"
         ));
-    }
-    let stored = le32(&buf, 16);
-    let mut copy = buf.get(..header_size as usize).unwrap_or_default().to_vec();
-    if let Some(field) = copy.get_mut(16..20) {
-        field.fill(0);
-    }
-    let computed = crc32(&copy);
+    };
+    let stored = h.header_crc;
     if stored != computed {
         return Err(format!(
             "{which} GPT header: bad header CRC32 (stored 0x{stored:08x}, computed 0x{computed:08x})"
         ));
     }
-    let h = Header {
-        my_lba: le64(&buf, 24),
-        alternate_lba: le64(&buf, 32),
-        first_usable: le64(&buf, 40),
-        last_usable: le64(&buf, 48),
-        disk_guid: guid_at(&buf, 56),
-        entries_lba: le64(&buf, 72),
-        entry_count: le32(&buf, 80),
-        entry_size: le32(&buf, 84),
-        entries_crc: le32(&buf, 88),
-    };
     if h.my_lba != lba {
         return Err(format!(
             "{which} GPT header: my_lba is {}, but the header is at LBA {lba}",
@@ -756,7 +707,7 @@ fn read_entries(
             local.lines.into_iter().next().unwrap_or_default(),
         ));
     };
-    let computed = crc32(&buf);
+    let computed = codec::crc32(&buf);
     if computed != h.entries_crc {
         return Err((
             buf,
@@ -944,32 +895,19 @@ fn parse_entries(copy: &GptCopy, ss: u64, sectors: u64, problems: &mut Problems)
     let mut parts = Vec::new();
     let step = h.entry_size as usize;
     for (i, entry) in copy.entries.chunks_exact(step).enumerate() {
-        let type_bytes = entry.get(..16).unwrap_or_default();
-        if type_bytes.iter().all(|&b| b == 0) {
+        if Entry::is_unused(entry) {
             continue;
         }
         let index = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let type_guid = guid_at(entry, 0);
-        let unique_guid = guid_at(entry, 16);
-        let first = le64(entry, 32);
-        let last = le64(entry, 40);
-        let attributes = le64(entry, 48);
-        let units: Vec<u16> = entry
-            .get(56..128)
-            .unwrap_or_default()
-            .chunks_exact(2)
-            .map(|c| {
-                u16::from_le_bytes([
-                    c.first().copied().unwrap_or(0),
-                    c.get(1).copied().unwrap_or(0),
-                ])
-            })
-            .take_while(|&u| u != 0)
-            .collect();
-        let name = String::from_utf16_lossy(&units);
-        let type_name = PartitionType::ALL
-            .into_iter()
-            .find(|t| t.guid() == type_guid)
+        let Entry {
+            type_guid,
+            unique_guid,
+            first_lba: first,
+            last_lba: last,
+            attributes,
+            name,
+        } = Entry::decode(entry);
+        let type_name = PartitionType::from_guid(type_guid)
             .map_or("unknown", PartitionType::name)
             .to_string();
         let size = if first <= last {
@@ -1021,9 +959,6 @@ fn parse_entries(copy: &GptCopy, ss: u64, sectors: u64, problems: &mut Problems)
     check_overlaps(&parts, "GPT partition", problems);
     parts
 }
-
-// ---------------------------------------------------------------------------------------------
-// CRC32
 
 #[cfg(test)]
 mod tests {
@@ -1103,7 +1038,7 @@ mod tests {
         let mut h = read_at(path, lba * 512, 512);
         f(&mut h);
         h[16..20].fill(0);
-        let crc = crc32(&h[..92]);
+        let crc = codec::crc32(&h[..92]);
         h[16..20].copy_from_slice(&crc.to_le_bytes());
         write_at(path, lba * 512, &h);
     }

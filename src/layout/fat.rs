@@ -27,6 +27,10 @@ use fatfs::{
     Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
 };
 
+use crate::ondisk::fat::{
+    self as codec, BOOT_SECTOR, Chain, DIR_ENTRY, Fault, Geometry, Root, Slot,
+};
+
 /// Bytes per sector: the only size `fatfs` formats by default and the one every firmware reads.
 const SECTOR: u64 = 512;
 
@@ -52,19 +56,6 @@ const FAT_EPOCH_MIN: i64 = 315_532_800;
 /// Seconds since the Unix epoch of 2107-12-31 23:59:59 UTC: FAT stores the year as 7 bits
 /// counted from 1980.
 const FAT_EPOCH_MAX: i64 = 4_354_819_199;
-
-/// Size of a directory entry (FAT spec, "FAT Directory Structure").
-const DIR_ENTRY: usize = 32;
-/// Attribute byte value that marks a long-name slot (FAT spec, "FAT Long Directory Entries").
-const ATTR_LONG_NAME: u8 = 0x0F;
-/// Attribute bit of a directory.
-const ATTR_DIRECTORY: u8 = 0x10;
-/// Attribute bit of the volume label entry in the root directory.
-const ATTR_VOLUME_ID: u8 = 0x08;
-/// FAT32 uses the low 28 bits of a FAT entry; values from this one up end a chain.
-const FAT32_EOC: u32 = 0x0FFF_FFF8;
-/// FAT32 marker of a bad cluster, which must never appear in a chain.
-const FAT32_BAD: u32 = 0x0FFF_FFF7;
 
 /// Where a file's bytes come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -411,17 +402,8 @@ fn plan(files: &[(String, FileSource)]) -> Result<Vec<Planned<'_>>, Error> {
 fn fat_date_time(epoch: i64) -> DateTime {
     let t = epoch.clamp(FAT_EPOCH_MIN, FAT_EPOCH_MAX);
     let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date
-    // Algorithms", civil_from_days); `t` is clamped, so every value is small and non-negative.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    // `t` is clamped, so every value is small and non-negative.
+    let (year, month, day) = crate::util::civil_from_days(days);
     // All in range: year 1980..=2107, month 1..=12, day 1..=31, seconds of a day < 86400.
     let small = |v: i64| v as u16;
     DateTime {
@@ -608,129 +590,6 @@ fn copy_files(
     })
 }
 
-/// What the walk needs from the FAT32 boot sector (FAT spec, "BPB").
-struct Geometry {
-    cluster_bytes: u64,
-    /// Byte offset of the first FAT.
-    fat_start: u64,
-    /// Byte offset of cluster 2, the first data cluster.
-    data_start: u64,
-    root_cluster: u32,
-    /// Number of data clusters: valid cluster numbers are 2..clusters + 2.
-    clusters: u32,
-}
-
-impl Geometry {
-    fn read(path: &Path, file: &fs::File) -> Result<Geometry, Error> {
-        let mut boot = [0u8; 512];
-        file.read_exact_at(&mut boot, 0)
-            .map_err(Error::io(path, "reading the boot sector"))?;
-        let u16_at = |o: usize| u64::from(u16::from_le_bytes([boot[o], boot[o + 1]]));
-        let u32_at =
-            |o: usize| u32::from_le_bytes([boot[o], boot[o + 1], boot[o + 2], boot[o + 3]]);
-        let bytes_per_sector = u16_at(11);
-        let sectors_per_cluster = u64::from(boot[13]);
-        let reserved = u16_at(14);
-        let fats = u64::from(boot[16]);
-        let total_sectors = u64::from(u32_at(32));
-        let fat_sectors = u64::from(u32_at(36));
-        let root_cluster = u32_at(44);
-        let corrupt = |reason: &str| Error::Corrupt {
-            path: path.to_owned(),
-            reason: format!("boot sector: {reason}"),
-        };
-        if boot[510..] != [0x55, 0xAA] {
-            return Err(corrupt("no 55 AA signature"));
-        }
-        if !bytes_per_sector.is_power_of_two() || !(512..=4096).contains(&bytes_per_sector) {
-            return Err(corrupt("bad bytes per sector"));
-        }
-        if !sectors_per_cluster.is_power_of_two() || reserved == 0 || fats == 0 || fat_sectors == 0
-        {
-            return Err(corrupt(
-                "bad sectors per cluster, reserved sectors, FAT count or size",
-            ));
-        }
-        let data_sector = reserved + fats * fat_sectors;
-        let clusters = total_sectors.saturating_sub(data_sector) / sectors_per_cluster;
-        // A FAT entry is 4 bytes; the FAT must cover every cluster number it can hold.
-        let clusters = clusters.min(fat_sectors * bytes_per_sector / 4 - 2);
-        let clusters = u32::try_from(clusters).map_err(|_| corrupt("too many clusters"))?;
-        if root_cluster < 2 || root_cluster >= clusters.saturating_add(2) {
-            return Err(corrupt("root cluster out of range"));
-        }
-        Ok(Geometry {
-            cluster_bytes: sectors_per_cluster * bytes_per_sector,
-            fat_start: reserved * bytes_per_sector,
-            data_start: data_sector * bytes_per_sector,
-            root_cluster,
-            clusters,
-        })
-    }
-
-    fn offset(&self, cluster: u32) -> u64 {
-        self.data_start + u64::from(cluster - 2) * self.cluster_bytes
-    }
-
-    /// The clusters of the chain that starts at `first`, read from the first FAT.
-    fn chain(&self, path: &Path, file: &fs::File, first: u32) -> Result<Vec<u32>, Error> {
-        let corrupt = |reason: String| Error::Corrupt {
-            path: path.to_owned(),
-            reason,
-        };
-        let mut chain = Vec::new();
-        let mut cluster = first;
-        loop {
-            if cluster < 2 || cluster >= self.clusters + 2 {
-                return Err(corrupt(format!(
-                    "cluster {cluster} out of range in the chain from {first}"
-                )));
-            }
-            if chain.len() >= self.clusters as usize {
-                return Err(corrupt(format!("the chain from {first} loops")));
-            }
-            chain.push(cluster);
-            let mut entry = [0u8; 4];
-            file.read_exact_at(&mut entry, self.fat_start + 4 * u64::from(cluster))
-                .map_err(Error::io(path, "reading the FAT"))?;
-            // The top 4 bits of a FAT32 entry are reserved (FAT spec, "FAT32 FAT entries").
-            let next = u32::from_le_bytes(entry) & 0x0FFF_FFFF;
-            if next >= FAT32_EOC {
-                return Ok(chain);
-            }
-            if next == FAT32_BAD {
-                return Err(corrupt(format!("bad cluster in the chain from {first}")));
-            }
-            cluster = next;
-        }
-    }
-}
-
-/// The cluster a 32-byte entry points at: high word at offset 20, low word at 26.
-fn entry_cluster(e: &[u8]) -> u32 {
-    u32::from(u16::from_le_bytes([e[20], e[21]])) << 16
-        | u32::from(u16::from_le_bytes([e[26], e[27]]))
-}
-
-fn set_entry_cluster(e: &mut [u8], cluster: u32) {
-    e[20..22].copy_from_slice(&((cluster >> 16) as u16).to_le_bytes());
-    e[26..28].copy_from_slice(&(cluster as u16).to_le_bytes());
-}
-
-/// Writes `at` into every date and time field of a short entry (FAT spec, "FAT Directory
-/// Structure": creation tenths at 13, creation time 14, creation date 16, access date 18, write
-/// time 22, write date 24).
-fn stamp_entry(e: &mut [u8], at: DateTime) {
-    let date = ((at.date.year - 1980) << 9) | (at.date.month << 5) | at.date.day;
-    let time = (at.time.hour << 11) | (at.time.min << 5) | (at.time.sec / 2);
-    e[13] = 0;
-    e[14..16].copy_from_slice(&time.to_le_bytes());
-    e[16..18].copy_from_slice(&date.to_le_bytes());
-    e[18..20].copy_from_slice(&date.to_le_bytes());
-    e[22..24].copy_from_slice(&time.to_le_bytes());
-    e[24..26].copy_from_slice(&date.to_le_bytes());
-}
-
 /// Walks the directory tree of the unmounted image and corrects what fatfs 0.3.6 gets wrong
 /// (module docs, crates.md): in every directory the long-name slots just before `.` and `..` are
 /// dropped (the following entries move up, the freed tail is zeroed), `.` points at the
@@ -738,65 +597,74 @@ fn stamp_entry(e: &mut [u8], at: DateTime) {
 /// Directory Structure"). fatfs also leaves the volume label entry's date fields at zero (month
 /// 0, an invalid date); they get `stamp` like every other entry.
 fn fix_directories(path: &Path, file: &fs::File, stamp: DateTime) -> Result<(), Error> {
-    let geo = Geometry::read(path, file)?;
     let corrupt = |reason: String| Error::Corrupt {
         path: path.to_owned(),
         reason,
     };
+    let mut boot = [0u8; BOOT_SECTOR];
+    file.read_exact_at(&mut boot, 0)
+        .map_err(Error::io(path, "reading the boot sector"))?;
+    let geo = codec::geometry(&boot).map_err(|r| corrupt(format!("boot sector: {r}")))?;
+    let (codec::FatType::Fat32, Root::Cluster(root)) = (geo.fat_type, geo.root) else {
+        return Err(corrupt(format!(
+            "boot sector: a {} volume, not FAT32",
+            geo.fat_type.name()
+        )));
+    };
+    let (date, time) = fat_stamp(stamp);
     // (directory's first cluster, what its `..` must hold: 0 for a child of the root)
-    let mut todo: Vec<(u32, Option<u32>)> = vec![(geo.root_cluster, None)];
+    let mut todo: Vec<(u32, Option<u32>)> = vec![(root, None)];
     let mut visited: BTreeSet<u32> = BTreeSet::new();
     while let Some((dir, dotdot)) = todo.pop() {
         if !visited.insert(dir) {
             return Err(corrupt(format!("directory cluster {dir} is reached twice")));
         }
         let is_root = dotdot.is_none();
-        let chain = geo.chain(path, file, dir)?;
+        let chain = directory_chain(path, file, &geo, dir)?;
         let cluster_bytes = geo.cluster_bytes as usize;
+        let offset = |c: u32| {
+            geo.cluster_offset(c)
+                .ok_or_else(|| corrupt(format!("cluster {c} has no offset")))
+        };
         let mut bytes = vec![0u8; chain.len() * cluster_bytes];
         for (i, &c) in chain.iter().enumerate() {
-            file.read_exact_at(
-                &mut bytes[i * cluster_bytes..][..cluster_bytes],
-                geo.offset(c),
-            )
-            .map_err(Error::io(path, "reading a directory"))?;
+            file.read_exact_at(&mut bytes[i * cluster_bytes..][..cluster_bytes], offset(c)?)
+                .map_err(Error::io(path, "reading a directory"))?;
         }
 
         let mut kept: Vec<u8> = Vec::with_capacity(bytes.len());
         // Long-name slots seen since the last short entry; they belong to the next one.
         let mut pending: Vec<u8> = Vec::new();
         for raw in bytes.chunks_exact(DIR_ENTRY) {
-            if raw[0] == 0 {
-                // "This and all following entries are free" (FAT spec).
-                break;
-            }
-            let attr = raw[11];
-            if raw[0] != 0xE5 && attr & 0x3F == ATTR_LONG_NAME {
-                pending.extend_from_slice(raw);
-                continue;
-            }
             let mut entry = [0u8; DIR_ENTRY];
             entry.copy_from_slice(raw);
-            let name = &entry[..11];
-            let special = name == b".          " || name == b"..         ";
-            if special {
-                // The long name fatfs wrote for `.` or `..` goes away.
-                pending.clear();
-                let target = if name[1] == b'.' {
-                    dotdot.unwrap_or(0)
-                } else {
-                    dir
-                };
-                set_entry_cluster(&mut entry, target);
-            } else {
-                kept.append(&mut pending);
-                if entry[0] != 0xE5 && is_root && attr & ATTR_VOLUME_ID != 0 {
-                    stamp_entry(&mut entry, stamp);
-                } else if entry[0] != 0xE5 && attr & ATTR_DIRECTORY != 0 {
-                    let child = entry_cluster(&entry);
+            match codec::slot(&entry, codec::FatType::Fat32) {
+                // "This and all following entries are free" (FAT spec).
+                Slot::End => break,
+                Slot::LongName => {
+                    pending.extend_from_slice(raw);
+                    continue;
+                }
+                Slot::Dot | Slot::DotDot => {
+                    // The long name fatfs wrote for `.` or `..` goes away.
+                    pending.clear();
+                    let target = if entry[..11] == *codec::DOT_DOT {
+                        dotdot.unwrap_or(0)
+                    } else {
+                        dir
+                    };
+                    codec::set_entry_cluster(&mut entry, target);
+                }
+                Slot::Label if is_root => {
+                    kept.append(&mut pending);
+                    codec::set_timestamps(&mut entry, date, time);
+                }
+                Slot::Dir(child) => {
+                    kept.append(&mut pending);
                     // A child of the root records 0 as its parent (FAT spec).
                     todo.push((child, Some(if is_root { 0 } else { dir })));
                 }
+                Slot::Free | Slot::Label | Slot::File { .. } => kept.append(&mut pending),
             }
             kept.extend_from_slice(&entry);
         }
@@ -807,13 +675,45 @@ fn fix_directories(path: &Path, file: &fs::File, stamp: DateTime) -> Result<(), 
             for (i, &c) in chain.iter().enumerate() {
                 let new = &kept[i * cluster_bytes..][..cluster_bytes];
                 if new != &bytes[i * cluster_bytes..][..cluster_bytes] {
-                    file.write_all_at(new, geo.offset(c))
+                    file.write_all_at(new, offset(c)?)
                         .map_err(Error::io(path, "rewriting a directory"))?;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The clusters of the directory that starts at `first`, followed through the first FAT of
+/// the image by the codec's walker.
+fn directory_chain(
+    path: &Path,
+    file: &fs::File,
+    geo: &Geometry,
+    first: u32,
+) -> Result<Vec<u32>, Error> {
+    let entry = |n: u32| {
+        let (offset, width) = geo.fat_type.entry_location(n);
+        let mut bytes = [0u8; 4];
+        file.read_exact_at(&mut bytes[..width], geo.fat_start + offset)
+            .map_err(Error::io(path, "reading the FAT"))?;
+        Ok(geo.fat_type.entry_value(n, bytes))
+    };
+    match Chain::directory(geo, first, entry) {
+        Ok(chain) => Ok(chain.clusters().collect()),
+        Err(Fault::Read(e)) => Err(e),
+        Err(Fault::Corrupt(reason)) => Err(Error::Corrupt {
+            path: path.to_owned(),
+            reason: format!("the directory at cluster {first}: {reason}"),
+        }),
+    }
+}
+
+/// `at` as a FAT date and time (FAT spec, "Date and Time Formats").
+fn fat_stamp(at: DateTime) -> (u16, u16) {
+    let date = ((at.date.year - 1980) << 9) | (at.date.month << 5) | at.date.day;
+    let time = (at.time.hour << 11) | (at.time.min << 5) | (at.time.sec / 2);
+    (date, time)
 }
 
 #[cfg(test)]
@@ -1028,38 +928,45 @@ mod tests {
         let esp = esp_inputs();
         let img = build_esp(&esp, "esp.img", &esp.files, EPOCH);
         let file = fs::File::open(&img).unwrap();
-        let geo = Geometry::read(&img, &file).unwrap();
-        let want = fat_date_time(EPOCH);
+        let mut boot = [0u8; BOOT_SECTOR];
+        file.read_exact_at(&mut boot, 0).unwrap();
+        let geo = codec::geometry(&boot).unwrap();
+        let Root::Cluster(root) = geo.root else {
+            panic!("not FAT32: {geo:?}")
+        };
+        let (date, time) = fat_stamp(fat_date_time(EPOCH));
         let mut expect = [0u8; DIR_ENTRY];
-        stamp_entry(&mut expect, want);
-        let mut todo = vec![(geo.root_cluster, true)];
+        codec::set_timestamps(&mut expect, date, time);
+        let mut todo = vec![(root, true)];
         let (mut dirs, mut shorts) = (0, 0);
         while let Some((dir, is_root)) = todo.pop() {
             dirs += 1;
             let mut bytes = Vec::new();
-            for c in geo.chain(&img, &file, dir).unwrap() {
+            for c in directory_chain(&img, &file, &geo, dir).unwrap() {
                 let mut b = vec![0u8; geo.cluster_bytes as usize];
-                file.read_exact_at(&mut b, geo.offset(c)).unwrap();
+                file.read_exact_at(&mut b, geo.cluster_offset(c).unwrap())
+                    .unwrap();
                 bytes.extend(b);
             }
-            let entries: Vec<&[u8]> = bytes
+            let entries: Vec<&[u8; DIR_ENTRY]> = bytes
                 .chunks_exact(DIR_ENTRY)
-                .take_while(|e| e[0] != 0)
+                .map(|e| e.try_into().unwrap())
+                .take_while(|e: &&[u8; DIR_ENTRY]| e[0] != 0)
                 .collect();
             if !is_root {
                 assert_eq!(&entries[0][..11], b".          ");
                 assert_eq!(&entries[1][..11], b"..         ");
-                assert_eq!(entry_cluster(entries[0]), dir);
+                assert_eq!(codec::entry_cluster(entries[0], codec::FatType::Fat32), dir);
             }
             for e in entries {
-                if e[11] == ATTR_LONG_NAME {
+                if e[11] == codec::ATTR_LONG_NAME {
                     continue;
                 }
                 shorts += 1;
                 assert_eq!(e[13..20], expect[13..20], "{:?}", &e[..11]);
                 assert_eq!(e[22..26], expect[22..26], "{:?}", &e[..11]);
-                if e[11] & ATTR_DIRECTORY != 0 && e[0] != b'.' {
-                    todo.push((entry_cluster(e), false));
+                if e[11] & codec::ATTR_DIRECTORY != 0 && e[0] != b'.' {
+                    todo.push((codec::entry_cluster(e, codec::FatType::Fat32), false));
                 }
             }
         }

@@ -13,8 +13,8 @@
 //! the disk GUID and the partition GUIDs are those that systemd-repart gives the same partitions
 //! in the same order (checked against systemd 252 in the tests).
 
-use super::Guid;
-use sha2::{Digest, Sha256};
+use crate::ondisk::gpt::{self as codec, Entry, Guid, Header, PartitionType};
+use hmac::{KeyInit, Mac};
 
 /// The logical sector size this module writes for: 512 bytes (UEFI 2.10 §5.3.1 allows others;
 /// we do not).
@@ -29,7 +29,7 @@ pub const ALIGNMENT: u64 = 1 << 20;
 pub const MAX_PARTITIONS: usize = 128;
 
 /// The longest partition name, in UTF-16 code units (UEFI 2.10 §5.3.3, `PartitionName`: 72 bytes).
-pub const MAX_LABEL_UNITS: usize = 36;
+pub const MAX_LABEL_UNITS: usize = codec::NAME_UNITS;
 
 /// The smallest disk [`plan`] accepts: 1 MiB ahead of the first partition (protective MBR,
 /// primary header and entries, then padding to LBA 2048), 1 MiB for one partition, and the
@@ -44,93 +44,12 @@ const HEAD_SECTORS: u64 = 2 + ENTRY_ARRAY_SECTORS;
 const TAIL_SECTORS: u64 = ENTRY_ARRAY_SECTORS + 1;
 /// Partition alignment in sectors.
 const ALIGN_SECTORS: u64 = ALIGNMENT / SECTOR_SIZE;
-/// The size of one partition entry (UEFI 2.10 §5.3.3).
-const ENTRY_SIZE: usize = 128;
-/// `HeaderSize` of the GPT header (UEFI 2.10 §5.3.2).
-const HEADER_SIZE: u32 = 92;
-/// `Revision` 1.0 of the GPT header.
-const REVISION: u32 = 0x0001_0000;
+/// The size of one partition entry we write (UEFI 2.10 §5.3.3).
+const ENTRY_SIZE: usize = codec::ENTRY_SIZE;
 /// Attribute bits 3 to 47, reserved by UEFI 2.10 §5.3.3: they must be zero.
 const RESERVED_ATTRIBUTES: u64 = ((1 << 48) - 1) & !0b111;
 /// The message whose HMAC gives the disk GUID, as systemd-repart's `derive_uuid(seed, "disk-uuid")`.
 const DISK_GUID_MESSAGE: &[u8] = b"disk-uuid";
-
-/// A partition type from the UAPI Discoverable Partitions Specification (and the BIOS boot
-/// partition of GRUB), written as the entry's `PartitionTypeGUID` (UEFI 2.10 §5.3.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PartitionType {
-    /// EFI System Partition (UEFI 2.10 §13.3), `esp`.
-    Esp,
-    /// Extended Boot Loader Partition, `xbootldr`.
-    Xbootldr,
-    /// Root file system for x86-64, `root-x86-64`.
-    RootX86_64,
-    /// Root file system for x86 (i386), `root-x86`.
-    RootX86,
-    /// `/usr` file system for x86-64, `usr-x86-64`.
-    UsrX86_64,
-    /// `/usr` file system for x86 (i386), `usr-x86`.
-    UsrX86,
-    /// Generic Linux data, `linux-generic`.
-    LinuxGeneric,
-    /// Linux swap, `swap`.
-    Swap,
-    /// GRUB's BIOS boot partition, `bios-boot`.
-    BiosBoot,
-}
-
-impl PartitionType {
-    /// Every type, in declaration order.
-    pub const ALL: [PartitionType; 9] = [
-        PartitionType::Esp,
-        PartitionType::Xbootldr,
-        PartitionType::RootX86_64,
-        PartitionType::RootX86,
-        PartitionType::UsrX86_64,
-        PartitionType::UsrX86,
-        PartitionType::LinuxGeneric,
-        PartitionType::Swap,
-        PartitionType::BiosBoot,
-    ];
-
-    /// The type named `name` (systemd-repart's `Type=` names, plus `bios-boot`), if any.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    /// The type's name, as [`PartitionType::from_name`] accepts it.
-    pub fn name(self) -> &'static str {
-        match self {
-            PartitionType::Esp => "esp",
-            PartitionType::Xbootldr => "xbootldr",
-            PartitionType::RootX86_64 => "root-x86-64",
-            PartitionType::RootX86 => "root-x86",
-            PartitionType::UsrX86_64 => "usr-x86-64",
-            PartitionType::UsrX86 => "usr-x86",
-            PartitionType::LinuxGeneric => "linux-generic",
-            PartitionType::Swap => "swap",
-            PartitionType::BiosBoot => "bios-boot",
-        }
-    }
-
-    /// The partition type GUID (UEFI 2.10 §5.3.3 for the ESP; the Discoverable
-    /// Partitions Specification for the others).
-    pub fn guid(self) -> Guid {
-        // The u128 literals are the textual GUIDs with their dashes turned into underscores.
-        let value: u128 = match self {
-            PartitionType::Esp => 0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b,
-            PartitionType::Xbootldr => 0xbc13c2ff_59e6_4262_a352_b275fd6f7172,
-            PartitionType::RootX86_64 => 0x4f68bce3_e8cd_4db1_96e7_fbcaf984b709,
-            PartitionType::RootX86 => 0x44479540_f297_41b2_9af7_d131d5f0458a,
-            PartitionType::UsrX86_64 => 0x8484680c_9521_48c6_9c11_b0720656f69e,
-            PartitionType::UsrX86 => 0x75250d76_8cc6_458e_bd66_bd47cc81a812,
-            PartitionType::LinuxGeneric => 0x0fc63daf_8483_4772_8e79_3d69d8477de4,
-            PartitionType::Swap => 0x0657fd6d_a4ab_43c4_84e5_0933c84b4f4f,
-            PartitionType::BiosBoot => 0x21686148_6449_6e6f_744e_656564454649,
-        };
-        Guid(value.to_be_bytes())
-    }
-}
 
 /// One partition to lay out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -471,58 +390,14 @@ fn v4_guid(digest: [u8; 32]) -> Guid {
 
 /// HMAC-SHA256 (RFC 2104, FIPS 198-1) of the concatenation of `message`.
 fn hmac_sha256(key: &[u8], message: &[&[u8]]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut padded = [0u8; BLOCK];
-    let hashed_key: [u8; 32];
-    let key = if key.len() > BLOCK {
-        hashed_key = Sha256::digest(key).into();
-        &hashed_key[..]
-    } else {
-        key
-    };
-    for (out, byte) in padded.iter_mut().zip(key) {
-        *out = *byte;
-    }
-    let mut inner = Sha256::new();
-    inner.update(padded.map(|b| b ^ 0x36));
+    // HMAC takes a key of any length (a longer one is hashed first, RFC 2104 §2): the crate's
+    // `new_from_slice` has no error to return, and its own `new` relies on that the same way.
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+        .expect("HMAC accepts keys of every length");
     for part in message {
-        inner.update(part);
+        mac.update(part);
     }
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(padded.map(|b| b ^ 0x5c));
-    outer.update(inner);
-    outer.finalize().into()
-}
-
-/// The CRC32 lookup table: IEEE 802.3, reflected polynomial 0xEDB88320.
-const CRC32_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            bit += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-/// CRC32 as GPT uses it (UEFI 2.10 §5.3.2 names it; it is the IEEE/zlib CRC32: reflected,
-/// initial value and final XOR 0xFFFFFFFF).
-pub(crate) fn crc32(data: &[u8]) -> u32 {
-    // The index is a u8, so it is always inside the 256-entry table.
-    !data.iter().fold(!0u32, |c, &b| {
-        CRC32_TABLE[usize::from(c as u8 ^ b)] ^ (c >> 8)
-    })
+    mac.finalize().into_bytes().into()
 }
 
 /// Copies `bytes` into `buf` at `at`; the callers' offsets are constants inside `buf`.
@@ -561,7 +436,7 @@ impl Table {
         let last = self.sectors().saturating_sub(1);
         let mut out = Vec::with_capacity((HEAD_SECTORS * SECTOR_SIZE) as usize);
         out.extend_from_slice(&self.protective_mbr());
-        out.extend_from_slice(&self.header(1, last, 2, crc32(&entries)));
+        out.extend_from_slice(&self.header(1, last, 2, codec::crc32(&entries)));
         out.extend_from_slice(&entries);
         out
     }
@@ -573,7 +448,7 @@ impl Table {
         let entries = self.entry_array();
         let last = self.sectors().saturating_sub(1);
         let entries_lba = last.saturating_sub(ENTRY_ARRAY_SECTORS);
-        let header = self.header(last, 1, entries_lba, crc32(&entries));
+        let header = self.header(last, 1, entries_lba, codec::crc32(&entries));
         let mut out = entries;
         out.extend_from_slice(&header);
         (entries_lba.saturating_mul(SECTOR_SIZE), out)
@@ -605,25 +480,21 @@ impl Table {
         entries_lba: u64,
         entries_crc: u32,
     ) -> Vec<u8> {
-        let mut h = Vec::with_capacity(SECTOR_SIZE as usize);
-        h.extend_from_slice(b"EFI PART");
-        h.extend_from_slice(&REVISION.to_le_bytes());
-        h.extend_from_slice(&HEADER_SIZE.to_le_bytes());
-        h.extend_from_slice(&[0; 4]); // HeaderCRC32, filled in below
-        h.extend_from_slice(&[0; 4]); // Reserved
-        h.extend_from_slice(&my_lba.to_le_bytes());
-        h.extend_from_slice(&alternate_lba.to_le_bytes());
-        h.extend_from_slice(&self.first_usable_lba().to_le_bytes());
-        h.extend_from_slice(&self.last_usable_lba().to_le_bytes());
-        h.extend_from_slice(&self.disk_guid.to_gpt_bytes());
-        h.extend_from_slice(&entries_lba.to_le_bytes());
-        h.extend_from_slice(&(MAX_PARTITIONS as u32).to_le_bytes());
-        h.extend_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
-        h.extend_from_slice(&entries_crc.to_le_bytes());
-        let crc = crc32(&h);
-        put(&mut h, 16, &crc.to_le_bytes());
-        h.resize(SECTOR_SIZE as usize, 0);
-        h
+        Header {
+            revision: codec::REVISION,
+            header_size: codec::HEADER_SIZE,
+            header_crc: 0,
+            my_lba,
+            alternate_lba,
+            first_usable: self.first_usable_lba(),
+            last_usable: self.last_usable_lba(),
+            disk_guid: self.disk_guid,
+            entries_lba,
+            entry_count: MAX_PARTITIONS as u32,
+            entry_size: ENTRY_SIZE as u32,
+            entries_crc,
+        }
+        .encode(SECTOR_SIZE as usize)
     }
 
     /// The partition entry array (UEFI 2.10 §5.3.3): 128 entries of 128 bytes,
@@ -631,15 +502,15 @@ impl Table {
     fn entry_array(&self) -> Vec<u8> {
         let mut array = vec![0u8; MAX_PARTITIONS * ENTRY_SIZE];
         for (entry, p) in array.chunks_exact_mut(ENTRY_SIZE).zip(&self.partitions) {
-            put(entry, 0, &p.kind.guid().to_gpt_bytes());
-            put(entry, 16, &p.unique_guid.to_gpt_bytes());
-            put(entry, 32, &p.first_lba.to_le_bytes());
-            put(entry, 40, &p.last_lba.to_le_bytes());
-            put(entry, 48, &p.attributes.to_le_bytes());
-            let name = entry.get_mut(56..).unwrap_or_default();
-            for (slot, unit) in name.chunks_exact_mut(2).zip(p.label.encode_utf16()) {
-                slot.copy_from_slice(&unit.to_le_bytes());
+            Entry {
+                type_guid: p.kind.guid(),
+                unique_guid: p.unique_guid,
+                first_lba: p.first_lba,
+                last_lba: p.last_lba,
+                attributes: p.attributes,
+                name: p.label.clone(),
             }
+            .encode(entry);
         }
         array
     }
@@ -648,6 +519,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ondisk::gpt::crc32;
     use std::fs::File;
     use std::io::{Seek, SeekFrom, Write};
     use std::path::Path;
@@ -780,12 +652,6 @@ mod tests {
     }
 
     #[test]
-    fn crc32_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
-        assert_eq!(crc32(b""), 0);
-    }
-
-    #[test]
     fn hmac_sha256_rfc4231() {
         // Test case 1.
         assert_eq!(
@@ -913,6 +779,57 @@ mod tests {
         {
             assert_eq!(g.0[6] >> 4, 4, "{g}");
             assert_eq!(g.0[8] >> 6, 0b10, "{g}");
+        }
+    }
+
+    /// GUIDs pinned from the hand-written HMAC-SHA256 this module had before it used the `hmac`
+    /// crate: seeds shorter than, equal to and longer than SHA-256's 64-byte block (a longer key
+    /// is hashed first, RFC 2104 §2), and the empty seed.
+    #[test]
+    fn guids_pinned() {
+        let requests = [
+            req(PartitionType::Esp, "esp", Some(MIB)),
+            req(PartitionType::Esp, "esp2", None),
+        ];
+        let cases: [(&[u8], [&str; 3]); 4] = [
+            (
+                b"any byte string, not only 16 bytes",
+                [
+                    "212f2ba2-e4c9-48de-a9c7-b5ae37c81f1e",
+                    "e7d92d36-0205-4178-a0ba-2ef37f7cf760",
+                    "e1e80300-8d00-413e-b85a-aca428f4e769",
+                ],
+            ),
+            (
+                &[0xa5; 100],
+                [
+                    "c960a7d2-8807-4c62-b7d0-75ac49c93f9f",
+                    "20bdc650-f92c-46a7-a8b4-e912f431a94b",
+                    "c5362b08-e05e-489f-8f7c-1fd67581ac70",
+                ],
+            ),
+            (
+                &[7; 64],
+                [
+                    "02e6f507-f1b2-4aa6-890e-e9f7c4e8b684",
+                    "7e1e7cee-e7e8-4892-8f39-df33e920f2b7",
+                    "a922ce35-0c33-47da-bc93-d71b33fa3bff",
+                ],
+            ),
+            (
+                b"",
+                [
+                    "a8dbca6f-77a6-485c-8c67-b653758a8928",
+                    "da584991-3b7c-4868-a2f6-f82b79dc70db",
+                    "ce6598bf-3bce-4d57-8fc3-380f96999bd3",
+                ],
+            ),
+        ];
+        for (seed, [disk, first, second]) in cases {
+            let t = plan(GIB, &requests, seed).unwrap();
+            assert_eq!(t.disk_guid, guid(disk), "seed {seed:?}");
+            assert_eq!(t.partitions[0].unique_guid, guid(first), "seed {seed:?}");
+            assert_eq!(t.partitions[1].unique_guid, guid(second), "seed {seed:?}");
         }
     }
 

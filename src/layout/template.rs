@@ -34,8 +34,8 @@
 //! options = "root=PARTUUID=${partuuid:root} console=ttyS0"
 //! ```
 
-use crate::layout::gpt::PartitionType;
 use crate::manifest::{Architecture, BootMode, DiskFormat, VolumeType};
+use crate::ondisk::gpt::PartitionType;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
