@@ -82,16 +82,12 @@ fn every_output_format_reads_back() {
         let file = out.join(disk["Path"].as_str().unwrap());
         assert_eq!(disk["Format"], f.name(), "{f:?}");
         assert_eq!(file.extension().unwrap(), f.name(), "{f:?}");
-        assert_eq!(
-            mkomi::source::detect(&file).unwrap(),
-            f.kind().reader(),
-            "{f:?}"
-        );
         if let OutputFormat::Qcow2 { .. } = f {
             qemu_check(&file);
         }
         qemu_compare(&src, &file);
         sha256sum_check(&out);
+        // `verify` also checks that the content is detected as the format's reader expects.
         ok(&["verify", out.to_str().unwrap(), "-q"]);
         // mkomi reads what it wrote as a source, to the same disk.
         let again = dir.path().join(format!("again-{}", f.name()));

@@ -113,6 +113,7 @@ pub fn build(
         }
     }
 
+    // The ESP image and the files taken from the root file system, removed at the end.
     let work = Target::new(&req.output)?.scratch("work")?;
 
     let mut regions = vec![Region {

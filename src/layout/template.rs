@@ -36,6 +36,7 @@
 
 use crate::layout::gpt::PartitionType;
 use crate::manifest::{Architecture, BootMode, DiskFormat, VolumeType};
+use crate::sink::OutputFormat;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -408,7 +409,7 @@ impl Template {
             }
         }
         let format = match &raw.image.format {
-            None => DiskFormat::Qcow2,
+            None => OutputFormat::DEFAULT.kind(),
             Some(f) => DiskFormat::from_name(f.get_ref()).ok_or_else(|| {
                 let names = DiskFormat::ALL.map(DiskFormat::name);
                 cx.err("image.format", f, names.join(" or "))
