@@ -3,7 +3,8 @@
 //! The pipeline, one module per stage:
 //! - [`source`]: what a disk holds — raw files and block devices, qcow2 (with backing chains) —
 //!   behind one [`source::Source`] trait that reports data and zero extents without reading data;
-//! - [`sink`]: where a disk goes — a deterministic qcow2 writer and a sparse raw writer;
+//! - [`sink`]: where a disk goes — a deterministic qcow2 writer and a sparse raw writer, listed
+//!   in one output-format registry ([`sink::format`]);
 //! - [`copy`]: the streaming engine that reads, hashes and writes overlapped, in bounded memory;
 //! - [`digest`]: the container-independent `ContentDigest` of a disk;
 //! - [`manifest`]: the bundle's `manifest.json`, with Outscale's field names and rules;
@@ -13,6 +14,7 @@
 //! - [`fs`]: reading files out of file systems inside images (ext4), without mounting;
 //! - [`inspect`]: looking inside disks (partition tables so far);
 //! - [`audit`]: what must not ship in an image (SSH keys, passwords, host keys, histories…);
+//! - [`staging`]: where outputs appear atomically — a temporary directory, renamed into place;
 //! - [`bundle`]: the operations on bundles — `register`, `build` and `verify`.
 
 #![warn(missing_docs)]
@@ -32,5 +34,6 @@ pub mod ondisk;
 pub mod progress;
 pub mod sink;
 pub mod source;
+pub mod staging;
 pub mod store;
 pub mod util;

@@ -748,8 +748,7 @@ fn run_register(a: RegisterArgs, progress: &Progress, json: bool) -> ExitCode {
     let req = register::Request {
         output: a.output,
         force: a.force,
-        format: a.format,
-        cluster_bits: a.cluster_size,
+        format: mkomi::sink::OutputFormat::new(a.format, a.cluster_size),
         name: i.name.clone(),
         description: i.description.clone(),
         architecture: i.arch,

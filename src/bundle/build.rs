@@ -17,7 +17,9 @@ use crate::layout::template::{Content, FileRef, Template};
 use crate::manifest::{Architecture, rules};
 use crate::ondisk::gpt::PartitionType;
 use crate::progress::Progress;
+use crate::sink::OutputFormat;
 use crate::source::{self, Source, raw::RawSource};
+use crate::staging::Target;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,15 +48,6 @@ pub struct BuildRequest {
     pub checks: super::checks::Checks,
     /// The security audit of every disk.
     pub audit: crate::audit::image::Policy,
-}
-
-/// Removes the work directory (ESP image, files taken from the root file system) at the end.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn invalid(path: &Path, reason: String) -> Error {
@@ -121,9 +114,8 @@ pub fn build(
         }
     }
 
-    let (parent, name) = register::split_output(&req.output)?;
-    let work = WorkDir(parent.join(format!(".{name}.mkomi-{}.work", std::process::id())));
-    std::fs::create_dir(&work.0).map_err(io_err(&work.0, "cannot create"))?;
+    // The ESP image and the files taken from the root file system, removed at the end.
+    let work = Target::new(&req.output)?.scratch("work")?;
 
     let mut regions = vec![Region {
         offset: 0,
@@ -140,8 +132,8 @@ pub fn build(
         let content = match (&p.content, img) {
             (Content::Image(_), Some(img)) => Some(img),
             (Content::Esp, _) => {
-                let esp = work.0.join("esp.img");
-                build_esp(&tpl, &table, part.len(), &esp, &work.0, req, &seed)?;
+                let esp = work.path().join("esp.img");
+                build_esp(&tpl, &table, part.len(), &esp, work.path(), req, &seed)?;
                 Some(Box::new(RawSource::open(&esp)?) as Box<dyn Source>)
             }
             _ => None,
@@ -161,8 +153,7 @@ pub fn build(
     let request = Request {
         output: req.output.clone(),
         force: req.force,
-        format: tpl.format,
-        cluster_bits: req.cluster_bits,
+        format: OutputFormat::new(tpl.format, req.cluster_bits),
         name: Some(tpl.name.clone()),
         description: tpl.description.clone(),
         architecture: Some(tpl.architecture),

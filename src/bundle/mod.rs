@@ -1,7 +1,7 @@
 //! Operations on bundles: a directory with `manifest.json`, one disk file per mapping and
 //! `SHA256SUMS`.
 //!
-//! - [`register`] makes a bundle from disk images, atomically;
+//! - [`register`] makes a bundle from disk images, atomically (through [`crate::staging`]);
 //! - [`verify`] re-reads a bundle and reports every difference from its manifest.
 
 pub mod build;
@@ -40,9 +40,9 @@ pub enum Error {
     /// A template is invalid.
     #[error(transparent)]
     Template(#[from] crate::layout::template::Error),
-    /// The output directory exists and `--force` was not given.
-    #[error("{}: already exists (use --force to replace it)", .0.display())]
-    Exists(PathBuf),
+    /// The output could not be staged or committed.
+    #[error(transparent)]
+    Staging(#[from] crate::staging::Error),
     /// What was declared contradicts what the disk holds.
     #[error("{}: {reason}", path.display())]
     Check {

@@ -2,22 +2,27 @@
 //!
 //! Every field is checked against Outscale's rules and every source opened before any byte is
 //! written. The bundle is built in a hidden temporary directory beside the destination and
-//! renamed into place when complete, so the destination either holds a whole bundle or nothing.
+//! renamed into place when complete ([`crate::staging`]), so the destination either holds a whole
+//! bundle or nothing.
+//!
+//! Registering is a pipeline of public steps, which `build`, `import` and the store compose:
+//! [`check_fields`] → [`validate`] → [`examine`] (or, for sources read once,
+//! [`examine_written`] after the copy) → [`write_disks`] → [`manifest`] and [`write_manifest`] →
+//! [`Target::commit`].
 
 use super::checks::{self, Checks};
-use super::{Error, Result, SUMS_FILE, io_err, sums};
+use super::{Error, Result, SUMS_FILE, sums};
 use crate::audit::image::{self as audit, Policy};
 use crate::copy::{self, Options};
 use crate::manifest::{
-    self, Architecture, BlockDeviceMapping, BootMode, Bsu, Disk, DiskFormat, Image, Manifest,
-    VolumeType, rules,
+    self, Architecture, BlockDeviceMapping, BootMode, Bsu, Disk, Image, Manifest, VolumeType, rules,
 };
 use crate::progress::Progress;
-use crate::sink::{Sink, qcow2::Qcow2Sink, raw::RawSink};
+use crate::sink::OutputFormat;
 use crate::source::{self, Source};
-use crate::util::{hex, sync_dir, utc_timestamp};
+use crate::staging::{self, Renamed, Target, TempDir};
+use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -60,10 +65,8 @@ pub struct Request {
     pub output: PathBuf,
     /// Replace `output` if it exists.
     pub force: bool,
-    /// Disk file format.
-    pub format: DiskFormat,
-    /// qcow2 cluster size, log2.
-    pub cluster_bits: u32,
+    /// Disk file format, with its parameters.
+    pub format: OutputFormat,
     /// `ImageName`; from the root source's file name when absent.
     pub name: Option<String>,
     /// `Description`.
@@ -103,22 +106,8 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-/// Removes a temporary directory unless it was committed.
-pub(crate) struct TempDir {
-    pub(crate) path: PathBuf,
-    pub(crate) committed: bool,
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-/// Checks the request's fields before anything is opened.
-pub(crate) fn check_fields(req: &Request) -> Result<()> {
+/// Step 0, before anything is opened: the request's own fields against Outscale's rules.
+pub fn check_fields(req: &Request) -> Result<()> {
     if let Some(name) = &req.name {
         rules::image_name(name)?;
     }
@@ -133,29 +122,6 @@ pub(crate) fn check_fields(req: &Request) -> Result<()> {
     Ok(())
 }
 
-/// Splits `output` into its parent directory and final name.
-pub(crate) fn split_output(output: &Path) -> Result<(PathBuf, String)> {
-    let name = output
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| *n != "." && *n != "..")
-        .ok_or_else(|| Error::Invalid {
-            path: output.to_owned(),
-            reason: "the output must name a directory to create".into(),
-        })?;
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        return Err(Error::Invalid {
-            path: parent,
-            reason: "the output's parent directory does not exist".into(),
-        });
-    }
-    Ok((parent, name.to_owned()))
-}
-
 /// Registers the image: see the module documentation.
 pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>) -> Result<Report> {
     register_with_root(req, None, progress, cancel)
@@ -163,6 +129,10 @@ pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>)
 
 /// Like [`register`], with the root volume's content given as a source (a disk laid out by
 /// `build`) instead of opened from `req.root.source`, which then only names it.
+///
+/// The steps: [`check_fields`], open, [`validate`], [`examine`] (sources read at random are
+/// examined before anything is written: their fields may be refused), [`write_disks`],
+/// [`manifest`] and [`write_manifest`], commit.
 pub fn register_with_root(
     req: &Request,
     mut root: Option<Box<dyn Source>>,
@@ -170,7 +140,7 @@ pub fn register_with_root(
     cancel: Option<&AtomicBool>,
 ) -> Result<Report> {
     check_fields(req)?;
-    let volumes: Vec<&Volume> = std::iter::once(&req.root).chain(&req.extra).collect();
+    let volumes = volumes(req);
     let mut sources: Vec<Box<dyn Source>> = Vec::with_capacity(volumes.len());
     for v in &volumes {
         sources.push(match root.take() {
@@ -178,78 +148,125 @@ pub fn register_with_root(
             None => source::open(&v.source, &req.open)?,
         });
     }
-    run(req, sources, Examine::Before, progress, cancel)
+    let started = Instant::now();
+    let (target, validated) = begin(req, &sources)?;
+    let (examined, mut sources) = examine(req, &volumes, sources)?;
+    let tmp = target.stage()?;
+    let written = write_disks(req, tmp.path(), &mut sources, progress, cancel)?;
+    drop(sources);
+    finish(
+        req, target, tmp, validated, written, examined, started, cancel,
+    )
 }
 
 /// Like [`register`], with every volume's content given as a source that can only be read once,
-/// in order (a download being decompressed): the disks are inspected and audited once copied,
-/// from the bundle's own files, and the bundle is removed if they are refused.
-pub(crate) fn register_streamed(
+/// in order (a download being decompressed): the disks are examined once copied, from the
+/// bundle's own files ([`examine_written`]), and the bundle is removed if they are refused.
+pub fn register_streamed(
     req: &Request,
-    sources: Vec<Box<dyn Source>>,
+    mut sources: Vec<Box<dyn Source>>,
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<Report> {
     check_fields(req)?;
-    run(req, sources, Examine::After, progress, cancel)
+    let started = Instant::now();
+    let (target, validated) = begin(req, &sources)?;
+    let tmp = target.stage()?;
+    let written = write_disks(req, tmp.path(), &mut sources, progress, cancel)?;
+    let examined = examine_written(req, tmp.path(), &written.disks, &sources)?;
+    drop(sources);
+    finish(
+        req, target, tmp, validated, written, examined, started, cancel,
+    )
 }
 
-/// When the disks are inspected and audited: before anything is written (sources that can be
-/// read at random), or from the bundle's files once copied (sources read once).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Examine {
-    Before,
-    After,
+/// The root volume, then the others.
+fn volumes(req: &Request) -> Vec<&Volume> {
+    std::iter::once(&req.root).chain(&req.extra).collect()
 }
 
-fn run(
+/// The output checked to be free, and the request [`validate`]d against its opened sources.
+fn begin(req: &Request, sources: &[Box<dyn Source>]) -> Result<(Target, Validated)> {
+    let target = Target::new(&req.output)?;
+    target.refuse_existing(req.force)?;
+    let sizes: Vec<u64> = sources.iter().map(|s| s.size()).collect();
+    Ok((target, validate(req, &sizes)?))
+}
+
+/// The last steps: the manifest written beside the disks, then the bundle committed, unless
+/// Ctrl-C came first.
+#[allow(clippy::too_many_arguments)]
+fn finish(
     req: &Request,
-    mut sources: Vec<Box<dyn Source>>,
-    when: Examine,
-    progress: &Progress,
+    target: Target,
+    tmp: TempDir,
+    validated: Validated,
+    written: WrittenDisks,
+    examined: Examined,
+    started: Instant,
     cancel: Option<&AtomicBool>,
 ) -> Result<Report> {
-    let started = Instant::now();
-    let (parent, out_name) = split_output(&req.output)?;
-    if req.output.symlink_metadata().is_ok() && !req.force {
-        return Err(Error::Exists(req.output.clone()));
+    let warnings = examined.decided.warnings.clone();
+    let manifest = manifest(req, validated, written.disks, examined);
+    write_manifest(tmp.path(), &manifest, req.sync)?;
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(copy::Error::Interrupted.into());
     }
-    let volumes: Vec<&Volume> = std::iter::once(&req.root).chain(&req.extra).collect();
-    let sizes: Vec<u64> = sources.iter().map(|s| s.size()).collect();
-    let mappings = mappings_for(req, &sizes)?;
-    let image_name = image_name(req)?;
-    // Sources read at random are examined before anything is written: their fields may be
-    // refused.
-    let examined = match when {
-        Examine::Before => {
-            let (examined, back) = examine(req, &volumes, sources)?;
-            sources = back;
-            Some(examined)
-        }
-        Examine::After => None,
-    };
+    target.commit(tmp, req.sync)?;
+    Ok(Report {
+        output: req.output.clone(),
+        manifest,
+        data_bytes: written.data_bytes,
+        elapsed: started.elapsed(),
+        warnings,
+    })
+}
 
-    let tmp = TempDir {
-        path: parent.join(format!(".{out_name}.mkomi-{}.tmp", std::process::id())),
-        committed: false,
-    };
-    std::fs::create_dir(&tmp.path).map_err(io_err(&tmp.path, "cannot create"))?;
+/// What [`validate`] found: the image's fields that do not depend on the disks' content.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    /// `ImageName`.
+    pub image_name: String,
+    /// `BlockDeviceMappings`.
+    pub mappings: Vec<BlockDeviceMapping>,
+}
 
+/// Step 1, once the sources are opened: the volumes against their disks' `sizes` (see
+/// [`mappings_for`]) and the image's name.
+pub fn validate(req: &Request, sizes: &[u64]) -> Result<Validated> {
+    Ok(Validated {
+        mappings: mappings_for(req, sizes)?,
+        image_name: image_name(req)?,
+    })
+}
+
+/// What [`write_disks`] wrote.
+#[derive(Clone, Debug)]
+pub struct WrittenDisks {
+    /// The manifest's `Disks`.
+    pub disks: Vec<Disk>,
+    /// Bytes of data read from the sources.
+    pub data_bytes: u64,
+}
+
+/// Step 3: copies each volume's source into its disk file in `dir`, in the request's format.
+pub fn write_disks(
+    req: &Request,
+    dir: &Path,
+    sources: &mut [Box<dyn Source>],
+    progress: &Progress,
+    cancel: Option<&AtomicBool>,
+) -> Result<WrittenDisks> {
+    let volumes = volumes(req);
     let mut disks = Vec::with_capacity(volumes.len());
     let mut data_bytes = 0;
     for (v, src) in volumes.iter().zip(sources.iter_mut()) {
-        let file_name = rules::disk_file_name(&v.device, req.format.name());
-        let path = tmp.path.join(&file_name);
-        let size = src.size();
-        let mut sink: Box<dyn Sink> = match req.format {
-            DiskFormat::Qcow2 => Box::new(
-                Qcow2Sink::create(&path, size, req.cluster_bits, req.sync)
-                    .map_err(copy::Error::from)?,
-            ),
-            DiskFormat::Raw => {
-                Box::new(RawSink::create(&path, size, req.sync).map_err(copy::Error::from)?)
-            }
-        };
+        let file_name = req.format.kind().file_name(&v.device);
+        let path = dir.join(&file_name);
+        let mut sink = req
+            .format
+            .create(&path, src.size(), req.sync)
+            .map_err(copy::Error::from)?;
         let task = progress.task(&file_name);
         let report = copy::copy(
             src.as_mut(),
@@ -264,7 +281,7 @@ fn run(
         disks.push(Disk {
             device_name: v.device.clone(),
             path: file_name,
-            format: req.format,
+            format: req.format.kind(),
             virtual_size: report.virtual_size,
             file_size: report.written.file_size,
             allocated_bytes: report.written.allocated_bytes,
@@ -272,61 +289,63 @@ fn run(
             content_digest: report.content_digest,
         });
     }
-    let examined = match examined {
-        Some(e) => e,
-        None => {
-            // The bundle's disks, named in messages as the sources they were copied from.
-            let mut written: Vec<Box<dyn Source>> = Vec::with_capacity(disks.len());
-            for (d, src) in disks.iter().zip(&sources) {
-                let file = source::open(&tmp.path.join(&d.path), &source::OpenOptions::default())?;
-                written.push(Box::new(Renamed {
-                    inner: file,
-                    path: src.path().to_owned(),
-                }));
-            }
-            examine(req, &volumes, written)?.0
-        }
-    };
-    drop(sources);
-    let Examined {
-        decided,
-        audit: audit_manifest,
-    } = examined;
+    Ok(WrittenDisks { disks, data_bytes })
+}
 
-    let manifest = Manifest {
+/// Step 2 for sources read once: [`examine`] the `disks` written in `dir`, named in messages as
+/// the `sources` they were copied from.
+pub fn examine_written(
+    req: &Request,
+    dir: &Path,
+    disks: &[Disk],
+    sources: &[Box<dyn Source>],
+) -> Result<Examined> {
+    let mut written: Vec<Box<dyn Source>> = Vec::with_capacity(disks.len());
+    for (d, src) in disks.iter().zip(sources) {
+        let file = source::open(&dir.join(&d.path), &source::OpenOptions::default())?;
+        written.push(Box::new(Renamed {
+            inner: file,
+            path: src.path().to_owned(),
+        }));
+    }
+    Ok(examine(req, &volumes(req), written)?.0)
+}
+
+/// The image's `Image` fields: the request's, [`validate`]d, and what the disks' content
+/// decided.
+pub fn image(req: &Request, validated: Validated, decided: &checks::Decided) -> Image {
+    Image {
+        image_name: validated.image_name,
+        description: req.description.clone(),
+        architecture: decided.architecture,
+        boot_modes: decided.boot_modes.clone(),
+        root_device_name: req.root.device.clone(),
+        block_device_mappings: validated.mappings,
+    }
+}
+
+/// Step 4: the bundle's manifest.
+pub fn manifest(
+    req: &Request,
+    validated: Validated,
+    disks: Vec<Disk>,
+    examined: Examined,
+) -> Manifest {
+    Manifest {
         schema: manifest::SCHEMA_VERSION,
         builder: manifest::Builder::this(),
         creation_date: utc_timestamp(req.creation_epoch),
-        image: Image {
-            image_name,
-            description: req.description.clone(),
-            architecture: decided.architecture,
-            boot_modes: decided.boot_modes.clone(),
-            root_device_name: req.root.device.clone(),
-            block_device_mappings: mappings,
-        },
+        image: image(req, validated, &examined.decided),
         disks,
-        inspection: Some(decided.inspection),
-        launch_requirements: decided.launch_requirements,
-        audit: audit_manifest,
-    };
-    write_manifest(&tmp.path, &manifest, req.sync)?;
-    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
-        return Err(copy::Error::Interrupted.into());
+        inspection: Some(examined.decided.inspection),
+        launch_requirements: examined.decided.launch_requirements,
+        audit: examined.audit,
     }
-    commit(tmp, &req.output, &parent, &out_name, req.sync)?;
-    Ok(Report {
-        output: req.output.clone(),
-        manifest,
-        data_bytes,
-        elapsed: started.elapsed(),
-        warnings: decided.warnings,
-    })
 }
 
 /// The block device mappings of the request's volumes, whose disks have `sizes` bytes, checked
 /// against Outscale's rules (`VolumeSize` holds the disk, `Iops` fits the volume).
-pub(crate) fn mappings_for(req: &Request, sizes: &[u64]) -> Result<Vec<BlockDeviceMapping>> {
+pub fn mappings_for(req: &Request, sizes: &[u64]) -> Result<Vec<BlockDeviceMapping>> {
     let volumes = std::iter::once(&req.root).chain(&req.extra);
     let mut mappings = Vec::with_capacity(sizes.len());
     for (v, &size) in volumes.zip(sizes) {
@@ -349,14 +368,16 @@ pub(crate) fn mappings_for(req: &Request, sizes: &[u64]) -> Result<Vec<BlockDevi
     Ok(mappings)
 }
 
-/// What the disks' content decided: the image's fields and the audit.
-pub(crate) struct Examined {
-    pub(crate) decided: checks::Decided,
-    pub(crate) audit: Option<manifest::AuditSummary>,
+/// What [`examine`] found in the disks' content: the image's fields and the audit.
+pub struct Examined {
+    /// The fields the root disk decided.
+    pub decided: checks::Decided,
+    /// The audit, unless it is off.
+    pub audit: Option<manifest::AuditSummary>,
 }
 
-/// Inspects the root disk and audits every disk; the sources are handed back.
-pub(crate) fn examine(
+/// Step 2: inspects the root disk and audits every disk; the sources are handed back.
+pub fn examine(
     req: &Request,
     volumes: &[&Volume],
     mut sources: Vec<Box<dyn Source>>,
@@ -434,7 +455,7 @@ pub(crate) fn examine(
 }
 
 /// `ImageName`: given, or derived from the root source's file name.
-pub(crate) fn image_name(req: &Request) -> Result<String> {
+pub fn image_name(req: &Request) -> Result<String> {
     if let Some(n) = &req.name {
         return Ok(n.clone());
     }
@@ -453,31 +474,6 @@ pub(crate) fn image_name(req: &Request) -> Result<String> {
     Ok(name)
 }
 
-/// A source named as another file in messages: a bundle's disk read back, named as what it was
-/// copied from.
-pub(crate) struct Renamed {
-    pub(crate) inner: Box<dyn Source>,
-    pub(crate) path: PathBuf,
-}
-
-impl Source for Renamed {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<source::Extent> {
-        self.inner.extent(offset, max_len)
-    }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> source::Result<()> {
-        self.inner.read_at(offset, buf)
-    }
-    fn format(&self) -> &'static str {
-        self.inner.format()
-    }
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 /// Prefixes a field error with the device it is about.
 fn in_context(e: manifest::Error, device: &str) -> manifest::Error {
     match e {
@@ -490,11 +486,11 @@ fn in_context(e: manifest::Error, device: &str) -> manifest::Error {
     }
 }
 
-/// Writes `manifest.json` and `SHA256SUMS` (of the disks and the manifest) into `dir`, and
-/// syncs the directory when asked.
-pub(crate) fn write_manifest(dir: &Path, manifest: &Manifest, sync: bool) -> Result<()> {
+/// Step 5: writes `manifest.json` and `SHA256SUMS` (of the disks and the manifest) into the
+/// staged directory `dir`, and syncs the directory when asked.
+pub fn write_manifest(dir: &Path, manifest: &Manifest, sync: bool) -> Result<()> {
     let manifest_bytes = manifest.to_bytes();
-    write_file(&dir.join(manifest::FILE_NAME), &manifest_bytes, sync)?;
+    staging::write_file(&dir.join(manifest::FILE_NAME), &manifest_bytes, sync)?;
     let manifest_sha = Sha256::digest(&manifest_bytes);
     let mut entries: Vec<(String, String)> = manifest
         .disks
@@ -502,58 +498,13 @@ pub(crate) fn write_manifest(dir: &Path, manifest: &Manifest, sync: bool) -> Res
         .map(|d| (d.path.clone(), d.sha256.clone()))
         .collect();
     entries.push((manifest::FILE_NAME.to_owned(), hex(&manifest_sha)));
-    write_file(
+    staging::write_file(
         &dir.join(SUMS_FILE),
         sums::render(&entries).as_bytes(),
         sync,
     )?;
     if sync {
-        sync_dir(dir).map_err(io_err(dir, "cannot sync"))?;
-    }
-    Ok(())
-}
-
-fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
-    let mut f = File::create(path).map_err(io_err(path, "cannot create"))?;
-    std::io::Write::write_all(&mut f, bytes).map_err(io_err(path, "cannot write"))?;
-    if sync {
-        f.sync_all().map_err(io_err(path, "cannot sync"))?;
-    }
-    Ok(())
-}
-
-/// Moves the finished temporary directory to `output`. An existing `output` (with `--force`) is
-/// first moved aside, then removed once the new bundle is in place.
-pub(crate) fn commit(
-    mut tmp: TempDir,
-    output: &Path,
-    parent: &Path,
-    out_name: &str,
-    sync: bool,
-) -> Result<()> {
-    let old = parent.join(format!(".{out_name}.mkomi-{}.old", std::process::id()));
-    let replaced = output.symlink_metadata().is_ok();
-    if replaced {
-        std::fs::rename(output, &old).map_err(io_err(output, "cannot move aside"))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp.path, output) {
-        if replaced {
-            let _ = std::fs::rename(&old, output);
-        }
-        return Err(io_err(output, "cannot rename the finished bundle to")(e));
-    }
-    tmp.committed = true;
-    if sync {
-        // Some filesystems refuse fsync on directories; the bundle is complete either way.
-        let _ = sync_dir(parent);
-    }
-    if replaced {
-        let removed = if old.is_dir() {
-            std::fs::remove_dir_all(&old)
-        } else {
-            std::fs::remove_file(&old)
-        };
-        removed.map_err(io_err(&old, "cannot remove the replaced bundle"))?;
+        staging::sync(dir)?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use super::{Error, Result, SUMS_FILE, is_safe_member_name, sums};
 use crate::copy::{self, Options};
-use crate::manifest::{self, Disk, DiskFormat, Manifest};
+use crate::manifest::{self, Disk, Manifest};
 use crate::progress::Progress;
 use crate::sink::NullSink;
 use crate::source::{self, Format};
@@ -260,10 +260,7 @@ pub(crate) fn check_content(dir: &Path, d: &Disk, progress: &Progress) -> (u64, 
         Ok(f) => f,
         Err(e) => return (0, vec![one_line(&e.to_string(), dir)]),
     };
-    let expected = match d.format {
-        DiskFormat::Qcow2 => Format::Qcow2,
-        DiskFormat::Raw => Format::Raw,
-    };
+    let expected = d.format.reader();
     if detected != expected {
         return (
             0,
@@ -329,7 +326,7 @@ pub(crate) fn check_content(dir: &Path, d: &Disk, progress: &Progress) -> (u64, 
 fn qemu_size_problem(d: &Disk, size: u64) -> Option<String> {
     let sector = crate::sink::SECTOR;
     let seen = size - size % sector;
-    if d.format == DiskFormat::Qcow2 && seen < d.virtual_size {
+    if d.format.drops_partial_sector() && seen < d.virtual_size {
         return Some(format!(
             "{}: qemu reads {seen} bytes (the qcow2 size {size} rounded down to whole 512-byte \
              sectors), less than the manifest's VirtualSize {}: the last {} bytes are lost",

@@ -23,12 +23,14 @@ use super::package::{EXPORT_MANIFEST, MKOMI_MANIFEST};
 use super::{Error, Result, s3};
 use crate::audit::image::Policy;
 use crate::bundle::checks::Checks;
-use crate::bundle::register::{self, TempDir, Volume};
+use crate::bundle::register::{self, Volume};
 use crate::bundle::{SUMS_FILE, sums};
 use crate::copy;
 use crate::manifest::{Architecture, DiskFormat, Manifest, VolumeType, rules};
 use crate::progress::Progress;
+use crate::sink::OutputFormat;
 use crate::source::{self, OpenOptions, Source};
+use crate::staging::{Target, TempDir};
 use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -94,15 +96,6 @@ pub struct Report {
     pub received: Vec<(String, String)>,
     /// Wall time.
     pub elapsed: Duration,
-}
-
-/// Removes a directory unless kept.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn io(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -367,11 +360,8 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
         }
     }
 
-    let (parent, out_name) =
-        register::split_output(&req.output).map_err(|e| Error::Invalid(e.to_string()))?;
-    if req.output.symlink_metadata().is_ok() && !req.force {
-        return Err(Error::Exists(req.output.clone()));
-    }
+    let target = Target::new(&req.output).map_err(|e| Error::Invalid(e.to_string()))?;
+    target.refuse_existing(req.force)?;
 
     // Each object is opened (its size learnt) before anything is written, so that an import
     // that cannot fit is refused first.
@@ -381,7 +371,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
         objects.push(interruptible(cancel, move || origin.object(&snap))?);
     }
     let need = space_needed(req.format, &em, mkomi.as_ref(), &objects);
-    let free = free_space(&parent)?;
+    let free = free_space(target.parent())?;
     if need > free {
         return Err(Error::Invalid(format!(
             "{}: the import needs {need} bytes, but its file system has {free} bytes free",
@@ -389,8 +379,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
         )));
     }
 
-    let work = WorkDir(parent.join(format!(".{out_name}.mkomi-{}.import", std::process::id())));
-    std::fs::create_dir(&work.0).map_err(io(&work.0, "cannot create"))?;
+    let work = target.scratch("import")?;
 
     let mut received = Vec::new();
     let mut volumes = Vec::new();
@@ -438,7 +427,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
                 // Each object gets its own directory: a backing file it names finds nothing
                 // there but itself.
                 let max = qcow2_object_max(s.size);
-                let dir = work.0.join(i.to_string());
+                let dir = work.path().join(i.to_string());
                 std::fs::create_dir(&dir).map_err(io(&dir, "cannot create"))?;
                 let path = dir.join(s.filename.trim_end_matches(".gz"));
                 let task = progress.task(&s.filename);
@@ -517,14 +506,13 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
         "i386" => Architecture::I386,
         _ => Architecture::X86_64,
     };
-    let staged = work.0.join("bundle");
+    let staged = work.path().join("bundle");
     let mut volumes = volumes.into_iter();
     let root = volumes.next().ok_or_else(|| bad(&what, "no snapshots"))?;
     let request = register::Request {
         output: staged.clone(),
         force: false,
-        format: req.format,
-        cluster_bits: 16,
+        format: OutputFormat::of(req.format),
         name: Some(em.image.name.clone()),
         description: em.image.description.clone(),
         architecture: Some(architecture),
@@ -562,11 +550,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
         }
     }
     // Into place as register puts a bundle: an existing one (--force) moved aside first.
-    let staged = TempDir {
-        path: staged,
-        committed: false,
-    };
-    register::commit(staged, &req.output, &parent, &out_name, req.sync)?;
+    target.commit(TempDir::adopt(staged), req.sync)?;
     report.output = req.output.clone();
     Ok(Report {
         bundle: report,

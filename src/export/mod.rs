@@ -28,6 +28,9 @@ pub enum Error {
     /// Registering the imported disks failed.
     #[error(transparent)]
     Register(#[from] crate::bundle::Error),
+    /// The output could not be staged or committed.
+    #[error(transparent)]
+    Staging(#[from] crate::staging::Error),
     /// Object storage refused or failed.
     #[error(transparent)]
     S3(#[from] s3::Error),
@@ -52,9 +55,6 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// The output exists and `--force` was not given.
-    #[error("{}: already exists (use --force to replace it)", .0.display())]
-    Exists(PathBuf),
     /// A request that cannot be carried out.
     #[error("{0}")]
     Invalid(String),

@@ -16,11 +16,11 @@ use super::gzip::GzWriter;
 use super::manifest::{ExportImage, ExportManifest, MAX_EXPIRY_SECS, Snapshot};
 use super::s3;
 use super::{Error, Result};
-use crate::bundle::register::{self, TempDir};
 use crate::bundle::{SUMS_FILE, sums};
 use crate::manifest::{self, DiskFormat, Manifest, VolumeType};
 use crate::source::{self, OpenOptions, Source};
-use crate::util::{IO_CHUNK, hex, sync_dir};
+use crate::staging;
+use crate::util::{IO_CHUNK, hex};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -174,10 +174,7 @@ fn check_cancel(cancel: Option<&AtomicBool>) -> Result<()> {
 
 /// The object name of a disk: `sda1.qcow2.gz`.
 fn object_name(device: &str, format: DiskFormat) -> String {
-    format!(
-        "{}.gz",
-        manifest::rules::disk_file_name(device, format.name())
-    )
+    format!("{}.gz", format.file_name(device))
 }
 
 /// The size in bytes of the volume that the disk `d` of `m` becomes (`VolumeSize` GiB): the
@@ -423,18 +420,12 @@ fn export_dir(
     out: &Path,
     started: Instant,
 ) -> Result<Report> {
-    let (parent, out_name) = register::split_output(out)?;
-    if out.symlink_metadata().is_ok() && !req.force {
-        return Err(Error::Exists(out.to_owned()));
-    }
-    let tmp = TempDir {
-        path: parent.join(format!(".{out_name}.mkomi-{}.tmp", std::process::id())),
-        committed: false,
-    };
-    std::fs::create_dir(&tmp.path).map_err(io(&tmp.path, "cannot create"))?;
+    let target = staging::Target::new(out)?;
+    target.refuse_existing(req.force)?;
+    let tmp = target.stage()?;
     let mut objects = Vec::new();
     for ((d, format), name) in m.disks.iter().zip(formats).zip(names) {
-        let path = tmp.path.join(name);
+        let path = tmp.path().join(name);
         let file = File::create(&path).map_err(io(&path, "cannot create"))?;
         let mut hw = HashWriter {
             inner: std::io::BufWriter::with_capacity(IO_CHUNK, file),
@@ -467,10 +458,10 @@ fn export_dir(
     }
     check_cancel(req.cancel)?;
     for (name, bytes) in side_files(m, names, &vec![None; names.len()], &objects, mkomi_bytes) {
-        write_synced(&tmp.path.join(&name), &bytes)?;
+        staging::write_file(&tmp.path().join(&name), &bytes, true)?;
     }
-    sync_dir(&tmp.path).map_err(io(&tmp.path, "cannot sync"))?;
-    register::commit(tmp, out, &parent, &out_name, true)?;
+    staging::sync(tmp.path())?;
+    target.commit(tmp, true)?;
     Ok(Report {
         objects,
         manifest_url: None,
@@ -478,12 +469,6 @@ fn export_dir(
         aborted_uploads: Vec::new(),
         elapsed: started.elapsed(),
     })
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(io(path, "cannot create"))?;
-    f.write_all(bytes).map_err(io(path, "cannot write"))?;
-    f.sync_all().map_err(io(path, "cannot sync"))
 }
 
 /// Where the state files of uploads are kept: `$XDG_CACHE_HOME/mkomi/uploads` (else

@@ -36,6 +36,7 @@
 
 use crate::manifest::{Architecture, BootMode, DiskFormat, VolumeType};
 use crate::ondisk::gpt::PartitionType;
+use crate::sink::OutputFormat;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -407,10 +408,12 @@ impl Template {
                 boot_modes.push(mode);
             }
         }
-        let format = match raw.image.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
-            None | Some((_, "qcow2")) => DiskFormat::Qcow2,
-            Some((_, "raw")) => DiskFormat::Raw,
-            Some((f, _)) => return Err(cx.err("image.format", f, "qcow2 or raw")),
+        let format = match &raw.image.format {
+            None => OutputFormat::DEFAULT.kind(),
+            Some(f) => DiskFormat::from_name(f.get_ref()).ok_or_else(|| {
+                let names = DiskFormat::ALL.map(DiskFormat::name);
+                cx.err("image.format", f, names.join(" or "))
+            })?,
         };
         let size_text = cx.expand("disk.size", &raw.disk.size)?;
         let disk_size = parse_size(&size_text).filter(|&n| n > 0).ok_or_else(|| {

@@ -277,25 +277,8 @@ pub enum VolumeType {
     Io1,
 }
 
-/// Disk file formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskFormat {
-    /// qcow2, compat 1.1.
-    Qcow2,
-    /// Raw, sparse.
-    Raw,
-}
-
-impl DiskFormat {
-    /// The file extension and manifest name.
-    pub fn name(self) -> &'static str {
-        match self {
-            DiskFormat::Qcow2 => "qcow2",
-            DiskFormat::Raw => "raw",
-        }
-    }
-}
+/// Disk file formats: listed in the output-format registry, [`crate::sink::format`].
+pub use crate::sink::format::DiskFormat;
 
 /// One disk file of a bundle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -4,8 +4,11 @@
 //! decides what to store: both sinks leave zeros out. Writing in order is what makes the output
 //! bytes depend only on the input.
 
+pub mod format;
 pub mod qcow2;
 pub mod raw;
+
+pub use format::{DiskFormat, OutputFormat};
 
 use crate::source::Extent;
 use crate::util::is_zero;

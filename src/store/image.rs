@@ -2,17 +2,18 @@
 //! copied, written out as bundles, exported and imported, deregistered and deleted.
 
 use super::snapshot::{self, Stage};
-use super::{Blob, Error, Result, Staged, Store, Work, io, new_id, now};
+use super::{BLOB_FORMAT, Blob, Error, Result, Staged, Store, Work, io, new_id, now};
 use crate::audit::image::Policy;
 use crate::bundle::checks::Checks;
-use crate::bundle::register::{self, Renamed, TempDir, Volume};
+use crate::bundle::register::{self, Volume};
 use crate::export::{import as import_pkg, package};
 use crate::manifest::{
-    self, Architecture, AuditSummary, BlockDeviceMapping, BootMode, Bsu, Disk, DiskFormat, Image,
-    Inspection, LaunchRequirements, Manifest, VolumeType, rules,
+    self, Architecture, AuditSummary, BlockDeviceMapping, BootMode, Bsu, Disk, Image, Inspection,
+    LaunchRequirements, Manifest, VolumeType, rules,
 };
 use crate::progress::Progress;
 use crate::source::{self, OpenOptions, Source};
+use crate::staging::{Renamed, Target};
 use crate::util::hex;
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
@@ -377,8 +378,7 @@ pub fn create(
     let rreq = register::Request {
         output: store.root().join(super::WORK),
         force: false,
-        format: DiskFormat::Qcow2,
-        cluster_bits: 16,
+        format: BLOB_FORMAT,
         name: req.name.clone(),
         description: req.description.clone(),
         architecture: req.architecture,
@@ -440,7 +440,7 @@ fn make(
         .iter()
         .map(|p| p.stage.blob().virtual_size)
         .collect();
-    let mappings = register::mappings_for(rreq, &sizes)?;
+    let validated = register::validate(rreq, &sizes)?;
     let mut sources: Vec<Box<dyn Source>> = Vec::with_capacity(planned.len());
     for p in &planned {
         sources.push(Box::new(Renamed {
@@ -450,14 +450,7 @@ fn make(
     }
     let volumes: Vec<&Volume> = std::iter::once(&rreq.root).chain(&rreq.extra).collect();
     let (examined, _) = register::examine(rreq, &volumes, sources)?;
-    let image = Image {
-        image_name: register::image_name(rreq)?,
-        description: rreq.description.clone(),
-        architecture: examined.decided.architecture,
-        boot_modes: examined.decided.boot_modes.clone(),
-        root_device_name: rreq.root.device.clone(),
-        block_device_mappings: mappings,
-    };
+    let image = register::image(rreq, validated, &examined.decided);
     let extra = Extra {
         inspection: Some(examined.decided.inspection),
         launch_requirements: examined.decided.launch_requirements,
@@ -549,8 +542,8 @@ fn ingest_disks(
         let stage = if take {
             // A bundle `import` just wrote in the store's work directory: its disks come from
             // mkomi's own writer and hold their disk only, so they are moved as they are.
-            let dest = work.path.join(format!("b{i}.qcow2"));
-            if d.format != DiskFormat::Qcow2 {
+            let dest = work.path.join(format!("b{i}.{}", BLOB_FORMAT.name()));
+            if d.format != BLOB_FORMAT.kind() {
                 return Err(Error::Invalid(format!(
                     "{}: not a qcow2 disk",
                     file.display()
@@ -1092,7 +1085,7 @@ fn as_bundle(store: &Store, id: &str) -> Result<(Manifest, Vec<DiskBlob>)> {
     let mut mappings = Vec::new();
     for m in &info.block_device_mappings {
         let blob = store.snapshot_blob(&m.bsu.snapshot_id)?;
-        let path = rules::disk_file_name(&m.device_name, DiskFormat::Qcow2.name());
+        let path = BLOB_FORMAT.kind().file_name(&m.device_name);
         files.push(DiskBlob {
             name: path.clone(),
             device: m.device_name.clone(),
@@ -1103,7 +1096,7 @@ fn as_bundle(store: &Store, id: &str) -> Result<(Manifest, Vec<DiskBlob>)> {
         disks.push(Disk {
             device_name: m.device_name.clone(),
             path,
-            format: DiskFormat::Qcow2,
+            format: BLOB_FORMAT.kind(),
             virtual_size: blob.virtual_size,
             file_size: blob.file_size,
             allocated_bytes: blob.allocated_bytes,
@@ -1229,17 +1222,11 @@ fn write_bundle(
 /// left.
 pub fn bundle(store: &Store, id: &str, output: &Path, force: bool) -> Result<Manifest> {
     let (manifest, files) = as_bundle(store, id)?;
-    let (parent, out_name) = register::split_output(output)?;
-    if output.symlink_metadata().is_ok() && !force {
-        return Err(crate::bundle::Error::Exists(output.to_owned()).into());
-    }
-    let tmp = TempDir {
-        path: parent.join(format!(".{out_name}.mkomi-{}.tmp", std::process::id())),
-        committed: false,
-    };
-    std::fs::create_dir(&tmp.path).map_err(io(&tmp.path, "cannot create"))?;
-    write_bundle(id, &manifest, &files, &tmp.path, false, store.sync)?;
-    register::commit(tmp, output, &parent, &out_name, store.sync)?;
+    let target = Target::new(output)?;
+    target.refuse_existing(force)?;
+    let tmp = target.stage()?;
+    write_bundle(id, &manifest, &files, tmp.path(), false, store.sync)?;
+    target.commit(tmp, store.sync)?;
     Ok(manifest)
 }
 
@@ -1251,7 +1238,7 @@ pub fn export(store: &Store, id: &str, req: &package::Request) -> Result<package
     // A disk exported in its own format is checked against its SHA-256 as it is read; one
     // converted (qcow2 to raw) is read through its format, which would not notice damage in
     // the data: its blob is checked first.
-    if req.format.is_some_and(|f| f != DiskFormat::Qcow2) {
+    if req.format.is_some_and(|f| f != BLOB_FORMAT.kind()) {
         for d in &files {
             read_checked(id, d, None)?;
         }
@@ -1285,7 +1272,7 @@ pub fn import(
     let work = store.work()?;
     let mut req = req.clone();
     req.output = work.path.join("bundle");
-    req.format = DiskFormat::Qcow2;
+    req.format = BLOB_FORMAT.kind();
     req.force = false;
     req.sync = store.sync;
     let report = import_pkg::import(&req, progress, cancel)?;

@@ -2,7 +2,7 @@
 
 use super::{BLOBS, Result, Store, WORK, io};
 use crate::bundle::verify::{check_content, check_file};
-use crate::manifest::{Disk, DiskFormat};
+use crate::manifest::Disk;
 use crate::progress::Progress;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -190,7 +190,7 @@ pub fn check(store: &mut Store, progress: &Progress) -> Result<CheckReport> {
         let disk = Disk {
             device_name: String::new(),
             path: b.file.clone(),
-            format: DiskFormat::Qcow2,
+            format: super::BLOB_FORMAT.kind(),
             virtual_size: b.virtual_size,
             file_size: b.file_size,
             allocated_bytes: b.allocated_bytes,

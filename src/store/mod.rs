@@ -24,6 +24,7 @@ pub mod maintain;
 pub mod schema;
 pub mod snapshot;
 
+use crate::sink::OutputFormat;
 use crate::util::{hex, sync_dir};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::fs::File;
@@ -37,6 +38,9 @@ pub const CATALOG: &str = "catalog.sqlite";
 pub const BLOBS: &str = "blobs";
 /// Where operations work.
 pub const WORK: &str = "work";
+/// The format of every blob: qcow2 at 64 KiB clusters, so that blobs of the same content are the
+/// same file (`image bundle` hands them out as they are).
+pub const BLOB_FORMAT: OutputFormat = OutputFormat::DEFAULT;
 /// How long a process waits for another's write transaction before giving up. Writers hold the
 /// lock for milliseconds (data is copied outside transactions), so this is only reached when
 /// something is wrong.
@@ -88,6 +92,9 @@ pub enum Error {
     /// Registering (inspection, audit, Outscale's rules) refused the image.
     #[error(transparent)]
     Bundle(#[from] crate::bundle::Error),
+    /// A bundle could not be staged or committed.
+    #[error(transparent)]
+    Staging(#[from] crate::staging::Error),
     /// A disk could not be read or stored.
     #[error(transparent)]
     Copy(#[from] crate::copy::Error),

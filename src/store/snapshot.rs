@@ -1,10 +1,9 @@
 //! Snapshots: a volume's content at one moment, with its own ID, stored as a blob.
 
-use super::{Blob, Error, Result, Staged, Store, Work, commit_blob, io, new_id, now};
+use super::{BLOB_FORMAT, Blob, Error, Result, Staged, Store, Work, commit_blob, io, new_id, now};
 use crate::copy::{self, Options};
 use crate::manifest::rules;
 use crate::progress::Progress;
-use crate::sink::qcow2::Qcow2Sink;
 use crate::source::{self, OpenOptions};
 use crate::util::hex;
 use rusqlite::OptionalExtension;
@@ -247,8 +246,10 @@ pub(crate) fn stage(
     let n = std::fs::read_dir(&work.path)
         .map_err(io(&work.path, "cannot read"))?
         .count();
-    let file = work.path.join(format!("{n}.qcow2"));
-    let mut sink = Qcow2Sink::create(&file, size, 16, store.sync).map_err(copy::Error::from)?;
+    let file = work.path.join(format!("{n}.{}", BLOB_FORMAT.name()));
+    let mut sink = BLOB_FORMAT
+        .create(&file, size, store.sync)
+        .map_err(copy::Error::from)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -256,7 +257,7 @@ pub(crate) fn stage(
     let task = progress.task(&name);
     let report = copy::copy(
         src.as_mut(),
-        &mut sink,
+        sink.as_mut(),
         Options {
             progress: Some(&task),
             cancel,
