@@ -7,8 +7,8 @@
 //!
 //! Registering is a pipeline of public steps, which `build`, `import` and the store compose:
 //! [`check_fields`] → [`validate`] → [`examine`] (or, for sources read once,
-//! [`examine_written`] after the copy) → [`write_disks`] → [`manifest`] and [`write_manifest`] →
-//! [`Target::commit`].
+//! [`examine_written`] after the copy) → [`write_disks`] → [`manifest()`] and
+//! [`write_manifest`] → [`Target::commit`].
 
 use super::checks::{self, Checks};
 use super::{Error, Result, SUMS_FILE, sums};
@@ -132,7 +132,7 @@ pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>)
 ///
 /// The steps: [`check_fields`], open, [`validate`], [`examine`] (sources read at random are
 /// examined before anything is written: their fields may be refused), [`write_disks`],
-/// [`manifest`] and [`write_manifest`], commit.
+/// [`manifest()`] and [`write_manifest`], commit.
 pub fn register_with_root(
     req: &Request,
     mut root: Option<Box<dyn Source>>,
