@@ -18,7 +18,7 @@ use super::s3;
 use super::{Error, Result};
 use crate::bundle::register::{self, TempDir};
 use crate::bundle::{SUMS_FILE, sums};
-use crate::manifest::{self, DiskFormat, Manifest, VolumeType};
+use crate::manifest::{self, DiskFormat, Manifest};
 use crate::source::{self, OpenOptions, Source};
 use crate::util::{IO_CHUNK, hex, sync_dir};
 use sha2::{Digest, Sha256};
@@ -318,12 +318,7 @@ fn export_manifest(m: &Manifest, names: &[String], urls: &[Option<String>]) -> E
             pre_signed_url: url.clone(),
             // The volume's size, as CreateImage makes it; the disk object may be smaller.
             size: bdm.bsu.volume_size << 30,
-            volume_type: match bdm.bsu.volume_type {
-                VolumeType::Standard => "standard",
-                VolumeType::Gp2 => "gp2",
-                VolumeType::Io1 => "io1",
-            }
-            .to_owned(),
+            volume_type: bdm.bsu.volume_type.name().to_owned(),
         })
         .collect();
     ExportManifest {
