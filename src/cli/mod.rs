@@ -99,3 +99,35 @@ impl Command {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over the whole grammar.
+    #[test]
+    fn grammar() {
+        Cli::command().debug_assert();
+    }
+
+    /// `CheckArgs::reword` reaches the arguments it names (an id it misses changes nothing).
+    #[test]
+    fn reworded_checks() {
+        let cli = Cli::command();
+        let help = |cmd: &str, arg: &str| {
+            let sub = cli.find_subcommand(cmd).expect(cmd);
+            let a = sub.get_arguments().find(|a| a.get_id() == arg).expect(arg);
+            a.get_help().map(ToString::to_string).unwrap_or_default()
+        };
+        for (cmd, word) in [
+            ("register", "Register"),
+            ("build", "Build"),
+            ("import", "Import"),
+        ] {
+            for arg in ["no_arch_check", "no_boot_check"] {
+                assert!(help(cmd, arg).starts_with(word), "{cmd} {arg}");
+            }
+        }
+    }
+}
