@@ -8,5 +8,5 @@ pub fn is_digest(d: &str) -> bool {
 
 /// Whether `s` matches the `image list --filter` glob `pattern` (`*` is any run).
 pub fn glob(pattern: &str, s: &str) -> bool {
-    crate::store::image::glob(pattern, s)
+    crate::glob::matches(crate::glob::Syntax::Star, pattern, s)
 }

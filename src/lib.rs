@@ -27,6 +27,7 @@ pub mod export;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod glob;
 pub mod inspect;
 pub mod layout;
 pub mod manifest;

@@ -161,18 +161,7 @@ pub fn build(
         checks: req.checks,
         audit: req.audit,
         root,
-        extra: tpl
-            .volumes
-            .iter()
-            .map(|v| Volume {
-                device: v.device.clone(),
-                source: v.image.clone(),
-                volume_size: v.size,
-                volume_type: v.volume_type,
-                iops: v.iops,
-                delete_on_vm_deletion: v.delete_on_vm_deletion,
-            })
-            .collect(),
+        extra: tpl.volumes.clone(),
         open: req.open.clone(),
         creation_epoch: req.epoch,
         sync: req.sync,

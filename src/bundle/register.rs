@@ -15,7 +15,7 @@ use super::{Error, Result, SUMS_FILE, sums};
 use crate::audit::image::{self as audit, Policy};
 use crate::copy::{self, Options};
 use crate::manifest::{
-    self, Architecture, BlockDeviceMapping, BootMode, Bsu, Disk, Image, Manifest, VolumeType, rules,
+    self, Architecture, BlockDeviceMapping, BootMode, Bsu, Disk, Image, Manifest, rules,
 };
 use crate::progress::Progress;
 use crate::sink::OutputFormat;
@@ -27,36 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-/// One volume of the image.
-#[derive(Clone, Debug)]
-pub struct Volume {
-    /// `DeviceName`.
-    pub device: String,
-    /// The disk image to read.
-    pub source: PathBuf,
-    /// `VolumeSize` in GiB; the disk's size rounded up when absent.
-    pub volume_size: Option<u64>,
-    /// `VolumeType`.
-    pub volume_type: VolumeType,
-    /// `Iops` (io1 only).
-    pub iops: Option<u32>,
-    /// `DeleteOnVmDeletion`.
-    pub delete_on_vm_deletion: bool,
-}
-
-impl Volume {
-    /// A volume with Outscale's defaults: standard, deleted with the VM, sized to the disk.
-    pub fn new(device: &str, source: &Path) -> Self {
-        Self {
-            device: device.to_owned(),
-            source: source.to_owned(),
-            volume_size: None,
-            volume_type: VolumeType::Standard,
-            iops: None,
-            delete_on_vm_deletion: true,
-        }
-    }
-}
+pub use crate::manifest::volume::Volume;
 
 /// What to register.
 #[derive(Clone, Debug)]

@@ -260,12 +260,9 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A manifest's `VolumeType`, checked by `ExportManifest::parse`.
 fn volume_type(s: &str) -> VolumeType {
-    match s {
-        "gp2" => VolumeType::Gp2,
-        "io1" => VolumeType::Io1,
-        _ => VolumeType::Standard,
-    }
+    s.parse().unwrap_or(VolumeType::Standard)
 }
 
 /// Imports the package: see the module documentation.

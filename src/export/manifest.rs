@@ -165,10 +165,14 @@ impl ExportManifest {
                 rules::extra_device(&s.device)
             };
             device_ok.map_err(|e| at(e.to_string()))?;
-            if !["standard", "gp2", "io1"].contains(&s.volume_type.as_str()) {
+            if s.volume_type
+                .parse::<crate::manifest::VolumeType>()
+                .is_err()
+            {
                 return Err(at(format!(
-                    "VolumeType {:?}: standard, gp2 or io1",
-                    s.volume_type
+                    "VolumeType {:?}: {}",
+                    s.volume_type,
+                    crate::manifest::VolumeType::NAMES
                 )));
             }
             if let Some(url) = &s.pre_signed_url {

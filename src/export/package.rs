@@ -17,7 +17,7 @@ use super::manifest::{ExportImage, ExportManifest, MAX_EXPIRY_SECS, Snapshot};
 use super::s3;
 use super::{Error, Result};
 use crate::bundle::{SUMS_FILE, sums};
-use crate::manifest::{self, DiskFormat, Manifest, VolumeType};
+use crate::manifest::{self, DiskFormat, Manifest};
 use crate::source::{self, OpenOptions, Source};
 use crate::staging;
 use crate::util::{IO_CHUNK, hex};
@@ -315,12 +315,7 @@ fn export_manifest(m: &Manifest, names: &[String], urls: &[Option<String>]) -> E
             pre_signed_url: url.clone(),
             // The volume's size, as CreateImage makes it; the disk object may be smaller.
             size: bdm.bsu.volume_size << 30,
-            volume_type: match bdm.bsu.volume_type {
-                VolumeType::Standard => "standard",
-                VolumeType::Gp2 => "gp2",
-                VolumeType::Io1 => "io1",
-            }
-            .to_owned(),
+            volume_type: bdm.bsu.volume_type.name().to_owned(),
         })
         .collect();
     ExportManifest {

@@ -330,12 +330,12 @@ impl Ext4 {
         if last.is_empty() {
             return Err(bad("ends with /: a file name must follow"));
         }
-        if dir.contains(is_glob) {
+        if FILE_NAME.is_pattern(dir) {
             return Err(bad(
                 "glob characters (* ?) are supported in the last component only",
             ));
         }
-        if !last.contains(is_glob) {
+        if !FILE_NAME.is_pattern(last) {
             let found = self.lookup(pattern, true).map_err(|e| match e {
                 Lookup::Fs(Ext4Error::NotFound) => no_match(),
                 e => self.convert_lookup(pattern, e),
@@ -358,7 +358,7 @@ impl Ext4 {
             let Ok(file) = entry.file_name().as_str() else {
                 continue;
             };
-            if file == "." || file == ".." || !glob_match(last, file) {
+            if file == "." || file == ".." || !crate::glob::matches(FILE_NAME, last, file) {
                 continue;
             }
             let path = format!("{dir}/{file}");
@@ -784,42 +784,8 @@ fn joined(names: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-fn is_glob(c: char) -> bool {
-    c == '*' || c == '?'
-}
-
-/// Whether `name` matches the glob `pattern` (`*`, `?`; no leading-dot matches by wildcards).
-fn glob_match(pattern: &str, name: &str) -> bool {
-    if name.starts_with('.') && !pattern.starts_with('.') {
-        return false;
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    // The last `*` seen, and the position in `name` it has been extended to.
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ni));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == n[ni] => {
-                pi += 1;
-                ni += 1;
-            }
-            _ => match star {
-                Some((sp, sn)) => {
-                    star = Some((sp, sn + 1));
-                    pi = sp + 1;
-                    ni = sn + 1;
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
+/// The globs of [`Ext4::resolve`]: `*` and `?`, hidden files matched only by a leading `.`.
+const FILE_NAME: crate::glob::Syntax = crate::glob::Syntax::FileName;
 
 fn describe(file_type: FileType) -> &'static str {
     if file_type.is_dir() {
@@ -1394,20 +1360,5 @@ mod tests {
             "a read of 16 bytes at byte 4081 passes the end of the 4096-byte file system"
         );
         assert!(w.read(u64::MAX - 3, &mut buf).is_err());
-    }
-
-    #[test]
-    fn glob_matching() {
-        assert!(glob_match("vmlinuz-*", "vmlinuz-6.1"));
-        assert!(glob_match("*", "a"));
-        assert!(glob_match("a*b*c", "aXbYbZc"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(glob_match("é?", "éè"));
-        assert!(glob_match("*.efi", "x.efi"));
-        assert!(!glob_match("*.efi", "x.efi.bak"));
-        assert!(!glob_match("a?c", "ac"));
-        assert!(!glob_match("*", ".hidden"));
-        assert!(glob_match(".*", ".hidden"));
-        assert!(glob_match("**", ""));
     }
 }

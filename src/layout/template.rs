@@ -34,6 +34,7 @@
 //! options = "root=PARTUUID=${partuuid:root} console=ttyS0"
 //! ```
 
+use crate::manifest::volume::{Key, Volume};
 use crate::manifest::{Architecture, BootMode, DiskFormat, VolumeType};
 use crate::ondisk::gpt::PartitionType;
 use crate::sink::OutputFormat;
@@ -201,23 +202,6 @@ pub struct Bootloader {
     pub title: String,
 }
 
-/// An extra block device mapping.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Volume {
-    /// `DeviceName`.
-    pub device: String,
-    /// The disk image.
-    pub image: PathBuf,
-    /// `VolumeSize` in GiB.
-    pub size: Option<u64>,
-    /// `VolumeType`.
-    pub volume_type: VolumeType,
-    /// `Iops`.
-    pub iops: Option<u32>,
-    /// `DeleteOnVmDeletion`.
-    pub delete_on_vm_deletion: bool,
-}
-
 /// A validated template, variables expanded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
@@ -239,7 +223,7 @@ pub struct Template {
     pub bootloader: Option<Bootloader>,
     /// Extra files for the ESP: (source, path on the ESP).
     pub esp_files: Vec<(FileRef, String)>,
-    /// Extra volumes.
+    /// Extra volumes, their images' paths resolved as host paths are.
     pub volumes: Vec<Volume>,
 }
 
@@ -555,20 +539,20 @@ impl Template {
             let device = cx.expand(&key("device"), &v.device)?;
             crate::manifest::rules::extra_device(&device)
                 .map_err(|e| cx.err(&key("device"), &v.device, e.to_string()))?;
-            let volume_type = match v.kind.as_ref().map(|t| (t, t.get_ref().as_str())) {
-                None | Some((_, "standard")) => VolumeType::Standard,
-                Some((_, "gp2")) => VolumeType::Gp2,
-                Some((_, "io1")) => VolumeType::Io1,
-                Some((t, _)) => return Err(cx.err(&key("type"), t, "standard, gp2 or io1")),
-            };
-            volumes.push(Volume {
-                device,
-                image: cx.host_path(v.image.get_ref(), &cx.expand(&key("image"), &v.image)?),
-                size: v.size.as_ref().map(|s| *s.get_ref()),
-                volume_type,
-                iops: v.iops.as_ref().map(|s| *s.get_ref()),
-                delete_on_vm_deletion: v.delete_on_vm_deletion.unwrap_or(true),
-            });
+            let mut volume = Volume::new(&device, Path::new(""));
+            // TOML has typed the numbers and the boolean; the type is text, read as `--bdm`'s.
+            if let Some(t) = &v.kind {
+                volume
+                    .set(Key::Type, t.get_ref())
+                    .map_err(|_| cx.err(&key("type"), t, VolumeType::NAMES))?;
+            }
+            volume.source = cx.host_path(v.image.get_ref(), &cx.expand(&key("image"), &v.image)?);
+            volume.volume_size = v.size.as_ref().map(|s| *s.get_ref());
+            volume.iops = v.iops.as_ref().map(|s| *s.get_ref());
+            if let Some(delete) = v.delete_on_vm_deletion {
+                volume.delete_on_vm_deletion = delete;
+            }
+            volumes.push(volume);
         }
         Ok(Template {
             name,
@@ -654,7 +638,7 @@ type = "gp2"
         assert_eq!(b.kernel, FileRef::Root("/boot/vmlinuz-*".into()));
         assert_eq!(b.options, "root=PARTUUID=${partuuid:root} console=ttyS0");
         assert_eq!(b.title, "linux-uefi");
-        assert_eq!(t.volumes[0].image, PathBuf::from("/tpl/data.img"));
+        assert_eq!(t.volumes[0].source, PathBuf::from("/tpl/data.img"));
         assert_eq!(t.volumes[0].volume_type, VolumeType::Gp2);
     }
 
@@ -692,6 +676,11 @@ type = "gp2"
                 .unwrap_err()
                 .to_string()
                 .contains("volume[1].device")
+        );
+        let bad = GOOD.replace("type = \"gp2\"", "type = \"ssd\"");
+        assert_eq!(
+            parse(&bad, &[("rootfs", "r")]).unwrap_err().to_string(),
+            "t.toml:32: volume[1].type = \"ssd\": standard, gp2 or io1"
         );
     }
 

@@ -5,6 +5,7 @@
 //! describes the files of the bundle and their checksums.
 
 pub mod rules;
+pub mod volume;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -275,6 +276,32 @@ pub enum VolumeType {
     Gp2,
     /// Provisioned IOPS SSD.
     Io1,
+}
+
+impl VolumeType {
+    /// What each form that names a volume type accepts, for its messages.
+    pub const NAMES: &str = "standard, gp2 or io1";
+
+    /// The name in Outscale's API, manifests, templates and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            VolumeType::Standard => "standard",
+            VolumeType::Gp2 => "gp2",
+            VolumeType::Io1 => "io1",
+        }
+    }
+}
+
+impl std::str::FromStr for VolumeType {
+    type Err = String;
+
+    /// `standard`, `gp2` or `io1`, exactly.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [VolumeType::Standard, VolumeType::Gp2, VolumeType::Io1]
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("{s:?}: {}", VolumeType::NAMES))
+    }
 }
 
 /// Disk file formats: listed in the output-format registry, [`crate::sink::format`].

@@ -156,14 +156,7 @@ pub fn iops(volume_type: VolumeType, iops: Option<u32>, gib: u64) -> Result<()> 
         (other, Some(n)) => Err(field(
             "Iops",
             n,
-            format!(
-                "only io1 volumes take Iops; this one is {}",
-                match other {
-                    VolumeType::Standard => "standard",
-                    VolumeType::Gp2 => "gp2",
-                    VolumeType::Io1 => "io1",
-                }
-            ),
+            format!("only io1 volumes take Iops; this one is {}", other.name()),
         )),
         (_, None) => Ok(()),
     }

@@ -662,6 +662,9 @@ impl Filter {
     }
 
     fn matches(&self, i: &ImageInfo) -> bool {
+        let glob = |pattern: &str, value: &str| {
+            crate::glob::matches(crate::glob::Syntax::Star, pattern, value)
+        };
         let any = |wanted: &[String], have: &str| {
             wanted.is_empty() || wanted.iter().any(|w| glob(w, have))
         };
@@ -676,31 +679,6 @@ impl Filter {
                 .iter()
                 .all(|(k, v)| i.tags.iter().any(|t| &t.key == k && glob(v, &t.value)))
     }
-}
-
-/// `*` matches any run of characters; everything else itself.
-pub(crate) fn glob(pattern: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == s;
-    }
-    let mut rest = s;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
 }
 
 /// `image list`.

@@ -1,12 +1,15 @@
 //! The store's commands: `snapshot`, `image` and `store`, Outscale's verbs offline.
 
-use crate::{
-    CANCEL, EXIT_INCOMPLETE, EXIT_MISMATCH, ImageArgs, OpenArgs, PackageArgs, StorageArgs, fail,
-    import_origin, package_request, parse_bool, print_export, usage,
+use super::args::{ImageArgs, parse_var};
+use super::common::{
+    CANCEL, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_MISMATCH, errln, fail, now_epoch, outln, usage,
 };
+use super::export::{PackageArgs, StorageArgs, import_origin, package_request, print_export};
+use super::open::OpenArgs;
 use clap::Subcommand;
 use mkomi::export::import;
 use mkomi::manifest::Architecture;
+use mkomi::manifest::volume::parse_bool;
 use mkomi::progress::Progress;
 use mkomi::store::image::{self, Filter};
 use mkomi::store::{self, Store, maintain, snapshot};
@@ -163,22 +166,30 @@ pub struct UpdateArgs {
     #[arg(long)]
     description: Option<String>,
     /// A tag KEY=VALUE to set; repeatable.
-    #[arg(long, value_name = "KEY=VALUE", value_parser = crate::parse_var)]
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_var)]
     tag: Vec<(String, String)>,
     /// A tag to remove, by key; repeatable.
     #[arg(long, value_name = "KEY")]
     remove_tag: Vec<String>,
 }
 
-/// Whether the command polls [`CANCEL`] (so that Ctrl-C may set it rather than end the process).
-pub fn polls_cancel(cmd: &crate::Command) -> bool {
-    matches!(
-        cmd,
-        crate::Command::Snapshot(SnapshotCmd::Create { .. })
-            | crate::Command::Image(
-                ImageCmd::Create(_) | ImageCmd::Export { .. } | ImageCmd::Import { .. }
-            )
-    )
+impl SnapshotCmd {
+    /// Whether the command polls [`CANCEL`] (so that Ctrl-C may set it rather than end the
+    /// process).
+    pub fn polls_cancel(&self) -> bool {
+        matches!(self, SnapshotCmd::Create { .. })
+    }
+}
+
+impl ImageCmd {
+    /// Whether the command polls [`CANCEL`] (so that Ctrl-C may set it rather than end the
+    /// process).
+    pub fn polls_cancel(&self) -> bool {
+        matches!(
+            self,
+            ImageCmd::Create(_) | ImageCmd::Export { .. } | ImageCmd::Import { .. }
+        )
+    }
 }
 
 /// Opens the store; `create` for the commands that may make it.
@@ -203,7 +214,7 @@ fn print_json<T: Serialize>(v: &T) {
 fn failed(e: &store::Error) -> ExitCode {
     if e.is_interrupted() {
         errln!("mkomi: interrupted; nothing was stored");
-        return ExitCode::from(crate::EXIT_INTERRUPTED);
+        return ExitCode::from(EXIT_INTERRUPTED);
     }
     let code = fail(e);
     // Damage in the store, or an audit under deny=: a check failed.
@@ -247,6 +258,7 @@ fn settle<T>(store: Store, r: &store::Result<T>) {
     }
 }
 
+/// `mkomi snapshot …`.
 pub fn snapshot(
     cmd: SnapshotCmd,
     dir: Option<PathBuf>,
@@ -377,6 +389,7 @@ fn update_of(a: &UpdateArgs) -> image::Update {
     }
 }
 
+/// `mkomi image …`.
 pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: bool) -> ExitCode {
     if let Err(code) = image_usage(&cmd) {
         return code;
@@ -398,11 +411,11 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                         description: i.description.clone(),
                         architecture: i.arch,
                         boot_modes: i.boot_modes.clone(),
-                        checks: i.checks(),
-                        audit: i.audit(),
+                        checks: i.checks.checks(),
+                        audit: i.audit.policy(),
                         root: i.root(std::path::Path::new(root)),
                         extra: i.bdm.clone(),
-                        open: i.open(),
+                        open: i.open.options(),
                     };
                     image::create(&mut store, &req, progress, Some(&CANCEL))
                 }
@@ -494,7 +507,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
                     return code;
                 }
             };
-            let now = crate::now_epoch();
+            let now = now_epoch();
             let req = import::Request {
                 origin,
                 output: PathBuf::new(),
@@ -514,6 +527,7 @@ pub fn image(cmd: ImageCmd, dir: Option<PathBuf>, progress: &Progress, json: boo
     }
 }
 
+/// `mkomi store …`.
 pub fn maintain(cmd: StoreCmd, dir: Option<PathBuf>, progress: &Progress, json: bool) -> ExitCode {
     let mut store = match open(dir, false) {
         Ok(s) => s,

@@ -1,0 +1,133 @@
+//! The command line: its grammar ([`Cli`], [`Command`]) and one file per command group, each
+//! with its arguments and what it runs.
+//!
+//! - `common`: output macros, the Ctrl-C flag, exit codes, `fail` and `usage`;
+//! - `open`: how disk images are opened (`--allow-backing`, `--input-format`);
+//! - `args`: the argument groups several commands flatten in (checks, audit, image fields);
+//! - `register`: `register` and `build`; `verify`: `verify`; `inspect`: `inspect` and `audit`;
+//! - `export`: `export` and `import`; `store`: `snapshot`, `image` and `store`;
+//! - `completions`: `completions`.
+//!
+//! Nothing here reaches `main.rs`, which parses and dispatches; the library does the work.
+
+pub mod args;
+pub mod common;
+pub mod completions;
+pub mod export;
+pub mod inspect;
+pub mod open;
+pub mod register;
+pub mod store;
+pub mod verify;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// `mkomi`'s command line.
+#[derive(Parser)]
+#[command(
+    name = "mkomi",
+    version,
+    about = "Build Outscale machine images (OMIs) offline",
+    long_about = "Build Outscale machine images (OMIs) offline: stream disk images into a bundle \
+(manifest.json with Outscale's CreateImage fields, one disk file per block device mapping, \
+SHA256SUMS); verify them; look inside disks (inspect) and audit them for embedded secrets; export \
+bundles as Outscale export packages to a directory or a bucket, and import them back; keep \
+snapshots and images in a local store with Outscale's lifecycle (IDs, sharing, copies, deletion).",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 a check failed (verify found differences, or the audit found what --deny or --audit deny= refuses), 4 the audit under --deny or --audit deny= was incomplete (something holding data could not be read) and --allow-incomplete was not given, 130 interrupted."
+)]
+pub struct Cli {
+    /// No progress output.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The image store (snapshot, image and store commands); default: MKOMI_STORE, else
+    /// $XDG_DATA_HOME/mkomi/store, else ~/.local/share/mkomi/store.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands; each one's details and examples are with its arguments, in its group's file.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Stream a disk image (and extra volumes) into an OMI bundle.
+    Register(Box<register::RegisterArgs>),
+    /// Lay out a bootable disk from a template and register it as a bundle.
+    Build(Box<register::BuildArgs>),
+    /// Check a bundle's files against its manifest and SHA256SUMS.
+    Verify(verify::VerifyArgs),
+    /// Show what a disk or bundle holds: partitions, file systems, OS, kernels, bootloaders,
+    /// architecture and boot modes.
+    Inspect(inspect::InspectArgs),
+    /// Look for what must not ship in an image: SSH keys, passwords, host keys, machine ids,
+    /// histories, cloud-init state.
+    Audit(inspect::AuditArgs),
+    /// Package a bundle for Outscale object storage: gzip disk objects, the export manifest,
+    /// mkomi's manifest and SHA256SUMS, in a directory or a bucket.
+    Export(Box<export::ExportArgs>),
+    /// Make a bundle from an export package (Outscale's or mkomi's).
+    Import(Box<export::ImportArgs>),
+    /// Snapshots in the local store: create, list, show, delete.
+    #[command(subcommand)]
+    Snapshot(store::SnapshotCmd),
+    /// Images in the local store: create, list, show, update (launch permissions, tags), copy,
+    /// delete, bundle, export, import.
+    #[command(subcommand)]
+    Image(store::ImageCmd),
+    /// The local store itself: check, gc.
+    #[command(subcommand)]
+    Store(store::StoreCmd),
+    /// Print shell completions.
+    Completions(completions::CompletionsArgs),
+}
+
+impl Command {
+    /// Whether the command polls [`common::CANCEL`], so that Ctrl-C may set it rather than end
+    /// the process.
+    pub fn polls_cancel(&self) -> bool {
+        match self {
+            Command::Register(_) | Command::Build(_) | Command::Import(_) | Command::Export(_) => {
+                true
+            }
+            Command::Snapshot(cmd) => cmd.polls_cancel(),
+            Command::Image(cmd) => cmd.polls_cancel(),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over the whole grammar.
+    #[test]
+    fn grammar() {
+        Cli::command().debug_assert();
+    }
+
+    /// `CheckArgs::reword` reaches the arguments it names (an id it misses changes nothing).
+    #[test]
+    fn reworded_checks() {
+        let cli = Cli::command();
+        let help = |cmd: &str, arg: &str| {
+            let sub = cli.find_subcommand(cmd).expect(cmd);
+            let a = sub.get_arguments().find(|a| a.get_id() == arg).expect(arg);
+            a.get_help().map(ToString::to_string).unwrap_or_default()
+        };
+        for (cmd, word) in [
+            ("register", "Register"),
+            ("build", "Build"),
+            ("import", "Import"),
+        ] {
+            for arg in ["no_arch_check", "no_boot_check"] {
+                assert!(help(cmd, arg).starts_with(word), "{cmd} {arg}");
+            }
+        }
+    }
+}
