@@ -16,7 +16,8 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, Re
 use tokio::runtime::Runtime;
 
 use super::credentials::{Config, Credentials, Scrubber};
-use super::failure::map_error;
+use super::failure::{StoreError, map_error};
+use super::http::{Connector, observe};
 use super::location::{check_bucket, object_path};
 use super::object::ObjectReader;
 use super::{Error, Result};
@@ -72,6 +73,7 @@ impl Client {
                 max_retries: 8,
                 retry_timeout: RETRY_TIMEOUT,
             })
+            .with_http_connector(Connector)
             .with_client_options(
                 // (allow_http is a client option: AmazonS3Builder::with_allow_http before
                 // with_client_options would be undone by it.)
@@ -126,7 +128,7 @@ impl Client {
         self.get_range = bytes.max(1 << 20);
     }
 
-    pub(super) fn error(&self, key: &str, op: &str, e: &object_store::Error) -> Error {
+    pub(super) fn error(&self, key: &str, op: &str, e: &StoreError) -> Error {
         map_error(&self.scrubber, &self.bucket, key, op, e)
     }
 
@@ -196,9 +198,9 @@ impl Client {
 
     /// Aborts a multipart upload, best effort (the original error matters more).
     pub(super) fn abort(&self, path: &ObjectPath, upload_id: &str) {
-        let _ = self
-            .runtime
-            .block_on(self.store.abort_multipart(path, &upload_id.to_string()));
+        let _ = self.runtime.block_on(observe(
+            self.store.abort_multipart(path, &upload_id.to_string()),
+        ));
     }
 
     /// A URL that lets anyone GET `key` for `expires` (1 s to [`MAX_PRESIGN`]), signed locally
@@ -214,16 +216,19 @@ impl Client {
         let url = self
             .runtime
             .block_on(self.store.signed_url(Method::GET, &path, expires))
-            .map_err(|e| self.error(key, "pre-sign GET", &e))?;
+            .map_err(|e| self.error(key, "pre-sign GET", &e.into()))?;
         Ok(url.to_string())
     }
 
     /// The size of `key`, or `None` when there is no such object.
     pub fn head(&self, key: &str) -> Result<Option<u64>> {
         let path = object_path(key)?;
-        match self.runtime.block_on(self.store.head(&path)) {
+        match self.runtime.block_on(observe(self.store.head(&path))) {
             Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(StoreError {
+                error: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
             Err(e) => Err(self.error(key, "HEAD", &e)),
         }
     }
@@ -233,9 +238,12 @@ impl Client {
     /// that an object replaced meanwhile is an error, not a mix.
     pub fn get_stream(&self, key: &str) -> Result<ObjectReader> {
         let path = object_path(key)?;
-        let meta = match self.runtime.block_on(self.store.head(&path)) {
+        let meta = match self.runtime.block_on(observe(self.store.head(&path))) {
             Ok(meta) => meta,
-            Err(object_store::Error::NotFound { .. }) => {
+            Err(StoreError {
+                error: object_store::Error::NotFound { .. },
+                ..
+            }) => {
                 return Err(Error::NotFound {
                     bucket: self.bucket.clone(),
                     key: key.to_string(),
@@ -271,7 +279,7 @@ impl Client {
         };
         let metas: Vec<_> = self
             .runtime
-            .block_on(self.store.list(path.as_ref()).try_collect())
+            .block_on(observe(self.store.list(path.as_ref()).try_collect()))
             .map_err(|e| self.error(prefix, "list", &e))?;
         let mut out: Vec<_> = metas
             .into_iter()
@@ -284,8 +292,12 @@ impl Client {
     /// Deletes `key` (no error when it does not exist).
     pub fn delete(&self, key: &str) -> Result<()> {
         let path = object_path(key)?;
-        match self.runtime.block_on(self.store.delete(&path)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        match self.runtime.block_on(observe(self.store.delete(&path))) {
+            Ok(())
+            | Err(StoreError {
+                error: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(()),
             Err(e) => Err(self.error(key, "DELETE", &e)),
         }
     }

@@ -24,11 +24,14 @@
 //!
 //! Credentials come from the environment ([`Config::from_env`]) and are never printed: errors
 //! name the bucket, the key, what was being done and the HTTP status with S3's error code, never a
-//! header, a signature or a response body.
+//! header, a signature or a response body. The status is taken from the answer itself (object_store
+//! shows it only in its messages), and of an error answer's body only the first 64 KiB are read,
+//! for its code: any server may answer with an endless body.
 
 mod client;
 mod credentials;
 mod failure;
+mod http;
 mod location;
 mod multipart;
 mod object;

@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use super::client::{CANCEL_POLL, Client};
-use super::failure::{Failure, classify};
+use super::failure::{Failure, StoreError, classify};
+use super::http::observe;
 use super::location::object_path;
 use super::resume::{DonePart, STATE_FORMAT, State, remove_state};
 use super::{Error, Result};
@@ -144,7 +145,7 @@ impl Client {
         if state.is_none() && first.len() < part_size {
             let bytes = first.len() as u64;
             let result = self
-                .cancellable(key, self.store.put(&path, first.into()))?
+                .cancellable(key, observe(self.store.put(&path, first.into())))?
                 .map_err(|e| self.error(key, "PUT", &e))?;
             if let Some(file) = options.state {
                 remove_state(file)?;
@@ -164,7 +165,7 @@ impl Client {
             Some(s) => s,
             None => {
                 let upload_id = self
-                    .cancellable(key, self.store.create_multipart(&path))?
+                    .cancellable(key, observe(self.store.create_multipart(&path)))?
                     .map_err(|e| self.error(key, "create multipart upload", &e))?;
                 let s = State {
                     format: STATE_FORMAT.to_string(),
@@ -281,7 +282,7 @@ impl Record {
 
 /// Why one part's task failed.
 enum PartFailure {
-    Store(object_store::Error),
+    Store(StoreError),
     State(Error),
 }
 
@@ -356,7 +357,7 @@ impl Upload<'_> {
             .client
             .cancellable(
                 self.key,
-                self.client.store.complete_multipart(self.path, &id, parts),
+                observe(self.client.store.complete_multipart(self.path, &id, parts)),
             )?
             .map_err(|e| self.error("complete multipart upload", &e))?;
         Ok((total, result.e_tag))
@@ -435,7 +436,7 @@ impl Upload<'_> {
                 let data = payload(data);
                 tasks.spawn_on(
                     async move {
-                        let outcome = match store.put_part(&path, &id, index, data).await {
+                        let outcome = match observe(store.put_part(&path, &id, index, data)).await {
                             // Recorded now, not when the loop gets to it: a process killed
                             // meanwhile must not send this part again.
                             Ok(part) => record
@@ -498,7 +499,7 @@ impl Upload<'_> {
         }
     }
 
-    fn error(&self, op: &str, e: &object_store::Error) -> Error {
+    fn error(&self, op: &str, e: &StoreError) -> Error {
         if self.resumed
             && let Failure::Status { status, code } = classify(e)
             && (status == 404 || code.as_deref() == Some("NoSuchUpload"))

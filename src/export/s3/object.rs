@@ -12,7 +12,8 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio::runtime::Runtime;
 
 use super::credentials::Scrubber;
-use super::failure::map_error;
+use super::failure::{StoreError, map_error};
+use super::http::observe;
 
 /// The content of an object, read in ranged GETs; see [`Client::get_stream`].
 pub struct ObjectReader {
@@ -51,7 +52,7 @@ impl ObjectReader {
         self.size
     }
 
-    fn fail(&self, op: &str, e: &object_store::Error) -> io::Error {
+    fn fail(&self, op: &str, e: &StoreError) -> io::Error {
         io::Error::other(map_error(&self.scrubber, &self.bucket, &self.key, op, e))
     }
 }
@@ -78,7 +79,7 @@ impl Read for ObjectReader {
                     }
                     Some(Err(e)) => {
                         self.stream = None;
-                        return Err(self.fail("GET", &e));
+                        return Err(self.fail("GET", &e.into()));
                     }
                     None => {
                         self.stream = None;
@@ -106,7 +107,7 @@ impl Read for ObjectReader {
             };
             let result = self
                 .runtime
-                .block_on(self.store.get_opts(&self.path, options))
+                .block_on(observe(self.store.get_opts(&self.path, options)))
                 .map_err(|e| self.fail("GET", &e))?;
             self.range_end = end;
             self.stream = Some(result.into_stream());

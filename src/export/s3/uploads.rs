@@ -7,10 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use object_store::multipart::MultipartStore;
+use reqwest::StatusCode;
 use serde::Serialize;
 
 use super::client::{Client, REQUEST_TIMEOUT};
-use super::failure::{Failure, classify, error_code, reqwest_reason, retryable};
+use super::failure::{Failure, classify, error_code};
+use super::http::{error_body, observe, reqwest_reason, retryable};
 use super::location::object_path;
 use super::resume::{State, remove_state, state_error};
 use super::url::URL_TRIES;
@@ -39,10 +41,10 @@ impl Client {
             .map_err(|e| state_error(file, format!("not a resume state file: {e}")))?;
         let state = state.check(file, &self.bucket, None)?;
         let path = object_path(&state.key)?;
-        match self.runtime.block_on(
+        match self.runtime.block_on(observe(
             self.store
                 .abort_multipart(&path, &state.upload_id.to_string()),
-        ) {
+        )) {
             Ok(()) => {}
             Err(e) => match classify(&e) {
                 // Already gone: nothing left to abort.
@@ -58,10 +60,9 @@ impl Client {
     /// it (HTTP 404 `NoSuchUpload`: completed, aborted or expired).
     pub fn abort_upload(&self, key: &str, upload_id: &str) -> Result<bool> {
         let path = object_path(key)?;
-        match self
-            .runtime
-            .block_on(self.store.abort_multipart(&path, &upload_id.to_string()))
-        {
+        match self.runtime.block_on(observe(
+            self.store.abort_multipart(&path, &upload_id.to_string()),
+        )) {
             Ok(()) => Ok(true),
             Err(e) => match classify(&e) {
                 Failure::Status { status: 404, .. } => Ok(false),
@@ -138,18 +139,20 @@ impl Client {
                                 .map(Some)
                                 .map_err(|e| transport(reqwest_reason(&e)));
                         }
-                        Ok(r) if r.status().as_u16() == 501 => return Ok(None),
+                        Ok(r) if r.status() == StatusCode::NOT_IMPLEMENTED => return Ok(None),
                         Ok(r) => {
-                            let status = r.status().as_u16();
-                            let code = error_code(&r.text().await.unwrap_or_default());
-                            if status == 403 && code.as_deref() == Some("AccessDenied") {
+                            let status = r.status();
+                            let code = error_code(&error_body(r).await);
+                            if status == StatusCode::FORBIDDEN
+                                && code.as_deref() == Some("AccessDenied")
+                            {
                                 return Ok(None);
                             }
                             let e = Error::Http {
                                 bucket: self.bucket.clone(),
                                 key: prefix.to_string(),
                                 op: OP.to_string(),
-                                status,
+                                status: status.as_u16(),
                                 code,
                             };
                             if !retryable(status) {

@@ -9,7 +9,8 @@ use futures_util::stream::{BoxStream, StreamExt};
 use tokio::runtime::Runtime;
 
 use super::client::{GET_RANGE, REQUEST_TIMEOUT};
-use super::failure::{error_body, error_code, reqwest_reason, retryable};
+use super::failure::error_code;
+use super::http::{error_body, reqwest_reason, retryable};
 use super::{Error, Result};
 
 /// Tries of each GET through a URL (see [`get_url`]).
@@ -128,11 +129,13 @@ impl UrlReader {
                 let failure = match request.send().await {
                     Ok(response) if response.status().is_success() => return Ok(response),
                     Ok(response) => {
-                        let status = response.status().as_u16();
+                        let status = response.status();
                         let body = error_body(response).await;
-                        let failure = UrlFailure::Status(status, error_code(&body));
+                        let failure = UrlFailure::Status(status.as_u16(), error_code(&body));
                         // 416 is the answer for an empty object: the caller handles it.
-                        if !retryable(status) || status == 416 {
+                        if !retryable(status)
+                            || status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE
+                        {
                             return Err(failure);
                         }
                         failure
