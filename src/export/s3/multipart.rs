@@ -127,7 +127,7 @@ impl Client {
         }
         let parallel = options.parallel_parts.clamp(1, 64);
         let state = match options.state {
-            Some(file) => State::load(file, &self.bucket, key)?,
+            Some(file) => State::load(file, Some(&self.bucket), Some(key))?,
             None => None,
         };
         let state = match state {

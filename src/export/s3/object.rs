@@ -57,14 +57,20 @@ impl ObjectReader {
     }
 }
 
+/// Copies what `out` can take of `buf`, and counts it in `pos`: the bytes of a body received and
+/// not yet read.
+pub(super) fn hand_out(buf: &mut Bytes, out: &mut [u8], pos: &mut u64) -> usize {
+    let n = out.len().min(buf.len());
+    out[..n].copy_from_slice(&buf.split_to(n));
+    *pos += n as u64;
+    n
+}
+
 impl Read for ObjectReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
             if !self.buf.is_empty() || out.is_empty() {
-                let n = out.len().min(self.buf.len());
-                out[..n].copy_from_slice(&self.buf.split_to(n));
-                self.pos += n as u64;
-                return Ok(n);
+                return Ok(hand_out(&mut self.buf, out, &mut self.pos));
             }
             if let Some(stream) = &mut self.stream {
                 match self.runtime.block_on(stream.next()) {

@@ -17,15 +17,9 @@ pub(super) const STATE_FORMAT: &str = "mkomi-s3-upload/1";
 /// The bucket and the upload recorded in a state file of [`Client::put_stream_with`], `None`
 /// when there is no such file.
 pub fn recorded_upload(file: &Path) -> Result<Option<(String, OpenUpload)>> {
-    let text = match fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(state_error(file, format!("cannot read it: {e}"))),
+    let Some(state) = State::load(file, None, None)? else {
+        return Ok(None);
     };
-    let state: State = serde_json::from_str(&text)
-        .map_err(|e| state_error(file, format!("not a resume state file: {e}")))?;
-    let bucket = state.bucket.clone();
-    let state = state.check(file, &bucket, None)?;
     Ok(Some((
         state.bucket,
         OpenUpload {
@@ -56,7 +50,7 @@ pub(super) struct State {
     pub(super) parts: BTreeMap<usize, DonePart>,
 }
 
-pub(super) fn state_error(path: &Path, reason: String) -> Error {
+fn state_error(path: &Path, reason: String) -> Error {
     Error::State {
         path: path.to_path_buf(),
         reason,
@@ -72,8 +66,13 @@ pub(super) fn remove_state(file: &Path) -> Result<()> {
 }
 
 impl State {
-    /// The state in `file`, `None` when there is no such file; checked against the object.
-    pub(super) fn load(file: &Path, bucket: &str, key: &str) -> Result<Option<State>> {
+    /// The state in `file`, `None` when there is no such file; checked, and against the bucket
+    /// and the key when they are given.
+    pub(super) fn load(
+        file: &Path,
+        bucket: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Option<State>> {
         let text = match fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -81,10 +80,11 @@ impl State {
         };
         let state: State = serde_json::from_str(&text)
             .map_err(|e| state_error(file, format!("not a resume state file: {e}")))?;
-        state.check(file, bucket, Some(key)).map(Some)
+        let bucket = bucket.map_or_else(|| state.bucket.clone(), str::to_string);
+        state.check(file, &bucket, key).map(Some)
     }
 
-    pub(super) fn check(self, file: &Path, bucket: &str, key: Option<&str>) -> Result<State> {
+    fn check(self, file: &Path, bucket: &str, key: Option<&str>) -> Result<State> {
         let bad = |reason: String| Err(state_error(file, reason));
         if self.format != STATE_FORMAT {
             return bad(format!("unknown format {:?}", self.format));

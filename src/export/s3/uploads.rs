@@ -1,8 +1,6 @@
 //! Multipart uploads left open on the server: listing them (ListMultipartUploads) and aborting
 //! them, by ID or from a resume state file.
 
-use std::fs;
-use std::io;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use super::client::{Client, REQUEST_TIMEOUT};
 use super::failure::{Failure, classify, error_code};
 use super::http::{error_body, observe, reqwest_reason, retryable};
 use super::location::object_path;
-use super::resume::{State, remove_state, state_error};
+use super::resume::{State, remove_state};
 use super::url::URL_TRIES;
 use super::{Error, Result};
 
@@ -32,14 +30,9 @@ impl Client {
     /// Aborts the multipart upload recorded in the resume state file `file` and removes the
     /// file; `false` when there is no such file.
     pub fn abort_resumable(&self, file: &Path) -> Result<bool> {
-        let text = match fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(state_error(file, format!("cannot read it: {e}"))),
+        let Some(state) = State::load(file, Some(&self.bucket), None)? else {
+            return Ok(false);
         };
-        let state: State = serde_json::from_str(&text)
-            .map_err(|e| state_error(file, format!("not a resume state file: {e}")))?;
-        let state = state.check(file, &self.bucket, None)?;
         let path = object_path(&state.key)?;
         match self.runtime.block_on(observe(
             self.store

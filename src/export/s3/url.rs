@@ -11,6 +11,7 @@ use tokio::runtime::Runtime;
 use super::client::{GET_RANGE, REQUEST_TIMEOUT};
 use super::failure::error_code;
 use super::http::{error_body, reqwest_reason, retryable};
+use super::object::hand_out;
 use super::{Error, Result};
 
 /// Tries of each GET through a URL (see [`get_url`]).
@@ -196,10 +197,7 @@ impl Read for UrlReader {
         let mut broken = 0;
         loop {
             if !self.buf.is_empty() || out.is_empty() {
-                let n = out.len().min(self.buf.len());
-                out[..n].copy_from_slice(&self.buf.split_to(n));
-                self.pos += n as u64;
-                return Ok(n);
+                return Ok(hand_out(&mut self.buf, out, &mut self.pos));
             }
             if let Some(body) = &mut self.body {
                 match self.runtime.block_on(body.next()) {
