@@ -9,24 +9,25 @@
 //! another tokio runtime).
 //!
 //! Large objects go up as multipart uploads ([`Client::put_stream_with`]): parts of a fixed size
-//! read one after the other from any [`Read`], a few in flight at once (their data within
-//! [`MAX_BUFFERED`] bytes), each with its SHA-256 sent as the part's `x-amz-checksum-sha256` (see
-//! [`Config::checksums`]). A state file may record the upload and each finished part (number,
-//! size, SHA-256, ETag), rewritten atomically as each part's upload completes. On an error or an
-//! interruption the multipart upload is aborted, unless the state is to be kept: then a later
-//! call with the same file re-reads the data, checks each finished part's SHA-256 against the
-//! record without sending it again, sends the rest and completes the upload. Uploads left open by
-//! a killed process are found with [`Client::list_uploads`] (where the server implements it) or
-//! their state files ([`recorded_upload`]), and aborted with [`Client::abort_upload`].
+//! read one after the other from any [`Read`](std::io::Read), a few in flight at once (their data
+//! within [`MAX_BUFFERED`] bytes), each with its SHA-256 sent as the part's
+//! `x-amz-checksum-sha256` (see [`Config::checksums`]). A state file may record the upload and
+//! each finished part (number, size, SHA-256, ETag), rewritten atomically as each part's upload
+//! completes. On an error or an interruption the multipart upload is aborted, unless the state is
+//! to be kept: then a later call with the same file re-reads the data, checks each finished
+//! part's SHA-256 against the record without sending it again, sends the rest and completes the
+//! upload. Uploads left open by a killed process are found with [`Client::list_uploads`] (where
+//! the server implements it) or their state files ([`recorded_upload`]), and aborted with
+//! [`Client::abort_upload`].
 //!
 //! Downloads ([`Client::get_stream`], and [`get_url`] for pre-signed URLs, without credentials)
 //! stream in ranged GETs pinned to the object's ETag, each retried on its own.
 //!
 //! Credentials come from the environment ([`Config::from_env`]) and are never printed: errors
 //! name the bucket, the key, what was being done and the HTTP status with S3's error code, never a
-//! header, a signature or a response body. The status is taken from the answer itself (object_store
-//! shows it only in its messages), and of an error answer's body only the first 64 KiB are read,
-//! for its code: any server may answer with an endless body.
+//! header, a signature or a response body. The status is taken from the answer itself
+//! (object_store shows it only in its messages), and of an error answer's body only the first
+//! 64 KiB are read, for its code: any server may answer with an endless body.
 
 mod client;
 mod credentials;

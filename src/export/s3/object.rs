@@ -15,7 +15,8 @@ use super::credentials::Scrubber;
 use super::failure::{StoreError, map_error};
 use super::http::observe;
 
-/// The content of an object, read in ranged GETs; see [`Client::get_stream`].
+/// The content of an object, read in ranged GETs; see
+/// [`Client::get_stream`](super::Client::get_stream).
 pub struct ObjectReader {
     pub(super) runtime: Arc<Runtime>,
     pub(super) store: Arc<AmazonS3>,

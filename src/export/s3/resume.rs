@@ -14,8 +14,9 @@ use super::{Error, Result};
 /// The first line of a resume state file's format.
 pub(super) const STATE_FORMAT: &str = "mkomi-s3-upload/1";
 
-/// The bucket and the upload recorded in a state file of [`Client::put_stream_with`], `None`
-/// when there is no such file.
+/// The bucket and the upload recorded in a state file of
+/// [`Client::put_stream_with`](super::Client::put_stream_with), `None` when there is no such
+/// file.
 pub fn recorded_upload(file: &Path) -> Result<Option<(String, OpenUpload)>> {
     let Some(state) = State::load(file, None, None)? else {
         return Ok(None);
