@@ -603,3 +603,63 @@ fn the_uploads_in_progress_are_listed_where_the_server_can() {
     assert!(client.abort_upload("images/a", &open.upload_id).unwrap());
     assert!(server.open_uploads().is_empty());
 }
+
+#[test]
+fn error_bodies_are_read_up_to_64_kib() {
+    // Every request is answered 400 with a 256 MiB body, sent 16 KiB at a time; each connection
+    // counts what the client let it send before it hung up.
+    const BODY: usize = 256 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let sent: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let counts = sent.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let counts = counts.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let answer = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\n\
+                     Content-Length: {BODY}\r\n\r\n<Error><Code>InvalidRequest</Code>"
+                );
+                let _ = conn.write_all(answer.as_bytes());
+                let chunk = vec![b' '; 16 << 10];
+                let mut n = 0;
+                while n < BODY && conn.write_all(&chunk).is_ok() {
+                    n += chunk.len();
+                }
+                counts.lock().unwrap().push(n);
+                let _ = conn.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    let client = Client::new(&config(&endpoint, SECRET_KEY), BUCKET).expect("client");
+    let err = client.delete("k").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("s3://{BUCKET}/k: DELETE failed: HTTP 400 InvalidRequest")
+    );
+    // What the server could push is the 64 KiB read plus what the sockets' buffers hold, far
+    // from the 256 MiB it offered.
+    drop(client);
+    for _ in 0..100 {
+        if !sent.lock().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent = sent.lock().unwrap().clone();
+    eprintln!("bytes sent per answer: {sent:?}");
+    assert!(!sent.is_empty(), "{sent:?}");
+    for n in &sent {
+        assert!(
+            *n < 16 << 20,
+            "the client read {n} bytes of an error body: {sent:?}"
+        );
+    }
+}
