@@ -6,6 +6,7 @@
 
 pub mod qcow2;
 pub mod raw;
+mod writeback;
 
 use crate::source::Extent;
 use crate::util::is_zero;
