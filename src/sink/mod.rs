@@ -4,9 +4,9 @@
 //! decides what to store: both sinks leave zeros out. Writing in order is what makes the output
 //! bytes depend only on the input.
 
-mod file;
 pub mod qcow2;
 pub mod raw;
+mod writeback;
 
 use crate::source::Extent;
 use crate::util::is_zero;

@@ -21,7 +21,7 @@
 //! down to close the gap, the header is rewritten, and the file is hashed once more. Either way
 //! the bytes depend only on the input.
 
-use super::file::{self, Writeback};
+use super::writeback::Writeback;
 use super::{Block, Error, Result, Sink, Written};
 use crate::source::{Extent, ExtentKind};
 use crate::util::hash_zeros;
@@ -266,14 +266,10 @@ impl Qcow2Sink {
             return Err(self.changed());
         }
         let host = (1 + self.data_clusters) * cs;
-        let mut hasher = self.hasher.as_mut();
-        file::write_at(&self.file, &buf[start..end], host, |piece| {
-            if let Some(h) = hasher.as_mut() {
-                h.update(piece);
-            }
-        })
-        .map_err(Error::io(&self.path, "cannot write"))?;
+        crate::util::write_all_at(&self.file, &buf[start..end], host)
+            .map_err(self.io("cannot write"))?;
         if let Some(h) = &mut self.hasher {
+            h.update(&buf[start..end]);
             // Only the disk's last cluster can be partial: its tail reads as zeros in the file.
             hash_zeros(h, count * cs - (end - start) as u64);
         }

@@ -4,7 +4,7 @@
 //! The file's SHA-256 covers the whole virtual size, holes included, because that is what
 //! `sha256sum` reads: it is computed as the blocks are written, zero runs from a static buffer.
 
-use super::file::{self, Writeback};
+use super::writeback::Writeback;
 use super::{Block, Error, GRANULE, Result, Sink, Written};
 use crate::util::hash_zeros;
 use sha2::{Digest, Sha256};
@@ -73,11 +73,10 @@ impl Sink for RawSink {
                     match (nonzero, run) {
                         (true, None) => run = Some(pos),
                         (false, Some(start)) => {
-                            file::write_at(
+                            crate::util::write_all_at(
                                 &self.file,
                                 &buf[start..pos],
                                 offset + start as u64,
-                                |_| {},
                             )
                             .map_err(self.io("cannot write"))?;
                             self.allocated += (pos - start) as u64;

@@ -1,50 +1,19 @@
-//! How the sinks write their files: in pieces of at most [`WRITE_PIECE`] bytes, and, when the
-//! file will be synced, with early writeback.
+//! Early writeback: a sink that will fsync its file starts the kernel writing the data while the
+//! copy goes on, so that the final fsync finds little left to write.
 //!
-//! **Pieces.** On the bench machine (bench/README.md), a 1 MiB `pwrite` into the page cache
-//! sometimes cost several times the kernel time of four 256 KiB ones: the copy into freshly
-//! allocated page-cache folios (`copy_folio_from_iter_atomic`) took up to 39% of a `register`
-//! instead of about 10%, and the run 2.4× the time. Pieces of 64–512 KiB kept the system time of
-//! a `register --no-sync` at 0.38–0.41 s in every run, against 0.67–1.2 s for 1 MiB (hyperfine,
-//! 7 runs each). Each piece is handed on (for hashing) right after it is written, while it is
-//! still in the CPU's cache.
-//!
-//! **Early writeback.** Without it, the pages a copy dirties sit in the page cache until `fsync`,
-//! which then waits for all of them: a third of a durable `register` was that wait. Every
-//! [`STEP`] bytes written, the range since the last call is submitted with
-//! `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which queues the I/O and returns, and the range
+//! Without it, the pages a copy dirties sit in the page cache until `fsync`, which then waits
+//! for all of them: on the bench machine a third of a durable `register` was that wait
+//! (bench/README.md). Every [`STEP`] bytes written, the range since the last call is submitted
+//! with `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which queues the I/O and returns, and the range
 //! submitted two steps ago is waited for (`SYNC_FILE_RANGE_WAIT_BEFORE`), which keeps at most
 //! about three steps of the file dirty or in flight, whatever the disk's size.
 //!
 //! These calls are hints, not the durability point: `fsync` at the end still writes what is left
 //! and reports any writeback error (the kernel records it for `fsync` whether or not
 //! `sync_file_range` saw it first, see `errseq_t` in the kernel's `filemap.c`). So an error from
-//! them only turns early writeback off for the file. Without sync (`--no-sync`) nothing is
-//! forced: the kernel writes the pages back when it chooses.
+//! them only turns early writeback off for the file.
 
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
-
-/// The largest single write a sink makes (see the module's documentation).
-pub const WRITE_PIECE: usize = 256 << 10;
-
-/// Writes `buf` at `offset` in pieces of at most [`WRITE_PIECE`] bytes, giving each piece to
-/// `each` once it is written.
-pub fn write_at(
-    file: &File,
-    buf: &[u8],
-    offset: u64,
-    mut each: impl FnMut(&[u8]),
-) -> io::Result<()> {
-    let mut at = offset;
-    for piece in buf.chunks(WRITE_PIECE) {
-        file.write_all_at(piece, at)?;
-        each(piece);
-        at += piece.len() as u64;
-    }
-    Ok(())
-}
 
 /// Bytes written between two submissions: large enough for the block layer to merge the writes
 /// into long requests, small enough to start the device early and bound the dirty pages.
@@ -106,24 +75,7 @@ fn sync_range(file: &File, (start, end): (u64, u64), flags: libc::c_uint) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn writes_in_pieces() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(dir.path().join("f"))
-            .unwrap();
-        let buf: Vec<u8> = (0..WRITE_PIECE * 2 + 5).map(|i| i as u8).collect();
-        let mut seen = Vec::new();
-        write_at(&file, &buf, 3, |p| seen.push(p.len())).unwrap();
-        assert_eq!(seen, [WRITE_PIECE, WRITE_PIECE, 5]);
-        let mut back = vec![0; buf.len()];
-        file.read_exact_at(&mut back, 3).unwrap();
-        assert_eq!(back, buf);
-    }
+    use std::os::unix::fs::FileExt;
 
     #[test]
     fn submits_every_step_and_waits_two_behind() {
