@@ -11,7 +11,8 @@
 //! These calls are hints, not the durability point: `fsync` at the end still writes what is left
 //! and reports any writeback error (the kernel records it for `fsync` whether or not
 //! `sync_file_range` saw it first, see `errseq_t` in the kernel's `filemap.c`). So an error from
-//! them only turns early writeback off for the file.
+//! them only turns early writeback off for the file. Without sync (`--no-sync`) nothing is forced:
+//! the kernel writes the pages back when it chooses, as before.
 
 use std::fs::File;
 
