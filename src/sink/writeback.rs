@@ -85,7 +85,7 @@ mod tests {
         let mut wb = Writeback::new(true);
         let chunk = vec![1u8; 1 << 20];
         let mut end = 0;
-        for _ in 0..(3 * STEP >> 20) + 1 {
+        for _ in 0..((3 * STEP) >> 20) + 1 {
             file.write_all_at(&chunk, end).unwrap();
             end += chunk.len() as u64;
             wb.written(&file, end);
