@@ -7,6 +7,7 @@
 pub mod format;
 pub mod qcow2;
 pub mod raw;
+mod writeback;
 
 pub use format::{DiskFormat, OutputFormat};
 

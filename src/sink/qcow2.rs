@@ -21,6 +21,7 @@
 //! down to close the gap, the header is rewritten, and the file is hashed once more. Either way
 //! the bytes depend only on the input.
 
+use super::writeback::Writeback;
 use super::{Block, Error, Result, Sink, Written};
 use crate::source::{Extent, ExtentKind};
 use crate::util::hash_zeros;
@@ -69,6 +70,8 @@ pub struct Qcow2Sink {
     l2_slot: Option<usize>,
     data_clusters: u64,
     written: u64,
+    /// Early writeback of the data clusters, when the file will be synced.
+    writeback: Writeback,
 }
 
 /// What the extents said before the copy.
@@ -141,6 +144,7 @@ impl Qcow2Sink {
             l2_slot: None,
             data_clusters: 0,
             written: 0,
+            writeback: Writeback::new(sync),
         })
     }
 
@@ -279,6 +283,8 @@ impl Qcow2Sink {
             }
         }
         self.data_clusters += count;
+        self.writeback
+            .written(&self.file, (1 + self.data_clusters) * cs);
         Ok(())
     }
 

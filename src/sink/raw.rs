@@ -4,6 +4,7 @@
 //! The file's SHA-256 covers the whole virtual size, holes included, because that is what
 //! `sha256sum` reads: it is computed as the blocks are written, zero runs from a static buffer.
 
+use super::writeback::Writeback;
 use super::{Block, Error, GRANULE, Result, Sink, Written};
 use crate::util::hash_zeros;
 use sha2::{Digest, Sha256};
@@ -19,6 +20,7 @@ pub struct RawSink {
     written: u64,
     allocated: u64,
     sync: bool,
+    writeback: Writeback,
 }
 
 impl RawSink {
@@ -40,6 +42,7 @@ impl RawSink {
             written: 0,
             allocated: 0,
             sync,
+            writeback: Writeback::new(sync),
         })
     }
 
@@ -86,6 +89,8 @@ impl Sink for RawSink {
                     }
                     pos = end;
                 }
+                self.writeback
+                    .written(&self.file, offset + buf.len() as u64);
             }
         }
         self.written += block.len();

@@ -1,0 +1,118 @@
+//! Early writeback: a sink that will fsync its file starts the kernel writing the data while the
+//! copy goes on, so that the final fsync finds little left to write.
+//!
+//! Without it, the pages a copy dirties sit in the page cache until `fsync`, which then waits
+//! for all of them: on the bench machine a third of a durable `register` was that wait
+//! (bench/README.md). Every [`STEP`] bytes written, the range since the last call is submitted
+//! with `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which queues the I/O and returns, and the range
+//! submitted two steps ago is waited for (`SYNC_FILE_RANGE_WAIT_BEFORE`), which keeps at most
+//! about three steps of the file dirty or in flight, whatever the disk's size.
+//!
+//! These calls are hints, not the durability point: `fsync` at the end still writes what is left
+//! and reports any writeback error (the kernel records it for `fsync` whether or not
+//! `sync_file_range` saw it first, see `errseq_t` in the kernel's `filemap.c`). So an error from
+//! them only turns early writeback off for the file. Without sync (`--no-sync`) nothing is forced:
+//! the kernel writes the pages back when it chooses, as before.
+
+use std::fs::File;
+
+/// Bytes written between two submissions: large enough for the block layer to merge the writes
+/// into long requests, small enough to start the device early and bound the dirty pages.
+pub const STEP: u64 = 16 << 20;
+
+/// Tracks which part of a file written front to back has been submitted and waited for.
+#[derive(Debug)]
+pub struct Writeback {
+    enabled: bool,
+    /// End of the range already waited for.
+    waited: u64,
+    /// End of the range submitted at the step before last.
+    previous: u64,
+    /// End of the range submitted last.
+    submitted: u64,
+}
+
+impl Writeback {
+    /// Early writeback when `enabled` (the sink will fsync); otherwise [`Writeback::written`]
+    /// does nothing and the kernel writes the pages back when it chooses.
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            waited: 0,
+            previous: 0,
+            submitted: 0,
+        }
+    }
+
+    /// The file's bytes before `end` have been written (data is written in ascending order;
+    /// anything written elsewhere is left to the final fsync).
+    pub fn written(&mut self, file: &File, end: u64) {
+        if !self.enabled || end < self.submitted.saturating_add(STEP) {
+            return;
+        }
+        let wait = (self.waited, self.previous);
+        let submit = (self.submitted, end);
+        self.enabled = sync_range(file, wait, libc::SYNC_FILE_RANGE_WAIT_BEFORE)
+            && sync_range(file, submit, libc::SYNC_FILE_RANGE_WRITE);
+        (self.waited, self.previous, self.submitted) = (self.previous, self.submitted, end);
+    }
+}
+
+/// `sync_file_range` over `start..end` (nothing when empty); false when it failed.
+fn sync_range(file: &File, (start, end): (u64, u64), flags: libc::c_uint) -> bool {
+    use std::os::fd::AsRawFd;
+    if end <= start {
+        return true;
+    }
+    let (Ok(offset), Ok(len)) = (i64::try_from(start), i64::try_from(end - start)) else {
+        return false;
+    };
+    // SAFETY: sync_file_range(2) only reads its integer arguments; the descriptor is open for
+    // as long as `file` is borrowed. rustix (1.1) has no binding for it.
+    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    r == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn submits_every_step_and_waits_two_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        let mut wb = Writeback::new(true);
+        let chunk = vec![1u8; 1 << 20];
+        let mut end = 0;
+        for _ in 0..((3 * STEP) >> 20) + 1 {
+            file.write_all_at(&chunk, end).unwrap();
+            end += chunk.len() as u64;
+            wb.written(&file, end);
+        }
+        assert!(wb.enabled);
+        assert_eq!(
+            (wb.waited, wb.previous, wb.submitted),
+            (STEP, 2 * STEP, 3 * STEP)
+        );
+    }
+
+    #[test]
+    fn disabled_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        let mut wb = Writeback::new(false);
+        wb.written(&file, 10 * STEP);
+        assert_eq!(wb.submitted, 0);
+    }
+
+    #[test]
+    fn an_error_turns_it_off() {
+        // A pipe: sync_file_range fails with ESPIPE.
+        let (r, _w) = std::io::pipe().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(r));
+        let mut wb = Writeback::new(true);
+        wb.written(&file, STEP);
+        assert!(!wb.enabled);
+    }
+}
