@@ -1,8 +1,11 @@
 //! mkomi builds Outscale machine images (OMIs) offline.
 //!
 //! The pipeline, one module per stage:
-//! - [`source`]: what a disk holds — raw files and block devices, qcow2 (with backing chains) —
-//!   behind one [`source::Source`] trait that reports data and zero extents without reading data;
+//! - [`storage`]: where an image's bytes live — local files and block devices (`pread`, FIEMAP),
+//!   windows — behind one [`storage::ReadAt`] trait read through `&self`;
+//! - [`format`]: how those bytes are laid out — raw, qcow2 (with backing chains), detection —
+//!   behind one [`format::Disk`] trait that reports data and zero extents without reading data,
+//!   opened under [`format::OpenOptions`] (input format, backing-file policy);
 //! - [`sink`]: where a disk goes — a deterministic qcow2 writer and a sparse raw writer;
 //! - [`copy`]: the streaming engine that reads, hashes and writes overlapped, in bounded memory;
 //! - [`digest`]: the container-independent `ContentDigest` of a disk;
@@ -18,6 +21,7 @@ pub mod bundle;
 pub mod copy;
 pub mod digest;
 pub mod export;
+pub mod format;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -26,6 +30,6 @@ pub mod layout;
 pub mod manifest;
 pub mod progress;
 pub mod sink;
-pub mod source;
+pub mod storage;
 pub mod store;
 pub mod util;

@@ -38,9 +38,9 @@ use mkomi::bundle::checks::Checks;
 use mkomi::bundle::{self, register, verify};
 use mkomi::export::package::{self, Target};
 use mkomi::export::{import, s3};
+use mkomi::format::{BackingPolicy, InputFormat, OpenOptions};
 use mkomi::manifest::{Architecture, BootMode, DiskFormat, VolumeType, rules};
 use mkomi::progress::{Mode, Progress};
-use mkomi::source::{InputFormat, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -355,10 +355,10 @@ pub(crate) struct OpenArgs {
 
 impl OpenArgs {
     pub(crate) fn options(&self) -> OpenOptions {
-        OpenOptions {
-            allow_backing: self.allow_backing.clone(),
-            input_format: self.input_format,
-        }
+        OpenOptions::new(
+            self.input_format,
+            BackingPolicy::within(self.allow_backing.clone()),
+        )
     }
 }
 

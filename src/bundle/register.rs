@@ -8,17 +8,18 @@ use super::checks::{self, Checks};
 use super::{Error, Result, SUMS_FILE, io_err, sums};
 use crate::audit::image::{self as audit, Policy};
 use crate::copy::{self, Options};
+use crate::format;
 use crate::manifest::{
     self, Architecture, BlockDeviceMapping, BootMode, Bsu, Disk, DiskFormat, Image, Manifest,
     VolumeType, rules,
 };
 use crate::progress::Progress;
 use crate::sink::{Sink, qcow2::Qcow2Sink, raw::RawSink};
-use crate::source::{self, Source};
 use crate::util::{hex, sync_dir, utc_timestamp};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,7 @@ pub struct Request {
     /// Further volumes.
     pub extra: Vec<Volume>,
     /// How sources are opened (backing-file policy).
-    pub open: source::OpenOptions,
+    pub open: format::OpenOptions,
     /// `CreationDate`, seconds since the epoch.
     pub creation_epoch: i64,
     /// fsync every file and the directory before the rename.
@@ -165,17 +166,17 @@ pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>)
 /// `build`) instead of opened from `req.root.source`, which then only names it.
 pub fn register_with_root(
     req: &Request,
-    mut root: Option<Box<dyn Source>>,
+    mut root: Option<Arc<dyn format::Disk>>,
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<Report> {
     check_fields(req)?;
     let volumes: Vec<&Volume> = std::iter::once(&req.root).chain(&req.extra).collect();
-    let mut sources: Vec<Box<dyn Source>> = Vec::with_capacity(volumes.len());
+    let mut sources: Vec<Arc<dyn format::Disk>> = Vec::with_capacity(volumes.len());
     for v in &volumes {
         sources.push(match root.take() {
             Some(src) => src,
-            None => source::open(&v.source, &req.open)?,
+            None => format::open_path(&v.source, &req.open)?,
         });
     }
     run(req, sources, Examine::Before, progress, cancel)
@@ -186,7 +187,7 @@ pub fn register_with_root(
 /// from the bundle's own files, and the bundle is removed if they are refused.
 pub(crate) fn register_streamed(
     req: &Request,
-    sources: Vec<Box<dyn Source>>,
+    sources: Vec<Arc<dyn format::Disk>>,
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<Report> {
@@ -204,7 +205,7 @@ enum Examine {
 
 fn run(
     req: &Request,
-    mut sources: Vec<Box<dyn Source>>,
+    sources: Vec<Arc<dyn format::Disk>>,
     when: Examine,
     progress: &Progress,
     cancel: Option<&AtomicBool>,
@@ -221,11 +222,7 @@ fn run(
     // Sources read at random are examined before anything is written: their fields may be
     // refused.
     let examined = match when {
-        Examine::Before => {
-            let (examined, back) = examine(req, &volumes, sources)?;
-            sources = back;
-            Some(examined)
-        }
+        Examine::Before => Some(examine(req, &volumes, &sources)?),
         Examine::After => None,
     };
 
@@ -237,7 +234,7 @@ fn run(
 
     let mut disks = Vec::with_capacity(volumes.len());
     let mut data_bytes = 0;
-    for (v, src) in volumes.iter().zip(sources.iter_mut()) {
+    for (v, src) in volumes.iter().zip(&sources) {
         let file_name = rules::disk_file_name(&v.device, req.format.name());
         let path = tmp.path.join(&file_name);
         let size = src.size();
@@ -252,7 +249,7 @@ fn run(
         };
         let task = progress.task(&file_name);
         let report = copy::copy(
-            src.as_mut(),
+            src.as_ref(),
             sink.as_mut(),
             Options {
                 progress: Some(&task),
@@ -276,15 +273,16 @@ fn run(
         Some(e) => e,
         None => {
             // The bundle's disks, named in messages as the sources they were copied from.
-            let mut written: Vec<Box<dyn Source>> = Vec::with_capacity(disks.len());
+            let mut written: Vec<Arc<dyn format::Disk>> = Vec::with_capacity(disks.len());
             for (d, src) in disks.iter().zip(&sources) {
-                let file = source::open(&tmp.path.join(&d.path), &source::OpenOptions::default())?;
-                written.push(Box::new(Renamed {
+                let file =
+                    format::open_path(&tmp.path.join(&d.path), &format::OpenOptions::default())?;
+                written.push(Arc::new(Renamed {
                     inner: file,
                     path: src.path().to_owned(),
                 }));
             }
-            examine(req, &volumes, written)?.0
+            examine(req, &volumes, &written)?
         }
     };
     drop(sources);
@@ -355,36 +353,33 @@ pub(crate) struct Examined {
     pub(crate) audit: Option<manifest::AuditSummary>,
 }
 
-/// Inspects the root disk and audits every disk; the sources are handed back.
+/// Inspects the root disk and audits every disk, the root in the same walk as its inspection.
 pub(crate) fn examine(
     req: &Request,
     volumes: &[&Volume],
-    mut sources: Vec<Box<dyn Source>>,
-) -> Result<(Examined, Vec<Box<dyn Source>>)> {
-    if sources.is_empty() {
+    sources: &[Arc<dyn format::Disk>],
+) -> Result<Examined> {
+    let Some(root) = sources.first() else {
         return Err(Error::Invalid {
             path: req.output.clone(),
             reason: "no volumes".into(),
         });
-    }
-    let root_src = sources.remove(0);
-    let (decided, root_src) = checks::inspect_root(
-        root_src,
+    };
+    let mut report = audit::Report::default();
+    let decided = checks::inspect_root(
+        root,
         &req.root.device,
         req.architecture,
         &req.boot_modes,
         req.checks,
+        (req.audit != Policy::Off).then_some(&mut report),
     )?;
-    sources.insert(0, root_src);
     let audit = match req.audit {
         Policy::Off => None,
         policy => {
-            let mut report = audit::Report::default();
-            sources = std::mem::take(&mut sources)
-                .into_iter()
-                .zip(volumes)
-                .map(|(src, v)| audit::audit_source(src, Some(&v.device), &mut report))
-                .collect();
+            for (src, v) in sources.iter().zip(volumes).skip(1) {
+                audit::audit_disk(src, Some(&v.device), &mut report);
+            }
             audit::finish(&mut report);
             if let Policy::Deny {
                 at,
@@ -430,7 +425,7 @@ pub(crate) fn examine(
             Some(report.to_manifest(&policy.to_string()))
         }
     };
-    Ok((Examined { decided, audit }, sources))
+    Ok(Examined { decided, audit })
 }
 
 /// `ImageName`: given, or derived from the root source's file name.
@@ -456,18 +451,18 @@ pub(crate) fn image_name(req: &Request) -> Result<String> {
 /// A source named as another file in messages: a bundle's disk read back, named as what it was
 /// copied from.
 pub(crate) struct Renamed {
-    pub(crate) inner: Box<dyn Source>,
+    pub(crate) inner: Arc<dyn format::Disk>,
     pub(crate) path: PathBuf,
 }
 
-impl Source for Renamed {
+impl format::Disk for Renamed {
     fn size(&self) -> u64 {
         self.inner.size()
     }
-    fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<source::Extent> {
+    fn extent(&self, offset: u64, max_len: u64) -> format::Result<format::Extent> {
         self.inner.extent(offset, max_len)
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> source::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
         self.inner.read_at(offset, buf)
     }
     fn format(&self) -> &'static str {

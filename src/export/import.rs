@@ -26,15 +26,16 @@ use crate::bundle::checks::Checks;
 use crate::bundle::register::{self, TempDir, Volume};
 use crate::bundle::{SUMS_FILE, sums};
 use crate::copy;
+use crate::format::{self, Disk, OpenOptions};
 use crate::manifest::{Architecture, DiskFormat, Manifest, VolumeType, rules};
 use crate::progress::Progress;
-use crate::source::{self, OpenOptions, Source};
 use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
@@ -394,7 +395,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
 
     let mut received = Vec::new();
     let mut volumes = Vec::new();
-    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut sources: Vec<Arc<dyn Disk>> = Vec::new();
     for (i, (s, (object, _))) in em.image.snapshots.iter().zip(objects).enumerate() {
         let format = s.format().unwrap_or(ObjectFormat::Raw);
         let open: incoming::Opener = Box::new(move || Ok(object));
@@ -409,7 +410,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
             None => None,
         };
         let got = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let source: Box<dyn Source> = match format {
+        let source: Arc<dyn Disk> = match format {
             ObjectFormat::Raw => {
                 // A raw object holds the whole disk: the size mkomi's manifest gives, else the
                 // volume's (`Size`), as Outscale's own raw exports do.
@@ -429,7 +430,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
                     size_from,
                     sha256: listed,
                 };
-                Box::new(
+                Arc::new(
                     RawStream::new(&s.filename, size, expect, open, got.clone(), cancel)
                         .with_zero_tail(tail),
                 )
@@ -470,7 +471,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
                         "names a backing file: a package's disks stand alone",
                     ));
                 }
-                let src = source::open(&path, &OpenOptions::default())?;
+                let src = format::open_path(&path, &OpenOptions::default())?;
                 let expected = disk.map_or(src.size(), |d| d.virtual_size);
                 if src.size() != expected || src.size() > s.size {
                     return Err(bad(

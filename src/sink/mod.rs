@@ -7,7 +7,7 @@
 pub mod qcow2;
 pub mod raw;
 
-use crate::source::Extent;
+use crate::format::Extent;
 use crate::util::is_zero;
 use std::path::PathBuf;
 
