@@ -29,6 +29,7 @@ use crate::copy;
 use crate::format::{self, Disk, OpenOptions};
 use crate::manifest::{Architecture, DiskFormat, Manifest, VolumeType, rules};
 use crate::progress::Progress;
+use crate::storage::{ReadAt, file::LocalFile};
 use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -455,23 +456,26 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
                     ));
                 }
                 *got.lock().map_err(|_| bad(&s.filename, "poisoned"))? = Some(sha);
+                // The spool is opened once, as a storage: its header is checked and its
+                // format read through that one descriptor.
+                let spooled: Arc<dyn ReadAt> =
+                    Arc::new(LocalFile::open(&path).map_err(format::Error::from)?);
                 // A package's disks stand alone. Bytes 8..20 of a qcow2 header hold the backing
                 // file's offset and length (qcow2.txt).
                 let mut hdr = [0u8; 20];
                 // (Shorter than a header, it is no qcow2: opening it says so below.)
-                let named =
-                    match std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut hdr)) {
-                        Ok(()) => hdr[8..20].iter().any(|&b| b != 0),
-                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
-                        Err(e) => return Err(io(&path, "cannot read")(e)),
-                    };
+                let named = match spooled.read_at(0, &mut hdr) {
+                    Ok(()) => hdr[8..20].iter().any(|&b| b != 0),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                    Err(e) => return Err(io(&path, "cannot read")(e)),
+                };
                 if named {
                     return Err(bad(
                         &s.filename,
                         "names a backing file: a package's disks stand alone",
                     ));
                 }
-                let src = format::open_path(&path, &OpenOptions::default())?;
+                let src = format::detect::open(spooled, &OpenOptions::default())?;
                 let expected = disk.map_or(src.size(), |d| d.virtual_size);
                 if src.size() != expected || src.size() > s.size {
                     return Err(bad(

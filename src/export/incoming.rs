@@ -266,7 +266,20 @@ impl RawStream {
         RawStream {
             name: PathBuf::from(name),
             size,
-            stream: Mutex::new(Stream::new(name, size, expect, open, received, cancel)),
+            stream: Mutex::new(Stream {
+                name: PathBuf::from(name),
+                size,
+                expect,
+                open: Some(open),
+                rx: None,
+                chunk: Vec::new(),
+                used: 0,
+                pos: 0,
+                ended: false,
+                tail: 0,
+                received,
+                cancel,
+            }),
         }
     }
 
@@ -283,31 +296,6 @@ impl RawStream {
 }
 
 impl Stream {
-    /// See [`RawStream::new`].
-    fn new(
-        name: &str,
-        size: u64,
-        expect: Expect,
-        open: Opener,
-        received: Arc<Mutex<Option<String>>>,
-        cancel: Option<&'static AtomicBool>,
-    ) -> Self {
-        Stream {
-            name: PathBuf::from(name),
-            size,
-            expect,
-            open: Some(open),
-            rx: None,
-            chunk: Vec::new(),
-            used: 0,
-            pos: 0,
-            ended: false,
-            tail: 0,
-            received,
-            cancel,
-        }
-    }
-
     /// Checks the chunk's bytes from `from` on, `extra` bytes past the disk in all: zeros,
     /// within the tail.
     fn check_tail(&self, from: usize, extra: u64) -> format::Result<()> {
