@@ -13,6 +13,8 @@ pub mod detect;
 pub mod qcow2;
 pub mod raw;
 
+pub use crate::storage::{Extent, ExtentKind};
+
 use crate::storage::{self, ReadAt, file::LocalFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,8 +66,6 @@ pub enum Error {
 
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, Error>;
-
-pub use crate::storage::{Extent, ExtentKind};
 
 /// A readable virtual disk: a format's view of a storage.
 ///
