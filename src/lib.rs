@@ -1,8 +1,11 @@
 //! mkomi builds Outscale machine images (OMIs) offline.
 //!
 //! The pipeline, one module per stage:
-//! - [`source`]: what a disk holds — raw files and block devices, qcow2 (with backing chains) —
-//!   behind one [`source::Source`] trait that reports data and zero extents without reading data;
+//! - [`storage`]: where an image's bytes live — local files and block devices (`pread`, FIEMAP),
+//!   windows — behind one [`storage::ReadAt`] trait read through `&self`;
+//! - [`format`]: how those bytes are laid out — raw, qcow2 (with backing chains), detection —
+//!   behind one [`format::Disk`] trait that reports data and zero extents without reading data,
+//!   opened under [`format::OpenOptions`] (input format, backing-file policy);
 //! - [`sink`]: where a disk goes — a deterministic qcow2 writer and a sparse raw writer, listed
 //!   in one output-format registry ([`sink::format`]);
 //! - [`copy`]: the streaming engine that reads, hashes and writes overlapped, in bounded memory;
@@ -24,6 +27,7 @@ pub mod bundle;
 pub mod copy;
 pub mod digest;
 pub mod export;
+pub mod format;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -34,7 +38,7 @@ pub mod manifest;
 pub mod ondisk;
 pub mod progress;
 pub mod sink;
-pub mod source;
 pub mod staging;
+pub mod storage;
 pub mod store;
 pub mod util;

@@ -7,7 +7,8 @@
 //! `Drop`. Work directories beside the output (`.NAME.mkomi-PID.work`) use the same type and
 //! are always removed.
 
-use crate::source::{self, Source};
+use crate::format::{self, Disk};
+use std::sync::Arc;
 use crate::util::sync_dir;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -213,19 +214,19 @@ pub fn sync(dir: &Path) -> Result<()> {
 /// examined once copied, named as its source.
 pub struct Renamed {
     /// The staged file, opened.
-    pub inner: Box<dyn Source>,
+    pub inner: Arc<dyn Disk>,
     /// The name messages give it.
     pub path: PathBuf,
 }
 
-impl Source for Renamed {
+impl Disk for Renamed {
     fn size(&self) -> u64 {
         self.inner.size()
     }
-    fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<source::Extent> {
+    fn extent(&self, offset: u64, max_len: u64) -> format::Result<format::Extent> {
         self.inner.extent(offset, max_len)
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> source::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
         self.inner.read_at(offset, buf)
     }
     fn format(&self) -> &'static str {

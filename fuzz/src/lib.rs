@@ -11,10 +11,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use mkomi::format::{Disk, Extent, ExtentKind};
 use mkomi::fs::{FileSystem, Kind};
-use mkomi::source::{Extent, ExtentKind, Source};
 
 /// Bytes of disk data a harness reads in all, whatever sizes the input claims.
 const READ_BUDGET: u64 = 1 << 20;
@@ -82,8 +82,8 @@ impl MemSource {
         MemSource { size, pieces, path }
     }
 
-    fn invalid(&self, reason: String) -> mkomi::source::Error {
-        mkomi::source::Error::Invalid {
+    fn invalid(&self, reason: String) -> mkomi::format::Error {
+        mkomi::format::Error::Invalid {
             path: self.path.clone(),
             reason: format!("{reason}: out of the {}-byte disk", self.size),
         }
@@ -102,12 +102,12 @@ fn take_u32(rest: &mut &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(*head))
 }
 
-impl Source for MemSource {
+impl Disk for MemSource {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn extent(&mut self, offset: u64, max_len: u64) -> mkomi::source::Result<Extent> {
+    fn extent(&self, offset: u64, max_len: u64) -> mkomi::format::Result<Extent> {
         let left = self.size.saturating_sub(offset);
         if left == 0 || max_len == 0 {
             return Err(self.invalid(format!("extent at {offset} of {max_len} bytes")));
@@ -119,7 +119,7 @@ impl Source for MemSource {
         })
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> mkomi::source::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> mkomi::format::Result<()> {
         let end = offset
             .checked_add(buf.len() as u64)
             .filter(|&end| end <= self.size);
@@ -156,7 +156,7 @@ fn qcow2_dir() -> &'static Mutex<Option<PathBuf>> {
     &DIR
 }
 
-/// `qcow2`: the input as a file on disk, opened through [`mkomi::source::open`] (format
+/// `qcow2`: the input as a file on disk, opened through [`mkomi::format::open_path`] (format
 /// detection, qcow2 header, extension and table validation, backing chain), then every extent
 /// walked as the copy engine walks them and the data extents read, [`READ_BUDGET`] bytes at
 /// most. The file's directory also holds `base.raw`, a 64 KiB raw disk, and `top.qcow2` is the
@@ -183,18 +183,18 @@ pub fn qcow2_in(dir: &Path, data: &[u8]) {
     std::fs::write(&top, data).expect("cannot write the input");
     // Backing files are followed in the input's own directory, whatever mkomi's default, so
     // that the backing chain is fuzzed too.
-    let options = mkomi::source::OpenOptions {
-        allow_backing: vec![dir.to_owned()],
-        ..Default::default()
-    };
-    let Ok(mut src) = mkomi::source::open(&top, &options) else {
+    let options = mkomi::format::OpenOptions::new(
+        mkomi::format::InputFormat::Auto,
+        mkomi::format::BackingPolicy::within(vec![dir.to_owned()]),
+    );
+    let Ok(src) = mkomi::format::open_path(&top, &options) else {
         return;
     };
-    read_disk(src.as_mut());
+    read_disk(src.as_ref());
 }
 
 /// Walks the extents of `src` as the copy engine does and reads its data, within bounds.
-fn read_disk(src: &mut dyn Source) {
+fn read_disk(src: &dyn Disk) {
     // What the walk found before an error is read all the same, as a copy would have read it.
     let mut data = Vec::new();
     let _ = mkomi::copy::walk_extents(src, |e| {
@@ -234,8 +234,8 @@ fn read_disk(src: &mut dyn Source) {
 /// `table`: the input as a whole disk, its partition table read by
 /// [`mkomi::inspect::table::read`], which never fails, and the result serialised.
 pub fn table(data: &[u8]) {
-    let mut src = MemSource::parse(data, "fuzz.img");
-    let table = mkomi::inspect::table::read(&mut src);
+    let src = MemSource::parse(data, "fuzz.img");
+    let table = mkomi::inspect::table::read(&src);
     for p in &table.partitions {
         // What inspect does with a partition: its range, bounded by the disk.
         let _ = p.offset.checked_add(p.size);
@@ -246,7 +246,7 @@ pub fn table(data: &[u8]) {
 /// `fat`: the input as a bare FAT file system, opened with [`mkomi::fs::fat::Fat::open`], its
 /// label read and its tree walked through [`FileSystem`].
 pub fn fat(data: &[u8]) {
-    let src = Box::new(MemSource::parse(data, "fuzz.fat"));
+    let src: Arc<dyn Disk> = Arc::new(MemSource::parse(data, "fuzz.fat"));
     let len = src.size();
     let Ok(fs) = mkomi::fs::fat::Fat::open(src, 0, len, Path::new("fuzz.fat")) else {
         return;
@@ -259,7 +259,7 @@ pub fn fat(data: &[u8]) {
 /// [`mkomi::fs::ext4::Ext4::open`] (superblock, group descriptors, journal replay), its tree
 /// walked through [`FileSystem`], and a few glob patterns resolved.
 pub fn ext4(data: &[u8]) {
-    let src = Box::new(MemSource::parse(data, "fuzz.ext4"));
+    let src: Arc<dyn Disk> = Arc::new(MemSource::parse(data, "fuzz.ext4"));
     let len = src.size();
     let Ok(fs) = mkomi::fs::ext4::Ext4::open(src, 0, len, Path::new("fuzz.ext4")) else {
         return;
@@ -339,11 +339,11 @@ fn walk_fs(fs: &dyn FileSystem) {
 }
 
 /// `inspect`: the input as a whole disk, inspected as `mkomi inspect` does
-/// ([`mkomi::inspect::inspect_source`]: partition table, signatures, ext4 and FAT file systems,
+/// ([`mkomi::inspect::inspect_disk`]: partition table, signatures, ext4 and FAT file systems,
 /// os-release, kernels, ELF and PE headers, EFI loaders), then summarised and serialised.
 pub fn inspect(data: &[u8]) {
-    let src = Box::new(MemSource::parse(data, "fuzz.img"));
-    let (report, _src) = mkomi::inspect::inspect_source(src, Some("/dev/sda1"));
+    let src: Arc<dyn Disk> = Arc::new(MemSource::parse(data, "fuzz.img"));
+    let report = mkomi::inspect::inspect_disk(&src, Some("/dev/sda1"));
     let summary = mkomi::inspect::summarize(&report);
     let _ = serde_json::to_vec(&report);
     let _ = serde_json::to_vec(&summary);

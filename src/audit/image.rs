@@ -8,13 +8,14 @@
 //! volume that reads as zeros holds nothing to audit.
 
 use super::{Finding, Severity};
+use crate::format::{self, Disk, ExtentKind, OpenOptions};
 use crate::inspect::{self, VolumeInfo, location, signature, signature::FsKind};
 use crate::manifest::{AuditFinding, AuditSummary};
-use crate::source::{self, ExtentKind, OpenOptions, Source};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The `schema` of the JSON report `mkomi audit --json` prints.
 pub const SCHEMA: &str = "mkomi-audit/1";
@@ -136,16 +137,38 @@ fn where_(device: Option<&str>, location: &str) -> String {
     }
 }
 
-/// Audits one disk into `report`; returns the source for further use.
-pub fn audit_source(
-    src: Box<dyn Source>,
-    device: Option<&str>,
-    report: &mut Report,
-) -> Box<dyn Source> {
-    let file = src.path().display().to_string();
-    // Volumes without a file system mkomi reads: looked at for data once the walk is done.
-    let mut unread: Vec<VolumeInfo> = Vec::new();
-    let (_, mut src) = inspect::walk(src, &mut |info, fs| {
+/// Audits one disk into `report`.
+pub fn audit_disk(disk: &Arc<dyn Disk>, device: Option<&str>, report: &mut Report) {
+    let mut audit = DiskAudit::new(disk.as_ref(), device, report);
+    inspect::walk(disk, &mut |info, fs| audit.visit(info, fs));
+    audit.finish(disk.as_ref());
+}
+
+/// The audit of one disk as [`inspect::walk`] visits its volumes: a visitor that can share a
+/// walk with others (inspect), so that each file system is opened once for all of them.
+pub struct DiskAudit<'r> {
+    device: Option<String>,
+    file: String,
+    report: &'r mut Report,
+    /// Volumes without a file system mkomi reads: looked at for data once the walk is done.
+    unread: Vec<VolumeInfo>,
+}
+
+impl<'r> DiskAudit<'r> {
+    /// An audit of `disk`, which `device` maps in a bundle, into `report`.
+    pub fn new(disk: &dyn Disk, device: Option<&str>, report: &'r mut Report) -> Self {
+        DiskAudit {
+            device: device.map(str::to_owned),
+            file: disk.path().display().to_string(),
+            report,
+            unread: Vec::new(),
+        }
+    }
+
+    /// Audits one volume as [`inspect::walk`] passes it.
+    pub fn visit(&mut self, info: VolumeInfo, fs: Option<inspect::Opened<'_>>) {
+        let device = self.device.as_deref();
+        let report = &mut *self.report;
         let at = where_(device, &location(info.partition));
         let short = info.short();
         match fs {
@@ -165,7 +188,7 @@ pub fn audit_source(
                     .findings
                     .extend(audit.findings.into_iter().map(|finding| Located {
                         device: device.map(str::to_owned),
-                        file: file.clone(),
+                        file: self.file.clone(),
                         location: location(info.partition),
                         finding,
                     }));
@@ -177,21 +200,24 @@ pub fn audit_source(
                 None => report.problems.push(format!("{at}: not audited: {e}")),
             },
             None => match info.filesystem {
-                None | Some(FsKind::Swap) => unread.push(info),
+                None | Some(FsKind::Swap) => self.unread.push(info),
                 Some(kind) => report.problems.push(format!(
                     "{at}: {}: not audited (mkomi reads ext2/3/4 and FAT contents)",
                     kind.name()
                 )),
             },
         }
-    });
-    for info in unread {
-        let at = where_(device, &location(info.partition));
-        if let Some(line) = unread_volume(src.as_mut(), &info) {
-            report.problems.push(format!("{at}: {line}"));
+    }
+
+    /// Looks at the volumes without a file system once the walk of `disk` is done.
+    pub fn finish(self, disk: &dyn Disk) {
+        for info in self.unread {
+            let at = where_(self.device.as_deref(), &location(info.partition));
+            if let Some(line) = unread_volume(disk, &info) {
+                self.report.problems.push(format!("{at}: {line}"));
+            }
         }
     }
-    src
 }
 
 /// Bytes at the start of a swap area that are its header (the signature page), not paged-out
@@ -201,7 +227,7 @@ const SWAP_HEADER: u64 = 4096;
 /// The problem with a volume that has no file system mkomi reads, if it holds data: such data
 /// was not audited. `None` when it reads as zeros (nothing there), for a fresh swap area (only
 /// its header), and for a BIOS boot partition (GRUB's core image, no files).
-fn unread_volume(src: &mut dyn Source, info: &VolumeInfo) -> Option<String> {
+fn unread_volume(src: &dyn Disk, info: &VolumeInfo) -> Option<String> {
     if info.partition_type.as_deref() == Some("bios-boot") {
         return None;
     }
@@ -240,7 +266,7 @@ fn unread_volume(src: &mut dyn Source, info: &VolumeInfo) -> Option<String> {
 
 /// The offset of the first byte that is not zero in the `len` bytes at `offset` of `src`, or
 /// `None` when they all read as zeros. Holes and unallocated clusters are skipped unread.
-fn first_data(src: &mut dyn Source, offset: u64, len: u64) -> source::Result<Option<u64>> {
+fn first_data(src: &dyn Disk, offset: u64, len: u64) -> format::Result<Option<u64>> {
     const CHUNK: u64 = 1 << 20;
     let end = offset.saturating_add(len).min(src.size());
     let mut buf = vec![0u8; CHUNK as usize];
@@ -269,14 +295,14 @@ fn first_data(src: &mut dyn Source, offset: u64, len: u64) -> source::Result<Opt
 pub fn audit_path(path: &Path, open: &OpenOptions) -> Result<Report, inspect::Error> {
     let mut report = Report::default();
     for (device, file) in inspect::disk_files(path)? {
-        let src = source::open(&file, open)?;
-        audit_source(src, device.as_deref(), &mut report);
+        let disk = format::open_path(&file, open)?;
+        audit_disk(&disk, device.as_deref(), &mut report);
     }
     report.finish();
     Ok(report)
 }
 
-/// Finishes a report made of several [`audit_source`] calls (counts and highest).
+/// Finishes a report made of several [`audit_disk`] calls (counts and highest).
 pub fn finish(report: &mut Report) {
     report.finish();
 }

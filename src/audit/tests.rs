@@ -2,8 +2,8 @@
 //! the real `ssh-keygen` and fingerprints compared with what `ssh-keygen -l` prints.
 
 use super::*;
+use crate::format::{self, OpenOptions};
 use crate::fs::ext4::Ext4;
-use crate::source::{self, OpenOptions};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -110,7 +110,7 @@ impl Tree {
             .arg(self.path("/"))
             .arg(&image)
             .arg("32M"));
-        let src = source::open(&image, &OpenOptions::default()).unwrap();
+        let src = format::open_path(&image, &OpenOptions::default()).unwrap();
         let size = src.size();
         Ext4::open(src, 0, size, Path::new("root.ext4")).unwrap()
     }

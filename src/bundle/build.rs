@@ -9,6 +9,7 @@
 
 use super::register::{self, Request, Volume};
 use super::{Error, Result, io_err};
+use crate::format::{self, Disk};
 use crate::fs::ext4::Ext4;
 use crate::layout::composite::{Composite, Content as Region_, Region};
 use crate::layout::fat::{self, FatImage, FileSource};
@@ -18,11 +19,11 @@ use crate::manifest::{Architecture, rules};
 use crate::ondisk::gpt::PartitionType;
 use crate::progress::Progress;
 use crate::sink::OutputFormat;
-use crate::source::{self, Source, raw::RawSource};
 use crate::staging::Target;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 /// What to build.
@@ -39,7 +40,7 @@ pub struct BuildRequest {
     /// qcow2 cluster size, log2.
     pub cluster_bits: u32,
     /// How images are opened (backing-file policy).
-    pub open: source::OpenOptions,
+    pub open: format::OpenOptions,
     /// `SOURCE_DATE_EPOCH`: the manifest's date and every timestamp on the ESP.
     pub epoch: i64,
     /// fsync before the final rename.
@@ -67,10 +68,10 @@ pub fn build(
     let text = std::fs::read(&req.template).map_err(io_err(&req.template, "cannot read"))?;
 
     // Open every image first: errors before any work, and their sizes feed the seed.
-    let mut images: Vec<Option<Box<dyn Source>>> = Vec::new();
+    let mut images: Vec<Option<Arc<dyn Disk>>> = Vec::new();
     for p in &tpl.partitions {
         images.push(match &p.content {
-            Content::Image(path) => Some(source::open(path, &req.open)?),
+            Content::Image(path) => Some(format::open_path(path, &req.open)?),
             _ => None,
         });
     }
@@ -134,7 +135,7 @@ pub fn build(
             (Content::Esp, _) => {
                 let esp = work.path().join("esp.img");
                 build_esp(&tpl, &table, part.len(), &esp, work.path(), req, &seed)?;
-                Some(Box::new(RawSource::open(&esp)?) as Box<dyn Source>)
+                Some(format::raw::open_path(&esp)?)
             }
             _ => None,
         };
@@ -166,7 +167,7 @@ pub fn build(
         creation_epoch: req.epoch,
         sync: req.sync,
     };
-    register::register_with_root(&request, Some(Box::new(disk)), progress, cancel)
+    register::register_with_root(&request, Some(Arc::new(disk)), progress, cancel)
 }
 
 /// The partition whose file system `root:` paths refer to: the one of a root type with an
@@ -185,7 +186,7 @@ fn root_fs(tpl: &Template, table: &Table, req: &BuildRequest) -> Result<Ext4> {
     let Content::Image(path) = &p.content else {
         return Err(invalid(&req.template, "no root image".into()));
     };
-    let src = source::open(path, &req.open)?;
+    let src = format::open_path(path, &req.open)?;
     let size = src.size();
     Ext4::open(src, 0, size, path).map_err(|e| invalid(path, e.to_string()))
 }

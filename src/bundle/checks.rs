@@ -5,9 +5,12 @@
 //! boots either).
 
 use super::{Error, Result};
+use crate::audit::image as audit;
+use crate::format::Disk;
 use crate::inspect::{self, Summary};
 use crate::manifest::{Architecture, BootMode, Inspection, LaunchRequirements};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Which checks against the disk's content are made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,17 +193,27 @@ pub fn decide(
     })
 }
 
-/// Inspects the root disk and decides; see [`decide`].
+/// Inspects the root disk and decides; see [`decide`]. With `audit`, the same walk of its
+/// partitions audits it too: each file system is opened once for both.
 pub(crate) fn inspect_root(
-    src: Box<dyn crate::source::Source>,
+    disk: &Arc<dyn Disk>,
     device: &str,
     declared_arch: Option<Architecture>,
     declared_modes: &[BootMode],
     checks: Checks,
-) -> Result<(Decided, Box<dyn crate::source::Source>)> {
-    let name = src.path().to_owned();
-    let (disk, src) = inspect::inspect_source(src, Some(device));
-    let summary = inspect::summarize(&disk);
-    let decided = decide(&name, declared_arch, declared_modes, checks, &summary)?;
-    Ok((decided, src))
+    audit: Option<&mut audit::Report>,
+) -> Result<Decided> {
+    let mut inspection = inspect::DiskInspection::new(disk.as_ref(), Some(device));
+    let mut audit = audit.map(|report| audit::DiskAudit::new(disk.as_ref(), Some(device), report));
+    let table = inspect::walk(disk, &mut |info, fs| {
+        if let Some(audit) = &mut audit {
+            audit.visit(info.clone(), fs);
+        }
+        inspection.visit(info, fs);
+    });
+    if let Some(audit) = audit {
+        audit.finish(disk.as_ref());
+    }
+    let summary = inspect::summarize(&inspection.finish(table));
+    decide(disk.path(), declared_arch, declared_modes, checks, &summary)
 }

@@ -20,7 +20,7 @@ pub const SUMS_FILE: &str = "SHA256SUMS";
 pub enum Error {
     /// A source image is unreadable or invalid.
     #[error(transparent)]
-    Source(#[from] crate::source::Error),
+    Source(#[from] crate::format::Error),
     /// The copy failed.
     #[error(transparent)]
     Copy(#[from] crate::copy::Error),

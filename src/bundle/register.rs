@@ -19,11 +19,12 @@ use crate::manifest::{
 };
 use crate::progress::Progress;
 use crate::sink::OutputFormat;
-use crate::source::{self, Source};
+use crate::format;
 use crate::staging::{self, Renamed, Target, TempDir};
 use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -55,7 +56,7 @@ pub struct Request {
     /// Further volumes.
     pub extra: Vec<Volume>,
     /// How sources are opened (backing-file policy).
-    pub open: source::OpenOptions,
+    pub open: format::OpenOptions,
     /// `CreationDate`, seconds since the epoch.
     pub creation_epoch: i64,
     /// fsync every file and the directory before the rename.
@@ -106,24 +107,24 @@ pub fn register(req: &Request, progress: &Progress, cancel: Option<&AtomicBool>)
 /// [`manifest()`] and [`write_manifest`], commit.
 pub fn register_with_root(
     req: &Request,
-    mut root: Option<Box<dyn Source>>,
+    mut root: Option<Arc<dyn format::Disk>>,
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<Report> {
     check_fields(req)?;
     let volumes = volumes(req);
-    let mut sources: Vec<Box<dyn Source>> = Vec::with_capacity(volumes.len());
+    let mut sources: Vec<Arc<dyn format::Disk>> = Vec::with_capacity(volumes.len());
     for v in &volumes {
         sources.push(match root.take() {
             Some(src) => src,
-            None => source::open(&v.source, &req.open)?,
+            None => format::open_path(&v.source, &req.open)?,
         });
     }
     let started = Instant::now();
     let (target, validated) = begin(req, &sources)?;
-    let (examined, mut sources) = examine(req, &volumes, sources)?;
+    let examined = examine(req, &volumes, &sources)?;
     let tmp = target.stage()?;
-    let written = write_disks(req, tmp.path(), &mut sources, progress, cancel)?;
+    let written = write_disks(req, tmp.path(), &sources, progress, cancel)?;
     drop(sources);
     finish(
         req, target, tmp, validated, written, examined, started, cancel,
@@ -135,7 +136,7 @@ pub fn register_with_root(
 /// bundle's own files ([`examine_written`]), and the bundle is removed if they are refused.
 pub fn register_streamed(
     req: &Request,
-    mut sources: Vec<Box<dyn Source>>,
+    sources: Vec<Arc<dyn format::Disk>>,
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<Report> {
@@ -143,7 +144,7 @@ pub fn register_streamed(
     let started = Instant::now();
     let (target, validated) = begin(req, &sources)?;
     let tmp = target.stage()?;
-    let written = write_disks(req, tmp.path(), &mut sources, progress, cancel)?;
+    let written = write_disks(req, tmp.path(), &sources, progress, cancel)?;
     let examined = examine_written(req, tmp.path(), &written.disks, &sources)?;
     drop(sources);
     finish(
@@ -157,7 +158,7 @@ fn volumes(req: &Request) -> Vec<&Volume> {
 }
 
 /// The output checked to be free, and the request [`validate`]d against its opened sources.
-fn begin(req: &Request, sources: &[Box<dyn Source>]) -> Result<(Target, Validated)> {
+fn begin(req: &Request, sources: &[Arc<dyn format::Disk>]) -> Result<(Target, Validated)> {
     let target = Target::new(&req.output)?;
     target.refuse_existing(req.force)?;
     let sizes: Vec<u64> = sources.iter().map(|s| s.size()).collect();
@@ -224,14 +225,14 @@ pub struct WrittenDisks {
 pub fn write_disks(
     req: &Request,
     dir: &Path,
-    sources: &mut [Box<dyn Source>],
+    sources: &[Arc<dyn format::Disk>],
     progress: &Progress,
     cancel: Option<&AtomicBool>,
 ) -> Result<WrittenDisks> {
     let volumes = volumes(req);
     let mut disks = Vec::with_capacity(volumes.len());
     let mut data_bytes = 0;
-    for (v, src) in volumes.iter().zip(sources.iter_mut()) {
+    for (v, src) in volumes.iter().zip(sources.iter()) {
         let file_name = req.format.kind().file_name(&v.device);
         let path = dir.join(&file_name);
         let mut sink = req
@@ -240,7 +241,7 @@ pub fn write_disks(
             .map_err(copy::Error::from)?;
         let task = progress.task(&file_name);
         let report = copy::copy(
-            src.as_mut(),
+            src.as_ref(),
             sink.as_mut(),
             Options {
                 progress: Some(&task),
@@ -269,17 +270,17 @@ pub fn examine_written(
     req: &Request,
     dir: &Path,
     disks: &[Disk],
-    sources: &[Box<dyn Source>],
+    sources: &[Arc<dyn format::Disk>],
 ) -> Result<Examined> {
-    let mut written: Vec<Box<dyn Source>> = Vec::with_capacity(disks.len());
+    let mut written: Vec<Arc<dyn format::Disk>> = Vec::with_capacity(disks.len());
     for (d, src) in disks.iter().zip(sources) {
-        let file = source::open(&dir.join(&d.path), &source::OpenOptions::default())?;
-        written.push(Box::new(Renamed {
+        let file = format::open_path(&dir.join(&d.path), &format::OpenOptions::default())?;
+        written.push(Arc::new(Renamed {
             inner: file,
             path: src.path().to_owned(),
         }));
     }
-    Ok(examine(req, &volumes(req), written)?.0)
+    examine(req, &volumes(req), &written)
 }
 
 /// The image's `Image` fields: the request's, [`validate`]d, and what the disks' content
@@ -347,36 +348,33 @@ pub struct Examined {
     pub audit: Option<manifest::AuditSummary>,
 }
 
-/// Step 2: inspects the root disk and audits every disk; the sources are handed back.
+/// Step 2: inspects the root disk and audits every disk, in one walk of the root disk.
 pub fn examine(
     req: &Request,
     volumes: &[&Volume],
-    mut sources: Vec<Box<dyn Source>>,
-) -> Result<(Examined, Vec<Box<dyn Source>>)> {
-    if sources.is_empty() {
+    sources: &[Arc<dyn format::Disk>],
+) -> Result<Examined> {
+    let Some(root) = sources.first() else {
         return Err(Error::Invalid {
             path: req.output.clone(),
             reason: "no volumes".into(),
         });
-    }
-    let root_src = sources.remove(0);
-    let (decided, root_src) = checks::inspect_root(
-        root_src,
+    };
+    let mut report = audit::Report::default();
+    let decided = checks::inspect_root(
+        root,
         &req.root.device,
         req.architecture,
         &req.boot_modes,
         req.checks,
+        (req.audit != Policy::Off).then_some(&mut report),
     )?;
-    sources.insert(0, root_src);
     let audit = match req.audit {
         Policy::Off => None,
         policy => {
-            let mut report = audit::Report::default();
-            sources = std::mem::take(&mut sources)
-                .into_iter()
-                .zip(volumes)
-                .map(|(src, v)| audit::audit_source(src, Some(&v.device), &mut report))
-                .collect();
+            for (src, v) in sources.iter().zip(volumes).skip(1) {
+                audit::audit_disk(src, Some(&v.device), &mut report);
+            }
             audit::finish(&mut report);
             if let Policy::Deny {
                 at,
@@ -422,7 +420,7 @@ pub fn examine(
             Some(report.to_manifest(&policy.to_string()))
         }
     };
-    Ok((Examined { decided, audit }, sources))
+    Ok(Examined { decided, audit })
 }
 
 /// `ImageName`: given, or derived from the root source's file name.

@@ -7,10 +7,10 @@
 
 use super::{Error, Result, SUMS_FILE, is_safe_member_name, sums};
 use crate::copy::{self, Options};
+use crate::format::{self, Format};
 use crate::manifest::{self, Disk, Manifest};
 use crate::progress::Progress;
 use crate::sink::NullSink;
-use crate::source::{self, Format};
 use crate::util::{hex, sha256_file};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -256,7 +256,7 @@ pub(crate) fn check_content(dir: &Path, d: &Disk, progress: &Progress) -> (u64, 
         // check_file reports a missing or odd file.
         Err(_) => return (0, Vec::new()),
     };
-    let detected = match source::detect(&path) {
+    let detected = match format::detect::detect_path(&path) {
         Ok(f) => f,
         Err(e) => return (0, vec![one_line(&e.to_string(), dir)]),
     };
@@ -278,7 +278,7 @@ pub(crate) fn check_content(dir: &Path, d: &Disk, progress: &Progress) -> (u64, 
             return (0, vec![format!("{}: names a backing file", d.path)]);
         }
     }
-    let mut src = match source::open(&path, &source::OpenOptions::default()) {
+    let src = match format::open_path(&path, &format::OpenOptions::default()) {
         Ok(s) => s,
         Err(e) => return (0, vec![one_line(&e.to_string(), dir)]),
     };
@@ -297,7 +297,7 @@ pub(crate) fn check_content(dir: &Path, d: &Disk, progress: &Progress) -> (u64, 
     }
     let task = progress.task(&d.path);
     let result = copy::copy(
-        src.as_mut(),
+        src.as_ref(),
         &mut NullSink,
         Options {
             progress: Some(&task),

@@ -1,7 +1,7 @@
 //! How disk images are opened: the one place the command line turns into the library's open
 //! options (`--allow-backing`, `--input-format`).
 
-use mkomi::source::{InputFormat, OpenOptions};
+use mkomi::format::{BackingPolicy, InputFormat, OpenOptions};
 use std::path::PathBuf;
 
 /// How disk images are opened: backing files and format (every command that reads one).
@@ -20,10 +20,10 @@ pub struct OpenArgs {
 impl OpenArgs {
     /// The library's options.
     pub fn options(&self) -> OpenOptions {
-        OpenOptions {
-            allow_backing: self.allow_backing.clone(),
-            input_format: self.input_format,
-        }
+        OpenOptions::new(
+            self.input_format,
+            BackingPolicy::within(self.allow_backing.clone()),
+        )
     }
 
     /// The options given (not at their defaults), as named on the command line.

@@ -3,7 +3,7 @@
 //! Two threads form a pipeline over chunks of 1 MiB (or the sink's cluster size, if larger),
 //! which never straddle a 4 MiB `ContentDigest` block:
 //!
-//! 1. the reader asks the source where data is ([`Source::extent`]), one extent at a time, skips
+//! 1. the reader asks the source where data is ([`Disk::extent`](crate::format::Disk::extent)), one extent at a time, skips
 //!    holes without reading them (a hole of terabytes is one query and one message), reads data
 //!    chunks into buffers from a fixed pool, maps their zero 4 KiB granules and feeds the digest
 //!    of the 4 MiB block each chunk belongs to;
@@ -21,9 +21,9 @@
 //! gives sinks that need it (qcow2) their plan.
 
 use crate::digest::{self, BLOCK_SIZE, ContentHasher};
+use crate::format::{self, Disk, Extent, ExtentKind};
 use crate::progress::Task;
 use crate::sink::{self, Block, Sink, Written, ZeroMap};
-use crate::source::{self, Extent, ExtentKind, Source};
 use crate::util::hash_zeros;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +40,7 @@ pub const CHUNK: u64 = crate::util::IO_CHUNK as u64;
 pub enum Error {
     /// Reading the source failed.
     #[error(transparent)]
-    Source(#[from] source::Error),
+    Source(#[from] format::Error),
     /// Writing the output failed.
     #[error(transparent)]
     Sink(#[from] sink::Error),
@@ -100,10 +100,7 @@ enum Out {
 }
 
 /// Walks every extent of `source` once, metadata only, feeding `each`.
-pub fn walk_extents(
-    source: &mut dyn Source,
-    mut each: impl FnMut(&Extent) -> Result<()>,
-) -> Result<()> {
+pub fn walk_extents(source: &dyn Disk, mut each: impl FnMut(&Extent) -> Result<()>) -> Result<()> {
     let size = source.size();
     let mut pos = 0;
     while pos < size {
@@ -114,10 +111,10 @@ pub fn walk_extents(
     Ok(())
 }
 
-fn checked_extent(source: &mut dyn Source, pos: u64, max: u64) -> Result<Extent> {
+fn checked_extent(source: &dyn Disk, pos: u64, max: u64) -> Result<Extent> {
     let e = source.extent(pos, max)?;
     if e.offset != pos || e.len == 0 || e.len > max {
-        return Err(source::Error::Invalid {
+        return Err(format::Error::Invalid {
             path: source.path().to_owned(),
             reason: format!(
                 "inconsistent block status at offset {pos}: got {} bytes at {}",
@@ -131,7 +128,7 @@ fn checked_extent(source: &mut dyn Source, pos: u64, max: u64) -> Result<Extent>
 
 /// Copies `source` into `sink`, returning the disk's `ContentDigest` and what was written. The
 /// sink must have been created for the source's size: it writes [`sink::virtual_size`] bytes.
-pub fn copy(source: &mut dyn Source, sink: &mut dyn Sink, options: Options<'_>) -> Result<Report> {
+pub fn copy(source: &dyn Disk, sink: &mut dyn Sink, options: Options<'_>) -> Result<Report> {
     let source_size = source.size();
     let size = sink::virtual_size(source_size).ok_or_else(|| Error::TooLarge {
         path: source.path().to_owned(),
@@ -238,7 +235,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// hasher, or `None` when the copy stopped early. Hashing on the thread that read the chunk
 /// finds it still in that core's cache.
 fn read_chunks(
-    source: &mut dyn Source,
+    source: &dyn Disk,
     size: u64,
     chunk: u64,
     options: Options<'_>,
@@ -304,7 +301,7 @@ fn read_chunks(
 /// Turns a source's extents into chunk messages. One extent is asked for at a time, as long as
 /// the source will report it, and consumed across chunks.
 struct ChunkReader<'a> {
-    source: &'a mut dyn Source,
+    source: &'a dyn Disk,
     /// The source's size, and the disk's: the source rounded up to a whole sector.
     source_size: u64,
     size: u64,
@@ -463,11 +460,11 @@ mod tests {
         path: PathBuf,
     }
 
-    impl Source for MemSource {
+    impl Disk for MemSource {
         fn size(&self) -> u64 {
             self.disk.len() as u64
         }
-        fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<Extent> {
+        fn extent(&self, offset: u64, max_len: u64) -> format::Result<Extent> {
             let end = offset + max_len;
             for &(a, b) in &self.data {
                 if offset >= a && offset < b {
@@ -493,7 +490,7 @@ mod tests {
                 kind: ExtentKind::Zero,
             })
         }
-        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> source::Result<()> {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
             let o = offset as usize;
             buf.copy_from_slice(&self.disk[o..o + buf.len()]);
             Ok(())
@@ -558,7 +555,7 @@ mod tests {
                 expect[a as usize..b as usize].copy_from_slice(&disk[a as usize..b as usize]);
             }
             for align in [4096, 2 * M] {
-                let mut src = MemSource {
+                let src = MemSource {
                     disk: disk.clone(),
                     data: data.clone(),
                     path: "mem".into(),
@@ -567,7 +564,7 @@ mod tests {
                     align,
                     got: Vec::new(),
                 };
-                let r = copy(&mut src, &mut sink, Options::default()).unwrap();
+                let r = copy(&src, &mut sink, Options::default()).unwrap();
                 assert_eq!(sink.got, expect, "size {size} align {align}");
                 assert_eq!(r.virtual_size, padded, "size {size}");
                 assert_eq!(
@@ -605,12 +602,12 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let disk = vec![7u8; 64 << 20];
-            let mut src = MemSource {
+            let src = MemSource {
                 disk,
                 data: vec![(0, 64 << 20)],
                 path: "mem".into(),
             };
-            let r = copy(&mut src, &mut Failing(0), Options::default());
+            let r = copy(&src, &mut Failing(0), Options::default());
             let _ = tx.send(r.is_err());
         });
         let failed = rx.recv_timeout(std::time::Duration::from_secs(30));
@@ -620,14 +617,14 @@ mod tests {
     /// A source whose reads panic: a bug in a reader, not an input mkomi meets.
     struct Panicking(MemSource);
 
-    impl Source for Panicking {
+    impl Disk for Panicking {
         fn size(&self) -> u64 {
             self.0.size()
         }
-        fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<Extent> {
+        fn extent(&self, offset: u64, max_len: u64) -> format::Result<Extent> {
             self.0.extent(offset, max_len)
         }
-        fn read_at(&mut self, _offset: u64, _buf: &mut [u8]) -> source::Result<()> {
+        fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> format::Result<()> {
             panic!("read_at exploded")
         }
         fn format(&self) -> &'static str {
@@ -640,12 +637,12 @@ mod tests {
 
     #[test]
     fn a_panicking_reader_is_an_internal_error_not_an_interrupt() {
-        let mut src = Panicking(MemSource {
+        let src = Panicking(MemSource {
             disk: vec![7u8; 8 << 20],
             data: vec![(0, 8 << 20)],
             path: "mem".into(),
         });
-        let err = copy(&mut src, &mut NullSink, Options::default()).unwrap_err();
+        let err = copy(&src, &mut NullSink, Options::default()).unwrap_err();
         assert!(!matches!(err, Error::Interrupted), "{err:?}");
         assert_eq!(
             err.to_string(),
@@ -666,12 +663,12 @@ mod tests {
             }
         }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut src = MemSource {
+            let src = MemSource {
                 disk: vec![7u8; 8 << 20],
                 data: vec![(0, 8 << 20)],
                 path: "mem".into(),
             };
-            copy(&mut src, &mut Boom, Options::default()).map(|_| ())
+            copy(&src, &mut Boom, Options::default()).map(|_| ())
         }));
         assert!(r.is_err(), "the sink's panic was turned into {r:?}");
     }

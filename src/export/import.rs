@@ -26,17 +26,19 @@ use crate::bundle::checks::Checks;
 use crate::bundle::register::{self, Volume};
 use crate::bundle::{SUMS_FILE, sums};
 use crate::copy;
+use crate::format::{self, Disk, OpenOptions};
 use crate::manifest::{Architecture, DiskFormat, Manifest, VolumeType, rules};
 use crate::progress::Progress;
 use crate::sink::OutputFormat;
-use crate::source::{self, OpenOptions, Source};
 use crate::staging::{Target, TempDir};
+use crate::storage::{ReadAt, file::LocalFile};
 use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
@@ -380,7 +382,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
 
     let mut received = Vec::new();
     let mut volumes = Vec::new();
-    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut sources: Vec<Arc<dyn Disk>> = Vec::new();
     for (i, (s, (object, _))) in em.image.snapshots.iter().zip(objects).enumerate() {
         let format = s.format().unwrap_or(ObjectFormat::Raw);
         let open: incoming::Opener = Box::new(move || Ok(object));
@@ -395,7 +397,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
             None => None,
         };
         let got = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let source: Box<dyn Source> = match format {
+        let source: Arc<dyn Disk> = match format {
             ObjectFormat::Raw => {
                 // A raw object holds the whole disk: the size mkomi's manifest gives, else the
                 // volume's (`Size`), as Outscale's own raw exports do.
@@ -415,7 +417,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
                     size_from,
                     sha256: listed,
                 };
-                Box::new(
+                Arc::new(
                     RawStream::new(&s.filename, size, expect, open, got.clone(), cancel)
                         .with_zero_tail(tail),
                 )
@@ -440,23 +442,26 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
                     ));
                 }
                 *got.lock().map_err(|_| bad(&s.filename, "poisoned"))? = Some(sha);
+                // The spool is opened once, as a storage: its header is checked and its
+                // format read through that one descriptor.
+                let spooled: Arc<dyn ReadAt> =
+                    Arc::new(LocalFile::open(&path).map_err(format::Error::from)?);
                 // A package's disks stand alone. Bytes 8..20 of a qcow2 header hold the backing
                 // file's offset and length (qcow2.txt).
                 let mut hdr = [0u8; 20];
                 // (Shorter than a header, it is no qcow2: opening it says so below.)
-                let named =
-                    match std::fs::File::open(&path).and_then(|mut f| f.read_exact(&mut hdr)) {
-                        Ok(()) => hdr[8..20].iter().any(|&b| b != 0),
-                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
-                        Err(e) => return Err(io(&path, "cannot read")(e)),
-                    };
+                let named = match spooled.read_at(0, &mut hdr) {
+                    Ok(()) => hdr[8..20].iter().any(|&b| b != 0),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                    Err(e) => return Err(io(&path, "cannot read")(e)),
+                };
                 if named {
                     return Err(bad(
                         &s.filename,
                         "names a backing file: a package's disks stand alone",
                     ));
                 }
-                let src = source::open(&path, &OpenOptions::default())?;
+                let src = format::detect::open(spooled, &OpenOptions::default())?;
                 let expected = disk.map_or(src.size(), |d| d.virtual_size);
                 if src.size() != expected || src.size() > s.size {
                     return Err(bad(

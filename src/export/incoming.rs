@@ -1,6 +1,6 @@
 //! Objects as they arrive: the compressed bytes counted and hashed, gunzipped, bounded.
 //!
-//! A raw disk object becomes a [`RawStream`], a [`Source`] that the copy engine reads once, in
+//! A raw disk object becomes a [`RawStream`], a [`Disk`] that the copy engine reads once, in
 //! order, while the object downloads: download, gunzip, copy engine and bundle are one pass. A
 //! qcow2 object cannot be read that way — its tables come after the data they map — so it is
 //! [`spool`]ed into a sparse work file first and read from there.
@@ -10,7 +10,7 @@
 
 use super::{Error, Result};
 use crate::copy;
-use crate::source::{self, Extent, ExtentKind, Source};
+use crate::format::{self, Disk, Extent, ExtentKind};
 use crate::util::{IO_CHUNK, hex, is_zero};
 use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
@@ -219,7 +219,17 @@ pub struct Expect {
 }
 
 /// A raw disk object read once, in order, as it downloads; see the module documentation.
+///
+/// Reads take `&self` like any [`Disk`]'s; the download's state sits behind a lock, which only
+/// the engine's reader thread ever takes.
 pub struct RawStream {
+    name: PathBuf,
+    size: u64,
+    stream: Mutex<Stream>,
+}
+
+/// The state of a [`RawStream`]'s download.
+struct Stream {
     name: PathBuf,
     size: u64,
     expect: Expect,
@@ -256,16 +266,20 @@ impl RawStream {
         RawStream {
             name: PathBuf::from(name),
             size,
-            expect,
-            open: Some(open),
-            rx: None,
-            chunk: Vec::new(),
-            used: 0,
-            pos: 0,
-            ended: false,
-            tail: 0,
-            received,
-            cancel,
+            stream: Mutex::new(Stream {
+                name: PathBuf::from(name),
+                size,
+                expect,
+                open: Some(open),
+                rx: None,
+                chunk: Vec::new(),
+                used: 0,
+                pos: 0,
+                ended: false,
+                tail: 0,
+                received,
+                cancel,
+            }),
         }
     }
 
@@ -273,13 +287,18 @@ impl RawStream {
     /// disk's whole volume, the disk followed by zeros (mkomi's packages before 0.2 held the
     /// disk alone). The tail is checked to be zeros, and dropped.
     pub fn with_zero_tail(mut self, tail: u64) -> Self {
-        self.tail = tail;
+        self.stream
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .tail = tail;
         self
     }
+}
 
+impl Stream {
     /// Checks the chunk's bytes from `from` on, `extra` bytes past the disk in all: zeros,
     /// within the tail.
-    fn check_tail(&self, from: usize, extra: u64) -> source::Result<()> {
+    fn check_tail(&self, from: usize, extra: u64) -> format::Result<()> {
         if extra > self.tail {
             return Err(self.invalid(format!(
                 "decompresses to more than {} bytes: a gzip bomb, or a wrong Size",
@@ -295,15 +314,15 @@ impl RawStream {
         Ok(())
     }
 
-    fn invalid(&self, reason: impl Into<String>) -> source::Error {
-        source::Error::Invalid {
+    fn invalid(&self, reason: impl Into<String>) -> format::Error {
+        format::Error::Invalid {
             path: self.name.clone(),
             reason: reason.into(),
         }
     }
 
     /// The next message from the download thread.
-    fn next(&mut self) -> source::Result<Msg> {
+    fn next(&mut self) -> format::Result<Msg> {
         let rx = match &self.rx {
             Some(rx) => rx,
             None => {
@@ -321,7 +340,7 @@ impl RawStream {
     }
 
     /// Checks the object once it has ended at `len` bytes with compressed SHA-256 `sha`.
-    fn ended(&mut self, len: u64, sha: String) -> source::Result<()> {
+    fn ended(&mut self, len: u64, sha: String) -> format::Result<()> {
         if len != self.size && len != self.size.saturating_add(self.tail) {
             let volume = if self.tail > 0 {
                 format!(" (its volume {})", self.size.saturating_add(self.tail))
@@ -350,12 +369,12 @@ impl RawStream {
     }
 }
 
-impl Source for RawStream {
+impl Disk for RawStream {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<Extent> {
+    fn extent(&self, offset: u64, max_len: u64) -> format::Result<Extent> {
         Ok(Extent {
             offset,
             len: max_len.min(EXTENT),
@@ -363,7 +382,29 @@ impl Source for RawStream {
         })
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> source::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
+        // A poisoned lock means a read panicked midway: the stream's position is lost.
+        match self.stream.lock() {
+            Ok(mut stream) => stream.read_at(offset, buf),
+            Err(_) => Err(format::Error::Invalid {
+                path: self.name.clone(),
+                reason: "an earlier read failed midway".into(),
+            }),
+        }
+    }
+
+    fn format(&self) -> &'static str {
+        "raw"
+    }
+
+    fn path(&self) -> &Path {
+        &self.name
+    }
+}
+
+impl Stream {
+    /// Hands the next `buf.len()` bytes of the disk, which must start at `offset`.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
         if offset != self.pos {
             return Err(self.invalid(format!(
                 "read at {offset} out of order (at {}): a download is read once, in order",
@@ -415,21 +456,13 @@ impl Source for RawStream {
         }
         Ok(())
     }
-
-    fn format(&self) -> &'static str {
-        "raw"
-    }
-
-    fn path(&self) -> &Path {
-        &self.name
-    }
 }
 
 /// A raw object must not be a container: that would copy the container's bytes as a disk.
 fn check_head(head: &[u8]) -> std::result::Result<(), String> {
-    match source::detect_bytes(head) {
-        Ok(source::Format::Raw) => Ok(()),
-        Ok(source::Format::Qcow2) => Err("declared raw, but the data is a qcow2 image".into()),
+    match format::detect::detect_bytes(head) {
+        Ok(format::Format::Raw) => Ok(()),
+        Ok(format::Format::Qcow2) => Err("declared raw, but the data is a qcow2 image".into()),
         Err(name) => Err(format!("declared raw, but the data is a {name} image")),
     }
 }
@@ -468,7 +501,7 @@ mod tests {
     }
 
     /// Reads the whole stream as the engine would, in chunks of `step`.
-    fn read_all(s: &mut RawStream, step: usize) -> source::Result<Vec<u8>> {
+    fn read_all(s: &RawStream, step: usize) -> format::Result<Vec<u8>> {
         let mut out = Vec::new();
         let size = s.size();
         let mut pos = 0;
@@ -496,9 +529,9 @@ mod tests {
         let object = gz(&d);
         let sha = hex(&Sha256::digest(&object));
         for step in [4096, IO_CHUNK, 3 * IO_CHUNK] {
-            let mut s = stream(object.clone(), d.len() as u64, Some(sha.clone()));
-            let received = s.received.clone();
-            assert_eq!(read_all(&mut s, step).unwrap(), d);
+            let s = stream(object.clone(), d.len() as u64, Some(sha.clone()));
+            let received = s.stream.lock().unwrap().received.clone();
+            assert_eq!(read_all(&s, step).unwrap(), d);
             assert_eq!(received.lock().unwrap().as_deref(), Some(sha.as_str()));
         }
     }
@@ -508,18 +541,18 @@ mod tests {
         let d = data(8192);
         // Two gzip members, cut after the first: still valid gzip, one member short.
         let whole = [gz(&d[..4096]), gz(&d[4096..])].concat();
-        let mut s = stream(whole, 8192, None);
-        assert_eq!(read_all(&mut s, 4096).unwrap(), d);
+        let s = stream(whole, 8192, None);
+        assert_eq!(read_all(&s, 4096).unwrap(), d);
         for step in [512, 4096] {
-            let mut s = stream(gz(&d[..4096]), 8192, None);
-            let e = read_all(&mut s, step).unwrap_err().to_string();
+            let s = stream(gz(&d[..4096]), 8192, None);
+            let e = read_all(&s, step).unwrap_err().to_string();
             assert!(
                 e.contains("decompresses to 4096 bytes, but the manifest says the disk has 8192"),
                 "{e}"
             );
         }
-        let mut s = stream(gz(&d), 1 << 20, None);
-        let e = read_all(&mut s, 4096).unwrap_err().to_string();
+        let s = stream(gz(&d), 1 << 20, None);
+        let e = read_all(&s, 4096).unwrap_err().to_string();
         assert!(e.contains("decompresses to 8192 bytes"), "{e}");
     }
 
@@ -527,26 +560,26 @@ mod tests {
     fn long_objects_wrong_checksums_and_containers_are_refused() {
         let d = data(8192);
         for step in [4096, 8192] {
-            let mut s = stream(gz(&d), 4096, None);
-            let e = read_all(&mut s, step).unwrap_err().to_string();
+            let s = stream(gz(&d), 4096, None);
+            let e = read_all(&s, step).unwrap_err().to_string();
             assert!(e.contains("decompresses to more than 4096 bytes"), "{e}");
         }
-        let mut s = stream(gz(&d), 8192, Some("00".repeat(32)));
-        let e = read_all(&mut s, 4096).unwrap_err().to_string();
+        let s = stream(gz(&d), 8192, Some("00".repeat(32)));
+        let e = read_all(&s, 4096).unwrap_err().to_string();
         assert!(e.starts_with("obj.raw.gz: SHA-256 "), "{e}");
         assert!(e.contains("differs from SHA256SUMS's 0000"), "{e}");
 
         let mut q = data(8192);
         q[..4].copy_from_slice(b"QFI\xfb");
-        let mut s = stream(gz(&q), 8192, None);
-        let e = read_all(&mut s, 4096).unwrap_err().to_string();
+        let s = stream(gz(&q), 8192, None);
+        let e = read_all(&s, 4096).unwrap_err().to_string();
         assert!(
             e.contains("declared raw, but the data is a qcow2 image"),
             "{e}"
         );
 
-        let mut s = stream(b"plain bytes".to_vec(), 8192, None);
-        let e = read_all(&mut s, 4096).unwrap_err().to_string();
+        let s = stream(b"plain bytes".to_vec(), 8192, None);
+        let e = read_all(&s, 4096).unwrap_err().to_string();
         assert!(e.starts_with("obj.raw.gz: cannot decompress"), "{e}");
     }
 
@@ -564,7 +597,7 @@ mod tests {
     fn a_set_cancel_ends_a_wait_for_a_stalled_download() {
         static CANCEL: AtomicBool = AtomicBool::new(true);
         let (keep, rx) = std::sync::mpsc::channel::<()>();
-        let mut s = RawStream::new(
+        let s = RawStream::new(
             "obj.raw.gz",
             8192,
             Expect {
@@ -596,7 +629,7 @@ mod tests {
     #[test]
     fn reads_out_of_order_are_refused() {
         let d = data(8192);
-        let mut s = stream(gz(&d), 8192, None);
+        let s = stream(gz(&d), 8192, None);
         let mut buf = [0u8; 512];
         let e = s.read_at(512, &mut buf).unwrap_err().to_string();
         assert!(e.contains("out of order"), "{e}");

@@ -18,7 +18,7 @@ pub enum Error {
     Manifest(#[from] crate::manifest::Error),
     /// A disk is unreadable or invalid.
     #[error(transparent)]
-    Source(#[from] crate::source::Error),
+    Source(#[from] crate::format::Error),
     /// Reading a disk through its format failed.
     #[error(transparent)]
     Copy(#[from] crate::copy::Error),

@@ -17,8 +17,8 @@ use super::manifest::{ExportImage, ExportManifest, MAX_EXPIRY_SECS, Snapshot};
 use super::s3;
 use super::{Error, Result};
 use crate::bundle::{SUMS_FILE, sums};
+use crate::format::{self, Disk, OpenOptions};
 use crate::manifest::{self, DiskFormat, Manifest};
-use crate::source::{self, OpenOptions, Source};
 use crate::staging;
 use crate::util::{IO_CHUNK, hex};
 use sha2::{Digest, Sha256};
@@ -255,8 +255,8 @@ fn write_disk_data(
     match format {
         DiskFormat::Raw => {
             // The virtual disk, holes as zeros, read through its format.
-            let mut src = source::open(&path, &OpenOptions::default())?;
-            stream_source(src.as_mut(), out, cancel)
+            let src = format::open_path(&path, &OpenOptions::default())?;
+            stream_source(src.as_ref(), out, cancel)
         }
         DiskFormat::Qcow2 => Err(Error::Bundle {
             path,
@@ -268,11 +268,7 @@ fn write_disk_data(
 }
 
 /// Writes every byte of `src` in order, zeros for its holes.
-fn stream_source(
-    src: &mut dyn Source,
-    out: &mut dyn Write,
-    cancel: Option<&AtomicBool>,
-) -> Result<u64> {
+fn stream_source(src: &dyn Disk, out: &mut dyn Write, cancel: Option<&AtomicBool>) -> Result<u64> {
     let zeros = vec![0u8; IO_CHUNK];
     let mut buf = vec![0u8; IO_CHUNK];
     let mut extents = Vec::new();
@@ -287,8 +283,8 @@ fn stream_source(
             check_cancel(cancel)?;
             let n = (end - pos).min(IO_CHUNK as u64) as usize;
             match e.kind {
-                source::ExtentKind::Zero => out.write_all(&zeros[..n]),
-                source::ExtentKind::Data => {
+                format::ExtentKind::Zero => out.write_all(&zeros[..n]),
+                format::ExtentKind::Data => {
                     src.read_at(pos, &mut buf[..n])?;
                     out.write_all(&buf[..n])
                 }

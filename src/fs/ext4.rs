@@ -1,6 +1,6 @@
 //! ext4 (and ext2/ext3) file systems, read-only, with the `ext4-view` crate.
 //!
-//! The file system lives in a window of a [`Source`]: a bare file system image is the window
+//! The file system lives in a window of a [`Disk`]: a bare file system image is the window
 //! `0..size`, a partition of a GPT disk is the partition's byte range. Every read is checked
 //! against the window, so a corrupt file system that points outside it gives an error, never a
 //! read of the neighbouring partition or a panic.
@@ -13,10 +13,11 @@
 //! symlink's target whole at whatever size its inode claims: a target over 4096 bytes
 //! (`PATH_MAX`) is an error for the path that meets it, and at most 40 links are followed.
 
-use crate::source::Source;
+use crate::format::Disk;
 use ext4_view::{Ext4Error, Ext4Read, FileType, Metadata};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The error type `ext4-view` expects from a reader.
 type BoxedError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -192,7 +193,7 @@ struct OutsideWindow {
 
 /// The bytes `offset..offset + len` of a source, as `ext4-view` reads them.
 struct Window {
-    source: Box<dyn Source>,
+    source: Arc<dyn Disk>,
     offset: u64,
     /// `offset + len <= source.size()`, checked when the window is made.
     len: u64,
@@ -239,12 +240,7 @@ impl Ext4 {
     /// never written back); file data is read only when asked for. A superblock whose group
     /// descriptors cannot fit in the window, or whose blocks are over 64 KiB, is refused as
     /// corrupt before `ext4-view` allocates anything from it.
-    pub fn open(
-        mut source: Box<dyn Source>,
-        offset: u64,
-        len: u64,
-        name: &Path,
-    ) -> Result<Ext4, Error> {
+    pub fn open(source: Arc<dyn Disk>, offset: u64, len: u64, name: &Path) -> Result<Ext4, Error> {
         let size = source.size();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::OutOfRange {
@@ -914,7 +910,7 @@ fn convert(name: &Path, incompat: u32, path: Option<&str>, e: Ext4Error) -> Erro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{self, OpenOptions};
+    use crate::format::{self, OpenOptions};
     use std::os::unix::fs::symlink;
     use std::process::Command;
 
@@ -992,7 +988,7 @@ mod tests {
     }
 
     fn open_at(image: &Path, offset: u64, len: Option<u64>) -> Result<Ext4, Error> {
-        let src = source::open(image, &OpenOptions::default()).unwrap();
+        let src = format::open_path(image, &OpenOptions::default()).unwrap();
         let len = len.unwrap_or(src.size() - offset);
         Ext4::open(src, offset, len, Path::new("root.ext4"))
     }
@@ -1070,7 +1066,7 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let src = source::open(&qcow2, &OpenOptions::default()).unwrap();
+        let src = format::open_path(&qcow2, &OpenOptions::default()).unwrap();
         assert_eq!(src.format(), "qcow2");
         let fs = open_at(&qcow2, 0, None).unwrap();
         check_tree(&fs, &fx);
@@ -1346,7 +1342,7 @@ mod tests {
     #[test]
     fn reads_outside_the_window_are_errors() {
         let fx = build(&[], &[]);
-        let src = source::open(&fx.image, &OpenOptions::default()).unwrap();
+        let src = format::open_path(&fx.image, &OpenOptions::default()).unwrap();
         let mut w = Window {
             source: src,
             offset: M,

@@ -4,7 +4,7 @@
 //! 1.03; "the spec" below, cited by section). The `fatfs` crate is not used for reading: its
 //! 0.3.6 release can panic or loop on a corrupt image, and the images read here are untrusted.
 //!
-//! The file system lives in a window of a [`Source`]: a bare file system image is the window
+//! The file system lives in a window of a [`Disk`]: a bare file system image is the window
 //! `0..size`, a partition of a disk is the partition's byte range. Every read is checked against
 //! the window, so a corrupt file system that points outside it gives an error, never a read of
 //! the neighbouring partition or a panic.
@@ -24,13 +24,14 @@
 //! Windows do, and match the 8.3 alias too.
 
 use super::{Entry, Kind, Meta};
+use crate::format::Disk;
 use crate::ondisk::fat::{
     BOOT_SECTOR, Chain, DIR_ENTRY, Fault, Geometry, Listing, Node, Root, geometry, parse_dir,
 };
-use crate::source::Source;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// FAT entries are read in blocks of this many bytes of the FAT…
 const FAT_BLOCK: u64 = 32 * 1024;
@@ -106,7 +107,7 @@ pub enum Error {
         /// The path being read, if any.
         path: Option<String>,
         /// The source's error.
-        source: crate::source::Error,
+        source: crate::format::Error,
     },
     /// The path does not exist in the file system.
     #[error("{}: {path}: no such file in the file system", name.display())]
@@ -154,7 +155,7 @@ fn at(path: &Option<String>) -> String {
 
 /// The bytes `offset..offset + len` of a source.
 struct Window {
-    source: Box<dyn Source>,
+    source: Arc<dyn Disk>,
     offset: u64,
     /// `offset + len <= source.size()`, checked when the window is made.
     len: u64,
@@ -165,7 +166,7 @@ enum ReadFail {
     /// It passes the end of the window.
     Outside,
     /// The source failed.
-    Source(crate::source::Error),
+    Source(crate::format::Error),
 }
 
 impl Window {
@@ -286,12 +287,7 @@ impl Fat {
     ///
     /// Reads and checks the boot sector only; FAT entries, directories and data are read when
     /// asked for.
-    pub fn open(
-        mut source: Box<dyn Source>,
-        offset: u64,
-        len: u64,
-        name: &Path,
-    ) -> Result<Fat, Error> {
+    pub fn open(source: Arc<dyn Disk>, offset: u64, len: u64, name: &Path) -> Result<Fat, Error> {
         let size = source.size();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::OutOfRange {
@@ -776,9 +772,9 @@ impl super::FileSystem for Fat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{self, OpenOptions};
     use crate::fs::FileSystem;
     use crate::ondisk::fat::*;
-    use crate::source::{self, OpenOptions};
     use std::ffi::OsStr;
     use std::process::Command;
 
@@ -921,7 +917,7 @@ mod tests {
     }
 
     fn open_at(image: &Path, offset: u64, len: Option<u64>) -> Result<Fat, Error> {
-        let src = source::open(image, &OpenOptions::default()).unwrap();
+        let src = format::open_path(image, &OpenOptions::default()).unwrap();
         let len = len.unwrap_or(src.size() - offset);
         Fat::open(src, offset, len, Path::new(image.file_name().unwrap()))
     }
@@ -1145,7 +1141,7 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let src = source::open(&qcow2, &OpenOptions::default()).unwrap();
+        let src = format::open_path(&qcow2, &OpenOptions::default()).unwrap();
         assert_eq!(src.format(), "qcow2");
         let fs = Fat::open(src, 0, 64 * M as u64, Path::new("fat32.qcow2")).unwrap();
         check_tree(&fs, &fx, "fat32");
@@ -1593,7 +1589,7 @@ mod tests {
             bytes[at..at + value.len()].copy_from_slice(value);
             let copy = fx.dir.path().join("fat12.img.bad");
             std::fs::write(&copy, &bytes).unwrap();
-            let src = source::open(&copy, &OpenOptions::default()).unwrap();
+            let src = format::open_path(&copy, &OpenOptions::default()).unwrap();
             let size = src.size();
             let e = Fat::open(src, 0, size, Path::new("fat12.img"))
                 .unwrap_err()
@@ -1640,7 +1636,7 @@ mod tests {
             bytes[at..at + value.len()].copy_from_slice(value);
             let copy = fx.dir.path().join("fat32.img.bad");
             std::fs::write(&copy, &bytes).unwrap();
-            let src = source::open(&copy, &OpenOptions::default()).unwrap();
+            let src = format::open_path(&copy, &OpenOptions::default()).unwrap();
             let size = src.size();
             let e = Fat::open(src, 0, size, Path::new("fat32.img"))
                 .unwrap_err()
@@ -1888,7 +1884,7 @@ mod tests {
     #[test]
     fn reads_outside_the_window_are_errors() {
         let fx = build(12, 8192, &[]);
-        let src = source::open(&fx.image, &OpenOptions::default()).unwrap();
+        let src = format::open_path(&fx.image, &OpenOptions::default()).unwrap();
         let mut w = Window {
             source: src,
             offset: M as u64,

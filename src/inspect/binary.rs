@@ -432,8 +432,8 @@ fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{self, OpenOptions};
     use crate::fs::ext4::Ext4;
-    use crate::source::{self, OpenOptions};
     use std::os::unix::fs::symlink;
     use std::path::Path;
     use std::process::Command;
@@ -899,7 +899,7 @@ mod tests {
             .arg(&tree)
             .arg(&image)
             .arg("16M"));
-        let src = source::open(&image, &OpenOptions::default()).unwrap();
+        let src = format::open_path(&image, &OpenOptions::default()).unwrap();
         let len = src.size();
         let fs = Ext4::open(src, 0, len, Path::new("root.ext4")).unwrap();
         let fs: &dyn FileSystem = &fs;

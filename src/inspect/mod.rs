@@ -14,16 +14,16 @@ pub mod osrelease;
 pub mod signature;
 pub mod table;
 
+use crate::format::{self, Disk, OpenOptions};
 use crate::fs::{self, FileSystem, Kind};
 use crate::manifest::{self, Architecture, BootMode, Manifest};
-use crate::source::{self, Extent, OpenOptions, Source};
 use binary::{Binary, Format, Invalid};
 use osrelease::OsRelease;
 use serde::Serialize;
 use signature::FsKind;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use table::{PartitionTable, Scheme};
 
 /// The `schema` of the JSON report; changes only when a field changes meaning or goes away.
@@ -42,7 +42,7 @@ const ARCH_EVIDENCE: [&str; 3] = ["/sbin/init", "/bin/sh", "/usr/lib/systemd/sys
 pub enum Error {
     /// A disk image is unreadable or invalid.
     #[error(transparent)]
-    Source(#[from] source::Error),
+    Source(#[from] format::Error),
     /// A bundle's manifest is unreadable or invalid.
     #[error(transparent)]
     Manifest(#[from] manifest::Error),
@@ -169,55 +169,6 @@ pub struct Summary {
     pub problems: Vec<String>,
 }
 
-/// A source shared by the file systems opened on its partitions, each of which owns a boxed
-/// source (`ext4-view` wants `'static`); the mutex serialises their reads.
-#[derive(Clone)]
-struct Shared {
-    inner: Arc<Mutex<Box<dyn Source>>>,
-    size: u64,
-    format: &'static str,
-    path: PathBuf,
-}
-
-impl Shared {
-    fn new(src: Box<dyn Source>) -> Self {
-        Shared {
-            size: src.size(),
-            format: src.format(),
-            path: src.path().to_owned(),
-            inner: Arc::new(Mutex::new(src)),
-        }
-    }
-
-    /// The source back, once every file system opened on it has been dropped.
-    fn into_inner(self) -> Option<Box<dyn Source>> {
-        Arc::into_inner(self.inner).map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Source>> {
-        // A poisoned lock only means another reader panicked; the source itself is intact.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Source for Shared {
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn extent(&mut self, offset: u64, max_len: u64) -> source::Result<Extent> {
-        self.lock().extent(offset, max_len)
-    }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> source::Result<()> {
-        self.lock().read_at(offset, buf)
-    }
-    fn format(&self) -> &'static str {
-        self.format
-    }
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 /// Where a volume is, for messages: `partition 2` or `whole disk`.
 pub fn location(partition: Option<u32>) -> String {
     match partition {
@@ -255,14 +206,15 @@ fn slots(table: &PartitionTable, disk_size: u64) -> Vec<VolumeInfo> {
         .collect()
 }
 
-/// Opens the file system of `kind` at a slot; `None` for kinds mkomi does not read.
+/// Opens the file system of `kind` at a slot; `None` for kinds mkomi does not read. The file
+/// system holds its own reference to the disk.
 fn open_fs(
-    shared: &Shared,
+    disk: &Arc<dyn Disk>,
     kind: FsKind,
     slot: &VolumeInfo,
     name: &Path,
 ) -> Option<Result<Box<dyn FileSystem>, fs::Error>> {
-    let src = Box::new(shared.clone());
+    let src = Arc::clone(disk);
     Some(match kind {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => {
             fs::ext4::Ext4::open(src, slot.offset, slot.size, name)
@@ -281,45 +233,36 @@ fn open_fs(
 /// Visits every readable file system of a disk: partitions in table order, or the whole disk.
 ///
 /// `visit` gets the slot's location, its file system kind and the opened file system (or the
-/// error that kept it from opening). Returns the partition table and the source, whole again.
+/// error that kept it from opening); each file system is opened once, however many readers the
+/// visitor feeds. Returns the partition table.
 pub fn walk(
-    src: Box<dyn Source>,
+    disk: &Arc<dyn Disk>,
     visit: &mut dyn FnMut(VolumeInfo, Option<Opened<'_>>),
-) -> (PartitionTable, Box<dyn Source>) {
-    let mut shared = Shared::new(src);
-    let table = table::read(&mut shared);
-    let file = shared.path.display().to_string();
-    for mut info in slots(&table, shared.size) {
+) -> PartitionTable {
+    let table = table::read(disk.as_ref());
+    let file = disk.path().display().to_string();
+    for mut info in slots(&table, disk.size()) {
         if info.size > 0 {
-            info.filesystem = signature::detect(&mut shared, info.offset, info.size);
+            info.filesystem = signature::detect(disk.as_ref(), info.offset, info.size);
             info.filesystem_size = info
                 .filesystem
-                .and_then(|k| signature::size_of(&mut shared, info.offset, info.size, k));
+                .and_then(|k| signature::size_of(disk.as_ref(), info.offset, info.size, k));
         }
         let name = PathBuf::from(match info.partition {
             Some(n) => format!("{file} partition {n}"),
             None => file.clone(),
         });
-        match info
-            .filesystem
-            .and_then(|k| open_fs(&shared, k, &info, &name))
-        {
+        match info.filesystem.and_then(|k| open_fs(disk, k, &info, &name)) {
             Some(Ok(fs)) => visit(info, Some(Ok(fs.as_ref()))),
-            Some(Err(e)) => visit(info, Some(Err(e))),
+            Some(Err(e)) => visit(info, Some(Err(&e))),
             None => visit(info, None),
         }
     }
-    let src = match shared.clone().into_inner() {
-        Some(src) => src,
-        // Every file system was dropped at the end of its iteration; this is unreachable, but a
-        // shared source still reads the disk correctly.
-        None => Box::new(shared),
-    };
-    (table, src)
+    table
 }
 
 /// A file system as [`walk`] passes it: opened, or the error that kept it from opening.
-pub type Opened<'a> = Result<&'a dyn FileSystem, fs::Error>;
+pub type Opened<'a> = Result<&'a dyn FileSystem, &'a fs::Error>;
 
 /// Where a volume lies and what its signature says, as [`walk`] passes it.
 #[derive(Debug, Clone, Serialize)]
@@ -363,14 +306,37 @@ impl VolumeInfo {
     }
 }
 
-/// Inspects one disk; `device` names its mapping in a bundle. Returns the source, to be used
-/// again (register copies it afterwards).
-pub fn inspect_source(src: Box<dyn Source>, device: Option<&str>) -> (DiskReport, Box<dyn Source>) {
-    let file = src.path().display().to_string();
-    let format = src.format();
-    let virtual_size = src.size();
-    let mut volumes = Vec::new();
-    let (partition_table, src) = walk(src, &mut |info, fs| {
+/// Inspects one disk; `device` names its mapping in a bundle.
+pub fn inspect_disk(disk: &Arc<dyn Disk>, device: Option<&str>) -> DiskReport {
+    let mut inspection = DiskInspection::new(disk.as_ref(), device);
+    let table = walk(disk, &mut |info, fs| inspection.visit(info, fs));
+    inspection.finish(table)
+}
+
+/// A disk's report as [`walk`] visits its volumes: a visitor that can share a walk with others
+/// (the audit), so that each file system is opened once for all of them.
+pub struct DiskInspection {
+    device: Option<String>,
+    file: String,
+    format: &'static str,
+    virtual_size: u64,
+    volumes: Vec<Volume>,
+}
+
+impl DiskInspection {
+    /// An inspection of `disk`, which `device` maps in a bundle.
+    pub fn new(disk: &dyn Disk, device: Option<&str>) -> Self {
+        DiskInspection {
+            device: device.map(str::to_owned),
+            file: disk.path().display().to_string(),
+            format: disk.format(),
+            virtual_size: disk.size(),
+            volumes: Vec::new(),
+        }
+    }
+
+    /// Reads one volume as [`walk`] passes it.
+    pub fn visit(&mut self, info: VolumeInfo, fs: Option<Opened<'_>>) {
         let mut v = Volume {
             info,
             os_release: None,
@@ -389,17 +355,20 @@ pub fn inspect_source(src: Box<dyn Source>, device: Option<&str>) -> (DiskReport
             Some(Err(e)) => v.problems.push(e.to_string()),
             None => {}
         }
-        volumes.push(v);
-    });
-    let report = DiskReport {
-        device: device.map(str::to_owned),
-        file,
-        format,
-        virtual_size,
-        partition_table,
-        volumes,
-    };
-    (report, src)
+        self.volumes.push(v);
+    }
+
+    /// The report, once the walk has returned `partition_table`.
+    pub fn finish(self, partition_table: PartitionTable) -> DiskReport {
+        DiskReport {
+            device: self.device,
+            file: self.file,
+            format: self.format,
+            virtual_size: self.virtual_size,
+            partition_table,
+            volumes: self.volumes,
+        }
+    }
 }
 
 /// Fills a volume's OS, kernels, loaders and evidence from its file system.
@@ -706,9 +675,8 @@ pub fn summarize(disk: &DiskReport) -> Summary {
 pub fn inspect_path(path: &Path, open: &OpenOptions) -> Result<Report, Error> {
     let mut disks = Vec::new();
     for (device, file) in disk_files(path)? {
-        let src = source::open(&file, open)?;
-        let (disk, _) = inspect_source(src, device.as_deref());
-        disks.push(disk);
+        let disk = format::open_path(&file, open)?;
+        disks.push(inspect_disk(&disk, device.as_deref()));
     }
     let summary = disks.first().map(summarize).unwrap_or_default();
     Ok(Report {

@@ -192,8 +192,8 @@ fn unquote(raw: &str, steps: &mut usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{self, OpenOptions};
     use crate::fs::ext4::Ext4;
-    use crate::source::{self, OpenOptions};
     use std::os::unix::fs::symlink;
     use std::path::Path;
     use std::process::Command;
@@ -398,7 +398,7 @@ IMAGE_VERSION=Foo Linux
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let src = source::open(&img, &OpenOptions::default()).unwrap();
+            let src = format::open_path(&img, &OpenOptions::default()).unwrap();
             let len = src.size();
             Ext4::open(src, 0, len, Path::new(name)).unwrap()
         };

@@ -1,7 +1,7 @@
 //! File systems recognised by their signatures (magic numbers at fixed offsets), from the first
 //! 68 KiB of a partition or bare image: enough to say what it is without trusting any size in it.
 
-use crate::source::Source;
+use crate::format::Disk;
 use serde::Serialize;
 
 /// A recognised file system or container.
@@ -59,7 +59,7 @@ const PROBE: u64 = 68 << 10;
 
 /// Identifies the file system in the `len` bytes at `offset` of `source`; `None` when no
 /// signature matches or the bytes cannot be read.
-pub fn detect(source: &mut dyn Source, offset: u64, len: u64) -> Option<FsKind> {
+pub fn detect(source: &dyn Disk, offset: u64, len: u64) -> Option<FsKind> {
     let n = len.min(PROBE).min(source.size().saturating_sub(offset));
     let mut buf = vec![0u8; usize::try_from(n).ok()?];
     source.read_at(offset, &mut buf).ok()?;
@@ -174,7 +174,7 @@ pub fn declared_size(kind: FsKind, b: &[u8]) -> Option<u64> {
 
 /// The size the file system of `kind` at `offset` of `source` says it has; see
 /// [`declared_size`]. `None` when unknown or unreadable.
-pub fn size_of(source: &mut dyn Source, offset: u64, len: u64, kind: FsKind) -> Option<u64> {
+pub fn size_of(source: &dyn Disk, offset: u64, len: u64, kind: FsKind) -> Option<u64> {
     // Both the ext superblock (1024..2048, s_blocks_count_hi at 1024 + 0x150) and the FAT boot
     // sector lie in the first 2 KiB.
     let n = len.min(2048).min(source.size().saturating_sub(offset));
@@ -186,7 +186,7 @@ pub fn size_of(source: &mut dyn Source, offset: u64, len: u64, kind: FsKind) -> 
 /// Where an ext2/3/4 backup superblock lies in the `len` bytes at `offset` of `source`: the
 /// byte offset (from `offset`) and the block number `e2fsck -b` takes, when the primary one is
 /// gone. Looks where `mke2fs` puts the first backup (block group 1) for 1, 2 and 4 KiB blocks.
-pub fn ext_backup_superblock(source: &mut dyn Source, offset: u64, len: u64) -> Option<(u64, u64)> {
+pub fn ext_backup_superblock(source: &dyn Disk, offset: u64, len: u64) -> Option<(u64, u64)> {
     for log in 0..3u32 {
         let block = 1024u64 << log;
         // Group 1 starts after 8 × block size blocks; with 1 KiB blocks block 0 is the boot
@@ -223,7 +223,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::source::raw::RawSource;
+    use crate::format::raw;
     use std::path::Path;
     use std::process::Command;
 
@@ -242,9 +242,9 @@ mod tests {
             "{cmd:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut src = RawSource::open(&p).unwrap();
+        let src = raw::open_path(&p).unwrap();
         let size = src.size();
-        detect(&mut src, 0, size)
+        detect(src.as_ref(), 0, size)
     }
 
     #[test]
@@ -296,8 +296,8 @@ mod tests {
             ("f12", 4 << 20, &["mkfs.vfat", "-F", "12"], FsKind::Fat12),
         ] {
             assert_eq!(make(d, name, &size.to_string(), cmd), Some(kind));
-            let mut src = RawSource::open(&d.join(name)).unwrap();
-            assert_eq!(size_of(&mut src, 0, size, kind), Some(size), "{name}");
+            let src = raw::open_path(&d.join(name)).unwrap();
+            assert_eq!(size_of(src.as_ref(), 0, size, kind), Some(size), "{name}");
         }
         // Swap has no size mkomi compares; short buffers never panic.
         assert_eq!(declared_size(FsKind::Swap, &[0u8; 4096]), None);

@@ -10,8 +10,8 @@ use std::fmt::Display;
 
 use serde::Serialize;
 
+use crate::format::Disk;
 use crate::ondisk::gpt::{self as codec, Entry, Guid, Header, PartitionType};
-use crate::source::Source;
 
 /// The logical sector size assumed unless a GPT header is found at 4096 bytes instead.
 const SECTOR: u64 = 512;
@@ -143,7 +143,7 @@ fn volume_boot_record(lba0: &[u8]) -> bool {
 
 /// Reads the partition table of `source`. Never fails: problems, including read errors, are
 /// listed in the result.
-pub fn read(source: &mut dyn Source) -> PartitionTable {
+pub fn read(source: &dyn Disk) -> PartitionTable {
     let mut problems = Problems::default();
     let size = source.size();
     let mut table = PartitionTable {
@@ -296,7 +296,7 @@ pub fn read(source: &mut dyn Source) -> PartitionTable {
 /// Reads `len` bytes at `offset` if they lie inside the disk; otherwise, or on a read error,
 /// records a problem about `what` and returns `None`.
 fn read_bytes(
-    source: &mut dyn Source,
+    source: &dyn Disk,
     offset: u64,
     len: u64,
     what: &str,
@@ -324,7 +324,7 @@ fn read_bytes(
 }
 
 /// Whether the 8 bytes at `offset` are the GPT signature; read errors count as no.
-fn has_signature(source: &mut dyn Source, offset: u64) -> bool {
+fn has_signature(source: &dyn Disk, offset: u64) -> bool {
     let mut sig = [0u8; 8];
     offset
         .checked_add(8)
@@ -334,7 +334,7 @@ fn has_signature(source: &mut dyn Source, offset: u64) -> bool {
 }
 
 /// 512, unless the GPT signature is found in LBA 1 or the last LBA of 4096-byte sectors only.
-fn sector_size(source: &mut dyn Source, size: u64) -> u64 {
+fn sector_size(source: &dyn Disk, size: u64) -> u64 {
     let at = |ss: u64| [ss, (size / ss).saturating_sub(1).saturating_mul(ss)];
     if at(SECTOR).into_iter().any(|o| has_signature(source, o)) {
         return SECTOR;
@@ -558,7 +558,7 @@ const MAX_CUT_LBA: u64 = 1 << 40;
 
 /// Reads and checks the header in `lba`; `Err` with the first fatal problem.
 fn read_header(
-    source: &mut dyn Source,
+    source: &dyn Disk,
     size: u64,
     ss: u64,
     lba: u64,
@@ -688,7 +688,7 @@ fn read_header(
 /// problem))` when it does not (the bytes still usable for a listing), `Err((empty, problem))`
 /// when it cannot be read.
 fn read_entries(
-    source: &mut dyn Source,
+    source: &dyn Disk,
     ss: u64,
     h: &Header,
     which: &str,
@@ -728,7 +728,7 @@ struct GptCopy {
 }
 
 fn read_copy(
-    source: &mut dyn Source,
+    source: &dyn Disk,
     size: u64,
     ss: u64,
     lba: u64,
@@ -753,7 +753,7 @@ fn read_copy(
     }
 }
 
-fn read_gpt(source: &mut dyn Source, size: u64, ss: u64, problems: &mut Problems) -> GptResult {
+fn read_gpt(source: &dyn Disk, size: u64, ss: u64, problems: &mut Problems) -> GptResult {
     let sectors = size / ss;
     let last = sectors.saturating_sub(1);
     let mut seen = false;
@@ -963,8 +963,8 @@ fn parse_entries(copy: &GptCopy, ss: u64, sectors: u64, problems: &mut Problems)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::raw;
     use crate::layout::gpt::{self, PartitionRequest, Table};
-    use crate::source::raw::RawSource;
     use std::fs::{File, OpenOptions};
     use std::io::{Read, Seek, SeekFrom, Write};
     use std::path::{Path, PathBuf};
@@ -1020,8 +1020,8 @@ mod tests {
     }
 
     fn inspect(path: &Path) -> PartitionTable {
-        let mut source = RawSource::open(path).unwrap();
-        let t = read(&mut source);
+        let source = raw::open_path(path).unwrap();
+        let t = read(source.as_ref());
         // Whatever was found serializes.
         serde_json::to_string(&t).unwrap();
         t

@@ -1,19 +1,20 @@
 //! A virtual disk assembled from pieces: byte buffers (partition tables) and other sources
 //! (file system images) placed at offsets, zeros everywhere else.
 //!
-//! It is a [`Source`] like any image, so a disk laid out from a template streams through the
+//! It is a [`Disk`] like any image, so a disk laid out from a template streams through the
 //! same copy engine, sinks and digests as `register`, and holes inside a placed image stay
 //! holes.
 
-use crate::source::{Error, Extent, ExtentKind, Result, Source};
+use crate::format::{Disk, Error, Extent, ExtentKind, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What a region holds.
 pub enum Content {
     /// Bytes built in memory (a partition table, a small file).
     Bytes(Vec<u8>),
     /// Another source, read from its start; it must not be longer than the region.
-    Source(Box<dyn Source>),
+    Source(Arc<dyn Disk>),
 }
 
 /// A piece of the disk.
@@ -97,12 +98,12 @@ impl Composite {
     }
 }
 
-impl Source for Composite {
+impl Disk for Composite {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn extent(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
+    fn extent(&self, offset: u64, max_len: u64) -> Result<Extent> {
         let end = self.size.min(offset.saturating_add(max_len));
         let zero = |until: u64| Extent {
             offset,
@@ -112,14 +113,14 @@ impl Source for Composite {
         match self.locate(offset) {
             Err(next) => Ok(zero(self.regions.get(next).map_or(end, |r| r.offset))),
             Ok(i) => {
-                let r = &mut self.regions[i];
+                let r = &self.regions[i];
                 let within = offset - r.offset;
                 let content_end = r.offset + r.content_len();
                 if offset >= content_end {
                     return Ok(zero(r.end()));
                 }
                 let limit = end.min(content_end);
-                match &mut r.content {
+                match &r.content {
                     Content::Bytes(_) => Ok(Extent {
                         offset,
                         len: limit - offset,
@@ -138,7 +139,7 @@ impl Source for Composite {
         }
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let mut pos = offset;
         let mut done = 0usize;
         while done < buf.len() {
@@ -148,9 +149,9 @@ impl Source for Composite {
             let dst = &mut buf[done..done + n];
             match self.locate(pos) {
                 Ok(i) if e.kind == ExtentKind::Data => {
-                    let r = &mut self.regions[i];
+                    let r = &self.regions[i];
                     let within = pos - r.offset;
-                    match &mut r.content {
+                    match &r.content {
                         Content::Bytes(b) => {
                             let from = within as usize;
                             dst.copy_from_slice(&b[from..from + n]);
@@ -180,8 +181,8 @@ mod tests {
     use super::*;
     use crate::copy::{Options, copy};
     use crate::digest::content_digest_of;
+    use crate::format::raw;
     use crate::sink::NullSink;
-    use crate::source::raw::RawSource;
     use std::io::{Seek, SeekFrom, Write};
 
     const M: u64 = 1 << 20;
@@ -200,7 +201,7 @@ mod tests {
             Region {
                 offset: 16 * M,
                 len: 10 * M,
-                content: Content::Source(Box::new(RawSource::open(&img).unwrap())),
+                content: Content::Source(raw::open_path(&img).unwrap()),
             },
             Region {
                 offset: 0,
@@ -208,7 +209,7 @@ mod tests {
                 content: Content::Bytes(vec![0x11; 17 * 1024]),
             },
         ];
-        let mut disk = Composite::new(Path::new("disk"), 32 * M, regions).unwrap();
+        let disk = Composite::new(Path::new("disk"), 32 * M, regions).unwrap();
         let mut expect = vec![0u8; 32 * M as usize];
         expect[..17 * 1024].fill(0x11);
         expect[(21 * M) as usize..(21 * M) as usize + 4096].fill(0xab);
@@ -229,7 +230,7 @@ mod tests {
             (17 * 1024 + 4096..=17 * 1024 + 64 * 1024).contains(&data),
             "{data}"
         );
-        let r = copy(&mut disk, &mut NullSink, Options::default()).unwrap();
+        let r = copy(&disk, &mut NullSink, Options::default()).unwrap();
         assert_eq!(r.content_digest, content_digest_of(&expect));
     }
 

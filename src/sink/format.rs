@@ -9,7 +9,7 @@
 //! mkomi cannot read.
 
 use super::{Result, Sink, qcow2::Qcow2Sink, raw::RawSink};
-use crate::source::Format;
+use crate::format::Format;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -156,17 +156,17 @@ mod tests {
         for f in OutputFormat::ALL {
             let path = dir.path().join(f.kind().file_name("/dev/sda1"));
             let mut sink = f.create(&path, 1 << 20, false).unwrap();
-            let zeros = crate::source::Extent {
+            let zeros = crate::format::Extent {
                 offset: 0,
                 len: 1 << 20,
-                kind: crate::source::ExtentKind::Zero,
+                kind: crate::format::ExtentKind::Zero,
             };
             if sink.wants_plan() {
                 sink.plan(&zeros).unwrap();
             }
             sink.write(0, &super::super::Block::Zero(1 << 20)).unwrap();
             sink.finish().unwrap();
-            assert_eq!(crate::source::detect(&path).unwrap(), f.kind().reader());
+            assert_eq!(crate::format::detect::detect_path(&path).unwrap(), f.kind().reader());
             assert!(path.to_string_lossy().ends_with(f.name()));
         }
     }

@@ -11,7 +11,7 @@ mod writeback;
 
 pub use format::{DiskFormat, OutputFormat};
 
-use crate::source::Extent;
+use crate::format::Extent;
 use crate::util::is_zero;
 use std::path::PathBuf;
 

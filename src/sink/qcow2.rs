@@ -23,7 +23,7 @@
 
 use super::writeback::Writeback;
 use super::{Block, Error, Result, Sink, Written};
-use crate::source::{Extent, ExtentKind};
+use crate::format::{Extent, ExtentKind};
 use crate::util::hash_zeros;
 use crate::util::sha256_file;
 use sha2::{Digest, Sha256};

@@ -7,12 +7,12 @@ use crate::audit::image::Policy;
 use crate::bundle::checks::Checks;
 use crate::bundle::register::{self, Volume};
 use crate::export::{import as import_pkg, package};
+use crate::format::{self, OpenOptions};
 use crate::manifest::{
     self, Architecture, AuditSummary, BlockDeviceMapping, BootMode, Bsu, Disk, Image, Inspection,
     LaunchRequirements, Manifest, VolumeType, rules,
 };
 use crate::progress::Progress;
-use crate::source::{self, OpenOptions, Source};
 use crate::staging::{Renamed, Target};
 use crate::util::hex;
 use rusqlite::OptionalExtension;
@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 /// Where a volume's content comes from.
@@ -441,15 +442,15 @@ fn make(
         .map(|p| p.stage.blob().virtual_size)
         .collect();
     let validated = register::validate(rreq, &sizes)?;
-    let mut sources: Vec<Box<dyn Source>> = Vec::with_capacity(planned.len());
+    let mut sources: Vec<Arc<dyn format::Disk>> = Vec::with_capacity(planned.len());
     for p in &planned {
-        sources.push(Box::new(Renamed {
-            inner: source::open(&p.stage.path(store), &OpenOptions::default())?,
+        sources.push(Arc::new(Renamed {
+            inner: format::open_path(&p.stage.path(store), &OpenOptions::default())?,
             path: p.spec.source.clone(),
         }));
     }
     let volumes: Vec<&Volume> = std::iter::once(&rreq.root).chain(&rreq.extra).collect();
-    let (examined, _) = register::examine(rreq, &volumes, sources)?;
+    let examined = register::examine(rreq, &volumes, &sources)?;
     let image = register::image(rreq, validated, &examined.decided);
     let extra = Extra {
         inspection: Some(examined.decided.inspection),

@@ -100,7 +100,7 @@ pub enum Error {
     Copy(#[from] crate::copy::Error),
     /// A source could not be opened.
     #[error(transparent)]
-    Source(#[from] crate::source::Error),
+    Source(#[from] crate::format::Error),
     /// Exporting or importing failed.
     #[error(transparent)]
     Export(#[from] crate::export::Error),

@@ -2,9 +2,9 @@
 
 use super::{BLOB_FORMAT, Blob, Error, Result, Staged, Store, Work, commit_blob, io, new_id, now};
 use crate::copy::{self, Options};
+use crate::format::{self, OpenOptions};
 use crate::manifest::rules;
 use crate::progress::Progress;
-use crate::source::{self, OpenOptions};
 use crate::util::hex;
 use rusqlite::OptionalExtension;
 use serde::Serialize;
@@ -235,7 +235,7 @@ pub(crate) fn stage(
             return Ok(Stage::Known(blob));
         }
     }
-    let mut src = source::open(path, open)?;
+    let src = format::open_path(path, open)?;
     let size = src.size();
     // What no volume can hold is refused before anything is read.
     if size == 0 {
@@ -256,7 +256,7 @@ pub(crate) fn stage(
         .unwrap_or_default();
     let task = progress.task(&name);
     let report = copy::copy(
-        src.as_mut(),
+        src.as_ref(),
         sink.as_mut(),
         Options {
             progress: Some(&task),

@@ -11,25 +11,105 @@
 //! Backing files are opened by this module too, never by imago (each layer is given to imago with
 //! its backing already set), so that a hostile backing name such as `/etc/shadow` is refused
 //! before anything is opened: no backing file is followed unless it lies inside a directory of
-//! [`OpenOptions::allow_backing`], and then only onto a regular file. Not even the image's own
+//! [`OpenOptions::backing`], and then only onto a regular file. Not even the image's own
 //! directory is trusted by default: a download directory holds other people's files, and an
 //! image may name any of them.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
+use imago::storage::drivers::CommonStorageHelper;
 use imago::{FormatAccess, Mapping};
 
-use super::{Error, Extent, ExtentKind, Format, MAX_VIRTUAL_SIZE, OpenOptions, Result, Source};
+use super::detect::detect_bytes;
+use super::{Disk, Error, Extent, ExtentKind, Format, MAX_VIRTUAL_SIZE, OpenOptions, Result};
+use crate::storage::{ReadAt, file::LocalFile};
 
-/// imago's storage type for local files and block devices.
-type Storage = imago::file::File;
+/// Any mkomi storage as imago's storage: imago reads the layers through it, never a file it
+/// opened itself.
+struct Storage {
+    inner: Arc<dyn ReadAt>,
+    helper: CommonStorageHelper,
+}
+
+impl Storage {
+    fn new(inner: Arc<dyn ReadAt>) -> Self {
+        Storage {
+            inner,
+            helper: CommonStorageHelper::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Storage({})", self.inner.path().display())
+    }
+}
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.inner.path().display())
+    }
+}
+
+fn read_only() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "mkomi opens images read-only",
+    )
+}
+
+impl imago::Storage for Storage {
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.inner.len())
+    }
+
+    // imago's contract (and its own file driver): bytes past the end of the storage read as
+    // zeros. `validate` has made sure that only compressed clusters, whose last 512-byte sector
+    // may be cut short by the end of the file, ever reach there.
+    unsafe fn pure_readv(&self, bufv: IoVectorMut<'_>, offset: u64) -> std::io::Result<()> {
+        let mut at = offset;
+        for mut slice in bufv.into_inner() {
+            let buf: &mut [u8] = &mut slice;
+            let len = buf.len() as u64;
+            let inside = self.inner.len().saturating_sub(at).min(len) as usize;
+            let (stored, past) = buf.split_at_mut(inside);
+            self.inner.read_at(at, stored)?;
+            past.fill(0);
+            at = at
+                .checked_add(len)
+                .ok_or_else(|| std::io::Error::other("read offset overflow"))?;
+        }
+        Ok(())
+    }
+
+    unsafe fn pure_writev(&self, _bufv: IoVector<'_>, _offset: u64) -> std::io::Result<()> {
+        Err(read_only())
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    unsafe fn invalidate_cache(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn get_storage_helper(&self) -> &CommonStorageHelper {
+        &self.helper
+    }
+}
 
 /// Most backing files below one image; a longer chain is refused (it is far more likely a
 /// mistake or an attack than a real image, and each layer costs open files and memory).
@@ -102,12 +182,12 @@ const HOST_OFFSET_LIMIT: u64 = 1 << 56;
 /// Descriptor").
 const SECTOR: u64 = 512;
 
-/// A qcow2 image, with its backing chain, as a [`Source`].
+/// A qcow2 image, with its backing chain, as a [`Disk`].
 ///
 /// Opened read-only. Every layer has been validated before any data is read; see the module
-/// documentation.
-pub struct Qcow2Source {
-    /// The top image, as given to [`Qcow2Source::open`].
+/// documentation. imago keeps its L2 cache behind its own locks, so reads take `&self`.
+pub struct Qcow2Disk {
+    /// The top image, as [`open`] was given it.
     path: PathBuf,
     /// Virtual size of the top image.
     size: u64,
@@ -115,15 +195,16 @@ pub struct Qcow2Source {
     access: FormatAccess<Storage>,
 }
 
-// The engine reads from another thread: fail the build, not the run, if that ever stops holding.
+// The engine reads from another thread, file systems share the disk: fail the build, not the
+// run, if that ever stops holding.
 const _: fn() = || {
-    fn assert_send<T: Send>() {}
-    assert_send::<Qcow2Source>();
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Qcow2Disk>();
 };
 
-impl std::fmt::Debug for Qcow2Source {
+impl std::fmt::Debug for Qcow2Disk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qcow2Source")
+        f.debug_struct("Qcow2Disk")
             .field("path", &self.path)
             .field("size", &self.size)
             .finish_non_exhaustive()
@@ -162,10 +243,10 @@ impl Header {
     }
 }
 
-/// One open file of a layer being validated: its name for messages, the descriptor, its length.
+/// One layer being validated: its name for messages, its storage, its length.
 struct Layer<'a> {
     path: &'a Path,
-    file: &'a File,
+    storage: &'a dyn ReadAt,
     len: u64,
 }
 
@@ -187,7 +268,7 @@ impl Layer<'_> {
     /// Reads exactly `buf.len()` bytes at `offset`; callers have checked the range against the
     /// file length, so running short means the file shrank under us.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|source| {
+        self.storage.read_at(offset, buf).map_err(|source| {
             if source.kind() == std::io::ErrorKind::UnexpectedEof {
                 self.invalid(format!(
                     "{what} at {offset:#x} ({:#x} bytes) is cut off by the end of the file",
@@ -233,23 +314,14 @@ fn bit_list(bits: u64) -> String {
         .join(", ")
 }
 
-/// Length of an open file or block device (block devices report 0 in their metadata).
-fn file_len(path: &Path, mut file: &File) -> Result<u64> {
-    file.seek(SeekFrom::End(0)).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        what: "cannot find the size of",
-        source,
-    })
-}
-
-/// Validates the qcow2 image open as `file`: header, header extensions, L1 table and every L2
-/// table. Returns the header once nothing in it can make imago read outside the file, read
-/// garbage as data, or read data as zeros.
-fn validate(path: &Path, file: &File) -> Result<Header> {
+/// Validates the qcow2 image in `storage`, named `path`: header, header extensions, L1 table and
+/// every L2 table. Returns the header once nothing in it can make imago read outside the file,
+/// read garbage as data, or read data as zeros.
+fn validate(path: &Path, storage: &dyn ReadAt) -> Result<Header> {
     let layer = Layer {
         path,
-        file,
-        len: file_len(path, file)?,
+        storage,
+        len: storage.len(),
     };
     let header = parse_header(&layer)?;
     check_tables(&layer, &header)?;
@@ -809,7 +881,7 @@ fn check_l2(layer: &Layer<'_>, header: &Header, l2: &[u8], guest: u64) -> Result
 struct OpenLayer {
     /// Path as resolved (not canonical): relative backing names resolve against its directory.
     path: PathBuf,
-    file: File,
+    storage: Arc<dyn ReadAt>,
     /// `Some` for a qcow2 layer, `None` for a raw one.
     header: Option<Header>,
 }
@@ -946,6 +1018,10 @@ fn open_backing(
         )));
     }
 
+    let storage: Arc<dyn ReadAt> = Arc::new(
+        LocalFile::from_file(file, &resolved)
+            .map_err(|e| refuse(format!("cannot open {}: {e}", canonical.display())))?,
+    );
     let format = match backing.format.as_deref() {
         Some("qcow2") => BackingFormat::Qcow2,
         // "file" and "host_device" are qemu's protocol drivers for files and block devices:
@@ -959,25 +1035,13 @@ fn open_backing(
         // No backing format extension: detect from the content, as qemu does.
         None => {
             let mut head = [0u8; 512];
-            let mut got = 0;
-            while got < head.len() {
-                let Some(rest) = head.get_mut(got..) else {
-                    break;
-                };
-                match file.read_at(rest, got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(source) => {
-                        return Err(Error::Io {
-                            path: resolved,
-                            what: "cannot read",
-                            source,
-                        });
-                    }
-                }
-            }
-            match super::detect_bytes(head.get(..got).unwrap_or_default()) {
+            let head = &mut head[..storage.len().min(512) as usize];
+            storage.read_at(0, head).map_err(|source| Error::Io {
+                path: resolved.clone(),
+                what: "cannot read",
+                source,
+            })?;
+            match detect_bytes(head) {
                 Ok(Format::Raw) => BackingFormat::Raw,
                 Ok(Format::Qcow2) => BackingFormat::Qcow2,
                 Err(kind) => {
@@ -991,11 +1055,11 @@ fn open_backing(
     let header = match format {
         BackingFormat::Raw => None,
         // Each qcow2 layer passes the same validation as the top.
-        BackingFormat::Qcow2 => Some(validate(&resolved, &file)?),
+        BackingFormat::Qcow2 => Some(validate(&resolved, storage.as_ref())?),
     };
     Ok(OpenLayer {
         path: resolved,
-        file,
+        storage,
         header,
     })
 }
@@ -1033,28 +1097,24 @@ fn imago_error(path: &Path, what: &'static str, source: std::io::Error) -> Error
     }
 }
 
-impl Qcow2Source {
-    /// Opens the qcow2 image at `path` read-only, with its backing chain.
-    ///
-    /// Every layer is validated first (see the module documentation). Backing files are
-    /// followed only onto regular files inside `options.allow_backing`, at most
-    /// [`MAX_CHAIN_DEPTH`] deep, without loops; their format comes from the backing format
-    /// header extension or, failing that, from their content.
-    pub fn open(path: &Path, options: &OpenOptions) -> Result<Qcow2Source> {
-        // The top image is opened here, not through imago's builder_path, which would send it
-        // through an open gate; the descriptor validated is the descriptor imago reads.
-        let file = File::open(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            what: "cannot open",
-            source,
-        })?;
-        Self::from_file(file, path, options)
-    }
+/// Opens the qcow2 image in `storage` read-only, with its backing chain.
+///
+/// Every layer is validated first (see the module documentation). Backing files are followed
+/// only as [`OpenOptions::backing`] allows — onto regular files inside its directories, at most
+/// [`MAX_CHAIN_DEPTH`] deep, without loops; their format comes from the backing format header
+/// extension or, failing that, from their content.
+pub fn open(storage: Arc<dyn ReadAt>, options: &OpenOptions) -> Result<Arc<dyn Disk>> {
+    Ok(Arc::new(Qcow2Disk::open(storage, options)?))
+}
 
-    /// [`Qcow2Source::open`] on `file`, already open as `path`.
-    pub fn from_file(file: File, path: &Path, options: &OpenOptions) -> Result<Qcow2Source> {
+impl Qcow2Disk {
+    /// [`open`], as the concrete type.
+    fn open(storage: Arc<dyn ReadAt>, options: &OpenOptions) -> Result<Qcow2Disk> {
+        let path = storage.path().to_owned();
+        let path = path.as_path();
         let allow = options
-            .allow_backing
+            .backing()
+            .dirs()
             .iter()
             .map(|dir| {
                 dir.canonicalize().map_err(|source| Error::Io {
@@ -1064,17 +1124,21 @@ impl Qcow2Source {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let header = validate(path, &file)?;
+        let header = validate(path, storage.as_ref())?;
         let top_size = header.size;
-        let canonical = path.canonicalize().map_err(|source| Error::Io {
-            path: path.to_owned(),
-            what: "cannot resolve",
-            source,
-        })?;
-        let mut chain = HashSet::from([canonical]);
+        // The top image's own place, for loop detection, matters only when a backing file may
+        // be followed: a storage that is no local file (an object being imported) has none.
+        let mut chain = HashSet::new();
+        if header.backing.is_some() && !allow.is_empty() {
+            chain.insert(path.canonicalize().map_err(|source| Error::Io {
+                path: path.to_owned(),
+                what: "cannot resolve",
+                source,
+            })?);
+        }
         let mut layers = vec![OpenLayer {
             path: path.to_owned(),
-            file,
+            storage,
             header: Some(header),
         }];
         while let Some(last) = layers.last() {
@@ -1087,8 +1151,7 @@ impl Qcow2Source {
         // so imago never opens a file by itself.
         let mut below: Option<FormatAccess<Storage>> = None;
         for layer in layers.into_iter().rev() {
-            let storage = Storage::try_from(layer.file)
-                .map_err(|e| imago_error(&layer.path, "cannot open", e))?;
+            let storage = Storage::new(layer.storage);
             let access = if layer.header.is_some() {
                 let mut qcow2 = Qcow2::<Storage>::open_image(storage, false)
                     .map_err(|e| imago_error(&layer.path, "cannot open as qcow2", e))?;
@@ -1119,7 +1182,7 @@ impl Qcow2Source {
                 ),
             });
         }
-        Ok(Qcow2Source {
+        Ok(Qcow2Disk {
             path: path.to_owned(),
             size,
             access,
@@ -1152,12 +1215,12 @@ impl Qcow2Source {
     }
 }
 
-impl Source for Qcow2Source {
+impl Disk for Qcow2Disk {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn extent(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
+    fn extent(&self, offset: u64, max_len: u64) -> Result<Extent> {
         let limit = max_len.min(self.size.saturating_sub(offset));
         if limit == 0 {
             return Err(Error::Invalid {
@@ -1182,7 +1245,7 @@ impl Source for Qcow2Source {
         Ok(Extent { offset, len, kind })
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         if offset
             .checked_add(buf.len() as u64)
             .is_none_or(|end| end > self.size)
@@ -1213,6 +1276,8 @@ impl Source for Qcow2Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
     use std::process::Command;
 
     const K: u64 = 1024;
@@ -1252,18 +1317,23 @@ mod tests {
     }
 
     /// Opens `img` allowing backing files in its own directory, as most tests build chains.
-    fn open(img: &Path) -> Result<Qcow2Source> {
-        Qcow2Source::open(img, &allow(&[img.parent().unwrap()]))
+    fn open(img: &Path) -> Result<Qcow2Disk> {
+        open_file(img, &allow(&[img.parent().unwrap()]))
+    }
+
+    /// Opens the local file `img` as qcow2, as `--input-format qcow2` does.
+    fn open_file(img: &Path, options: &OpenOptions) -> Result<Qcow2Disk> {
+        Qcow2Disk::open(Arc::new(LocalFile::open(img)?), options)
     }
 
     fn allow(dirs: &[&Path]) -> OpenOptions {
-        OpenOptions {
-            allow_backing: dirs.iter().map(|d| d.to_path_buf()).collect(),
-            ..OpenOptions::default()
-        }
+        OpenOptions::new(
+            crate::format::InputFormat::Auto,
+            crate::format::BackingPolicy::within(dirs.iter().map(|d| d.to_path_buf()).collect()),
+        )
     }
 
-    fn read_all(src: &mut Qcow2Source) -> Vec<u8> {
+    fn read_all(src: &Qcow2Disk) -> Vec<u8> {
         let mut out = vec![0u8; src.size() as usize];
         for (i, chunk) in out.chunks_mut(M as usize).enumerate() {
             src.read_at(i as u64 * M, chunk).unwrap();
@@ -1271,7 +1341,7 @@ mod tests {
         out
     }
 
-    fn extents(src: &mut Qcow2Source, max_len: u64) -> Vec<Extent> {
+    fn extents(src: &Qcow2Disk, max_len: u64) -> Vec<Extent> {
         let mut out: Vec<Extent> = Vec::new();
         let mut offset = 0;
         while offset < src.size() {
@@ -1370,7 +1440,7 @@ mod tests {
     }
 
     #[track_caller]
-    fn assert_invalid(result: Result<Qcow2Source>, needles: &[&str]) -> String {
+    fn assert_invalid(result: Result<Qcow2Disk>, needles: &[&str]) -> String {
         match result {
             Err(Error::Invalid { reason, .. }) => {
                 for n in needles {
@@ -1384,7 +1454,7 @@ mod tests {
     }
 
     #[track_caller]
-    fn assert_unsupported(result: Result<Qcow2Source>, needles: &[&str]) {
+    fn assert_unsupported(result: Result<Qcow2Disk>, needles: &[&str]) {
         match result {
             Err(Error::Unsupported { reason, .. }) => {
                 for n in needles {
@@ -1396,7 +1466,7 @@ mod tests {
     }
 
     #[track_caller]
-    fn assert_backing(result: Result<Qcow2Source>, needles: &[&str]) -> String {
+    fn assert_backing(result: Result<Qcow2Disk>, needles: &[&str]) -> String {
         match result {
             Err(e @ Error::Backing { .. }) => {
                 let msg = e.to_string();
@@ -1412,8 +1482,8 @@ mod tests {
     #[test]
     fn source_is_send() {
         fn assert_send<T: Send>() {}
-        assert_send::<Qcow2Source>();
-        assert_send::<Box<dyn Source>>();
+        assert_send::<Qcow2Disk>();
+        assert_send::<Arc<dyn Disk>>();
     }
 
     #[test]
@@ -1427,7 +1497,7 @@ mod tests {
             let version = read_u32(&img, 4);
             assert_eq!(version, if compat == "0.10" { 2 } else { 3 });
 
-            let mut src = open(&img).unwrap();
+            let src = open(&img).unwrap();
             assert_eq!(src.size(), 4 * M);
             assert_eq!(src.format(), "qcow2");
             assert_eq!(src.path(), img.as_path());
@@ -1435,11 +1505,11 @@ mod tests {
             let mut want = vec![0u8; 4 * M as usize];
             want[..64 * K as usize].fill(0xab);
             want[M as usize..(M + 4 * K) as usize].fill(0xcd);
-            assert!(read_all(&mut src) == want, "compat={compat}: data differs");
+            assert!(read_all(&src) == want, "compat={compat}: data differs");
 
             use ExtentKind::*;
             assert_eq!(
-                extents(&mut src, u64::MAX),
+                extents(&src, u64::MAX),
                 vec![
                     ext(0, 64 * K, Data),
                     ext(64 * K, M - 64 * K, Zero),
@@ -1449,7 +1519,7 @@ mod tests {
                 "compat={compat}"
             );
             // Small max_len: same runs, cut into pieces.
-            assert_eq!(extents(&mut src, 4 * K).len(), 4);
+            assert_eq!(extents(&src, 4 * K).len(), 4);
         }
     }
 
@@ -1463,13 +1533,13 @@ mod tests {
         create(&top, &["-b", "base.qcow2", "-F", "qcow2"], "1M");
         // A v3 zero cluster hides the backing data.
         qemu_io(&top, "qcow2", "write -z 128k 64k");
-        let mut src = open(&top).unwrap();
+        let src = open(&top).unwrap();
         let mut want = pattern(M, 0x11);
         want[128 * K as usize..192 * K as usize].fill(0);
-        assert!(read_all(&mut src) == want);
+        assert!(read_all(&src) == want);
         use ExtentKind::*;
         assert_eq!(
-            extents(&mut src, u64::MAX),
+            extents(&src, u64::MAX),
             vec![
                 ext(0, 128 * K, Data),
                 ext(128 * K, 64 * K, Zero),
@@ -1501,10 +1571,10 @@ mod tests {
                 s(&raw),
                 s(&img),
             ]);
-            let mut src = open(&img).unwrap();
+            let src = open(&img).unwrap();
             assert_eq!(src.size(), data.len() as u64);
-            assert!(read_all(&mut src) == data, "compat={compat}: data differs");
-            let ext = extents(&mut src, u64::MAX);
+            assert!(read_all(&src) == data, "compat={compat}: data differs");
+            let ext = extents(&src, u64::MAX);
             assert_eq!(ext[0].kind, ExtentKind::Data);
             assert_eq!(ext[0].len, M, "{ext:?}");
             assert_eq!(ext[1], super::tests::ext(M, M, ExtentKind::Zero), "{ext:?}");
@@ -1517,8 +1587,8 @@ mod tests {
         let len = std::fs::metadata(&img).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
         f.set_len(len - 100).unwrap();
-        let mut src = open(&img).unwrap();
-        assert!(read_all(&mut src) == pattern(100 * K, b'a'));
+        let src = open(&img).unwrap();
+        assert!(read_all(&src) == pattern(100 * K, b'a'));
     }
 
     /// base (raw or qcow2, 1 MiB) ← mid (4 MiB) ← top (4 MiB), each layer writing over the
@@ -1557,19 +1627,16 @@ mod tests {
             fill(256 * K, 320 * K, 0);
             fill(3 * M, 3 * M + 4 * K, 0xcd);
 
-            let mut src = open(&top).unwrap();
+            let src = open(&top).unwrap();
             assert_eq!(src.size(), 4 * M);
-            assert!(
-                read_all(&mut src) == want,
-                "base {base_format}: data differs"
-            );
+            assert!(read_all(&src) == want, "base {base_format}: data differs");
             // Unaligned reads across layer boundaries.
             let mut buf = vec![0u8; 100_000];
             src.read_at(500_000, &mut buf).unwrap();
             assert!(buf[..] == want[500_000..600_000]);
 
             use ExtentKind::*;
-            let got = extents(&mut src, u64::MAX);
+            let got = extents(&src, u64::MAX);
             // Past the end of the 1 MiB base, mid's unallocated clusters read as zeros.
             assert_eq!(
                 got,
@@ -1602,8 +1669,8 @@ mod tests {
         qemu_io(&top, "qcow2", "write -P 0x33 64k 64k");
         let mut want = noise(192 * K as usize, 2);
         want[64 * K as usize..128 * K as usize].fill(0x33);
-        let mut src = open(&top).unwrap();
-        assert!(read_all(&mut src) == want);
+        let src = open(&top).unwrap();
+        assert!(read_all(&src) == want);
     }
 
     #[test]
@@ -1626,10 +1693,10 @@ mod tests {
                 extension_pos(&top, EXT_BACKING_FORMAT),
                 &0x0bad_beefu32.to_be_bytes(),
             );
-            let mut src = open(&top).unwrap();
+            let src = open(&top).unwrap();
             let mut want = pattern(M, 0x5a);
             want[..4 * K as usize].fill(0x01);
-            assert!(read_all(&mut src) == want, "base {base_format}");
+            assert!(read_all(&src) == want, "base {base_format}");
         }
     }
 
@@ -1662,7 +1729,7 @@ mod tests {
             let canonical_images = images.canonicalize().unwrap();
             assert!(msg.contains(s(&canonical_images)), "{msg}");
 
-            let mut src = Qcow2Source::open(&top, &allow(&[&shared])).unwrap();
+            let src = open_file(&top, &allow(&[&shared])).unwrap();
             let mut buf = vec![0u8; 64 * K as usize];
             src.read_at(0, &mut buf).unwrap();
             assert!(buf.iter().all(|&b| b == 0x77));
@@ -1688,7 +1755,7 @@ mod tests {
         let top = dir.path().join("top.qcow2");
         create(&top, &["-b", "base.qcow2", "-F", "qcow2"], "1M");
         let msg = assert_backing(
-            Qcow2Source::open(&top, &OpenOptions::default()),
+            open_file(&top, &OpenOptions::default()),
             &["--allow-backing", "not followed"],
         );
         // One line naming the image and the backing file.
@@ -1697,7 +1764,7 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains('\n'), "{msg}");
-        let mut src = Qcow2Source::open(&top, &allow(&[dir.path()])).unwrap();
+        let src = open_file(&top, &allow(&[dir.path()])).unwrap();
         let mut buf = vec![0u8; 64 * K as usize];
         src.read_at(0, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0x66));
@@ -1730,7 +1797,7 @@ mod tests {
         std::os::unix::fs::symlink("/dev/null", d.join("null")).unwrap();
         name_is("null");
         assert_backing(
-            Qcow2Source::open(&top, &allow(&[d, Path::new("/dev")])),
+            open_file(&top, &allow(&[d, Path::new("/dev")])),
             &["/dev/null is a character device"],
         );
         // A block device node inside the allowed directory, a copy of one of the host's (needs
@@ -1844,7 +1911,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("empty.qcow2");
         create(&img, &[], "0");
-        let mut src = open(&img).unwrap();
+        let src = open(&img).unwrap();
         assert_eq!(src.size(), 0);
         assert!(src.extent(0, 1).is_err());
         src.read_at(0, &mut []).unwrap();
@@ -1856,7 +1923,7 @@ mod tests {
         let img = dir.path().join("d.qcow2");
         create(&img, &[], "1M");
         qemu_io(&img, "qcow2", "write -P 1 0 64k");
-        let mut src = open(&img).unwrap();
+        let src = open(&img).unwrap();
         assert_eq!(src.extent(0, 1).unwrap(), ext(0, 1, ExtentKind::Data));
         assert_eq!(
             src.extent(M - 1, 10).unwrap(),
@@ -1878,11 +1945,11 @@ mod tests {
         let img = dir.path().join("sparse.qcow2");
         create(&img, &[], "1G");
         qemu_io(&img, "qcow2", "write -P 0x42 512M 64k");
-        let mut src = open(&img).unwrap();
+        let src = open(&img).unwrap();
         use ExtentKind::*;
         assert_eq!(src.extent(0, u64::MAX).unwrap(), ext(0, 512 * M, Zero));
         assert_eq!(
-            extents(&mut src, u64::MAX),
+            extents(&src, u64::MAX),
             vec![
                 ext(0, 512 * M, Zero),
                 ext(512 * M, 64 * K, Data),
@@ -1921,7 +1988,7 @@ mod tests {
         qemu_io(&img, "qcow2", "write -P 2 1536G 64k");
         qemu_io(&img, "qcow2", "write -P 3 3298534817792 64k"); // last cluster
         let (calls0, bytes0) = thread_reads();
-        let mut src = open(&img).unwrap();
+        let src = open(&img).unwrap();
         let (calls1, bytes1) = thread_reads();
         eprintln!(
             "3 TiB open: {} reads, {} bytes",
@@ -1937,7 +2004,7 @@ mod tests {
         );
         for max_len in [u64::MAX, 1 << 30] {
             let (calls0, bytes0) = thread_reads();
-            let got = extents(&mut src, max_len);
+            let got = extents(&src, max_len);
             let (calls1, bytes1) = thread_reads();
             let (calls, bytes) = (calls1 - calls0, bytes1 - bytes0);
             eprintln!("3 TiB walk, max_len {max_len:#x}: {calls} reads, {bytes} bytes");
@@ -1983,14 +2050,14 @@ mod tests {
             // As created, then with data written by qemu-img convert and by qemu-io.
             let img = dir.path().join(format!("v{i}.qcow2"));
             create(&img, &["-o", options], "1M");
-            let mut src = open(&img).unwrap_or_else(|e| panic!("{options}: {e}"));
-            assert!(read_all(&mut src) == pattern(M, 0), "{options}");
+            let src = open(&img).unwrap_or_else(|e| panic!("{options}: {e}"));
+            assert!(read_all(&src) == pattern(M, 0), "{options}");
             qemu_img(&["convert", "-q", "-n", "-O", "qcow2", s(&raw), s(&img)]);
             qemu_io(&img, "qcow2", "write -P 0x99 1000 3000");
             let mut want = data.clone();
             want[1000..4000].fill(0x99);
-            let mut src = open(&img).unwrap_or_else(|e| panic!("{options}: {e}"));
-            assert!(read_all(&mut src) == want, "{options}: data differs");
+            let src = open(&img).unwrap_or_else(|e| panic!("{options}: {e}"));
+            assert!(read_all(&src) == want, "{options}: data differs");
 
             let converted = dir.path().join(format!("c{i}.qcow2"));
             qemu_img(&[
@@ -2003,8 +2070,8 @@ mod tests {
                 s(&raw),
                 s(&converted),
             ]);
-            let mut src = open(&converted).unwrap_or_else(|e| panic!("{options}: {e}"));
-            assert!(read_all(&mut src) == data, "{options}: data differs");
+            let src = open(&converted).unwrap_or_else(|e| panic!("{options}: {e}"));
+            assert!(read_all(&src) == data, "{options}: data differs");
         }
         // convert -S 0 (no sparse detection), -c with 512-byte and 2 MiB clusters, a bitmap.
         for args in [
@@ -2019,8 +2086,8 @@ mod tests {
             all.extend_from_slice(args);
             all.extend_from_slice(&[s(&raw), s(&img)]);
             qemu_img(&all);
-            let mut src = open(&img).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-            assert!(read_all(&mut src) == data, "{args:?}: data differs");
+            let src = open(&img).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(read_all(&src) == data, "{args:?}: data differs");
         }
         let img = dir.path().join("bitmap.qcow2");
         create(&img, &[], "1M");
@@ -2045,7 +2112,7 @@ mod tests {
         // Rebase onto nothing: top becomes self-contained.
         qemu_img(&["rebase", "-q", "-b", "", s(&top)]);
         assert_eq!(read_u64(&top, 8), 0);
-        assert!(read_all(&mut open(&top).unwrap()) == want);
+        assert!(read_all(&open(&top).unwrap()) == want);
         // Commit a new overlay into it.
         let overlay = dir.path().join("overlay.qcow2");
         create(&overlay, &["-b", "top.qcow2", "-F", "qcow2"], "1M");
@@ -2053,7 +2120,7 @@ mod tests {
         qemu_img(&["commit", "-q", s(&overlay)]);
         let mut want = want;
         want[..4096].fill(0x03);
-        assert!(read_all(&mut open(&top).unwrap()) == want);
+        assert!(read_all(&open(&top).unwrap()) == want);
     }
 
     /// Random corruption of the metadata of v2, v3 and compressed images must end in an error
@@ -2122,7 +2189,7 @@ mod tests {
                 std::fs::write(&target, &bytes).unwrap();
                 match open(&target) {
                     Err(_) => refused += 1,
-                    Ok(mut src) => {
+                    Ok(src) => {
                         opened += 1;
                         if src.size() > 64 * M {
                             continue;

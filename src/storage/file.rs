@@ -1,9 +1,9 @@
-//! Raw disk images and block devices: the bytes are the disk.
+//! Local files and block devices, read with `pread`.
 //!
 //! Holes are found with `FIEMAP`, or `SEEK_DATA`/`SEEK_HOLE` where the file system has no
 //! FIEMAP, so a sparse 64 GiB file with 1 GiB of data costs what 1 GiB costs. Where neither
-//! works (block devices), the whole file is data and the engine's zero detection still keeps
-//! zeros out of the output.
+//! works (block devices), the storage knows no extents and the engine's zero detection still
+//! keeps zeros out of the output.
 //!
 //! FIEMAP comes first because its answer depends only on the file: extents allocated but never
 //! written (`fallocate`, the journal `mkfs.ext4` reserves) are flagged unwritten and read as
@@ -11,23 +11,28 @@
 //! and a hole when not, so the same file would plan a different qcow2 layout from one run to the
 //! next.
 
-use super::{Error, Extent, ExtentKind, Result, Source};
+use super::{Error, Extent, ExtentKind, ReadAt, Result};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// A raw image file or block device.
+/// A local file or block device, opened read-only.
 #[derive(Debug)]
-pub struct RawSource {
+pub struct LocalFile {
     file: File,
     path: PathBuf,
     size: u64,
+    /// Not a regular file: a block or character device.
+    device: bool,
     /// False once `SEEK_DATA` has failed with "not supported": everything is data from then on.
-    seek_data: bool,
-    /// FIEMAP's state: untried, unsupported, or the extents of the last query.
-    fiemap: Fiemap,
+    seek_data: AtomicBool,
+    /// FIEMAP's state: untried, unsupported, or the extents of the last query. Locked only for
+    /// the lookup, never across a read of data.
+    fiemap: Mutex<Fiemap>,
 }
 
 /// What FIEMAP has told so far.
@@ -80,8 +85,8 @@ struct FiemapExtent {
     reserved: [u32; 3],
 }
 
-impl RawSource {
-    /// Opens a raw image or block device read-only.
+impl LocalFile {
+    /// Opens a file or block device read-only.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|source| Error::Io {
             path: path.to_owned(),
@@ -91,7 +96,7 @@ impl RawSource {
         Self::from_file(file, path)
     }
 
-    /// Reads `file`, already open as `path`, as a raw disk.
+    /// Reads `file`, already open as `path`.
     pub fn from_file(mut file: File, path: &Path) -> Result<Self> {
         let io = |what, source| Error::Io {
             path: path.to_owned(),
@@ -100,9 +105,9 @@ impl RawSource {
         };
         let meta = file.metadata().map_err(|e| io("cannot stat", e))?;
         if meta.is_dir() {
-            return Err(Error::Invalid {
+            return Err(Error::NotADisk {
                 path: path.to_owned(),
-                reason: "is a directory, not a disk image".into(),
+                reason: "is a directory, not a disk image",
             });
         }
         // Block devices report a zero length in metadata; seeking to the end gives their size.
@@ -116,24 +121,24 @@ impl RawSource {
             file,
             path: path.to_owned(),
             size,
-            seek_data: true,
-            fiemap: Fiemap::Untried,
+            device: !meta.is_file(),
+            seek_data: AtomicBool::new(true),
+            fiemap: Mutex::new(Fiemap::Untried),
         })
     }
 
-    fn lseek(&self, offset: u64, whence: libc::c_int) -> std::io::Result<u64> {
-        let off = libc::off_t::try_from(offset).map_err(|_| std::io::Error::other("offset"))?;
-        // SAFETY: lseek on a descriptor we own; it does not touch memory.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
+    /// `lseek` with `SEEK_DATA` (`hole: false`) or `SEEK_HOLE` (`hole: true`).
+    fn seek(&self, offset: u64, hole: bool) -> rustix::io::Result<u64> {
+        let whence = if hole {
+            rustix::fs::SeekFrom::Hole(offset)
         } else {
-            Ok(r as u64)
-        }
+            rustix::fs::SeekFrom::Data(offset)
+        };
+        rustix::fs::seek(&self.file, whence)
     }
 }
 
-impl RawSource {
+impl LocalFile {
     /// One FIEMAP query from `offset` to the end of the file; `None` when unsupported.
     fn query_fiemap(&self, offset: u64, sync: bool) -> Option<(u64, Vec<MappedExtent>)> {
         let empty = FiemapExtent {
@@ -176,15 +181,17 @@ impl RawSource {
     }
 
     /// The extent at `offset` from FIEMAP, or `None` to fall back on `SEEK_DATA`.
-    fn fiemap_extent(&mut self, offset: u64, end: u64) -> Option<Extent> {
-        let fresh = match &self.fiemap {
+    fn fiemap_extent(&self, offset: u64, end: u64) -> Option<Extent> {
+        // A poisoned lock only means another reader panicked; the cache is still consistent.
+        let mut fiemap = self.fiemap.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = match &*fiemap {
             Fiemap::Unsupported => return None,
             Fiemap::Known { from, covered, .. } => !(*from <= offset && offset < *covered),
             Fiemap::Untried => true,
         };
         if fresh {
-            let sync = matches!(self.fiemap, Fiemap::Untried);
-            self.fiemap = match self.query_fiemap(offset, sync) {
+            let sync = matches!(*fiemap, Fiemap::Untried);
+            *fiemap = match self.query_fiemap(offset, sync) {
                 Some((covered, extents)) => Fiemap::Known {
                     from: offset,
                     covered: covered.max(offset + 1),
@@ -195,7 +202,7 @@ impl RawSource {
         }
         let Fiemap::Known {
             covered, extents, ..
-        } = &self.fiemap
+        } = &*fiemap
         else {
             return None;
         };
@@ -227,67 +234,57 @@ impl RawSource {
     }
 }
 
-impl Source for RawSource {
-    fn size(&self) -> u64 {
+impl ReadAt for LocalFile {
+    fn len(&self) -> u64 {
         self.size
     }
 
-    fn extent(&mut self, offset: u64, max_len: u64) -> Result<Extent> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn extent(&self, offset: u64, max_len: u64) -> Option<Extent> {
         let end = self.size.min(offset.saturating_add(max_len));
         if let Some(e) = self.fiemap_extent(offset, end) {
-            return Ok(e);
+            return Some(e);
+        }
+        if !self.seek_data.load(Ordering::Relaxed) {
+            return None;
         }
         let data = |len: u64| Extent {
             offset,
             len,
             kind: ExtentKind::Data,
         };
-        if !self.seek_data {
-            return Ok(data(end - offset));
-        }
-        match self.lseek(offset, libc::SEEK_DATA) {
-            Ok(next_data) if next_data > offset => Ok(Extent {
+        match self.seek(offset, false) {
+            Ok(next_data) if next_data > offset => Some(Extent {
                 offset,
                 len: next_data.min(end) - offset,
                 kind: ExtentKind::Zero,
             }),
             Ok(_) => {
-                let hole = self.lseek(offset, libc::SEEK_HOLE).unwrap_or(end);
-                Ok(data(hole.clamp(offset + 1, end) - offset))
+                let hole = self.seek(offset, true).unwrap_or(end);
+                Some(data(hole.clamp(offset + 1, end) - offset))
             }
             // ENXIO: no data at or after `offset` — the rest of the file is a hole.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(Extent {
+            Err(rustix::io::Errno::NXIO) => Some(Extent {
                 offset,
                 len: end - offset,
                 kind: ExtentKind::Zero,
             }),
             Err(_) => {
-                self.seek_data = false;
-                Ok(data(end - offset))
+                self.seek_data.store(false, Ordering::Relaxed);
+                None
             }
         }
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                what: if source.kind() == std::io::ErrorKind::UnexpectedEof {
-                    "file shrank while being read"
-                } else {
-                    "cannot read"
-                },
-                source,
-            })
-    }
-
-    fn format(&self) -> &'static str {
-        "raw"
-    }
-
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn is_device(&self) -> bool {
+        self.device
     }
 }
 
@@ -305,12 +302,16 @@ mod tests {
         f.seek(SeekFrom::Start(32 << 20)).unwrap();
         f.write_all(&[7u8; 1 << 20]).unwrap();
         drop(f);
-        let mut s = RawSource::open(&p).unwrap();
-        assert_eq!(s.size(), 64 << 20);
+        let s = LocalFile::open(&p).unwrap();
+        assert_eq!(s.len(), 64 << 20);
         let mut off = 0;
         let mut data = 0;
-        while off < s.size() {
-            let e = s.extent(off, u64::MAX).unwrap();
+        while off < s.len() {
+            let e = s.extent(off, u64::MAX).unwrap_or(Extent {
+                offset: off,
+                len: s.len() - off,
+                kind: ExtentKind::Data,
+            });
             assert!(e.len > 0);
             if e.kind == ExtentKind::Data {
                 data += e.len;
@@ -342,11 +343,15 @@ mod tests {
         f.write_all(&[5u8; 65536]).unwrap();
         drop(f);
         let walk = || {
-            let mut s = RawSource::open(&p).unwrap();
+            let s = LocalFile::open(&p).unwrap();
             let mut out = Vec::new();
             let mut off = 0;
-            while off < s.size() {
-                let e = s.extent(off, u64::MAX).unwrap();
+            while off < s.len() {
+                let e = s.extent(off, u64::MAX).unwrap_or(Extent {
+                    offset: off,
+                    len: s.len() - off,
+                    kind: ExtentKind::Data,
+                });
                 out.push((e.offset, e.len, e.kind));
                 off += e.len;
             }

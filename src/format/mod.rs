@@ -1,15 +1,23 @@
-//! Disk sources: raw images and block devices, qcow2 images with backing chains.
+//! Formats: how the bytes of a storage are laid out as a virtual disk — raw, qcow2 (with
+//! backing chains) — behind one [`Disk`] trait.
 //!
-//! Every format sits behind [`Source`], which tells the copy engine where the data is before any
-//! data is read, so that the cost of a copy follows the allocated data, not the virtual size.
-//! The format is detected from the content ([`detect`]), never from the file name.
+//! Each format is one file with one entry point, `open(Arc<dyn ReadAt>, &OpenOptions) ->
+//! Result<Arc<dyn Disk>>`: [`raw::open`], [`qcow2::open`], and [`detect::open`], which picks one
+//! from the content ([`detect::detect_bytes`]), never from the file name. A [`Disk`] tells the
+//! copy engine where the data is before any data is read, so that the cost of a copy follows the
+//! allocated data, not the virtual size. [`OpenOptions`] carries what the user allowed — the
+//! input format, the directories backing files may come from — so that the safe defaults (detect,
+//! follow no backing file) are what a caller gets without asking.
 
+pub mod detect;
 pub mod qcow2;
 pub mod raw;
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+pub use crate::storage::{Extent, ExtentKind};
+
+use crate::storage::{self, ReadAt, file::LocalFile};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Largest virtual size a source may claim: 2^56 bytes (64 PiB). Far above any OMI volume
 /// (14,901 GiB) and qemu's own limits, yet small enough that offset arithmetic cannot overflow.
@@ -59,45 +67,27 @@ pub enum Error {
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// What a region of the virtual disk holds, as far as the container tells without reading data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExtentKind {
-    /// Stored data: must be read (it may still turn out to be zeros).
-    Data,
-    /// Reads as zeros: a hole, an unallocated or zero cluster.
-    Zero,
-}
-
-/// A run of the virtual disk of one [`ExtentKind`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Extent {
-    /// Offset in the virtual disk.
-    pub offset: u64,
-    /// Length in bytes, at least 1.
-    pub len: u64,
-    /// What the run holds.
-    pub kind: ExtentKind,
-}
-
-/// A readable virtual disk.
+/// A readable virtual disk: a format's view of a storage.
 ///
-/// Calls come from one thread at a time (the engine's reader), but that thread is not the one
-/// that opened the source, hence `Send`.
-pub trait Source: Send {
+/// Every method takes `&self`, so one opened disk is shared (`Arc<dyn Disk>`) by everything that
+/// reads it — inspect, the audit, the file systems opened on its partitions, the copy engine's
+/// reader thread — instead of being handed from one to the next. A format that keeps state
+/// between calls (a cache) keeps it behind a lock of its own.
+pub trait Disk: Send + Sync {
     /// Virtual size in bytes.
     fn size(&self) -> u64;
 
     /// The extent that starts at `offset` (`offset < size()`), at most `max_len` bytes long
     /// (`max_len >= 1`). Must not read data.
-    fn extent(&mut self, offset: u64, max_len: u64) -> Result<Extent>;
+    fn extent(&self, offset: u64, max_len: u64) -> Result<Extent>;
 
     /// Fills `buf` with the virtual disk's bytes at `offset`; `offset + buf.len() <= size()`.
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 
     /// The format's name as the manifest spells it (`raw`, `qcow2`).
     fn format(&self) -> &'static str;
 
-    /// The file this source reads, for messages.
+    /// The file this disk reads, for messages.
     fn path(&self) -> &Path;
 }
 
@@ -122,14 +112,65 @@ pub enum InputFormat {
     Qcow2,
 }
 
-/// Options for opening a source.
+/// Which backing files a qcow2 image may lead to.
+///
+/// None by default: a qcow2 image may name any file on the host (`/etc/shadow`, another user's
+/// download), so following one is something the user grants (`--allow-backing DIR`), for
+/// directories the user names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BackingPolicy {
+    /// No backing file is followed at all.
+    #[default]
+    Refuse,
+    /// Backing files are followed onto regular files inside these directories (never empty).
+    Within(Vec<PathBuf>),
+}
+
+impl BackingPolicy {
+    /// The policy `--allow-backing` gives: inside `dirs`, or none at all when `dirs` is empty.
+    pub fn within(dirs: Vec<PathBuf>) -> Self {
+        if dirs.is_empty() {
+            BackingPolicy::Refuse
+        } else {
+            BackingPolicy::Within(dirs)
+        }
+    }
+
+    /// The directories backing files may come from; empty when none may be followed.
+    pub fn dirs(&self) -> &[PathBuf] {
+        match self {
+            BackingPolicy::Refuse => &[],
+            BackingPolicy::Within(dirs) => dirs,
+        }
+    }
+}
+
+/// Options for opening a disk: what the user allowed. The default detects the format and
+/// follows no backing file.
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
-    /// Directories in which backing files may be followed (`--allow-backing`). Empty: no
-    /// backing file is followed at all, since a qcow2 image may name any file on the host.
-    pub allow_backing: Vec<PathBuf>,
+    input_format: InputFormat,
+    backing: BackingPolicy,
+}
+
+impl OpenOptions {
+    /// Options with the input format and backing-file policy given.
+    pub fn new(input_format: InputFormat, backing: BackingPolicy) -> Self {
+        OpenOptions {
+            input_format,
+            backing,
+        }
+    }
+
     /// The format of the source (`--input-format`).
-    pub input_format: InputFormat,
+    pub fn input_format(&self) -> InputFormat {
+        self.input_format
+    }
+
+    /// Which backing files may be followed (`--allow-backing`).
+    pub fn backing(&self) -> &BackingPolicy {
+        &self.backing
+    }
 }
 
 /// Chooses the format to read a source as.
@@ -151,98 +192,25 @@ pub fn choose_format(
     }
 }
 
-/// Detects the container format of `path` from its content.
-///
-/// Known containers that mkomi does not read (VMDK, VHDX, VDI, QED, …) are refused rather than
-/// taken as raw disks, which would silently copy the container's bytes as if they were a disk.
-pub fn detect(path: &Path) -> Result<Format> {
-    let file = File::open(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        what: "cannot open",
-        source,
-    })?;
-    detect_file(path, &file)
-}
-
-/// [`detect`] on a file already open: reads its first 512 bytes.
-fn detect_file(path: &Path, file: &File) -> Result<Format> {
-    let mut head = [0u8; 512];
-    let mut got = 0;
-    while got < head.len() {
-        let Some(rest) = head.get_mut(got..) else {
-            break;
-        };
-        match file.read_at(rest, got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(Error::Io {
-                    path: path.to_owned(),
-                    what: "cannot read",
-                    source,
-                });
-            }
+impl From<storage::Error> for Error {
+    fn from(e: storage::Error) -> Self {
+        match e {
+            storage::Error::Io { path, what, source } => Error::Io { path, what, source },
+            storage::Error::NotADisk { path, reason } => Error::Invalid {
+                path,
+                reason: reason.to_owned(),
+            },
         }
     }
-    detect_bytes(head.get(..got).unwrap_or_default()).map_err(|name| Error::Unsupported {
-        path: path.to_owned(),
-        reason: format!(
-            "{name} image; convert it to raw or qcow2 first (qemu-img convert -O qcow2)"
-        ),
-    })
 }
 
-/// Detects a format from the first bytes of an image; `Err` names a container mkomi refuses.
-pub fn detect_bytes(head: &[u8]) -> std::result::Result<Format, &'static str> {
-    let starts = |magic: &[u8]| head.len() >= magic.len() && &head[..magic.len()] == magic;
-    if starts(b"QFI\xfb") {
-        return Ok(Format::Qcow2);
-    }
-    // Magics from qemu's block drivers (vmdk.c, vhdx.h, vdi.c, qed.h, vpc.c, parallels.c).
-    if starts(b"KDMV") || starts(b"COWD") || starts(b"# Disk DescriptorFile") {
-        return Err("VMDK");
-    }
-    if starts(b"vhdxfile") {
-        return Err("VHDX");
-    }
-    if starts(b"QED\0") {
-        return Err("QED");
-    }
-    if starts(b"conectix") {
-        return Err("VHD (dynamic)");
-    }
-    if starts(b"WithoutFreeSpace") || starts(b"WithouFreSpacExt") {
-        return Err("Parallels");
-    }
-    if head.len() >= 0x44 && head[0x40..0x44] == [0x7f, 0x10, 0xda, 0xbe] {
-        return Err("VDI");
-    }
-    Ok(Format::Raw)
-}
-
-/// Opens `path` as a [`Source`] of the format [`choose_format`] picks.
+/// Opens the local file or block device at `path` as a [`Disk`] of the format
+/// [`choose_format`] picks.
 ///
 /// The file is opened once: the descriptor whose type decided the format is the one read.
-pub fn open(path: &Path, options: &OpenOptions) -> Result<Box<dyn Source>> {
-    let file = File::open(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        what: "cannot open",
-        source,
-    })?;
-    let meta = file.metadata().map_err(|source| Error::Io {
-        path: path.to_owned(),
-        what: "cannot stat",
-        source,
-    })?;
-    match choose_format(options.input_format, meta.is_file(), || {
-        detect_file(path, &file)
-    })? {
-        Format::Raw => Ok(Box::new(raw::RawSource::from_file(file, path)?)),
-        Format::Qcow2 => Ok(Box::new(qcow2::Qcow2Source::from_file(
-            file, path, options,
-        )?)),
-    }
+pub fn open_path(path: &Path, options: &OpenOptions) -> Result<Arc<dyn Disk>> {
+    let file: Arc<dyn ReadAt> = Arc::new(LocalFile::open(path)?);
+    detect::open(file, options)
 }
 
 #[cfg(test)]
@@ -265,10 +233,11 @@ mod tests {
     }
 
     fn opts(input_format: InputFormat) -> OpenOptions {
-        OpenOptions {
-            input_format,
-            ..OpenOptions::default()
-        }
+        OpenOptions::new(input_format, BackingPolicy::Refuse)
+    }
+
+    fn open(path: &Path, options: &OpenOptions) -> Result<Arc<dyn Disk>> {
+        open_path(path, options)
     }
 
     #[test]
@@ -302,7 +271,7 @@ mod tests {
         let src = open(&img, &OpenOptions::default()).unwrap();
         assert_eq!((src.format(), src.size()), ("qcow2", 1 << 20));
         // Raw: the qcow2 file's own bytes, header included.
-        let mut src = open(&img, &opts(InputFormat::Raw)).unwrap();
+        let src = open(&img, &opts(InputFormat::Raw)).unwrap();
         assert_eq!((src.format(), src.size()), ("raw", len));
         let mut magic = [0u8; 4];
         src.read_at(0, &mut magic).unwrap();
