@@ -427,6 +427,7 @@ pub fn label_text(bytes: &[u8]) -> Option<String> {
     (!text.is_empty() && text != "NO NAME").then_some(text)
 }
 
+/// `bytes` without its trailing spaces (the padding of 8.3 names and labels).
 pub fn trim_spaces(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
     bytes.get(..end).unwrap_or_default()
