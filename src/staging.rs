@@ -8,10 +8,10 @@
 //! are always removed.
 
 use crate::format::{self, Disk};
-use std::sync::Arc;
 use crate::util::sync_dir;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// An error making an output; its message names the file or directory.
 #[derive(Debug, thiserror::Error)]

@@ -14,12 +14,12 @@ use super::checks::{self, Checks};
 use super::{Error, Result, SUMS_FILE, sums};
 use crate::audit::image::{self as audit, Policy};
 use crate::copy::{self, Options};
+use crate::format;
 use crate::manifest::{
     self, Architecture, BlockDeviceMapping, BootMode, Bsu, Disk, Image, Manifest, rules,
 };
 use crate::progress::Progress;
 use crate::sink::OutputFormat;
-use crate::format;
 use crate::staging::{self, Renamed, Target, TempDir};
 use crate::util::{hex, utc_timestamp};
 use sha2::{Digest, Sha256};

@@ -166,7 +166,10 @@ mod tests {
             }
             sink.write(0, &super::super::Block::Zero(1 << 20)).unwrap();
             sink.finish().unwrap();
-            assert_eq!(crate::format::detect::detect_path(&path).unwrap(), f.kind().reader());
+            assert_eq!(
+                crate::format::detect::detect_path(&path).unwrap(),
+                f.kind().reader()
+            );
             assert!(path.to_string_lossy().ends_with(f.name()));
         }
     }
