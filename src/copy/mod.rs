@@ -3,7 +3,7 @@
 //! Two threads form a pipeline over chunks of 1 MiB (or the sink's cluster size, if larger),
 //! which never straddle a 4 MiB `ContentDigest` block:
 //!
-//! 1. the reader asks the source where data is ([`Disk::extent`](crate::format::Disk::extent)), one extent at a time, skips
+//! 1. the reader asks the source where data is ([`crate::format::Disk::extent`]), one extent at a time, skips
 //!    holes without reading them (a hole of terabytes is one query and one message), reads data
 //!    chunks into buffers from a fixed pool, maps their zero 4 KiB granules and feeds the digest
 //!    of the 4 MiB block each chunk belongs to;

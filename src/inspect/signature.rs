@@ -55,7 +55,7 @@ impl FsKind {
 }
 
 /// Bytes read: the Btrfs superblock (64 KiB + 0x40) is the farthest signature.
-const PROBE: u64 = 68 << 10;
+pub const PROBE: u64 = 68 << 10;
 
 /// Identifies the file system in the `len` bytes at `offset` of `source`; `None` when no
 /// signature matches or the bytes cannot be read.

@@ -2,7 +2,8 @@
 //!
 //! [`build`] formats an image file with the `fatfs` crate, copies files into it and then
 //! corrects, over the raw bytes, the two directory details in which `fatfs` 0.3.6 departs from
-//! the FAT specification (see `/work/shared/notes/crates.md`, "fatfs 0.3.6 in detail"):
+//! the FAT specification (both found by `fsck.fat -n` on fatfs's output, and the repair proven
+//! by it: README, Design, "Dependencies"):
 //!
 //! - it writes a long-name (LFN) entry before the `.` and `..` entries of every new directory;
 //!   the specification (Microsoft "FAT: General Overview of On-Disk Format", section "FAT
