@@ -973,12 +973,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn req(kind: PartitionType, label: &str, size: Option<u64>) -> PartitionRequest {
-        PartitionRequest {
-            kind,
-            label: label.to_string(),
-            size,
-            attributes: 0,
-        }
+        PartitionRequest::new(kind, label, size)
     }
 
     fn planned() -> Table {

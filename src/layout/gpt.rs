@@ -67,6 +67,19 @@ pub struct PartitionRequest {
     pub attributes: u64,
 }
 
+impl PartitionRequest {
+    /// A partition of `kind` named `label`, `size` bytes (`None`: the rest of the disk), with no
+    /// attribute bits set.
+    pub fn new(kind: PartitionType, label: &str, size: Option<u64>) -> Self {
+        PartitionRequest {
+            kind,
+            label: label.to_owned(),
+            size,
+            attributes: 0,
+        }
+    }
+}
+
 /// A partition as laid out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Partition {
@@ -529,12 +542,7 @@ mod tests {
     const GIB: u64 = 1 << 30;
 
     fn req(kind: PartitionType, label: &str, size: Option<u64>) -> PartitionRequest {
-        PartitionRequest {
-            kind,
-            label: label.to_string(),
-            size,
-            attributes: 0,
-        }
+        PartitionRequest::new(kind, label, size)
     }
 
     fn guid(s: &str) -> Guid {
