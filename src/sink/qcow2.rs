@@ -284,7 +284,8 @@ impl Qcow2Sink {
         }
         self.data_clusters += count;
         self.writeback
-            .written(&self.file, (1 + self.data_clusters) * cs);
+            .written(&self.file, (1 + self.data_clusters) * cs)
+            .map_err(self.io("cannot write back"))?;
         Ok(())
     }
 

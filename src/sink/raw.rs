@@ -90,7 +90,8 @@ impl Sink for RawSink {
                     pos = end;
                 }
                 self.writeback
-                    .written(&self.file, offset + buf.len() as u64);
+                    .written(&self.file, offset + buf.len() as u64)
+                    .map_err(self.io("cannot write back"))?;
             }
         }
         self.written += block.len();

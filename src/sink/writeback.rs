@@ -8,11 +8,14 @@
 //! submitted two steps ago is waited for (`SYNC_FILE_RANGE_WAIT_BEFORE`), which keeps at most
 //! about three steps of the file dirty or in flight, whatever the disk's size.
 //!
-//! These calls are hints, not the durability point: `fsync` at the end still writes what is left
-//! and reports any writeback error (the kernel records it for `fsync` whether or not
-//! `sync_file_range` saw it first, see `errseq_t` in the kernel's `filemap.c`). So an error from
-//! them only turns early writeback off for the file. Without sync (`--no-sync`) nothing is forced:
-//! the kernel writes the pages back when it chooses, as before.
+//! These calls are hints, not the durability point, with one exception: an error. The wait
+//! (`SYNC_FILE_RANGE_WAIT_BEFORE`) reports a writeback error and advances the file's error
+//! cursor (`file_check_and_advance_wb_err` in the kernel's `filemap.c`), so the final `fsync`
+//! on the same descriptor would no longer see it. An I/O error (EIO, ENOSPC, EDQUOT…) is
+//! therefore returned to the sink, which fails the copy, never dropped. Only the errors that say
+//! the call does not apply to this file (EINVAL, ESPIPE, ENOSYS) turn early writeback off and
+//! leave everything to `fsync`. Without sync (`--no-sync`) nothing is forced: the kernel writes
+//! the pages back when it chooses, as before.
 
 use std::fs::File;
 
@@ -45,32 +48,50 @@ impl Writeback {
     }
 
     /// The file's bytes before `end` have been written (data is written in ascending order;
-    /// anything written elsewhere is left to the final fsync).
-    pub fn written(&mut self, file: &File, end: u64) {
+    /// anything written elsewhere is left to the final fsync). An error is a writeback error
+    /// of the file, which the final fsync would not report again: the copy must fail.
+    pub fn written(&mut self, file: &File, end: u64) -> std::io::Result<()> {
         if !self.enabled || end < self.submitted.saturating_add(STEP) {
-            return;
+            return Ok(());
         }
         let wait = (self.waited, self.previous);
         let submit = (self.submitted, end);
-        self.enabled = sync_range(file, wait, libc::SYNC_FILE_RANGE_WAIT_BEFORE)
-            && sync_range(file, submit, libc::SYNC_FILE_RANGE_WRITE);
+        let done = sync_range(file, wait, libc::SYNC_FILE_RANGE_WAIT_BEFORE)
+            .and_then(|()| sync_range(file, submit, libc::SYNC_FILE_RANGE_WRITE));
+        match done {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ESPIPE | libc::ENOSYS)
+                ) =>
+            {
+                self.enabled = false;
+            }
+            Err(e) => return Err(e),
+        }
         (self.waited, self.previous, self.submitted) = (self.previous, self.submitted, end);
+        Ok(())
     }
 }
 
-/// `sync_file_range` over `start..end` (nothing when empty); false when it failed.
-fn sync_range(file: &File, (start, end): (u64, u64), flags: libc::c_uint) -> bool {
+/// `sync_file_range` over `start..end` (nothing when empty).
+fn sync_range(file: &File, (start, end): (u64, u64), flags: libc::c_uint) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     if end <= start {
-        return true;
+        return Ok(());
     }
     let (Ok(offset), Ok(len)) = (i64::try_from(start), i64::try_from(end - start)) else {
-        return false;
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     };
     // SAFETY: sync_file_range(2) only reads its integer arguments; the descriptor is open for
     // as long as `file` is borrowed. rustix (1.1) has no binding for it.
     let r = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
-    r == 0
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -88,7 +109,7 @@ mod tests {
         for _ in 0..((3 * STEP) >> 20) + 1 {
             file.write_all_at(&chunk, end).unwrap();
             end += chunk.len() as u64;
-            wb.written(&file, end);
+            wb.written(&file, end).unwrap();
         }
         assert!(wb.enabled);
         assert_eq!(
@@ -102,7 +123,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("f")).unwrap();
         let mut wb = Writeback::new(false);
-        wb.written(&file, 10 * STEP);
+        wb.written(&file, 10 * STEP).unwrap();
         assert_eq!(wb.submitted, 0);
     }
 
@@ -112,7 +133,8 @@ mod tests {
         let (r, _w) = std::io::pipe().unwrap();
         let file = File::from(std::os::fd::OwnedFd::from(r));
         let mut wb = Writeback::new(true);
-        wb.written(&file, STEP);
+        // Not applicable to a pipe: turned off, no error.
+        wb.written(&file, STEP).unwrap();
         assert!(!wb.enabled);
     }
 }
