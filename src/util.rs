@@ -125,6 +125,21 @@ pub fn utc_timestamp(epoch: i64) -> String {
     )
 }
 
+/// `len` deterministic, incompressible bytes (xorshift64*) for the unit tests: data that no
+/// compressor shrinks and whose misplaced pieces show.
+#[cfg(test)]
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1276,6 +1276,7 @@ impl Disk for Qcow2Disk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::noise;
     use std::fs::File;
     use std::os::unix::fs::FileExt;
     use std::process::Command;
@@ -1424,19 +1425,6 @@ mod tests {
 
     fn pattern(len: u64, byte: u8) -> Vec<u8> {
         vec![byte; len as usize]
-    }
-
-    /// Deterministic incompressible bytes.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
     }
 
     #[track_caller]

@@ -911,6 +911,7 @@ fn convert(name: &Path, incompat: u32, path: Option<&str>, e: Ext4Error) -> Erro
 mod tests {
     use super::*;
     use crate::format::{self, OpenOptions};
+    use crate::util::noise;
     use std::os::unix::fs::symlink;
     use std::process::Command;
 
@@ -919,19 +920,6 @@ mod tests {
     const INITRD: &str = "/boot/initrd.img-6.1.0-28-cloud-amd64";
     const EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
     const OS_RELEASE: &[u8] = b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n";
-
-    /// Deterministic bytes (xorshift64*).
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x >> 12;
-                x ^= x << 25;
-                x ^= x >> 27;
-                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-            })
-            .collect()
-    }
 
     struct Fixture {
         dir: tempfile::TempDir,

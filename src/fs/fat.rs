@@ -775,6 +775,7 @@ mod tests {
     use crate::format::{self, OpenOptions};
     use crate::fs::FileSystem;
     use crate::ondisk::fat::*;
+    use crate::util::noise;
     use std::ffi::OsStr;
     use std::process::Command;
 
@@ -783,19 +784,6 @@ mod tests {
     const LONG: &str = "/A Long File Name, with spaces.txt";
     /// Files in `/many`: enough long names to fill several clusters of directory entries.
     const MANY: usize = 60;
-
-    /// Deterministic bytes (xorshift64*).
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x >> 12;
-                x ^= x << 25;
-                x ^= x >> 27;
-                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-            })
-            .collect()
-    }
 
     fn run<S: AsRef<OsStr>>(cmd: &str, args: &[S]) {
         let out = Command::new(cmd)
