@@ -115,7 +115,7 @@ pub fn build(
         }
     }
 
-    // The ESP image and the files taken from the root file system, removed at the end.
+    // The files the ESP takes from the root file system, removed at the end.
     let work = Target::new(&req.output)?.scratch("work")?;
 
     let mut regions = vec![Region {
@@ -132,11 +132,15 @@ pub fn build(
     for ((p, part), img) in tpl.partitions.iter().zip(&table.partitions).zip(images) {
         let content = match (&p.content, img) {
             (Content::Image(_), Some(img)) => Some(img),
-            (Content::Esp, _) => {
-                let esp = work.path().join("esp.img");
-                build_esp(&tpl, &table, part.len(), &esp, work.path(), req, &seed)?;
-                Some(format::raw::open_path(&esp)?)
-            }
+            (Content::Esp, _) => Some(build_esp(
+                &tpl,
+                &table,
+                part.offset(),
+                part.len(),
+                work.path(),
+                req,
+                &seed,
+            )?),
             _ => None,
         };
         if let Some(content) = content {
@@ -222,17 +226,18 @@ fn fetch(
     }
 }
 
-/// Makes the EFI system partition's FAT32 image: the bootloader, its configuration, the kernel
-/// and initrd, and the template's extra files.
+/// Lays out the EFI system partition's FAT32 volume, at byte `offset` of the disk and `size`
+/// bytes long: the bootloader, its configuration, the kernel and initrd, and the template's
+/// extra files. The volume is a disk whose files are read when it is copied.
 fn build_esp(
     tpl: &Template,
     table: &Table,
+    offset: u64,
     size: u64,
-    out: &Path,
     work: &Path,
     req: &BuildRequest,
     seed: &[u8; 32],
-) -> Result<()> {
+) -> Result<Arc<dyn Disk>> {
     let mut root: Option<Ext4> = None;
     let mut files: Vec<(String, FileSource)> = Vec::new();
     if let Some(b) = &tpl.bootloader {
@@ -278,16 +283,24 @@ fn build_esp(
     }
     let id = Sha256::digest([&seed[..], b"fat volume id"].concat());
     let volume_id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
-    FatImage {
+    let name = req.template.with_extension("esp");
+    let hidden_sectors = u32::try_from(offset / gpt::SECTOR_SIZE).map_err(|_| {
+        invalid(
+            &req.template,
+            format!("the ESP starts at byte {offset}, past what FAT32 can record"),
+        )
+    })?;
+    let volume = FatImage {
         size,
         label: "ESP".into(),
         volume_id,
+        hidden_sectors,
         epoch: req.epoch,
         files,
     }
-    .build(out)
-    .map_err(|e: fat::Error| invalid(out, e.to_string()))?;
-    Ok(())
+    .layout(&name)
+    .map_err(|e: fat::Error| invalid(&req.template, format!("the ESP: {e}")))?;
+    Ok(Arc::new(volume))
 }
 
 /// Replaces `${partuuid:LABEL}` with the unique GUID of the partition labelled LABEL.

@@ -1,7 +1,7 @@
 //! FAT12, FAT16 and FAT32 file systems, read-only.
 //!
 //! Our own reader, written from Microsoft's "FAT: General Overview of On-Disk Format" (version
-//! 1.03; "the spec" below, cited by section). The `fatfs` crate is not used for reading: its
+//! 1.03; "the spec" below, cited by section). mkomi does not use the `fatfs` crate: its
 //! 0.3.6 release can panic or loop on a corrupt image, and the images read here are untrusted.
 //!
 //! The file system lives in a window of a [`Disk`]: a bare file system image is the window
@@ -1669,7 +1669,7 @@ mod tests {
 
     #[test]
     fn reads_the_esp_our_builder_writes() {
-        use crate::layout::fat::{FileSource, build};
+        use crate::layout::fat::{FatImage, FileSource, write_image};
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("esp.img");
         let files = [
@@ -1689,15 +1689,17 @@ mod tests {
             .iter()
             .map(|(p, d)| (p.to_string(), FileSource::Bytes(d.clone())))
             .collect();
-        build(
-            &img,
-            64 * M as u64,
-            "ESP",
-            0x1234_abcd,
-            1_709_213_863,
-            &inputs,
-        )
+        let volume = FatImage {
+            size: 64 * M as u64,
+            label: "ESP".into(),
+            volume_id: 0x1234_abcd,
+            hidden_sectors: 0,
+            epoch: 1_709_213_863,
+            files: inputs,
+        }
+        .layout(&img)
         .unwrap();
+        write_image(&volume, &img);
         let fs = open_at(&img, 0, None).unwrap();
         assert_eq!(fs.kind(), "fat32");
         assert_eq!(fs.label().as_deref(), Some("ESP"));
@@ -1728,31 +1730,10 @@ mod tests {
         );
     }
 
-    /// The long-name entries that precede `short` for `name`, stored last part first.
+    /// The long-name entries that precede `short` for `name`, stored last part first: the
+    /// codec's encoder, which the writer uses too.
     fn long_entries(name: &str, short: &[u8; 11]) -> Vec<[u8; 32]> {
-        let mut units: Vec<u16> = name.encode_utf16().collect();
-        if !units.len().is_multiple_of(LONG_UNITS) {
-            units.push(0);
-        }
-        while !units.len().is_multiple_of(LONG_UNITS) {
-            units.push(0xFFFF);
-        }
-        let count = units.len() / LONG_UNITS;
-        let sum = short_checksum(short);
-        (1..=count)
-            .rev()
-            .map(|ord| {
-                let mut e = [0u8; 32];
-                e[0] = ord as u8 | if ord == count { LAST_LONG_ENTRY } else { 0 };
-                e[11] = ATTR_LONG_NAME;
-                e[13] = sum;
-                for (k, &at) in LONG_UNIT_OFFSETS.iter().enumerate() {
-                    let u = units[(ord - 1) * LONG_UNITS + k];
-                    e[at..at + 2].copy_from_slice(&u.to_le_bytes());
-                }
-                e
-            })
-            .collect()
+        crate::ondisk::fat::encode_long_name(name, short).unwrap()
     }
 
     fn short_entry(name: &[u8; 11], attr: u8, nt: u8, cluster: u16, size: u32) -> [u8; 32] {

@@ -2,11 +2,13 @@
 //! "the spec" below, cited by section): the boot sector's BPB, FAT entries, directory entries,
 //! long names, and the one cluster-chain walker, which checks every link and finds loops.
 //!
-//! [`crate::fs::fat`] reads untrusted volumes with it and [`crate::layout::fat`] repairs the
-//! volumes `fatfs` writes with it. Nothing here reads or writes a disk: the callers read the
-//! bytes and hand them in (FAT entries through a function given to the walker), so each keeps
-//! its own I/O and its own errors. Everything decoded from the disk is checked before use; a
-//! wrong field or link is an `Err` with a one-line reason, never a panic.
+//! [`crate::fs::fat`] reads untrusted volumes with the decoders, and [`crate::layout::fat`]
+//! writes FAT32 volumes with the encoders (boot sector, FSInfo, short and long directory
+//! entries); the reader's tests decode what the encoders make. Nothing here reads or writes a
+//! disk: the callers read the bytes and hand them in (FAT entries through a function given to
+//! the walker), so each keeps its own I/O and its own errors. Everything decoded from the disk
+//! is checked before use; a wrong field or link is an `Err` with a one-line reason, never a
+//! panic.
 
 use std::collections::BTreeMap;
 
@@ -859,6 +861,150 @@ pub fn set_timestamps(e: &mut [u8; DIR_ENTRY], date: u16, time: u16) {
     e[24..26].copy_from_slice(&date.to_le_bytes());
 }
 
+/// Attribute bit of a file changed since the last backup; set on every file written, as FAT
+/// drivers do (spec, "FAT Directory Structure").
+pub const ATTR_ARCHIVE: u8 = 0x20;
+/// The sector of a FAT32 volume that holds FSInfo (`BPB_FSInfo`).
+pub const FSINFO_SECTOR: u64 = 1;
+/// The sector of a FAT32 volume that holds the copy of the boot sector (`BPB_BkBootSec`); the
+/// spec recommends 6, and the FSInfo copy follows it.
+pub const BACKUP_BOOT_SECTOR: u64 = 6;
+/// The end-of-chain value a FAT32 writer stores (spec, "FAT Data Structure").
+pub const FAT32_EOC: u32 = 0x0FFF_FFFF;
+/// The FAT32 media descriptor for fixed disks, also the low byte of FAT entry 0.
+pub const MEDIA_FIXED: u8 = 0xF8;
+
+/// What a FAT32 writer chooses for the boot sector's BPB (spec, "Boot Sector and BPB"); the
+/// other fields are fixed: 512-byte sectors, two FATs, root directory at cluster 2, FSInfo in
+/// sector 1, the boot sector's copy in sector 6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fat32Bpb {
+    /// `BPB_SecPerClus`: a power of two from 1 to 64.
+    pub sectors_per_cluster: u8,
+    /// `BPB_RsvdSecCnt`: at least 8 (boot sector, FSInfo and their copies).
+    pub reserved_sectors: u16,
+    /// `BPB_FATSz32`: sectors of each of the two FATs.
+    pub fat_sectors: u32,
+    /// `BPB_TotSec32`.
+    pub total_sectors: u32,
+    /// `BPB_HiddSec`: sectors before the volume on its disk (its partition's first LBA).
+    pub hidden_sectors: u32,
+    /// `BS_VolID`.
+    pub volume_id: u32,
+    /// `BS_VolLab`, space-padded.
+    pub label: [u8; 11],
+}
+
+/// The boot sector of a FAT32 volume (spec, "Boot Sector and BPB", "FAT32 Structure Starting at
+/// Offset 36"). Its boot code only asks the BIOS to try the next device (`int 18h`): an EFI
+/// system partition is read by firmware, never run.
+pub fn encode_fat32_boot(bpb: &Fat32Bpb) -> [u8; BOOT_SECTOR] {
+    let mut b = [0u8; BOOT_SECTOR];
+    // BS_jmpBoot: a short jump over the BPB to offset 90, then NOP.
+    b[..3].copy_from_slice(&[0xEB, 0x58, 0x90]);
+    // BS_OEMName: "MSWIN4.1" is what the spec recommends for compatibility.
+    b[3..11].copy_from_slice(b"MSWIN4.1");
+    b[11..13].copy_from_slice(&512u16.to_le_bytes());
+    b[13] = bpb.sectors_per_cluster;
+    b[14..16].copy_from_slice(&bpb.reserved_sectors.to_le_bytes());
+    b[16] = 2; // BPB_NumFATs
+    // BPB_RootEntCnt, BPB_TotSec16 and BPB_FATSz16 stay 0 on FAT32.
+    b[21] = MEDIA_FIXED;
+    // BPB_SecPerTrk and BPB_NumHeads: the usual translated geometry; nothing reads it here.
+    b[24..26].copy_from_slice(&63u16.to_le_bytes());
+    b[26..28].copy_from_slice(&255u16.to_le_bytes());
+    b[28..32].copy_from_slice(&bpb.hidden_sectors.to_le_bytes());
+    b[32..36].copy_from_slice(&bpb.total_sectors.to_le_bytes());
+    b[36..40].copy_from_slice(&bpb.fat_sectors.to_le_bytes());
+    // BPB_ExtFlags 0 (both FATs mirrored), BPB_FSVer 0.0.
+    b[44..48].copy_from_slice(&2u32.to_le_bytes()); // BPB_RootClus
+    b[48..50].copy_from_slice(&(FSINFO_SECTOR as u16).to_le_bytes());
+    b[50..52].copy_from_slice(&(BACKUP_BOOT_SECTOR as u16).to_le_bytes());
+    b[64] = 0x80; // BS_DrvNum: a hard disk
+    b[66] = 0x29; // BS_BootSig: the three fields below are present
+    b[67..71].copy_from_slice(&bpb.volume_id.to_le_bytes());
+    b[71..82].copy_from_slice(&bpb.label);
+    b[82..90].copy_from_slice(b"FAT32   ");
+    // int 18h; then cli, hlt and loop should the BIOS return.
+    b[90..95].copy_from_slice(&[0xCD, 0x18, 0xFA, 0xF4, 0xEB]);
+    b[95] = 0xFD;
+    b[510] = 0x55;
+    b[511] = 0xAA;
+    b
+}
+
+/// The FSInfo sector (spec, "FAT32 FSInfo Sector Structure"): `free` clusters and the hint
+/// `next_free` (0xFFFFFFFF for "unknown").
+pub fn encode_fsinfo(free: u32, next_free: u32) -> [u8; BOOT_SECTOR] {
+    let mut b = [0u8; BOOT_SECTOR];
+    b[..4].copy_from_slice(&0x4161_5252u32.to_le_bytes()); // FSI_LeadSig
+    b[484..488].copy_from_slice(&0x6141_7272u32.to_le_bytes()); // FSI_StrucSig
+    b[488..492].copy_from_slice(&free.to_le_bytes());
+    b[492..496].copy_from_slice(&next_free.to_le_bytes());
+    b[508..512].copy_from_slice(&0xAA55_0000u32.to_le_bytes()); // FSI_TrailSig
+    b
+}
+
+/// A short (8.3) directory entry of a FAT32 volume: `name` as stored, `attr`, the first
+/// cluster, the size and one date and time for every timestamp field.
+pub fn encode_short_entry(
+    name: &[u8; 11],
+    attr: u8,
+    cluster: u32,
+    size: u32,
+    date: u16,
+    time: u16,
+) -> [u8; DIR_ENTRY] {
+    let mut e = [0u8; DIR_ENTRY];
+    e[..11].copy_from_slice(name);
+    e[11] = attr;
+    set_timestamps(&mut e, date, time);
+    set_entry_cluster(&mut e, cluster);
+    e[28..32].copy_from_slice(&size.to_le_bytes());
+    e
+}
+
+/// The long-name entries for `name` that precede the short entry `short`, in the order they
+/// are stored (last part first; spec, "FAT Long Directory Entries"). `None` if `name` is empty
+/// or longer than 255 UTF-16 units.
+pub fn encode_long_name(name: &str, short: &[u8; 11]) -> Option<Vec<[u8; DIR_ENTRY]>> {
+    let mut units: Vec<u16> = name.encode_utf16().collect();
+    if units.is_empty() || units.len() > 255 {
+        return None;
+    }
+    // The name ends with 0x0000 unless it fills its last entry, then 0xFFFF pads it.
+    if !units.len().is_multiple_of(LONG_UNITS) {
+        units.push(0);
+    }
+    while !units.len().is_multiple_of(LONG_UNITS) {
+        units.push(0xFFFF);
+    }
+    let count = units.len() / LONG_UNITS;
+    let sum = short_checksum(short);
+    let entries = (1..=count)
+        .rev()
+        .map(|ord| {
+            let mut e = [0u8; DIR_ENTRY];
+            // count <= 20, so ord fits a byte.
+            e[0] = ord as u8 | if ord == count { LAST_LONG_ENTRY } else { 0 };
+            e[11] = ATTR_LONG_NAME;
+            e[13] = sum;
+            for (k, &at) in LONG_UNIT_OFFSETS.iter().enumerate() {
+                let u = units[(ord - 1) * LONG_UNITS + k];
+                e[at..at + 2].copy_from_slice(&u.to_le_bytes());
+            }
+            e
+        })
+        .collect();
+    Some(entries)
+}
+
+/// Whether `b` may stand in an 8.3 name as written by a careful writer: upper-case letters,
+/// digits and the spec's special characters (spec, "FAT Directory Structure", DIR_Name).
+pub fn short_name_byte(b: u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit() || b"$%'-_@~`!(){}^#&".contains(&b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -877,5 +1023,55 @@ mod tests {
         for c in [0, 8, 13, 18, 21, u32::MAX - 1] {
             assert!(!seen.contains(c), "{c}");
         }
+    }
+
+    /// The boot sector the encoder writes decodes, field by field, to the layout it describes.
+    #[test]
+    fn encoded_boot_sector_decodes_to_its_layout() {
+        let bpb = Fat32Bpb {
+            sectors_per_cluster: 2,
+            reserved_sectors: 34,
+            fat_sectors: 1200,
+            total_sectors: 300_000,
+            hidden_sectors: 2048,
+            volume_id: 0xDEAD_BEEF,
+            label: *b"ESP        ",
+        };
+        let geo = geometry(&encode_fat32_boot(&bpb)).unwrap();
+        assert_eq!(geo.fat_type, FatType::Fat32);
+        assert_eq!(geo.cluster_bytes, 1024);
+        assert_eq!(geo.fat_start, 34 * 512);
+        assert_eq!(geo.fat_len, 1200 * 512);
+        assert_eq!(geo.data_start, (34 + 2400) * 512);
+        assert_eq!(geo.clusters, (300_000 - 34 - 2400) / 2);
+        assert_eq!(geo.root, Root::Cluster(2));
+        assert_eq!(geo.boot_label.as_deref(), Some("ESP"));
+    }
+
+    /// Long names round-trip through the decoder, whatever their length against the 13-unit
+    /// entries, and a name of 256 units is refused.
+    #[test]
+    fn long_names_round_trip() {
+        let short = *b"LONGNA~1TXT";
+        for name in [
+            "a",
+            "exactly13char",
+            "exactly13charX",
+            "vmlinuz-6.1.0-13-amd64",
+            "é✓",
+        ] {
+            let entries = encode_long_name(name, &short).unwrap();
+            let mut long = None;
+            for e in &entries {
+                long = LongName::push(long, e);
+            }
+            assert_eq!(long.unwrap().finish(&short).as_deref(), Some(name));
+        }
+        assert!(encode_long_name(&"x".repeat(256), &short).is_none());
+        assert!(encode_long_name("", &short).is_none());
+        assert_eq!(
+            encode_long_name(&"x".repeat(255), &short).unwrap().len(),
+            20
+        );
     }
 }
