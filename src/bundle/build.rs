@@ -1,9 +1,9 @@
 //! `build`: a template in, a bootable disk laid out and registered as a bundle.
 //!
-//! The disk is assembled as a [`Composite`] source — GPT, an EFI system partition made in a
-//! work directory, file system images placed in their partitions — and handed to the same
-//! `register` path as any image: same manifest, checksums and atomic output. Nothing is mounted
-//! and nothing needs root. Every identifier (disk and partition GUIDs, the FAT serial) derives
+//! The disk is assembled as a [`Composite`] source — GPT, an EFI system partition laid out in
+//! memory ([`FatImage::layout`]: no image file), file system images placed in their partitions —
+//! and handed to the same `register` path as any image: same manifest, checksums and atomic
+//! output. Nothing is mounted and nothing needs root. Every identifier (disk and partition GUIDs, the FAT serial) derives
 //! from a seed over the template, the variables, the inputs' sizes and `SOURCE_DATE_EPOCH`, and
 //! every timestamp from the latter, so the same inputs give the same bytes.
 
@@ -195,7 +195,8 @@ fn root_fs(tpl: &Template, table: &Table, req: &BuildRequest) -> Result<Ext4> {
     Ext4::open(src, 0, size, path).map_err(|e| invalid(path, e.to_string()))
 }
 
-/// Fetches a file for the ESP into the work directory (or names the host file).
+/// Fetches a file for the ESP: a `root:` file is copied out of the root file system into the
+/// work directory, once; a host file is only named.
 fn fetch(
     r: &FileRef,
     root: &mut Option<Ext4>,
