@@ -231,8 +231,7 @@ impl FatImage {
     /// Lays the volume out; `name` stands for it in messages (a read error of a host file names
     /// the host file). Every argument is checked and every host file opened here, so a volume
     /// that lays out is one the copy can write; a host file that shrinks before the copy reads
-    /// it fails the copy, and only the first [`FatImage::files`] size's bytes of one that grows
-    /// are read.
+    /// it fails the copy, and one that grows is read up to the size it had here.
     pub fn layout(&self, name: &Path) -> Result<FatVolume, Error> {
         let size = self.size;
         check_size(size)?;
