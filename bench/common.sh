@@ -80,7 +80,9 @@ report_context() {
     if [[ $rev != unknown ]] && [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
         rev+=" (dirty)"
     fi
-    if [[ $TIMER == hyperfine ]]; then
+    if [[ $TIMER == interleaved ]]; then
+        timer="interleaved rounds ($2), $RUNS timed + $WARMUP warm-up, each command once a round, median"
+    elif [[ $TIMER == hyperfine ]]; then
         timer="$(hyperfine --version), $RUNS runs + $WARMUP warm-up, median"
     else
         timer="built-in loop ($2), $RUNS runs + $WARMUP warm-up, median"

@@ -11,7 +11,6 @@
 #   BENCH_DIR=dir  inputs, scratch and results (default /var/tmp/mkomi-bench; inputs are reused)
 #   BENCH_TREE=dir directory copied into the ext4 input (default /usr/share)
 #   RUNS=n         timed runs per command (default 5); WARMUP=n warm-up runs (default 1)
-#   NO_HYPERFINE=1 use the built-in timing loop even if hyperfine is installed
 #   BENCH_NICE=n   run at CPU priority n in a session of its own (see common.sh), e.g. -19 as root
 set -euo pipefail
 
@@ -135,37 +134,47 @@ median() { # median of the numbers on stdin
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# bench KEY PREPARE COMMAND: median wall time of COMMAND (a bash command line) in seconds.
-# PREPARE runs before every run, untimed.
+# bench KEY PREPARE COMMAND: adds COMMAND (a bash command line) to the commands timed by
+# run_benches; PREPARE runs before each of its runs, untimed.
+KEYS=() PREPS=() CMDS=()
 bench() {
-    local key=$1 prep=$2 cmd=$3
-    log "timing $key: $cmd"
-    if [[ $TIMER == hyperfine ]]; then
-        hyperfine --shell=bash --style=basic --runs "$RUNS" --warmup "$WARMUP" \
-            --prepare "$prep" --export-json "$JSON_DIR/$key.json" -n "$key" "$cmd" >&2
-        MED[$key]=$(sed -n 's/.*"median": *\([-0-9.eE+]*\).*/\1/p' "$JSON_DIR/$key.json" | head -n 1)
-        # Mean user and system CPU seconds of the command, children included.
-        CPU[$key]=$(awk -F'[:,]' '/"user":/ && !u { u = $2 } /"system":/ && !s { s = $2 }
-            END { printf "%.3f %.3f", u, s }' "$JSON_DIR/$key.json")
-    else
-        local i t0 t1 times='' cpu=$WORK/cpu.$key
-        : >"$cpu"
-        for ((i = 0; i < WARMUP + RUNS; i++)); do
-            bash -c "$prep"
+    KEYS+=("$1") PREPS+=("$2") CMDS+=("$3")
+}
+
+# run_benches: WARMUP rounds, then RUNS timed rounds; each round runs every command once, in
+# turn, so a slow spell of the machine (another job, page reclaim, balloon reporting) falls on
+# all of them alike rather than on whichever ran back to back through it. Sets MED[KEY] (median
+# wall seconds) and CPU[KEY] ("user system", mean CPU seconds, children included).
+run_benches() {
+    local round i key t0 t1 cpu
+    declare -A times=()
+    for ((round = 0; round < WARMUP + RUNS; round++)); do
+        if ((round < WARMUP)); then
+            log "round $((round + 1)) of $((WARMUP + RUNS)) (warm-up)"
+        else
+            log "round $((round + 1)) of $((WARMUP + RUNS))"
+        fi
+        for i in "${!KEYS[@]}"; do
+            key=${KEYS[$i]}
+            cpu=$WORK/cpu.$key
+            ((round > 0)) || : >"$cpu"
+            bash -c "${PREPS[$i]}"
             t0=$(date +%s%N)
-            if ((i < WARMUP)); then
-                bash -c "$cmd" >/dev/null
+            if ((round < WARMUP)); then
+                bash -c "${CMDS[$i]}" >/dev/null || die "$key failed: ${CMDS[$i]}"
             else
-                /usr/bin/time -f '%U %S' -a -o "$cpu" bash -c "$cmd" >/dev/null
+                /usr/bin/time -f '%U %S' -a -o "$cpu" bash -c "${CMDS[$i]}" >/dev/null ||
+                    die "$key failed: ${CMDS[$i]}"
             fi
             t1=$(date +%s%N)
-            ((i < WARMUP)) || times+="$(((t1 - t0) / 1000)) "
+            ((round < WARMUP)) || times[$key]+="$(((t1 - t0) / 1000)) "
         done
-        MED[$key]=$(printf '%s\n' $times | median | awk '{ printf "%.6f", $1 / 1e6 }')
-        CPU[$key]=$(awk '{ u += $1; s += $2 } END { printf "%.3f %.3f", u / NR, s / NR }' "$cpu")
-    fi
-    [[ -n ${MED[$key]} ]] || die "no median for $key"
-    log "  median ${MED[$key]} s"
+    done
+    for key in "${KEYS[@]}"; do
+        MED[$key]=$(printf '%s\n' ${times[$key]} | median | awk '{ printf "%.6f", $1 / 1e6 }')
+        CPU[$key]=$(awk '{ u += $1; s += $2 } END { printf "%.3f %.3f", u / NR, s / NR }' "$WORK/cpu.$key")
+        log "  $key: median ${MED[$key]} s"
+    done
 }
 
 # Outputs are removed before every run (an existing bundle makes register fail), and dirty pages
@@ -188,13 +197,15 @@ bench ossl ":" "$OSSL"
 bench mk_sparse "$PREP_BUNDLE" "$(cmdline "${REG_SPARSE[@]}")"
 bench qi_sum "$PREP_QOUT" "$QCONVERT && $QSUM"
 bench qi "$PREP_QOUT" "$QCONVERT"
-QSIZE=$(stat -c %s "$QOUT")
 bench mk_sync "$PREP_BUNDLE" "$(cmdline "${REG_SYNC[@]}")"
 [[ -z ${MKOMI_BASE:-} ]] || bench base_sync "$PREP_BUNDLE" "$(cmdline "${BASE_SYNC[@]}")"
 bench qi_sum_sync "$PREP_QOUT" "$QCONVERT && $QSUM && $QSYNC"
 bench qi_sync "$PREP_QOUT" "$QCONVERT && $QSYNC"
 bench mk_verify ":" "$(cmdline "${VERIFY[@]}")"
 bench sha_c ":" "cd $(q "$VBUNDLE") && sha256sum -c --quiet SHA256SUMS"
+run_benches
+# qemu-img convert's output, as the last round left it.
+QSIZE=$(stat -c %s "$QOUT")
 
 # Peak RSS, one warm run each.
 declare -A RSS
@@ -250,6 +261,7 @@ rss_row() { # rss_row NUM LABEL KEY MAX_KIB
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 human() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 
+TIMER=interleaved
 report_context bench/run.sh 'date +%s%N'
 
 {
