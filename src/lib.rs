@@ -51,4 +51,5 @@ pub mod sink;
 pub mod staging;
 pub mod storage;
 pub mod store;
+pub mod tree;
 pub mod util;

@@ -5,5 +5,6 @@
 //! A codec holds the format's constants, its structures and their encoding and decoding; the
 //! policy (what a writer lays out, what a reader reports or refuses) stays with its user.
 
+pub mod crc32c;
 pub mod fat;
 pub mod gpt;

@@ -1,0 +1,547 @@
+//! File trees: what a directory, a tar archive or a container image holds, as one model that the
+//! root file system writer ([`crate::layout::ext4`]) lays out.
+//!
+//! A [`Tree`] maps paths to [`Entry`]s. Paths are lists of components, each a non-empty byte
+//! string without `/` or NUL that is neither `.` nor `..`; names need not be UTF-8. The map is
+//! ordered by components, so a directory's subtree is one contiguous range and iteration order
+//! (the order inodes and blocks are given out in) depends on the names alone, never on the order
+//! an input listed them in. File data is not held: an entry points at the storage its bytes live
+//! in (the host file, or the spool a tar stream was read into), and holes in that storage are
+//! holes in the file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::storage::ReadAt;
+
+/// The longest name ext4 (and every Linux file system) stores: `name_len` is one byte.
+pub const MAX_NAME: usize = 255;
+
+/// Errors of tree building.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A path component is empty, `.`, `..`, too long, or holds `/` or NUL.
+    #[error("{path}: {reason}")]
+    BadPath {
+        /// The path, as given.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A path goes through something that is not a directory.
+    #[error("{path}: its parent {parent} is not a directory")]
+    NotADirectory {
+        /// The path inserted.
+        path: String,
+        /// The ancestor that is not a directory.
+        parent: String,
+    },
+    /// A hard link names a path that is missing or not a regular file.
+    #[error("{path}: hard link to {target}, which {reason}")]
+    BadLink {
+        /// The link.
+        path: String,
+        /// What it links to.
+        target: String,
+        /// Why it cannot be linked.
+        reason: &'static str,
+    },
+}
+
+/// Result of tree operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A path inside a tree: its components, root first. The root itself has none.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TreePath(Vec<Vec<u8>>);
+
+impl TreePath {
+    /// The root directory.
+    pub fn root() -> Self {
+        TreePath(Vec::new())
+    }
+
+    /// Parses `/`-separated bytes. Leading, trailing and repeated `/` and `.` components are
+    /// dropped; `..`, NUL and names over [`MAX_NAME`] bytes are refused (an archive cannot
+    /// climb out of its own tree).
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let mut parts = Vec::new();
+        for c in bytes.split(|&b| b == b'/') {
+            match c {
+                b"" | b"." => {}
+                b".." => return Err(bad(bytes, "`..` leads out of the tree")),
+                _ if c.contains(&0) => return Err(bad(bytes, "a name holds a NUL byte")),
+                _ if c.len() > MAX_NAME => return Err(bad(bytes, "a name is over 255 bytes")),
+                _ => parts.push(c.to_vec()),
+            }
+        }
+        Ok(TreePath(parts))
+    }
+
+    /// The components, root first.
+    pub fn components(&self) -> &[Vec<u8>] {
+        &self.0
+    }
+
+    /// Whether this is the root.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The last component; `None` for the root.
+    pub fn name(&self) -> Option<&[u8]> {
+        self.0.last().map(Vec::as_slice)
+    }
+
+    /// The parent; `None` for the root.
+    pub fn parent(&self) -> Option<TreePath> {
+        let (_, head) = self.0.split_last()?;
+        Some(TreePath(head.to_vec()))
+    }
+
+    /// This path with `name` appended (the caller vouches that it is a valid component).
+    pub fn join(&self, name: &[u8]) -> TreePath {
+        let mut p = self.0.clone();
+        p.push(name.to_vec());
+        TreePath(p)
+    }
+
+    /// Whether `self` is `other` or lies under it.
+    pub fn starts_with(&self, other: &TreePath) -> bool {
+        self.0.starts_with(&other.0)
+    }
+
+    /// The path as `/`-separated bytes, starting with `/`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        if self.0.is_empty() {
+            return b"/".to_vec();
+        }
+        let mut out = Vec::new();
+        for c in &self.0 {
+            out.push(b'/');
+            out.extend_from_slice(c);
+        }
+        out
+    }
+}
+
+impl fmt::Display for TreePath {
+    /// The path with non-UTF-8 bytes escaped, for messages and manifests.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_bytes().escape_ascii())
+    }
+}
+
+impl fmt::Debug for TreePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+fn bad(path: &[u8], reason: &'static str) -> Error {
+    Error::BadPath {
+        path: path.escape_ascii().to_string(),
+        reason,
+    }
+}
+
+/// Owner, permissions and time of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits with set-user-ID, set-group-ID and sticky (`0o7777`); the file type is
+    /// the [`Kind`]'s.
+    pub mode: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time: seconds since the Unix epoch (may be negative).
+    pub mtime: i64,
+    /// Nanoseconds within that second, below 1,000,000,000.
+    pub mtime_nsec: u32,
+}
+
+impl Meta {
+    /// What a directory that an input implies but never lists gets: `0755`, root, `mtime`.
+    pub fn implied_dir(mtime: i64) -> Self {
+        Meta {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime,
+            mtime_nsec: 0,
+        }
+    }
+}
+
+/// Where a regular file's bytes are.
+#[derive(Clone)]
+pub enum Data {
+    /// These bytes (files added by a template, small rewrites).
+    Bytes(Arc<[u8]>),
+    /// All of this storage: a host file, or a window of a spool. Its holes are the file's holes.
+    Storage(Arc<dyn ReadAt>),
+}
+
+impl Data {
+    /// The file's size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Data::Bytes(b) => b.len() as u64,
+            Data::Storage(s) => s.len(),
+        }
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for Data {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Data::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Data::Storage(s) => write!(f, "Storage({} bytes)", s.len()),
+        }
+    }
+}
+
+/// What an entry is.
+#[derive(Clone, Debug)]
+pub enum Kind {
+    /// A directory; its children are the entries under its path.
+    Dir,
+    /// A regular file.
+    File(Data),
+    /// A symbolic link to these bytes (not resolved, not checked).
+    Symlink(Vec<u8>),
+    /// Another name for the regular file at this path: one inode with two links. Its own
+    /// [`Meta`] and xattrs are ignored; the target's are the inode's.
+    HardLink(TreePath),
+    /// A character device.
+    CharDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A block device.
+    BlockDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket (kept as an inode, as `tar` and `mke2fs -d` keep it).
+    Socket,
+}
+
+/// One path's entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// What it is.
+    pub kind: Kind,
+    /// Owner, permissions, time.
+    pub meta: Meta,
+    /// Extended attributes by full name (`security.capability`, `user.foo`), values as stored.
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Entry {
+    /// An entry with no xattrs.
+    pub fn new(kind: Kind, meta: Meta) -> Self {
+        Entry {
+            kind,
+            meta,
+            xattrs: BTreeMap::new(),
+        }
+    }
+
+    /// Whether it is a directory.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, Kind::Dir)
+    }
+}
+
+/// A file tree: entries by path, the root always present and always a directory.
+#[derive(Clone, Debug)]
+pub struct Tree {
+    entries: BTreeMap<TreePath, Entry>,
+}
+
+impl Tree {
+    /// A tree holding only its root directory, with this metadata.
+    pub fn new(root: Meta) -> Self {
+        let mut entries = BTreeMap::new();
+        entries.insert(TreePath::root(), Entry::new(Kind::Dir, root));
+        Tree { entries }
+    }
+
+    /// The entry at `path`.
+    pub fn get(&self, path: &TreePath) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    /// The entry at `path`, to change in place.
+    pub fn get_mut(&mut self, path: &TreePath) -> Option<&mut Entry> {
+        self.entries.get_mut(path)
+    }
+
+    /// Every entry, in path order: a directory comes right before its subtree, and siblings in
+    /// byte order of their names.
+    pub fn iter(&self) -> impl Iterator<Item = (&TreePath, &Entry)> {
+        self.entries.iter()
+    }
+
+    /// Every entry, in path order, to change in place.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&TreePath, &mut Entry)> {
+        self.entries.iter_mut()
+    }
+
+    /// The number of entries, the root included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Always false: the root is always there.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries under `dir` (not `dir` itself), in path order.
+    pub fn subtree<'a>(
+        &'a self,
+        dir: &'a TreePath,
+    ) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> {
+        self.entries
+            .range(dir.clone()..)
+            .skip(1)
+            .take_while(move |(p, _)| p.starts_with(dir))
+    }
+
+    /// The direct children of `dir`, in name order.
+    pub fn children<'a>(
+        &'a self,
+        dir: &'a TreePath,
+    ) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> {
+        let depth = dir.components().len() + 1;
+        self.subtree(dir)
+            .filter(move |(p, _)| p.components().len() == depth)
+    }
+
+    /// Puts `entry` at `path`, replacing what was there (a directory keeps its subtree when
+    /// replaced by a directory, and loses it otherwise, as a later tar member or layer replaces
+    /// an earlier one). Missing parent directories are created with `implied` metadata. A
+    /// parent that exists and is not a directory is an error. The root can only be replaced by
+    /// a directory (its metadata changes).
+    pub fn insert(&mut self, path: TreePath, entry: Entry, implied: Meta) -> Result<()> {
+        if path.is_root() {
+            if !entry.is_dir() {
+                return Err(Error::BadPath {
+                    path: "/".into(),
+                    reason: "the root can only be a directory",
+                });
+            }
+            self.entries.insert(path, entry);
+            return Ok(());
+        }
+        let comps = path.components();
+        for depth in 1..comps.len() {
+            let ancestor = TreePath(comps[..depth].to_vec());
+            match self.entries.get(&ancestor) {
+                Some(e) if e.is_dir() => {}
+                Some(_) => {
+                    return Err(Error::NotADirectory {
+                        path: path.to_string(),
+                        parent: ancestor.to_string(),
+                    });
+                }
+                None => {
+                    self.entries
+                        .insert(ancestor, Entry::new(Kind::Dir, implied));
+                }
+            }
+        }
+        let keep_subtree = entry.is_dir() && self.entries.get(&path).is_some_and(Entry::is_dir);
+        if !keep_subtree {
+            self.remove(&path);
+        }
+        self.entries.insert(path, entry);
+        Ok(())
+    }
+
+    /// Removes `path` and everything under it; returns how many entries went. Removing the root
+    /// empties it but keeps it. A regular file that hard links elsewhere point at moves to the
+    /// first remaining link (in path order), so those links keep their content, as a file
+    /// system keeps an inode while a name for it remains.
+    pub fn remove(&mut self, path: &TreePath) -> usize {
+        let doomed: Vec<TreePath> = if path.is_root() {
+            self.subtree(path).map(|(p, _)| p.clone()).collect()
+        } else if self.entries.contains_key(path) {
+            std::iter::once(path.clone())
+                .chain(self.subtree(path).map(|(p, _)| p.clone()))
+                .collect()
+        } else {
+            return 0;
+        };
+        let mut removed = BTreeMap::new();
+        for p in &doomed {
+            if let Some(e) = self.entries.remove(p) {
+                removed.insert(p.clone(), e);
+            }
+        }
+        // Hard links elsewhere to a removed file: the first becomes the file, the rest point
+        // at it. Links inside the removed subtree went with it.
+        if !removed.values().any(|e| matches!(e.kind, Kind::File(_))) {
+            return doomed.len();
+        }
+        let linked: Vec<(TreePath, TreePath)> = self
+            .entries
+            .iter()
+            .filter_map(|(p, e)| match &e.kind {
+                Kind::HardLink(t) if removed.contains_key(t) => Some((p.clone(), t.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut moved: BTreeMap<TreePath, TreePath> = BTreeMap::new();
+        for (link, target) in linked {
+            match moved.get(&target) {
+                Some(new_home) => {
+                    if let Some(e) = self.entries.get_mut(&link) {
+                        e.kind = Kind::HardLink(new_home.clone());
+                    }
+                }
+                None => {
+                    if let Some(file) = removed.get(&target) {
+                        self.entries.insert(link.clone(), file.clone());
+                        moved.insert(target, link);
+                    }
+                }
+            }
+        }
+        doomed.len()
+    }
+
+    /// Checks that every hard link names a regular file (not another link), as the writer
+    /// needs; inputs call it once they are done.
+    pub fn check_links(&self) -> Result<()> {
+        for (p, e) in &self.entries {
+            if let Kind::HardLink(t) = &e.kind {
+                let reason = match self.entries.get(t).map(|e| &e.kind) {
+                    None => "is not in the tree",
+                    Some(Kind::File(_)) => continue,
+                    Some(Kind::HardLink(_)) => "is itself a hard link",
+                    Some(_) => "is not a regular file",
+                };
+                return Err(Error::BadLink {
+                    path: p.to_string(),
+                    target: t.to_string(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Clamps every time to at most `epoch` (`SOURCE_DATE_EPOCH`), as reproducible builds ask:
+    /// later times become `epoch`, earlier ones stay.
+    pub fn clamp_times(&mut self, epoch: i64) {
+        for e in self.entries.values_mut() {
+            if e.meta.mtime > epoch || (e.meta.mtime == epoch && e.meta.mtime_nsec > 0) {
+                e.meta.mtime = epoch;
+                e.meta.mtime_nsec = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> TreePath {
+        TreePath::parse(s.as_bytes()).unwrap()
+    }
+
+    fn file(bytes: &[u8]) -> Entry {
+        Entry::new(Kind::File(Data::Bytes(bytes.into())), Meta::implied_dir(0))
+    }
+
+    #[test]
+    fn parse_refuses_escapes_and_normalises() {
+        assert_eq!(p("/a//b/./c/"), p("a/b/c"));
+        assert!(TreePath::parse(b"a/../b").is_err());
+        assert!(TreePath::parse(b"a/b\0c").is_err());
+        assert!(TreePath::parse(&[b'x'; 256]).is_err());
+        assert!(TreePath::parse(&[b'x'; 255]).is_ok());
+        assert_eq!(p("/").to_bytes(), b"/");
+        assert_eq!(TreePath::parse(b"a/\xff").unwrap().to_string(), "/a/\\xff");
+    }
+
+    #[test]
+    fn subtrees_are_contiguous_whatever_the_names() {
+        let mut t = Tree::new(Meta::implied_dir(0));
+        let m = Meta::implied_dir(0);
+        for s in ["a/b/c", "a/b-x", "a/b0", "a/b/d"] {
+            t.insert(p(s), file(b"x"), m).unwrap();
+        }
+        let under: Vec<String> = t.subtree(&p("a/b")).map(|(p, _)| p.to_string()).collect();
+        assert_eq!(under, ["/a/b/c", "/a/b/d"]);
+        let kids: Vec<String> = t.children(&p("a")).map(|(p, _)| p.to_string()).collect();
+        assert_eq!(kids, ["/a/b", "/a/b-x", "/a/b0"]);
+    }
+
+    #[test]
+    fn insert_through_a_file_is_refused() {
+        let mut t = Tree::new(Meta::implied_dir(0));
+        let m = Meta::implied_dir(0);
+        t.insert(p("f"), file(b"x"), m).unwrap();
+        assert!(matches!(
+            t.insert(p("f/g"), file(b"y"), m),
+            Err(Error::NotADirectory { .. })
+        ));
+    }
+
+    #[test]
+    fn replacing_a_directory_by_a_file_drops_its_subtree() {
+        let mut t = Tree::new(Meta::implied_dir(0));
+        let m = Meta::implied_dir(0);
+        t.insert(p("d/x"), file(b"x"), m).unwrap();
+        t.insert(p("d"), Entry::new(Kind::Dir, m), m).unwrap();
+        assert!(t.get(&p("d/x")).is_some());
+        t.insert(p("d"), file(b"now a file"), m).unwrap();
+        assert!(t.get(&p("d/x")).is_none());
+    }
+
+    #[test]
+    fn removing_a_link_target_moves_the_file_to_a_remaining_link() {
+        let mut t = Tree::new(Meta::implied_dir(0));
+        let m = Meta::implied_dir(0);
+        t.insert(p("a/f"), file(b"data"), m).unwrap();
+        t.insert(p("b/g"), Entry::new(Kind::HardLink(p("a/f")), m), m)
+            .unwrap();
+        t.insert(p("c/h"), Entry::new(Kind::HardLink(p("a/f")), m), m)
+            .unwrap();
+        assert_eq!(t.remove(&p("a")), 2);
+        assert!(matches!(t.get(&p("b/g")).unwrap().kind, Kind::File(_)));
+        match &t.get(&p("c/h")).unwrap().kind {
+            Kind::HardLink(target) => assert_eq!(target, &p("b/g")),
+            other => panic!("{other:?}"),
+        }
+        t.check_links().unwrap();
+    }
+
+    #[test]
+    fn clamp_only_lowers() {
+        let mut t = Tree::new(Meta::implied_dir(500));
+        t.insert(p("old"), file(b""), Meta::implied_dir(10))
+            .unwrap();
+        t.clamp_times(100);
+        assert_eq!(t.get(&TreePath::root()).unwrap().meta.mtime, 100);
+        assert_eq!(t.get(&p("old")).unwrap().meta.mtime, 0);
+    }
+}
