@@ -2,6 +2,7 @@
 //! reproducibly (every identifier and timestamp derives from the inputs and a seed).
 
 pub mod composite;
+pub mod ext4;
 pub mod fat;
 pub mod gpt;
 pub mod template;

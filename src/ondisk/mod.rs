@@ -6,5 +6,7 @@
 //! policy (what a writer lays out, what a reader reports or refuses) stays with its user.
 
 pub mod crc32c;
+pub mod ext4;
+pub mod ext4_dir;
 pub mod fat;
 pub mod gpt;

@@ -9,6 +9,10 @@
 //! in (the host file, or the spool a tar stream was read into), and holes in that storage are
 //! holes in the file.
 
+pub mod dir;
+pub mod oci;
+pub mod tar;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;

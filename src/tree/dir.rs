@@ -1,0 +1,1 @@
+//! Reading a dir into a [`crate::tree::Tree`].

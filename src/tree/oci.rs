@@ -1,0 +1,1 @@
+//! Reading a oci into a [`crate::tree::Tree`].

@@ -1,0 +1,1 @@
+//! Reading a tar into a [`crate::tree::Tree`].
