@@ -196,7 +196,7 @@ fn scan_with(fs: &dyn FileSystem, limits: &Limits) -> Audit {
 }
 
 /// The shell and tool histories looked for in home directories.
-const HISTORIES: &[&str] = &[
+pub(crate) const HISTORIES: &[&str] = &[
     ".bash_history",
     ".zsh_history",
     ".sh_history",

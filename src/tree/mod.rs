@@ -9,8 +9,10 @@
 //! in (the host file, or the spool a tar stream was read into), and holes in that storage are
 //! holes in the file.
 
+pub mod add;
 pub mod dir;
 pub mod oci;
+pub mod sanitize;
 pub mod tar;
 
 use std::collections::BTreeMap;
