@@ -12,14 +12,17 @@ use super::{Error, Result, io_err};
 use crate::format::{self, Disk};
 use crate::fs::ext4::Ext4;
 use crate::layout::composite::{Composite, Content as Region_, Region};
+use crate::layout::fat::SharedStorage;
 use crate::layout::fat::{self, FatImage, FileSource};
 use crate::layout::gpt::{self, PartitionRequest, Table};
-use crate::layout::template::{Content, FileRef, Template};
+use crate::layout::template::{Content, FileRef, Margin, PartSize, Template};
+use crate::manifest::{AddedFile, BuildRecord, SanitizedPath, TreeRecord};
 use crate::manifest::{Architecture, rules};
 use crate::ondisk::gpt::PartitionType;
 use crate::progress::Progress;
 use crate::sink::OutputFormat;
 use crate::staging::Target;
+use crate::tree::{self, Tree, add, resolve, sanitize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +61,22 @@ fn invalid(path: &Path, reason: String) -> Error {
     }
 }
 
+/// How big an ext4 file system is made (stand-in until the writer is merged).
+enum Ext4Size {
+    Fixed(u64),
+    Auto { extra: Margin },
+}
+
+/// A partition's content, opened or read.
+enum Input {
+    /// An image streamed in.
+    Image(Arc<dyn Disk>),
+    /// A tree to lay out, and what the source was.
+    Tree(Box<Tree>, &'static str),
+    /// Made by the build (the ESP) or empty.
+    Made,
+}
+
 /// Builds the bundle described by the template.
 pub fn build(
     req: &BuildRequest,
@@ -67,56 +86,166 @@ pub fn build(
     let tpl = Template::load(&req.template, &req.vars)?;
     let text = std::fs::read(&req.template).map_err(io_err(&req.template, "cannot read"))?;
 
-    // Open every image first: errors before any work, and their sizes feed the seed.
-    let mut images: Vec<Option<Arc<dyn Disk>>> = Vec::new();
-    for p in &tpl.partitions {
-        images.push(match &p.content {
-            Content::Image(path) => Some(format::open_path(path, &req.open)?),
-            _ => None,
+    // The work directory: files the ESP takes from an image, trees' spools; removed at the end.
+    let work = Target::new(&req.output)?.scratch("work")?;
+
+    // Open every image and read every tree first: errors before any work, and what they hold
+    // feeds the seed.
+    let files_to = files_partition(&tpl);
+    let mut record = BuildRecord::default();
+    let mut warnings = Vec::new();
+    let mut inputs: Vec<Input> = Vec::new();
+    for (i, p) in tpl.partitions.iter().enumerate() {
+        inputs.push(match &p.content {
+            Content::Image(path) => Input::Image(format::open_path(path, &req.open)?),
+            Content::Tree(src) => {
+                let spool = work.path().join(format!("spool-{}", i + 1));
+                let (mut tree, kind) = read_tree(&src.source, &tpl, &spool)?;
+                let invalid_tree = |e: &dyn std::fmt::Display| invalid(&src.source, e.to_string());
+                if let Some((uid, gid)) = src.owner {
+                    for (_, e) in tree.iter_mut() {
+                        e.meta.uid = uid;
+                        e.meta.gid = gid;
+                    }
+                }
+                tree.clamp_times(req.epoch);
+                if files_to == Some(i) {
+                    let added = add::add_files(&mut tree, &tpl.files, req.epoch)
+                        .map_err(|e| invalid(&req.template, format!("[[file]]: {e}")))?;
+                    record.files.extend(added.into_iter().map(|a| AddedFile {
+                        path: a.path,
+                        replaced: a.replaced,
+                        bytes: a.bytes,
+                    }));
+                }
+                for c in sanitize::sanitize(&mut tree, &tpl.sanitize) {
+                    if c.item == "authorized-keys" {
+                        warnings.push(format!(
+                            "{}: removed {} from the tree (sanitize.authorized-keys = false keeps it)",
+                            src.source.display(),
+                            c.path
+                        ));
+                    }
+                    record.sanitized.push(SanitizedPath {
+                        item: c.item.to_owned(),
+                        path: c.path,
+                        action: match c.action {
+                            sanitize::Action::Removed => "removed",
+                            sanitize::Action::Emptied => "emptied",
+                        }
+                        .to_owned(),
+                        bytes: c.bytes,
+                    });
+                }
+                tree.check_links().map_err(|e| invalid_tree(&e))?;
+                Input::Tree(Box::new(tree), kind)
+            }
+            Content::Esp | Content::Empty => Input::Made,
         });
     }
-    let mut seed = Sha256::new();
-    seed.update(b"mkomi build v1\0");
-    seed.update(&text);
-    for (k, v) in &req.vars {
-        seed.update(format!("\0{k}={v}").as_bytes());
-    }
-    seed.update(req.epoch.to_le_bytes());
-    for img in images.iter().flatten() {
-        seed.update(img.size().to_le_bytes());
-    }
-    let seed: [u8; 32] = seed.finalize().into();
+    let seed = seed(req, &tpl, &text, &inputs);
 
+    // Trees sized to their content are laid out first: the partition table needs their sizes.
+    let mut volumes: Vec<Option<Arc<dyn Disk>>> = (0..inputs.len()).map(|_| None).collect();
+    for (i, (p, input)) in tpl.partitions.iter().zip(&inputs).enumerate() {
+        if let (PartSize::Auto(margin), Input::Tree(tree, _)) = (p.size, input) {
+            volumes[i] = Some(layout_tree(
+                tree,
+                Ext4Size::Auto { extra: margin },
+                p,
+                i,
+                &seed,
+                req,
+            )?);
+        }
+    }
+    let sizes: Vec<Option<u64>> = tpl
+        .partitions
+        .iter()
+        .zip(&volumes)
+        .map(|(p, v)| match (p.size, v) {
+            (PartSize::Fixed(n), _) => Some(n),
+            (PartSize::Auto(_), Some(v)) => Some(v.size()),
+            _ => None,
+        })
+        .collect();
+    let disk_size = match tpl.disk_size {
+        Some(n) => n,
+        None => {
+            let known: Option<Vec<u64>> = sizes.iter().copied().collect();
+            known
+                .as_deref()
+                .and_then(gpt::fit_disk_size)
+                .ok_or_else(|| {
+                    invalid(
+                        &req.template,
+                        "no disk.size, and the partitions do not add up to one".into(),
+                    )
+                })?
+        }
+    };
     let requests: Vec<PartitionRequest> = tpl
         .partitions
         .iter()
-        .map(|p| PartitionRequest {
+        .zip(&sizes)
+        .map(|(p, &size)| PartitionRequest {
             kind: p.kind,
             label: p.label.clone(),
-            size: p.size,
+            size,
             attributes: 0,
         })
         .collect();
-    let table = gpt::plan(tpl.disk_size, &requests, &seed)
+    let table = gpt::plan(disk_size, &requests, &seed)
         .map_err(|e| invalid(&req.template, e.to_string()))?;
-    for ((p, part), img) in tpl.partitions.iter().zip(&table.partitions).zip(&images) {
-        if let Some(img) = img
-            && img.size() > part.len()
-        {
-            return Err(invalid(
-                img.path(),
-                format!(
-                    "{} bytes do not fit partition '{}' ({} bytes)",
-                    img.size(),
-                    p.label,
-                    part.len()
-                ),
-            ));
+    for (i, ((p, part), input)) in tpl
+        .partitions
+        .iter()
+        .zip(&table.partitions)
+        .zip(&inputs)
+        .enumerate()
+    {
+        match input {
+            Input::Image(img) if img.size() > part.len() => {
+                return Err(invalid(
+                    img.path(),
+                    format!(
+                        "{} bytes do not fit partition '{}' ({} bytes)",
+                        img.size(),
+                        p.label,
+                        part.len()
+                    ),
+                ));
+            }
+            Input::Tree(tree, kind) => {
+                if volumes[i].is_none() {
+                    volumes[i] = Some(layout_tree(
+                        tree,
+                        Ext4Size::Fixed(part.len()),
+                        p,
+                        i,
+                        &seed,
+                        req,
+                    )?);
+                }
+                let size = volumes[i].as_ref().map_or(0, |v| v.size());
+                record.trees.push(TreeRecord {
+                    partition: p.label.clone(),
+                    source_kind: (*kind).to_owned(),
+                    file_system: "ext4".into(),
+                    size,
+                    entries: tree.len() as u64,
+                    content_bytes: tree
+                        .iter()
+                        .map(|(_, e)| match &e.kind {
+                            tree::Kind::File(d) => d.len(),
+                            _ => 0,
+                        })
+                        .fold(0, u64::saturating_add),
+                });
+            }
+            _ => {}
         }
     }
-
-    // The files the ESP takes from the root file system, removed at the end.
-    let work = Target::new(&req.output)?.scratch("work")?;
 
     let mut regions = vec![Region {
         offset: 0,
@@ -129,17 +258,24 @@ pub fn build(
         len: table.disk_size - backup_at,
         content: Region_::Bytes(backup),
     });
-    for ((p, part), img) in tpl.partitions.iter().zip(&table.partitions).zip(images) {
-        let content = match (&p.content, img) {
-            (Content::Image(_), Some(img)) => Some(img),
+    let mut root = RootFs::new(&tpl, &inputs, req);
+    for ((p, part), (input, volume)) in tpl
+        .partitions
+        .iter()
+        .zip(&table.partitions)
+        .zip(inputs.iter().zip(volumes))
+    {
+        let content = match (&p.content, input) {
+            (Content::Image(_), Input::Image(img)) => Some(img.clone()),
+            (Content::Tree(_), _) => volume,
             (Content::Esp, _) => Some(build_esp(
-                &tpl,
                 &table,
                 part.offset(),
                 part.len(),
                 work.path(),
                 req,
                 &seed,
+                &mut root,
             )?),
             _ => None,
         };
@@ -151,10 +287,11 @@ pub fn build(
             });
         }
     }
-    let disk = Composite::new(&req.template, tpl.disk_size, regions)?;
+    let disk = Composite::new(&req.template, disk_size, regions)?;
 
-    let mut root = Volume::new(rules::ROOT_DEVICE, &req.template);
-    root.volume_size = None;
+    let mut root_volume = Volume::new(rules::ROOT_DEVICE, &req.template);
+    root_volume.volume_size = None;
+    let has_trees = !record.trees.is_empty();
     let request = Request {
         output: req.output.clone(),
         force: req.force,
@@ -165,65 +302,176 @@ pub fn build(
         boot_modes: tpl.boot_modes.clone(),
         checks: req.checks,
         audit: req.audit,
-        root,
+        root: root_volume,
         extra: tpl.volumes.clone(),
         open: req.open.clone(),
         creation_epoch: req.epoch,
         sync: req.sync,
+        build: has_trees.then_some(record),
     };
-    register::register_with_root(&request, Some(Arc::new(disk)), progress, cancel)
+    let mut report =
+        register::register_with_root(&request, Some(Arc::new(disk)), progress, cancel)?;
+    report.warnings.extend(warnings);
+    Ok(report)
 }
 
-/// The partition whose file system `root:` paths refer to: the one of a root type with an
-/// image.
-fn root_fs(tpl: &Template, table: &Table, req: &BuildRequest) -> Result<Ext4> {
-    let found = tpl.partitions.iter().zip(&table.partitions).find(|(p, _)| {
-        matches!(p.kind, PartitionType::RootX86_64 | PartitionType::RootX86)
-            && matches!(p.content, Content::Image(_))
-    });
-    let Some((p, _)) = found else {
-        return Err(invalid(
-            &req.template,
-            "root: paths need a root-x86-64 or root-x86 partition with content = \"image\"".into(),
-        ));
-    };
-    let Content::Image(path) = &p.content else {
-        return Err(invalid(&req.template, "no root image".into()));
-    };
-    let src = format::open_path(path, &req.open)?;
-    let size = src.size();
-    Ext4::open(src, 0, size, path).map_err(|e| invalid(path, e.to_string()))
+/// The partition `[[file]]` adds to: the first tree of a root type, else the first tree.
+fn files_partition(tpl: &Template) -> Option<usize> {
+    let is_tree = |p: &&crate::layout::template::Partition| matches!(p.content, Content::Tree(_));
+    let trees: Vec<usize> = tpl
+        .partitions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| is_tree(p))
+        .map(|(i, _)| i)
+        .collect();
+    trees
+        .iter()
+        .copied()
+        .find(|&i| {
+            matches!(
+                tpl.partitions[i].kind,
+                PartitionType::RootX86_64 | PartitionType::RootX86
+            )
+        })
+        .or(trees.first().copied())
 }
 
-/// Fetches a file for the ESP: a `root:` file is copied out of the root file system into the
-/// work directory, once; a host file is only named.
-fn fetch(
-    r: &FileRef,
-    root: &mut Option<Ext4>,
-    tpl: &Template,
-    table: &Table,
-    req: &BuildRequest,
-    work: &Path,
-    n: usize,
-) -> Result<FileSource> {
-    match r {
-        FileRef::Host(p) => Ok(FileSource::Host(p.clone())),
-        FileRef::Root(pattern) => {
-            if root.is_none() {
-                *root = Some(root_fs(tpl, table, req)?);
-            }
-            let Some(fs) = root.as_ref() else {
-                return Err(invalid(&req.template, "no root file system".into()));
-            };
-            let found = fs
-                .resolve(pattern)
-                .map_err(|e| invalid(fs.name(), e.to_string()))?;
-            let dest = work.join(format!("file-{n}"));
-            let mut out = std::fs::File::create(&dest).map_err(io_err(&dest, "cannot create"))?;
-            fs.copy_to(&found, &mut out)
-                .map_err(|e| invalid(fs.name(), e.to_string()))?;
-            Ok(FileSource::Host(dest))
+/// The seed every identifier derives from: the template, `SOURCE_DATE_EPOCH`, the variables,
+/// and what the inputs hold. A variable that names a tree's source stands for that tree, whose
+/// fingerprint (every path, type, owner, mode, time, xattr and size, in order) the seed takes
+/// instead: the same tree as a directory, a tarball or an OCI image gives the same disk.
+fn seed(req: &BuildRequest, tpl: &Template, text: &[u8], inputs: &[Input]) -> [u8; 32] {
+    let tree_sources: Vec<&Path> = tpl
+        .partitions
+        .iter()
+        .filter_map(|p| match &p.content {
+            Content::Tree(t) => Some(t.source.as_path()),
+            _ => None,
+        })
+        .collect();
+    let mut seed = Sha256::new();
+    seed.update(b"mkomi build v1\0");
+    seed.update(text);
+    for (k, v) in &req.vars {
+        if tree_sources.contains(&Path::new(v)) {
+            continue;
         }
+        seed.update(format!("\0{k}={v}").as_bytes());
+    }
+    seed.update(req.epoch.to_le_bytes());
+    for input in inputs {
+        match input {
+            Input::Image(img) => seed.update(img.size().to_le_bytes()),
+            Input::Tree(tree, _) => seed.update(tree.fingerprint()),
+            Input::Made => {}
+        }
+    }
+    seed.finalize().into()
+}
+
+/// Reads a tree source; returns the tree and what kind of source it was.
+fn read_tree(source: &Path, tpl: &Template, spool: &Path) -> Result<(Tree, &'static str)> {
+    let _ = (tpl, spool);
+    Err(invalid(
+        source,
+        "content = \"tree\": the tree readers are not merged yet".into(),
+    ))
+}
+
+/// Lays out a tree as the ext4 file system of partition `p` (the `index`-th).
+fn layout_tree(
+    tree: &Tree,
+    size: Ext4Size,
+    p: &crate::layout::template::Partition,
+    index: usize,
+    seed: &[u8; 32],
+    req: &BuildRequest,
+) -> Result<Arc<dyn Disk>> {
+    let _ = (tree, size, p, index, seed);
+    Err(invalid(
+        &req.template,
+        "content = \"tree\": the ext4 writer is not merged yet".into(),
+    ))
+}
+
+/// Where `root:` paths are looked up: the root partition's tree, or its image, opened once.
+struct RootFs<'a> {
+    tpl: &'a Template,
+    inputs: &'a [Input],
+    req: &'a BuildRequest,
+    opened: Option<Ext4>,
+}
+
+impl<'a> RootFs<'a> {
+    fn new(tpl: &'a Template, inputs: &'a [Input], req: &'a BuildRequest) -> Self {
+        RootFs {
+            tpl,
+            inputs,
+            req,
+            opened: None,
+        }
+    }
+
+    /// The root partition: the first of a root type with an image or a tree.
+    fn partition(&self) -> Result<usize> {
+        self.tpl
+            .partitions
+            .iter()
+            .position(|p| {
+                matches!(p.kind, PartitionType::RootX86_64 | PartitionType::RootX86)
+                    && matches!(p.content, Content::Image(_) | Content::Tree(_))
+            })
+            .ok_or_else(|| {
+                invalid(
+                    &self.req.template,
+                    "root: paths need a root-x86-64 or root-x86 partition with content = \"image\" \
+                     or \"tree\""
+                        .into(),
+                )
+            })
+    }
+
+    /// Fetches a file for the ESP: from the tree, or copied out of the root image into the
+    /// work directory; a host file is only named.
+    fn fetch(&mut self, r: &FileRef, work: &Path, n: usize) -> Result<FileSource> {
+        let pattern = match r {
+            FileRef::Host(p) => return Ok(FileSource::Host(p.clone())),
+            FileRef::Root(pattern) => pattern,
+        };
+        let i = self.partition()?;
+        let (input, content) = match (self.inputs.get(i), self.tpl.partitions.get(i)) {
+            (Some(input), Some(p)) => (input, &p.content),
+            _ => return Err(invalid(&self.req.template, "no root partition".into())),
+        };
+        if let (Input::Tree(tree, _), Content::Tree(src)) = (input, content) {
+            let data =
+                resolve::resolve(tree, pattern).map_err(|e| invalid(&src.source, e.to_string()))?;
+            return Ok(match data {
+                tree::Data::Bytes(b) => FileSource::Bytes(b.to_vec()),
+                tree::Data::Storage(s) => FileSource::Storage(SharedStorage(s)),
+            });
+        }
+        let (Input::Image(src), Content::Image(path)) = (input, content) else {
+            return Err(invalid(&self.req.template, "no root image".into()));
+        };
+        if self.opened.is_none() {
+            let size = src.size();
+            self.opened = Some(
+                Ext4::open(src.clone(), 0, size, path).map_err(|e| invalid(path, e.to_string()))?,
+            );
+        }
+        let Some(fs) = self.opened.as_ref() else {
+            return Err(invalid(&self.req.template, "no root file system".into()));
+        };
+        let found = fs
+            .resolve(pattern)
+            .map_err(|e| invalid(fs.name(), e.to_string()))?;
+        let dest = work.join(format!("file-{n}"));
+        let mut out = std::fs::File::create(&dest).map_err(io_err(&dest, "cannot create"))?;
+        fs.copy_to(&found, &mut out)
+            .map_err(|e| invalid(fs.name(), e.to_string()))?;
+        Ok(FileSource::Host(dest))
     }
 }
 
@@ -231,15 +479,15 @@ fn fetch(
 /// bytes long: the bootloader, its configuration, the kernel and initrd, and the template's
 /// extra files. The volume is a disk whose files are read when it is copied.
 fn build_esp(
-    tpl: &Template,
     table: &Table,
     offset: u64,
     size: u64,
     work: &Path,
     req: &BuildRequest,
     seed: &[u8; 32],
+    root: &mut RootFs,
 ) -> Result<Arc<dyn Disk>> {
-    let mut root: Option<Ext4> = None;
+    let tpl = root.tpl;
     let mut files: Vec<(String, FileSource)> = Vec::new();
     if let Some(b) = &tpl.bootloader {
         // Removable-media paths (UEFI 2.10, 3.5.1.1): firmware boots them without NVRAM entries.
@@ -247,20 +495,11 @@ fn build_esp(
             Architecture::X86_64 => "EFI/BOOT/BOOTX64.EFI",
             Architecture::I386 => "EFI/BOOT/BOOTIA32.EFI",
         };
-        files.push((
-            loader_path.into(),
-            fetch(&b.efi, &mut root, tpl, table, req, work, 0)?,
-        ));
-        files.push((
-            "vmlinuz".into(),
-            fetch(&b.kernel, &mut root, tpl, table, req, work, 1)?,
-        ));
+        files.push((loader_path.into(), root.fetch(&b.efi, work, 0)?));
+        files.push(("vmlinuz".into(), root.fetch(&b.kernel, work, 1)?));
         let mut entry = format!("title {}\nlinux /vmlinuz\n", b.title);
         if let Some(i) = &b.initrd {
-            files.push((
-                "initrd.img".into(),
-                fetch(i, &mut root, tpl, table, req, work, 2)?,
-            ));
+            files.push(("initrd.img".into(), root.fetch(i, work, 2)?));
             entry.push_str("initrd /initrd.img\n");
         }
         entry.push_str(&format!(
@@ -277,10 +516,7 @@ fn build_esp(
         ));
     }
     for (n, (src, target)) in tpl.esp_files.iter().enumerate() {
-        files.push((
-            target.clone(),
-            fetch(src, &mut root, tpl, table, req, work, 10 + n)?,
-        ));
+        files.push((target.clone(), root.fetch(src, work, 10 + n)?));
     }
     let id = Sha256::digest([&seed[..], b"fat volume id"].concat());
     let volume_id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);

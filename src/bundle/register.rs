@@ -61,6 +61,8 @@ pub struct Request {
     pub creation_epoch: i64,
     /// fsync every file and the directory before the rename.
     pub sync: bool,
+    /// What `build` did to its trees, for the manifest.
+    pub build: Option<crate::manifest::BuildRecord>,
 }
 
 /// What `register` did.
@@ -312,6 +314,7 @@ pub fn manifest(
         inspection: Some(examined.decided.inspection),
         launch_requirements: examined.decided.launch_requirements,
         audit: examined.audit,
+        build: req.build.clone(),
     }
 }
 

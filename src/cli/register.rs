@@ -126,6 +126,7 @@ pub fn register(a: RegisterArgs, progress: &Progress, json: bool) -> ExitCode {
         open: i.open.options(),
         creation_epoch: epoch,
         sync: !a.no_sync,
+        build: None,
     };
     report(register::register(&req, progress, Some(&CANCEL)), json)
 }

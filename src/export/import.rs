@@ -536,6 +536,7 @@ fn run(req: &Request, progress: &Progress, cancel: Option<&'static AtomicBool>) 
         open: OpenOptions::default(),
         creation_epoch: req.creation_epoch,
         sync: req.sync,
+        build: None,
     };
     let mut report = register::register_streamed(&request, sources, progress, cancel)?;
     if let Some(m) = &mkomi {

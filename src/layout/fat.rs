@@ -66,6 +66,26 @@ pub enum FileSource {
     /// A regular file on the host, opened when the volume is laid out and read when the disk is
     /// copied.
     Host(PathBuf),
+    /// All of a storage (a file of a tree being built), read when the disk is copied.
+    Storage(SharedStorage),
+}
+
+/// A storage shared with the caller; two are equal when they are the same storage.
+#[derive(Clone)]
+pub struct SharedStorage(pub Arc<dyn crate::storage::ReadAt>);
+
+impl PartialEq for SharedStorage {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedStorage {}
+
+impl std::fmt::Debug for SharedStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedStorage({})", self.0.path().display())
+    }
 }
 
 /// What a volume holds.
@@ -943,6 +963,15 @@ fn plan(files: &[(String, FileSource)]) -> Result<Vec<Planned<'_>>, Error> {
                     });
                 }
                 let disk = format::raw::open_path(host).map_err(failed)?;
+                let len = disk.size();
+                (Content::Source(disk), len)
+            }
+            FileSource::Storage(storage) => {
+                let disk = format::raw::open(storage.0.clone(), &format::OpenOptions::default())
+                    .map_err(|source| Error::Source {
+                        file: path.clone(),
+                        source,
+                    })?;
                 let len = disk.size();
                 (Content::Source(disk), len)
             }

@@ -239,6 +239,17 @@ fn human_size(bytes: &u64) -> String {
     }
 }
 
+/// The smallest disk [`plan`] lays partitions of these sizes out on: 1 MiB before the first
+/// (the primary table, then alignment), each size rounded up to 1 MiB, and 1 MiB after the last,
+/// which holds the backup table and keeps the disk a whole number of MiB. `None` on overflow.
+pub fn fit_disk_size(sizes: &[u64]) -> Option<u64> {
+    let mut total = ALIGNMENT;
+    for &s in sizes {
+        total = total.checked_add(s.checked_next_multiple_of(ALIGNMENT)?)?;
+    }
+    total.checked_add(ALIGNMENT).map(|t| t.max(MIN_DISK_SIZE))
+}
+
 /// Lays out `requests` in order on a disk of `disk_size` bytes, with GUIDs derived from `seed`.
 ///
 /// Layout: partition 1 starts at LBA 2048 and each next one right after the previous, so every
@@ -526,6 +537,31 @@ impl Table {
             .encode(entry);
         }
         array
+    }
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::*;
+
+    #[test]
+    fn a_fitted_disk_holds_its_partitions_and_one_mib_less_does_not() {
+        let sizes = [128 << 20, (300 << 20) + 5];
+        let size = fit_disk_size(&sizes).unwrap();
+        assert_eq!(size, (1 + 128 + 301 + 1) << 20);
+        let reqs: Vec<PartitionRequest> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| PartitionRequest {
+                kind: crate::ondisk::gpt::PartitionType::LinuxGeneric,
+                label: format!("p{i}"),
+                size: Some(s),
+                attributes: 0,
+            })
+            .collect();
+        assert!(plan(size, &reqs, b"seed").is_ok());
+        assert!(plan(size - ALIGNMENT, &reqs, b"seed").is_err());
+        assert_eq!(fit_disk_size(&[u64::MAX]), None);
     }
 }
 

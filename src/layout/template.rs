@@ -38,6 +38,9 @@ use crate::manifest::volume::{Key, Volume};
 use crate::manifest::{Architecture, BootMode, DiskFormat, VolumeType};
 use crate::ondisk::gpt::PartitionType;
 use crate::sink::OutputFormat;
+use crate::tree::TreePath;
+use crate::tree::add::{AddContent, AddFile};
+use crate::tree::sanitize::Sanitize;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -93,6 +96,21 @@ struct RawTemplate {
     esp_file: Vec<RawEspFile>,
     #[serde(default)]
     volume: Vec<RawVolume>,
+    sanitize: Option<BTreeMap<String, Spanned<bool>>>,
+    #[serde(default)]
+    file: Vec<RawFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFile {
+    path: Spanned<String>,
+    content: Option<Spanned<String>>,
+    source: Option<Spanned<String>>,
+    symlink: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    owner: Option<Spanned<String>>,
+    if_exists: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -109,7 +127,7 @@ struct RawImage {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawDisk {
-    size: Spanned<String>,
+    size: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +139,9 @@ struct RawPartition {
     size: Option<Spanned<String>>,
     content: Spanned<String>,
     image: Option<Spanned<String>>,
+    source: Option<Spanned<String>>,
+    owner: Option<Spanned<String>>,
+    extra: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -170,8 +191,40 @@ pub enum Content {
     Esp,
     /// A file system image (raw or qcow2) streamed in.
     Image(PathBuf),
+    /// An ext4 file system written from a file tree: a directory, a tar archive or a container
+    /// image.
+    Tree(TreeSource),
     /// Nothing: zeros.
     Empty,
+}
+
+/// A tree to lay out as a partition's file system.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeSource {
+    /// The directory, archive or image.
+    pub source: PathBuf,
+    /// Every entry's owner replaced by this `(uid, gid)` (a tree a user unpacked without root).
+    pub owner: Option<(u32, u32)>,
+}
+
+/// How big a partition is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartSize {
+    /// This many bytes.
+    Fixed(u64),
+    /// What is left of the disk (the last partition only).
+    Rest,
+    /// What its content needs plus a margin (`content = "tree"` only).
+    Auto(Margin),
+}
+
+/// Free space added to what a tree needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Margin {
+    /// This percentage of the content's size.
+    Percent(u32),
+    /// This many bytes.
+    Bytes(u64),
 }
 
 /// One partition, in order.
@@ -181,8 +234,8 @@ pub struct Partition {
     pub kind: PartitionType,
     /// Its GPT name.
     pub label: String,
-    /// Bytes; `None` for the rest of the disk.
-    pub size: Option<u64>,
+    /// Its size.
+    pub size: PartSize,
     /// Its content.
     pub content: Content,
 }
@@ -215,8 +268,8 @@ pub struct Template {
     pub boot_modes: Vec<BootMode>,
     /// Disk file format.
     pub format: DiskFormat,
-    /// Disk size in bytes.
-    pub disk_size: u64,
+    /// Disk size in bytes; `None`: the partitions' sizes plus the partition tables'.
+    pub disk_size: Option<u64>,
     /// Partitions, in order.
     pub partitions: Vec<Partition>,
     /// The bootloader, if any.
@@ -225,6 +278,33 @@ pub struct Template {
     pub esp_files: Vec<(FileRef, String)>,
     /// Extra volumes, their images' paths resolved as host paths are.
     pub volumes: Vec<Volume>,
+    /// What is removed from trees before they are laid out (`[sanitize]`; all on by default).
+    pub sanitize: Sanitize,
+    /// Files added to the root partition's tree (`[[file]]`), in order.
+    pub files: Vec<AddFile>,
+}
+
+/// The margin of `size = "auto"` without `extra`: a root file system with a fifth of its content
+/// free takes package upgrades and logs, and `growpart` can still enlarge it at first boot.
+pub const DEFAULT_MARGIN_PERCENT: u32 = 20;
+
+/// Parses `extra`: a percentage (`20%`) or a size (`1G`).
+pub fn parse_margin(s: &str) -> Option<Margin> {
+    match s.trim().strip_suffix('%') {
+        Some(pct) => pct
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&p| p <= 10_000)
+            .map(Margin::Percent),
+        None => parse_size(s).map(Margin::Bytes),
+    }
+}
+
+/// Parses `UID:GID`, both decimal.
+pub fn parse_owner(s: &str) -> Option<(u32, u32)> {
+    let (u, g) = s.trim().split_once(':')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
 }
 
 /// Parses a size: bytes, or a number with K, M, G or T (powers of 1024).
@@ -399,21 +479,20 @@ impl Template {
                 cx.err("image.format", f, names.join(" or "))
             })?,
         };
-        let size_text = cx.expand("disk.size", &raw.disk.size)?;
-        let disk_size = parse_size(&size_text).filter(|&n| n > 0).ok_or_else(|| {
-            cx.err(
-                "disk.size",
-                &raw.disk.size,
-                "a size such as 2G, 512M or 1073741824",
-            )
-        })?;
-        if disk_size % 512 != 0 {
-            return Err(cx.err(
-                "disk.size",
-                &raw.disk.size,
-                "must be a multiple of 512 bytes",
-            ));
-        }
+        let disk_size = match &raw.disk.size {
+            None => None,
+            Some(size) => {
+                let n = parse_size(&cx.expand("disk.size", size)?)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        cx.err("disk.size", size, "a size such as 2G, 512M or 1073741824")
+                    })?;
+                if n % 512 != 0 {
+                    return Err(cx.err("disk.size", size, "must be a multiple of 512 bytes"));
+                }
+                Some(n)
+            }
+        };
 
         let mut partitions = Vec::new();
         let mut labels: Vec<String> = Vec::new();
@@ -431,45 +510,109 @@ impl Template {
                 return Err(cx.err(&key("label"), &p.label, "labels must be unique"));
             }
             labels.push(label.clone());
+            let is_tree = p.content.get_ref() == "tree";
             let size = match &p.size {
-                None => None,
-                Some(s) if s.get_ref() == "rest" => None,
-                Some(s) => Some(
+                None => PartSize::Rest,
+                Some(s) if s.get_ref() == "rest" => PartSize::Rest,
+                Some(s) if s.get_ref() == "auto" => {
+                    if !is_tree {
+                        return Err(cx.err(
+                            &key("size"),
+                            s,
+                            "only content = \"tree\" can be sized \"auto\"",
+                        ));
+                    }
+                    let margin = match &p.extra {
+                        None => Margin::Percent(DEFAULT_MARGIN_PERCENT),
+                        Some(e) => {
+                            parse_margin(&cx.expand(&key("extra"), e)?).ok_or_else(|| {
+                                cx.err(&key("extra"), e, "a percentage (20%) or a size (1G)")
+                            })?
+                        }
+                    };
+                    PartSize::Auto(margin)
+                }
+                Some(s) => PartSize::Fixed(
                     parse_size(&cx.expand(&key("size"), s)?)
                         .filter(|&n| n > 0)
                         .ok_or_else(|| {
-                            cx.err(&key("size"), s, "a size such as 512M, or \"rest\"")
+                            cx.err(&key("size"), s, "a size such as 512M, \"rest\" or \"auto\"")
                         })?,
                 ),
             };
-            if size.is_none() && i + 1 != raw.partition.len() {
+            if let Some(e) = &p.extra
+                && !matches!(size, PartSize::Auto(_))
+            {
+                return Err(cx.err(&key("extra"), e, "extra goes with size = \"auto\""));
+            }
+            if size == PartSize::Rest && i + 1 != raw.partition.len() {
                 return Err(cx.err(
                     &key("size"),
                     &p.label,
                     "only the last partition may take the rest of the disk",
                 ));
             }
-            let content = match (p.content.get_ref().as_str(), &p.image) {
-                ("esp", None) => Content::Esp,
-                ("empty", None) => Content::Empty,
-                ("image", Some(img)) => {
+            if size == PartSize::Rest && disk_size.is_none() {
+                return Err(cx.err(
+                    &key("size"),
+                    &p.label,
+                    "the rest of the disk needs a disk size: set disk.size, or size this \
+                     partition",
+                ));
+            }
+            let only = |k: &str, v: &Option<Spanned<String>>, which: &str| match v {
+                Some(v) => Err(cx.err(&key(k), v, format!("only content = \"{which}\" takes {k}"))),
+                None => Ok(()),
+            };
+            let content = match p.content.get_ref().as_str() {
+                "esp" | "empty" => {
+                    only("image", &p.image, "image")?;
+                    only("source", &p.source, "tree")?;
+                    only("owner", &p.owner, "tree")?;
+                    if p.content.get_ref() == "esp" {
+                        Content::Esp
+                    } else {
+                        Content::Empty
+                    }
+                }
+                "image" => {
+                    only("source", &p.source, "tree")?;
+                    only("owner", &p.owner, "tree")?;
+                    let Some(img) = &p.image else {
+                        return Err(cx.err(
+                            &key("content"),
+                            &p.content,
+                            "content = \"image\" needs image = PATH",
+                        ));
+                    };
                     Content::Image(cx.host_path(img.get_ref(), &cx.expand(&key("image"), img)?))
                 }
-                ("image", None) => {
-                    return Err(cx.err(
-                        &key("content"),
-                        &p.content,
-                        "content = \"image\" needs image = PATH",
-                    ));
+                "tree" => {
+                    only("image", &p.image, "image")?;
+                    let Some(src) = &p.source else {
+                        return Err(cx.err(
+                            &key("content"),
+                            &p.content,
+                            "content = \"tree\" needs source = PATH (a directory, a tar archive \
+                             or an OCI image)",
+                        ));
+                    };
+                    let owner = match &p.owner {
+                        None => None,
+                        Some(o) => {
+                            Some(parse_owner(&cx.expand(&key("owner"), o)?).ok_or_else(|| {
+                                cx.err(&key("owner"), o, "UID:GID, numbers (0:0)")
+                            })?)
+                        }
+                    };
+                    Content::Tree(TreeSource {
+                        source: cx.host_path(src.get_ref(), &cx.expand(&key("source"), src)?),
+                        owner,
+                    })
                 }
-                ("esp" | "empty", Some(img)) => {
-                    return Err(cx.err(
-                        &key("image"),
-                        img,
-                        "only content = \"image\" takes an image",
-                    ));
+                _ => {
+                    return Err(cx.err(&key("content"), &p.content, "esp, image, tree or empty"));
                 }
-                _ => return Err(cx.err(&key("content"), &p.content, "esp, image or empty")),
             };
             if content == Content::Esp && kind != PartitionType::Esp {
                 return Err(cx.err(
@@ -554,6 +697,101 @@ impl Template {
             }
             volumes.push(volume);
         }
+        let mut sanitize = Sanitize::ALL;
+        if let Some(items) = &raw.sanitize {
+            for (name, on) in items {
+                let mut known = false;
+                for (item, flag) in sanitize.items_mut() {
+                    if item == name {
+                        *flag = *on.get_ref();
+                        known = true;
+                    }
+                }
+                if !known {
+                    let names = Sanitize::NAMES;
+                    return Err(cx.err(
+                        &format!("sanitize.{name}"),
+                        on,
+                        format!("not a sanitize item: {}", names.join(", ")),
+                    ));
+                }
+            }
+        }
+        let trees = partitions
+            .iter()
+            .filter(|p| matches!(p.content, Content::Tree(_)))
+            .count();
+        let mut files = Vec::new();
+        for (i, f) in raw.file.iter().enumerate() {
+            let key = |k: &str| format!("file[{}].{k}", i + 1);
+            if trees == 0 {
+                return Err(cx.err(
+                    &key("path"),
+                    &f.path,
+                    "[[file]] adds to a tree: no partition has content = \"tree\"",
+                ));
+            }
+            let tree_path = |k: &str, v: &Spanned<String>| -> Result<TreePath> {
+                let s = cx.expand(&key(k), v)?;
+                if !s.starts_with('/') {
+                    return Err(cx.err(&key(k), v, "an absolute path in the tree (/etc/...)"));
+                }
+                match TreePath::parse(s.as_bytes()) {
+                    Ok(p) if !p.is_root() => Ok(p),
+                    Ok(_) => Err(cx.err(&key(k), v, "not the root directory")),
+                    Err(e) => Err(cx.err(&key(k), v, e.to_string())),
+                }
+            };
+            let path = tree_path("path", &f.path)?;
+            let content = match (&f.content, &f.source, &f.symlink) {
+                (Some(c), None, None) => {
+                    AddContent::Bytes(cx.expand(&key("content"), c)?.into_bytes())
+                }
+                (None, Some(s), None) => {
+                    AddContent::Host(cx.host_path(s.get_ref(), &cx.expand(&key("source"), s)?))
+                }
+                (None, None, Some(l)) => {
+                    AddContent::Symlink(cx.expand(&key("symlink"), l)?.into_bytes())
+                }
+                _ => {
+                    return Err(cx.err(
+                        &key("path"),
+                        &f.path,
+                        "give exactly one of content, source or symlink",
+                    ));
+                }
+            };
+            let mode = match &f.mode {
+                None if matches!(content, AddContent::Symlink(_)) => 0o777,
+                None => 0o644,
+                Some(m) => {
+                    if matches!(content, AddContent::Symlink(_)) {
+                        return Err(cx.err(&key("mode"), m, "a symbolic link has no mode"));
+                    }
+                    u16::from_str_radix(m.get_ref(), 8)
+                        .ok()
+                        .filter(|&m| m <= 0o7777)
+                        .ok_or_else(|| cx.err(&key("mode"), m, "octal permissions, 0644 or 4755"))?
+                }
+            };
+            let (uid, gid) = match &f.owner {
+                None => (0, 0),
+                Some(o) => parse_owner(&cx.expand(&key("owner"), o)?)
+                    .ok_or_else(|| cx.err(&key("owner"), o, "UID:GID, numbers (0:0)"))?,
+            };
+            let if_exists = match &f.if_exists {
+                None => None,
+                Some(c) => Some(tree_path("if-exists", c)?),
+            };
+            files.push(AddFile {
+                path,
+                content,
+                mode,
+                uid,
+                gid,
+                if_exists,
+            });
+        }
         Ok(Template {
             name,
             description,
@@ -565,6 +803,8 @@ impl Template {
             bootloader,
             esp_files,
             volumes,
+            sanitize,
+            files,
         })
     }
 }
@@ -621,10 +861,11 @@ type = "gp2"
     #[test]
     fn a_good_template() {
         let t = parse(GOOD, &[("rootfs", "/img/root.ext4")]).unwrap();
-        assert_eq!(t.disk_size, 2 << 30);
+        assert_eq!(t.disk_size, Some(2 << 30));
         assert_eq!(t.partitions.len(), 2);
-        assert_eq!(t.partitions[0].size, Some(128 << 20));
-        assert_eq!(t.partitions[1].size, None);
+        assert_eq!(t.partitions[0].size, PartSize::Fixed(128 << 20));
+        assert_eq!(t.partitions[1].size, PartSize::Rest);
+        assert_eq!(t.sanitize, Sanitize::ALL);
         assert_eq!(
             t.partitions[1].content,
             Content::Image("/img/root.ext4".into())
@@ -682,6 +923,177 @@ type = "gp2"
             parse(&bad, &[("rootfs", "r")]).unwrap_err().to_string(),
             "t.toml:32: volume[1].type = \"ssd\": standard, gp2 or io1"
         );
+    }
+
+    const TREE: &str = r#"
+[image]
+name = "debian"
+architecture = "x86_64"
+boot-modes = ["uefi"]
+
+[disk]
+
+[[partition]]
+type = "esp"
+label = "ESP"
+size = "128M"
+content = "esp"
+
+[[partition]]
+type = "root-x86-64"
+label = "root"
+content = "tree"
+source = "${tree}"
+owner = "0:0"
+size = "auto"
+extra = "1G"
+
+[sanitize]
+logs = false
+
+[[file]]
+path = "/etc/cloud/cloud.cfg.d/90-outscale.cfg"
+content = "datasource_list: [ Ec2 ]\n"
+if-exists = "/usr/bin/cloud-init"
+
+[[file]]
+path = "/usr/local/bin/tool"
+source = "files/tool"
+mode = "4755"
+owner = "1000:1000"
+
+[[file]]
+path = "/etc/systemd/system/multi-user.target.wants/x.service"
+symlink = "/etc/systemd/system/x.service"
+"#;
+
+    #[test]
+    fn a_tree_template() {
+        let t = parse(TREE, &[("tree", "debian.tar.zst")]).unwrap();
+        assert_eq!(t.disk_size, None);
+        assert_eq!(t.partitions[1].size, PartSize::Auto(Margin::Bytes(1 << 30)));
+        assert_eq!(
+            t.partitions[1].content,
+            Content::Tree(TreeSource {
+                source: "debian.tar.zst".into(),
+                owner: Some((0, 0)),
+            })
+        );
+        let mut want = Sanitize::ALL;
+        want.logs = false;
+        assert_eq!(t.sanitize, want);
+        assert_eq!(t.files.len(), 3);
+        assert_eq!(
+            t.files[0].if_exists,
+            Some(TreePath::parse(b"/usr/bin/cloud-init").unwrap())
+        );
+        assert_eq!((t.files[0].mode, t.files[0].uid), (0o644, 0));
+        assert_eq!(
+            t.files[1].content,
+            AddContent::Host("/tpl/files/tool".into())
+        );
+        assert_eq!(
+            (t.files[1].mode, t.files[1].uid, t.files[1].gid),
+            (0o4755, 1000, 1000)
+        );
+        assert_eq!(
+            t.files[2].content,
+            AddContent::Symlink(b"/etc/systemd/system/x.service".to_vec())
+        );
+        assert_eq!(t.files[2].mode, 0o777);
+        let pct = TREE.replace("extra = \"1G\"", "extra = \"25%\"");
+        let t = parse(&pct, &[("tree", "t")]).unwrap();
+        assert_eq!(t.partitions[1].size, PartSize::Auto(Margin::Percent(25)));
+        let none = TREE.replace("extra = \"1G\"\n", "");
+        let t = parse(&none, &[("tree", "t")]).unwrap();
+        assert_eq!(
+            t.partitions[1].size,
+            PartSize::Auto(Margin::Percent(DEFAULT_MARGIN_PERCENT))
+        );
+    }
+
+    #[test]
+    fn tree_template_errors() {
+        let v = &[("tree", "t")];
+        let cases = [
+            (
+                "size = \"auto\"\nextra = \"1G\"",
+                "size = \"rest\"",
+                "partition[2].size = \"root\": the rest of the disk needs a disk size",
+            ),
+            (
+                "extra = \"1G\"",
+                "extra = \"lots\"",
+                "partition[2].extra = \"lots\": a percentage (20%) or a size (1G)",
+            ),
+            (
+                "owner = \"0:0\"",
+                "owner = \"root\"",
+                "partition[2].owner = \"root\": UID:GID",
+            ),
+            (
+                "logs = false",
+                "log = false",
+                "sanitize.log = \"false\": not a sanitize item: machine-id,",
+            ),
+            (
+                "mode = \"4755\"",
+                "mode = \"999\"",
+                "file[2].mode = \"999\": octal permissions",
+            ),
+            (
+                "path = \"/usr/local/bin/tool\"",
+                "path = \"usr/local/bin/tool\"",
+                "file[2].path = \"usr/local/bin/tool\": an absolute path",
+            ),
+            (
+                "path = \"/usr/local/bin/tool\"",
+                "path = \"/usr/../etc/shadow\"",
+                "file[2].path = \"/usr/../etc/shadow\": /usr/../etc/shadow: `..` leads out of the tree",
+            ),
+            (
+                "source = \"files/tool\"",
+                "source = \"files/tool\"\ncontent = \"x\"",
+                "file[2].path = \"/usr/local/bin/tool\": give exactly one of content, source or symlink",
+            ),
+            (
+                "source = \"${tree}\"\n",
+                "",
+                "partition[2].content = \"tree\": content = \"tree\" needs source = PATH",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let bad = TREE.replace(from, to);
+            let e = parse(&bad, v).unwrap_err().to_string();
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+        let auto_image = GOOD.replace(
+            "image = \"${rootfs}\"",
+            "image = \"${rootfs}\"\nsize = \"auto\"",
+        );
+        let e = parse(&auto_image, &[("rootfs", "r")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("only content = \"tree\" can be sized \"auto\""),
+            "{e}"
+        );
+        let file_no_tree = format!("{GOOD}\n[[file]]\npath = \"/x\"\ncontent = \"\"\n");
+        let e = parse(&file_no_tree, &[("rootfs", "r")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no partition has content = \"tree\""), "{e}");
+    }
+
+    #[test]
+    fn margins_and_owners() {
+        assert_eq!(parse_margin("20%"), Some(Margin::Percent(20)));
+        assert_eq!(parse_margin("512M"), Some(Margin::Bytes(512 << 20)));
+        assert_eq!(parse_margin("%"), None);
+        assert_eq!(parse_owner("0:0"), Some((0, 0)));
+        assert_eq!(parse_owner("4294967295:1"), Some((u32::MAX, 1)));
+        assert_eq!(parse_owner("-1:0"), None);
+        assert_eq!(parse_owner("0"), None);
     }
 
     #[test]

@@ -89,6 +89,68 @@ pub struct Manifest {
     /// The security audit of the image's file systems.
     #[serde(rename = "Audit", default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSummary>,
+    /// How `build` made the disks' file systems from trees: what went in, what was removed.
+    #[serde(rename = "Build", default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildRecord>,
+}
+
+/// What `build` did to the trees it laid out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BuildRecord {
+    /// One entry per partition built from a tree, in partition order.
+    #[serde(default)]
+    pub trees: Vec<TreeRecord>,
+    /// Every path the sanitize step removed or emptied.
+    #[serde(default)]
+    pub sanitized: Vec<SanitizedPath>,
+    /// Every file `[[file]]` added or replaced.
+    #[serde(default)]
+    pub files: Vec<AddedFile>,
+}
+
+/// A partition's file system built from a tree.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TreeRecord {
+    /// The partition's label.
+    pub partition: String,
+    /// What the source was: `directory`, `tar` or `oci`.
+    pub source_kind: String,
+    /// The file system written (`ext4`).
+    pub file_system: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Entries in the tree, the root directory included.
+    pub entries: u64,
+    /// Bytes of regular-file content.
+    pub content_bytes: u64,
+}
+
+/// A path the sanitize step changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SanitizedPath {
+    /// The `[sanitize]` item (`ssh-host-keys`).
+    pub item: String,
+    /// The path, non-UTF-8 bytes escaped.
+    pub path: String,
+    /// `removed` or `emptied`.
+    pub action: String,
+    /// Bytes of content that went.
+    pub bytes: u64,
+}
+
+/// A file `[[file]]` put in a tree.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AddedFile {
+    /// The path.
+    pub path: String,
+    /// Whether it replaced something.
+    pub replaced: bool,
+    /// Size of its content.
+    pub bytes: u64,
 }
 
 /// What `register` and `build` found inside the root disk (see [`crate::inspect`]).

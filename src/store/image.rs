@@ -132,6 +132,9 @@ pub struct Extra {
     /// The security audit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSummary>,
+    /// What `build` did to its trees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::manifest::BuildRecord>,
 }
 
 /// An image as `image list` and `image show` report it: Outscale's `Image` fields, plus what
@@ -391,6 +394,7 @@ pub fn create(
         open: req.open.clone(),
         creation_epoch: 0,
         sync: store.sync,
+        build: None,
     };
     register::check_fields(&rreq)?;
     let name = register::image_name(&rreq)?;
@@ -456,6 +460,7 @@ fn make(
         inspection: Some(examined.decided.inspection),
         launch_requirements: examined.decided.launch_requirements,
         audit: examined.audit,
+        build: None,
     };
     // Ctrl-C during the inspection or the audit: nothing is committed.
     if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
@@ -602,6 +607,7 @@ fn ingest_disks(
         inspection: m.inspection.clone(),
         launch_requirements: m.launch_requirements.clone(),
         audit: m.audit.clone(),
+        build: m.build.clone(),
     };
     let (root, sync) = (store.root().to_owned(), store.sync);
     store.write(|tx| finish(tx, &root, sync, id, &m.image, &planned, &extra))
@@ -1108,6 +1114,7 @@ fn as_bundle(store: &Store, id: &str) -> Result<(Manifest, Vec<DiskBlob>)> {
         inspection: info.extra.inspection,
         launch_requirements: info.extra.launch_requirements,
         audit: info.extra.audit,
+        build: info.extra.build,
     };
     Ok((manifest, files))
 }

@@ -12,6 +12,7 @@
 pub mod add;
 pub mod dir;
 pub mod oci;
+pub mod resolve;
 pub mod sanitize;
 pub mod tar;
 
@@ -451,6 +452,52 @@ impl Tree {
             }
         }
         Ok(())
+    }
+
+    /// A digest of everything the tree says about its entries except file content: paths, types,
+    /// owners, modes, times, xattrs, sizes, link targets, device numbers, in path order. Equal
+    /// trees read from different kinds of source have equal fingerprints.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let field = |h: &mut Sha256, b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        for (p, e) in &self.entries {
+            h.update((p.components().len() as u64).to_le_bytes());
+            for c in p.components() {
+                field(&mut h, c);
+            }
+            let (tag, detail): (u8, Vec<u8>) = match &e.kind {
+                Kind::Dir => (0, Vec::new()),
+                Kind::File(d) => (1, d.len().to_le_bytes().to_vec()),
+                Kind::Symlink(t) => (2, t.clone()),
+                Kind::HardLink(t) => (3, t.to_bytes()),
+                Kind::CharDevice { major, minor } => {
+                    (4, [major.to_le_bytes(), minor.to_le_bytes()].concat())
+                }
+                Kind::BlockDevice { major, minor } => {
+                    (5, [major.to_le_bytes(), minor.to_le_bytes()].concat())
+                }
+                Kind::Fifo => (6, Vec::new()),
+                Kind::Socket => (7, Vec::new()),
+            };
+            h.update([tag]);
+            field(&mut h, &detail);
+            let m = &e.meta;
+            h.update(m.mode.to_le_bytes());
+            h.update(m.uid.to_le_bytes());
+            h.update(m.gid.to_le_bytes());
+            h.update(m.mtime.to_le_bytes());
+            h.update(m.mtime_nsec.to_le_bytes());
+            h.update((e.xattrs.len() as u64).to_le_bytes());
+            for (k, v) in &e.xattrs {
+                field(&mut h, k);
+                field(&mut h, v);
+            }
+        }
+        h.finalize().into()
     }
 
     /// Clamps every time to at most `epoch` (`SOURCE_DATE_EPOCH`), as reproducible builds ask:

@@ -76,17 +76,30 @@ impl Sanitize {
         authorized_keys: false,
     };
 
+    /// The items' names as the template spells them.
+    pub const NAMES: [&'static str; 8] = [
+        "machine-id",
+        "ssh-host-keys",
+        "cloud-init",
+        "dhcp-leases",
+        "random-seed",
+        "shell-history",
+        "logs",
+        "authorized-keys",
+    ];
+
     /// The items' names as the template spells them, with a mutable handle on each.
     pub fn items_mut(&mut self) -> [(&'static str, &mut bool); 8] {
+        let [a, b, c, d, e, f, g, h] = Self::NAMES;
         [
-            ("machine-id", &mut self.machine_id),
-            ("ssh-host-keys", &mut self.ssh_host_keys),
-            ("cloud-init", &mut self.cloud_init),
-            ("dhcp-leases", &mut self.dhcp_leases),
-            ("random-seed", &mut self.random_seed),
-            ("shell-history", &mut self.shell_history),
-            ("logs", &mut self.logs),
-            ("authorized-keys", &mut self.authorized_keys),
+            (a, &mut self.machine_id),
+            (b, &mut self.ssh_host_keys),
+            (c, &mut self.cloud_init),
+            (d, &mut self.dhcp_leases),
+            (e, &mut self.random_seed),
+            (f, &mut self.shell_history),
+            (g, &mut self.logs),
+            (h, &mut self.authorized_keys),
         ]
     }
 }
