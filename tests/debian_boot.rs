@@ -184,6 +184,7 @@ fn boot(disk: &Path, d: &Path, limit: Duration) -> (String, Duration, bool) {
 /// Asserts every MKOMI-CHECK line of a boot of the test template.
 fn assert_booted(console: &str, took: Duration, exited_ok: bool, fixture: &Fixture) {
     let c = checks(console);
+    eprintln!("debian boot: {c:?}");
     let ctx = || format!("after {took:?}; checks {c:?}; console:\n{console}");
     assert!(
         console.contains("Reached target multi-user.target"),
