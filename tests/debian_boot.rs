@@ -395,10 +395,10 @@ fn sanitize_by_hand(tree: &Path) {
 fn add_files_by_hand(tree: &Path, t: &toml::Table, template_dir: &Path) {
     for f in files(t) {
         let path = f["path"].as_str().unwrap().trim_start_matches('/');
-        if let Some(cond) = f.get("if-exists").and_then(|v| v.as_str()) {
-            if !tree.join(cond.trim_start_matches('/')).exists() {
-                continue;
-            }
+        if let Some(cond) = f.get("if-exists").and_then(|v| v.as_str())
+            && !tree.join(cond.trim_start_matches('/')).exists()
+        {
+            continue;
         }
         let data = match (f.get("content"), f.get("source")) {
             (Some(c), None) => c.as_str().unwrap().as_bytes().to_vec(),
