@@ -235,6 +235,13 @@ fn assert_booted(console: &str, took: Duration, exited_ok: bool, fixture: &Fixtu
         fixture.planted_keys,
         ctx()
     );
+    // The tree has no /usr/bin/cloud-init: the template's if-exists entry must be skipped.
+    assert_eq!(
+        c.get("outscale-cloud-cfg").map(String::as_str),
+        Some("absent"),
+        "{}",
+        ctx()
+    );
     assert!(
         exited_ok,
         "qemu did not exit 0 (the guest powers off) {}",
