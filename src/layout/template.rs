@@ -88,6 +88,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawTemplate {
     image: RawImage,
+    #[serde(default)]
     disk: RawDisk,
     #[serde(default)]
     partition: Vec<RawPartition>,
@@ -124,7 +125,7 @@ struct RawImage {
     format: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawDisk {
     size: Option<Spanned<String>>,
