@@ -10,7 +10,9 @@
 //! holes in the file.
 
 pub mod dir;
+pub mod hostfile;
 pub mod oci;
+pub mod source;
 pub mod tar;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,1 @@
+//! Which input a path is, and reading it.
