@@ -305,6 +305,7 @@ fn a_5_gib_sparse_file_stays_sparse_through_tar() {
     for (format, name) in [
         ("--format=gnu", "gnu.tar"),
         ("--format=pax", "pax.tar"),
+        ("--sparse-version=0.0", "pax00.tar"),
         ("--sparse-version=0.1", "pax01.tar"),
     ] {
         let spool = tmp.path().join(format!("spool-{name}"));

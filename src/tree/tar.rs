@@ -247,7 +247,9 @@ struct Pax {
     sparse_name: Option<Vec<u8>>,
     sparse_realsize: Option<u64>,
     sparse_map: Option<Vec<u8>>,
-    sparse_numblocks: bool,
+    /// Format 0.0: `GNU.sparse.offset` / `GNU.sparse.numbytes` records in turn.
+    sparse_pairs: Vec<(u64, u64)>,
+    sparse_offset: Option<u64>,
 }
 
 /// A tar stream read member by member.
@@ -541,7 +543,7 @@ impl<'a> TarReader<'a> {
         }
         let major = pick(|p| p.sparse_major);
         let minor = pick(|p| p.sparse_minor);
-        if major.is_some() || local.sparse_map.is_some() || local.sparse_numblocks {
+        if major.is_some() || local.sparse_map.is_some() || !local.sparse_pairs.is_empty() {
             if let Some(n) = local.sparse_name.clone() {
                 member.name = n;
                 self.current = member.name.escape_ascii().to_string();
@@ -553,9 +555,12 @@ impl<'a> TarReader<'a> {
                 (None | Some(0), _, Some(map)) => {
                     member.sparse = Some(parse_sparse_list(map).map_err(|r| self.member_err(r))?);
                 }
+                (None | Some(0), _, None) if !local.sparse_pairs.is_empty() => {
+                    member.sparse = Some(local.sparse_pairs.clone());
+                }
                 _ => {
                     return Err(self.member_err(
-                        "an unsupported PAX sparse format (GNU 0.0; 0.1 and 1.0 are read)",
+                        "an unsupported PAX sparse format (0.0, 0.1 and 1.0 are read)",
                     ));
                 }
             }
@@ -861,7 +866,19 @@ fn parse_pax(data: &[u8], pax: &mut Pax) -> std::result::Result<(), String> {
                 pax.sparse_realsize = dec("GNU.sparse.realsize")?
             }
             b"GNU.sparse.map" => pax.sparse_map = opt(),
-            b"GNU.sparse.numblocks" | b"GNU.sparse.offset" => pax.sparse_numblocks = true,
+            b"GNU.sparse.numblocks" => {}
+            b"GNU.sparse.offset" => pax.sparse_offset = dec("GNU.sparse.offset")?,
+            b"GNU.sparse.numbytes" => {
+                let n = dec("GNU.sparse.numbytes")?.unwrap_or(0);
+                let o = pax
+                    .sparse_offset
+                    .take()
+                    .ok_or("GNU.sparse.numbytes without its offset")?;
+                if pax.sparse_pairs.len() >= MAX_SPARSE_SEGMENTS {
+                    return Err("too many sparse segments".into());
+                }
+                pax.sparse_pairs.push((o, n));
+            }
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     if name.is_empty() {
