@@ -91,7 +91,11 @@ fn snapshot(t: &Tree, max_hash: u64) -> Vec<String> {
             let (kind, meta, xattrs) = match &e.kind {
                 Kind::HardLink(target) => {
                     let file = t.get(target).unwrap();
-                    (file_desc(file, max_hash, &group[target]), file.meta, &file.xattrs)
+                    (
+                        file_desc(file, max_hash, &group[target]),
+                        file.meta,
+                        &file.xattrs,
+                    )
                 }
                 Kind::File(_) => {
                     let g = group.get(p).unwrap_or(p);
@@ -142,14 +146,23 @@ fn rich_dir(root: &Path) {
     w("bin/ping", b"\x7fELF pretend");
     w("etc/passwd", b"root:x:0:0::/root:/bin/sh\n");
     w("etc/empty", b"");
-    w("usr/share/big", &(0..200_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<_>>());
+    w(
+        "usr/share/big",
+        &(0..200_000u32)
+            .flat_map(|i| i.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
     w("a/linked", b"one inode, two names");
     std::fs::hard_link(root.join("a/linked"), root.join("etc/zz-link")).unwrap();
     std::os::unix::fs::symlink("../etc/passwd", root.join("bin/passwd-link")).unwrap();
     std::os::unix::fs::symlink("/nowhere", root.join("dangling")).unwrap();
     run(Command::new("mkfifo").arg(root.join("fifo")));
-    run(Command::new("mknod").arg(root.join("null")).args(["c", "1", "3"]));
-    run(Command::new("mknod").arg(root.join("loop9")).args(["b", "7", "9"]));
+    run(Command::new("mknod")
+        .arg(root.join("null"))
+        .args(["c", "1", "3"]));
+    run(Command::new("mknod")
+        .arg(root.join("loop9"))
+        .args(["b", "7", "9"]));
     let odd = root.join(OsStr::from_bytes(b"caf\xe9-latin1"));
     std::fs::write(&odd, b"not utf-8").unwrap();
     std::fs::write(root.join("n".repeat(255)), b"long name").unwrap();
@@ -192,22 +205,43 @@ fn a_directory_and_its_tar_give_the_same_tree() {
     std::fs::create_dir(&spool).unwrap();
     assert_eq!(detect(&root).unwrap(), SourceKind::Dir);
     let from_dir = read(&root, &spool);
-    let ping = from_dir.get(&TreePath::parse(b"bin/ping").unwrap()).unwrap();
-    assert_eq!(ping.xattrs[&b"security.capability"[..]], net_raw_capability());
+    let ping = from_dir
+        .get(&TreePath::parse(b"bin/ping").unwrap())
+        .unwrap();
+    assert_eq!(
+        ping.xattrs[&b"security.capability"[..]],
+        net_raw_capability()
+    );
     assert_eq!(ping.meta.mode, 0o4755);
-    let pw = from_dir.get(&TreePath::parse(b"etc/passwd").unwrap()).unwrap();
+    let pw = from_dir
+        .get(&TreePath::parse(b"etc/passwd").unwrap())
+        .unwrap();
     assert_eq!((pw.meta.uid, pw.meta.gid), (1234, 5678));
-    assert_eq!((pw.meta.mtime, pw.meta.mtime_nsec), (1_600_000_000, 500_000_000));
+    assert_eq!(
+        (pw.meta.mtime, pw.meta.mtime_nsec),
+        (1_600_000_000, 500_000_000)
+    );
     // The data lives under the first name in tree order; the other is a link to it.
-    match &from_dir.get(&TreePath::parse(b"etc/zz-link").unwrap()).unwrap().kind {
+    match &from_dir
+        .get(&TreePath::parse(b"etc/zz-link").unwrap())
+        .unwrap()
+        .kind
+    {
         Kind::HardLink(t) => assert_eq!(t, &TreePath::parse(b"a/linked").unwrap()),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        from_dir.get(&TreePath::parse(b"null").unwrap()).unwrap().kind,
+        from_dir
+            .get(&TreePath::parse(b"null").unwrap())
+            .unwrap()
+            .kind,
         Kind::CharDevice { major: 1, minor: 3 }
     ));
-    assert!(from_dir.get(&TreePath::parse(b"caf\xe9-latin1").unwrap()).is_some());
+    assert!(
+        from_dir
+            .get(&TreePath::parse(b"caf\xe9-latin1").unwrap())
+            .is_some()
+    );
     let want = snapshot(&from_dir, u64::MAX);
 
     for (format, name) in [("--format=pax", "pax.tar"), ("--format=gnu", "gnu.tar")] {
@@ -316,7 +350,10 @@ fn a_5_gib_sparse_file_stays_sparse_through_tar() {
             extra.push("--format=pax");
         }
         tar_dir(&root, &archive, &extra);
-        assert!(std::fs::metadata(&archive).unwrap().len() < 1 << 20, "{name}");
+        assert!(
+            std::fs::metadata(&archive).unwrap().len() < 1 << 20,
+            "{name}"
+        );
         let tree = read(&archive, &spool);
         let Kind::File(Data::Storage(s)) = &tree.get(&path).unwrap().kind else {
             panic!("not a spooled file")
@@ -381,7 +418,11 @@ fn long_names_deep_paths_and_non_utf8_in_every_format() {
     std::fs::write(deep.join("f".repeat(200)), b"deep").unwrap();
     std::fs::write(root.join("x".repeat(255)), b"255").unwrap();
     std::fs::create_dir(root.join(OsStr::from_bytes(b"\xff\xfe dir"))).unwrap();
-    std::fs::write(root.join(OsStr::from_bytes(b"\xff\xfe dir/\x80.bin")), b"odd").unwrap();
+    std::fs::write(
+        root.join(OsStr::from_bytes(b"\xff\xfe dir/\x80.bin")),
+        b"odd",
+    )
+    .unwrap();
     let spool = tmp.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
     let from_dir = read(&root, &spool);
@@ -463,8 +504,11 @@ fn ustar(name: &[u8], t: u8, size: usize, link: &[u8]) -> Vec<u8> {
     h
 }
 
-/// An archive of members `(name, type, data, link)`, with its end blocks.
-fn archive(members: &[(&[u8], u8, &[u8], &[u8])]) -> Vec<u8> {
+/// A member to write: `(name, type, data, link)`.
+type RawMember<'a> = (&'a [u8], u8, &'a [u8], &'a [u8]);
+
+/// An archive of these members, with its end blocks.
+fn archive(members: &[RawMember]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, t, data, link) in members {
         out.extend(ustar(name, *t, data.len(), link));
@@ -494,10 +538,19 @@ fn tar_error(bytes: &[u8]) -> String {
 
 #[test]
 fn names_that_leave_the_tree_are_refused() {
-    let e = tar_error(&archive(&[(b"ok", b'0', b"x", b""), (b"a/../../etc/x", b'0', b"evil", b"")]));
-    assert!(e.contains("member a/../../etc/x") && e.contains("`..`"), "{e}");
+    let e = tar_error(&archive(&[
+        (b"ok", b'0', b"x", b""),
+        (b"a/../../etc/x", b'0', b"evil", b""),
+    ]));
+    assert!(
+        e.contains("member a/../../etc/x") && e.contains("`..`"),
+        "{e}"
+    );
     let e = tar_error(&archive(&[(b"/etc/shadow", b'0', b"evil", b"")]));
-    assert!(e.contains("member /etc/shadow") && e.contains("absolute"), "{e}");
+    assert!(
+        e.contains("member /etc/shadow") && e.contains("absolute"),
+        "{e}"
+    );
     let e = tar_error(&archive(&[(b"h", b'1', b"", b"/etc/passwd")]));
     assert!(e.contains("member h") && e.contains("absolute"), "{e}");
 }
@@ -508,7 +561,10 @@ fn a_file_through_a_symlink_is_refused() {
         (b"etc", b'2', b"", b"/etc"),
         (b"etc/cron.d/evil", b'0', b"* * * * * root sh", b""),
     ]));
-    assert!(e.contains("member etc/cron.d/evil") && e.contains("/etc is not a directory"), "{e}");
+    assert!(
+        e.contains("member etc/cron.d/evil") && e.contains("/etc is not a directory"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -522,7 +578,12 @@ fn truncated_archives_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let plain = tmp.path().join("p.tar");
     std::fs::write(&plain, &whole).unwrap();
-    let gz = Command::new("gzip").arg("-c").arg(&plain).output().unwrap().stdout;
+    let gz = Command::new("gzip")
+        .arg("-c")
+        .arg(&plain)
+        .output()
+        .unwrap()
+        .stdout;
     let e = tar_error(&gz[..gz.len() / 2]);
     assert!(e.contains("truncated") || e.contains("end of file"), "{e}");
     // Not a tar at all.
@@ -602,7 +663,13 @@ impl Layout {
 /// deleting (`.wh.gone`), emptying (`opq/.wh..wh..opq`) and adding.
 fn two_layers(tmp: &Path) -> (Vec<u8>, Vec<u8>) {
     let l1 = tmp.join("l1");
-    for p in ["etc/os-release", "gone/deep/x", "opq/a", "opq/sub/b", "keep/k"] {
+    for p in [
+        "etc/os-release",
+        "gone/deep/x",
+        "opq/a",
+        "opq/sub/b",
+        "keep/k",
+    ] {
         std::fs::create_dir_all(l1.join(p).parent().unwrap()).unwrap();
         std::fs::write(l1.join(p), p).unwrap();
     }
@@ -636,14 +703,31 @@ fn oci_layers_apply_with_whiteouts_for_the_chosen_platform() {
     let t = read(&lay.dir, &spool);
     assert_eq!(
         paths(&t),
-        ["/", "/etc", "/etc/os-release", "/keep", "/keep/k", "/keep/x-link", "/opq", "/opq/c"]
+        [
+            "/",
+            "/etc",
+            "/etc/os-release",
+            "/keep",
+            "/keep/k",
+            "/keep/x-link",
+            "/opq",
+            "/opq/c"
+        ]
     );
     // The link's target went with `gone`: the remaining name holds the data now.
-    let Kind::File(d) = &t.get(&TreePath::parse(b"keep/x-link").unwrap()).unwrap().kind else {
+    let Kind::File(d) = &t
+        .get(&TreePath::parse(b"keep/x-link").unwrap())
+        .unwrap()
+        .kind
+    else {
         panic!()
     };
     assert_eq!(bytes(d), b"gone/deep/x");
-    let Kind::File(d) = &t.get(&TreePath::parse(b"etc/os-release").unwrap()).unwrap().kind else {
+    let Kind::File(d) = &t
+        .get(&TreePath::parse(b"etc/os-release").unwrap())
+        .unwrap()
+        .kind
+    else {
         panic!()
     };
     assert_eq!(bytes(d), b"new");
@@ -651,12 +735,20 @@ fn oci_layers_apply_with_whiteouts_for_the_chosen_platform() {
     let mut o = opts(&spool);
     o.platform = Platform::linux("386");
     let t386 = read_tree(&lay.dir, SourceKind::Oci, &o).unwrap();
-    assert!(t386.get(&TreePath::parse(b"gone/deep/x").unwrap()).is_some());
+    assert!(
+        t386.get(&TreePath::parse(b"gone/deep/x").unwrap())
+            .is_some()
+    );
     assert!(t386.get(&TreePath::parse(b"opq/sub/b").unwrap()).is_some());
 
     // The same layout in a tar (what `skopeo copy … oci-archive:` writes) reads the same.
     let archive = tmp.path().join("oci-archive.tar");
-    run(Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&lay.dir).arg("."));
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&lay.dir)
+        .arg("."));
     assert_eq!(detect(&archive).unwrap(), SourceKind::Oci);
     same(
         &snapshot(&read(&archive, &spool), u64::MAX),
@@ -673,7 +765,12 @@ fn a_docker_save_archive_reads_like_its_layers() {
     let plain = |z: &[u8], tool: &str| {
         let p = tmp.path().join("z");
         std::fs::write(&p, z).unwrap();
-        Command::new(tool).args(["-dc"]).arg(&p).output().unwrap().stdout
+        Command::new(tool)
+            .args(["-dc"])
+            .arg(&p)
+            .output()
+            .unwrap()
+            .stdout
     };
     let (l1, l2) = (plain(&l1, "gzip"), plain(&l2, "zstd"));
     let d = tmp.path().join("save");
@@ -691,14 +788,28 @@ fn a_docker_save_archive_reads_like_its_layers() {
         "Layers": [format!("{}/layer.tar", sha(&l1)), format!("{}/layer.tar", sha(&l2))]}]);
     std::fs::write(d.join("manifest.json"), manifest.to_string()).unwrap();
     let archive = tmp.path().join("saved.tar");
-    run(Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&d).arg("."));
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&d)
+        .arg("."));
     let spool = tmp.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
     assert_eq!(detect(&archive).unwrap(), SourceKind::Oci);
     let t = read(&archive, &spool);
     assert_eq!(
         paths(&t),
-        ["/", "/etc", "/etc/os-release", "/keep", "/keep/k", "/keep/x-link", "/opq", "/opq/c"]
+        [
+            "/",
+            "/etc",
+            "/etc/os-release",
+            "/keep",
+            "/keep/k",
+            "/keep/x-link",
+            "/opq",
+            "/opq/c"
+        ]
     );
 
     // A layer whose content does not match its diff_id.
@@ -706,14 +817,22 @@ fn a_docker_save_archive_reads_like_its_layers() {
     let at = bad.len() - 1;
     bad[at] ^= 1;
     std::fs::write(d.join(sha(&l2)).join("layer.tar"), &bad).unwrap();
-    run(Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&d).arg("."));
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&d)
+        .arg("."));
     // The good read's spool is the caller's to delete; a failed one leaves nothing.
     let spool = tmp.path().join("spool-bad");
     std::fs::create_dir(&spool).unwrap();
     let e = read_tree(&archive, SourceKind::Oci, &opts(&spool))
         .unwrap_err()
         .to_string();
-    assert!(e.contains(&format!("sha256:{}", sha(&l2))) && e.contains("diff_id"), "{e}");
+    assert!(
+        e.contains(&format!("sha256:{}", sha(&l2))) && e.contains("diff_id"),
+        "{e}"
+    );
     assert!(spool_is_empty(&spool), "{e}");
 }
 
@@ -723,7 +842,13 @@ fn a_layer_whose_digest_does_not_match_is_refused() {
     let (l1, l2) = two_layers(tmp.path());
     let lay = Layout::new(tmp.path().join("oci"));
     let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
-    let m = lay.image("amd64", &[(&l1, gz), (&l2, "application/vnd.oci.image.layer.v1.tar+zstd")]);
+    let m = lay.image(
+        "amd64",
+        &[
+            (&l1, gz),
+            (&l2, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        ],
+    );
     lay.index(&[m]);
     // Same length, one byte changed in the compressed bytes' gzip trailer-free middle: the
     // layer may still decompress, but its digest is wrong.
@@ -747,14 +872,20 @@ fn an_index_without_the_platform_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (l1, _) = two_layers(tmp.path());
     let lay = Layout::new(tmp.path().join("oci"));
-    let m = lay.image("arm64", &[(&l1, "application/vnd.oci.image.layer.v1.tar+gzip")]);
+    let m = lay.image(
+        "arm64",
+        &[(&l1, "application/vnd.oci.image.layer.v1.tar+gzip")],
+    );
     lay.index(&[m]);
     let spool = tmp.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
     let e = read_tree(&lay.dir, SourceKind::Oci, &opts(&spool))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no image for linux/amd64 (it has: linux/arm64)"), "{e}");
+    assert!(
+        e.contains("no image for linux/amd64 (it has: linux/arm64)"),
+        "{e}"
+    );
     assert!(e.contains("oci"), "{e}");
     assert!(spool_is_empty(&spool), "{e}");
 

@@ -56,11 +56,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> Error {
     let path = path.to_owned();
-    move |source| Error::Io {
-        path,
-        what,
-        source,
-    }
+    move |source| Error::Io { path, what, source }
 }
 
 /// Reads the directory `root` (a symbolic link naming a directory is followed for the root

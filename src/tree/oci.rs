@@ -298,11 +298,7 @@ impl<'p> Image<'p> {
     fn io<S: Into<String>>(&self, what: S) -> impl FnOnce(io::Error) -> Error + use<S> {
         let what = what.into();
         let path = self.path.to_owned();
-        move |source| Error::Io {
-            path,
-            what,
-            source,
-        }
+        move |source| Error::Io { path, what, source }
     }
 
     /// Opens `name` (a path inside the layout); `None` when it is not there.
@@ -313,7 +309,10 @@ impl<'p> Image<'p> {
                 match File::open(&p) {
                     Ok(f) => {
                         let len = f.metadata().map_err(self.io(name))?.len();
-                        Ok(Some((Box::new(io::BufReader::with_capacity(256 * 1024, f)), len)))
+                        Ok(Some((
+                            Box::new(io::BufReader::with_capacity(256 * 1024, f)),
+                            len,
+                        )))
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(self.io(name)(e)),
@@ -332,7 +331,10 @@ impl<'p> Image<'p> {
                     pos: off,
                     end,
                 };
-                Ok(Some((Box::new(io::BufReader::with_capacity(256 * 1024, s)), size)))
+                Ok(Some((
+                    Box::new(io::BufReader::with_capacity(256 * 1024, s)),
+                    size,
+                )))
             }
         }
     }
@@ -346,7 +348,9 @@ impl<'p> Image<'p> {
             return Err(self.layout(format!("{name} is {len} bytes (at most {MAX_JSON})")));
         }
         let mut data = Vec::new();
-        r.take(MAX_JSON).read_to_end(&mut data).map_err(self.io(name))?;
+        r.take(MAX_JSON)
+            .read_to_end(&mut data)
+            .map_err(self.io(name))?;
         serde_json::from_slice(&data)
             .map(Some)
             .map_err(|source| Error::Json {
@@ -580,8 +584,8 @@ impl<'p> Image<'p> {
         let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
         let mut tree = Tree::new(Meta::implied_dir(0));
         for (i, layer) in image.layers.iter().enumerate() {
-            let name = normalise(layer)
-                .ok_or_else(|| self.layout(format!("bad layer path {layer:?}")))?;
+            let name =
+                normalise(layer).ok_or_else(|| self.layout(format!("bad layer path {layer:?}")))?;
             let by_digest = name
                 .strip_prefix("blobs/sha256/")
                 .map(|hex| format!("sha256:{hex}"))
@@ -685,8 +689,11 @@ pub fn read_image_tree(path: &Path, platform: &Platform, spool_dir: &Path) -> Re
         Some(index) => image.read_oci(index, platform, &mut spool)?,
         None => image.read_docker(platform, &mut spool)?,
     };
-    tree.check_links().map_err(|e| image.layout(e.to_string()))?;
-    spool.finish().map_err(image.io("cannot finish the spool"))?;
+    tree.check_links()
+        .map_err(|e| image.layout(e.to_string()))?;
+    spool
+        .finish()
+        .map_err(image.io("cannot finish the spool"))?;
     Ok(tree)
 }
 
@@ -706,7 +713,10 @@ mod tests {
 
     #[test]
     fn manifest_paths_cannot_climb() {
-        assert_eq!(normalise("./abc/layer.tar").as_deref(), Some("abc/layer.tar"));
+        assert_eq!(
+            normalise("./abc/layer.tar").as_deref(),
+            Some("abc/layer.tar")
+        );
         assert_eq!(normalise("../x"), None);
         assert_eq!(normalise("/"), None);
     }

@@ -6,8 +6,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::Tree;
-use super::tar::{self, Seekable, Streamed, TarReader};
 pub use super::oci::Platform;
+use super::tar::{self, Seekable, Streamed, TarReader};
 
 /// What kind of input a path holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

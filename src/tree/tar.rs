@@ -350,7 +350,9 @@ impl<'a> TarReader<'a> {
 
     /// Reads some of the current member's stored data into `buf`; 0 at its end.
     pub fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         if want == 0 {
             return Ok(0);
         }
@@ -622,7 +624,7 @@ impl<'a> TarReader<'a> {
         let mut digits: Vec<u8> = Vec::new();
         let mut want: Option<usize> = None;
         loop {
-            if want.is_some_and(|w| numbers.len() >= 1 + 2 * w) {
+            if want.is_some_and(|w| numbers.len() > 2 * w) {
                 break;
             }
             let mut b = [0u8; BLOCK];
@@ -631,7 +633,7 @@ impl<'a> TarReader<'a> {
                 return Err(self.member_err("its sparse map runs past its data"));
             }
             for &c in &b {
-                if want.is_some_and(|w| numbers.len() >= 1 + 2 * w) {
+                if want.is_some_and(|w| numbers.len() > 2 * w) {
                     break;
                 }
                 if c == b'\n' {
@@ -659,7 +661,10 @@ impl<'a> TarReader<'a> {
             .get(1..)
             .unwrap_or_default()
             .chunks_exact(2)
-            .map(|p| (p[0], p[1]))
+            .filter_map(|p| match p {
+                [a, b] => Some((*a, *b)),
+                _ => None,
+            })
             .collect();
         m.sparse = Some(map);
         Ok(())
@@ -694,7 +699,9 @@ fn check_sparse(map: &[(u64, u64)], size: u64, stored: u64) -> std::result::Resu
         let e = o
             .checked_add(l)
             .filter(|&e| o >= end && e <= size)
-            .ok_or_else(|| format!("a sparse segment at {o} out of order or past the file's end"))?;
+            .ok_or_else(|| {
+                format!("a sparse segment at {o} out of order or past the file's end")
+            })?;
         end = e;
         total = total.checked_add(l).ok_or("sparse lengths overflow")?;
     }
@@ -718,10 +725,16 @@ fn parse_sparse_list(s: &[u8]) -> std::result::Result<Vec<(u64, u64)>, String> {
                 .ok_or_else(|| "a bad number in GNU.sparse.map".to_owned())
         })
         .collect::<std::result::Result<_, _>>()?;
-    if nums.len() % 2 != 0 || nums.len() / 2 > MAX_SPARSE_SEGMENTS {
+    if !nums.len().is_multiple_of(2) || nums.len() / 2 > MAX_SPARSE_SEGMENTS {
         return Err("a bad GNU.sparse.map".into());
     }
-    Ok(nums.chunks_exact(2).map(|p| (p[0], p[1])).collect())
+    Ok(nums
+        .chunks_exact(2)
+        .filter_map(|p| match p {
+            [a, b] => Some((*a, *b)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Padding after `n` data bytes, to the next block.
@@ -736,7 +749,9 @@ fn field(h: &[u8], off: usize, len: usize) -> &[u8] {
 
 /// `b` up to its first NUL.
 fn cstr(b: &[u8]) -> &[u8] {
-    b.iter().position(|&c| c == 0).map_or(b, |n| b.get(..n).unwrap_or_default())
+    b.iter()
+        .position(|&c| c == 0)
+        .map_or(b, |n| b.get(..n).unwrap_or_default())
 }
 
 /// The header checksum: the sum of its bytes with the checksum field taken as spaces, as
@@ -1078,7 +1093,12 @@ const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 
 /// Reads every member of `reader` into `tree`, file data into `spool`.
-pub fn apply(reader: &mut TarReader<'_>, tree: &mut Tree, spool: &mut Spool, mode: Mode) -> Result<()> {
+pub fn apply(
+    reader: &mut TarReader<'_>,
+    tree: &mut Tree,
+    spool: &mut Spool,
+    mode: Mode,
+) -> Result<()> {
     // Paths this layer put in the tree: a whiteout or opaque marker removes only lower ones.
     let mut this_layer: BTreeSet<TreePath> = BTreeSet::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -1242,7 +1262,9 @@ fn copy_data(
     for (off, len) in segments {
         let mut done = 0u64;
         while done < len {
-            let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(buf.len());
+            let want = usize::try_from(len - done)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
             let part = buf.get_mut(..want).unwrap_or_default();
             let n = reader.read_data(part)?;
             if n == 0 {
