@@ -10,6 +10,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod harness;
+
 use mkomi::storage::ExtentKind;
 use mkomi::tree::source::{Platform, ReadOptions, SourceKind, detect, read_tree};
 use mkomi::tree::{Data, Kind, Tree, TreePath};
@@ -553,6 +557,35 @@ fn names_that_leave_the_tree_are_refused() {
     );
     let e = tar_error(&archive(&[(b"h", b'1', b"", b"/etc/passwd")]));
     assert!(e.contains("member h") && e.contains("absolute"), "{e}");
+}
+
+#[test]
+fn a_hard_link_to_nothing_is_refused() {
+    let e = tar_error(&archive(&[(b"h", b'1', b"", b"missing")]));
+    assert!(
+        e.contains("member h") && e.contains("hard link to /missing"),
+        "{e}"
+    );
+    let e = tar_error(&archive(&[(b"d", b'5', b"", b""), (b"h", b'1', b"", b"d")]));
+    assert!(
+        e.contains("hard link to /d, which is not a regular file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_fuzz_harness_reads_real_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    rich_dir(&root);
+    for format in ["--format=pax", "--format=gnu", "--format=oldgnu"] {
+        let archive = tmp.path().join("h.tar");
+        tar_dir(&root, &archive, &[format]);
+        harness::tar(&std::fs::read(&archive).unwrap());
+    }
+    harness::tar(&archive(&[(b"../x", b'0', b"x", b"")]));
+    harness::tar(b"");
 }
 
 #[test]

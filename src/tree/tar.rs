@@ -83,6 +83,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The tree the archive gives is not consistent (a hard link to nothing).
+    #[error("{source_name}: {source}")]
+    Tree {
+        /// The archive.
+        source_name: String,
+        /// What is wrong.
+        source: super::Error,
+    },
     /// A member cannot be read or cannot go into the tree.
     #[error("{source_name}: member {member}: {reason}")]
     Member {
@@ -1020,14 +1028,15 @@ impl Spool {
 
     /// Room for a file of `len` bytes: its offset. Files of a block or more start on a block.
     fn alloc(&mut self, len: u64) -> io::Result<u64> {
+        let too_big = || io::Error::other("the spool would pass 2^64 bytes");
         let start = if len >= SPOOL_BLOCK {
-            self.pos.div_ceil(SPOOL_BLOCK) * SPOOL_BLOCK
+            self.pos
+                .checked_next_multiple_of(SPOOL_BLOCK)
+                .ok_or_else(too_big)?
         } else {
             self.pos
         };
-        self.pos = start
-            .checked_add(len)
-            .ok_or_else(|| io::Error::other("the spool would pass 2^64 bytes"))?;
+        self.pos = start.checked_add(len).ok_or_else(too_big)?;
         Ok(start)
     }
 
@@ -1294,20 +1303,29 @@ pub fn read_tar_tree(path: &Path, spool_dir: &Path) -> Result<Tree> {
     let file = File::open(path).map_err(io("cannot open"))?;
     let (stream, _) = decompress(io::BufReader::with_capacity(256 * 1024, file))
         .map_err(io("cannot decompress"))?;
-    let mut reader = TarReader::new(Box::new(Streamed(stream)), &name);
+    read_tar_stream(stream, &name, spool_dir, Mode::Plain)
+}
+
+/// Reads an uncompressed tar stream into a tree, as [`read_tar_tree`] does after
+/// decompression; `name` names it in messages.
+pub fn read_tar_stream<R: Read>(r: R, name: &str, spool_dir: &Path, mode: Mode) -> Result<Tree> {
+    let mut reader = TarReader::new(Box::new(Streamed(r)), name);
     let mut spool = Spool::create(spool_dir).map_err(|source| Error::Io {
         source_name: spool_dir.display().to_string(),
         what: "cannot create a spool file in",
         source,
     })?;
     let mut tree = Tree::new(Meta::implied_dir(0));
-    apply(&mut reader, &mut tree, &mut spool, Mode::Plain)?;
-    tree.check_links().map_err(|e| Error::Member {
-        source_name: name.clone(),
-        member: String::new(),
-        reason: e.to_string(),
+    apply(&mut reader, &mut tree, &mut spool, mode)?;
+    tree.check_links().map_err(|source| Error::Tree {
+        source_name: name.to_owned(),
+        source,
     })?;
-    spool.finish().map_err(io("cannot finish the spool of"))?;
+    spool.finish().map_err(|source| Error::Io {
+        source_name: name.to_owned(),
+        what: "cannot finish the spool of",
+        source,
+    })?;
     Ok(tree)
 }
 
