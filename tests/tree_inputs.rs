@@ -872,23 +872,24 @@ fn a_docker_save_archive_reads_like_its_layers() {
 #[test]
 fn a_layer_whose_digest_does_not_match_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let (l1, l2) = two_layers(tmp.path());
+    let (l1, _) = two_layers(tmp.path());
+    let l2dir = tmp.path().join("l2-plain");
+    std::fs::create_dir(&l2dir).unwrap();
+    std::fs::write(l2dir.join("motd"), "welcome").unwrap();
+    let l2 = layer(&l2dir, tmp.path(), None);
     let lay = Layout::new(tmp.path().join("oci"));
     let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
     let m = lay.image(
         "amd64",
-        &[
-            (&l1, gz),
-            (&l2, "application/vnd.oci.image.layer.v1.tar+zstd"),
-        ],
+        &[(&l1, gz), (&l2, "application/vnd.oci.image.layer.v1.tar")],
     );
     lay.index(&[m]);
-    // Same length, one byte changed in the compressed bytes' gzip trailer-free middle: the
-    // layer may still decompress, but its digest is wrong.
-    let p = lay.dir.join("blobs/sha256").join(sha(&l1));
+    // Same length, one byte of the file's content changed: still a good tar, but not the blob
+    // the manifest names.
+    let p = lay.dir.join("blobs/sha256").join(sha(&l2));
     let mut data = std::fs::read(&p).unwrap();
-    let n = data.len();
-    data[n - 5] ^= 0x40;
+    let at = data.windows(7).position(|w| w == b"welcome").unwrap();
+    data[at] = b'W';
     std::fs::write(&p, &data).unwrap();
     let spool = tmp.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
@@ -896,7 +897,26 @@ fn a_layer_whose_digest_does_not_match_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(!e.contains('\n'));
-    assert!(e.contains(&format!("sha256:{}", sha(&l1))), "{e}");
+    assert!(
+        e.contains(&format!(
+            "blob sha256:{}: its content has digest sha256:{}",
+            sha(&l2),
+            sha(&data)
+        )),
+        "{e}"
+    );
+    assert!(spool_is_empty(&spool), "{e}");
+
+    // A corrupt compressed layer fails in the decompressor, naming the layer.
+    let p = lay.dir.join("blobs/sha256").join(sha(&l1));
+    let mut z = std::fs::read(&p).unwrap();
+    let n = z.len();
+    z[n - 5] ^= 0x40;
+    std::fs::write(&p, &z).unwrap();
+    let e = read_tree(&lay.dir, SourceKind::Oci, &opts(&spool))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("layer sha256:{}", sha(&l1))), "{e}");
     assert!(spool_is_empty(&spool), "{e}");
 }
 

@@ -117,8 +117,8 @@ pub enum Error {
         /// What it has, comma-separated.
         available: String,
     },
-    /// A layer cannot be read as a tar.
-    #[error("{}: layer {digest}: {source}", path.display())]
+    /// A layer cannot be read as a tar (the tar error names the layer).
+    #[error("{}: {source}", path.display())]
     Layer {
         /// The image.
         path: PathBuf,
@@ -435,7 +435,8 @@ impl<'p> Image<'p> {
                 tar::decompress(&mut stored).map_err(self.io(format!("layer {label}")))?;
             let mut plain = Hashing::new(plain);
             {
-                let mut reader = TarReader::new(Box::new(Streamed(&mut plain)), label);
+                let name = format!("layer {label}");
+                let mut reader = TarReader::new(Box::new(Streamed(&mut plain)), &name);
                 tar::apply(&mut reader, tree, spool, Mode::Layer).map_err(layer_err)?;
                 reader.drain().map_err(layer_err)?;
             }
@@ -652,10 +653,10 @@ fn index_archive(path: &Path) -> Result<Store> {
     let mut members = BTreeMap::new();
     {
         let dup = file.try_clone().map_err(io("cannot open"))?;
-        let mut reader = TarReader::new(Box::new(Seekable(dup)), &name);
+        let mut reader = TarReader::new(Box::new(Seekable(dup)), "the archive's index");
         let tar_err = |source| Error::Layer {
             path: path.to_owned(),
-            digest: "(archive index)".into(),
+            digest: String::new(),
             source,
         };
         while let Some(m) = reader.next_member().map_err(tar_err)? {
