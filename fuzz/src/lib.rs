@@ -478,7 +478,7 @@ pub fn tar(data: &[u8]) {
                 let mut buf = vec![0u8; n];
                 s.read_at(0, &mut buf)
                     .expect("a spooled file cannot be read back");
-                if s.len() > 0 {
+                if !s.is_empty() {
                     let _ = s.extent(0, s.len());
                 }
                 budget -= n as u64;

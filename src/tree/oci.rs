@@ -122,10 +122,9 @@ pub enum Error {
     Layer {
         /// The image.
         path: PathBuf,
-        /// The layer's digest (or its path in a `docker save` archive).
-        digest: String,
-        /// The tar reader's error.
-        source: tar::Error,
+        /// The tar reader's error, which names the layer by digest (or by its path in a
+        /// `docker save` archive).
+        source: Box<tar::Error>,
     },
 }
 
@@ -426,8 +425,7 @@ impl<'p> Image<'p> {
             .ok_or_else(|| self.layout(format!("layer {label} is missing")))?;
         let layer_err = |source| Error::Layer {
             path: self.path.to_owned(),
-            digest: label.to_owned(),
-            source,
+            source: Box::new(source),
         };
         let mut stored = Hashing::new(r);
         {
@@ -649,15 +647,13 @@ fn index_archive(path: &Path) -> Result<Store> {
                 .into(),
         });
     }
-    let name = path.display().to_string();
     let mut members = BTreeMap::new();
     {
         let dup = file.try_clone().map_err(io("cannot open"))?;
         let mut reader = TarReader::new(Box::new(Seekable(dup)), "the archive's index");
         let tar_err = |source| Error::Layer {
             path: path.to_owned(),
-            digest: String::new(),
-            source,
+            source: Box::new(source),
         };
         while let Some(m) = reader.next_member().map_err(tar_err)? {
             if !matches!(m.typeflag, b'0' | 0 | b'7') {
