@@ -171,12 +171,6 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
     }
 }
 
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    if let Some(s) = b.get_mut(at..at + 8) {
-        s.copy_from_slice(&v.to_le_bytes());
-    }
-}
-
 fn put_be32(b: &mut [u8], at: usize, v: u32) {
     if let Some(s) = b.get_mut(at..at + 4) {
         s.copy_from_slice(&v.to_be_bytes());
@@ -352,8 +346,8 @@ pub struct GroupDesc {
 
 impl GroupDesc {
     /// The descriptor of group `group`, `size` bytes (32, or 64 with `64bit`), with its
-    /// checksum: crc32c(seed, le32 group ‖ descriptor with `bg_checksum` skipped), low 16 bits
-    /// (`group_descr.rst`; e2fsprogs `ext2fs_group_desc_csum`). The high halves of the bitmap
+    /// checksum: crc32c(seed, le32 group ‖ descriptor with `bg_checksum` 0), low 16 bits
+    /// (`group_descr.rst`; e2fsprogs `ext2fs_group_desc_csum`, metadata_csum branch). The high halves of the bitmap
     /// checksums are stored only in 64-byte descriptors.
     pub fn encode(&self, seed: u32, group: u32, size: usize) -> Vec<u8> {
         let mut b = vec![0u8; size];
@@ -379,16 +373,14 @@ impl GroupDesc {
             put16(&mut b, 0x38, (self.block_bitmap_csum >> 16) as u16);
             put16(&mut b, 0x3A, (self.inode_bitmap_csum >> 16) as u16);
         }
-        let mut c = crc32c_le(seed, &group.to_le_bytes());
-        c = crc32c_le(c, &b[..0x1E]);
-        c = crc32c_le(c, &b[0x20..]);
+        let c = crc32c_le(crc32c_le(seed, &group.to_le_bytes()), &b);
         put16(&mut b, 0x1E, c as u16);
         b
     }
 }
 
 /// An inode's fields; [`Inode::encode`] adds the checksum.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inode {
     /// `i_mode`: type and permissions.
     pub mode: u16,
@@ -416,6 +408,26 @@ pub struct Inode {
     pub xattr_block: u64,
     /// In-inode xattr area (magic first), at most 256 − 160 bytes; empty for none.
     pub in_inode_xattrs: Vec<u8>,
+}
+
+impl Default for Inode {
+    fn default() -> Self {
+        Inode {
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            time: 0,
+            time_nsec: 0,
+            links: 0,
+            blocks_512: 0,
+            flags: 0,
+            i_block: [0; I_BLOCK_SIZE],
+            generation: 0,
+            xattr_block: 0,
+            in_inode_xattrs: Vec::new(),
+        }
+    }
 }
 
 impl Inode {
