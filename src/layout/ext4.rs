@@ -1678,4 +1678,213 @@ mod tests {
         let out = debugfs(&img, "cat /etc/hostname");
         assert!(out.contains("host\n"), "{out}");
     }
+
+    fn storage(path: &Path) -> Data {
+        Data::Storage(Arc::new(crate::storage::file::LocalFile::open(path).unwrap()))
+    }
+
+    fn dump(img: &Path, path: &str, out: &Path) -> Vec<u8> {
+        let _ = std::fs::remove_file(out);
+        debugfs(img, &format!("dump {path} {}", out.display()));
+        std::fs::read(out).unwrap()
+    }
+
+    fn stat_field(stat: &str, field: &str) -> String {
+        let at = stat.find(field).unwrap_or_else(|| panic!("{field} in {stat}"));
+        stat[at + field.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn every_kind_reads_back_through_debugfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        let owned = |kind, mode, uid, gid| {
+            Entry::new(
+                kind,
+                Meta {
+                    mode,
+                    uid,
+                    gid,
+                    mtime: 4_102_444_800, // 2100-01-01: past 2038
+                    mtime_nsec: 123_456_789,
+                },
+            )
+        };
+        let bin: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        tree.insert(p("bin/prog"), owned(Kind::File(Data::Bytes(bin.clone().into())), 0o4755, 70_000, 80_000), m)
+            .unwrap();
+        tree.insert(p("fast"), Entry::new(Kind::Symlink(b"bin/prog".to_vec()), m), m).unwrap();
+        let slow = vec![b'y'; 100];
+        tree.insert(p("slow"), Entry::new(Kind::Symlink(slow.clone()), m), m).unwrap();
+        tree.insert(p("dev/sda1"), owned(Kind::BlockDevice { major: 8, minor: 1 }, 0o660, 0, 6), m)
+            .unwrap();
+        tree.insert(p("dev/big"), owned(Kind::CharDevice { major: 511, minor: 1_048_000 }, 0o600, 0, 0), m)
+            .unwrap();
+        tree.insert(p("run/fifo"), owned(Kind::Fifo, 0o640, 1, 2), m).unwrap();
+        tree.insert(p("run/sock"), owned(Kind::Socket, 0o777, 0, 0), m).unwrap();
+        let (img, sum) = build(&tree, auto(), dir.path());
+        fsck_clean(&img);
+        assert_eq!(sum.files, 1);
+        assert_eq!(sum.data_bytes, 20_000);
+        assert_eq!(dump(&img, "/bin/prog", &dir.path().join("o")), bin);
+        let st = debugfs(&img, "stat /bin/prog");
+        assert_eq!(stat_field(&st, "User:"), "70000", "{st}");
+        assert_eq!(stat_field(&st, "Group:"), "80000", "{st}");
+        assert_eq!(stat_field(&st, "Mode:"), "04755", "{st}");
+        assert!(st.contains("mtime: 0xf4865700:1d6f3455"), "{st}");
+        assert!(st.contains("2100"), "{st}");
+        let st = debugfs(&img, "stat /fast");
+        assert!(st.contains("Fast link dest: \"bin/prog\""), "{st}");
+        let st = debugfs(&img, "stat /slow");
+        assert_eq!(stat_field(&st, "Size:"), "100", "{st}");
+        let out = dir.path().join("rd");
+        std::fs::create_dir(&out).unwrap();
+        debugfs(&img, &format!("rdump / {}", out.display()));
+        assert_eq!(std::fs::read_link(out.join("slow")).unwrap().as_os_str().len(), 100);
+        assert_eq!(std::fs::read_link(out.join("fast")).unwrap(), Path::new("bin/prog"));
+        let st = debugfs(&img, "stat /dev/sda1");
+        assert!(st.contains("Device major/minor number: 08:01"), "{st}");
+        let st = debugfs(&img, "stat /dev/big");
+        assert!(st.contains("Device major/minor number: 511:1048000"), "{st}");
+        let st = debugfs(&img, "stat /run/fifo");
+        assert!(st.contains("Type: FIFO"), "{st}");
+        assert_eq!(stat_field(&st, "Mode:"), "0640", "{st}");
+        let st = debugfs(&img, "stat /run/sock");
+        assert!(st.contains("Type: socket"), "{st}");
+    }
+
+    #[test]
+    fn hard_links_share_an_inode_across_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        tree.insert(p("a/f"), file(b"shared"), m).unwrap();
+        tree.insert(p("b/g"), Entry::new(Kind::HardLink(p("a/f")), m), m).unwrap();
+        tree.insert(p("0/h"), Entry::new(Kind::HardLink(p("a/f")), m), m).unwrap();
+        let (img, sum) = build(&tree, auto(), dir.path());
+        fsck_clean(&img);
+        assert_eq!(sum.files, 1);
+        let ino = |path: &str| {
+            let out = debugfs(&img, &format!("stat {path}"));
+            (stat_field(&out, "Inode:"), stat_field(&out, "Links:"))
+        };
+        let f = ino("/a/f");
+        assert_eq!(f.1, "3");
+        assert_eq!(ino("/b/g"), f);
+        assert_eq!(ino("/0/h"), f);
+        assert_eq!(dump(&img, "/0/h", &dir.path().join("o")), b"shared");
+    }
+
+    #[test]
+    fn xattrs_in_the_inode_and_in_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        // A VFS_CAP_REVISION_2 capability: cap_net_bind_service, effective.
+        let cap: Vec<u8> = [
+            0x0200_0001u32.to_le_bytes(),
+            0x400u32.to_le_bytes(),
+            0u32.to_le_bytes(),
+            0u32.to_le_bytes(),
+            0u32.to_le_bytes(),
+        ]
+        .concat();
+        let mut e = file(b"ping");
+        e.xattrs.insert(b"security.capability".to_vec(), cap.clone());
+        tree.insert(p("ping"), e, m).unwrap();
+        let mut e = file(b"big");
+        e.xattrs.insert(b"user.small".to_vec(), b"1".to_vec());
+        e.xattrs.insert(b"user.large".to_vec(), vec![b'L'; 1500]);
+        e.xattrs.insert(b"trusted.other".to_vec(), vec![b'T'; 300]);
+        tree.insert(p("big"), e, m).unwrap();
+        let (img, _) = build(&tree, auto(), dir.path());
+        fsck_clean(&img);
+        let out = dir.path().join("v");
+        let get = |path: &str, name: &str| {
+            let _ = std::fs::remove_file(&out);
+            debugfs(&img, &format!("ea_get -f {} {path} {name}", out.display()));
+            std::fs::read(&out).unwrap()
+        };
+        assert_eq!(get("/ping", "security.capability"), cap);
+        assert_eq!(get("/big", "user.small"), b"1");
+        assert_eq!(get("/big", "user.large"), vec![b'L'; 1500]);
+        assert_eq!(get("/big", "trusted.other"), vec![b'T'; 300]);
+        let st = debugfs(&img, "stat /big");
+        assert_ne!(stat_field(&st, "File ACL:"), "0", "{st}");
+        let st = debugfs(&img, "stat /ping");
+        assert_eq!(stat_field(&st, "File ACL:"), "0", "{st}");
+    }
+
+    #[test]
+    fn long_and_odd_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        let long = "n".repeat(255);
+        tree.insert(p(&long), file(b"255"), m).unwrap();
+        // A path of 4000 bytes and more: 20 directories of 200-byte names.
+        let deep: Vec<String> = (0..20).map(|i| format!("{i:0>200}")).collect();
+        let deep = deep.join("/") + "/leaf";
+        tree.insert(p(&deep), file(b"deep"), m).unwrap();
+        let odd = TreePath::parse(b"caf\xe9/\xff\xfe").unwrap();
+        tree.insert(odd, file(b"latin1"), m).unwrap();
+        let (img, _) = build(&tree, auto(), dir.path());
+        fsck_clean(&img);
+        let out = dir.path().join("rd");
+        std::fs::create_dir(&out).unwrap();
+        debugfs(&img, &format!("rdump / {}", out.display()));
+        assert_eq!(std::fs::read(out.join(&long)).unwrap(), b"255");
+        assert_eq!(std::fs::read(out.join(&deep)).unwrap(), b"deep");
+        use std::os::unix::ffi::OsStrExt;
+        let odd = out.join(std::ffi::OsStr::from_bytes(b"caf\xe9/\xff\xfe"));
+        assert_eq!(std::fs::read(odd).unwrap(), b"latin1");
+    }
+
+    /// A sparse host file with one data block every other block, `islands` of them.
+    fn islands(path: &Path, islands: u64, len: u64) {
+        let f = File::create(path).unwrap();
+        f.set_len(len).unwrap();
+        for i in 0..islands {
+            f.write_all_at(&(i as u32 + 1).to_le_bytes(), i * 2 * B + 8).unwrap();
+        }
+    }
+
+    #[test]
+    fn sparse_and_fragmented_files_take_deeper_extent_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        // 5 GiB with data at its start, middle and end.
+        let big = dir.path().join("big");
+        let f = File::create(&big).unwrap();
+        f.set_len(5 << 30).unwrap();
+        for at in [0u64, 2 << 30, (5 << 30) - 10] {
+            f.write_all_at(b"0123456789", at).unwrap();
+        }
+        drop(f);
+        tree.insert(p("big"), Entry::new(Kind::File(storage(&big)), meta(0o644)), m).unwrap();
+        let (depth1, depth2) = (dir.path().join("d1"), dir.path().join("d2"));
+        islands(&depth1, 6, 12 * B); // 6 extents: one leaf block
+        islands(&depth2, 1500, 3001 * B); // 1500 extents: 5 leaves and an index block
+        tree.insert(p("d1"), Entry::new(Kind::File(storage(&depth1)), meta(0o644)), m).unwrap();
+        tree.insert(p("d2"), Entry::new(Kind::File(storage(&depth2)), meta(0o644)), m).unwrap();
+        let (img, sum) = build(&tree, auto(), dir.path());
+        assert!(sum.size < 64 << 20, "{sum:?}");
+        fsck_clean(&img);
+        let st = debugfs(&img, "stat /big");
+        assert_eq!(stat_field(&st, "Size:"), (5u64 << 30).to_string(), "{st}");
+        let ex = debugfs(&img, "ex /big");
+        assert_eq!(ex.lines().filter(|l| l.contains(" - ")).count(), 3, "{ex}");
+        let ex = debugfs(&img, "ex /d1");
+        assert!(ex.contains(" 1/ 1 "), "{ex}");
+        assert_eq!(dump(&img, "/d1", &dir.path().join("o")), std::fs::read(&depth1).unwrap());
+        let ex = debugfs(&img, "ex /d2");
+        assert!(ex.contains(" 2/ 2 "), "{ex}");
+        assert_eq!(dump(&img, "/d2", &dir.path().join("o")), std::fs::read(&depth2).unwrap());
+    }
 }
