@@ -256,13 +256,13 @@ impl Ext4Image<'_> {
                 match attempt(true).or_else(|_| attempt(false)) {
                     Ok((g, a)) => (g, a, size),
                     Err(_) => {
-                        let needed = smallest(&content, knobs)?.blocks * B;
+                        let needed = smallest(&content, knobs)?.1 * B;
                         return Err(Error::TooSmall { size, needed });
                     }
                 }
             }
             Ext4Size::Auto { extra } => {
-                let least = smallest(&content, knobs)?.blocks;
+                let least = smallest(&content, knobs)?.0.blocks;
                 let add = match extra {
                     Extra::Percent(p) => least.saturating_mul(u64::from(p)) / 100,
                     Extra::Bytes(b) => b.div_ceil(B),
@@ -296,25 +296,53 @@ impl Ext4Image<'_> {
     }
 }
 
-/// The smallest geometry that holds the content: grows the block count until the plan fits.
-fn smallest(content: &Gathered<'_>, knobs: Knobs) -> Result<Geo> {
+/// The smallest geometry that holds the content: grows the block count until the plan fits,
+/// then narrows it down to the least count that fits (a last group too small to be kept may be
+/// dropped, as for a fixed size). Returns the geometry and that count.
+fn smallest(content: &Gathered<'_>, knobs: Knobs) -> Result<(Geo, u64)> {
+    let fits = |blocks: u64| {
+        Geo::new(blocks, content, false, true, knobs)
+            .ok()
+            .filter(|g| plan(g, content).is_ok())
+    };
+    let mut lo = content.data_blocks.max(MIN_BLOCKS - 1);
     let mut blocks = (content.data_blocks + 64).max(MIN_BLOCKS);
+    let mut found = None;
     for _ in 0..64 {
         if blocks > MAX_BLOCKS {
             break;
         }
         let next = match Geo::new(blocks, content, false, false, knobs) {
             Ok(g) => match plan(&g, content) {
-                Ok(_) => return Ok(g),
+                Ok(_) => {
+                    found = Some(g);
+                    break;
+                }
                 Err(need) => need,
             },
             Err(need) => need,
         };
+        lo = blocks;
         blocks = next.max(blocks + 1);
     }
-    Err(Error::TooBig {
-        size: blocks.saturating_mul(B),
-    })
+    let Some(mut best) = found else {
+        return Err(Error::TooBig {
+            size: blocks.saturating_mul(B),
+        });
+    };
+    // `lo` does not fit, `hi` does.
+    let mut hi = best.blocks;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match fits(mid) {
+            Some(g) => {
+                hi = mid;
+                best = g;
+            }
+            None => lo = mid,
+        }
+    }
+    Ok((best, hi))
 }
 
 /// The file system's shape.
@@ -1886,5 +1914,111 @@ mod tests {
         let ex = debugfs(&img, "ex /d2");
         assert!(ex.contains(" 2/ 2 "), "{ex}");
         assert_eq!(dump(&img, "/d2", &dir.path().join("o")), std::fs::read(&depth2).unwrap());
+    }
+
+    /// Several groups, a file across group 1's superblock backup, both descriptor sizes.
+    fn multi_group(knobs: Knobs) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        let data = dir.path().join("data");
+        let bytes: Vec<u8> = (0..140u32 << 20).map(|i| (i / 4096 % 253) as u8).collect();
+        std::fs::write(&data, &bytes).unwrap();
+        tree.insert(p("usr/data"), Entry::new(Kind::File(storage(&data)), meta(0o644)), m)
+            .unwrap();
+        for i in 0..50 {
+            tree.insert(p(&format!("etc/f{i}")), file(format!("{i}").as_bytes()), m).unwrap();
+        }
+        let size = Ext4Size::Fixed((1 << 30) + 12345);
+        let vol = image(&tree, size).layout_with(Path::new("t"), knobs).unwrap();
+        let sum = vol.summary();
+        assert_eq!(sum.size, (1 << 30) + 12345);
+        assert_eq!(sum.blocks, 1 << 18);
+        assert_eq!(sum.is_64bit, knobs.force_64bit);
+        let img = dir.path().join("fs.img");
+        write_image(&vol, &img);
+        fsck_clean(&img);
+        // Two extents: the file steps over group 1's superblock and descriptors.
+        let ex = debugfs(&img, "ex /usr/data");
+        assert_eq!(ex.lines().filter(|l| l.contains(" - ")).count(), 2, "{ex}");
+        assert!(ex.contains(" 32770 - "), "{ex}");
+        assert!(dump(&img, "/usr/data", &dir.path().join("o")) == bytes);
+        let h = run("dumpe2fs", &["-h", img.to_str().unwrap()]).1;
+        let has64 = h.lines().any(|l| l.starts_with("Filesystem features:") && l.contains(" 64bit"));
+        assert_eq!(has64, knobs.force_64bit, "{h}");
+        let free = stat_field(&h, "Free blocks:").parse::<u64>().unwrap();
+        assert_eq!(free, sum.free_blocks);
+    }
+
+    #[test]
+    fn multi_group_32_byte_descriptors() {
+        multi_group(Knobs::default());
+    }
+
+    #[test]
+    fn multi_group_64_byte_descriptors() {
+        multi_group(Knobs { force_64bit: true });
+    }
+
+    #[test]
+    fn same_input_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        for i in 0..300 {
+            let mut e = file(format!("file {i}").as_bytes());
+            e.xattrs.insert(b"user.i".to_vec(), vec![i as u8; i % 200]);
+            tree.insert(p(&format!("d{}/f{i}", i % 7)), e, m).unwrap();
+        }
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        write_image(&image(&tree, auto()).layout(Path::new("a")).unwrap(), &a);
+        write_image(&image(&tree, auto()).layout(Path::new("b")).unwrap(), &b);
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+        fsck_clean(&a);
+    }
+
+    #[test]
+    fn dumpe2fs_shows_the_features() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(meta(0o755));
+        let (img, sum) = build(&tree, Ext4Size::Fixed(64 << 20), dir.path());
+        let h = run("dumpe2fs", &["-h", img.to_str().unwrap()]).1;
+        let line = h.lines().find(|l| l.starts_with("Filesystem features:")).unwrap();
+        let got: Vec<&str> = line.split_whitespace().skip(2).collect();
+        let want = [
+            "has_journal", "ext_attr", "dir_index", "filetype", "extent", "flex_bg",
+            "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize",
+            "metadata_csum",
+        ];
+        assert_eq!(got, want, "{h}");
+        assert!(h.contains("Filesystem volume name:   root"), "{h}");
+        assert!(h.contains("Filesystem UUID:          6d6b6f6d-692d-6578-7434-2d757569642"), "{h}");
+        assert!(h.contains("Total journal blocks:     1024"), "{h}");
+        assert!(h.contains("Filesystem flags:         unsigned_directory_hash"), "{h}");
+        assert_eq!(sum.blocks, 16384);
+        assert_eq!(stat_field(&h, "Inode count:"), sum.inodes.to_string());
+    }
+
+    #[test]
+    fn too_small_is_refused_with_the_size_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        tree.insert(p("blob"), file(&vec![1u8; 20 << 20]), m).unwrap();
+        let needed = match image(&tree, Ext4Size::Fixed(16 << 20)).layout(Path::new("t")) {
+            Err(Error::TooSmall { size, needed }) => {
+                assert_eq!(size, 16 << 20);
+                needed
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("20 MiB fit in 16 MiB"),
+        };
+        assert!(needed > 20 << 20 && needed < 32 << 20, "{needed}");
+        let err = image(&tree, Ext4Size::Fixed(needed - B)).layout(Path::new("t"));
+        assert!(matches!(err, Err(Error::TooSmall { .. })));
+        let (img, sum) = build(&tree, Ext4Size::Fixed(needed), dir.path());
+        assert_eq!(sum.size, needed);
+        fsck_clean(&img);
     }
 }
