@@ -67,9 +67,6 @@ pub const HTREE_MIN_BLOCKS: usize = 3;
 /// The most blocks [`DirParams::min_blocks`] may ask for: lost+found wants 4 (mke2fs), and a
 /// bound keeps a wrong value from allocating without limit.
 pub const MAX_MIN_BLOCKS: usize = 1024;
-/// Mask of the block number in a `dx_entry` (`EXT4_DX_BLOCK_MASK`, e2fsprogs `ext2_fs.h`):
-/// the top bits are reserved.
-const DX_BLOCK_MASK: u32 = 0x0FFF_FFFF;
 /// The default hash state when the seed is all zero: MD4's initial words (RFC 1320 §3.3),
 /// which `ext2fs_dirhash` and `ext4fs_dirhash` start from.
 const DEFAULT_SEED: [u32; 4] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476];
@@ -516,6 +513,16 @@ impl Leaf {
         }
     }
 
+    /// Bytes entries may use in a leaf for `p`: the block less the checksum tail.
+    fn new_usable(p: &DirParams) -> usize {
+        let tail = if p.csum_seed.is_some() {
+            DIR_TAIL_LEN
+        } else {
+            0
+        };
+        p.block_size - tail
+    }
+
     /// Whether an entry with a name of `name_len` bytes still fits.
     fn fits(&self, name_len: usize) -> bool {
         self.used + dirent_len(name_len) <= self.usable
@@ -603,16 +610,208 @@ fn linear_blocks(entries: &[DirEntryRef], p: &DirParams) -> Result<Vec<Vec<u8>>,
     Ok(blocks)
 }
 
+/// How many blocks [`linear_blocks`] would fill, counted up to `stop` at most (without
+/// writing them, so that a large directory is not laid out twice).
+fn linear_block_count(entries: &[DirEntryRef], p: &DirParams, stop: usize) -> usize {
+    let usable = Leaf::new_usable(p);
+    let (mut blocks, mut used) = (1, dirent_len(1) + dirent_len(2));
+    for e in entries {
+        let len = dirent_len(e.name.len());
+        if used + len > usable {
+            blocks += 1;
+            used = 0;
+            if blocks >= stop {
+                break;
+            }
+        }
+        used += len;
+    }
+    blocks
+}
+
+/// One `dx_entry` to write: the lowest hash of the subtree (bit 0 set when it continues a
+/// run of equal hashes from the previous one) and its logical block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DxEntry {
+    hash: u32,
+    block: u32,
+}
+
+/// The number of `dx_entry`s an index block holds after its header at `count_offset`, less
+/// the room for the `dx_tail` under `metadata_csum`: the `limit` e2fsck expects
+/// (`e2fsck/pass2.c`, `parse_int_node`'s `expect_limit`).
+fn dx_limit(p: &DirParams, count_offset: usize) -> usize {
+    let tail = if p.csum_seed.is_some() {
+        DX_TAIL_LEN
+    } else {
+        0
+    };
+    (p.block_size - count_offset - tail) / DX_ENTRY_LEN
+}
+
+/// Writes the `limit`/`count` header and `entries` at `count_offset` of an index `block`
+/// (the first entry's hash is implicit: its place holds the header) and its `dx_tail`.
+fn put_dx_entries(
+    block: &mut [u8],
+    count_offset: usize,
+    entries: &[DxEntry],
+    p: &DirParams,
+) -> Result<(), Error> {
+    let limit = dx_limit(p, count_offset);
+    let misfit = Error::DoesNotFit {
+        offset: count_offset,
+        len: entries.len() * DX_ENTRY_LEN,
+        block: block.len(),
+    };
+    let (Ok(limit16), Ok(count16)) = (u16::try_from(limit), u16::try_from(entries.len())) else {
+        return Err(misfit);
+    };
+    if entries.is_empty() || entries.len() > limit {
+        return Err(misfit);
+    }
+    put(block, count_offset, &limit16.to_le_bytes())?;
+    put(block, count_offset + 2, &count16.to_le_bytes())?;
+    for (i, e) in entries.iter().enumerate() {
+        let at = count_offset + i * DX_ENTRY_LEN;
+        if i > 0 {
+            put(block, at, &e.hash.to_le_bytes())?;
+        }
+        put(block, at + 4, &e.block.to_le_bytes())?;
+    }
+    if let Some(seed) = p.csum_seed {
+        put_dx_tail(block, count_offset, seed, p.inode, p.generation)?;
+    }
+    Ok(())
+}
+
+/// The `dx_root` (logical block 0): `.`, `..` covering the rest of the block, `dx_root_info`
+/// {reserved_zero 0, hash_version half_md4, info_length 8, `levels`, unused_flags 0} and the
+/// index (directory.rst, "Hash Tree Directories"). The on-disk hash version stays the signed
+/// code: e2fsck adds 3 for the unsigned variant from `s_flags` (`e2fsck/pass2.c`).
+fn dx_root(p: &DirParams, levels: u8, entries: &[DxEntry]) -> Result<Vec<u8>, Error> {
+    let mut block = vec![0; p.block_size];
+    let dot = dirent_len(1);
+    put_dirent(&mut block, 0, p.inode, dot, FT_DIR, b".")?;
+    put_dirent(&mut block, dot, p.parent, p.block_size - dot, FT_DIR, b"..")?;
+    let info = [
+        0,
+        0,
+        0,
+        0,
+        HashVersion::HalfMd4.code(),
+        DX_ROOT_INFO_LEN,
+        levels,
+        0,
+    ];
+    put(&mut block, DX_ROOT_COUNT_OFFSET - info.len(), &info)?;
+    put_dx_entries(&mut block, DX_ROOT_COUNT_OFFSET, entries, p)?;
+    Ok(block)
+}
+
+/// A `dx_node`: a fake entry (inode 0, `rec_len` the whole block, no name) that hides the
+/// index from linear readers, then the index.
+fn dx_node(p: &DirParams, entries: &[DxEntry]) -> Result<Vec<u8>, Error> {
+    let mut block = vec![0; p.block_size];
+    put_dirent(&mut block, 0, 0, p.block_size, FT_UNKNOWN, b"")?;
+    put_dx_entries(&mut block, DX_NODE_COUNT_OFFSET, entries, p)?;
+    Ok(block)
+}
+
+/// Fills leaves with `entries` in hash order: `(index hash, block)` per leaf. A leaf holds
+/// the hashes from its index hash up to the next leaf's; when a run of equal hashes spills
+/// into the next leaf, that leaf's index hash gets bit 0 set, so that lookups of that hash
+/// go on into it (kernel `ext4_htree_next_block`; directory.rst "Hash Tree Directories").
+fn hash_leaves(entries: &[DirEntryRef], p: &DirParams) -> Result<Vec<(u32, Vec<u8>)>, Error> {
+    let mut sorted: Vec<(u32, u32, &DirEntryRef)> = entries
+        .iter()
+        .map(|e| {
+            let (major, minor) =
+                dirhash(HashVersion::HalfMd4, e.name, &p.hash_seed, p.hash_unsigned);
+            (major, minor, e)
+        })
+        .collect();
+    // The name breaks ties so that the layout does not depend on the input order.
+    sorted.sort_unstable_by(|a, b| (a.0, a.1, a.2.name).cmp(&(b.0, b.1, b.2.name)));
+    let mut leaves = Vec::new();
+    let mut leaf = Leaf::new(p);
+    let mut start = 0;
+    let mut prev: Option<u32> = None;
+    for (hash, _, e) in sorted {
+        if !leaf.fits(e.name.len()) {
+            leaves.push((start, std::mem::replace(&mut leaf, Leaf::new(p)).finish(p)?));
+            start = if prev == Some(hash) { hash | 1 } else { hash };
+        }
+        leaf.push(e.inode, e.file_type, e.name)?;
+        prev = Some(hash);
+    }
+    leaves.push((start, leaf.finish(p)?));
+    Ok(leaves)
+}
+
+/// Lays out a hashed directory: the root in block 0, then the level-1 index nodes if one
+/// root cannot reference every leaf, then the leaves in hash order.
+fn htree_blocks(entries: &[DirEntryRef], p: &DirParams) -> Result<Vec<Vec<u8>>, Error> {
+    let leaves = hash_leaves(entries, p)?;
+    let root_limit = dx_limit(p, DX_ROOT_COUNT_OFFSET);
+    let node_limit = dx_limit(p, DX_NODE_COUNT_OFFSET);
+    let nodes = if leaves.len() <= root_limit {
+        0
+    } else {
+        leaves.len().div_ceil(node_limit)
+    };
+    if nodes > root_limit {
+        return Err(Error::TooManyEntries {
+            leaves: leaves.len(),
+            max: root_limit * node_limit,
+        });
+    }
+    // Fewer than 2^28 blocks (the `dx_entry` block mask) since `nodes <= root_limit`.
+    let block_no = |i: usize| u32::try_from(1 + nodes + i).unwrap_or(u32::MAX);
+    let leaf_entries: Vec<DxEntry> = leaves
+        .iter()
+        .enumerate()
+        .map(|(i, (hash, _))| DxEntry {
+            hash: *hash,
+            block: block_no(i),
+        })
+        .collect();
+    let mut blocks = Vec::with_capacity(1 + nodes + leaves.len());
+    if nodes == 0 {
+        blocks.push(dx_root(p, 0, &leaf_entries)?);
+    } else {
+        let groups: Vec<&[DxEntry]> = leaf_entries.chunks(node_limit).collect();
+        let root_entries: Vec<DxEntry> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| DxEntry {
+                hash: g.first().map_or(0, |e| e.hash),
+                block: u32::try_from(1 + i).unwrap_or(u32::MAX),
+            })
+            .collect();
+        blocks.push(dx_root(p, 1, &root_entries)?);
+        for g in groups {
+            blocks.push(dx_node(p, g)?);
+        }
+    }
+    blocks.extend(leaves.into_iter().map(|(_, b)| b));
+    Ok(blocks)
+}
+
 /// The directory's logical blocks: `.`, `..` and `entries` (in the order given, which the
 /// caller sorts); linear when they fit in fewer than [`HTREE_MIN_BLOCKS`] blocks (then padded
 /// to `p.min_blocks`), hashed (htree, half_md4, `indirect_levels` 0 or 1; the caller sets
 /// `EXT4_INDEX_FL` on the inode) from 3 blocks up, with the entries in hash order.
 pub fn dir_blocks(entries: &[DirEntryRef], p: &DirParams) -> Result<DirBlocks, Error> {
     check_input(entries, p)?;
-    let blocks = linear_blocks(entries, p)?;
+    if linear_block_count(entries, p, HTREE_MIN_BLOCKS) < HTREE_MIN_BLOCKS {
+        return Ok(DirBlocks {
+            blocks: linear_blocks(entries, p)?,
+            indexed: false,
+        });
+    }
     Ok(DirBlocks {
-        blocks,
-        indexed: false,
+        blocks: htree_blocks(entries, p)?,
+        indexed: true,
     })
 }
 
@@ -676,5 +875,205 @@ mod tests {
                 dirhash(version, b"\xe9t\xe9", &SEED, true)
             );
         }
+    }
+
+    /// The file system UUID and hash seed the oracle images are made with.
+    const UUID: &str = "11111111-2222-3333-4444-555555555555";
+    const UUID_BYTES: [u8; 16] = [
+        0x11, 0x11, 0x11, 0x11, 0x22, 0x22, 0x33, 0x33, 0x44, 0x44, 0x55, 0x55, 0x55, 0x55, 0x55,
+        0x55,
+    ];
+    const SEED_UUID: &str = "66666666-7777-8888-9999-aaaaaaaaaaaa";
+    /// The generation the oracle gives the test directory.
+    const GEN: u32 = 0x0BAD_CAFE;
+
+    /// Runs `cmd`, returning (exit code, stdout bytes, stderr text).
+    fn run(cmd: &mut std::process::Command) -> (i32, Vec<u8>, String) {
+        let out = cmd.output().expect("run an e2fsprogs tool");
+        (
+            out.status.code().unwrap_or(-1),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `debugfs -w` on `img` with `cmds`, one per line.
+    fn debugfs_w(img: &std::path::Path, cmds: &str) {
+        let script = img.with_extension("cmds");
+        std::fs::write(&script, cmds).unwrap();
+        let (code, _, err) = run(std::process::Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(img));
+        assert_eq!(code, 0, "debugfs: {err}");
+    }
+
+    /// `debugfs -R cmd` on `img`: its stdout.
+    fn debugfs_r(img: &std::path::Path, cmd: &str) -> Vec<u8> {
+        let (code, out, err) = run(std::process::Command::new("debugfs")
+            .arg("-R")
+            .arg(cmd)
+            .arg(img));
+        assert_eq!(code, 0, "debugfs: {err}");
+        out
+    }
+
+    /// The number after `key` in debugfs output.
+    fn field(out: &[u8], key: &str) -> u32 {
+        let text = String::from_utf8_lossy(out);
+        let at = text.find(key).unwrap_or_else(|| panic!("{key} in {text}")) + key.len();
+        text[at..]
+            .trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// How a test directory is put into a real file system.
+    struct Oracle {
+        csum: bool,
+        unsigned: bool,
+        min_blocks: usize,
+        /// Run `e2fsck -fy` too and require it to change nothing (not for a linear directory
+        /// of 3 blocks or more, which e2fsck optimizes by design).
+        stable: bool,
+    }
+
+    const ORACLE: Oracle = Oracle {
+        csum: true,
+        unsigned: true,
+        min_blocks: 0,
+        stable: true,
+    };
+
+    /// Makes an ext4 image with mke2fs, a regular file `target` and a directory `d` whose
+    /// blocks are ours for `names` (all hard links to `target`), then checks it with e2fsck
+    /// (which verifies every checksum, every leaf's hash range and, through `target`'s link
+    /// count, that each name is there once) and lists `d` with debugfs. Returns our blocks.
+    fn oracle(names: &[Vec<u8>], o: &Oracle) -> DirBlocks {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("img");
+        let features = if o.csum {
+            "metadata_csum,dir_index"
+        } else {
+            "^metadata_csum,dir_index"
+        };
+        let (code, _, err) = run(std::process::Command::new("mke2fs")
+            .args([
+                "-q", "-F", "-t", "ext4", "-b", "4096", "-O", features, "-U", UUID,
+            ])
+            .arg("-E")
+            .arg(format!("hash_seed={SEED_UUID}"))
+            .arg(&img)
+            .arg("128M"));
+        assert_eq!(code, 0, "mke2fs: {err}");
+        debugfs_w(
+            &img,
+            &format!(
+                "write /dev/null target\nmkdir d\nsif d generation {GEN}\nssv flags {}\n",
+                if o.unsigned { 2 } else { 1 }
+            ),
+        );
+        let target = field(&debugfs_r(&img, "stat target"), "Inode:");
+        let dir = field(&debugfs_r(&img, "stat d"), "Inode:");
+        let entries: Vec<DirEntryRef> = names
+            .iter()
+            .map(|n| DirEntryRef {
+                inode: target,
+                file_type: FT_REG_FILE,
+                name: n,
+            })
+            .collect();
+        let p = DirParams {
+            block_size: 4096,
+            csum_seed: o.csum.then(|| crc32c_le(!0, &UUID_BYTES)),
+            hash_seed: SEED,
+            hash_unsigned: o.unsigned,
+            inode: dir,
+            generation: GEN,
+            parent: 2,
+            min_blocks: o.min_blocks,
+        };
+        let ours = dir_blocks(&entries, &p).unwrap();
+        let n = ours.blocks.len();
+        debugfs_w(&img, &"expand_dir d\n".repeat(n - 1));
+        let listed = debugfs_r(&img, "blocks d");
+        let phys: Vec<u64> = String::from_utf8_lossy(&listed)
+            .split_whitespace()
+            .map(|b| b.parse().unwrap())
+            .collect();
+        assert_eq!(phys.len(), n, "debugfs made the directory {n} blocks long");
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+            for (b, block) in phys.iter().zip(&ours.blocks) {
+                f.write_all_at(block, b * 4096).unwrap();
+            }
+        }
+        let flags = if ours.indexed { 0x81000 } else { 0x80000 };
+        debugfs_w(
+            &img,
+            &format!(
+                "sif d flags {flags:#x}\nsif d size {}\nsif target links_count {}\n",
+                n * 4096,
+                names.len() + 1
+            ),
+        );
+        let (code, out, _) = run(std::process::Command::new("e2fsck").arg("-fn").arg(&img));
+        assert_eq!(code, 0, "e2fsck -fn: {}", String::from_utf8_lossy(&out));
+        // ls -p: one `/inode/mode/uid/gid/name/size/` line per entry; names hold no `/`.
+        let ls = debugfs_r(&img, "ls -p d");
+        let mut got: Vec<&[u8]> = ls
+            .split(|&b| b == b'\n')
+            .filter_map(|line| line.split(|&b| b == b'/').nth(5))
+            .collect();
+        got.sort_unstable();
+        let mut want: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+        want.extend([b".".as_slice(), b"..".as_slice()]);
+        want.sort_unstable();
+        assert!(
+            got == want,
+            "debugfs ls -p lists {} names, want {}",
+            got.len(),
+            want.len()
+        );
+        if ours.indexed {
+            let htree = debugfs_r(&img, "htree d");
+            let text = String::from_utf8_lossy(&htree);
+            assert!(text.contains("Root node dump:"), "{text}");
+            assert!(!text.contains("checksum"), "{text}");
+        }
+        if o.stable {
+            let (code, out, _) = run(std::process::Command::new("e2fsck").arg("-fy").arg(&img));
+            let out = String::from_utf8_lossy(&out);
+            assert_eq!(code, 0, "e2fsck -fy: {out}");
+            assert!(
+                !out.contains("Pass 3A") && !out.contains("MODIFIED"),
+                "{out}"
+            );
+        }
+        ours
+    }
+
+    /// `count` names of `len` bytes, distinct, made of `prefix` bytes then a decimal counter.
+    fn names(count: usize, len: usize, fill: u8) -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|i| {
+                let digits = format!("{i:08}");
+                let mut n = vec![fill; len.saturating_sub(digits.len())];
+                n.extend_from_slice(digits.as_bytes());
+                n
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_entries_linear_one_block() {
+        let d = oracle(&[b"a".to_vec(), b"bb".to_vec()], &ORACLE);
+        assert_eq!(d.blocks.len(), 1);
+        assert!(!d.indexed);
     }
 }
