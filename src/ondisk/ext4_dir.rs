@@ -940,6 +940,8 @@ mod tests {
         /// Run `e2fsck -fy` too and require it to change nothing (not for a linear directory
         /// of 3 blocks or more, which e2fsck optimizes by design).
         stable: bool,
+        /// Damage our blocks before they go in, and require `e2fsck -fn` to object.
+        tamper: Option<fn(&mut Vec<Vec<u8>>)>,
     }
 
     const ORACLE: Oracle = Oracle {
@@ -947,6 +949,7 @@ mod tests {
         unsigned: true,
         min_blocks: 0,
         stable: true,
+        tamper: None,
     };
 
     /// Makes an ext4 image with mke2fs, a regular file `target` and a directory `d` whose
@@ -998,6 +1001,10 @@ mod tests {
             min_blocks: o.min_blocks,
         };
         let ours = dir_blocks(&entries, &p).unwrap();
+        let mut written = ours.blocks.clone();
+        if let Some(tamper) = o.tamper {
+            tamper(&mut written);
+        }
         let n = ours.blocks.len();
         debugfs_w(&img, &"expand_dir d\n".repeat(n - 1));
         let listed = debugfs_r(&img, "blocks d");
@@ -1009,7 +1016,7 @@ mod tests {
         {
             use std::os::unix::fs::FileExt;
             let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-            for (b, block) in phys.iter().zip(&ours.blocks) {
+            for (b, block) in phys.iter().zip(&written) {
                 f.write_all_at(block, b * 4096).unwrap();
             }
         }
@@ -1023,12 +1030,20 @@ mod tests {
             ),
         );
         let (code, out, _) = run(std::process::Command::new("e2fsck").arg("-fn").arg(&img));
+        if o.tamper.is_some() {
+            assert_ne!(code, 0, "e2fsck -fn: {}", String::from_utf8_lossy(&out));
+            return ours;
+        }
         assert_eq!(code, 0, "e2fsck -fn: {}", String::from_utf8_lossy(&out));
         // ls -p: one `/inode/mode/uid/gid/name/size/` line per entry; names hold no `/`.
         let ls = debugfs_r(&img, "ls -p d");
         let mut got: Vec<&[u8]> = ls
             .split(|&b| b == b'\n')
-            .filter_map(|line| line.split(|&b| b == b'/').nth(5))
+            .filter_map(|line| {
+                // Empty records (inode 0: free space, index nodes) are listed too.
+                let f: Vec<&[u8]> = line.split(|&b| b == b'/').collect();
+                (f.len() > 5 && f[1] != b"0").then(|| f[5])
+            })
             .collect();
         got.sort_unstable();
         let mut want: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
@@ -1041,10 +1056,17 @@ mod tests {
             want.len()
         );
         if ours.indexed {
-            let htree = debugfs_r(&img, "htree d");
-            let text = String::from_utf8_lossy(&htree);
+            let (code, out, err) = run(std::process::Command::new("debugfs")
+                .arg("-R")
+                .arg("htree d")
+                .arg(&img));
+            let text = String::from_utf8_lossy(&out);
+            assert_eq!(code, 0);
             assert!(text.contains("Root node dump:"), "{text}");
-            assert!(!text.contains("checksum"), "{text}");
+            assert!(!text.contains("Corrupted"), "{text}");
+            // Without metadata_csum, debugfs 1.47.0 still tries each index block's checksum
+            // and says there is no room for one; with it, any complaint is a failure.
+            assert!(!o.csum || !err.contains("while"), "{err}");
         }
         if o.stable {
             let (code, out, _) = run(std::process::Command::new("e2fsck").arg("-fy").arg(&img));
@@ -1075,5 +1097,315 @@ mod tests {
         let d = oracle(&[b"a".to_vec(), b"bb".to_vec()], &ORACLE);
         assert_eq!(d.blocks.len(), 1);
         assert!(!d.indexed);
+    }
+
+    /// `indirect_levels` of a `dx_root`.
+    fn levels(root: &[u8]) -> u8 {
+        root[30]
+    }
+
+    /// The (hash, block) index entries of an index block whose header is at `count_offset`
+    /// (the first entry's hash reads as 0).
+    fn index(block: &[u8], count_offset: usize) -> Vec<(u32, u32)> {
+        let le32 = |o: usize| u32::from_le_bytes(block[o..o + 4].try_into().unwrap());
+        let count = usize::from(le16_at(block, count_offset + 2).unwrap());
+        (0..count)
+            .map(|i| {
+                let at = count_offset + i * DX_ENTRY_LEN;
+                (if i == 0 { 0 } else { le32(at) }, le32(at + 4))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_full_block_then_two() {
+        // 12-byte names take 20 bytes: `.` and `..` (24) and 203 of them fill the 4084 bytes
+        // before the checksum tail exactly.
+        let d = oracle(&names(203, 12, b'n'), &ORACLE);
+        assert_eq!((d.blocks.len(), d.indexed), (1, false));
+        // The last entry's rec_len runs to the tail.
+        let last = 24 + 202 * 20;
+        assert_eq!(le16_at(&d.blocks[0], last + 4), Some(20));
+        let d = oracle(&names(204, 12, b'n'), &ORACLE);
+        assert_eq!((d.blocks.len(), d.indexed), (2, false));
+    }
+
+    #[test]
+    fn three_blocks_are_hashed() {
+        // 203 + 204 names fill two blocks: still linear, and e2fsck -fy leaves it alone.
+        let d = oracle(&names(407, 12, b'n'), &ORACLE);
+        assert_eq!((d.blocks.len(), d.indexed), (2, false));
+        // One more needs a third block: a root and two leaves.
+        let d = oracle(&names(408, 12, b'n'), &ORACLE);
+        assert_eq!((d.blocks.len(), d.indexed), (3, true));
+        assert_eq!(levels(&d.blocks[0]), 0);
+        let idx = index(&d.blocks[0], DX_ROOT_COUNT_OFFSET);
+        assert_eq!(idx.iter().map(|e| e.1).collect::<Vec<_>>(), vec![1, 2]);
+        // limit: (4096 - 32 - 8) / 8 with the dx_tail.
+        assert_eq!(le16_at(&d.blocks[0], DX_ROOT_COUNT_OFFSET), Some(507));
+    }
+
+    #[test]
+    fn min_blocks_pads_a_linear_directory() {
+        // lost+found's shape: e2fsck -fy would optimize it for any other directory, so -fn.
+        let o = Oracle {
+            min_blocks: 4,
+            stable: false,
+            ..ORACLE
+        };
+        let d = oracle(&[], &o);
+        assert_eq!((d.blocks.len(), d.indexed), (4, false));
+        let d = oracle(&names(5, 30, b'l'), &o);
+        assert_eq!((d.blocks.len(), d.indexed), (4, false));
+    }
+
+    #[test]
+    fn fifty_thousand_short_names_one_level() {
+        let d = oracle(&names(50_000, 10, b's'), &ORACLE);
+        assert!(d.indexed);
+        assert_eq!(levels(&d.blocks[0]), 0);
+    }
+
+    #[test]
+    fn fifty_thousand_long_high_byte_names_two_levels_unsigned() {
+        // 255-byte names with bytes >= 0x80: 15 to a leaf, 3334 leaves, so index nodes.
+        let d = oracle(&names(50_000, 255, 0xE9), &ORACLE);
+        assert!(d.indexed);
+        assert_eq!(levels(&d.blocks[0]), 1);
+        let root = index(&d.blocks[0], DX_ROOT_COUNT_OFFSET);
+        assert_eq!(root.len(), 3334usize.div_ceil(510));
+        assert_eq!(le16_at(&d.blocks[1], DX_NODE_COUNT_OFFSET), Some(510));
+    }
+
+    #[test]
+    fn high_byte_names_signed_hash() {
+        let o = Oracle {
+            unsigned: false,
+            ..ORACLE
+        };
+        let d = oracle(&names(3000, 100, 0xFF), &o);
+        assert!(d.indexed);
+        // The same names hashed unsigned land in another order, which this file system's
+        // e2fsck would reject: the signedness is not a no-op.
+        let p = |unsigned| DirParams {
+            block_size: 4096,
+            csum_seed: None,
+            hash_seed: SEED,
+            hash_unsigned: unsigned,
+            inode: 12,
+            generation: 0,
+            parent: 2,
+            min_blocks: 0,
+        };
+        let n = names(3000, 100, 0xFF);
+        let e: Vec<DirEntryRef> = n
+            .iter()
+            .map(|n| DirEntryRef {
+                inode: 11,
+                file_type: FT_REG_FILE,
+                name: n,
+            })
+            .collect();
+        assert_ne!(
+            dir_blocks(&e, &p(false)).unwrap(),
+            dir_blocks(&e, &p(true)).unwrap()
+        );
+    }
+
+    #[test]
+    fn without_metadata_csum() {
+        let o = Oracle {
+            csum: false,
+            ..ORACLE
+        };
+        let d = oracle(&names(20_000, 200, b'q'), &o);
+        assert!(d.indexed);
+        assert_eq!(levels(&d.blocks[0]), 1);
+        // No tails: limit (4096 - 32) / 8, and a leaf's last entry runs to the block's end.
+        assert_eq!(le16_at(&d.blocks[0], DX_ROOT_COUNT_OFFSET), Some(508));
+        let d = oracle(&names(2, 8, b'q'), &o);
+        assert_eq!(le16_at(&d.blocks[0], 40 + 4), Some(4096 - 40));
+    }
+
+    #[test]
+    fn e2fsck_rejects_a_broken_checksum() {
+        let o = Oracle {
+            tamper: Some(|b| b[2][20] ^= 1),
+            ..ORACLE
+        };
+        oracle(&names(1000, 40, b't'), &o);
+    }
+
+    #[test]
+    fn e2fsck_rejects_leaves_out_of_hash_order() {
+        // Without checksums only the hash ranges can tell: swapping two leaves breaks them.
+        let o = Oracle {
+            csum: false,
+            tamper: Some(|b| b.swap(1, 2)),
+            ..ORACLE
+        };
+        oracle(&names(1000, 40, b't'), &o);
+    }
+
+    #[test]
+    fn equal_hashes_across_leaves_set_the_continuation_bit() {
+        // Two 255-byte names with the same major hash (a birthday search over 31 bits).
+        let long = |tag: u8, i: u32| {
+            let mut n = vec![tag; 247];
+            n.extend_from_slice(format!("{i:08x}").as_bytes());
+            n
+        };
+        let hash = |n: &[u8]| dirhash(HashVersion::HalfMd4, n, &SEED, true).0;
+        let mut seen = std::collections::HashMap::new();
+        let (a, b) = (0..)
+            .find_map(|i| {
+                let n = long(b'c', i);
+                match seen.insert(hash(&n), n.clone()) {
+                    Some(other) => Some((other, n)),
+                    None => None,
+                }
+            })
+            .unwrap();
+        let h = hash(&a);
+        // 15 such names fill a leaf: put 29 names below `h` so that the pair falls on the
+        // last slot of the second leaf and the first of the third, and 20 above.
+        let below: Vec<Vec<u8>> = (0..)
+            .map(|i| long(b'f', i))
+            .filter(|n| hash(n) < h)
+            .take(29)
+            .collect();
+        let above: Vec<Vec<u8>> = (0..)
+            .map(|i| long(b'g', i))
+            .filter(|n| hash(n) > h)
+            .take(20)
+            .collect();
+        let all: Vec<Vec<u8>> = [below, vec![a, b], above].concat();
+        let d = oracle(&all, &ORACLE);
+        assert!(d.indexed);
+        let idx = index(&d.blocks[0], DX_ROOT_COUNT_OFFSET);
+        assert_eq!(idx.len(), 4);
+        assert_eq!(idx[2].0, h | 1, "the third leaf continues hash {h:#x}");
+        assert_eq!(idx.iter().filter(|e| e.0 & 1 == 1).count(), 1);
+    }
+
+    #[test]
+    fn input_order_does_not_change_a_hashed_directory() {
+        let n = names(5000, 20, b'o');
+        let p = DirParams {
+            block_size: 4096,
+            csum_seed: Some(0x1234_5678),
+            hash_seed: SEED,
+            hash_unsigned: true,
+            inode: 12,
+            generation: 1,
+            parent: 2,
+            min_blocks: 0,
+        };
+        let fwd: Vec<DirEntryRef> = n
+            .iter()
+            .map(|n| DirEntryRef {
+                inode: 11,
+                file_type: FT_REG_FILE,
+                name: n,
+            })
+            .collect();
+        let rev: Vec<DirEntryRef> = fwd.iter().rev().copied().collect();
+        assert_eq!(dir_blocks(&fwd, &p).unwrap(), dir_blocks(&rev, &p).unwrap());
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let p = DirParams {
+            block_size: 4096,
+            csum_seed: None,
+            hash_seed: [0; 4],
+            hash_unsigned: true,
+            inode: 12,
+            generation: 0,
+            parent: 2,
+            min_blocks: 0,
+        };
+        let one = |name: &[u8]| {
+            dir_blocks(
+                &[DirEntryRef {
+                    inode: 11,
+                    file_type: FT_REG_FILE,
+                    name,
+                }],
+                &p,
+            )
+        };
+        assert!(matches!(one(&[b'x'; 256]), Err(Error::NameTooLong(256))));
+        assert!(one(&[b'x'; 255]).is_ok());
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+            assert!(matches!(one(bad), Err(Error::BadName(_))), "{bad:?}");
+        }
+        let e = DirEntryRef {
+            inode: 11,
+            file_type: FT_REG_FILE,
+            name: b"twice",
+        };
+        assert!(matches!(
+            dir_blocks(&[e, e], &p),
+            Err(Error::DuplicateName(_))
+        ));
+        for bs in [512, 3000, 131_072] {
+            let q = DirParams {
+                block_size: bs,
+                ..p.clone()
+            };
+            assert!(matches!(dir_blocks(&[], &q), Err(Error::BadBlockSize(_))));
+        }
+        let q = DirParams {
+            min_blocks: MAX_MIN_BLOCKS + 1,
+            ..p.clone()
+        };
+        assert!(matches!(
+            dir_blocks(&[], &q),
+            Err(Error::TooManyMinBlocks(_))
+        ));
+        // 1 KiB blocks: a root indexes 123 nodes of 126 leaves of three 255-byte names.
+        let q = DirParams {
+            block_size: 1024,
+            csum_seed: Some(0),
+            ..p.clone()
+        };
+        let n = names(123 * 126 * 3 + 1, 255, b'b');
+        let e: Vec<DirEntryRef> = n
+            .iter()
+            .map(|n| DirEntryRef {
+                inode: 11,
+                file_type: FT_REG_FILE,
+                name: n,
+            })
+            .collect();
+        assert!(matches!(
+            dir_blocks(&e, &q),
+            Err(Error::TooManyEntries { max: 15_498, .. })
+        ));
+        assert!(dir_blocks(&e[1..], &q).is_ok());
+    }
+
+    #[test]
+    fn low_level_encoders() {
+        let mut b = vec![0u8; 65_536];
+        // A record over the block, not a multiple of 4, or shorter than its name: refused.
+        assert!(put_dirent(&mut b, 65_528, 1, 8, 0, b"").is_ok());
+        assert!(put_dirent(&mut b, 65_532, 1, 8, 0, b"").is_err());
+        assert!(put_dirent(&mut b, 65_536, 1, 8, 0, b"").is_err());
+        assert!(put_dirent(&mut b, 0, 1, 10, 0, b"").is_err());
+        assert!(put_dirent(&mut b, 0, 1, 8, 0, b"x").is_err());
+        // A whole 64 KiB block in one record is stored as 0xFFFF (EXT4_MAX_REC_LEN).
+        put_dirent(&mut b, 0, 0, 65_536, 0, b"").unwrap();
+        assert_eq!(le16_at(&b, 4), Some(0xFFFF));
+        assert_eq!(dirent_len(1), 12);
+        assert_eq!(dirent_len(4), 12);
+        assert_eq!(dirent_len(5), 16);
+        assert_eq!(dirent_len(255), 264);
+        assert!(put_dir_tail(&mut [0u8; 8], 0, 1, 1).is_err());
+        // A dx header whose limit runs past the block is refused, not indexed.
+        let mut node = vec![0u8; 1024];
+        node[8..10].copy_from_slice(&200u16.to_le_bytes());
+        assert!(put_dx_tail(&mut node, DX_NODE_COUNT_OFFSET, 0, 1, 1).is_err());
     }
 }
