@@ -224,7 +224,7 @@ pub fn put_dirent(
     name: &[u8],
 ) -> Result<(), Error> {
     let name_len = u8::try_from(name.len()).map_err(|_| Error::NameTooLong(name.len()))?;
-    let fits = rec_len % 4 == 0
+    let fits = rec_len.is_multiple_of(4)
         && rec_len >= dirent_len(name.len())
         && rec_len <= MAX_BLOCK_SIZE
         && offset
@@ -717,11 +717,12 @@ fn dx_node(p: &DirParams, entries: &[DxEntry]) -> Result<Vec<u8>, Error> {
     Ok(block)
 }
 
-/// Fills leaves with `entries` in hash order: `(index hash, block)` per leaf. A leaf holds
-/// the hashes from its index hash up to the next leaf's; when a run of equal hashes spills
-/// into the next leaf, that leaf's index hash gets bit 0 set, so that lookups of that hash
-/// go on into it (kernel `ext4_htree_next_block`; directory.rst "Hash Tree Directories").
-fn hash_leaves(entries: &[DirEntryRef], p: &DirParams) -> Result<Vec<(u32, Vec<u8>)>, Error> {
+/// `entries` with their half_md4 hashes, in hash order; the minor hash and then the name
+/// break ties, so that the layout does not depend on the input order.
+fn hash_sorted<'e, 'a>(
+    entries: &'e [DirEntryRef<'a>],
+    p: &DirParams,
+) -> Vec<(u32, u32, &'e DirEntryRef<'a>)> {
     let mut sorted: Vec<(u32, u32, &DirEntryRef)> = entries
         .iter()
         .map(|e| {
@@ -730,52 +731,65 @@ fn hash_leaves(entries: &[DirEntryRef], p: &DirParams) -> Result<Vec<(u32, Vec<u
             (major, minor, e)
         })
         .collect();
-    // The name breaks ties so that the layout does not depend on the input order.
     sorted.sort_unstable_by(|a, b| (a.0, a.1, a.2.name).cmp(&(b.0, b.1, b.2.name)));
-    let mut leaves = Vec::new();
-    let mut leaf = Leaf::new(p);
-    let mut start = 0;
-    let mut prev: Option<u32> = None;
-    for (hash, _, e) in sorted {
-        if !leaf.fits(e.name.len()) {
-            leaves.push((start, std::mem::replace(&mut leaf, Leaf::new(p)).finish(p)?));
-            start = if prev == Some(hash) { hash | 1 } else { hash };
+    sorted
+}
+
+/// Where each leaf starts in the hash-sorted entries, packing leaves full: `(first entry,
+/// index hash)` per leaf. A leaf holds the hashes from its index hash up to the next leaf's;
+/// when a run of equal hashes spills into the next leaf, that leaf's index hash gets bit 0
+/// set, so that a lookup of that hash goes on into it (kernel `ext4_htree_next_block`;
+/// directory.rst "Hash Tree Directories"). The first leaf's index hash is implicitly 0.
+fn plan_leaves(sorted: &[(u32, u32, &DirEntryRef)], p: &DirParams) -> Vec<(usize, u32)> {
+    let usable = Leaf::new_usable(p);
+    let mut starts = vec![(0, 0)];
+    let (mut used, mut prev) = (0, None);
+    for (i, &(hash, _, e)) in sorted.iter().enumerate() {
+        let len = dirent_len(e.name.len());
+        if used + len > usable {
+            let start = if prev == Some(hash) { hash | 1 } else { hash };
+            starts.push((i, start));
+            used = 0;
         }
-        leaf.push(e.inode, e.file_type, e.name)?;
+        used += len;
         prev = Some(hash);
     }
-    leaves.push((start, leaf.finish(p)?));
-    Ok(leaves)
+    starts
 }
 
 /// Lays out a hashed directory: the root in block 0, then the level-1 index nodes if one
-/// root cannot reference every leaf, then the leaves in hash order.
+/// root cannot reference every leaf, then the leaves in hash order. The leaves are planned
+/// before any is written, so that a directory too large for two levels is refused without
+/// laying it out.
 fn htree_blocks(entries: &[DirEntryRef], p: &DirParams) -> Result<Vec<Vec<u8>>, Error> {
-    let leaves = hash_leaves(entries, p)?;
+    let sorted = hash_sorted(entries, p);
+    let starts = plan_leaves(&sorted, p);
+    let leaves = starts.len();
     let root_limit = dx_limit(p, DX_ROOT_COUNT_OFFSET);
     let node_limit = dx_limit(p, DX_NODE_COUNT_OFFSET);
-    let nodes = if leaves.len() <= root_limit {
+    let nodes = if leaves <= root_limit {
         0
     } else {
-        leaves.len().div_ceil(node_limit)
+        leaves.div_ceil(node_limit)
     };
     if nodes > root_limit {
         return Err(Error::TooManyEntries {
-            leaves: leaves.len(),
+            leaves,
             max: root_limit * node_limit,
         });
     }
-    // Fewer than 2^28 blocks (the `dx_entry` block mask) since `nodes <= root_limit`.
-    let block_no = |i: usize| u32::try_from(1 + nodes + i).unwrap_or(u32::MAX);
-    let leaf_entries: Vec<DxEntry> = leaves
+    // At most 1 + 8187 + 8187 * 8190 blocks (64 KiB blocks), far below the 2^28 the
+    // `dx_entry` block field holds (`EXT4_DX_BLOCK_MASK`).
+    let block_no = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+    let leaf_entries: Vec<DxEntry> = starts
         .iter()
         .enumerate()
-        .map(|(i, (hash, _))| DxEntry {
-            hash: *hash,
-            block: block_no(i),
+        .map(|(i, &(_, hash))| DxEntry {
+            hash,
+            block: block_no(1 + nodes + i),
         })
         .collect();
-    let mut blocks = Vec::with_capacity(1 + nodes + leaves.len());
+    let mut blocks = Vec::with_capacity(1 + nodes + leaves);
     if nodes == 0 {
         blocks.push(dx_root(p, 0, &leaf_entries)?);
     } else {
@@ -785,7 +799,7 @@ fn htree_blocks(entries: &[DirEntryRef], p: &DirParams) -> Result<Vec<Vec<u8>>, 
             .enumerate()
             .map(|(i, g)| DxEntry {
                 hash: g.first().map_or(0, |e| e.hash),
-                block: u32::try_from(1 + i).unwrap_or(u32::MAX),
+                block: block_no(1 + i),
             })
             .collect();
         blocks.push(dx_root(p, 1, &root_entries)?);
@@ -793,7 +807,14 @@ fn htree_blocks(entries: &[DirEntryRef], p: &DirParams) -> Result<Vec<Vec<u8>>, 
             blocks.push(dx_node(p, g)?);
         }
     }
-    blocks.extend(leaves.into_iter().map(|(_, b)| b));
+    let ends = starts.iter().skip(1).map(|&(i, _)| i).chain([sorted.len()]);
+    for (&(first, _), end) in starts.iter().zip(ends) {
+        let mut leaf = Leaf::new(p);
+        for &(_, _, e) in sorted.get(first..end).unwrap_or_default() {
+            leaf.push(e.inode, e.file_type, e.name)?;
+        }
+        blocks.push(leaf.finish(p)?);
+    }
     Ok(blocks)
 }
 
@@ -823,12 +844,15 @@ mod tests {
     /// as le32 (debugfs `uuid_parse`s into the `__u32[4]` seed).
     const SEED: [u32; 4] = [0x6666_6666, 0x8888_7777, 0xAAAA_9999, 0xAAAA_AAAA];
 
+    /// A hash test vector: (name, seeded?, [(major, minor)] for hash versions 0 to 5).
+    type Vector = (Vec<u8>, bool, [(u32, u32); 6]);
+
     /// Hashes of e2fsprogs 1.47.0, from
     /// `debugfs -R "dx_hash -h V [-s 66666666-7777-8888-9999-aaaaaaaaaaaa] NAME" /dev/null`,
     /// for V = 0..=5 (legacy, half_md4, tea, then the unsigned variants): (name, seeded?,
     /// [(major, minor); 6]).
     #[rustfmt::skip]
-    fn vectors() -> Vec<(Vec<u8>, bool, [(u32, u32); 6])> {
+    fn vectors() -> Vec<Vector> {
         let long = [b"x".repeat(37), b"QQQ".to_vec()].concat();
         let high255: Vec<u8> = (0..255u32).map(|i| 0x80 + (i % 127) as u8).collect();
         vec![
@@ -1260,10 +1284,7 @@ mod tests {
         let (a, b) = (0..)
             .find_map(|i| {
                 let n = long(b'c', i);
-                match seen.insert(hash(&n), n.clone()) {
-                    Some(other) => Some((other, n)),
-                    None => None,
-                }
+                seen.insert(hash(&n), n.clone()).map(|other| (other, n))
             })
             .unwrap();
         let h = hash(&a);
