@@ -398,12 +398,12 @@ fn hash_char(byte: u8, unsigned: bool) -> u32 {
     }
 }
 
-/// Packs up to `out.len() * 4` bytes of `msg` into words (`str2hashbuf`): big-endian-ish
-/// shifting of each byte into a word started from a padding word made of the length of the
-/// whole remaining message; words past the message are that padding.
+/// Packs up to `out.len() * 4` bytes of `msg` into words (`str2hashbuf`): each byte is
+/// added to the word shifted left by 8, starting from a padding word built from the length of
+/// what is left of the message (not of this step); words past the message are that padding.
 fn str2hashbuf(msg: &[u8], out: &mut [u32], unsigned: bool) {
-    // The padding repeats the low byte of the remaining length, as dirhash.c's `(__u32)len`
-    // truncated by the shifts; names are at most 255 bytes here, but the C code takes an int.
+    // `pad = len | len << 8; pad |= pad << 16`, with dirhash.c's int length as a u32 (names
+    // are at most 255 bytes, so this is the length byte four times).
     let len = msg.len() as u32;
     let mut pad = len | (len << 8);
     pad |= pad << 16;
@@ -450,6 +450,11 @@ fn dx_hack_hash(name: &[u8], unsigned: bool) -> u32 {
 /// `s_hash_seed` as le32 words (all zero: MD4's initial words); `unsigned` selects the
 /// `_UNSIGNED` variant, which reads name bytes as `unsigned char`. The legacy hash has no
 /// minor hash (0) and ignores the seed.
+///
+/// One difference with the kernel is kept on purpose: the kernel turns a major hash of
+/// 0xFFFFFFFE into 0xFFFFFFFC (`EXT4_HTREE_EOF_32BIT`, reserved for readdir's end of
+/// directory), e2fsprogs (1.47) does not; this follows e2fsprogs, whose e2fsck checks every
+/// leaf. Both place such a name in the last leaf unless a leaf starts exactly at it.
 pub fn dirhash(version: HashVersion, name: &[u8], seed: &[u32; 4], unsigned: bool) -> (u32, u32) {
     let mut buf = if seed.iter().any(|&w| w != 0) {
         *seed
