@@ -26,6 +26,7 @@
 //!   nothing to change: `BLOCK_UNINIT` on empty groups but the last, `INODE_UNINIT` on groups with
 //!   no inode in use, `ITABLE_ZEROED` everywhere (unused inode table blocks read as zeros).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::format::{self, Disk, Extent as DiskExtent, ExtentKind};
 use crate::layout::composite::{Composite, Content, Region};
 use crate::ondisk::crc32c::crc32c_le;
 use crate::ondisk::ext4::{self as codec, BLOCK, INODE_SIZE, Inode, Xattr};
+use crate::ondisk::ext4_dir;
 use crate::storage::{ExtentKind as StorageKind, ReadAt};
 use crate::tree::{Data, Entry, Kind, Meta, Tree, TreePath};
 
@@ -67,11 +69,6 @@ const MIN_BLOCKS: u64 = 2048;
 const MAX_BLOCKS: u64 = 1 << 34;
 /// A file's largest logical block + 1: `ee_block` is 32 bits.
 const MAX_FILE_BLOCKS: u64 = 1 << 32;
-/// Blocks a directory's linear form may take before e2fsck -fy would index it (`e2fsck/pass1.c`
-/// queues non-indexed directories of 3 blocks or more for rehashing).
-const LINEAR_MAX_BLOCKS: usize = 2;
-/// Bytes of the checksum tail at the end of every directory leaf block (`directory.rst`).
-const DIR_TAIL: usize = 12;
 /// `s_log_groups_per_flex`: 16 groups, mke2fs's default (`mke2fs.conf`, `flex_bg_size`).
 const LOG_GROUPS_PER_FLEX: u8 = 4;
 
@@ -242,7 +239,7 @@ impl Ext4Image<'_> {
         let mut label16 = [0u8; 16];
         label16[..label.len()].copy_from_slice(label);
         let seed = codec::csum_seed(&self.uuid);
-        let content = Gathered::gather(self.tree, self.epoch, seed)?;
+        let content = Gathered::gather(self.tree, self.epoch, seed, &self.hash_seed)?;
         let (geo, alloc, disk_size) = match self.size {
             Ext4Size::Fixed(size) => {
                 if size / B > MAX_BLOCKS {
@@ -458,7 +455,7 @@ struct Child<'a> {
 /// One inode to write.
 struct Node<'a> {
     ino: u32,
-    path: TreePath,
+    path: Cow<'a, TreePath>,
     what: What<'a>,
     meta: Meta,
     links: u32,
@@ -493,7 +490,7 @@ impl<'a> Gathered<'a> {
         FIRST_INO + (self.nodes.len() as u32).saturating_sub(2)
     }
 
-    fn gather(tree: &'a Tree, epoch: i64, seed: u32) -> Result<Gathered<'a>> {
+    fn gather(tree: &'a Tree, epoch: i64, seed: u32, hash_seed: &[u8; 16]) -> Result<Gathered<'a>> {
         let lost_found = TreePath::root().join(b"lost+found");
         // Pass 1: inode numbers in path order; hard links take their target's afterwards.
         let mut inos: Vec<u32> = Vec::with_capacity(tree.len());
@@ -544,7 +541,7 @@ impl<'a> Gathered<'a> {
         };
         slots[1] = Some(Node {
             ino: FIRST_INO,
-            path: lost_found.clone(),
+            path: Cow::Owned(lost_found.clone()),
             what: What::Dir {
                 children: Vec::new(),
                 parent: ROOT_INO,
@@ -640,7 +637,7 @@ impl<'a> Gathered<'a> {
             let (xattr_in, xattr_block) = split_xattrs(p, e)?;
             let node = Node {
                 ino,
-                path: p.clone(),
+                path: Cow::Borrowed(p),
                 what,
                 meta: e.meta,
                 links: 0,
@@ -689,7 +686,7 @@ impl<'a> Gathered<'a> {
             };
             if n.links > LINK_MAX {
                 return Err(Error::Entry {
-                    path: n.path.clone(),
+                    path: n.path.clone().into_owned(),
                     reason: format!("{} hard links; ext4 allows {LINK_MAX}", n.links),
                 });
             }
@@ -702,7 +699,11 @@ impl<'a> Gathered<'a> {
                 indexed,
             } = &mut n.what
             {
-                let (b, i) = dir_blocks(children, *parent, ino, *min_blocks, seed);
+                let (b, i) = dir_blocks(children, *parent, ino, *min_blocks, seed, hash_seed)
+                    .map_err(|e| Error::Entry {
+                        path: n.path.clone().into_owned(),
+                        reason: e.to_string(),
+                    })?;
                 data_blocks += b.len() as u64;
                 *blocks = b;
                 *indexed = i;
@@ -798,74 +799,40 @@ fn split_xattrs(p: &TreePath, e: &Entry) -> Result<(Vec<u8>, Vec<Xattr>)> {
     Ok((area, outside))
 }
 
-/// A directory's blocks: `.`, `..` and the children, each leaf block with its checksum tail.
-/// Linear while that takes at most [`LINEAR_MAX_BLOCKS`] blocks.
-// TODO(ext4dir): hashed directories come from `ondisk::ext4_dir::dir_blocks` once merged.
+/// A directory's blocks: `.`, `..` and the children, linear below 3 blocks and hashed above
+/// ([`ext4_dir::dir_blocks`]), with checksum tails.
 fn dir_blocks(
     children: &[Child<'_>],
     parent: u32,
     ino: u32,
     min_blocks: usize,
     seed: u32,
-) -> (Vec<Vec<u8>>, bool) {
-    let rec = |name_len: usize| (8 + name_len).next_multiple_of(4);
-    let usable = BLOCK - DIR_TAIL;
-    let mut blocks: Vec<Vec<u8>> = Vec::new();
-    let mut cur = vec![0u8; BLOCK];
-    let mut at = 0usize;
-    let mut last: Option<usize> = None;
-    let entries = [(&b"."[..], ino, codec::FT_DIR), (&b".."[..], parent, codec::FT_DIR)]
-        .into_iter()
-        .chain(children.iter().map(|c| (c.name, c.ino, c.file_type)));
-    let finish = |cur: &mut Vec<u8>, last: Option<usize>| {
-        match last {
-            Some(l) => set_rec_len(cur, l, usable - l),
-            None => set_rec_len(cur, 0, usable),
-        }
-        dir_tail(cur, ino, seed);
+    hash_seed: &[u8; 16],
+) -> std::result::Result<(Vec<Vec<u8>>, bool), ext4_dir::Error> {
+    let entries: Vec<ext4_dir::DirEntryRef<'_>> = children
+        .iter()
+        .map(|c| ext4_dir::DirEntryRef {
+            inode: c.ino,
+            file_type: c.file_type,
+            name: c.name,
+        })
+        .collect();
+    let mut words = [0u32; 4];
+    for (w, b) in words.iter_mut().zip(hash_seed.chunks_exact(4)) {
+        *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    let params = ext4_dir::DirParams {
+        block_size: BLOCK,
+        csum_seed: Some(seed),
+        hash_seed: words,
+        hash_unsigned: true,
+        inode: ino,
+        generation: 0,
+        parent,
+        min_blocks,
     };
-    for (name, child, ft) in entries {
-        let len = rec(name.len());
-        if at + len > usable {
-            finish(&mut cur, last);
-            blocks.push(std::mem::replace(&mut cur, vec![0u8; BLOCK]));
-            at = 0;
-        }
-        cur[at..at + 4].copy_from_slice(&child.to_le_bytes());
-        set_rec_len(&mut cur, at, len);
-        cur[at + 6] = name.len() as u8;
-        cur[at + 7] = ft;
-        cur[at + 8..at + 8 + name.len()].copy_from_slice(name);
-        last = Some(at);
-        at += len;
-    }
-    finish(&mut cur, last);
-    blocks.push(cur);
-    while blocks.len() < min_blocks {
-        let mut b = vec![0u8; BLOCK];
-        set_rec_len(&mut b, 0, usable);
-        dir_tail(&mut b, ino, seed);
-        blocks.push(b);
-    }
-    (blocks, false)
-}
-
-fn set_rec_len(b: &mut [u8], at: usize, len: usize) {
-    if let Some(s) = b.get_mut(at + 4..at + 6) {
-        s.copy_from_slice(&(len as u16).to_le_bytes());
-    }
-}
-
-/// The 12-byte fake entry closing a leaf block: inode 0, rec_len 12, name_len 0, type 0xDE,
-/// crc32c(inode seed, the block up to the tail) (`directory.rst`, `ext4_dir_entry_tail`).
-fn dir_tail(b: &mut [u8], ino: u32, seed: u32) {
-    let t = BLOCK - DIR_TAIL;
-    b[t..t + 4].fill(0);
-    b[t + 4..t + 6].copy_from_slice(&12u16.to_le_bytes());
-    b[t + 6] = 0;
-    b[t + 7] = 0xDE;
-    let c = crc32c_le(codec::inode_seed(seed, ino, 0), &b[..t]);
-    b[t + 8..t + 12].copy_from_slice(&c.to_le_bytes());
+    let d = ext4_dir::dir_blocks(&entries, &params)?;
+    Ok((d.blocks, d.indexed))
 }
 
 /// Where one inode's blocks went.
@@ -1264,13 +1231,18 @@ impl Builder<'_, '_> {
         let alloc = self.alloc;
         let epoch = self.img.epoch;
         let mut regions: Vec<Region> = Vec::new();
-        let mut itable: Vec<u8> = vec![0u8; INODE_SIZE * FIRST_INO as usize];
-        let put_inode = |itable: &mut Vec<u8>, ino: u32, bytes: &[u8; INODE_SIZE]| {
-            let at = (ino as usize - 1) * INODE_SIZE;
-            if itable.len() < at + INODE_SIZE {
-                itable.resize(at + INODE_SIZE, 0);
+        // Each group's inode table, up to its last inode in use (the rest reads as zeros).
+        let ipg = geo.inodes_per_group as usize;
+        let mut tables: Vec<Vec<u8>> = vec![Vec::new(); geo.groups as usize];
+        let put_inode = |tables: &mut Vec<Vec<u8>>, ino: u32, bytes: &[u8; INODE_SIZE]| {
+            let i = ino as usize - 1;
+            if let Some(t) = tables.get_mut(i / ipg) {
+                let at = (i % ipg) * INODE_SIZE;
+                if t.len() < at + INODE_SIZE {
+                    t.resize(at + INODE_SIZE, 0);
+                }
+                t[at..at + INODE_SIZE].copy_from_slice(bytes);
             }
-            itable[at..at + INODE_SIZE].copy_from_slice(bytes);
         };
         // The journal: its superblock in the first block, the rest holes.
         let jp = &alloc.journal;
@@ -1297,7 +1269,7 @@ impl Builder<'_, '_> {
             i_block: jroot,
             ..Inode::default()
         };
-        put_inode(&mut itable, JOURNAL_INO, &journal.encode(self.seed, JOURNAL_INO));
+        put_inode(&mut tables, JOURNAL_INO, &journal.encode(self.seed, JOURNAL_INO));
         let mut jnl = [0u32; 17];
         for (k, w) in jroot.chunks_exact(4).enumerate() {
             jnl[k] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
@@ -1411,20 +1383,14 @@ impl Builder<'_, '_> {
             }
             let extra = p.tree.len() as u64 + u64::from(p.xattr != 0);
             inode.blocks_512 = (content_blocks + extra) * (B / 512);
-            put_inode(&mut itable, n.ino, &inode.encode(self.seed, n.ino));
+            put_inode(&mut tables, n.ino, &inode.encode(self.seed, n.ino));
         }
 
-        // Inode tables: the used part of each group's, the rest zeros.
-        let ipg = geo.inodes_per_group as usize;
-        for (g, &start) in alloc.itables.iter().enumerate() {
-            let from = g * ipg * INODE_SIZE;
-            if from >= itable.len() {
-                break;
+        for (t, &start) in tables.into_iter().zip(&alloc.itables) {
+            if !t.is_empty() {
+                regions.push(Self::region(start, t));
             }
-            let to = (from + ipg * INODE_SIZE).min(itable.len());
-            regions.push(Self::region(start, itable[from..to].to_vec()));
         }
-        drop(itable);
 
         // Block bitmaps and free counts, group by group.
         let groups = geo.groups as usize;
@@ -2020,5 +1986,87 @@ mod tests {
         let (img, sum) = build(&tree, Ext4Size::Fixed(needed), dir.path());
         assert_eq!(sum.size, needed);
         fsck_clean(&img);
+    }
+
+    #[test]
+    fn a_directory_of_50000_entries_is_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        for i in 0..50_000 {
+            let name = format!("big/{i:0>200}-entry");
+            tree.insert(p(&name), file(b""), m).unwrap();
+        }
+        tree.insert(p("big/one"), file(b"found"), m).unwrap();
+        let (img, _) = build(&tree, auto(), dir.path());
+        fsck_clean(&img);
+        let st = debugfs(&img, "stat /big");
+        assert_eq!(stat_field(&st, "Flags:"), "0x81000", "{st}");
+        assert_eq!(dump(&img, "/big/one", &dir.path().join("o")), b"found");
+        let name = format!("/big/{:0>200}-entry", 31_337);
+        let st = debugfs(&img, &format!("stat {name}"));
+        assert_eq!(stat_field(&st, "Size:"), "0", "{st}");
+    }
+
+    /// Lays out (and writes) 100,000 small files in 1000 directories; returns the image.
+    fn hundred_thousand(dir: &Path) -> PathBuf {
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        let body: Arc<[u8]> = Arc::from(&b"small file\n"[..]);
+        for i in 0..100_000 {
+            let e = Entry::new(Kind::File(Data::Bytes(body.clone())), meta(0o644));
+            tree.insert(p(&format!("d{:03}/f{i}", i % 1000)), e, m).unwrap();
+        }
+        let vol = image(&tree, auto()).layout(Path::new("t")).unwrap();
+        let sum = vol.summary();
+        assert_eq!(sum.files, 100_000);
+        assert_eq!(sum.inodes_used, 11 + 1000 + 100_000);
+        let img = dir.join("fs.img");
+        write_image(&vol, &img);
+        img
+    }
+
+    /// Run by `a_hundred_thousand_small_files` in a process of its own, so that other tests
+    /// do not count in its peak memory.
+    #[test]
+    #[ignore = "run by a_hundred_thousand_small_files in a child process"]
+    fn hundred_thousand_child() {
+        let Some(dir) = std::env::var_os("MKOMI_EXT4_CHILD_DIR") else {
+            return;
+        };
+        hundred_thousand(Path::new(&dir));
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        println!("PEAK {}", l.split_whitespace().nth(1).unwrap());
+    }
+
+    #[test]
+    fn a_hundred_thousand_small_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "layout::ext4::tests::hundred_thousand_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MKOMI_EXT4_CHILD_DIR", dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        let kib: u64 = text
+            .split("PEAK ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{text}"))
+            .parse()
+            .unwrap();
+        eprintln!("100,000 files: peak RSS {kib} KiB");
+        assert!(kib < 256 * 1024, "peak RSS {kib} KiB");
+        let img = dir.path().join("fs.img");
+        fsck_clean(&img);
+        assert_eq!(dump(&img, "/d999/f99999", &dir.path().join("o")), b"small file\n");
     }
 }
