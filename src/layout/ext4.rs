@@ -390,9 +390,13 @@ impl Geo {
         let used = u64::from(c.inodes_used());
         let mut want = used + used / 4 + 16;
         if ratio {
-            want = want.max(blocks / 4);
+            // One inode per 16 KiB, as far as the groups and 32-bit inode numbers allow.
+            let most = (groups * u64::from(MAX_INODES_PER_GROUP)).min(u64::from(u32::MAX) / 2);
+            want = want.max((blocks / 4).min(most));
         }
-        let per_group = want.div_ceil(groups).next_multiple_of(u64::from(INODES_PER_BLOCK));
+        let per_group = want
+            .div_ceil(groups)
+            .next_multiple_of(u64::from(INODES_PER_BLOCK));
         if per_group > u64::from(MAX_INODES_PER_GROUP) {
             let groups_needed = want.div_ceil(u64::from(MAX_INODES_PER_GROUP));
             return Err(groups_needed * BLOCKS_PER_GROUP);
@@ -539,21 +543,23 @@ impl<'a> Gathered<'a> {
             mtime: epoch,
             mtime_nsec: 0,
         };
-        slots[1] = Some(Node {
-            ino: FIRST_INO,
-            path: Cow::Owned(lost_found.clone()),
-            what: What::Dir {
-                children: Vec::new(),
-                parent: ROOT_INO,
-                min_blocks: LOST_FOUND_BLOCKS,
-                blocks: Vec::new(),
-                indexed: false,
-            },
-            meta: lf_meta,
-            links: 2,
-            xattr_in: Vec::new(),
-            xattr_block: Vec::new(),
-        });
+        if let Some(slot) = slots.get_mut(1) {
+            *slot = Some(Node {
+                ino: FIRST_INO,
+                path: Cow::Owned(lost_found.clone()),
+                what: What::Dir {
+                    children: Vec::new(),
+                    parent: ROOT_INO,
+                    min_blocks: LOST_FOUND_BLOCKS,
+                    blocks: Vec::new(),
+                    indexed: false,
+                },
+                meta: lf_meta,
+                links: 2,
+                xattr_in: Vec::new(),
+                xattr_block: Vec::new(),
+            });
+        }
         let mut has_lf = false;
         let mut stack: Vec<u32> = Vec::new();
         let mut data_blocks = 0u64;
@@ -610,7 +616,9 @@ impl<'a> Gathered<'a> {
                 Kind::File(data) => {
                     let runs = data_runs(data);
                     if data.len().div_ceil(B) > MAX_FILE_BLOCKS {
-                        return Err(entry_err("over 16 TiB, ext4's largest file with 4 KiB blocks"));
+                        return Err(entry_err(
+                            "over 16 TiB, ext4's largest file with 4 KiB blocks",
+                        ));
                     }
                     What::File { data, runs }
                 }
@@ -619,6 +627,13 @@ impl<'a> Gathered<'a> {
                         return Err(entry_err("a symlink target must be 1 to 4095 bytes"));
                     }
                     What::Symlink(t)
+                }
+                Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor }
+                    if *major >= 1 << 12 || *minor >= 1 << 20 =>
+                {
+                    return Err(entry_err(
+                        "a device number over Linux's 12-bit major or 20-bit minor",
+                    ));
                 }
                 Kind::CharDevice { major, minor } => What::Device {
                     block: false,
@@ -678,7 +693,10 @@ impl<'a> Gathered<'a> {
         for (n, &l) in nodes.iter_mut().zip(&links) {
             n.links = match &n.what {
                 What::Dir { children, .. } => {
-                    let subdirs = children.iter().filter(|c| c.file_type == codec::FT_DIR).count();
+                    let subdirs = children
+                        .iter()
+                        .filter(|c| c.file_type == codec::FT_DIR)
+                        .count();
                     let l = 2 + subdirs as u64;
                     if l > u64::from(LINK_MAX) { 1 } else { l as u32 }
                 }
@@ -1203,7 +1221,8 @@ impl Builder<'_, '_> {
         let (leaf_blocks, idx_blocks) = tree.split_at(leaves.len().min(tree.len()));
         let mut level: Vec<codec::ExtentIndex> = Vec::with_capacity(leaves.len());
         for (chunk, &blk) in leaves.iter().zip(leaf_blocks) {
-            let b = codec::extent_block(codec::Node::Leaf(chunk), self.seed, ino, 0).map_err(err)?;
+            let b =
+                codec::extent_block(codec::Node::Leaf(chunk), self.seed, ino, 0).map_err(err)?;
             regions.push(Self::region(blk, b));
             level.push(codec::ExtentIndex {
                 logical: chunk.first().map_or(0, |e| e.logical),
@@ -1269,7 +1288,11 @@ impl Builder<'_, '_> {
             i_block: jroot,
             ..Inode::default()
         };
-        put_inode(&mut tables, JOURNAL_INO, &journal.encode(self.seed, JOURNAL_INO));
+        put_inode(
+            &mut tables,
+            JOURNAL_INO,
+            &journal.encode(self.seed, JOURNAL_INO),
+        );
         let mut jnl = [0u32; 17];
         for (k, w) in jroot.chunks_exact(4).enumerate() {
             jnl[k] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
@@ -1373,7 +1396,8 @@ impl Builder<'_, '_> {
                 What::Socket => inode.mode = codec::S_IFSOCK | perm,
             }
             if inode.flags & codec::INODE_EXTENTS_FL != 0 {
-                inode.i_block = self.extent_tree(n.ino, &p.pieces, &p.tree, &mut regions, &n.path)?;
+                inode.i_block =
+                    self.extent_tree(n.ino, &p.pieces, &p.tree, &mut regions, &n.path)?;
             }
             if !n.xattr_block.is_empty() {
                 let refs: Vec<&Xattr> = n.xattr_block.iter().collect();
@@ -1392,38 +1416,75 @@ impl Builder<'_, '_> {
             }
         }
 
-        // Block bitmaps and free counts, group by group.
+        // Block bitmaps and free counts, group by group. A group's bitmap is held only when
+        // some bit in it is set: most groups of a large file system have none.
         let groups = geo.groups as usize;
-        let mut free_blocks = vec![0u64; groups];
         let mut bitmaps: Vec<Option<Vec<u8>>> = (0..groups).map(|_| None).collect();
-        for (g, f) in free_blocks.iter_mut().enumerate() {
-            let g0 = g as u64 * BLOCKS_PER_GROUP;
-            *f = (geo.blocks - g0).min(BLOCKS_PER_GROUP);
-        }
+        let mut free_blocks: Vec<u64> = (0..geo.groups)
+            .map(|g| (geo.blocks - g * BLOCKS_PER_GROUP).min(BLOCKS_PER_GROUP))
+            .collect();
         for &(s, l) in &alloc.used {
             let mut b = s;
             let end = (s + l).min(geo.blocks);
             while b < end {
-                let g = (b / BLOCKS_PER_GROUP) as usize;
-                let g_end = ((g as u64 + 1) * BLOCKS_PER_GROUP).min(end);
-                let bm = bitmaps[g].get_or_insert_with(|| vec![0u8; BLOCK]);
-                let base = g as u64 * BLOCKS_PER_GROUP;
-                set_bits(bm, (b - base) as usize, (g_end - base) as usize);
-                free_blocks[g] -= g_end - b;
+                let g = b / BLOCKS_PER_GROUP;
+                let base = g * BLOCKS_PER_GROUP;
+                let g_end = (base + BLOCKS_PER_GROUP).min(end);
+                if let Some(slot) = bitmaps.get_mut(g as usize) {
+                    let bm = slot.get_or_insert_with(|| vec![0u8; BLOCK]);
+                    set_bits(bm, (b - base) as usize, (g_end - base) as usize);
+                }
+                if let Some(f) = free_blocks.get_mut(g as usize) {
+                    *f = f.saturating_sub(g_end - b);
+                }
                 b = g_end;
             }
         }
+        // The last group's bits past the end of the file system are set (e2fsprogs
+        // `lib/ext2fs/rw_bitmaps.c`, "Force bitmap padding for the last group").
         let last = groups - 1;
         let tail = (geo.blocks - last as u64 * BLOCKS_PER_GROUP) as usize;
-        if tail < BLOCKS_PER_GROUP as usize {
-            let bm = bitmaps[last].get_or_insert_with(|| vec![0u8; BLOCK]);
-            set_bits(bm, tail, 8 * BLOCK);
+        if let Some(slot) = bitmaps
+            .get_mut(last)
+            .filter(|_| tail < BLOCKS_PER_GROUP as usize)
+        {
+            set_bits(
+                slot.get_or_insert_with(|| vec![0u8; BLOCK]),
+                tail,
+                8 * BLOCK,
+            );
         }
         let zero_csum = crc32c_le(self.seed, &[0u8; BLOCK]);
+        // Inode bitmaps: the inodes in use are 1 to `used_inodes`, so a group's bitmap is a run
+        // of ones; bits past `inodes_per_group` are padding, set as e2fsprogs writes them. The
+        // many groups with no inode share one bitmap.
+        let inode_bitmap = |used: usize| {
+            let mut ibm = vec![0u8; BLOCK];
+            set_bits(&mut ibm, 0, used);
+            set_bits(&mut ibm, ipg, 8 * BLOCK);
+            let c = crc32c_le(self.seed, ibm.get(..ipg / 8).unwrap_or_default());
+            (ibm, c)
+        };
+        let (empty_ibm, empty_ibm_csum) = inode_bitmap(0);
+        let empty_ibm: Arc<[u8]> = empty_ibm.into();
+        let mut dirs_in_group = vec![0u32; groups];
+        for &ino in &dir_inodes {
+            if let Some(d) = dirs_in_group.get_mut((ino as usize - 1) / ipg) {
+                *d += 1;
+            }
+        }
         let mut descs = Vec::with_capacity(groups);
-        for g in 0..groups {
-            let (bb, ib) = (alloc.block_bitmaps + g as u64, alloc.inode_bitmaps + g as u64);
-            let block_bitmap_csum = match bitmaps[g].take() {
+        let per_group = bitmaps
+            .into_iter()
+            .zip(&free_blocks)
+            .zip(&dirs_in_group)
+            .zip(&alloc.itables);
+        for (g, (((bitmap, &free), &used_dirs), &inode_table)) in per_group.enumerate() {
+            let (bb, ib) = (
+                alloc.block_bitmaps + g as u64,
+                alloc.inode_bitmaps + g as u64,
+            );
+            let block_bitmap_csum = match bitmap {
                 Some(bm) => {
                     let c = crc32c_le(self.seed, &bm);
                     regions.push(Self::region(bb, bm));
@@ -1433,31 +1494,38 @@ impl Builder<'_, '_> {
             };
             let first = g as u64 * ipg as u64;
             let used = u64::from(used_inodes).saturating_sub(first).min(ipg as u64) as usize;
-            let mut ibm = vec![0u8; BLOCK];
-            set_bits(&mut ibm, 0, used);
-            set_bits(&mut ibm, ipg, 8 * BLOCK);
-            let inode_bitmap_csum = crc32c_le(self.seed, &ibm[..ipg / 8]);
-            regions.push(Self::region(ib, ibm));
-            let lo = first as u32 + 1;
-            let hi = lo + ipg as u32;
-            let used_dirs = dir_inodes.iter().filter(|&&i| i >= lo && i < hi).count() as u32;
+            let inode_bitmap_csum = if used == 0 {
+                regions.push(Region {
+                    offset: ib * B,
+                    len: B,
+                    content: Content::Source(Arc::new(Shared {
+                        bytes: empty_ibm.clone(),
+                        name: self.name.to_owned(),
+                    })),
+                });
+                empty_ibm_csum
+            } else {
+                let (ibm, c) = inode_bitmap(used);
+                regions.push(Self::region(ib, ibm));
+                c
+            };
+            // The flags e2fsprogs' `ext2fs_set_gdt_csum` would set.
             let mut flags = codec::BG_INODE_ZEROED;
-            if free_blocks[g] == BLOCKS_PER_GROUP && g != last {
+            if free == BLOCKS_PER_GROUP && g != last {
                 flags |= codec::BG_BLOCK_UNINIT;
             }
-            let itable_unused = (ipg - used) as u32;
             if used == 0 {
                 flags |= codec::BG_INODE_UNINIT;
             }
             descs.push(codec::GroupDesc {
                 block_bitmap: bb,
                 inode_bitmap: ib,
-                inode_table: alloc.itables[g],
-                free_blocks: free_blocks[g] as u32,
+                inode_table,
+                free_blocks: free as u32,
                 free_inodes: (ipg - used) as u32,
                 used_dirs,
                 flags,
-                itable_unused,
+                itable_unused: (ipg - used) as u32,
                 block_bitmap_csum,
                 inode_bitmap_csum,
             });
@@ -1489,9 +1557,14 @@ impl Builder<'_, '_> {
                 group_nr: g as u16,
                 ..sb.clone()
             };
-            let mut head = vec![0u8; BLOCK];
-            let at = if g == 0 { codec::SUPERBLOCK_OFFSET as usize } else { 0 };
-            head[at..at + codec::SUPERBLOCK_SIZE].copy_from_slice(&s.encode());
+            // The primary superblock is at byte 1024; backups start their group's first block
+            // (`super.rst`).
+            let mut head = if g == 0 {
+                vec![0u8; codec::SUPERBLOCK_OFFSET as usize]
+            } else {
+                Vec::new()
+            };
+            head.extend_from_slice(&s.encode());
             let base = g * BLOCKS_PER_GROUP;
             regions.push(Self::region(base, head));
             regions.push(Region {
@@ -1521,7 +1594,6 @@ impl Builder<'_, '_> {
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1655,17 +1727,38 @@ mod tests {
         let mut tree = Tree::new(meta(0o755));
         let m = meta(0o755);
         tree.insert(p("etc/hostname"), file(b"host\n"), m).unwrap();
-        tree.insert(p("bin/sh"), file(&vec![7u8; 10_000]), m).unwrap();
-        tree.insert(p("link"), Entry::new(Kind::Symlink(b"etc/hostname".to_vec()), m), m)
+        tree.insert(p("bin/sh"), file(&vec![7u8; 10_000]), m)
             .unwrap();
+        tree.insert(
+            p("link"),
+            Entry::new(Kind::Symlink(b"etc/hostname".to_vec()), m),
+            m,
+        )
+        .unwrap();
         tree.insert(p("long"), Entry::new(Kind::Symlink(vec![b'x'; 300]), m), m)
             .unwrap();
-        tree.insert(p("dev/sda"), Entry::new(Kind::BlockDevice { major: 8, minor: 0 }, meta(0o660)), m)
+        tree.insert(
+            p("dev/sda"),
+            Entry::new(Kind::BlockDevice { major: 8, minor: 0 }, meta(0o660)),
+            m,
+        )
+        .unwrap();
+        tree.insert(
+            p("dev/big"),
+            Entry::new(
+                Kind::CharDevice {
+                    major: 300,
+                    minor: 70000,
+                },
+                meta(0o600),
+            ),
+            m,
+        )
+        .unwrap();
+        tree.insert(p("run/fifo"), Entry::new(Kind::Fifo, meta(0o600)), m)
             .unwrap();
-        tree.insert(p("dev/big"), Entry::new(Kind::CharDevice { major: 300, minor: 70000 }, meta(0o600)), m)
+        tree.insert(p("run/sock"), Entry::new(Kind::Socket, meta(0o600)), m)
             .unwrap();
-        tree.insert(p("run/fifo"), Entry::new(Kind::Fifo, meta(0o600)), m).unwrap();
-        tree.insert(p("run/sock"), Entry::new(Kind::Socket, meta(0o600)), m).unwrap();
         tree.insert(p("empty"), file(b""), m).unwrap();
         let (img, _) = build(&tree, auto(), dir.path());
         fsck_clean(&img);
@@ -1674,7 +1767,9 @@ mod tests {
     }
 
     fn storage(path: &Path) -> Data {
-        Data::Storage(Arc::new(crate::storage::file::LocalFile::open(path).unwrap()))
+        Data::Storage(Arc::new(
+            crate::storage::file::LocalFile::open(path).unwrap(),
+        ))
     }
 
     fn dump(img: &Path, path: &str, out: &Path) -> Vec<u8> {
@@ -1684,7 +1779,9 @@ mod tests {
     }
 
     fn stat_field(stat: &str, field: &str) -> String {
-        let at = stat.find(field).unwrap_or_else(|| panic!("{field} in {stat}"));
+        let at = stat
+            .find(field)
+            .unwrap_or_else(|| panic!("{field} in {stat}"));
         stat[at + field.len()..]
             .split_whitespace()
             .next()
@@ -1710,17 +1807,50 @@ mod tests {
             )
         };
         let bin: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-        tree.insert(p("bin/prog"), owned(Kind::File(Data::Bytes(bin.clone().into())), 0o4755, 70_000, 80_000), m)
-            .unwrap();
-        tree.insert(p("fast"), Entry::new(Kind::Symlink(b"bin/prog".to_vec()), m), m).unwrap();
+        tree.insert(
+            p("bin/prog"),
+            owned(
+                Kind::File(Data::Bytes(bin.clone().into())),
+                0o4755,
+                70_000,
+                80_000,
+            ),
+            m,
+        )
+        .unwrap();
+        tree.insert(
+            p("fast"),
+            Entry::new(Kind::Symlink(b"bin/prog".to_vec()), m),
+            m,
+        )
+        .unwrap();
         let slow = vec![b'y'; 100];
-        tree.insert(p("slow"), Entry::new(Kind::Symlink(slow.clone()), m), m).unwrap();
-        tree.insert(p("dev/sda1"), owned(Kind::BlockDevice { major: 8, minor: 1 }, 0o660, 0, 6), m)
+        tree.insert(p("slow"), Entry::new(Kind::Symlink(slow.clone()), m), m)
             .unwrap();
-        tree.insert(p("dev/big"), owned(Kind::CharDevice { major: 511, minor: 1_048_000 }, 0o600, 0, 0), m)
+        tree.insert(
+            p("dev/sda1"),
+            owned(Kind::BlockDevice { major: 8, minor: 1 }, 0o660, 0, 6),
+            m,
+        )
+        .unwrap();
+        tree.insert(
+            p("dev/big"),
+            owned(
+                Kind::CharDevice {
+                    major: 511,
+                    minor: 1_048_000,
+                },
+                0o600,
+                0,
+                0,
+            ),
+            m,
+        )
+        .unwrap();
+        tree.insert(p("run/fifo"), owned(Kind::Fifo, 0o640, 1, 2), m)
             .unwrap();
-        tree.insert(p("run/fifo"), owned(Kind::Fifo, 0o640, 1, 2), m).unwrap();
-        tree.insert(p("run/sock"), owned(Kind::Socket, 0o777, 0, 0), m).unwrap();
+        tree.insert(p("run/sock"), owned(Kind::Socket, 0o777, 0, 0), m)
+            .unwrap();
         let (img, sum) = build(&tree, auto(), dir.path());
         fsck_clean(&img);
         assert_eq!(sum.files, 1);
@@ -1739,12 +1869,24 @@ mod tests {
         let out = dir.path().join("rd");
         std::fs::create_dir(&out).unwrap();
         debugfs(&img, &format!("rdump / {}", out.display()));
-        assert_eq!(std::fs::read_link(out.join("slow")).unwrap().as_os_str().len(), 100);
-        assert_eq!(std::fs::read_link(out.join("fast")).unwrap(), Path::new("bin/prog"));
+        assert_eq!(
+            std::fs::read_link(out.join("slow"))
+                .unwrap()
+                .as_os_str()
+                .len(),
+            100
+        );
+        assert_eq!(
+            std::fs::read_link(out.join("fast")).unwrap(),
+            Path::new("bin/prog")
+        );
         let st = debugfs(&img, "stat /dev/sda1");
         assert!(st.contains("Device major/minor number: 08:01"), "{st}");
         let st = debugfs(&img, "stat /dev/big");
-        assert!(st.contains("Device major/minor number: 511:1048000"), "{st}");
+        assert!(
+            st.contains("Device major/minor number: 511:1048000"),
+            "{st}"
+        );
         let st = debugfs(&img, "stat /run/fifo");
         assert!(st.contains("Type: FIFO"), "{st}");
         assert_eq!(stat_field(&st, "Mode:"), "0640", "{st}");
@@ -1758,8 +1900,10 @@ mod tests {
         let mut tree = Tree::new(meta(0o755));
         let m = meta(0o755);
         tree.insert(p("a/f"), file(b"shared"), m).unwrap();
-        tree.insert(p("b/g"), Entry::new(Kind::HardLink(p("a/f")), m), m).unwrap();
-        tree.insert(p("0/h"), Entry::new(Kind::HardLink(p("a/f")), m), m).unwrap();
+        tree.insert(p("b/g"), Entry::new(Kind::HardLink(p("a/f")), m), m)
+            .unwrap();
+        tree.insert(p("0/h"), Entry::new(Kind::HardLink(p("a/f")), m), m)
+            .unwrap();
         let (img, sum) = build(&tree, auto(), dir.path());
         fsck_clean(&img);
         assert_eq!(sum.files, 1);
@@ -1789,7 +1933,8 @@ mod tests {
         ]
         .concat();
         let mut e = file(b"ping");
-        e.xattrs.insert(b"security.capability".to_vec(), cap.clone());
+        e.xattrs
+            .insert(b"security.capability".to_vec(), cap.clone());
         tree.insert(p("ping"), e, m).unwrap();
         let mut e = file(b"big");
         e.xattrs.insert(b"user.small".to_vec(), b"1".to_vec());
@@ -1844,7 +1989,8 @@ mod tests {
         let f = File::create(path).unwrap();
         f.set_len(len).unwrap();
         for i in 0..islands {
-            f.write_all_at(&(i as u32 + 1).to_le_bytes(), i * 2 * B + 8).unwrap();
+            f.write_all_at(&(i as u32 + 1).to_le_bytes(), i * 2 * B + 8)
+                .unwrap();
         }
     }
 
@@ -1861,12 +2007,27 @@ mod tests {
             f.write_all_at(b"0123456789", at).unwrap();
         }
         drop(f);
-        tree.insert(p("big"), Entry::new(Kind::File(storage(&big)), meta(0o644)), m).unwrap();
+        tree.insert(
+            p("big"),
+            Entry::new(Kind::File(storage(&big)), meta(0o644)),
+            m,
+        )
+        .unwrap();
         let (depth1, depth2) = (dir.path().join("d1"), dir.path().join("d2"));
         islands(&depth1, 6, 12 * B); // 6 extents: one leaf block
         islands(&depth2, 1500, 3001 * B); // 1500 extents: 5 leaves and an index block
-        tree.insert(p("d1"), Entry::new(Kind::File(storage(&depth1)), meta(0o644)), m).unwrap();
-        tree.insert(p("d2"), Entry::new(Kind::File(storage(&depth2)), meta(0o644)), m).unwrap();
+        tree.insert(
+            p("d1"),
+            Entry::new(Kind::File(storage(&depth1)), meta(0o644)),
+            m,
+        )
+        .unwrap();
+        tree.insert(
+            p("d2"),
+            Entry::new(Kind::File(storage(&depth2)), meta(0o644)),
+            m,
+        )
+        .unwrap();
         let (img, sum) = build(&tree, auto(), dir.path());
         assert!(sum.size < 64 << 20, "{sum:?}");
         fsck_clean(&img);
@@ -1876,10 +2037,16 @@ mod tests {
         assert_eq!(ex.lines().filter(|l| l.contains(" - ")).count(), 3, "{ex}");
         let ex = debugfs(&img, "ex /d1");
         assert!(ex.contains(" 1/ 1 "), "{ex}");
-        assert_eq!(dump(&img, "/d1", &dir.path().join("o")), std::fs::read(&depth1).unwrap());
+        assert_eq!(
+            dump(&img, "/d1", &dir.path().join("o")),
+            std::fs::read(&depth1).unwrap()
+        );
         let ex = debugfs(&img, "ex /d2");
         assert!(ex.contains(" 2/ 2 "), "{ex}");
-        assert_eq!(dump(&img, "/d2", &dir.path().join("o")), std::fs::read(&depth2).unwrap());
+        assert_eq!(
+            dump(&img, "/d2", &dir.path().join("o")),
+            std::fs::read(&depth2).unwrap()
+        );
     }
 
     /// Several groups, a file across group 1's superblock backup, both descriptor sizes.
@@ -1890,13 +2057,20 @@ mod tests {
         let data = dir.path().join("data");
         let bytes: Vec<u8> = (0..140u32 << 20).map(|i| (i / 4096 % 253) as u8).collect();
         std::fs::write(&data, &bytes).unwrap();
-        tree.insert(p("usr/data"), Entry::new(Kind::File(storage(&data)), meta(0o644)), m)
-            .unwrap();
+        tree.insert(
+            p("usr/data"),
+            Entry::new(Kind::File(storage(&data)), meta(0o644)),
+            m,
+        )
+        .unwrap();
         for i in 0..50 {
-            tree.insert(p(&format!("etc/f{i}")), file(format!("{i}").as_bytes()), m).unwrap();
+            tree.insert(p(&format!("etc/f{i}")), file(format!("{i}").as_bytes()), m)
+                .unwrap();
         }
         let size = Ext4Size::Fixed((1 << 30) + 12345);
-        let vol = image(&tree, size).layout_with(Path::new("t"), knobs).unwrap();
+        let vol = image(&tree, size)
+            .layout_with(Path::new("t"), knobs)
+            .unwrap();
         let sum = vol.summary();
         assert_eq!(sum.size, (1 << 30) + 12345);
         assert_eq!(sum.blocks, 1 << 18);
@@ -1910,7 +2084,9 @@ mod tests {
         assert!(ex.contains(" 32770 - "), "{ex}");
         assert!(dump(&img, "/usr/data", &dir.path().join("o")) == bytes);
         let h = run("dumpe2fs", &["-h", img.to_str().unwrap()]).1;
-        let has64 = h.lines().any(|l| l.starts_with("Filesystem features:") && l.contains(" 64bit"));
+        let has64 = h
+            .lines()
+            .any(|l| l.starts_with("Filesystem features:") && l.contains(" 64bit"));
         assert_eq!(has64, knobs.force_64bit, "{h}");
         let free = stat_field(&h, "Free blocks:").parse::<u64>().unwrap();
         assert_eq!(free, sum.free_blocks);
@@ -1950,18 +2126,36 @@ mod tests {
         let tree = Tree::new(meta(0o755));
         let (img, sum) = build(&tree, Ext4Size::Fixed(64 << 20), dir.path());
         let h = run("dumpe2fs", &["-h", img.to_str().unwrap()]).1;
-        let line = h.lines().find(|l| l.starts_with("Filesystem features:")).unwrap();
+        let line = h
+            .lines()
+            .find(|l| l.starts_with("Filesystem features:"))
+            .unwrap();
         let got: Vec<&str> = line.split_whitespace().skip(2).collect();
         let want = [
-            "has_journal", "ext_attr", "dir_index", "filetype", "extent", "flex_bg",
-            "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize",
+            "has_journal",
+            "ext_attr",
+            "dir_index",
+            "filetype",
+            "extent",
+            "flex_bg",
+            "sparse_super",
+            "large_file",
+            "huge_file",
+            "dir_nlink",
+            "extra_isize",
             "metadata_csum",
         ];
         assert_eq!(got, want, "{h}");
         assert!(h.contains("Filesystem volume name:   root"), "{h}");
-        assert!(h.contains("Filesystem UUID:          6d6b6f6d-692d-6578-7434-2d757569642"), "{h}");
+        assert!(
+            h.contains("Filesystem UUID:          6d6b6f6d-692d-6578-7434-2d757569642"),
+            "{h}"
+        );
         assert!(h.contains("Total journal blocks:     1024"), "{h}");
-        assert!(h.contains("Filesystem flags:         unsigned_directory_hash"), "{h}");
+        assert!(
+            h.contains("Filesystem flags:         unsigned_directory_hash"),
+            "{h}"
+        );
         assert_eq!(sum.blocks, 16384);
         assert_eq!(stat_field(&h, "Inode count:"), sum.inodes.to_string());
     }
@@ -1971,7 +2165,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
         let m = meta(0o755);
-        tree.insert(p("blob"), file(&vec![1u8; 20 << 20]), m).unwrap();
+        tree.insert(p("blob"), file(&vec![1u8; 20 << 20]), m)
+            .unwrap();
         let needed = match image(&tree, Ext4Size::Fixed(16 << 20)).layout(Path::new("t")) {
             Err(Error::TooSmall { size, needed }) => {
                 assert_eq!(size, 16 << 20);
@@ -2015,7 +2210,8 @@ mod tests {
         let body: Arc<[u8]> = Arc::from(&b"small file\n"[..]);
         for i in 0..100_000 {
             let e = Entry::new(Kind::File(Data::Bytes(body.clone())), meta(0o644));
-            tree.insert(p(&format!("d{:03}/f{i}", i % 1000)), e, m).unwrap();
+            tree.insert(p(&format!("d{:03}/f{i}", i % 1000)), e, m)
+                .unwrap();
         }
         let vol = image(&tree, auto()).layout(Path::new("t")).unwrap();
         let sum = vol.summary();
@@ -2067,6 +2263,9 @@ mod tests {
         assert!(kib < 256 * 1024, "peak RSS {kib} KiB");
         let img = dir.path().join("fs.img");
         fsck_clean(&img);
-        assert_eq!(dump(&img, "/d999/f99999", &dir.path().join("o")), b"small file\n");
+        assert_eq!(
+            dump(&img, "/d999/f99999", &dir.path().join("o")),
+            b"small file\n"
+        );
     }
 }
