@@ -1166,7 +1166,7 @@ fn set_bits(b: &mut [u8], from: usize, to: usize) {
     let to = to.min(b.len() * 8);
     let mut i = from;
     while i < to {
-        if i % 8 == 0 && i + 8 <= to {
+        if i.is_multiple_of(8) && i + 8 <= to {
             if let Some(x) = b.get_mut(i / 8) {
                 *x = 0xFF;
             }
@@ -1598,7 +1598,6 @@ impl Builder<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use std::fs::File;
     use std::os::unix::fs::FileExt;
     use std::process::Command;
