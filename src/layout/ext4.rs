@@ -198,9 +198,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// An extended attribute cannot be stored.
+    /// An extended attribute (or an extent tree) cannot be encoded.
     #[error("{path}: {source}")]
-    Xattr {
+    Encode {
         /// The entry's path.
         path: TreePath,
         /// Why.
@@ -272,9 +272,12 @@ impl Ext4Image<'_> {
                             size: blocks.saturating_mul(B),
                         });
                     }
-                    let tried = Geo::new(blocks, &content, false, false, knobs)
-                        .and_then(|g| plan(&g, &content).map(|a| (g, a)));
-                    match tried {
+                    // With one inode per 16 KiB if the size allows it, as for a fixed size.
+                    let attempt = |ratio| {
+                        Geo::new(blocks, &content, ratio, false, knobs)
+                            .and_then(|g| plan(&g, &content).map(|a| (g, a)))
+                    };
+                    match attempt(true).or_else(|_| attempt(false)) {
                         Ok((g, a)) => break (g, a, g.blocks * B),
                         Err(need) => blocks = need.max(blocks + 1).next_multiple_of(256),
                     }
@@ -787,7 +790,7 @@ fn data_runs(data: &Data) -> Vec<(u64, u64)> {
 fn split_xattrs(p: &TreePath, e: &Entry) -> Result<(Vec<u8>, Vec<Xattr>)> {
     let mut all = Vec::with_capacity(e.xattrs.len());
     for (k, v) in &e.xattrs {
-        all.push(Xattr::from_full(k, v).map_err(|source| Error::Xattr {
+        all.push(Xattr::from_full(k, v).map_err(|source| Error::Encode {
             path: p.clone(),
             source,
         })?);
@@ -805,7 +808,7 @@ fn split_xattrs(p: &TreePath, e: &Entry) -> Result<(Vec<u8>, Vec<Xattr>)> {
     if !outside.is_empty() {
         let refs: Vec<&Xattr> = outside.iter().collect();
         if codec::xattr_block(&refs, 0, 0).is_none() {
-            return Err(Error::Xattr {
+            return Err(Error::Encode {
                 path: p.clone(),
                 source: codec::Error::XattrTooBig {
                     name: "(all)".into(),
@@ -1208,7 +1211,7 @@ impl Builder<'_, '_> {
         regions: &mut Vec<Region>,
         path: &TreePath,
     ) -> Result<[u8; codec::I_BLOCK_SIZE]> {
-        let err = |source| Error::Xattr {
+        let err = |source| Error::Encode {
             path: path.clone(),
             source,
         };
@@ -1672,7 +1675,15 @@ mod tests {
     fn fsck_clean(img: &Path) {
         let s = img.to_str().unwrap();
         let (code, out) = run("e2fsck", &["-fn", s]);
-        if code != 0 {
+        // Only the pass headers, the summary and the version: a problem e2fsck reports without
+        // counting it as an error (an extent tree that "could be narrower") still fails.
+        let quiet = out.lines().all(|l| {
+            l.is_empty()
+                || l.starts_with("Pass ")
+                || l.starts_with("e2fsck 1.")
+                || (l.starts_with("root: ") && l.contains(" files ("))
+        });
+        if code != 0 || !quiet {
             let keep = std::env::temp_dir().join("mkomi-ext4-failed.img");
             let _ = std::fs::copy(img, &keep);
             panic!("e2fsck -fn (image kept as {}):\n{out}", keep.display());
@@ -2266,5 +2277,66 @@ mod tests {
             dump(&img, "/d999/f99999", &dir.path().join("o")),
             b"small file\n"
         );
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_the_path() {
+        let m = meta(0o755);
+        let mut tree = Tree::new(meta(0o755));
+        let mut e = file(b"x");
+        e.xattrs.insert(b"os2.name".to_vec(), b"v".to_vec());
+        tree.insert(p("a/x"), e, m).unwrap();
+        let err = image(&tree, auto()).layout(Path::new("t")).err().unwrap();
+        assert!(matches!(err, Error::Encode { .. }), "{err}");
+        assert!(err.to_string().starts_with("/a/x: "), "{err}");
+
+        let mut tree = Tree::new(meta(0o755));
+        let dev = Kind::CharDevice { major: 4096, minor: 0 };
+        tree.insert(p("dev/x"), Entry::new(dev, m), m).unwrap();
+        let err = image(&tree, auto()).layout(Path::new("t")).err().unwrap();
+        assert!(matches!(err, Error::Entry { .. }), "{err}");
+
+        let mut tree = Tree::new(meta(0o755));
+        tree.insert(p("lost+found"), file(b"not a dir"), m).unwrap();
+        let err = image(&tree, auto()).layout(Path::new("t")).err().unwrap();
+        assert!(matches!(err, Error::Entry { .. }), "{err}");
+
+        let tree = Tree::new(meta(0o755));
+        let mut img = image(&tree, auto());
+        img.label = "seventeen-bytes!!".into();
+        assert!(matches!(img.layout(Path::new("t")), Err(Error::Label { .. })));
+    }
+
+    #[test]
+    fn a_tree_lost_and_found_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meta(0o755);
+        let mut tree = Tree::new(meta(0o755));
+        tree.insert(p("lost+found/old"), file(b"kept"), m).unwrap();
+        tree.insert(p("lost+foune"), file(b""), m).unwrap();
+        let (img, _) = build(&tree, auto(), dir.path());
+        fsck_clean(&img);
+        let st = debugfs(&img, "stat /lost+found");
+        assert_eq!(stat_field(&st, "Inode:"), "11", "{st}");
+        assert_eq!(stat_field(&st, "Size:"), "16384", "{st}");
+        assert_eq!(dump(&img, "/lost+found/old", &dir.path().join("o")), b"kept");
+    }
+
+    /// dir_nlink: a directory of more than 65,000 subdirectories has link count 1.
+    #[test]
+    #[ignore = "heavy: 65,001 directories, a 270 MiB image and ~300 MiB of memory"]
+    fn more_than_65000_subdirectories() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meta(0o755);
+        let mut tree = Tree::new(meta(0o755));
+        for i in 0..65_001 {
+            tree.insert(p(&format!("many/{i}")), Entry::new(Kind::Dir, m), m).unwrap();
+        }
+        let (img, _) = build(&tree, auto(), dir.path());
+        fsck_clean(&img);
+        let st = debugfs(&img, "stat /many");
+        assert_eq!(stat_field(&st, "Links:"), "1", "{st}");
+        let st = debugfs(&img, "stat /many/64999");
+        assert_eq!(stat_field(&st, "Links:"), "2", "{st}");
     }
 }
