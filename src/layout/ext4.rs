@@ -2339,4 +2339,23 @@ mod tests {
         let st = debugfs(&img, "stat /many/64999");
         assert_eq!(stat_field(&st, "Links:"), "2", "{st}");
     }
+
+    #[test]
+    fn odd_sizes_keep_or_drop_the_last_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        tree.insert(p("f"), file(b"x"), meta(0o755)).unwrap();
+        let g = BLOCKS_PER_GROUP * B;
+        // A tail of 40 blocks cannot hold group 1's backup and is dropped; 70 blocks can.
+        for (size, blocks) in [
+            (g + 40 * B + 17, BLOCKS_PER_GROUP),
+            (g + 70 * B, BLOCKS_PER_GROUP + 70),
+            (3 * g + 100 * B, 3 * BLOCKS_PER_GROUP + 100),
+            (2 * g - 1, 2 * BLOCKS_PER_GROUP - 1),
+        ] {
+            let (img, sum) = build(&tree, Ext4Size::Fixed(size), dir.path());
+            assert_eq!((sum.size, sum.blocks), (size, blocks));
+            fsck_clean(&img);
+        }
+    }
 }
