@@ -370,13 +370,27 @@ fn seed(req: &BuildRequest, tpl: &Template, text: &[u8], inputs: &[Input]) -> [u
     seed.finalize().into()
 }
 
-/// Reads a tree source; returns the tree and what kind of source it was.
+/// Reads a tree source; returns the tree and what kind of source it was. Tar data is spooled
+/// into `spool`, inside the build's work directory.
 fn read_tree(source: &Path, tpl: &Template, spool: &Path) -> Result<(Tree, &'static str)> {
-    let _ = (tpl, spool);
-    Err(invalid(
-        source,
-        "content = \"tree\": the tree readers are not merged yet".into(),
-    ))
+    let fail = |e: tree::source::Error| invalid(source, e.to_string());
+    let kind = tree::source::detect(source).map_err(fail)?;
+    std::fs::create_dir_all(spool).map_err(io_err(spool, "cannot create"))?;
+    let platform = tree::source::Platform::linux(match tpl.architecture {
+        Architecture::X86_64 => "amd64",
+        Architecture::I386 => "386",
+    });
+    let opts = tree::source::ReadOptions {
+        platform,
+        spool_dir: spool.to_owned(),
+    };
+    let tree = tree::source::read_tree(source, kind, &opts).map_err(fail)?;
+    let name = match kind {
+        tree::source::SourceKind::Dir => "directory",
+        tree::source::SourceKind::Tar => "tar",
+        tree::source::SourceKind::Oci => "oci",
+    };
+    Ok((tree, name))
 }
 
 /// Lays out a tree as the ext4 file system of partition `p` (the `index`-th).
