@@ -7,13 +7,14 @@ e2fsprogs' debugfs (never through mkomi's own reader).
   treetool.py hard DIR              100,000 files (50,000 in one directory), a 5 GiB sparse
                                     file, 255-byte names, a 4,000-byte path, non-UTF-8 names,
                                     hard links across directories
+  treetool.py layers DIR            DIR/lower, DIR/upper (with whiteouts), DIR/expected
   treetool.py oci OUT TAR...        an OCI image layout (one gzip layer per TAR, amd64)
       [--arch ARCH] [--bad-digest] [--archive]
   treetool.py docker OUT TAR...     a `docker save` archive
   treetool.py badtar KIND OUT       an archive GNU tar would not write (KIND: dotdot, absolute,
                                     through-symlink, truncated)
   treetool.py compare SRC FS WORK   compare the ext4 image FS with the tree SRC
-      [--epoch N] [--owner U:G] [--no-dump NAME]... [--ignore PATH]...
+      [--epoch N] [--owner U:G] [--no-dump NAME]... [--ignore PATH]... [--seconds]
 
 `compare` prints one line per difference (at most 40) and exits 1 when there is any.
 Paths are handled as bytes throughout: names need not be UTF-8.
@@ -195,6 +196,56 @@ def make_hard(root):
     set_times(root)
 
 
+def make_layers(base):
+    """Two layers and what applying them must give: DIR/lower, DIR/upper (whiteouts
+    `.wh.gone`, `a/.wh.keep2` and the opaque marker `opq/.wh..wh..opq`; OCI image-spec,
+    layer.md "Whiteouts"), and DIR/expected, written by hand. Every path's mtime is a function
+    of the path, so a directory in two layers has one time."""
+    base = os.fsencode(base)
+    trees = {
+        b"lower": {
+            b"a/keep": b"keep\n",
+            b"a/keep2": b"keep2\n",
+            b"gone/x": b"x\n",
+            b"gone/sub/y": b"y\n",
+            b"opq/old1": b"old1\n",
+            b"opq/sub/old2": b"old2\n",
+            b"etc/f": b"lower f\n",
+            b"replaced": b"lower\n",
+        },
+        b"upper": {
+            b".wh.gone": b"",
+            b"a/.wh.keep2": b"",
+            b"a/added": b"added\n",
+            b"opq/.wh..wh..opq": b"",
+            b"opq/new": b"new\n",
+            b"replaced": b"upper\n",
+        },
+        b"expected": {
+            b"a/keep": b"keep\n",
+            b"a/added": b"added\n",
+            b"opq/new": b"new\n",
+            b"etc/f": b"lower f\n",
+            b"replaced": b"upper\n",
+        },
+    }
+    for name, files in trees.items():
+        root = os.path.join(base, name)
+        os.makedirs(root)
+        os.chmod(root, 0o755)
+        for rel, data in files.items():
+            write(os.path.join(root, rel), data)
+        entries = [root]
+        for dirpath, dirnames, filenames in os.walk(root):
+            entries += [os.path.join(dirpath, n) for n in dirnames + filenames]
+        entries.sort(key=lambda p: -p.count(b"/"))
+        for p in entries:
+            rel = os.path.relpath(p, root)
+            h = int.from_bytes(hashlib.sha256(rel).digest()[:4], "little")
+            ns = (BASE + h % 10**6) * 10**9 + h % 10**9
+            os.utime(p, ns=(ns, ns), follow_symlinks=False)
+
+
 def sha256(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -228,9 +279,13 @@ def make_oci(out, tars, arch="amd64", bad_digest=False, archive=False, os_name="
         last = layers[-1]
         path = os.path.join(blobs, last["digest"][7:].encode())
         with open(path, "rb") as f:
-            raw = gzip.decompress(f.read())
-        # Same size, another content: the first member's name changes by one byte.
-        raw = bytes([raw[0] ^ 1]) + raw[1:]
+            raw = bytearray(gzip.decompress(f.read()))
+        # A valid tar of the same size with other content: one byte of the first non-empty
+        # regular file's data changes, so only the digest can tell.
+        with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as t:
+            m = next(m for m in t.getmembers() if m.isfile() and m.size > 0)
+        raw[m.offset_data] ^= 1
+        raw = bytes(raw)
         gz = gzip.compress(raw, mtime=0)
         with open(path, "wb") as f:
             f.write(gz)
@@ -674,6 +729,8 @@ def main(argv):
         make_rich(argv[2])
     elif cmd == "hard":
         make_hard(argv[2])
+    elif cmd == "layers":
+        make_layers(argv[2])
     elif cmd in ("oci", "docker"):
         args = argv[2:]
         opts = {"arch": "amd64", "bad_digest": False, "archive": False}
