@@ -2386,16 +2386,27 @@ mod tests {
         let m = meta(0o755);
         let bin: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
         tree.insert(p("usr/bin/tool"), file(&bin), m).unwrap();
-        tree.insert(p("etc/os-release"), file(b"ID=test\n"), m).unwrap();
+        tree.insert(p("etc/os-release"), file(b"ID=test\n"), m)
+            .unwrap();
         for i in 0..2000 {
-            tree.insert(p(&format!("usr/share/many/{i}")), file(format!("{i}").as_bytes()), m)
-                .unwrap();
+            tree.insert(
+                p(&format!("usr/share/many/{i}")),
+                file(format!("{i}").as_bytes()),
+                m,
+            )
+            .unwrap();
         }
         let vol: Arc<dyn Disk> = Arc::new(image(&tree, auto()).layout(Path::new("t")).unwrap());
         let size = vol.size();
         let fs = crate::fs::ext4::Ext4::open(vol, 0, size, Path::new("t")).unwrap();
         assert_eq!(fs.read_to_vec("/usr/bin/tool", 1 << 20).unwrap(), bin);
-        assert_eq!(fs.read_to_vec("/etc/os-release", 100).unwrap(), b"ID=test\n");
-        assert_eq!(fs.read_to_vec("/usr/share/many/1234", 100).unwrap(), b"1234");
+        assert_eq!(
+            fs.read_to_vec("/etc/os-release", 100).unwrap(),
+            b"ID=test\n"
+        );
+        assert_eq!(
+            fs.read_to_vec("/usr/share/many/1234", 100).unwrap(),
+            b"1234"
+        );
     }
 }
