@@ -430,14 +430,26 @@ fn bad_inputs_get_one_line_and_leave_nothing() {
     std::fs::create_dir(&outs).unwrap();
     // Every case is tried; the failures are listed together.
     let mut failures = Vec::new();
-    for (source, tpl, expect) in [
-        ("dotdot.tar", &tpl, "`..`"),
-        ("absolute.tar", &tpl, "absolute"),
-        ("through-symlink.tar", &tpl, "not a directory"),
-        ("truncated.tar", &tpl, "truncated"),
-        ("bad-digest", &tpl, "its content has digest"),
-        ("arm64", &tpl, "amd64"),
-        ("big", &fixed_tpl, "too small"),
+    // (source, template, the file the line names, what it says)
+    for (source, tpl, named, expect) in [
+        ("dotdot.tar", &tpl, "dotdot.tar", "`..`"),
+        ("absolute.tar", &tpl, "absolute.tar", "absolute"),
+        (
+            "through-symlink.tar",
+            &tpl,
+            "through-symlink.tar",
+            "not a directory",
+        ),
+        ("truncated.tar", &tpl, "truncated.tar", "truncated"),
+        ("bad-digest", &tpl, "bad-digest", "its content has digest"),
+        ("arm64", &tpl, "arm64", "amd64"),
+        // The size is the template's: the line names it and the partition.
+        (
+            "big",
+            &fixed_tpl,
+            "fixed.toml",
+            "partition 'root': an ext4 file system of 16777216 bytes is too small",
+        ),
     ] {
         let before = entries(&outs);
         let r = build_with(
@@ -450,7 +462,7 @@ fn bad_inputs_get_one_line_and_leave_nothing() {
         );
         let err = String::from_utf8_lossy(&r.stderr);
         eprintln!("{source}: {}", err.trim());
-        let named = s(&d.join(source)).to_owned();
+        let named = s(&d.join(named)).to_owned();
         let mut fail = |what: String| failures.push(format!("{source}: {what}: {}", err.trim()));
         if r.status.code() != Some(1) {
             fail(format!("exit {:?}", r.status));

@@ -325,8 +325,8 @@ def make_oci(out, tars, arch="amd64", bad_digest=False, archive=False, os_name="
         f.write(b'{"imageLayoutVersion":"1.0.0"}')
     if archive:
         with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as t:
-            for name in sorted(os.listdir(layout)):
-                t.add(os.path.join(layout, name), arcname=os.fsdecode(name))
+            for name in sorted(os.listdir(os.fsdecode(layout))):
+                t.add(os.path.join(os.fsdecode(layout), name), arcname=name)
 
 
 def make_docker(out, tars, arch="amd64"):
