@@ -128,7 +128,9 @@ impl HostFile {
         while at < size {
             let ext = local.extent(at, size - at);
             let (len, hole) = match ext {
-                Some(e) if e.offset == at && e.len > 0 => (e.len.min(size - at), e.kind == ExtentKind::Zero),
+                Some(e) if e.offset == at && e.len > 0 => {
+                    (e.len.min(size - at), e.kind == ExtentKind::Zero)
+                }
                 _ => (size - at, false),
             };
             let end = at + len;
@@ -136,7 +138,11 @@ impl HostFile {
                 // Whole blocks inside the hole, and the last partial block when the hole
                 // reaches the end of the file.
                 let first = at.next_multiple_of(ZERO_BLOCK);
-                let last = if end == size { size } else { end - end % ZERO_BLOCK };
+                let last = if end == size {
+                    size
+                } else {
+                    end - end % ZERO_BLOCK
+                };
                 if last > first {
                     push(first, last - first);
                 }
@@ -205,6 +211,55 @@ impl ReadAt for HostFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The extents a storage reports, merged, as (offset, len, zero).
+    fn runs(f: &HostFile) -> Vec<(u64, u64, bool)> {
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        let mut at = 0;
+        while at < f.len() {
+            let e = f.extent(at, f.len() - at).unwrap();
+            let zero = e.kind == ExtentKind::Zero;
+            match out.last_mut() {
+                Some((_, l, z)) if *z == zero => *l += e.len,
+                _ => out.push((at, e.len, zero)),
+            }
+            at += e.len;
+        }
+        out
+    }
+
+    #[test]
+    fn a_scan_finds_whole_zero_blocks_and_holes_as_the_spool_does() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = std::fs::File::create(&p).unwrap();
+        // Block 0: data; block 1: written zeros; blocks 2-3: a hole; block 4: data, with a zero
+        // byte run that is not a whole block; then 100 bytes of a hole at the end.
+        f.write_all_at(&[1u8; 4096], 0).unwrap();
+        f.write_all_at(&[0u8; 4096], 4096).unwrap();
+        let mut b4 = vec![0u8; 4096];
+        b4[4000] = 7;
+        f.write_all_at(&b4, 4 * 4096).unwrap();
+        f.set_len(5 * 4096 + 100).unwrap();
+        drop(f);
+        let size = 5 * 4096 + 100;
+        let scanned = HostFile::scan(FdPool::new(), 1, p.clone(), size).unwrap();
+        assert_eq!(
+            runs(&scanned),
+            [
+                (0, 4096, false),
+                (4096, 3 * 4096, true),
+                (4 * 4096, 4096, false),
+                (5 * 4096, 100, true)
+            ]
+        );
+        let mut buf = vec![9u8; size as usize];
+        scanned.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf[4 * 4096 + 4000], 7);
+        // A file that changed since the walk is refused.
+        assert!(HostFile::scan(FdPool::new(), 1, p, size + 1).is_err());
+    }
 
     #[test]
     fn the_pool_keeps_at_most_its_size_open() {
