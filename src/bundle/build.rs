@@ -74,8 +74,8 @@ fn extra(m: Margin) -> Extra {
 enum Input {
     /// An image streamed in.
     Image(Arc<dyn Disk>),
-    /// A tree to lay out, and what the source was.
-    Tree(Box<Tree>, &'static str),
+    /// A tree to lay out.
+    Tree(Box<Tree>),
     /// Made by the build (the ESP) or empty.
     Made,
 }
@@ -103,7 +103,7 @@ pub fn build(
             Content::Image(path) => Input::Image(format::open_path(path, &req.open)?),
             Content::Tree(src) => {
                 let spool = work.path().join(format!("spool-{}", i + 1));
-                let (mut tree, kind) = read_tree(&src.source, &tpl, &spool)?;
+                let mut tree = read_tree(&src.source, &tpl, &spool)?;
                 let invalid_tree = |e: &dyn std::fmt::Display| invalid(&src.source, e.to_string());
                 if let Some((uid, gid)) = src.owner {
                     for (_, e) in tree.iter_mut() {
@@ -141,7 +141,7 @@ pub fn build(
                     });
                 }
                 tree.check_links().map_err(|e| invalid_tree(&e))?;
-                Input::Tree(Box::new(tree), kind)
+                Input::Tree(Box::new(tree))
             }
             Content::Esp | Content::Empty => Input::Made,
         });
@@ -151,7 +151,7 @@ pub fn build(
     // Trees sized to their content are laid out first: the partition table needs their sizes.
     let mut volumes: Vec<Option<Arc<dyn Disk>>> = (0..inputs.len()).map(|_| None).collect();
     for (i, (p, input)) in tpl.partitions.iter().zip(&inputs).enumerate() {
-        if let (PartSize::Auto(margin), Input::Tree(tree, _)) = (p.size, input) {
+        if let (PartSize::Auto(margin), Input::Tree(tree)) = (p.size, input) {
             volumes[i] = Some(layout_tree(
                 tree,
                 Ext4Size::Auto {
@@ -221,7 +221,7 @@ pub fn build(
                     ),
                 ));
             }
-            Input::Tree(tree, kind) => {
+            Input::Tree(tree) => {
                 if volumes[i].is_none() {
                     volumes[i] = Some(layout_tree(
                         tree,
@@ -235,7 +235,6 @@ pub fn build(
                 let size = volumes[i].as_ref().map_or(0, |v| v.size());
                 record.trees.push(TreeRecord {
                     partition: p.label.clone(),
-                    source_kind: (*kind).to_owned(),
                     file_system: "ext4".into(),
                     size,
                     entries: tree.len() as u64,
@@ -368,16 +367,16 @@ fn seed(req: &BuildRequest, tpl: &Template, text: &[u8], inputs: &[Input]) -> [u
     for input in inputs {
         match input {
             Input::Image(img) => seed.update(img.size().to_le_bytes()),
-            Input::Tree(tree, _) => seed.update(tree.fingerprint()),
+            Input::Tree(tree) => seed.update(tree.fingerprint()),
             Input::Made => {}
         }
     }
     seed.finalize().into()
 }
 
-/// Reads a tree source; returns the tree and what kind of source it was. Tar data is spooled
-/// into `spool`, inside the build's work directory.
-fn read_tree(source: &Path, tpl: &Template, spool: &Path) -> Result<(Tree, &'static str)> {
+/// Reads a tree source of any kind. Tar data is spooled into `spool`, inside the build's work
+/// directory.
+fn read_tree(source: &Path, tpl: &Template, spool: &Path) -> Result<Tree> {
     let fail = |e: tree::source::Error| invalid(source, e.to_string());
     let kind = tree::source::detect(source).map_err(fail)?;
     std::fs::create_dir_all(spool).map_err(io_err(spool, "cannot create"))?;
@@ -389,13 +388,7 @@ fn read_tree(source: &Path, tpl: &Template, spool: &Path) -> Result<(Tree, &'sta
         platform,
         spool_dir: spool.to_owned(),
     };
-    let tree = tree::source::read_tree(source, kind, &opts).map_err(fail)?;
-    let name = match kind {
-        tree::source::SourceKind::Dir => "directory",
-        tree::source::SourceKind::Tar => "tar",
-        tree::source::SourceKind::Oci => "oci",
-    };
-    Ok((tree, name))
+    tree::source::read_tree(source, kind, &opts).map_err(fail)
 }
 
 /// Lays out a tree as the ext4 file system of partition `p` (the `index`-th, counted from 0).
@@ -486,7 +479,7 @@ impl<'a> RootFs<'a> {
             (Some(input), Some(p)) => (input, &p.content),
             _ => return Err(invalid(&self.req.template, "no root partition".into())),
         };
-        if let (Input::Tree(tree, _), Content::Tree(src)) = (input, content) {
+        if let (Input::Tree(tree), Content::Tree(src)) = (input, content) {
             let data =
                 resolve::resolve(tree, pattern).map_err(|e| invalid(&src.source, e.to_string()))?;
             return Ok(match data {

@@ -113,10 +113,9 @@ pub struct BuildRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TreeRecord {
-    /// The partition's label.
+    /// The partition's label. (Not the kind of source: the same tree as a directory, a tarball
+    /// or an image gives the same bundle, manifest included.)
     pub partition: String,
-    /// What the source was: `directory`, `tar` or `oci`.
-    pub source_kind: String,
     /// The file system written (`ext4`).
     pub file_system: String,
     /// Its size in bytes.

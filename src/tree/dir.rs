@@ -2,9 +2,10 @@
 //!
 //! The walk never follows a symbolic link (`symlink_metadata`, `lgetxattr`): a link is an entry
 //! of its own, whatever it points at. Names are taken as raw bytes, owners and modes as they are
-//! (a template may remap them later). Regular files are not read: each becomes a [`HostFile`],
-//! opened only while the image is written (see [`super::hostfile`] for why not a `LocalFile`),
-//! whose holes `SEEK_DATA`/FIEMAP report, so a sparse file stays sparse. Files with more than one
+//! (a template may remap them later). Regular files are read once during the walk, for their
+//! zero blocks ([`HostFile::scan`]: holes are skipped, so a sparse file stays sparse and costs
+//! only its data), then become [`HostFile`]s, opened again only while the image is written (see
+//! [`super::hostfile`] for why not a `LocalFile`). Files with more than one
 //! link are grouped by `(st_dev, st_ino)`: the first path in tree order holds the data and the
 //! others become [`Kind::HardLink`]s to it, whatever order the directory listed them in.
 
@@ -97,7 +98,8 @@ pub fn read_dir_tree(root: &Path) -> Result<Tree> {
                         .push(path.clone());
                 }
                 next_id += 1;
-                let f = HostFile::new(pool.clone(), next_id, host.clone(), md.len());
+                let f = HostFile::scan(pool.clone(), next_id, host.clone(), md.len())
+                    .map_err(io_err(&host, "cannot read"))?;
                 Kind::File(Data::Storage(Arc::new(f)))
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(&host).map_err(io_err(&host, "cannot read"))?;

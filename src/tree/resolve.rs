@@ -75,7 +75,12 @@ pub fn resolve(tree: &Tree, pattern: &str) -> Result<Data, Error> {
     };
     let mut hops = 0;
     let dir = walk(tree, &TreePath::root(), dir.as_bytes(), &mut hops)
+        .and_then(|d| match d {
+            Some(d) => follow(tree, &d, &mut hops),
+            None => Ok(None),
+        })
         .map_err(|()| looping())?
+        .filter(|d| tree.get(d).is_some_and(|e| e.is_dir()))
         .ok_or_else(no_match)?;
     let mut found: Vec<(String, Data)> = Vec::new();
     for (path, _) in tree.children(&dir) {
