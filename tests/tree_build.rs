@@ -422,6 +422,17 @@ fn bad_inputs_get_one_line_and_leave_nothing() {
         "--arch",
         "arm64",
     ]);
+    // Compressed archives cut in the middle of their stream.
+    let cut = d.join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    std::fs::write(cut.join("noise"), noise(1 << 20, 2)).unwrap();
+    pack(&cut, &d.join("cut.tar"), &[]);
+    for (cmd, ext) in [("gzip", "gz"), ("zstd", "zst"), ("xz", "xz")] {
+        let whole = d.join(format!("whole.tar.{ext}"));
+        compress(cmd, &[], &d.join("cut.tar"), &whole);
+        let bytes = std::fs::read(&whole).unwrap();
+        std::fs::write(d.join(format!("cut.tar.{ext}")), &bytes[..bytes.len() / 2]).unwrap();
+    }
     let big = d.join("big");
     std::fs::create_dir(&big).unwrap();
     std::fs::write(big.join("noise"), noise(40 << 20, 1)).unwrap();
@@ -447,6 +458,9 @@ fn bad_inputs_get_one_line_and_leave_nothing() {
             "not a directory",
         ),
         ("truncated.tar", &tpl, "truncated.tar", "truncated"),
+        ("cut.tar.gz", &tpl, "cut.tar.gz", "truncated"),
+        ("cut.tar.zst", &tpl, "cut.tar.zst", "truncated"),
+        ("cut.tar.xz", &tpl, "cut.tar.xz", "truncated"),
         ("bad-digest", &tpl, "bad-digest", "its content has digest"),
         ("arm64", &tpl, "arm64", "amd64"),
         // The size is the template's: the line names it and the partition.
@@ -501,7 +515,8 @@ const SANITIZED_CODES: [&str; 5] = [
     "history",
 ];
 
-fn audit_codes(bundle: &Path) -> Vec<String> {
+/// The (severity, code) of every finding of `mkomi audit BUNDLE --json`, which must be complete.
+fn audit_findings(bundle: &Path) -> Vec<(String, String)> {
     let out = mkomi()
         .args(["audit", s(bundle), "--json"])
         .output()
@@ -517,7 +532,12 @@ fn audit_codes(bundle: &Path) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| f["code"].as_str().unwrap().to_owned())
+        .map(|f| {
+            (
+                f["severity"].as_str().unwrap().to_owned(),
+                f["code"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -569,10 +589,17 @@ fn sanitize_removes_what_the_audit_finds() {
 
     let tpl = template(d, "t.toml", "");
     build_ok(d, &tpl, &src, &d.join("clean"));
-    let codes = audit_codes(&d.join("clean"));
+    let found = audit_findings(&d.join("clean"));
     for code in SANITIZED_CODES {
-        assert!(!codes.iter().any(|c| c == code), "{code} in {codes:?}");
+        assert!(!found.iter().any(|(_, c)| c == code), "{code} in {found:?}");
     }
+    // Nothing else planted: no high or medium finding at all.
+    assert!(
+        !found
+            .iter()
+            .any(|(sev, _)| sev == "high" || sev == "medium"),
+        "{found:?}"
+    );
     let m = manifest(&d.join("clean"));
     let sanitized: Vec<(String, String, String)> = m["Build"]["Sanitized"]
         .as_array()
@@ -630,9 +657,13 @@ fn sanitize_removes_what_the_audit_finds() {
          authorized-keys = false\n",
     );
     build_ok(d, &keep, &src, &d.join("kept"));
-    let codes = audit_codes(&d.join("kept"));
+    let found = audit_findings(&d.join("kept"));
+    eprintln!("{found:?}");
     for code in SANITIZED_CODES {
-        assert!(codes.iter().any(|c| c == code), "{code} not in {codes:?}");
+        assert!(
+            found.iter().any(|(_, c)| c == code),
+            "{code} not in {found:?}"
+        );
     }
     assert!(
         manifest(&d.join("kept"))["Build"]["Sanitized"]

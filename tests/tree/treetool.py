@@ -612,7 +612,6 @@ def compare(src, fs, work, epoch, owner, no_dump, ignore, seconds=False):
     diffs = []
     want = source_model(src, epoch, owner, ignore)
     got = fs_walk(fs, work)
-    bs = None
     out = subprocess.run(["dumpe2fs", "-h", fs], capture_output=True).stdout
     m = re.search(rb"^Block size:\s+(\d+)", out, re.M)
     bs = int(m.group(1))
