@@ -124,11 +124,44 @@ impl Target {
     }
 
     /// Creates a work directory beside the output (`.NAME.mkomi-PID.KIND`), always removed
-    /// when dropped.
+    /// when dropped. Directories of the same output left by runs that were killed (their PID
+    /// no longer runs) are removed first: a killed build may leave gigabytes of spooled tree
+    /// there, and nothing else will ever claim them.
     pub fn scratch(&self, kind: &str) -> Result<TempDir> {
+        self.remove_stale();
         let path = self.sibling(kind);
         std::fs::create_dir(&path).map_err(io_err(&path, "cannot create"))?;
         Ok(TempDir::adopt(path))
+    }
+
+    /// Removes `.NAME.mkomi-PID.*` siblings whose process is gone (no `/proc/PID`). Best
+    /// effort: what cannot be listed or removed stays, and the run goes on.
+    fn remove_stale(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.parent) else {
+            return;
+        };
+        let prefix = format!(".{}.mkomi-", self.name);
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            let Some((pid, kind)) = rest.split_once('.') else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if kind.is_empty()
+                || !is_dir
+                || pid == std::process::id()
+                || Path::new(&format!("/proc/{pid}")).exists()
+            {
+                continue;
+            }
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 
     /// Moves the finished temporary directory to the output. An existing output (with

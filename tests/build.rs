@@ -265,3 +265,39 @@ fn impossible_templates_are_refused_and_leave_nothing() {
         );
     }
 }
+
+/// A killed build leaves its hidden directories (and, for trees, their spool) beside the
+/// output: the next build of the same output removes those whose process is gone, and only
+/// those.
+#[test]
+fn leftovers_of_killed_runs_are_removed_by_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = rootfs(d, "64M");
+    // PIDs above the kernel's limit (2^22) never run; our own PID does.
+    let dead = d.join(".omi.mkomi-4194305.tmp");
+    let dead_work = d.join(".omi.mkomi-4194306.work");
+    let alive = d.join(format!(".omi.mkomi-{}.work", std::process::id()));
+    let other = d.join(".other.mkomi-4194305.tmp");
+    for p in [&dead, &dead_work, &alive, &other] {
+        std::fs::create_dir_all(p.join("spool-2")).unwrap();
+        std::fs::write(p.join("spool-2/spool"), b"spooled").unwrap();
+    }
+    let out = build(
+        d,
+        &template("uefi.toml"),
+        &[&format!("rootfs={}", s(&img))],
+        "omi",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dead.exists() && !dead_work.exists(),
+        "stale directories were left"
+    );
+    assert!(alive.exists(), "a live process's directory was removed");
+    assert!(other.exists(), "another output's directory was removed");
+}

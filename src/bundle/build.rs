@@ -141,11 +141,13 @@ pub fn build(
                     });
                 }
                 tree.check_links().map_err(|e| invalid_tree(&e))?;
+                stop_if_cancelled(cancel)?;
                 Input::Tree(Box::new(tree))
             }
             Content::Esp | Content::Empty => Input::Made,
         });
     }
+    stop_if_cancelled(cancel)?;
     let seed = seed(req, &tpl, &text, &inputs);
 
     // Trees sized to their content are laid out first: the partition table needs their sizes.
@@ -292,6 +294,7 @@ pub fn build(
         }
     }
     let disk = Composite::new(&req.template, disk_size, regions)?;
+    stop_if_cancelled(cancel)?;
 
     let mut root_volume = Volume::new(rules::ROOT_DEVICE, &req.template);
     root_volume.volume_size = None;
@@ -317,6 +320,15 @@ pub fn build(
         register::register_with_root(&request, Some(Arc::new(disk)), progress, cancel)?;
     report.warnings.extend(warnings);
     Ok(report)
+}
+
+/// Ctrl-C between the steps before the copy (reading a tree of gigabytes, laying it out): the
+/// work directory goes with the error, as when the copy is interrupted.
+fn stop_if_cancelled(cancel: Option<&AtomicBool>) -> Result<()> {
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(crate::copy::Error::Interrupted.into());
+    }
+    Ok(())
 }
 
 /// The partition `[[file]]` adds to: the first tree of a root type, else the first tree.

@@ -49,14 +49,22 @@ pub struct RegisterArgs {
 /// `build`'s arguments: the template gives the image's fields, so of [`ImageArgs`] only the
 /// checks and the audit apply.
 #[derive(clap::Args)]
-#[command(after_help = "Example:
+#[command(after_help = "Examples:
+  mkomi build templates/debian-outscale.toml --set tree=rootfs.tar.zst -o debian-omi
+  mkomi build templates/debian-outscale.toml --set tree=rootfs/ -o debian-omi
+  mkomi build templates/debian-outscale.toml --set tree=oci-layout/ -o debian-omi
   mkomi build templates/uefi.toml --set rootfs=root.ext4 -o debian-omi
 
 The template (TOML) declares the image fields, the disk size, GPT partitions and their content
-(an EFI system partition made in-process, a file system image, or nothing), systemd-boot with
-its kernel and initrd taken from the root file system, and extra volumes. ${NAME} in a value
-comes from --set NAME=VALUE. No root, loop devices or mounts are needed. SOURCE_DATE_EPOCH
-fixes every timestamp, so the same inputs give byte-identical bundles.")]
+(an EFI system partition made in-process; an ext4 file system written in-process from a tree:
+a directory, a tar archive (plain, gzip, zstd, xz) or a container image (OCI layout or archive,
+docker save); a file system image; or nothing), systemd-boot with its kernel and initrd taken
+from the root file system, and extra volumes. Trees are cleaned of what must not ship
+([sanitize]: machine-id, SSH host keys, cloud-init state, leases, seeds, histories, logs,
+root's authorized_keys) and take extra files from [[file]]. ${NAME} in a value comes from
+--set NAME=VALUE. No root, loop devices or mounts are needed. SOURCE_DATE_EPOCH fixes every
+timestamp (later ones in a tree are clamped to it), so the same inputs give byte-identical
+bundles, whatever kind of source holds the tree.")]
 #[command(mut_args(|a| CheckArgs::reword(
     a,
     "Build even when the template's architecture contradicts the binaries on the disk",
