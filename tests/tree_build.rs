@@ -396,6 +396,18 @@ fn whiteouts_delete_what_lower_layers_hold() {
         opq.contains("/new/") && !opq.contains("old1") && !opq.contains("/sub/"),
         "{opq}"
     );
+    // The same two layers as a `docker save` archive: the same bundle.
+    treetool(&[
+        "docker",
+        s(&d.join("image.docker.tar")),
+        s(&d.join("lower.tar")),
+        s(&d.join("upper.tar")),
+    ]);
+    build_ok(d, &tpl, &d.join("image.docker.tar"), &d.join("out-docker"));
+    assert_eq!(
+        bundle_files(&d.join("out-docker")),
+        bundle_files(&d.join("out"))
+    );
 }
 
 #[test]
