@@ -10,6 +10,8 @@
 //! reads every inode's `stat`, `rdump`s the content, reads xattr values with `ea_get` and the
 //! extents of sparse files with `dump_extents`, and compares with `os.lstat` of the source.
 //! The trees are made as root (owners, device nodes, `security.capability`), as CI runs tests.
+//! Tools: python3, GNU tar, gzip, zstd, xz, qemu-img, sgdisk, e2fsprogs, ssh-keygen; no
+//! container tool (the OCI and `docker save` images are written by treetool.py).
 
 mod common;
 use common::*;
