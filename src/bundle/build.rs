@@ -389,8 +389,7 @@ fn seed(req: &BuildRequest, tpl: &Template, text: &[u8], inputs: &[Input]) -> [u
 /// Reads a tree source of any kind. Tar data is spooled into `spool`, inside the build's work
 /// directory.
 fn read_tree(source: &Path, tpl: &Template, spool: &Path) -> Result<Tree> {
-    let fail = |e: tree::source::Error| invalid(source, e.to_string());
-    let kind = tree::source::detect(source).map_err(fail)?;
+    let kind = tree::source::detect(source)?;
     std::fs::create_dir_all(spool).map_err(io_err(spool, "cannot create"))?;
     let platform = tree::source::Platform::linux(match tpl.architecture {
         Architecture::X86_64 => "amd64",
@@ -400,7 +399,7 @@ fn read_tree(source: &Path, tpl: &Template, spool: &Path) -> Result<Tree> {
         platform,
         spool_dir: spool.to_owned(),
     };
-    tree::source::read_tree(source, kind, &opts).map_err(fail)
+    Ok(tree::source::read_tree(source, kind, &opts)?)
 }
 
 /// Lays out a tree as the ext4 file system of partition `p` (the `index`-th, counted from 0).

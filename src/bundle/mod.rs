@@ -40,6 +40,9 @@ pub enum Error {
     /// A template is invalid.
     #[error(transparent)]
     Template(#[from] crate::layout::template::Error),
+    /// A tree source could not be read (the message names the source and the member).
+    #[error(transparent)]
+    Tree(#[from] crate::tree::source::Error),
     /// The output could not be staged or committed.
     #[error(transparent)]
     Staging(#[from] crate::staging::Error),
