@@ -1135,15 +1135,31 @@ impl Disk for Slice {
     }
 }
 
-/// Bytes shared between regions (the descriptor table and its backups).
+/// A window of bytes shared between regions (the descriptor table and its backups, the empty
+/// inode bitmap, a file given as bytes), read without copying them.
 struct Shared {
     bytes: Arc<[u8]>,
+    from: usize,
+    len: usize,
     name: PathBuf,
+}
+
+impl Shared {
+    /// All of `bytes`.
+    fn whole(bytes: Arc<[u8]>, name: &Path) -> Self {
+        let len = bytes.len();
+        Shared {
+            bytes,
+            from: 0,
+            len,
+            name: name.to_owned(),
+        }
+    }
 }
 
 impl Disk for Shared {
     fn size(&self) -> u64 {
-        self.bytes.len() as u64
+        self.len as u64
     }
     fn extent(&self, offset: u64, max_len: u64) -> format::Result<DiskExtent> {
         Ok(DiskExtent {
@@ -1153,15 +1169,23 @@ impl Disk for Shared {
         })
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
-        let from = usize::try_from(offset).unwrap_or(usize::MAX);
-        match self.bytes.get(from..).and_then(|s| s.get(..buf.len())) {
+        let inside = usize::try_from(offset)
+            .ok()
+            .filter(|&o| o.saturating_add(buf.len()) <= self.len)
+            .and_then(|o| self.bytes.get(self.from + o..))
+            .and_then(|s| s.get(..buf.len()));
+        match inside {
             Some(s) => {
                 buf.copy_from_slice(s);
                 Ok(())
             }
             None => Err(format::Error::Invalid {
                 path: self.name.clone(),
-                reason: "a read past the descriptor table".into(),
+                reason: format!(
+                    "a read of {} bytes at {offset} past {} bytes",
+                    buf.len(),
+                    self.len
+                ),
             }),
         }
     }
@@ -1359,11 +1383,13 @@ impl Builder<'_, '_> {
                         let from = l * B;
                         let len = (count * B).min(data.len().saturating_sub(from));
                         let content = match data {
-                            Data::Bytes(b) => {
-                                let s = usize::try_from(from).unwrap_or(usize::MAX);
-                                let e = usize::try_from(from + len).unwrap_or(usize::MAX);
-                                Content::Bytes(b.get(s..e).unwrap_or_default().to_vec())
-                            }
+                            // In memory, so `from + len <= b.len()` fits a usize.
+                            Data::Bytes(b) => Content::Source(Arc::new(Shared {
+                                bytes: b.clone(),
+                                from: from as usize,
+                                len: len as usize,
+                                name: n.path.to_string().into(),
+                            })),
                             Data::Storage(s) => Content::Source(Arc::new(Slice {
                                 data: s.clone(),
                                 offset: from,
@@ -1510,10 +1536,7 @@ impl Builder<'_, '_> {
                 regions.push(Region {
                     offset: ib * B,
                     len: B,
-                    content: Content::Source(Arc::new(Shared {
-                        bytes: empty_ibm.clone(),
-                        name: self.name.to_owned(),
-                    })),
+                    content: Content::Source(Arc::new(Shared::whole(empty_ibm.clone(), self.name))),
                 });
                 empty_ibm_csum
             } else {
@@ -1582,10 +1605,7 @@ impl Builder<'_, '_> {
             regions.push(Region {
                 offset: (base + 1) * B,
                 len: geo.gdt_blocks * B,
-                content: Content::Source(Arc::new(Shared {
-                    bytes: gdt.clone(),
-                    name: self.name.to_owned(),
-                })),
+                content: Content::Source(Arc::new(Shared::whole(gdt.clone(), self.name))),
             });
         }
         let disk = Composite::new(self.name, disk_size, regions).map_err(Error::Assemble)?;
@@ -2386,16 +2406,27 @@ mod tests {
         let m = meta(0o755);
         let bin: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
         tree.insert(p("usr/bin/tool"), file(&bin), m).unwrap();
-        tree.insert(p("etc/os-release"), file(b"ID=test\n"), m).unwrap();
+        tree.insert(p("etc/os-release"), file(b"ID=test\n"), m)
+            .unwrap();
         for i in 0..2000 {
-            tree.insert(p(&format!("usr/share/many/{i}")), file(format!("{i}").as_bytes()), m)
-                .unwrap();
+            tree.insert(
+                p(&format!("usr/share/many/{i}")),
+                file(format!("{i}").as_bytes()),
+                m,
+            )
+            .unwrap();
         }
         let vol: Arc<dyn Disk> = Arc::new(image(&tree, auto()).layout(Path::new("t")).unwrap());
         let size = vol.size();
         let fs = crate::fs::ext4::Ext4::open(vol, 0, size, Path::new("t")).unwrap();
         assert_eq!(fs.read_to_vec("/usr/bin/tool", 1 << 20).unwrap(), bin);
-        assert_eq!(fs.read_to_vec("/etc/os-release", 100).unwrap(), b"ID=test\n");
-        assert_eq!(fs.read_to_vec("/usr/share/many/1234", 100).unwrap(), b"1234");
+        assert_eq!(
+            fs.read_to_vec("/etc/os-release", 100).unwrap(),
+            b"ID=test\n"
+        );
+        assert_eq!(
+            fs.read_to_vec("/usr/share/many/1234", 100).unwrap(),
+            b"1234"
+        );
     }
 }
