@@ -77,10 +77,10 @@ const MAX_FILE_BLOCKS: u64 = 1 << 32;
 /// `s_log_groups_per_flex`: 16 groups, mke2fs's default (`mke2fs.conf`, `flex_bg_size`).
 const LOG_GROUPS_PER_FLEX: u8 = 4;
 
-/// Free space added to an automatic size.
+/// Free space an automatic size leaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extra {
-    /// This many percent of what the content needs.
+    /// This many percent of the smallest size that holds the content.
     Percent(u32),
     /// This many bytes.
     Bytes(u64),
@@ -91,7 +91,7 @@ pub enum Extra {
 pub enum Ext4Size {
     /// Exactly this many bytes (the disk's size; the file system uses whole blocks of it).
     Fixed(u64),
-    /// What the content needs plus `extra`, rounded up to a whole MiB.
+    /// What the content needs with at least `extra` left free, rounded up to a whole MiB.
     Auto {
         /// Free space to add.
         extra: Extra,
@@ -265,12 +265,14 @@ impl Ext4Image<'_> {
             }
             Ext4Size::Auto { extra } => {
                 let least = smallest(&content, knobs)?.0.blocks;
-                let add = match extra {
+                // The extra is free space: the size grows until that much is left free, the
+                // journal and inode tables of the larger size included.
+                let want_free = match extra {
                     Extra::Percent(p) => least.saturating_mul(u64::from(p)) / 100,
                     Extra::Bytes(b) => b.div_ceil(B),
                 };
                 // Whole MiB: 256 blocks.
-                let mut blocks = least.saturating_add(add).next_multiple_of(256);
+                let mut blocks = least.saturating_add(want_free).next_multiple_of(256);
                 loop {
                     if blocks > MAX_BLOCKS {
                         return Err(Error::TooBig {
@@ -283,7 +285,13 @@ impl Ext4Image<'_> {
                             .and_then(|g| plan(&g, &content).map(|a| (g, a)))
                     };
                     match attempt(true).or_else(|_| attempt(false)) {
-                        Ok((g, a)) => break (g, a, g.blocks * B),
+                        Ok((g, a)) => {
+                            let free = a.free(&g);
+                            if free >= want_free {
+                                break (g, a, g.blocks * B);
+                            }
+                            blocks = (blocks + want_free - free).next_multiple_of(256);
+                        }
                         Err(need) => blocks = need.max(blocks + 1).next_multiple_of(256),
                     }
                 }
@@ -885,6 +893,18 @@ struct Alloc {
     placed: Vec<Placed>,
     /// Allocated runs, sorted and merged.
     used: Vec<(u64, u64)>,
+}
+
+impl Alloc {
+    /// Blocks left free.
+    fn free(&self, geo: &Geo) -> u64 {
+        let used: u64 = self
+            .used
+            .iter()
+            .map(|&(s, l)| (s + l).min(geo.blocks).saturating_sub(s))
+            .sum();
+        geo.blocks.saturating_sub(used)
+    }
 }
 
 /// Hands out blocks from a cursor, stepping over the superblock backups.
@@ -2428,5 +2448,37 @@ mod tests {
             fs.read_to_vec("/usr/share/many/1234", 100).unwrap(),
             b"1234"
         );
+    }
+
+    #[test]
+    fn auto_sizes_add_the_extra_in_whole_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        tree.insert(p("blob"), file(&vec![3u8; 30 << 20]), meta(0o755))
+            .unwrap();
+        let size_of = |extra| {
+            let vol = image(&tree, Ext4Size::Auto { extra })
+                .layout(Path::new("t"))
+                .unwrap();
+            vol.summary()
+        };
+        let least = size_of(Extra::Bytes(0));
+        assert_eq!(least.size % (1 << 20), 0);
+        assert!(least.size >= 30 << 20 && least.size < 40 << 20, "{least:?}");
+        let more = size_of(Extra::Bytes(100 << 20));
+        assert_eq!(more.size % (1 << 20), 0);
+        assert!(more.free_blocks * B >= 100 << 20, "{more:?}");
+        let pct = size_of(Extra::Percent(50));
+        // Half the smallest size (before rounding to a MiB) left free, without doubling it.
+        assert!(pct.free_blocks >= least.blocks / 2 - 256, "{pct:?}");
+        assert!(pct.size < 2 * least.size, "{pct:?} {least:?}");
+        let (img, _) = build(
+            &tree,
+            Ext4Size::Auto {
+                extra: Extra::Bytes(100 << 20),
+            },
+            dir.path(),
+        );
+        fsck_clean(&img);
     }
 }
