@@ -2000,6 +2000,26 @@ mod tests {
         e.xattrs.insert(b"user.large".to_vec(), vec![b'L'; 1500]);
         e.xattrs.insert(b"trusted.other".to_vec(), vec![b'T'; 300]);
         tree.insert(p("big"), e, m).unwrap();
+        // A POSIX ACL in the VFS's format (version 2): user::rw-, user:1000:r--, group::r--,
+        // mask::r--, other::---. ext4 stores it in its own format; libext2fs converts back.
+        let acl: Vec<u8> = [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, 1000),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ]
+        .iter()
+        .fold(2u32.to_le_bytes().to_vec(), |mut v, &(tag, perm, id)| {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+            v
+        });
+        let mut e = file(b"acl");
+        e.xattrs
+            .insert(b"system.posix_acl_access".to_vec(), acl.clone());
+        tree.insert(p("acl"), e, m).unwrap();
         let (img, _) = build(&tree, auto(), dir.path());
         fsck_clean(&img);
         let out = dir.path().join("v");
@@ -2012,6 +2032,14 @@ mod tests {
         assert_eq!(get("/big", "user.small"), b"1");
         assert_eq!(get("/big", "user.large"), vec![b'L'; 1500]);
         assert_eq!(get("/big", "trusted.other"), vec![b'T'; 300]);
+        // libext2fs gives the unnamed entries id 0 where the kernel gives ACL_UNDEFINED_ID.
+        let mut expect = acl.clone();
+        for e in expect[4..].chunks_exact_mut(8) {
+            if e[4..] == [0xFF; 4] {
+                e[4..].fill(0);
+            }
+        }
+        assert_eq!(get("/acl", "system.posix_acl_access"), expect);
         let st = debugfs(&img, "stat /big");
         assert_ne!(stat_field(&st, "File ACL:"), "0", "{st}");
         let st = debugfs(&img, "stat /ping");
