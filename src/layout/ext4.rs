@@ -2624,7 +2624,12 @@ mod tests {
                 extra: Extra::Bytes(200 << 20),
             },
         )
-        .layout(Path::new("k"))
+        .layout_with(
+            Path::new("k"),
+            Knobs {
+                force_64bit: std::env::var_os("MKOMI_EXT4_64BIT").is_some(),
+            },
+        )
         .unwrap();
         write_image(&vol, Path::new(&out));
     }
