@@ -77,10 +77,10 @@ const MAX_FILE_BLOCKS: u64 = 1 << 32;
 /// `s_log_groups_per_flex`: 16 groups, mke2fs's default (`mke2fs.conf`, `flex_bg_size`).
 const LOG_GROUPS_PER_FLEX: u8 = 4;
 
-/// Free space added to an automatic size.
+/// Free space an automatic size leaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extra {
-    /// This many percent of what the content needs.
+    /// This many percent of the smallest size that holds the content.
     Percent(u32),
     /// This many bytes.
     Bytes(u64),
@@ -91,7 +91,7 @@ pub enum Extra {
 pub enum Ext4Size {
     /// Exactly this many bytes (the disk's size; the file system uses whole blocks of it).
     Fixed(u64),
-    /// What the content needs plus `extra`, rounded up to a whole MiB.
+    /// What the content needs with at least `extra` left free, rounded up to a whole MiB.
     Auto {
         /// Free space to add.
         extra: Extra,
@@ -265,12 +265,14 @@ impl Ext4Image<'_> {
             }
             Ext4Size::Auto { extra } => {
                 let least = smallest(&content, knobs)?.0.blocks;
-                let add = match extra {
+                // The extra is free space: the size grows until that much is left free, the
+                // journal and inode tables of the larger size included.
+                let want_free = match extra {
                     Extra::Percent(p) => least.saturating_mul(u64::from(p)) / 100,
                     Extra::Bytes(b) => b.div_ceil(B),
                 };
                 // Whole MiB: 256 blocks.
-                let mut blocks = least.saturating_add(add).next_multiple_of(256);
+                let mut blocks = least.saturating_add(want_free).next_multiple_of(256);
                 loop {
                     if blocks > MAX_BLOCKS {
                         return Err(Error::TooBig {
@@ -283,7 +285,13 @@ impl Ext4Image<'_> {
                             .and_then(|g| plan(&g, &content).map(|a| (g, a)))
                     };
                     match attempt(true).or_else(|_| attempt(false)) {
-                        Ok((g, a)) => break (g, a, g.blocks * B),
+                        Ok((g, a)) => {
+                            let free = a.free(&g);
+                            if free >= want_free {
+                                break (g, a, g.blocks * B);
+                            }
+                            blocks = (blocks + want_free - free).next_multiple_of(256);
+                        }
                         Err(need) => blocks = need.max(blocks + 1).next_multiple_of(256),
                     }
                 }
@@ -887,6 +895,18 @@ struct Alloc {
     used: Vec<(u64, u64)>,
 }
 
+impl Alloc {
+    /// Blocks left free.
+    fn free(&self, geo: &Geo) -> u64 {
+        let used: u64 = self
+            .used
+            .iter()
+            .map(|&(s, l)| (s + l).min(geo.blocks).saturating_sub(s))
+            .sum();
+        geo.blocks.saturating_sub(used)
+    }
+}
+
 /// Hands out blocks from a cursor, stepping over the superblock backups.
 struct Cursor {
     at: u64,
@@ -1135,15 +1155,31 @@ impl Disk for Slice {
     }
 }
 
-/// Bytes shared between regions (the descriptor table and its backups).
+/// A window of bytes shared between regions (the descriptor table and its backups, the empty
+/// inode bitmap, a file given as bytes), read without copying them.
 struct Shared {
     bytes: Arc<[u8]>,
+    from: usize,
+    len: usize,
     name: PathBuf,
+}
+
+impl Shared {
+    /// All of `bytes`.
+    fn whole(bytes: Arc<[u8]>, name: &Path) -> Self {
+        let len = bytes.len();
+        Shared {
+            bytes,
+            from: 0,
+            len,
+            name: name.to_owned(),
+        }
+    }
 }
 
 impl Disk for Shared {
     fn size(&self) -> u64 {
-        self.bytes.len() as u64
+        self.len as u64
     }
     fn extent(&self, offset: u64, max_len: u64) -> format::Result<DiskExtent> {
         Ok(DiskExtent {
@@ -1153,15 +1189,23 @@ impl Disk for Shared {
         })
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
-        let from = usize::try_from(offset).unwrap_or(usize::MAX);
-        match self.bytes.get(from..).and_then(|s| s.get(..buf.len())) {
+        let inside = usize::try_from(offset)
+            .ok()
+            .filter(|&o| o.saturating_add(buf.len()) <= self.len)
+            .and_then(|o| self.bytes.get(self.from + o..))
+            .and_then(|s| s.get(..buf.len()));
+        match inside {
             Some(s) => {
                 buf.copy_from_slice(s);
                 Ok(())
             }
             None => Err(format::Error::Invalid {
                 path: self.name.clone(),
-                reason: "a read past the descriptor table".into(),
+                reason: format!(
+                    "a read of {} bytes at {offset} past {} bytes",
+                    buf.len(),
+                    self.len
+                ),
             }),
         }
     }
@@ -1359,11 +1403,13 @@ impl Builder<'_, '_> {
                         let from = l * B;
                         let len = (count * B).min(data.len().saturating_sub(from));
                         let content = match data {
-                            Data::Bytes(b) => {
-                                let s = usize::try_from(from).unwrap_or(usize::MAX);
-                                let e = usize::try_from(from + len).unwrap_or(usize::MAX);
-                                Content::Bytes(b.get(s..e).unwrap_or_default().to_vec())
-                            }
+                            // In memory, so `from + len <= b.len()` fits a usize.
+                            Data::Bytes(b) => Content::Source(Arc::new(Shared {
+                                bytes: b.clone(),
+                                from: from as usize,
+                                len: len as usize,
+                                name: n.path.to_string().into(),
+                            })),
                             Data::Storage(s) => Content::Source(Arc::new(Slice {
                                 data: s.clone(),
                                 offset: from,
@@ -1510,10 +1556,7 @@ impl Builder<'_, '_> {
                 regions.push(Region {
                     offset: ib * B,
                     len: B,
-                    content: Content::Source(Arc::new(Shared {
-                        bytes: empty_ibm.clone(),
-                        name: self.name.to_owned(),
-                    })),
+                    content: Content::Source(Arc::new(Shared::whole(empty_ibm.clone(), self.name))),
                 });
                 empty_ibm_csum
             } else {
@@ -1582,10 +1625,7 @@ impl Builder<'_, '_> {
             regions.push(Region {
                 offset: (base + 1) * B,
                 len: geo.gdt_blocks * B,
-                content: Content::Source(Arc::new(Shared {
-                    bytes: gdt.clone(),
-                    name: self.name.to_owned(),
-                })),
+                content: Content::Source(Arc::new(Shared::whole(gdt.clone(), self.name))),
             });
         }
         let disk = Composite::new(self.name, disk_size, regions).map_err(Error::Assemble)?;
@@ -1682,6 +1722,12 @@ mod tests {
 
     /// `e2fsck -fn` passes without a word, and `e2fsck -fy` changes no byte.
     fn fsck_clean(img: &Path) {
+        fsck_n(img);
+        fsck_y_changes_nothing(img);
+    }
+
+    /// `e2fsck -fn` passes without a word.
+    fn fsck_n(img: &Path) {
         let s = img.to_str().unwrap();
         let (code, out) = run("e2fsck", &["-fn", s]);
         // Only the pass headers, the summary and the version: a problem e2fsck reports without
@@ -1694,11 +1740,18 @@ mod tests {
         });
         if code != 0 || !quiet {
             let keep = std::env::temp_dir().join("mkomi-ext4-failed.img");
-            let _ = std::fs::copy(img, &keep);
+            let _ = run("cp", &["--sparse=always", s, keep.to_str().unwrap()]);
             panic!("e2fsck -fn (image kept as {}):\n{out}", keep.display());
         }
+    }
+
+    /// `e2fsck -fy` on a copy changes no byte.
+    fn fsck_y_changes_nothing(img: &Path) {
+        let s = img.to_str().unwrap();
         let copy = img.with_extension("fy");
-        std::fs::copy(img, &copy).unwrap();
+        // cp keeps the holes, where std::fs::copy may fill them.
+        let (code, out) = run("cp", &["--sparse=always", s, copy.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
         let c = copy.to_str().unwrap();
         let out = Command::new("e2fsck")
             .args(["-fy", c])
@@ -1960,6 +2013,26 @@ mod tests {
         e.xattrs.insert(b"user.large".to_vec(), vec![b'L'; 1500]);
         e.xattrs.insert(b"trusted.other".to_vec(), vec![b'T'; 300]);
         tree.insert(p("big"), e, m).unwrap();
+        // A POSIX ACL in the VFS's format (version 2): user::rw-, user:1000:r--, group::r--,
+        // mask::r--, other::---. ext4 stores it in its own format; libext2fs converts back.
+        let acl: Vec<u8> = [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, 1000),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ]
+        .iter()
+        .fold(2u32.to_le_bytes().to_vec(), |mut v, &(tag, perm, id)| {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+            v
+        });
+        let mut e = file(b"acl");
+        e.xattrs
+            .insert(b"system.posix_acl_access".to_vec(), acl.clone());
+        tree.insert(p("acl"), e, m).unwrap();
         let (img, _) = build(&tree, auto(), dir.path());
         fsck_clean(&img);
         let out = dir.path().join("v");
@@ -1972,6 +2045,14 @@ mod tests {
         assert_eq!(get("/big", "user.small"), b"1");
         assert_eq!(get("/big", "user.large"), vec![b'L'; 1500]);
         assert_eq!(get("/big", "trusted.other"), vec![b'T'; 300]);
+        // libext2fs gives the unnamed entries id 0 where the kernel gives ACL_UNDEFINED_ID.
+        let mut expect = acl.clone();
+        for e in expect[4..].chunks_exact_mut(8) {
+            if e[4..] == [0xFF; 4] {
+                e[4..].fill(0);
+            }
+        }
+        assert_eq!(get("/acl", "system.posix_acl_access"), expect);
         let st = debugfs(&img, "stat /big");
         assert_ne!(stat_field(&st, "File ACL:"), "0", "{st}");
         let st = debugfs(&img, "stat /ping");
@@ -2408,5 +2489,180 @@ mod tests {
             fs.read_to_vec("/usr/share/many/1234", 100).unwrap(),
             b"1234"
         );
+    }
+
+    #[test]
+    fn auto_sizes_add_the_extra_in_whole_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        tree.insert(p("blob"), file(&vec![3u8; 30 << 20]), meta(0o755))
+            .unwrap();
+        let size_of = |extra| {
+            let vol = image(&tree, Ext4Size::Auto { extra })
+                .layout(Path::new("t"))
+                .unwrap();
+            vol.summary()
+        };
+        let least = size_of(Extra::Bytes(0));
+        assert_eq!(least.size % (1 << 20), 0);
+        assert!(least.size >= 30 << 20 && least.size < 40 << 20, "{least:?}");
+        let more = size_of(Extra::Bytes(100 << 20));
+        assert_eq!(more.size % (1 << 20), 0);
+        assert!(more.free_blocks * B >= 100 << 20, "{more:?}");
+        let pct = size_of(Extra::Percent(50));
+        // Half the smallest size (before rounding to a MiB) left free, without doubling it.
+        assert!(pct.free_blocks >= least.blocks / 2 - 256, "{pct:?}");
+        assert!(pct.size < 2 * least.size, "{pct:?} {least:?}");
+        let (img, _) = build(
+            &tree,
+            Ext4Size::Auto {
+                extra: Extra::Bytes(100 << 20),
+            },
+            dir.path(),
+        );
+        fsck_clean(&img);
+    }
+
+    /// Adds the host directory `host` under `at`: directories, regular files (read from the
+    /// host when the disk is read) and symlinks, with their modes, owners and times.
+    fn add_host(tree: &mut Tree, host: &Path, at: &TreePath) {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::MetadataExt;
+        for e in std::fs::read_dir(host).unwrap() {
+            let e = e.unwrap();
+            let path = at.join(e.file_name().as_bytes());
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            let meta = Meta {
+                mode: (md.mode() & 0o7777) as u16,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: md.mtime(),
+                mtime_nsec: md.mtime_nsec() as u32,
+            };
+            let kind = if md.is_dir() {
+                Kind::Dir
+            } else if md.is_symlink() {
+                let t = std::fs::read_link(e.path()).unwrap();
+                Kind::Symlink(t.as_os_str().as_bytes().to_vec())
+            } else if md.is_file() {
+                Kind::File(storage(&e.path()))
+            } else {
+                continue;
+            };
+            tree.insert(path.clone(), Entry::new(kind, meta), meta)
+                .unwrap();
+            if md.is_dir() {
+                add_host(tree, &e.path(), &path);
+            }
+        }
+    }
+
+    /// A real directory (the host's /usr/share/doc: thousands of files, symlinks, directories
+    /// of many entries) comes back identical through `debugfs rdump` and `diff -r`.
+    #[test]
+    fn a_host_directory_round_trips() {
+        let src = Path::new("/usr/share/doc");
+        if !src.is_dir() {
+            eprintln!("no /usr/share/doc: skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        add_host(&mut tree, src, &p("doc"));
+        let (img, sum) = build(&tree, auto(), dir.path());
+        assert!(sum.files > 100, "{sum:?}");
+        fsck_clean(&img);
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        debugfs(&img, &format!("rdump /doc {}", out.display()));
+        let (code, diff) = run(
+            "diff",
+            &[
+                "-r",
+                "--no-dereference",
+                src.to_str().unwrap(),
+                out.join("doc").to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{diff}");
+    }
+
+    /// Writes an image for a by-hand kernel check (`MKOMI_EXT4_OUT=path`): a guest mounts it
+    /// read-write, reads and writes it, and e2fsck checks it afterwards. Done on 2026-12-05
+    /// with the boot fixture's Debian 6.1.0-57 cloud kernel under `qemu-system-x86_64 -accel
+    /// tcg -cpu max`, the image as `/dev/vda` and a busybox initramfs that mounted it rw, read
+    /// an htree name, a hard link and a 3 MB file (md5 equal), created 300 files and a
+    /// directory in the htree directory, removed two, wrote 100 MiB, appended, renamed,
+    /// unmounted and remounted: no EXT4-fs error in dmesg, and `e2fsck -fn` clean afterwards.
+    #[test]
+    #[ignore = "writes an image for the by-hand kernel mount check"]
+    fn kernel_check_image() {
+        let Some(out) = std::env::var_os("MKOMI_EXT4_OUT") else {
+            return;
+        };
+        let mut tree = Tree::new(meta(0o755));
+        let m = meta(0o755);
+        for i in 0..5000 {
+            tree.insert(
+                p(&format!("big/{i:0>40}")),
+                file(format!("{i}").as_bytes()),
+                m,
+            )
+            .unwrap();
+        }
+        let mut e = file(b"ping");
+        e.xattrs.insert(
+            b"security.capability".to_vec(),
+            vec![1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        );
+        e.xattrs.insert(b"user.large".to_vec(), vec![b'L'; 1500]);
+        tree.insert(p("bin/ping"), e, m).unwrap();
+        tree.insert(p("etc/marker"), file(b"kernel-check\n"), m)
+            .unwrap();
+        tree.insert(p("link"), Entry::new(Kind::Symlink(vec![b'z'; 200]), m), m)
+            .unwrap();
+        tree.insert(p("hard"), Entry::new(Kind::HardLink(p("etc/marker")), m), m)
+            .unwrap();
+        tree.insert(
+            p("dev/null"),
+            Entry::new(Kind::CharDevice { major: 1, minor: 3 }, meta(0o666)),
+            m,
+        )
+        .unwrap();
+        let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        tree.insert(p("blob"), file(&blob), m).unwrap();
+        let vol = image(
+            &tree,
+            Ext4Size::Auto {
+                extra: Extra::Bytes(200 << 20),
+            },
+        )
+        .layout_with(
+            Path::new("k"),
+            Knobs {
+                force_64bit: std::env::var_os("MKOMI_EXT4_64BIT").is_some(),
+            },
+        )
+        .unwrap();
+        write_image(&vol, Path::new(&out));
+    }
+
+    /// A large fixed size with little content: bitmaps and tables that are all zeros are not
+    /// held, and e2fsck passes the sparse image.
+    #[test]
+    fn a_256_gib_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new(meta(0o755));
+        tree.insert(p("etc/f"), file(b"x"), meta(0o755)).unwrap();
+        let t = std::time::Instant::now();
+        let (img, sum) = build(&tree, Ext4Size::Fixed(256 << 30), dir.path());
+        eprintln!(
+            "256 GiB: laid out and written in {:?}: {sum:?}",
+            t.elapsed()
+        );
+        assert_eq!(sum.blocks, 1 << 26);
+        assert!(!sum.is_64bit);
+        // -fn only: the -fy check would compare all 256 GiB.
+        fsck_n(&img);
     }
 }
