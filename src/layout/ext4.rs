@@ -622,7 +622,7 @@ impl<'a> Gathered<'a> {
         let mut data_blocks = 0u64;
         let mut links: Vec<u32> = vec![0; count];
         for ((p, e), &ino) in tree.iter().zip(&inos) {
-            let depth = p.components().len();
+            let depth = p.depth();
             stack.truncate(depth);
             let parent = stack.last().copied().unwrap_or(ROOT_INO);
             let entry_err = |reason: &str| Error::Entry {

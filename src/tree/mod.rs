@@ -61,36 +61,63 @@ pub enum Error {
 /// Result of tree operations.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A path inside a tree: its components, root first. The root itself has none.
+/// The longest path, in bytes between `/`s (the leading one not counted): Linux's `PATH_MAX`
+/// (4,096, its terminating NUL included). It also bounds the depth, and so what one member of
+/// an archive can cost to insert.
+pub const MAX_PATH: usize = 4095;
+
+/// A path inside a tree: its components, root first; the root has none.
+///
+/// Held as one byte string, the components joined by NUL (which no component holds), so a path
+/// costs its length and not an allocation per component; and since NUL sorts before every other
+/// byte, the byte order of that string is the order of the component lists: a directory comes
+/// right before its subtree, which is one contiguous range.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TreePath(Vec<Vec<u8>>);
+pub struct TreePath(Box<[u8]>);
 
 impl TreePath {
     /// The root directory.
     pub fn root() -> Self {
-        TreePath(Vec::new())
+        TreePath(Box::default())
     }
 
     /// Parses `/`-separated bytes. Leading, trailing and repeated `/` and `.` components are
-    /// dropped; `..`, NUL and names over [`MAX_NAME`] bytes are refused (an archive cannot
-    /// climb out of its own tree).
+    /// dropped; `..`, NUL, names over [`MAX_NAME`] bytes and paths over [`MAX_PATH`] are refused
+    /// (an archive cannot climb out of its own tree).
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let mut parts = Vec::new();
+        let mut out: Vec<u8> = Vec::new();
         for c in bytes.split(|&b| b == b'/') {
             match c {
                 b"" | b"." => {}
                 b".." => return Err(bad(bytes, "`..` leads out of the tree")),
                 _ if c.contains(&0) => return Err(bad(bytes, "a name holds a NUL byte")),
                 _ if c.len() > MAX_NAME => return Err(bad(bytes, "a name is over 255 bytes")),
-                _ => parts.push(c.to_vec()),
+                _ => {
+                    if !out.is_empty() {
+                        out.push(0);
+                    }
+                    out.extend_from_slice(c);
+                    if out.len() > MAX_PATH {
+                        return Err(bad(bytes, "the path is over 4,095 bytes"));
+                    }
+                }
             }
         }
-        Ok(TreePath(parts))
+        Ok(TreePath(out.into()))
     }
 
     /// The components, root first.
-    pub fn components(&self) -> &[Vec<u8>] {
-        &self.0
+    pub fn components(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.split(|&b| b == 0).filter(|c| !c.is_empty())
+    }
+
+    /// How many components: 0 for the root.
+    pub fn depth(&self) -> usize {
+        if self.0.is_empty() {
+            0
+        } else {
+            self.0.iter().filter(|&&b| b == 0).count() + 1
+        }
     }
 
     /// Whether this is the root.
@@ -100,37 +127,44 @@ impl TreePath {
 
     /// The last component; `None` for the root.
     pub fn name(&self) -> Option<&[u8]> {
-        self.0.last().map(Vec::as_slice)
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.rsplit(|&b| b == 0).next()
     }
 
     /// The parent; `None` for the root.
     pub fn parent(&self) -> Option<TreePath> {
-        let (_, head) = self.0.split_last()?;
-        Some(TreePath(head.to_vec()))
+        if self.0.is_empty() {
+            return None;
+        }
+        let cut = self.0.iter().rposition(|&b| b == 0).unwrap_or(0);
+        Some(TreePath(self.0.get(..cut).unwrap_or_default().into()))
     }
 
     /// This path with `name` appended (the caller vouches that it is a valid component).
     pub fn join(&self, name: &[u8]) -> TreePath {
-        let mut p = self.0.clone();
-        p.push(name.to_vec());
-        TreePath(p)
+        let mut p = Vec::with_capacity(self.0.len() + 1 + name.len());
+        p.extend_from_slice(&self.0);
+        if !p.is_empty() {
+            p.push(0);
+        }
+        p.extend_from_slice(name);
+        TreePath(p.into())
     }
 
     /// Whether `self` is `other` or lies under it.
     pub fn starts_with(&self, other: &TreePath) -> bool {
-        self.0.starts_with(&other.0)
+        other.0.is_empty()
+            || (self.0.starts_with(&other.0)
+                && matches!(self.0.get(other.0.len()), None | Some(0)))
     }
 
     /// The path as `/`-separated bytes, starting with `/`.
     pub fn to_bytes(&self) -> Vec<u8> {
-        if self.0.is_empty() {
-            return b"/".to_vec();
-        }
-        let mut out = Vec::new();
-        for c in &self.0 {
-            out.push(b'/');
-            out.extend_from_slice(c);
-        }
+        let mut out = Vec::with_capacity(self.0.len() + 1);
+        out.push(b'/');
+        out.extend(self.0.iter().map(|&b| if b == 0 { b'/' } else { b }));
         out
     }
 }
@@ -337,9 +371,9 @@ impl Tree {
         &'a self,
         dir: &'a TreePath,
     ) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> {
-        let depth = dir.components().len() + 1;
+        let depth = dir.depth() + 1;
         self.subtree(dir)
-            .filter(move |(p, _)| p.components().len() == depth)
+            .filter(move |(p, _)| p.depth() == depth)
     }
 
     /// Puts `entry` at `path`, replacing what was there (a directory keeps its subtree when
@@ -358,11 +392,13 @@ impl Tree {
             self.entries.insert(path, entry);
             return Ok(());
         }
-        let comps = path.components();
-        for depth in 1..comps.len() {
-            let ancestor = TreePath(comps[..depth].to_vec());
+        // From the parent up to the first ancestor that exists: usually the parent itself, so
+        // an insert costs one lookup, not one per component.
+        let mut missing = Vec::new();
+        let mut up = path.parent();
+        while let Some(ancestor) = up {
             match self.entries.get(&ancestor) {
-                Some(e) if e.is_dir() => {}
+                Some(e) if e.is_dir() => break,
                 Some(_) => {
                     return Err(Error::NotADirectory {
                         path: path.to_string(),
@@ -370,10 +406,13 @@ impl Tree {
                     });
                 }
                 None => {
-                    self.entries
-                        .insert(ancestor, Entry::new(Kind::Dir, implied));
+                    up = ancestor.parent();
+                    missing.push(ancestor);
                 }
             }
+        }
+        for ancestor in missing {
+            self.entries.insert(ancestor, Entry::new(Kind::Dir, implied));
         }
         let keep_subtree = entry.is_dir() && self.entries.get(&path).is_some_and(Entry::is_dir);
         if !keep_subtree {
@@ -467,7 +506,7 @@ impl Tree {
             h.update(b);
         };
         for (p, e) in &self.entries {
-            h.update((p.components().len() as u64).to_le_bytes());
+            h.update((p.depth() as u64).to_le_bytes());
             for c in p.components() {
                 field(&mut h, c);
             }
@@ -535,6 +574,39 @@ mod tests {
         assert!(TreePath::parse(&[b'x'; 255]).is_ok());
         assert_eq!(p("/").to_bytes(), b"/");
         assert_eq!(TreePath::parse(b"a/\xff").unwrap().to_string(), "/a/\\xff");
+    }
+
+    #[test]
+    fn paths_are_compact_and_bounded() {
+        let ab = p("a/b");
+        assert_eq!(ab.depth(), 2);
+        assert_eq!(ab.name(), Some(&b"b"[..]));
+        assert_eq!(ab.parent(), Some(p("a")));
+        assert_eq!(p("a").parent(), Some(TreePath::root()));
+        assert_eq!(TreePath::root().parent(), None);
+        assert_eq!(TreePath::root().join(b"a").join(b"b"), ab);
+        assert!(p("a/b/c").starts_with(&ab));
+        assert!(ab.starts_with(&ab));
+        assert!(!p("a/bc").starts_with(&ab));
+        assert!(ab.starts_with(&TreePath::root()));
+        let comps: Vec<&[u8]> = ab.components().collect();
+        assert_eq!(comps, [&b"a"[..], &b"b"[..]]);
+        // 4,095 bytes between the slashes pass, 4,096 do not; so does depth.
+        let name = [b'n'; 255];
+        let mut long = Vec::new();
+        while long.len() + 256 <= MAX_PATH {
+            if !long.is_empty() {
+                long.push(b'/');
+            }
+            long.extend_from_slice(&name);
+        }
+        long.push(b'/');
+        long.resize(MAX_PATH, b'x');
+        assert!(TreePath::parse(&long).is_ok());
+        long.push(b'x');
+        assert!(TreePath::parse(&long).is_err());
+        assert!(TreePath::parse(&b"a/".repeat(2049)).is_err());
+        assert_eq!(TreePath::parse(&b"a/".repeat(2048)).unwrap().depth(), 2048);
     }
 
     #[test]

@@ -97,17 +97,17 @@ pub fn detect(path: &Path) -> Result<SourceKind> {
         let Ok(p) = super::TreePath::parse(&m.name) else {
             return Ok(SourceKind::Tar);
         };
-        let Some(top) = p.components().first() else {
+        let Some(top) = p.components().next() else {
             continue;
         };
-        let deeper = p.components().len() > 1;
-        match top.as_slice() {
+        let deeper = p.depth() > 1;
+        match top {
             b"oci-layout" if !deeper => return Ok(SourceKind::Oci),
             b"manifest.json" if !deeper => manifest = true,
             b"index.json" | b"repositories" if !deeper => {}
             b"blobs" => blobs = true,
             t if is_docker_layer_dir(t) => {
-                blobs |= p.components().get(1).is_some_and(|c| c == b"layer.tar");
+                blobs |= p.components().nth(1).is_some_and(|c| c == b"layer.tar");
             }
             _ => return Ok(SourceKind::Tar),
         }
