@@ -314,6 +314,9 @@ impl Entry {
 #[derive(Clone, Debug)]
 pub struct Tree {
     entries: BTreeMap<TreePath, Entry>,
+    /// How many [`Kind::HardLink`]s name each path, so that removing a file nothing links to
+    /// (every replacement, every whiteout) does not scan the whole tree for its links.
+    links_to: BTreeMap<TreePath, usize>,
 }
 
 impl Tree {
@@ -321,7 +324,10 @@ impl Tree {
     pub fn new(root: Meta) -> Self {
         let mut entries = BTreeMap::new();
         entries.insert(TreePath::root(), Entry::new(Kind::Dir, root));
-        Tree { entries }
+        Tree {
+            entries,
+            links_to: BTreeMap::new(),
+        }
     }
 
     /// The entry at `path`.
@@ -329,7 +335,8 @@ impl Tree {
         self.entries.get(path)
     }
 
-    /// The entry at `path`, to change in place.
+    /// The entry at `path`, to change in place (its kind may change, but not to or from a
+    /// [`Kind::HardLink`]: links go through [`Tree::insert`] and [`Tree::remove`]).
     pub fn get_mut(&mut self, path: &TreePath) -> Option<&mut Entry> {
         self.entries.get_mut(path)
     }
@@ -418,6 +425,9 @@ impl Tree {
         if !keep_subtree {
             self.remove(&path);
         }
+        if let Kind::HardLink(t) = &entry.kind {
+            *self.links_to.entry(t.clone()).or_default() += 1;
+        }
         self.entries.insert(path, entry);
         Ok(())
     }
@@ -439,12 +449,18 @@ impl Tree {
         let mut removed = BTreeMap::new();
         for p in &doomed {
             if let Some(e) = self.entries.remove(p) {
+                if let Kind::HardLink(t) = &e.kind {
+                    self.unlink(t);
+                }
                 removed.insert(p.clone(), e);
             }
         }
         // Hard links elsewhere to a removed file: the first becomes the file, the rest point
         // at it. Links inside the removed subtree went with it.
-        if !removed.values().any(|e| matches!(e.kind, Kind::File(_))) {
+        let linked_to = |p: &TreePath, e: &Entry| {
+            matches!(e.kind, Kind::File(_)) && self.links_to.contains_key(p)
+        };
+        if !removed.iter().any(|(p, e)| linked_to(p, e)) {
             return doomed.len();
         }
         let linked: Vec<(TreePath, TreePath)> = self
@@ -462,16 +478,29 @@ impl Tree {
                     if let Some(e) = self.entries.get_mut(&link) {
                         e.kind = Kind::HardLink(new_home.clone());
                     }
+                    self.unlink(&target);
+                    *self.links_to.entry(new_home.clone()).or_default() += 1;
                 }
                 None => {
                     if let Some(file) = removed.get(&target) {
                         self.entries.insert(link.clone(), file.clone());
+                        self.unlink(&target);
                         moved.insert(target, link);
                     }
                 }
             }
         }
         doomed.len()
+    }
+
+    /// One link fewer names `target`.
+    fn unlink(&mut self, target: &TreePath) {
+        if let Some(n) = self.links_to.get_mut(target) {
+            *n -= 1;
+            if *n == 0 {
+                self.links_to.remove(target);
+            }
+        }
     }
 
     /// Checks that every hard link names a regular file (not another link), as the writer
@@ -660,6 +689,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         t.check_links().unwrap();
+        // The index follows: one link to /b/g, none to /a/f.
+        assert_eq!(t.links_to.get(&p("b/g")), Some(&1));
+        assert_eq!(t.links_to.get(&p("a/f")), None);
+        t.remove(&p("c/h"));
+        assert!(t.links_to.is_empty());
     }
 
     #[test]
