@@ -112,15 +112,8 @@ pub fn build(
                     }
                 }
                 tree.clamp_times(req.epoch);
-                if files_to == Some(i) {
-                    let added = add::add_files(&mut tree, &tpl.files, req.epoch)
-                        .map_err(|e| invalid(&req.template, format!("[[file]]: {e}")))?;
-                    record.files.extend(added.into_iter().map(|a| AddedFile {
-                        path: a.path,
-                        replaced: a.replaced,
-                        bytes: a.bytes,
-                    }));
-                }
+                // Sanitize first: a file the template adds on purpose (an authorized_keys, a
+                // log) is not then removed.
                 for c in sanitize::sanitize(&mut tree, &tpl.sanitize) {
                     if c.item == "authorized-keys" {
                         warnings.push(format!(
@@ -139,6 +132,15 @@ pub fn build(
                         .to_owned(),
                         bytes: c.bytes,
                     });
+                }
+                if files_to == Some(i) {
+                    let added = add::add_files(&mut tree, &tpl.files, req.epoch)
+                        .map_err(|e| invalid(&req.template, format!("[[file]]: {e}")))?;
+                    record.files.extend(added.into_iter().map(|a| AddedFile {
+                        path: a.path,
+                        replaced: a.replaced,
+                        bytes: a.bytes,
+                    }));
                 }
                 tree.check_links().map_err(|e| invalid_tree(&e))?;
                 stop_if_cancelled(cancel)?;

@@ -377,6 +377,16 @@ impl Ctx<'_> {
         Ok(out)
     }
 
+    /// [`Ctx::expand`], refusing control characters: the value becomes one line of a
+    /// systemd-boot entry, where a newline would add directives of its own.
+    fn one_line(&self, key: &str, v: &Spanned<String>) -> Result<String> {
+        let s = self.expand(key, v)?;
+        if s.chars().any(char::is_control) {
+            return Err(self.err(key, v, "one line: no newline or other control character"));
+        }
+        Ok(s)
+    }
+
     /// A host path: as written in the template, relative to the template's directory; when it
     /// starts with a variable (`${rootfs}`), as given on the command line, relative to the
     /// current directory.
@@ -654,9 +664,9 @@ impl Template {
                         Some(i) => Some(cx.file_ref("bootloader.initrd", i)?),
                         None => None,
                     },
-                    options: cx.expand("bootloader.options", &b.options)?,
+                    options: cx.one_line("bootloader.options", &b.options)?,
                     title: match &b.title {
-                        Some(t) => cx.expand("bootloader.title", t)?,
+                        Some(t) => cx.one_line("bootloader.title", t)?,
                         None => name.clone(),
                     },
                 })
@@ -1084,6 +1094,16 @@ symlink = "/etc/systemd/system/x.service"
             .unwrap_err()
             .to_string();
         assert!(e.contains("no partition has content = \"tree\""), "{e}");
+    }
+
+    #[test]
+    fn bootloader_lines_stay_one_line() {
+        let bad = GOOD.replace("console=ttyS0\"", "console=ttyS0\\ninitrd /evil\"");
+        let e = parse(&bad, &[("rootfs", "r")]).unwrap_err().to_string();
+        assert!(e.contains("bootloader.options") && e.contains("one line"), "{e}");
+        let bad = GOOD.replace("[bootloader]\n", "[bootloader]\ntitle = \"${t}\"\n");
+        let e = parse(&bad, &[("rootfs", "r"), ("t", "a\rb")]).unwrap_err().to_string();
+        assert!(e.contains("bootloader.title"), "{e}");
     }
 
     #[test]
