@@ -72,8 +72,10 @@ const MIN_BLOCKS: u64 = 2048;
 /// descriptor table (32 MiB, shared by every backup) in memory. Outscale volumes stop at
 /// 14,901 GiB.
 const MAX_BLOCKS: u64 = 1 << 34;
-/// A file's largest logical block + 1: `ee_block` is 32 bits.
-const MAX_FILE_BLOCKS: u64 = 1 << 32;
+/// The most blocks a file may span: the kernel's `EXT_MAX_BLOCKS` is 0xFFFFFFFF (logical
+/// blocks 0 to 2^32 − 2), so its `s_maxbytes` for extent files is (2^32 − 1) blocks
+/// (`ext4_max_size`, fs/ext4/super.c).
+const MAX_FILE_BLOCKS: u64 = (1 << 32) - 1;
 /// `s_log_groups_per_flex`: 16 groups, mke2fs's default (`mke2fs.conf`, `flex_bg_size`).
 const LOG_GROUPS_PER_FLEX: u8 = 4;
 
@@ -674,7 +676,7 @@ impl<'a> Gathered<'a> {
                     let runs = data_runs(data);
                     if data.len().div_ceil(B) > MAX_FILE_BLOCKS {
                         return Err(entry_err(
-                            "over 16 TiB, ext4's largest file with 4 KiB blocks",
+                            "over ext4's largest file with 4 KiB blocks (16 TiB less 4 KiB)",
                         ));
                     }
                     What::File { data, runs }
@@ -682,6 +684,10 @@ impl<'a> Gathered<'a> {
                 Kind::Symlink(t) => {
                     if t.is_empty() || t.len() >= BLOCK {
                         return Err(entry_err("a symlink target must be 1 to 4095 bytes"));
+                    }
+                    if t.contains(&0) {
+                        // e2fsck clears a symlink whose target is shorter than its size.
+                        return Err(entry_err("a symlink target holds a NUL byte"));
                     }
                     What::Symlink(t)
                 }

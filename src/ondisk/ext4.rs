@@ -196,11 +196,18 @@ pub fn inode_seed(seed: u32, ino: u32, generation: u32) -> u32 {
     crc32c_le(s, &generation.to_le_bytes())
 }
 
+/// The earliest time ext4 holds: -2^31 seconds, with epoch bits 0.
+pub const MIN_TIME: i64 = -(1 << 31);
+/// The latest: epoch bits 3 over the signed low word, 3 × 2^32 + 2^31 − 1 seconds.
+pub const MAX_TIME: i64 = 3 * (1 << 32) + (1 << 31) - 1;
+
 /// A time as ext4 stores it: the low 32 bits of the seconds, and the `_extra` word holding
 /// two epoch bits (seconds above the signed 32-bit range, in units of 2^32) and the
 /// nanoseconds shifted left by 2 (`inodes.rst`, "Inode Timestamps"; kernel
-/// `ext4_encode_extra_time`). Valid from 1901 to 2446.
+/// `ext4_encode_extra_time`). Times outside what that holds, 1901-12-13 to 2446-05-10, are
+/// clamped to its ends rather than wrapped to another date.
 pub fn encode_time(secs: i64, nsec: u32) -> (u32, u32) {
+    let secs = secs.clamp(MIN_TIME, MAX_TIME);
     let lo = secs as i32;
     let epoch = ((secs - i64::from(lo)) >> 32) as u32 & 3;
     (lo as u32, epoch | (nsec.min(999_999_999) << 2))
@@ -805,6 +812,15 @@ pub fn has_super(g: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_beyond_the_range_are_clamped_not_wrapped() {
+        assert_eq!(encode_time(MAX_TIME, 0), encode_time(i64::MAX, 0));
+        assert_eq!(encode_time(MIN_TIME, 0), encode_time(i64::MIN, 0));
+        assert_eq!(encode_time(MAX_TIME, 0), (i32::MAX as u32, 3));
+        assert_eq!(encode_time(MIN_TIME, 0), (i32::MIN as u32, 0));
+        assert_ne!(encode_time(MAX_TIME + 1, 0), encode_time(MIN_TIME, 0));
+    }
 
     #[test]
     fn sparse_groups() {
