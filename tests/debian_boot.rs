@@ -6,16 +6,11 @@
 //! multi-user.target. Then tests/debian/mkomi-check prints what it found on ttyS0: the marker
 //! read from the root file system, the root mounted read-write, a machine-id generated at
 //! boot, no SSH host key from the build. Needs root (debootstrap, `tar -x` keeping owners).
-//!
-//! Until the tree path (`content = "tree"`, `[sanitize]`, `[[file]]`) is on main, the
-//! `#[ignore]`d interim test does the tree's part by hand (extract, sanitize, add the files,
-//! `mkfs.ext4 -d`) and builds the image with tests/debian/debian-interim.toml.
 
 mod common;
 use common::*;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -279,160 +274,6 @@ fn a_debian_tree_built_with_the_shipped_template_boots_to_multi_user() {
     assert_booted(&console, took, exited_ok, &fixture);
 }
 
-/// The interim path (until the tree path is on main): the test does the tree's part itself —
-/// extract, sanitize as `[sanitize]`'s defaults do, add the `[[file]]` entries of the test
-/// template, `mkfs.ext4 -d` — and builds the image with tests/debian/debian-interim.toml.
-#[test]
-#[ignore = "interim: run with --ignored until content = \"tree\" is on main"]
-fn interim_a_debian_tree_as_an_ext4_image_boots_to_multi_user() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let fixture = fixture(d);
-
-    let tree = d.join("tree");
-    std::fs::create_dir(&tree).unwrap();
-    tool(
-        "tar",
-        &[
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "-xpzf",
-            s(&fixture.tarball),
-            "-C",
-            s(&tree),
-        ],
-    );
-    // The planted items are there before sanitizing: the boot's verdict is the build's doing.
-    assert_eq!(
-        std::fs::read_to_string(tree.join("etc/machine-id"))
-            .unwrap()
-            .trim(),
-        fixture.planted_machine_id
-    );
-    for k in &fixture.planted_keys {
-        assert!(
-            tree.join(k.trim_start_matches('/')).exists(),
-            "{k} not planted"
-        );
-    }
-    sanitize_by_hand(&tree);
-    let t = parse_toml(&test_template());
-    add_files_by_hand(&tree, &t, &repo().join("tests/debian"));
-
-    // Content plus a third, plus 256 MiB for the journal, metadata and the first boot.
-    let du = tool("du", &["-s", "-k", "--apparent-size", s(&tree)]);
-    let kib: u64 = du.split_whitespace().next().unwrap().parse().unwrap();
-    let mib = kib / 1024 * 4 / 3 + 256;
-    let img = d.join("root.ext4");
-    File::create(&img).unwrap().set_len(mib * MIB).unwrap();
-    tool(
-        "mkfs.ext4",
-        &["-q", "-F", "-L", "root", "-d", s(&tree), s(&img)],
-    );
-
-    let bundle = d.join("omi");
-    let mut build = mkomi();
-    build.args([
-        "build",
-        s(&repo().join("tests/debian/debian-interim.toml")),
-        "--set",
-        &format!("rootfs={}", s(&img)),
-        "-o",
-        s(&bundle),
-        "-q",
-    ]);
-    let out = run_with_timeout(build, Duration::from_secs(600));
-    assert!(
-        out.status.success(),
-        "build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ok(&["verify", s(&bundle), "-q"]);
-
-    let (console, took, exited_ok) = boot(&bundle.join("sda1.qcow2"), d, Duration::from_secs(900));
-    assert_booted(&console, took, exited_ok, &fixture);
-}
-
-/// What `[sanitize]`'s defaults do to this tree (src/tree/sanitize.rs): the items the boot
-/// checks, and the rest, so the interim image resembles the real one.
-fn sanitize_by_hand(tree: &Path) {
-    std::fs::write(tree.join("etc/machine-id"), b"").unwrap();
-    for dir in ["etc/ssh", "var/lib/cloud"] {
-        let Ok(rd) = std::fs::read_dir(tree.join(dir)) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if dir == "var/lib/cloud" || name.starts_with("ssh_host_") {
-                let p = e.path();
-                if p.is_dir() && !p.is_symlink() {
-                    std::fs::remove_dir_all(&p).unwrap();
-                } else {
-                    std::fs::remove_file(&p).unwrap();
-                }
-            }
-        }
-    }
-    for f in [
-        "var/lib/systemd/random-seed",
-        "var/lib/urandom/random-seed",
-        "root/.ssh/authorized_keys",
-        "root/.bash_history",
-    ] {
-        let _ = std::fs::remove_file(tree.join(f));
-    }
-    tool(
-        "find",
-        &[
-            s(&tree.join("var/log")),
-            "-type",
-            "f",
-            "-exec",
-            "truncate",
-            "-s",
-            "0",
-            "{}",
-            "+",
-        ],
-    );
-}
-
-/// Adds a template's `[[file]]` entries to `tree` as the build would.
-fn add_files_by_hand(tree: &Path, t: &toml::Table, template_dir: &Path) {
-    for f in files(t) {
-        let path = f["path"].as_str().unwrap().trim_start_matches('/');
-        if let Some(cond) = f.get("if-exists").and_then(|v| v.as_str())
-            && !tree.join(cond.trim_start_matches('/')).exists()
-        {
-            continue;
-        }
-        let data = match (f.get("content"), f.get("source")) {
-            (Some(c), None) => c.as_str().unwrap().as_bytes().to_vec(),
-            (None, Some(src)) => std::fs::read(template_dir.join(src.as_str().unwrap())).unwrap(),
-            _ => panic!("[[file]] {path}: exactly one of content, source"),
-        };
-        let dst = tree.join(path);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::write(&dst, data).unwrap();
-        let mode = f
-            .get("mode")
-            .and_then(|m| m.as_str())
-            .map(|m| u32::from_str_radix(m, 8).unwrap())
-            .unwrap_or(0o644);
-        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode)).unwrap();
-        let (u, g) = f
-            .get("owner")
-            .and_then(|o| o.as_str())
-            .unwrap_or("0:0")
-            .split_once(':')
-            .unwrap();
-        std::os::unix::fs::chown(&dst, Some(u.parse().unwrap()), Some(g.parse().unwrap())).unwrap();
-    }
-}
-
-/// The test template is the shipped one plus test files: every table but `[[file]]` is
-/// equal, and the shipped template's files are all in it, unchanged.
 #[test]
 fn the_test_template_is_the_shipped_template_plus_test_files() {
     let shipped = parse_toml(&repo().join("templates/debian-outscale.toml"));
@@ -451,12 +292,6 @@ fn the_test_template_is_the_shipped_template_plus_test_files() {
     assert!(
         test_files.len() > files(&shipped).len(),
         "no test files added"
-    );
-    // The interim template boots with the same kernel command line.
-    let interim = parse_toml(&repo().join("tests/debian/debian-interim.toml"));
-    assert_eq!(
-        interim["bootloader"]["options"],
-        shipped["bootloader"]["options"]
     );
 }
 

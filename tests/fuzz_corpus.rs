@@ -44,6 +44,7 @@ fn harness<'a>(target: &str, qcow2_dir: &'a Path) -> Harness<'a> {
         "export_manifest" => Box::new(harness::export_manifest),
         "template" => Box::new(harness::template),
         "store" => Box::new(harness::store),
+        "tar" => Box::new(harness::tar),
         other => panic!("no fuzz target {other}"),
     }
 }

@@ -446,3 +446,53 @@ pub fn store(data: &[u8]) {
         }
     }
 }
+
+/// The spool directory of the `tar` target: one per process, under `$TMPDIR`.
+fn tar_dir() -> &'static Mutex<Option<PathBuf>> {
+    static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+    &DIR
+}
+
+/// `tar`: the input as an uncompressed tar stream ([`mkomi::tree::tar::read_tar_stream`]:
+/// headers, PAX and GNU extensions, sparse maps, path checks), read once as a plain archive and
+/// once as an image layer (whiteouts); each tree's files are read, [`READ_BUDGET`] bytes in all,
+/// and its spool deleted. The input bounds the decompressed size: no decompressor runs here.
+pub fn tar(data: &[u8]) {
+    use mkomi::tree::tar::{Mode, read_tar_stream};
+    use mkomi::tree::{Data, Kind};
+    let mut guard = tar_dir().lock().unwrap_or_else(|p| p.into_inner());
+    let dir = guard.get_or_insert_with(|| {
+        let dir = std::env::temp_dir().join(format!("mkomi-fuzz-tar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cannot create the tar target's directory");
+        dir
+    });
+    for mode in [Mode::Plain, Mode::Layer] {
+        let result = read_tar_stream(data, "fuzz.tar", dir, mode);
+        if let Ok(tree) = &result {
+            let mut budget = READ_BUDGET;
+            for (_, e) in tree.iter() {
+                let Kind::File(Data::Storage(s)) = &e.kind else {
+                    continue;
+                };
+                let n = s.len().min(budget).min(READ_CHUNK as u64) as usize;
+                let mut buf = vec![0u8; n];
+                s.read_at(0, &mut buf)
+                    .expect("a spooled file cannot be read back");
+                if !s.is_empty() {
+                    let _ = s.extent(0, s.len());
+                }
+                budget -= n as u64;
+            }
+            tree.check_links()
+                .expect("a tree was returned with a dangling hard link");
+        }
+        let failed = result.is_err();
+        drop(result);
+        // A failed read deletes its spool itself; a good one leaves it to the caller.
+        for f in std::fs::read_dir(&*dir).expect("cannot list the spool directory") {
+            let path = f.expect("cannot list the spool directory").path();
+            assert!(!failed, "a failed read left {} behind", path.display());
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -12,6 +12,7 @@ use super::{Error, Result, io_err};
 use crate::format::{self, Disk};
 use crate::fs::ext4::Ext4;
 use crate::layout::composite::{Composite, Content as Region_, Region};
+use crate::layout::ext4::{Ext4Image, Ext4Size, Extra};
 use crate::layout::fat::SharedStorage;
 use crate::layout::fat::{self, FatImage, FileSource};
 use crate::layout::gpt::{self, PartitionRequest, Table};
@@ -61,10 +62,12 @@ fn invalid(path: &Path, reason: String) -> Error {
     }
 }
 
-/// How big an ext4 file system is made (stand-in until the writer is merged).
-enum Ext4Size {
-    Fixed(u64),
-    Auto { extra: Margin },
+/// The writer's margin for a template's.
+fn extra(m: Margin) -> Extra {
+    match m {
+        Margin::Percent(p) => Extra::Percent(p),
+        Margin::Bytes(b) => Extra::Bytes(b),
+    }
 }
 
 /// A partition's content, opened or read.
@@ -151,7 +154,9 @@ pub fn build(
         if let (PartSize::Auto(margin), Input::Tree(tree, _)) = (p.size, input) {
             volumes[i] = Some(layout_tree(
                 tree,
-                Ext4Size::Auto { extra: margin },
+                Ext4Size::Auto {
+                    extra: extra(margin),
+                },
                 p,
                 i,
                 &seed,
@@ -370,16 +375,31 @@ fn seed(req: &BuildRequest, tpl: &Template, text: &[u8], inputs: &[Input]) -> [u
     seed.finalize().into()
 }
 
-/// Reads a tree source; returns the tree and what kind of source it was.
+/// Reads a tree source; returns the tree and what kind of source it was. Tar data is spooled
+/// into `spool`, inside the build's work directory.
 fn read_tree(source: &Path, tpl: &Template, spool: &Path) -> Result<(Tree, &'static str)> {
-    let _ = (tpl, spool);
-    Err(invalid(
-        source,
-        "content = \"tree\": the tree readers are not merged yet".into(),
-    ))
+    let fail = |e: tree::source::Error| invalid(source, e.to_string());
+    let kind = tree::source::detect(source).map_err(fail)?;
+    std::fs::create_dir_all(spool).map_err(io_err(spool, "cannot create"))?;
+    let platform = tree::source::Platform::linux(match tpl.architecture {
+        Architecture::X86_64 => "amd64",
+        Architecture::I386 => "386",
+    });
+    let opts = tree::source::ReadOptions {
+        platform,
+        spool_dir: spool.to_owned(),
+    };
+    let tree = tree::source::read_tree(source, kind, &opts).map_err(fail)?;
+    let name = match kind {
+        tree::source::SourceKind::Dir => "directory",
+        tree::source::SourceKind::Tar => "tar",
+        tree::source::SourceKind::Oci => "oci",
+    };
+    Ok((tree, name))
 }
 
-/// Lays out a tree as the ext4 file system of partition `p` (the `index`-th).
+/// Lays out a tree as the ext4 file system of partition `p` (the `index`-th, counted from 0).
+/// Its UUID and directory hash seed derive from the build's seed and the partition's place.
 fn layout_tree(
     tree: &Tree,
     size: Ext4Size,
@@ -388,11 +408,33 @@ fn layout_tree(
     seed: &[u8; 32],
     req: &BuildRequest,
 ) -> Result<Arc<dyn Disk>> {
-    let _ = (tree, size, p, index, seed);
-    Err(invalid(
-        &req.template,
-        "content = \"tree\": the ext4 writer is not merged yet".into(),
-    ))
+    let derive = |what: &str| -> [u8; 16] {
+        let d =
+            Sha256::digest([&seed[..], what.as_bytes(), &(index as u64).to_le_bytes()].concat());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&d[..16]);
+        // A version 4 (random) UUID, RFC 4122 §4.4: what mke2fs makes.
+        id[6] = (id[6] & 0x0F) | 0x40;
+        id[8] = (id[8] & 0x3F) | 0x80;
+        id
+    };
+    // s_volume_name holds 16 bytes; longer GPT labels are cut at a character boundary.
+    let mut label = p.label.clone();
+    while label.len() > 16 {
+        label.pop();
+    }
+    let name = req.template.with_extension(format!("{}.ext4", p.label));
+    let volume = Ext4Image {
+        tree,
+        size,
+        label,
+        uuid: derive("ext4 uuid"),
+        hash_seed: derive("ext4 hash seed"),
+        epoch: req.epoch,
+    }
+    .layout(&name)
+    .map_err(|e| invalid(&req.template, format!("partition '{}': {e}", p.label)))?;
+    Ok(Arc::new(volume))
 }
 
 /// Where `root:` paths are looked up: the root partition's tree, or its image, opened once.

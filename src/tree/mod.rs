@@ -11,9 +11,11 @@
 
 pub mod add;
 pub mod dir;
+pub mod hostfile;
 pub mod oci;
 pub mod resolve;
 pub mod sanitize;
+pub mod source;
 pub mod tar;
 
 use std::collections::BTreeMap;
