@@ -528,8 +528,8 @@ if [[ -f $EFI_HOST ]]; then efi="this machine's \`systemd-bootx64.efi\`"; else e
 {
     echo "## mkomi tree benchmark"
     echo
-    echo "Inputs: \`tree.tar\` = plain tarball (\`tar --numeric-owner\`, $(human "$(stat -c %s "$TREE_TAR")"), $TREE_ENTRIES entries) of \`$BENCH_TREE\`"
-    echo "at /usr/share, an ${KERNEL_MIB} MiB kernel, a ${INITRD_MIB} MiB initrd and $efi; \`tree-small.tar\` = $SMALL_FILES files of"
+    echo "Inputs: \`tree.tar\` = plain tarball (\`tar --numeric-owner\`, $(human "$(stat -c %s "$TREE_TAR")"), $TREE_ENTRIES entries) holding \`$BENCH_TREE\`"
+    echo "as /usr/share, an ${KERNEL_MIB} MiB kernel, a ${INITRD_MIB} MiB initrd and $efi; \`tree-small.tar\` = $SMALL_FILES files of"
     echo "0–2 KiB in $(((SMALL_FILES + SMALL_PER_DIR - 1) / SMALL_PER_DIR)) directories and the same boot files ($SMALL_ENTRIES entries, $(human "$(stat -c %s "$SMALL_TAR")"))."
     echo "Template: ESP 128M + tree root (\`size = \"auto\"\`, \`extra = \"20%\"\`), systemd-boot, as templates/debian-outscale.toml."
     echo "Root file system $(human "$ROOT_BYTES"), disk $(human "$DISK_BYTES"). Page cache warm. Ratio = mkomi / by hand (lower is better)."
