@@ -686,4 +686,18 @@ fn sanitize_removes_what_the_audit_finds() {
             .as_array()
             .is_none_or(|a| a.is_empty())
     );
+
+    // A key the template adds on purpose is not sanitized away: [[file]] comes after.
+    let deploy = template(
+        d,
+        "deploy.toml",
+        "\n[[file]]\npath = \"/root/.ssh/authorized_keys\"\ncontent = \"ssh-ed25519 AAAA deploy\"\nmode = \"0600\"\n",
+    );
+    build_ok(d, &deploy, &src, &d.join("deploy"));
+    let m = manifest(&d.join("deploy"));
+    assert_eq!(m["Build"]["Files"][0]["Path"], "/root/.ssh/authorized_keys");
+    assert_eq!(m["Build"]["Files"][0]["Replaced"], false);
+    let fs = root_partition(&d.join("deploy"), d);
+    let cat = tool("debugfs", &["-R", "cat /root/.ssh/authorized_keys", s(&fs)]);
+    assert_eq!(cat, "ssh-ed25519 AAAA deploy");
 }
