@@ -965,3 +965,39 @@ fn rss_probe() {
     let t = read(Path::new(&path), spool.path());
     println!("{} entries", t.len());
 }
+
+/// One PAX record, `"%d %s=%s\n"`, its length counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 2;
+    let mut len = body + 1;
+    while format!("{len} ").len() + body != len {
+        len += 1;
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// The PAX records of `kv`, concatenated (the data of an `x` or `g` header).
+fn pax(kv: &[(&str, &[u8])]) -> Vec<u8> {
+    kv.iter().flat_map(|(k, v)| pax_record(k, v)).collect()
+}
+
+#[test]
+fn a_pax_size_near_2_64_is_refused() {
+    // A size whose padding would overflow: the directory's "data" hides a whole member, which
+    // a wrapped skip would read as the next header.
+    let hidden = archive(&[(b"smuggled", b'0', b"evil", b"")]);
+    let mut bytes = archive(&[(
+        b"././@PaxHeader",
+        b'x',
+        &pax(&[("size", u64::MAX.to_string().as_bytes())]),
+        b"",
+    )]);
+    bytes.truncate(bytes.len() - 1024);
+    bytes.extend(ustar(b"d/", b'5', 0, b""));
+    bytes.extend(hidden);
+    let e = tar_error(&bytes);
+    assert!(e.contains("PAX size"), "{e}");
+}

@@ -344,7 +344,12 @@ impl<'a> TarReader<'a> {
 
     /// Skips what is left of the current member's data and padding.
     fn skip_rest(&mut self) -> Result<()> {
-        let n = self.left + self.pad;
+        // Sizes are at most `i64::MAX` (both the header's and PAX's), so this cannot overflow;
+        // checked all the same, since a wrapped sum would read member data as headers.
+        let n = self
+            .left
+            .checked_add(self.pad)
+            .ok_or_else(|| self.member_err("its size overflows"))?;
         if n > 0 {
             self.input
                 .skip(n)
@@ -863,7 +868,14 @@ fn parse_pax(data: &[u8], pax: &mut Pax) -> std::result::Result<(), String> {
         match key {
             b"path" => pax.path = opt(),
             b"linkpath" => pax.linkpath = opt(),
-            b"size" => pax.size = dec("size")?,
+            b"size" => {
+                // As for the header's size field: a stream position is an `i64` (and the
+                // padding added to a size must not overflow).
+                pax.size = dec("size")?;
+                if pax.size.is_some_and(|v| i64::try_from(v).is_err()) {
+                    return Err("PAX size is over 2^63 - 1".into());
+                }
+            }
             b"uid" | b"gid" => {
                 let v = dec("uid/gid")?
                     .map(u32::try_from)
