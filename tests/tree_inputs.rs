@@ -1001,3 +1001,85 @@ fn a_pax_size_near_2_64_is_refused() {
     let e = tar_error(&bytes);
     assert!(e.contains("PAX size"), "{e}");
 }
+
+/// Reads `bytes` as a tar that must be good.
+fn tar_tree(bytes: &[u8]) -> Tree {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("good.tar");
+    std::fs::write(&path, bytes).unwrap();
+    let spool = tmp.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    read_tree(&path, SourceKind::Tar, &opts(&spool)).unwrap()
+}
+
+#[test]
+fn global_headers_set_only_owner_and_time() {
+    let g = pax(&[
+        ("path", b"evil"),
+        ("linkpath", b"/etc/shadow"),
+        ("SCHILY.xattr.user.g", b"v"),
+        ("uid", b"1234"),
+        ("mtime", b"1700000000.5"),
+    ]);
+    let t = tar_tree(&archive(&[
+        (b"pax_global_header", b'g', &g, b""),
+        (b"a", b'0', b"aaa", b""),
+        (b"b", b'2', b"", b"a"),
+    ]));
+    assert_eq!(paths(&t), ["/", "/a", "/b"]);
+    let a = t.get(&TreePath::parse(b"a").unwrap()).unwrap();
+    assert!(a.xattrs.is_empty(), "{:?}", a.xattrs);
+    assert_eq!(
+        (a.meta.uid, a.meta.mtime, a.meta.mtime_nsec),
+        (1234, 1_700_000_000, 500_000_000)
+    );
+    let Kind::File(d) = &a.kind else { panic!() };
+    assert_eq!(bytes(d), b"aaa");
+    let b = t.get(&TreePath::parse(b"b").unwrap()).unwrap();
+    assert!(
+        matches!(&b.kind, Kind::Symlink(l) if l == b"a"),
+        "{:?}",
+        b.kind
+    );
+    assert_eq!(b.meta.uid, 1234);
+}
+
+#[test]
+fn extended_headers_are_capped_in_total() {
+    let big = pax(&[("comment", &vec![b'c'; 600 << 10])]);
+    // Two local headers for one member: 1.2 MiB in all.
+    let e = tar_error(&archive(&[
+        (b"x1", b'x', &big, b""),
+        (b"x2", b'x', &big, b""),
+        (b"a", b'0', b"a", b""),
+    ]));
+    assert!(e.contains("extended headers of over"), "{e}");
+    // Global headers, each for its own member.
+    let e = tar_error(&archive(&[
+        (b"g1", b'g', &big, b""),
+        (b"a", b'0', b"a", b""),
+        (b"g2", b'g', &big, b""),
+        (b"b", b'0', b"b", b""),
+    ]));
+    assert!(e.contains("global headers of over"), "{e}");
+    // One each is fine.
+    let t = tar_tree(&archive(&[
+        (b"x1", b'x', &big, b""),
+        (b"a", b'0', b"a", b""),
+        (b"x2", b'x', &big, b""),
+        (b"b", b'0', b"b", b""),
+    ]));
+    assert_eq!(paths(&t), ["/", "/a", "/b"]);
+}
+
+#[test]
+fn a_nul_in_a_pax_link_target_is_refused() {
+    for t in [b'2', b'1'] {
+        let e = tar_error(&archive(&[
+            (b"f", b'0', b"", b""),
+            (b"x", b'x', &pax(&[("linkpath", b"f\0/etc/shadow")]), b""),
+            (b"s", t, b"", b"f"),
+        ]));
+        assert!(e.contains("member s") && e.contains("NUL"), "{e}");
+    }
+}

@@ -269,7 +269,11 @@ pub struct TarReader<'a> {
     /// Data bytes of the current member not yet read, and the padding after them.
     left: u64,
     pad: u64,
+    /// What global (`g`) headers set that applies to later members: only uid, gid and mtime
+    /// are kept (see [`keep_global`]).
     globals: Pax,
+    /// Bytes of global headers read so far, at most [`MAX_EXTENDED`] in all.
+    global_bytes: u64,
     /// The name of the member being read, for messages.
     current: String,
     done: bool,
@@ -285,6 +289,7 @@ impl<'a> TarReader<'a> {
             left: 0,
             pad: 0,
             globals: Pax::default(),
+            global_bytes: 0,
             current: String::new(),
             done: false,
         }
@@ -410,6 +415,9 @@ impl<'a> TarReader<'a> {
         let mut local = Pax::default();
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
+        // Bytes of the `x`, `L` and `K` headers of this member, at most MAX_EXTENDED in all:
+        // one header each is capped, and so must be a run of them.
+        let mut extended = 0u64;
         loop {
             let offset = self.pos;
             let mut h = [0u8; BLOCK];
@@ -429,6 +437,15 @@ impl<'a> TarReader<'a> {
             // Stored bytes (for an old GNU sparse member too: its real size is elsewhere).
             let size = number(field(&h, 124, 12))
                 .ok_or_else(|| self.bad(offset, "the size field is not a number"))?;
+            if matches!(typeflag, b'x' | b'L' | b'K') {
+                extended = extended.saturating_add(size);
+                if extended > MAX_EXTENDED {
+                    return Err(self.bad(
+                        offset,
+                        format!("extended headers of over {MAX_EXTENDED} bytes for one member"),
+                    ));
+                }
+            }
             match typeflag {
                 b'x' => {
                     let data = self.read_extended(size, offset)?;
@@ -436,10 +453,17 @@ impl<'a> TarReader<'a> {
                     continue;
                 }
                 b'g' => {
+                    self.global_bytes = self.global_bytes.saturating_add(size);
+                    if self.global_bytes > MAX_EXTENDED {
+                        return Err(self.bad(
+                            offset,
+                            format!("global headers of over {MAX_EXTENDED} bytes in all"),
+                        ));
+                    }
                     let data = self.read_extended(size, offset)?;
-                    let mut g = self.globals.clone();
+                    let mut g = Pax::default();
                     parse_pax(&data, &mut g).map_err(|r| self.bad(offset, r))?;
-                    self.globals = g;
+                    keep_global(&mut self.globals, g);
                     continue;
                 }
                 b'L' | b'K' => {
@@ -487,11 +511,10 @@ impl<'a> TarReader<'a> {
                 name = full;
             }
         }
-        let pax = |f: fn(&Pax) -> Option<&Vec<u8>>| f(&local).or(f(&globals)).cloned();
         if let Some(n) = long_name {
             name = n;
         }
-        if let Some(n) = pax(|p| p.path.as_ref()) {
+        if let Some(n) = local.path.clone() {
             name = n;
         }
         self.current = name.escape_ascii().to_string();
@@ -499,7 +522,12 @@ impl<'a> TarReader<'a> {
         if let Some(l) = long_link {
             link = l;
         }
-        if let Some(l) = pax(|p| p.linkpath.as_ref()) {
+        if let Some(l) = local.linkpath.clone() {
+            // A NUL cannot be in a path: a link to "a\0b" would be stored as something other
+            // than what the archive says.
+            if l.contains(&0) {
+                return Err(self.member_err("a link target (PAX linkpath) with a NUL byte"));
+            }
             link = l;
         }
         let num = |off: usize, len: usize, what: &str| {
@@ -526,7 +554,6 @@ impl<'a> TarReader<'a> {
             mtime,
             mtime_nsec: 0,
         };
-        let pick = |f: fn(&Pax) -> Option<u64>| f(&local).or(f(&globals));
         if let Some(u) = local.uid.or(globals.uid) {
             meta.uid = u;
         }
@@ -537,9 +564,8 @@ impl<'a> TarReader<'a> {
             meta.mtime = s;
             meta.mtime_nsec = ns;
         }
-        let stored = pick(|p| p.size).unwrap_or(size);
-        let mut xattrs = globals.xattrs.clone();
-        xattrs.extend(local.xattrs.clone());
+        let stored = local.size.unwrap_or(size);
+        let xattrs = local.xattrs.clone();
         let mut member = Member {
             name,
             link,
@@ -556,14 +582,15 @@ impl<'a> TarReader<'a> {
         if typeflag == b'S' {
             self.old_gnu_sparse(h, offset, &mut member)?;
         }
-        let major = pick(|p| p.sparse_major);
-        let minor = pick(|p| p.sparse_minor);
+        let major = local.sparse_major;
+        let minor = local.sparse_minor;
         if major.is_some() || local.sparse_map.is_some() || !local.sparse_pairs.is_empty() {
             if let Some(n) = local.sparse_name.clone() {
                 member.name = n;
                 self.current = member.name.escape_ascii().to_string();
             }
-            member.size = pick(|p| p.sparse_realsize)
+            member.size = local
+                .sparse_realsize
                 .ok_or_else(|| self.member_err("a PAX sparse member without its real size"))?;
             match (major, minor, &local.sparse_map) {
                 (Some(1), Some(0), _) => member.sparse_map_in_data = true,
@@ -824,6 +851,23 @@ fn signed_number(f: &[u8]) -> Option<i64> {
         }
     }
     Some(v)
+}
+
+/// Merges what global header `g` says into `globals`, keeping only the keys that are harmless
+/// for every later member: uid, gid and mtime (atime, ctime, uname and gname are not read at
+/// all). A global `path`, `linkpath`, `size`, sparse map or xattr would apply to every member:
+/// one 1 MiB header would be copied into each, and Go's archive/tar (docker's, containerd's)
+/// ignores such keys in global headers, so honouring them would read the archive differently.
+fn keep_global(globals: &mut Pax, g: Pax) {
+    if g.uid.is_some() {
+        globals.uid = g.uid;
+    }
+    if g.gid.is_some() {
+        globals.gid = g.gid;
+    }
+    if g.mtime.is_some() {
+        globals.mtime = g.mtime;
+    }
 }
 
 /// Parses PAX records (`"%d %s=%s\n"`, the length counting the whole record) into `pax`. An
