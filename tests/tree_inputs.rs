@@ -1083,3 +1083,32 @@ fn a_nul_in_a_pax_link_target_is_refused() {
         assert!(e.contains("member s") && e.contains("NUL"), "{e}");
     }
 }
+
+/// Sets a header's checksum again after an edit.
+fn resum(h: &mut [u8]) {
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+#[test]
+fn empty_sparse_extension_blocks_are_capped() {
+    // An old GNU sparse member whose extension blocks list nothing but say another follows:
+    // 60,000 of them (30 MB), more than the segment cap allows blocks for.
+    let mut h = ustar(b"s", b'S', 0, b"");
+    h[483..495].copy_from_slice(b"00000000000\0");
+    h[482] = 1;
+    resum(&mut h);
+    let mut bytes = h;
+    let mut ext = vec![0u8; 512];
+    ext[504] = 1;
+    for _ in 0..60_000 {
+        bytes.extend_from_slice(&ext);
+    }
+    bytes.extend([0u8; 1024]);
+    let e = tar_error(&bytes);
+    assert!(
+        e.contains("member s: too many sparse extension blocks"),
+        "{e}"
+    );
+}

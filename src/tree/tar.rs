@@ -642,7 +642,14 @@ impl<'a> TarReader<'a> {
         }
         m.size = number(field(h, 483, 12)).ok_or_else(|| self.bad(offset, "a bad real size"))?;
         let mut extended = h[482] != 0;
+        // Counted apart from the segments: blocks of empty entries add none, and would
+        // otherwise be read until the input ends.
+        let mut blocks = 0usize;
         while extended {
+            blocks += 1;
+            if blocks > MAX_SPARSE_SEGMENTS / 21 {
+                return Err(self.member_err("too many sparse extension blocks"));
+            }
             let mut b = [0u8; BLOCK];
             if !self.fill(&mut b, "reading a sparse header")? {
                 return Err(self.truncated(format!("inside member {}", self.current)));
@@ -821,18 +828,18 @@ fn number(f: &[u8]) -> Option<u64> {
     }
 }
 
-/// A numeric field that may be negative (base-256 with the first byte `0xff`, mtime only).
+/// A numeric field that may be negative (base-256 with bit 6 of the first byte set; mtime
+/// only).
 fn signed_number(f: &[u8]) -> Option<i64> {
     let first = *f.first()?;
     if first & 0x80 != 0 {
-        // Base-256, two's complement, big-endian, the first byte's high bit a marker: `0x80`
-        // starts a positive number, `0xff` a negative one (GNU tar, list.c `from_header`).
-        let (mut v, rest) = if first == 0xff {
-            (-1i128, f)
-        } else {
-            (i128::from(first & 0x7f), f.get(1..)?)
-        };
-        for &b in rest {
+        // Base-256, big-endian, the first byte's high bit a marker: the rest of the field is
+        // a two's complement number whose sign is bit 6 of the first byte, its low 6 bits the
+        // top of the value (GNU tar, list.c `from_header`: `signbit = *where & (1 << 6)`,
+        // `value = (*where & 0x3f) - signbit`), so `0x80` starts a positive number and `0xff`
+        // a negative one.
+        let mut v = i128::from(first & 0x3f) - i128::from(first & 0x40);
+        for &b in f.get(1..)? {
             v = v.checked_mul(256)?.checked_add(i128::from(b))?;
         }
         return i64::try_from(v).ok();
@@ -1403,6 +1410,17 @@ mod tests {
         let neg = [0xffu8; 12];
         assert_eq!(signed_number(&neg), Some(-1));
         assert_eq!(number(&neg), None);
+        // Bit 6 is the sign, as GNU tar reads it: 0xc0 starts a negative number, which a
+        // size or an id cannot be.
+        let mut f = [0u8; 8];
+        f[0] = 0xc0;
+        f[7] = 1;
+        assert_eq!(signed_number(&f), Some(-(1i64 << 62) + 1));
+        assert_eq!(number(&f), None);
+        f[0] = 0xbf;
+        assert_eq!(signed_number(&f), Some((0x3f << 56) + 1));
+        f = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe];
+        assert_eq!(signed_number(&f), Some(-2));
     }
 
     #[test]
