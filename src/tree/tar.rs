@@ -1194,7 +1194,7 @@ pub fn apply(
                 let gone = name.get(WHITEOUT.len()..).unwrap_or_default();
                 let target = TreePath::parse(gone)
                     .ok()
-                    .filter(|t| t.components().len() == 1)
+                    .filter(|t| t.parent().is_some_and(|p| p.is_root()))
                     .ok_or_else(|| fail("a whiteout of no valid name".into()))?;
                 let target = parent.join(target.name().unwrap_or_default());
                 if !this_layer.contains(&target) {
