@@ -1203,12 +1203,12 @@ fn index_fan_out_is_bounded() {
     let (lay, _) = small_layout(tmp.path());
     let spool = tmp.path().join("spool");
     let it = "application/vnd.oci.image.index.v1+json";
-    // Four levels, each listing the next 20 times: 160,000 index reads if each were followed.
+    // Four levels, each listing the next 30 times: 810,000 index reads if each were followed.
     let mut next: Vec<serde_json::Value> = Vec::new();
     for _ in 0..4 {
         let i = serde_json::json!({"schemaVersion": 2, "mediaType": it, "manifests": next});
         let (d, s) = lay.blob(i.to_string().as_bytes());
-        next = vec![serde_json::json!({"mediaType": it, "digest": d, "size": s}); 20];
+        next = vec![serde_json::json!({"mediaType": it, "digest": d, "size": s}); 30];
     }
     lay.index(&next);
     let start = std::time::Instant::now();

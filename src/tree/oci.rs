@@ -16,8 +16,14 @@
 //! Every blob is checked: only `sha256:<64 lowercase hex>` digests are accepted (a digest names
 //! a path, so anything else could lead out of `blobs/`), and each blob's bytes are hashed as
 //! they stream and compared with its digest and size once read, so a tree with a bad layer is
-//! never returned. A `docker save` layer stored under a path that is not its digest is checked
-//! against the config's `rootfs.diff_ids` instead (the digest of the uncompressed tar).
+//! never returned. Each layer's uncompressed tar is also checked against the config's
+//! `rootfs.diff_ids` (one per layer, required for OCI; a `docker save` layer stored under a path
+//! that is not its digest is checked against it alone).
+//!
+//! A layout directory's files are opened only when they are regular files, symlinks not
+//! followed (a layer linked to `/dev/zero` would read without end, a FIFO would block). Nested
+//! indexes are each read once, and at most [`MAX_DESCRIPTORS`] descriptors are looked at in all.
+//! Strings from the image quoted in errors are escaped and cut, so that an error is one line.
 //!
 //! An archive is read in place: its members are indexed (offsets, through seeks), then the
 //! blobs are read at their offsets, so it must not be compressed.
@@ -707,8 +713,8 @@ struct Walk {
     indexes: BTreeSet<String>,
     /// The platforms listed (shown, without repeats), at most [`MAX_SEEN`].
     seen: Vec<String>,
-    /// Platforms not in `seen` for the cap.
-    more: usize,
+    /// The other platforms listed, past the cap (at most [`MAX_DESCRIPTORS`]).
+    more: BTreeSet<String>,
 }
 
 impl Walk {
@@ -719,7 +725,7 @@ impl Walk {
         if self.seen.len() < MAX_SEEN {
             self.seen.push(platform);
         } else {
-            self.more += 1;
+            self.more.insert(platform);
         }
     }
 
@@ -728,8 +734,8 @@ impl Walk {
             return "no platform listed".into();
         }
         let mut s = self.seen.join(", ");
-        if self.more > 0 {
-            s.push_str(&format!(" and {} more", self.more));
+        if !self.more.is_empty() {
+            s.push_str(&format!(" and {} more", self.more.len()));
         }
         s
     }

@@ -18,8 +18,9 @@
 //! reading fails, the spool file is deleted before the error is returned.
 //!
 //! Memory grows with the number of members (their paths, metadata and xattrs), never with their
-//! sizes: data moves through one 64 KiB buffer, and extended headers are capped at
-//! [`MAX_EXTENDED`] bytes.
+//! sizes: data moves through one 64 KiB buffer, the extended headers (`x`, `L`, `K`) of one
+//! member are capped at [`MAX_EXTENDED`] bytes in all, and so are all the global (`g`) ones,
+//! of which only uid, gid and mtime are kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
