@@ -644,6 +644,15 @@ fn layer(dir: &Path, work: &Path, tool: Option<&str>) -> Vec<u8> {
     }
 }
 
+/// The digest of a layer's uncompressed tar, as a config's `rootfs.diff_ids` lists it.
+fn diff_id(layer: &[u8]) -> String {
+    use std::io::Read;
+    let (mut r, _) = mkomi::tree::tar::decompress(layer).unwrap();
+    let mut plain = Vec::new();
+    r.read_to_end(&mut plain).unwrap();
+    format!("sha256:{}", sha(&plain))
+}
+
 struct Layout {
     dir: PathBuf,
 }
@@ -663,7 +672,17 @@ impl Layout {
 
     /// A manifest of these layers (with their media types) for `arch`: its descriptor.
     fn image(&self, arch: &str, layers: &[(&[u8], &str)]) -> serde_json::Value {
-        let diff_ids: Vec<String> = layers.iter().map(|_| "sha256:0".into()).collect();
+        let diff_ids = layers.iter().map(|(data, _)| diff_id(data)).collect();
+        self.image_with(arch, layers, diff_ids)
+    }
+
+    /// [`Layout::image`] with the config's `rootfs.diff_ids` given.
+    fn image_with(
+        &self,
+        arch: &str,
+        layers: &[(&[u8], &str)],
+        diff_ids: Vec<String>,
+    ) -> serde_json::Value {
         let config = serde_json::json!({"architecture": arch, "os": "linux",
             "rootfs": {"type": "layers", "diff_ids": diff_ids}});
         let (cd, cs) = self.blob(config.to_string().as_bytes());
@@ -964,4 +983,316 @@ fn rss_probe() {
     let spool = tempfile::tempdir().unwrap();
     let t = read(Path::new(&path), spool.path());
     println!("{} entries", t.len());
+}
+
+/// One PAX record, `"%d %s=%s\n"`, its length counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 2;
+    let mut len = body + 1;
+    while format!("{len} ").len() + body != len {
+        len += 1;
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// The PAX records of `kv`, concatenated (the data of an `x` or `g` header).
+fn pax(kv: &[(&str, &[u8])]) -> Vec<u8> {
+    kv.iter().flat_map(|(k, v)| pax_record(k, v)).collect()
+}
+
+#[test]
+fn a_pax_size_near_2_64_is_refused() {
+    // A size whose padding would overflow: the directory's "data" hides a whole member, which
+    // a wrapped skip would read as the next header.
+    let hidden = archive(&[(b"smuggled", b'0', b"evil", b"")]);
+    let mut bytes = archive(&[(
+        b"././@PaxHeader",
+        b'x',
+        &pax(&[("size", u64::MAX.to_string().as_bytes())]),
+        b"",
+    )]);
+    bytes.truncate(bytes.len() - 1024);
+    bytes.extend(ustar(b"d/", b'5', 0, b""));
+    bytes.extend(hidden);
+    let e = tar_error(&bytes);
+    assert!(e.contains("PAX size"), "{e}");
+}
+
+/// Reads `bytes` as a tar that must be good.
+fn tar_tree(bytes: &[u8]) -> Tree {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("good.tar");
+    std::fs::write(&path, bytes).unwrap();
+    let spool = tmp.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    read_tree(&path, SourceKind::Tar, &opts(&spool)).unwrap()
+}
+
+#[test]
+fn global_headers_set_only_owner_and_time() {
+    let g = pax(&[
+        ("path", b"evil"),
+        ("linkpath", b"/etc/shadow"),
+        ("SCHILY.xattr.user.g", b"v"),
+        ("uid", b"1234"),
+        ("mtime", b"1700000000.5"),
+    ]);
+    let t = tar_tree(&archive(&[
+        (b"pax_global_header", b'g', &g, b""),
+        (b"a", b'0', b"aaa", b""),
+        (b"b", b'2', b"", b"a"),
+    ]));
+    assert_eq!(paths(&t), ["/", "/a", "/b"]);
+    let a = t.get(&TreePath::parse(b"a").unwrap()).unwrap();
+    assert!(a.xattrs.is_empty(), "{:?}", a.xattrs);
+    assert_eq!(
+        (a.meta.uid, a.meta.mtime, a.meta.mtime_nsec),
+        (1234, 1_700_000_000, 500_000_000)
+    );
+    let Kind::File(d) = &a.kind else { panic!() };
+    assert_eq!(bytes(d), b"aaa");
+    let b = t.get(&TreePath::parse(b"b").unwrap()).unwrap();
+    assert!(
+        matches!(&b.kind, Kind::Symlink(l) if l == b"a"),
+        "{:?}",
+        b.kind
+    );
+    assert_eq!(b.meta.uid, 1234);
+}
+
+#[test]
+fn extended_headers_are_capped_in_total() {
+    let big = pax(&[("comment", &vec![b'c'; 600 << 10])]);
+    // Two local headers for one member: 1.2 MiB in all.
+    let e = tar_error(&archive(&[
+        (b"x1", b'x', &big, b""),
+        (b"x2", b'x', &big, b""),
+        (b"a", b'0', b"a", b""),
+    ]));
+    assert!(e.contains("extended headers of over"), "{e}");
+    // Global headers, each for its own member.
+    let e = tar_error(&archive(&[
+        (b"g1", b'g', &big, b""),
+        (b"a", b'0', b"a", b""),
+        (b"g2", b'g', &big, b""),
+        (b"b", b'0', b"b", b""),
+    ]));
+    assert!(e.contains("global headers of over"), "{e}");
+    // One each is fine.
+    let t = tar_tree(&archive(&[
+        (b"x1", b'x', &big, b""),
+        (b"a", b'0', b"a", b""),
+        (b"x2", b'x', &big, b""),
+        (b"b", b'0', b"b", b""),
+    ]));
+    assert_eq!(paths(&t), ["/", "/a", "/b"]);
+}
+
+#[test]
+fn a_nul_in_a_pax_link_target_is_refused() {
+    for t in [b'2', b'1'] {
+        let e = tar_error(&archive(&[
+            (b"f", b'0', b"", b""),
+            (b"x", b'x', &pax(&[("linkpath", b"f\0/etc/shadow")]), b""),
+            (b"s", t, b"", b"f"),
+        ]));
+        assert!(e.contains("member s") && e.contains("NUL"), "{e}");
+    }
+}
+
+/// Sets a header's checksum again after an edit.
+fn resum(h: &mut [u8]) {
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+#[test]
+fn empty_sparse_extension_blocks_are_capped() {
+    // An old GNU sparse member whose extension blocks list nothing but say another follows:
+    // 60,000 of them (30 MB), more than the segment cap allows blocks for.
+    let mut h = ustar(b"s", b'S', 0, b"");
+    h[483..495].copy_from_slice(b"00000000000\0");
+    h[482] = 1;
+    resum(&mut h);
+    let mut bytes = h;
+    let mut ext = vec![0u8; 512];
+    ext[504] = 1;
+    for _ in 0..60_000 {
+        bytes.extend_from_slice(&ext);
+    }
+    bytes.extend([0u8; 1024]);
+    let e = tar_error(&bytes);
+    assert!(
+        e.contains("member s: too many sparse extension blocks"),
+        "{e}"
+    );
+}
+
+/// A layout of one amd64 image of a plain layer holding `motd`: the layout and the layer.
+fn small_layout(tmp: &Path) -> (Layout, Vec<u8>) {
+    let dir = tmp.join("l-motd");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("motd"), "welcome").unwrap();
+    let l = layer(&dir, tmp, None);
+    let lay = Layout::new(tmp.join("oci"));
+    let m = lay.image("amd64", &[(&l, "application/vnd.oci.image.layer.v1.tar")]);
+    lay.index(&[m]);
+    (lay, l)
+}
+
+/// Reads the image at `path`, which must fail: the error, one line, the spool left empty.
+fn image_error(path: &Path, spool: &Path) -> String {
+    std::fs::create_dir_all(spool).unwrap();
+    let e = read_tree(path, SourceKind::Oci, &opts(spool))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains('\n'), "{e}");
+    assert!(spool_is_empty(spool), "{e}");
+    e
+}
+
+#[test]
+fn symlinked_and_special_layout_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lay, l) = small_layout(tmp.path());
+    // The good read's spool is the caller's; the failed ones' go elsewhere.
+    let good = tmp.path().join("spool-good");
+    std::fs::create_dir(&good).unwrap();
+    let spool = tmp.path().join("spool");
+    assert!(
+        read(&lay.dir, &good)
+            .get(&TreePath::parse(b"motd").unwrap())
+            .is_some()
+    );
+    let blob = lay.dir.join("blobs/sha256").join(sha(&l));
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::rename(&blob, &elsewhere).unwrap();
+    // A layer symlinked to a file with the right bytes: still refused (it could as well be
+    // /dev/zero).
+    std::os::unix::fs::symlink(&elsewhere, &blob).unwrap();
+    let e = image_error(&lay.dir, &spool);
+    assert!(
+        e.contains(&format!("blobs/sha256/{} is a symlink", sha(&l))),
+        "{e}"
+    );
+    // A FIFO would block the read.
+    std::fs::remove_file(&blob).unwrap();
+    run(Command::new("mkfifo").arg(&blob));
+    let e = image_error(&lay.dir, &spool);
+    assert!(
+        e.contains(&format!("blobs/sha256/{} is not a regular file", sha(&l))),
+        "{e}"
+    );
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::rename(&elsewhere, &blob).unwrap();
+    // index.json too.
+    let index = lay.dir.join("index.json");
+    std::fs::rename(&index, tmp.path().join("index.json")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("index.json"), &index).unwrap();
+    let e = image_error(&lay.dir, &spool);
+    assert!(e.contains("index.json is a symlink"), "{e}");
+}
+
+#[test]
+fn index_fan_out_is_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lay, _) = small_layout(tmp.path());
+    let spool = tmp.path().join("spool");
+    let it = "application/vnd.oci.image.index.v1+json";
+    // Four levels, each listing the next 30 times: 810,000 index reads if each were followed.
+    let mut next: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..4 {
+        let i = serde_json::json!({"schemaVersion": 2, "mediaType": it, "manifests": next});
+        let (d, s) = lay.blob(i.to_string().as_bytes());
+        next = vec![serde_json::json!({"mediaType": it, "digest": d, "size": s}); 30];
+    }
+    lay.index(&next);
+    let start = std::time::Instant::now();
+    let e = image_error(&lay.dir, &spool);
+    assert!(
+        e.contains("no image for linux/amd64 (it has: no platform listed)"),
+        "{e}"
+    );
+    assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
+    // Too many descriptors in all.
+    let m = serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{}", "0".repeat(64)), "size": 1,
+        "platform": {"architecture": "arm64", "os": "linux"}});
+    lay.index(&vec![m; 2000]);
+    let e = image_error(&lay.dir, &spool);
+    assert!(e.contains("over 1024 descriptors"), "{e}");
+}
+
+#[test]
+fn strings_from_the_image_are_escaped_and_cut_in_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lay, l) = small_layout(tmp.path());
+    let spool = tmp.path().join("spool");
+    let long = format!("linux\n{}", "x".repeat(5000));
+    let m = serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{}", "0".repeat(64)), "size": 1,
+        "platform": {"architecture": "arm64", "os": long}});
+    let many: Vec<_> = (0..100)
+        .map(|i| {
+            serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", "0".repeat(64)), "size": 1,
+            "platform": {"architecture": format!("a{i}"), "os": "linux"}})
+        })
+        .collect();
+    let mut all = vec![m];
+    all.extend(many);
+    lay.index(&all);
+    let e = image_error(&lay.dir, &spool);
+    assert!(e.contains("linux\\nxxx"), "{e}");
+    assert!(e.contains("and 69 more"), "{e}");
+    assert!(e.len() < 1000, "{} bytes: {e}", e.len());
+    // A layer media type.
+    let mt = format!("application/x\n{}", "y".repeat(5000));
+    let m = lay.image("amd64", &[(&l, &mt)]);
+    lay.index(&[m]);
+    let e = image_error(&lay.dir, &spool);
+    assert!(
+        e.contains("unsupported media type application/x\\nyyy"),
+        "{e}"
+    );
+    assert!(e.len() < 1000, "{} bytes: {e}", e.len());
+}
+
+#[test]
+fn oci_layers_are_checked_against_the_config_diff_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lay, l) = small_layout(tmp.path());
+    let spool = tmp.path().join("spool");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let m = lay.image_with(
+        "amd64",
+        &[(&l, "application/vnd.oci.image.layer.v1.tar")],
+        vec![wrong.clone()],
+    );
+    lay.index(&[m]);
+    let e = image_error(&lay.dir, &spool);
+    assert!(
+        e.contains(&format!(
+            "blob {wrong}: layer sha256:{} has diff_id sha256:{}",
+            sha(&l),
+            sha(&l)
+        )),
+        "{e}"
+    );
+    // One per layer.
+    let m = lay.image_with(
+        "amd64",
+        &[(&l, "application/vnd.oci.image.layer.v1.tar")],
+        vec![],
+    );
+    lay.index(&[m]);
+    let e = image_error(&lay.dir, &spool);
+    assert!(
+        e.contains("the config lists 0 diff_ids for 1 layers"),
+        "{e}"
+    );
 }

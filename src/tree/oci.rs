@@ -16,16 +16,22 @@
 //! Every blob is checked: only `sha256:<64 lowercase hex>` digests are accepted (a digest names
 //! a path, so anything else could lead out of `blobs/`), and each blob's bytes are hashed as
 //! they stream and compared with its digest and size once read, so a tree with a bad layer is
-//! never returned. A `docker save` layer stored under a path that is not its digest is checked
-//! against the config's `rootfs.diff_ids` instead (the digest of the uncompressed tar).
+//! never returned. Each layer's uncompressed tar is also checked against the config's
+//! `rootfs.diff_ids` (one per layer, required for OCI; a `docker save` layer stored under a path
+//! that is not its digest is checked against it alone).
+//!
+//! A layout directory's files are opened only when they are regular files, symlinks not
+//! followed (a layer linked to `/dev/zero` would read without end, a FIFO would block). Nested
+//! indexes are each read once, and at most [`MAX_DESCRIPTORS`] descriptors are looked at in all.
+//! Strings from the image quoted in errors are escaped and cut, so that an error is one line.
 //!
 //! An archive is read in place: its members are indexed (offsets, through seeks), then the
 //! blobs are read at their offsets, so it must not be compressed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -40,6 +46,30 @@ pub const MAX_JSON: u64 = 4 << 20;
 
 /// The deepest chain of nested indexes followed.
 const MAX_DEPTH: usize = 4;
+
+/// The most descriptors looked at in all the indexes of an image: a real one lists a few per
+/// platform; without a cap, indexes listing each other many times would fan out without end.
+const MAX_DESCRIPTORS: usize = 1024;
+
+/// The most platforms an error message lists.
+const MAX_SEEN: usize = 32;
+
+/// The longest string from an image (a platform, a media type) quoted in a message.
+const MAX_SHOWN: usize = 100;
+
+/// `s` for a message: escaped (so that it stays on one line) and cut at [`MAX_SHOWN`]
+/// characters.
+fn shown(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.escape_debug().enumerate() {
+        if i == MAX_SHOWN {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// The platform an image is read for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,17 +335,37 @@ impl<'p> Image<'p> {
         match &self.store {
             Store::Dir(dir) => {
                 let p = dir.join(name);
-                match File::open(&p) {
-                    Ok(f) => {
-                        let len = f.metadata().map_err(self.io(name))?.len();
-                        Ok(Some((
-                            Box::new(io::BufReader::with_capacity(256 * 1024, f)),
-                            len,
-                        )))
+                let shown = shown(name);
+                // A regular file only: a symlink could lead anywhere on the host (`/dev/zero`
+                // reads without end), a FIFO blocks, a device is not an image's. Checked before
+                // opening (so a device is never opened), and again on the opened file, which
+                // `O_NOFOLLOW` keeps from being a symlink swapped in meanwhile; `O_NONBLOCK`
+                // keeps a FIFO swapped in from blocking the open (it does nothing to reads of
+                // a regular file).
+                let not_regular = || self.layout(format!("{shown} is not a regular file"));
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        return Err(self
+                            .layout(format!("{shown} is a symlink (symlinks are not followed)")));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(self.io(name)(e)),
+                    Ok(m) if !m.is_file() => return Err(not_regular()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(self.io(shown)(e)),
                 }
+                let f = File::options()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&p)
+                    .map_err(self.io(shown.clone()))?;
+                let m = f.metadata().map_err(self.io(shown.clone()))?;
+                if !m.is_file() {
+                    return Err(not_regular());
+                }
+                Ok(Some((
+                    Box::new(io::BufReader::with_capacity(256 * 1024, f)),
+                    m.len(),
+                )))
             }
             Store::Archive { file, len, members } => {
                 let Some(&(off, size)) = members.get(name.as_bytes()) else {
@@ -324,7 +374,9 @@ impl<'p> Image<'p> {
                 let end = off
                     .checked_add(size)
                     .filter(|&e| e <= *len)
-                    .ok_or_else(|| self.layout(format!("{name} runs past the archive's end")))?;
+                    .ok_or_else(|| {
+                        self.layout(format!("{} runs past the archive's end", shown(name)))
+                    })?;
                 let s = Section {
                     file,
                     pos: off,
@@ -344,25 +396,32 @@ impl<'p> Image<'p> {
             return Ok(None);
         };
         if len > MAX_JSON {
-            return Err(self.layout(format!("{name} is {len} bytes (at most {MAX_JSON})")));
+            return Err(self.layout(format!(
+                "{} is {len} bytes (at most {MAX_JSON})",
+                shown(name)
+            )));
         }
         let mut data = Vec::new();
         r.take(MAX_JSON)
             .read_to_end(&mut data)
-            .map_err(self.io(name))?;
+            .map_err(self.io(shown(name)))?;
         serde_json::from_slice(&data)
             .map(Some)
             .map_err(|source| Error::Json {
                 path: self.path.to_owned(),
-                what: name.to_owned(),
+                what: shown(name),
                 source,
             })
     }
 
     /// The path of the blob `digest`, which must be `sha256:<64 hex>`.
     fn blob_name(&self, digest: &str) -> Result<String> {
-        let hex = sha256_hex(digest)
-            .ok_or_else(|| self.layout(format!("{digest:?} is not a sha256:<64 hex> digest")))?;
+        let hex = sha256_hex(digest).ok_or_else(|| {
+            self.layout(format!(
+                "\"{}\" is not a sha256:<64 hex> digest",
+                shown(digest)
+            ))
+        })?;
         Ok(format!("blobs/sha256/{hex}"))
     }
 
@@ -428,7 +487,7 @@ impl<'p> Image<'p> {
             source: Box::new(source),
         };
         let mut stored = Hashing::new(r);
-        {
+        let (plain_hex, _) = {
             let (plain, _) =
                 tar::decompress(&mut stored).map_err(self.io(format!("layer {label}")))?;
             let mut plain = Hashing::new(plain);
@@ -438,31 +497,33 @@ impl<'p> Image<'p> {
                 tar::apply(&mut reader, tree, spool, Mode::Layer).map_err(layer_err)?;
                 reader.drain().map_err(layer_err)?;
             }
-            let (hex, _) = plain.finish().map_err(self.io(format!("layer {label}")))?;
-            if let Some(want) = diff_id
-                && Some(hex.as_str()) != sha256_hex(want)
-            {
-                return Err(Error::Digest {
-                    path: self.path.to_owned(),
-                    digest: want.to_owned(),
-                    reason: format!("layer {label} has diff_id sha256:{hex}"),
-                });
-            }
-        }
+            plain.finish().map_err(self.io(format!("layer {label}")))?
+        };
         let (hex, count) = stored.finish().map_err(self.io(format!("layer {label}")))?;
+        // The stored bytes first: a blob that is not the one named is the clearer error.
         if let Some((digest, size)) = compressed {
             self.check(digest, size, &hex, count)?;
+        }
+        if let Some(want) = diff_id
+            && Some(plain_hex.as_str()) != sha256_hex(want)
+        {
+            return Err(Error::Digest {
+                path: self.path.to_owned(),
+                digest: shown(want),
+                reason: format!("layer {label} has diff_id sha256:{plain_hex}"),
+            });
         }
         Ok(())
     }
 
-    /// The manifest for `platform` from the index `index` (nested indexes followed).
+    /// The manifest for `platform` from the index `index` (nested indexes followed, each
+    /// index once, at most [`MAX_DESCRIPTORS`] descriptors in all).
     fn choose(
         &self,
         index: &Index,
         platform: &Platform,
         depth: usize,
-        seen: &mut Vec<String>,
+        walk: &mut Walk,
     ) -> Result<Option<(Descriptor, bool)>> {
         if depth > MAX_DEPTH {
             return Err(self.layout("indexes nested too deep"));
@@ -473,27 +534,29 @@ impl<'p> Image<'p> {
             .filter(|d| MANIFEST_TYPES.contains(&d.media_type.as_str()))
             .count();
         for d in &index.manifests {
+            walk.descriptors += 1;
+            if walk.descriptors > MAX_DESCRIPTORS {
+                return Err(self.layout(format!(
+                    "its indexes list over {MAX_DESCRIPTORS} descriptors"
+                )));
+            }
             let is_index = INDEX_TYPES.contains(&d.media_type.as_str());
             let is_manifest = MANIFEST_TYPES.contains(&d.media_type.as_str());
             match &d.platform {
                 Some(p) => {
-                    seen.push(format!("{}/{}", p.os, p.architecture));
+                    walk.saw(format!("{}/{}", shown(&p.os), shown(&p.architecture)));
                     if p.os != platform.os || p.architecture != platform.architecture {
                         continue;
                     }
                     if is_manifest {
                         return Ok(Some((d.clone(), true)));
                     }
-                    if is_index {
-                        let sub: Index = self.json_blob(d)?;
-                        if let Some(found) = self.choose(&sub, platform, depth + 1, seen)? {
-                            return Ok(Some(found));
-                        }
+                    if is_index && let Some(found) = self.sub_index(d, platform, depth, walk)? {
+                        return Ok(Some(found));
                     }
                 }
                 None if is_index => {
-                    let sub: Index = self.json_blob(d)?;
-                    if let Some(found) = self.choose(&sub, platform, depth + 1, seen)? {
+                    if let Some(found) = self.sub_index(d, platform, depth, walk)? {
                         return Ok(Some(found));
                     }
                 }
@@ -505,42 +568,65 @@ impl<'p> Image<'p> {
         Ok(None)
     }
 
+    /// [`Image::choose`] in the index `d` names, unless it was looked in already (an index
+    /// listed many times, or by several, is read once).
+    fn sub_index(
+        &self,
+        d: &Descriptor,
+        platform: &Platform,
+        depth: usize,
+        walk: &mut Walk,
+    ) -> Result<Option<(Descriptor, bool)>> {
+        if !walk.indexes.insert(d.digest.clone()) {
+            return Ok(None);
+        }
+        let sub: Index = self.json_blob(d)?;
+        self.choose(&sub, platform, depth + 1, walk)
+    }
+
     /// Checks a config's platform against the wanted one.
     fn check_config(&self, config: &Config, platform: &Platform) -> Result<()> {
         if config.os != platform.os || config.architecture != platform.architecture {
             return Err(Error::NoPlatform {
                 path: self.path.to_owned(),
                 wanted: platform.clone(),
-                available: format!("{}/{}", config.os, config.architecture),
+                available: format!("{}/{}", shown(&config.os), shown(&config.architecture)),
             });
         }
         Ok(())
     }
 
     fn read_oci(&self, index: Index, platform: &Platform, spool: &mut Spool) -> Result<Tree> {
-        let mut seen = Vec::new();
+        let mut walk = Walk::default();
         let (desc, by_platform) =
-            self.choose(&index, platform, 0, &mut seen)?
+            self.choose(&index, platform, 0, &mut walk)?
                 .ok_or_else(|| Error::NoPlatform {
                     path: self.path.to_owned(),
                     wanted: platform.clone(),
-                    available: if seen.is_empty() {
-                        "no platform listed".into()
-                    } else {
-                        seen.join(", ")
-                    },
+                    available: walk.available(),
                 })?;
         let manifest: Manifest = self.json_blob(&desc)?;
         let config: Config = self.json_blob(&manifest.config)?;
         if !by_platform {
             self.check_config(&config, platform)?;
         }
+        // Each layer's uncompressed tar is checked against the config, as for `docker save`
+        // (image-spec config.md: `rootfs.diff_ids` is required, one per layer, in order).
+        let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(self.layout(format!(
+                "the config lists {} diff_ids for {} layers",
+                diff_ids.len(),
+                manifest.layers.len()
+            )));
+        }
         let mut tree = Tree::new(Meta::implied_dir(0));
-        for layer in &manifest.layers {
+        for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
             if !LAYER_TYPES.contains(&layer.media_type.as_str()) {
                 return Err(self.layout(format!(
                     "layer {}: unsupported media type {}",
-                    layer.digest, layer.media_type
+                    shown(&layer.digest),
+                    shown(&layer.media_type)
                 )));
             }
             let name = self.blob_name(&layer.digest)?;
@@ -548,7 +634,7 @@ impl<'p> Image<'p> {
                 &name,
                 &layer.digest,
                 Some((&layer.digest, layer.size)),
-                None,
+                Some(diff_id),
                 &mut tree,
                 spool,
             )?;
@@ -567,7 +653,7 @@ impl<'p> Image<'p> {
             )));
         };
         let config_name = normalise(&image.config)
-            .ok_or_else(|| self.layout(format!("bad config path {:?}", image.config)))?;
+            .ok_or_else(|| self.layout(format!("bad config path \"{}\"", shown(&image.config))))?;
         let config: Config = match config_name.strip_prefix("blobs/sha256/") {
             Some(hex) => self.json_blob(&Descriptor {
                 media_type: String::new(),
@@ -577,14 +663,15 @@ impl<'p> Image<'p> {
             })?,
             None => self
                 .json_file(&config_name)?
-                .ok_or_else(|| self.layout(format!("{config_name} is missing")))?,
+                .ok_or_else(|| self.layout(format!("{} is missing", shown(&config_name))))?,
         };
         self.check_config(&config, platform)?;
         let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
         let mut tree = Tree::new(Meta::implied_dir(0));
         for (i, layer) in image.layers.iter().enumerate() {
-            let name =
-                normalise(layer).ok_or_else(|| self.layout(format!("bad layer path {layer:?}")))?;
+            let name = normalise(layer)
+                .ok_or_else(|| self.layout(format!("bad layer path \"{}\"", shown(layer))))?;
+            let label = shown(&name);
             let by_digest = name
                 .strip_prefix("blobs/sha256/")
                 .map(|hex| format!("sha256:{hex}"))
@@ -592,13 +679,13 @@ impl<'p> Image<'p> {
             let diff_id = diff_ids.get(i).map(String::as_str);
             if by_digest.is_none() && diff_id.is_none() {
                 return Err(self.layout(format!(
-                    "layer {name}: neither its path nor the config gives its digest"
+                    "layer {label}: neither its path nor the config gives its digest"
                 )));
             }
             let size = self.member_size(&name)?;
             self.apply_layer(
                 &name,
-                by_digest.as_deref().unwrap_or(&name),
+                by_digest.as_deref().unwrap_or(&label),
                 by_digest.as_deref().map(|d| (d, size)),
                 diff_id,
                 &mut tree,
@@ -611,8 +698,46 @@ impl<'p> Image<'p> {
     fn member_size(&self, name: &str) -> Result<u64> {
         match self.open(name)? {
             Some((_, len)) => Ok(len),
-            None => Err(self.layout(format!("{name} is missing"))),
+            None => Err(self.layout(format!("{} is missing", shown(name)))),
         }
+    }
+}
+
+/// The walk through an image's indexes: what was looked at, for the caps and for the message
+/// when no manifest matches.
+#[derive(Default)]
+struct Walk {
+    /// Descriptors looked at.
+    descriptors: usize,
+    /// Digests of the indexes read.
+    indexes: BTreeSet<String>,
+    /// The platforms listed (shown, without repeats), at most [`MAX_SEEN`].
+    seen: Vec<String>,
+    /// The other platforms listed, past the cap (at most [`MAX_DESCRIPTORS`]).
+    more: BTreeSet<String>,
+}
+
+impl Walk {
+    fn saw(&mut self, platform: String) {
+        if self.seen.contains(&platform) {
+            return;
+        }
+        if self.seen.len() < MAX_SEEN {
+            self.seen.push(platform);
+        } else {
+            self.more.insert(platform);
+        }
+    }
+
+    fn available(&self) -> String {
+        if self.seen.is_empty() {
+            return "no platform listed".into();
+        }
+        let mut s = self.seen.join(", ");
+        if !self.more.is_empty() {
+            s.push_str(&format!(" and {} more", self.more.len()));
+        }
+        s
     }
 }
 

@@ -18,8 +18,9 @@
 //! reading fails, the spool file is deleted before the error is returned.
 //!
 //! Memory grows with the number of members (their paths, metadata and xattrs), never with their
-//! sizes: data moves through one 64 KiB buffer, and extended headers are capped at
-//! [`MAX_EXTENDED`] bytes.
+//! sizes: data moves through one 64 KiB buffer, the extended headers (`x`, `L`, `K`) of one
+//! member are capped at [`MAX_EXTENDED`] bytes in all, and so are all the global (`g`) ones,
+//! of which only uid, gid and mtime are kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -269,7 +270,11 @@ pub struct TarReader<'a> {
     /// Data bytes of the current member not yet read, and the padding after them.
     left: u64,
     pad: u64,
+    /// What global (`g`) headers set that applies to later members: only uid, gid and mtime
+    /// are kept (see [`keep_global`]).
     globals: Pax,
+    /// Bytes of global headers read so far, at most [`MAX_EXTENDED`] in all.
+    global_bytes: u64,
     /// The name of the member being read, for messages.
     current: String,
     done: bool,
@@ -285,6 +290,7 @@ impl<'a> TarReader<'a> {
             left: 0,
             pad: 0,
             globals: Pax::default(),
+            global_bytes: 0,
             current: String::new(),
             done: false,
         }
@@ -344,7 +350,12 @@ impl<'a> TarReader<'a> {
 
     /// Skips what is left of the current member's data and padding.
     fn skip_rest(&mut self) -> Result<()> {
-        let n = self.left + self.pad;
+        // Sizes are at most `i64::MAX` (both the header's and PAX's), so this cannot overflow;
+        // checked all the same, since a wrapped sum would read member data as headers.
+        let n = self
+            .left
+            .checked_add(self.pad)
+            .ok_or_else(|| self.member_err("its size overflows"))?;
         if n > 0 {
             self.input
                 .skip(n)
@@ -405,6 +416,9 @@ impl<'a> TarReader<'a> {
         let mut local = Pax::default();
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
+        // Bytes of the `x`, `L` and `K` headers of this member, at most MAX_EXTENDED in all:
+        // one header each is capped, and so must be a run of them.
+        let mut extended = 0u64;
         loop {
             let offset = self.pos;
             let mut h = [0u8; BLOCK];
@@ -424,6 +438,15 @@ impl<'a> TarReader<'a> {
             // Stored bytes (for an old GNU sparse member too: its real size is elsewhere).
             let size = number(field(&h, 124, 12))
                 .ok_or_else(|| self.bad(offset, "the size field is not a number"))?;
+            if matches!(typeflag, b'x' | b'L' | b'K') {
+                extended = extended.saturating_add(size);
+                if extended > MAX_EXTENDED {
+                    return Err(self.bad(
+                        offset,
+                        format!("extended headers of over {MAX_EXTENDED} bytes for one member"),
+                    ));
+                }
+            }
             match typeflag {
                 b'x' => {
                     let data = self.read_extended(size, offset)?;
@@ -431,10 +454,17 @@ impl<'a> TarReader<'a> {
                     continue;
                 }
                 b'g' => {
+                    self.global_bytes = self.global_bytes.saturating_add(size);
+                    if self.global_bytes > MAX_EXTENDED {
+                        return Err(self.bad(
+                            offset,
+                            format!("global headers of over {MAX_EXTENDED} bytes in all"),
+                        ));
+                    }
                     let data = self.read_extended(size, offset)?;
-                    let mut g = self.globals.clone();
+                    let mut g = Pax::default();
                     parse_pax(&data, &mut g).map_err(|r| self.bad(offset, r))?;
-                    self.globals = g;
+                    keep_global(&mut self.globals, g);
                     continue;
                 }
                 b'L' | b'K' => {
@@ -482,11 +512,10 @@ impl<'a> TarReader<'a> {
                 name = full;
             }
         }
-        let pax = |f: fn(&Pax) -> Option<&Vec<u8>>| f(&local).or(f(&globals)).cloned();
         if let Some(n) = long_name {
             name = n;
         }
-        if let Some(n) = pax(|p| p.path.as_ref()) {
+        if let Some(n) = local.path.clone() {
             name = n;
         }
         self.current = name.escape_ascii().to_string();
@@ -494,7 +523,12 @@ impl<'a> TarReader<'a> {
         if let Some(l) = long_link {
             link = l;
         }
-        if let Some(l) = pax(|p| p.linkpath.as_ref()) {
+        if let Some(l) = local.linkpath.clone() {
+            // A NUL cannot be in a path: a link to "a\0b" would be stored as something other
+            // than what the archive says.
+            if l.contains(&0) {
+                return Err(self.member_err("a link target (PAX linkpath) with a NUL byte"));
+            }
             link = l;
         }
         let num = |off: usize, len: usize, what: &str| {
@@ -521,7 +555,6 @@ impl<'a> TarReader<'a> {
             mtime,
             mtime_nsec: 0,
         };
-        let pick = |f: fn(&Pax) -> Option<u64>| f(&local).or(f(&globals));
         if let Some(u) = local.uid.or(globals.uid) {
             meta.uid = u;
         }
@@ -532,9 +565,8 @@ impl<'a> TarReader<'a> {
             meta.mtime = s;
             meta.mtime_nsec = ns;
         }
-        let stored = pick(|p| p.size).unwrap_or(size);
-        let mut xattrs = globals.xattrs.clone();
-        xattrs.extend(local.xattrs.clone());
+        let stored = local.size.unwrap_or(size);
+        let xattrs = local.xattrs.clone();
         let mut member = Member {
             name,
             link,
@@ -551,14 +583,15 @@ impl<'a> TarReader<'a> {
         if typeflag == b'S' {
             self.old_gnu_sparse(h, offset, &mut member)?;
         }
-        let major = pick(|p| p.sparse_major);
-        let minor = pick(|p| p.sparse_minor);
+        let major = local.sparse_major;
+        let minor = local.sparse_minor;
         if major.is_some() || local.sparse_map.is_some() || !local.sparse_pairs.is_empty() {
             if let Some(n) = local.sparse_name.clone() {
                 member.name = n;
                 self.current = member.name.escape_ascii().to_string();
             }
-            member.size = pick(|p| p.sparse_realsize)
+            member.size = local
+                .sparse_realsize
                 .ok_or_else(|| self.member_err("a PAX sparse member without its real size"))?;
             match (major, minor, &local.sparse_map) {
                 (Some(1), Some(0), _) => member.sparse_map_in_data = true,
@@ -610,7 +643,14 @@ impl<'a> TarReader<'a> {
         }
         m.size = number(field(h, 483, 12)).ok_or_else(|| self.bad(offset, "a bad real size"))?;
         let mut extended = h[482] != 0;
+        // Counted apart from the segments: blocks of empty entries add none, and would
+        // otherwise be read until the input ends.
+        let mut blocks = 0usize;
         while extended {
+            blocks += 1;
+            if blocks > MAX_SPARSE_SEGMENTS / 21 {
+                return Err(self.member_err("too many sparse extension blocks"));
+            }
             let mut b = [0u8; BLOCK];
             if !self.fill(&mut b, "reading a sparse header")? {
                 return Err(self.truncated(format!("inside member {}", self.current)));
@@ -789,18 +829,18 @@ fn number(f: &[u8]) -> Option<u64> {
     }
 }
 
-/// A numeric field that may be negative (base-256 with the first byte `0xff`, mtime only).
+/// A numeric field that may be negative (base-256 with bit 6 of the first byte set; mtime
+/// only).
 fn signed_number(f: &[u8]) -> Option<i64> {
     let first = *f.first()?;
     if first & 0x80 != 0 {
-        // Base-256, two's complement, big-endian, the first byte's high bit a marker: `0x80`
-        // starts a positive number, `0xff` a negative one (GNU tar, list.c `from_header`).
-        let (mut v, rest) = if first == 0xff {
-            (-1i128, f)
-        } else {
-            (i128::from(first & 0x7f), f.get(1..)?)
-        };
-        for &b in rest {
+        // Base-256, big-endian, the first byte's high bit a marker: the rest of the field is
+        // a two's complement number whose sign is bit 6 of the first byte, its low 6 bits the
+        // top of the value (GNU tar, list.c `from_header`: `signbit = *where & (1 << 6)`,
+        // `value = (*where & 0x3f) - signbit`), so `0x80` starts a positive number and `0xff`
+        // a negative one.
+        let mut v = i128::from(first & 0x3f) - i128::from(first & 0x40);
+        for &b in f.get(1..)? {
             v = v.checked_mul(256)?.checked_add(i128::from(b))?;
         }
         return i64::try_from(v).ok();
@@ -819,6 +859,23 @@ fn signed_number(f: &[u8]) -> Option<i64> {
         }
     }
     Some(v)
+}
+
+/// Merges what global header `g` says into `globals`, keeping only the keys that are harmless
+/// for every later member: uid, gid and mtime (atime, ctime, uname and gname are not read at
+/// all). A global `path`, `linkpath`, `size`, sparse map or xattr would apply to every member:
+/// one 1 MiB header would be copied into each, and Go's archive/tar (docker's, containerd's)
+/// ignores such keys in global headers, so honouring them would read the archive differently.
+fn keep_global(globals: &mut Pax, g: Pax) {
+    if g.uid.is_some() {
+        globals.uid = g.uid;
+    }
+    if g.gid.is_some() {
+        globals.gid = g.gid;
+    }
+    if g.mtime.is_some() {
+        globals.mtime = g.mtime;
+    }
 }
 
 /// Parses PAX records (`"%d %s=%s\n"`, the length counting the whole record) into `pax`. An
@@ -863,7 +920,14 @@ fn parse_pax(data: &[u8], pax: &mut Pax) -> std::result::Result<(), String> {
         match key {
             b"path" => pax.path = opt(),
             b"linkpath" => pax.linkpath = opt(),
-            b"size" => pax.size = dec("size")?,
+            b"size" => {
+                // As for the header's size field: a stream position is an `i64` (and the
+                // padding added to a size must not overflow).
+                pax.size = dec("size")?;
+                if pax.size.is_some_and(|v| i64::try_from(v).is_err()) {
+                    return Err("PAX size is over 2^63 - 1".into());
+                }
+            }
             b"uid" | b"gid" => {
                 let v = dec("uid/gid")?
                     .map(u32::try_from)
@@ -1347,6 +1411,17 @@ mod tests {
         let neg = [0xffu8; 12];
         assert_eq!(signed_number(&neg), Some(-1));
         assert_eq!(number(&neg), None);
+        // Bit 6 is the sign, as GNU tar reads it: 0xc0 starts a negative number, which a
+        // size or an id cannot be.
+        let mut f = [0u8; 8];
+        f[0] = 0xc0;
+        f[7] = 1;
+        assert_eq!(signed_number(&f), Some(-(1i64 << 62) + 1));
+        assert_eq!(number(&f), None);
+        f[0] = 0xbf;
+        assert_eq!(signed_number(&f), Some((0x3f << 56) + 1));
+        f = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe];
+        assert_eq!(signed_number(&f), Some(-2));
     }
 
     #[test]
