@@ -1100,9 +1100,14 @@ symlink = "/etc/systemd/system/x.service"
     fn bootloader_lines_stay_one_line() {
         let bad = GOOD.replace("console=ttyS0\"", "console=ttyS0\\ninitrd /evil\"");
         let e = parse(&bad, &[("rootfs", "r")]).unwrap_err().to_string();
-        assert!(e.contains("bootloader.options") && e.contains("one line"), "{e}");
+        assert!(
+            e.contains("bootloader.options") && e.contains("one line"),
+            "{e}"
+        );
         let bad = GOOD.replace("[bootloader]\n", "[bootloader]\ntitle = \"${t}\"\n");
-        let e = parse(&bad, &[("rootfs", "r"), ("t", "a\rb")]).unwrap_err().to_string();
+        let e = parse(&bad, &[("rootfs", "r"), ("t", "a\rb")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bootloader.title"), "{e}");
     }
 

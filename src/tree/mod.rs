@@ -156,8 +156,7 @@ impl TreePath {
     /// Whether `self` is `other` or lies under it.
     pub fn starts_with(&self, other: &TreePath) -> bool {
         other.0.is_empty()
-            || (self.0.starts_with(&other.0)
-                && matches!(self.0.get(other.0.len()), None | Some(0)))
+            || (self.0.starts_with(&other.0) && matches!(self.0.get(other.0.len()), None | Some(0)))
     }
 
     /// The path as `/`-separated bytes, starting with `/`.
@@ -379,8 +378,7 @@ impl Tree {
         dir: &'a TreePath,
     ) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> {
         let depth = dir.depth() + 1;
-        self.subtree(dir)
-            .filter(move |(p, _)| p.depth() == depth)
+        self.subtree(dir).filter(move |(p, _)| p.depth() == depth)
     }
 
     /// Puts `entry` at `path`, replacing what was there (a directory keeps its subtree when
@@ -419,7 +417,8 @@ impl Tree {
             }
         }
         for ancestor in missing {
-            self.entries.insert(ancestor, Entry::new(Kind::Dir, implied));
+            self.entries
+                .insert(ancestor, Entry::new(Kind::Dir, implied));
         }
         let keep_subtree = entry.is_dir() && self.entries.get(&path).is_some_and(Entry::is_dir);
         if !keep_subtree {
