@@ -22,7 +22,7 @@
 //!
 //! A layout directory's files are opened only when they are regular files, symlinks not
 //! followed (a layer linked to `/dev/zero` would read without end, a FIFO would block). Nested
-//! indexes are each read once, and at most [`MAX_DESCRIPTORS`] descriptors are looked at in all.
+//! indexes are each read once, and at most `MAX_DESCRIPTORS` (1,024) descriptors are looked at in all.
 //! Strings from the image quoted in errors are escaped and cut, so that an error is one line.
 //!
 //! An archive is read in place: its members are indexed (offsets, through seeks), then the
@@ -517,7 +517,7 @@ impl<'p> Image<'p> {
     }
 
     /// The manifest for `platform` from the index `index` (nested indexes followed, each
-    /// index once, at most [`MAX_DESCRIPTORS`] descriptors in all).
+    /// index once, at most `MAX_DESCRIPTORS` (1,024) descriptors in all).
     fn choose(
         &self,
         index: &Index,

@@ -1,22 +1,22 @@
 //! What must not ship in an image, removed from a tree before it is laid out.
 //!
 //! `mkomi audit` finds these in an image after the fact; a tree build does not ship them in the
-//! first place. Each item matches an audit check (the finding code in brackets) and can be
+//! first place. Each item matches an audit check (the finding code in parentheses) and can be
 //! switched off in the template's `[sanitize]` section:
-//! - `machine-id` [`machine-id`, `dbus-machine-id`]: `/etc/machine-id` emptied — systemd takes an
+//! - `machine-id` (`machine-id`, `dbus-machine-id`): `/etc/machine-id` emptied — systemd takes an
 //!   empty file for "not yet initialized" and writes a new ID at first boot (machine-id(5)) — and
 //!   a regular `/var/lib/dbus/machine-id` removed (Debian makes it a link to the former);
-//! - `ssh-host-keys` [`ssh-host-key`]: `/etc/ssh/ssh_host_*` removed; sshd's packaging or
+//! - `ssh-host-keys` (`ssh-host-key`): `/etc/ssh/ssh_host_*` removed; sshd's packaging or
 //!   cloud-init makes new ones at first boot;
-//! - `cloud-init` [`cloud-init-instance`]: everything under `/var/lib/cloud` removed, so the new
+//! - `cloud-init` (`cloud-init-instance`): everything under `/var/lib/cloud` removed, so the new
 //!   instance runs cloud-init's first-boot modules;
 //! - `dhcp-leases`: the lease files of dhclient, dhcpcd and NetworkManager removed;
 //! - `random-seed`: systemd's and Debian's saved random seeds removed (each instance would start
 //!   from the same entropy);
-//! - `shell-history` [`history`]: the histories audit looks for, in `/root` and `/home/*`;
+//! - `shell-history` (`history`): the histories audit looks for, in `/root` and `/home/*`;
 //! - `logs`: every regular file under `/var/log` truncated to nothing (kept, so that services
 //!   that log to them find them with their owners and modes);
-//! - `authorized-keys` [`ssh-authorized-key`]: `/root/.ssh/authorized_keys` and
+//! - `authorized-keys` (`ssh-authorized-key`): `/root/.ssh/authorized_keys` and
 //!   `authorized_keys2` removed, with a warning, since someone may have meant it.
 //!
 //! Every change is returned, for the manifest.
