@@ -12,11 +12,11 @@ use super::{Error, Result, io_err};
 use crate::format::{self, Disk};
 use crate::fs::ext4::Ext4;
 use crate::layout::composite::{Composite, Content as Region_, Region};
-use crate::layout::ext4::{Ext4Image, Ext4Size, Extra};
+use crate::layout::ext4::{Ext4Image, Ext4Size};
 use crate::layout::fat::SharedStorage;
 use crate::layout::fat::{self, FatImage, FileSource};
 use crate::layout::gpt::{self, PartitionRequest, Table};
-use crate::layout::template::{Content, FileRef, Margin, PartSize, Template};
+use crate::layout::template::{Content, FileRef, PartSize, Template};
 use crate::manifest::{AddedFile, BuildRecord, SanitizedPath, TreeRecord};
 use crate::manifest::{Architecture, rules};
 use crate::ondisk::gpt::PartitionType;
@@ -59,14 +59,6 @@ fn invalid(path: &Path, reason: String) -> Error {
     Error::Invalid {
         path: path.to_owned(),
         reason,
-    }
-}
-
-/// The writer's margin for a template's.
-fn extra(m: Margin) -> Extra {
-    match m {
-        Margin::Percent(p) => Extra::Percent(p),
-        Margin::Bytes(b) => Extra::Bytes(b),
     }
 }
 
@@ -158,9 +150,7 @@ pub fn build(
         if let (PartSize::Auto(margin), Input::Tree(tree)) = (p.size, input) {
             volumes[i] = Some(layout_tree(
                 tree,
-                Ext4Size::Auto {
-                    extra: extra(margin),
-                },
+                Ext4Size::Auto { extra: margin },
                 p,
                 i,
                 &seed,

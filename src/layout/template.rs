@@ -34,6 +34,7 @@
 //! options = "root=PARTUUID=${partuuid:root} console=ttyS0"
 //! ```
 
+use crate::layout::ext4::Extra;
 use crate::manifest::volume::{Key, Volume};
 use crate::manifest::{Architecture, BootMode, DiskFormat, VolumeType};
 use crate::ondisk::gpt::PartitionType;
@@ -216,16 +217,7 @@ pub enum PartSize {
     /// What is left of the disk (the last partition only).
     Rest,
     /// What its content needs plus a margin (`content = "tree"` only).
-    Auto(Margin),
-}
-
-/// Free space added to what a tree needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Margin {
-    /// This percentage of the content's size.
-    Percent(u32),
-    /// This many bytes.
-    Bytes(u64),
+    Auto(Extra),
 }
 
 /// One partition, in order.
@@ -290,15 +282,15 @@ pub struct Template {
 pub const DEFAULT_MARGIN_PERCENT: u32 = 20;
 
 /// Parses `extra`: a percentage (`20%`) or a size (`1G`).
-pub fn parse_margin(s: &str) -> Option<Margin> {
+pub fn parse_margin(s: &str) -> Option<Extra> {
     match s.trim().strip_suffix('%') {
         Some(pct) => pct
             .trim()
             .parse::<u32>()
             .ok()
             .filter(|&p| p <= 10_000)
-            .map(Margin::Percent),
-        None => parse_size(s).map(Margin::Bytes),
+            .map(Extra::Percent),
+        None => parse_size(s).map(Extra::Bytes),
     }
 }
 
@@ -534,7 +526,7 @@ impl Template {
                         ));
                     }
                     let margin = match &p.extra {
-                        None => Margin::Percent(DEFAULT_MARGIN_PERCENT),
+                        None => Extra::Percent(DEFAULT_MARGIN_PERCENT),
                         Some(e) => {
                             parse_margin(&cx.expand(&key("extra"), e)?).ok_or_else(|| {
                                 cx.err(&key("extra"), e, "a percentage (20%) or a size (1G)")
@@ -982,7 +974,7 @@ symlink = "/etc/systemd/system/x.service"
     fn a_tree_template() {
         let t = parse(TREE, &[("tree", "debian.tar.zst")]).unwrap();
         assert_eq!(t.disk_size, None);
-        assert_eq!(t.partitions[1].size, PartSize::Auto(Margin::Bytes(1 << 30)));
+        assert_eq!(t.partitions[1].size, PartSize::Auto(Extra::Bytes(1 << 30)));
         assert_eq!(
             t.partitions[1].content,
             Content::Tree(TreeSource {
@@ -1014,12 +1006,12 @@ symlink = "/etc/systemd/system/x.service"
         assert_eq!(t.files[2].mode, 0o777);
         let pct = TREE.replace("extra = \"1G\"", "extra = \"25%\"");
         let t = parse(&pct, &[("tree", "t")]).unwrap();
-        assert_eq!(t.partitions[1].size, PartSize::Auto(Margin::Percent(25)));
+        assert_eq!(t.partitions[1].size, PartSize::Auto(Extra::Percent(25)));
         let none = TREE.replace("extra = \"1G\"\n", "");
         let t = parse(&none, &[("tree", "t")]).unwrap();
         assert_eq!(
             t.partitions[1].size,
-            PartSize::Auto(Margin::Percent(DEFAULT_MARGIN_PERCENT))
+            PartSize::Auto(Extra::Percent(DEFAULT_MARGIN_PERCENT))
         );
     }
 
@@ -1113,8 +1105,8 @@ symlink = "/etc/systemd/system/x.service"
 
     #[test]
     fn margins_and_owners() {
-        assert_eq!(parse_margin("20%"), Some(Margin::Percent(20)));
-        assert_eq!(parse_margin("512M"), Some(Margin::Bytes(512 << 20)));
+        assert_eq!(parse_margin("20%"), Some(Extra::Percent(20)));
+        assert_eq!(parse_margin("512M"), Some(Extra::Bytes(512 << 20)));
         assert_eq!(parse_margin("%"), None);
         assert_eq!(parse_owner("0:0"), Some((0, 0)));
         assert_eq!(parse_owner("4294967295:1"), Some((u32::MAX, 1)));
