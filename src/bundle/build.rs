@@ -15,8 +15,9 @@ use crate::layout::composite::{Composite, Content as Region_, Region};
 use crate::layout::ext4::{Ext4Image, Ext4Size};
 use crate::layout::fat::SharedStorage;
 use crate::layout::fat::{self, FatImage, FileSource};
-use crate::layout::gpt::{self, PartitionRequest, Table};
-use crate::layout::template::{Content, FileRef, PartSize, Template};
+use crate::layout::gpt::{self, PartitionRequest};
+use crate::layout::template::{Content, FileRef, PartSize, TableKind, Template};
+use crate::layout::{grub, mbr};
 use crate::manifest::{AddedFile, BuildRecord, SanitizedPath, TreeRecord};
 use crate::manifest::{Architecture, rules};
 use crate::ondisk::gpt::PartitionType;
@@ -172,46 +173,37 @@ pub fn build(
         Some(n) => n,
         None => {
             let known: Option<Vec<u64>> = sizes.iter().copied().collect();
-            known
-                .as_deref()
-                .and_then(gpt::fit_disk_size)
-                .ok_or_else(|| {
-                    invalid(
-                        &req.template,
-                        "no disk.size, and the partitions do not add up to one".into(),
-                    )
-                })?
+            let fit = match tpl.table {
+                TableKind::Gpt => gpt::fit_disk_size,
+                TableKind::Mbr => mbr::fit_disk_size,
+            };
+            known.as_deref().and_then(fit).ok_or_else(|| {
+                invalid(
+                    &req.template,
+                    "no disk.size, and the partitions do not add up to one".into(),
+                )
+            })?
         }
     };
-    let requests: Vec<PartitionRequest> = tpl
+    let table = Planned::plan(&tpl, disk_size, &sizes, &seed)
+        .map_err(|e| invalid(&req.template, e))?;
+    let spans = table.spans();
+    for (i, ((p, &(_, part_len)), input)) in tpl
         .partitions
         .iter()
-        .zip(&sizes)
-        .map(|(p, &size)| PartitionRequest {
-            kind: p.kind,
-            label: p.label.clone(),
-            size,
-            attributes: 0,
-        })
-        .collect();
-    let table = gpt::plan(disk_size, &requests, &seed)
-        .map_err(|e| invalid(&req.template, e.to_string()))?;
-    for (i, ((p, part), input)) in tpl
-        .partitions
-        .iter()
-        .zip(&table.partitions)
+        .zip(&spans)
         .zip(&inputs)
         .enumerate()
     {
         match input {
-            Input::Image(img) if img.size() > part.len() => {
+            Input::Image(img) if img.size() > part_len => {
                 return Err(invalid(
                     img.path(),
                     format!(
                         "{} bytes do not fit partition '{}' ({} bytes)",
                         img.size(),
                         p.label,
-                        part.len()
+                        part_len
                     ),
                 ));
             }
@@ -219,7 +211,7 @@ pub fn build(
                 if volumes[i].is_none() {
                     volumes[i] = Some(layout_tree(
                         tree,
-                        Ext4Size::Fixed(part.len()),
+                        Ext4Size::Fixed(part_len),
                         p,
                         i,
                         &seed,
@@ -245,22 +237,24 @@ pub fn build(
         }
     }
 
-    let mut regions = vec![Region {
-        offset: 0,
-        len: gpt::SECTOR_SIZE * table.first_usable_lba(),
-        content: Region_::Bytes(table.primary()),
-    }];
-    let (backup_at, backup) = table.backup();
-    regions.push(Region {
-        offset: backup_at,
-        len: table.disk_size - backup_at,
-        content: Region_::Bytes(backup),
-    });
     let mut root = RootFs::new(&tpl, &inputs, req);
-    for ((p, part), (input, volume)) in tpl
+    let bios = match tpl.bootloader.as_ref().and_then(|b| b.grub.as_ref()) {
+        Some(dir) => Some(build_grub(
+            dir,
+            &table,
+            &volumes,
+            work.path(),
+            req,
+            &seed,
+            &mut root,
+        )?),
+        None => None,
+    };
+    let mut regions = table.regions(bios.as_ref());
+    for ((p, &(offset, len)), (input, volume)) in tpl
         .partitions
         .iter()
-        .zip(&table.partitions)
+        .zip(&spans)
         .zip(inputs.iter().zip(volumes))
     {
         let content = match (&p.content, input) {
@@ -268,8 +262,8 @@ pub fn build(
             (Content::Tree(_), _) => volume,
             (Content::Esp, _) => Some(build_esp(
                 &table,
-                part.offset(),
-                part.len(),
+                offset,
+                len,
                 work.path(),
                 req,
                 &seed,
@@ -279,8 +273,8 @@ pub fn build(
         };
         if let Some(content) = content {
             regions.push(Region {
-                offset: part.offset(),
-                len: part.len(),
+                offset,
+                len,
                 content: Region_::Source(content),
             });
         }
@@ -299,7 +293,11 @@ pub fn build(
         description: tpl.description.clone(),
         architecture: Some(tpl.architecture),
         boot_modes: tpl.boot_modes.clone(),
-        checks: req.checks,
+        // What the disk boots in is what the template declares: no more, no fewer.
+        checks: super::checks::Checks {
+            exact_modes: true,
+            ..req.checks
+        },
         audit: req.audit,
         root: root_volume,
         extra: tpl.volumes.clone(),
@@ -404,16 +402,7 @@ fn layout_tree(
     seed: &[u8; 32],
     req: &BuildRequest,
 ) -> Result<Arc<dyn Disk>> {
-    let derive = |what: &str| -> [u8; 16] {
-        let d =
-            Sha256::digest([&seed[..], what.as_bytes(), &(index as u64).to_le_bytes()].concat());
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&d[..16]);
-        // A version 4 (random) UUID, RFC 4122 §4.4: what mke2fs makes.
-        id[6] = (id[6] & 0x0F) | 0x40;
-        id[8] = (id[8] & 0x3F) | 0x80;
-        id
-    };
+    let derive = |what: &str| derive_id(seed, what, index);
     // s_volume_name holds 16 bytes; longer GPT labels are cut at a character boundary.
     let mut label = p.label.clone();
     while label.len() > 16 {
@@ -470,6 +459,106 @@ impl<'a> RootFs<'a> {
             })
     }
 
+    /// The path in the root file system of the one file `r` names (a `root:` pattern), for a
+    /// boot loader that reads it from there; `key` names the template's key in messages.
+    fn path_of(&mut self, r: &FileRef, key: &str) -> Result<String> {
+        let FileRef::Root(pattern) = r else {
+            return Err(invalid(
+                &self.req.template,
+                format!(
+                    "{key}: legacy boot reads the kernel and initrd from the root file system: \
+                     give a root: path"
+                ),
+            ));
+        };
+        let i = self.partition()?;
+        match (self.inputs.get(i), self.tpl.partitions.get(i).map(|p| &p.content)) {
+            (Some(Input::Tree(tree)), Some(Content::Tree(src))) => resolve::find(tree, pattern)
+                .map(|(path, _)| path)
+                .map_err(|e| invalid(&src.source, e.to_string())),
+            _ => {
+                let fs = self.image_fs()?;
+                fs.resolve(pattern)
+                    .map_err(|e| invalid(fs.name(), e.to_string()))
+            }
+        }
+    }
+
+    /// The root image's file system, opened once.
+    fn image_fs(&mut self) -> Result<&Ext4> {
+        let i = self.partition()?;
+        let (Some(Input::Image(src)), Some(Content::Image(path))) = (
+            self.inputs.get(i),
+            self.tpl.partitions.get(i).map(|p| &p.content),
+        ) else {
+            return Err(invalid(&self.req.template, "no root image".into()));
+        };
+        if self.opened.is_none() {
+            let size = src.size();
+            self.opened = Some(
+                Ext4::open(src.clone(), 0, size, path).map_err(|e| invalid(path, e.to_string()))?,
+            );
+        }
+        self.opened
+            .as_ref()
+            .ok_or_else(|| invalid(&self.req.template, "no root file system".into()))
+    }
+
+    /// Copies `name` from GRUB's directory `dir` (host or `root:`) into `into`; a missing file
+    /// is an error saying what to install.
+    fn fetch_grub_file(&mut self, dir: &FileRef, name: &str, into: &Path) -> Result<PathBuf> {
+        let dest = into.join(name);
+        let missing = |what: String| {
+            invalid(
+                &self.req.template,
+                format!("legacy boot needs GRUB for i386-pc, and {what}"),
+            )
+        };
+        match dir {
+            FileRef::Host(d) => {
+                let src = d.join(name);
+                if !src.is_file() {
+                    return Err(missing(format!(
+                        "{} is not there (Debian: apt-get install grub-pc-bin)",
+                        src.display()
+                    )));
+                }
+                std::fs::copy(&src, &dest).map_err(io_err(&src, "cannot copy"))?;
+            }
+            FileRef::Root(d) => {
+                let pattern = format!("{}/{name}", d.trim_end_matches('/'));
+                let i = self.partition()?;
+                let tree = match self.inputs.get(i) {
+                    Some(Input::Tree(t)) => Some(t),
+                    _ => None,
+                };
+                let not_in_root = || {
+                    missing(format!(
+                        "root:{pattern} is not in the root file system (install grub-pc-bin \
+                         there, or give grub = \"host:/usr/lib/grub/i386-pc\")"
+                    ))
+                };
+                let mut out = std::fs::File::create(&dest).map_err(io_err(&dest, "cannot create"))?;
+                if let Some(tree) = tree {
+                    let data = match resolve::resolve(tree, &pattern) {
+                        Ok(d) => d,
+                        Err(resolve::Error::NoMatch { .. }) => return Err(not_in_root()),
+                        Err(e) => return Err(invalid(&self.req.template, e.to_string())),
+                    };
+                    copy_data(&data, &mut out).map_err(io_err(&dest, "cannot write"))?;
+                } else {
+                    let fs = self.image_fs()?;
+                    if fs.len(&pattern).is_err() {
+                        return Err(not_in_root());
+                    }
+                    fs.copy_to(&pattern, &mut out)
+                        .map_err(|e| invalid(fs.name(), e.to_string()))?;
+                }
+            }
+        }
+        Ok(dest)
+    }
+
     /// Fetches a file for the ESP: from the tree, or copied out of the root image into the
     /// work directory; a host file is only named.
     fn fetch(&mut self, r: &FileRef, work: &Path, n: usize) -> Result<FileSource> {
@@ -490,18 +579,7 @@ impl<'a> RootFs<'a> {
                 tree::Data::Storage(s) => FileSource::Storage(SharedStorage(s)),
             });
         }
-        let (Input::Image(src), Content::Image(path)) = (input, content) else {
-            return Err(invalid(&self.req.template, "no root image".into()));
-        };
-        if self.opened.is_none() {
-            let size = src.size();
-            self.opened = Some(
-                Ext4::open(src.clone(), 0, size, path).map_err(|e| invalid(path, e.to_string()))?,
-            );
-        }
-        let Some(fs) = self.opened.as_ref() else {
-            return Err(invalid(&self.req.template, "no root file system".into()));
-        };
+        let fs = self.image_fs()?;
         let found = fs
             .resolve(pattern)
             .map_err(|e| invalid(fs.name(), e.to_string()))?;
@@ -517,7 +595,7 @@ impl<'a> RootFs<'a> {
 /// bytes long: the bootloader, its configuration, the kernel and initrd, and the template's
 /// extra files. The volume is a disk whose files are read when it is copied.
 fn build_esp(
-    table: &Table,
+    table: &Planned,
     offset: u64,
     size: u64,
     work: &Path,
@@ -527,13 +605,15 @@ fn build_esp(
 ) -> Result<Arc<dyn Disk>> {
     let tpl = root.tpl;
     let mut files: Vec<(String, FileSource)> = Vec::new();
-    if let Some(b) = &tpl.bootloader {
+    if let Some(b) = &tpl.bootloader
+        && let Some(efi) = &b.efi
+    {
         // Removable-media paths (UEFI 2.10, 3.5.1.1): firmware boots them without NVRAM entries.
         let loader_path = match tpl.architecture {
             Architecture::X86_64 => "EFI/BOOT/BOOTX64.EFI",
             Architecture::I386 => "EFI/BOOT/BOOTIA32.EFI",
         };
-        files.push((loader_path.into(), root.fetch(&b.efi, work, 0)?));
+        files.push((loader_path.into(), root.fetch(efi, work, 0)?));
         files.push(("vmlinuz".into(), root.fetch(&b.kernel, work, 1)?));
         let mut entry = format!("title {}\nlinux /vmlinuz\n", b.title);
         if let Some(i) = &b.initrd {
@@ -578,8 +658,9 @@ fn build_esp(
     Ok(Arc::new(volume))
 }
 
-/// Replaces `${partuuid:LABEL}` with the unique GUID of the partition labelled LABEL.
-fn partuuids(options: &str, tpl: &Template, table: &Table, template: &Path) -> Result<String> {
+/// Replaces `${partuuid:LABEL}` with the unique GUID of the partition labelled LABEL (on an MBR
+/// disk, the `SSSSSSSS-NN` Linux makes of the disk signature and the partition number).
+fn partuuids(options: &str, tpl: &Template, table: &Planned, template: &Path) -> Result<String> {
     let mut out = String::new();
     let mut rest = options;
     while let Some(i) = rest.find("${partuuid:") {
@@ -592,21 +673,333 @@ fn partuuids(options: &str, tpl: &Template, table: &Table, template: &Path) -> R
             ));
         };
         let label = &after[..j];
-        let part = tpl
+        let index = tpl
             .partitions
             .iter()
-            .zip(&table.partitions)
-            .find(|(p, _)| p.label == label)
-            .map(|(_, t)| t)
+            .position(|p| p.label == label)
             .ok_or_else(|| {
                 invalid(
                     template,
                     format!("${{partuuid:{label}}}: no partition is labelled {label:?}"),
                 )
             })?;
-        out.push_str(&part.unique_guid.to_string());
+        out.push_str(&table.partuuid(index));
         rest = &after[j + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The partition table laid out: GPT, or MBR for legacy-only disks.
+enum Planned {
+    Gpt(gpt::Table),
+    Mbr(mbr::Table),
+}
+
+/// GRUB set up for legacy boot: the MBR's boot code and core.img with the sector it goes at.
+struct Bios {
+    boot_code: Vec<u8>,
+    core: Vec<u8>,
+    core_lba: u64,
+}
+
+impl Planned {
+    /// Plans the template's table on a disk of `disk_size` bytes; `sizes` are the partitions'
+    /// (`None`: the rest).
+    fn plan(
+        tpl: &Template,
+        disk_size: u64,
+        sizes: &[Option<u64>],
+        seed: &[u8],
+    ) -> std::result::Result<Planned, String> {
+        match tpl.table {
+            TableKind::Gpt => {
+                let requests: Vec<PartitionRequest> = tpl
+                    .partitions
+                    .iter()
+                    .zip(sizes)
+                    .map(|(p, &size)| PartitionRequest {
+                        kind: p.kind,
+                        label: p.label.clone(),
+                        size,
+                        attributes: 0,
+                    })
+                    .collect();
+                gpt::plan(disk_size, &requests, seed)
+                    .map(Planned::Gpt)
+                    .map_err(|e| e.to_string())
+            }
+            TableKind::Mbr => {
+                let requests: Vec<mbr::PartitionRequest> = tpl
+                    .partitions
+                    .iter()
+                    .zip(sizes)
+                    .map(|(p, &size)| mbr::PartitionRequest {
+                        kind: p.kind,
+                        label: p.label.clone(),
+                        size,
+                        active: p.active,
+                    })
+                    .collect();
+                mbr::plan(disk_size, &requests, seed)
+                    .map(Planned::Mbr)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Each partition's byte offset and length.
+    fn spans(&self) -> Vec<(u64, u64)> {
+        match self {
+            Planned::Gpt(t) => t.partitions.iter().map(|p| (p.offset(), p.len())).collect(),
+            Planned::Mbr(t) => t.partitions.iter().map(|p| (p.offset(), p.len())).collect(),
+        }
+    }
+
+    /// What `root=PARTUUID=` names partition `index` (0-based) by.
+    fn partuuid(&self, index: usize) -> String {
+        match self {
+            Planned::Gpt(t) => t
+                .partitions
+                .get(index)
+                .map(|p| p.unique_guid.to_string())
+                .unwrap_or_default(),
+            Planned::Mbr(t) => t.partuuid(index),
+        }
+    }
+
+    /// GRUB's name of partition `index` (0-based) on the boot disk.
+    fn grub_name(&self, index: usize) -> String {
+        match self {
+            Planned::Gpt(_) => format!("hd0,gpt{}", index + 1),
+            Planned::Mbr(_) => format!("hd0,msdos{}", index + 1),
+        }
+    }
+
+    /// The table's own sectors, with GRUB's boot code in the MBR and its core where it goes.
+    fn regions(&self, bios: Option<&Bios>) -> Vec<Region> {
+        let boot_code = bios.map(|b| b.boot_code.as_slice());
+        let mut regions = match self {
+            Planned::Gpt(t) => {
+                let mut primary = t.primary();
+                if let (Some(code), Some(mbr)) = (boot_code, primary.get_mut(..mbr::BOOT_CODE_LEN))
+                    && code.len() == mbr.len()
+                {
+                    mbr.copy_from_slice(code);
+                }
+                let (backup_at, backup) = t.backup();
+                vec![
+                    Region {
+                        offset: 0,
+                        len: gpt::SECTOR_SIZE * t.first_usable_lba(),
+                        content: Region_::Bytes(primary),
+                    },
+                    Region {
+                        offset: backup_at,
+                        len: t.disk_size - backup_at,
+                        content: Region_::Bytes(backup),
+                    },
+                ]
+            }
+            Planned::Mbr(t) => vec![Region {
+                offset: 0,
+                len: mbr::SECTOR_SIZE,
+                content: Region_::Bytes(t.sector0(boot_code)),
+            }],
+        };
+        if let Some(b) = bios {
+            regions.push(Region {
+                offset: b.core_lba * grub::SECTOR_SIZE,
+                len: b.core.len() as u64,
+                content: Region_::Bytes(b.core.clone()),
+            });
+        }
+        regions
+    }
+}
+
+/// A 16-byte identifier of partition `index`'s file system, derived from the build's seed: a
+/// version 4 (random) UUID, RFC 4122 §4.4, as mke2fs makes.
+fn derive_id(seed: &[u8; 32], what: &str, index: usize) -> [u8; 16] {
+    let d = Sha256::digest([&seed[..], what.as_bytes(), &(index as u64).to_le_bytes()].concat());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    id[6] = (id[6] & 0x0F) | 0x40;
+    id[8] = (id[8] & 0x3F) | 0x80;
+    id
+}
+
+/// A UUID as GRUB and blkid print it: 8-4-4-4-12 lowercase hex digits.
+fn uuid_text(id: &[u8; 16]) -> String {
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// The UUID in an ext4 superblock (`s_uuid` at byte 0x68 of the superblock at byte 1024),
+/// checked by its magic 0xEF53 at 0x38.
+fn ext4_uuid(disk: &dyn Disk) -> Option<[u8; 16]> {
+    let mut sb = [0u8; 0x78];
+    disk.read_at(1024, &mut sb).ok()?;
+    if sb[0x38..0x3a] != [0x53, 0xef] {
+        return None;
+    }
+    sb[0x68..0x78].try_into().ok()
+}
+
+/// Sets up GRUB i386-pc for legacy boot from the module directory `dir` (host or `root:`):
+/// core.img made with grub-mkimage, booting the template's kernel and initrd from the root file
+/// system with its command line; placed in the BIOS boot partition (GPT) or the gap after the
+/// MBR, and boot.img pointed at it.
+fn build_grub(
+    dir: &FileRef,
+    table: &Planned,
+    volumes: &[Option<Arc<dyn Disk>>],
+    work: &Path,
+    req: &BuildRequest,
+    seed: &[u8; 32],
+    root: &mut RootFs,
+) -> Result<Bios> {
+    let tpl = root.tpl;
+    let Some(b) = &tpl.bootloader else {
+        return Err(invalid(&req.template, "no [bootloader]".into()));
+    };
+    let root_index = root.partition()?;
+    let kernel = root.path_of(&b.kernel, "bootloader.kernel")?;
+    let initrd = match &b.initrd {
+        Some(i) => Some(root.path_of(i, "bootloader.initrd")?),
+        None => None,
+    };
+    let fs_uuid = match (&tpl.partitions[root_index].content, &root.inputs[root_index]) {
+        (Content::Tree(_), _) => Some(derive_id(seed, "ext4 uuid", root_index)),
+        (_, Input::Image(img)) => ext4_uuid(img.as_ref()),
+        _ => volumes
+            .get(root_index)
+            .and_then(|v| v.as_ref())
+            .and_then(|v| ext4_uuid(v.as_ref())),
+    }
+    .ok_or_else(|| {
+        invalid(
+            &req.template,
+            format!(
+                "legacy boot: partition '{}' holds no ext4 file system for GRUB to read the kernel \
+                 from",
+                tpl.partitions[root_index].label
+            ),
+        )
+    })?;
+    let config = grub::config(&grub::BootConfig {
+        fs_uuid: uuid_text(&fs_uuid),
+        partition: table.grub_name(root_index),
+        kernel,
+        initrd,
+        options: partuuids(&b.options, tpl, table, &req.template)?,
+    })
+    .map_err(|e| invalid(&req.template, e.to_string()))?;
+
+    // GRUB's directory, copied into the work directory: boot.img, the images grub-mkimage
+    // assembles, moddep.lst and the modules core.img needs.
+    let grub_dir = work.join("grub-i386-pc");
+    std::fs::create_dir_all(&grub_dir).map_err(io_err(&grub_dir, "cannot create"))?;
+    let moddep = root.fetch_grub_file(dir, grub::MODDEP, &grub_dir)?;
+    let moddep_text = std::fs::read_to_string(&moddep).map_err(io_err(&moddep, "cannot read"))?;
+    let modules = grub::module_closure(&moddep_text, &grub_ref_text(dir, grub::MODDEP))
+        .map_err(|e| invalid(&req.template, e.to_string()))?;
+    for name in grub::IMAGES {
+        root.fetch_grub_file(dir, name, &grub_dir)?;
+    }
+    for m in &modules {
+        root.fetch_grub_file(dir, &format!("{m}.mod"), &grub_dir)?;
+    }
+    let boot_path = grub_dir.join("boot.img");
+    let boot_img = std::fs::read(&boot_path).map_err(io_err(&boot_path, "cannot read"))?;
+    let grub_err = |e: grub::Error| invalid(&req.template, e.to_string());
+    let mut core = grub::make_core(&grub_dir, &config, work).map_err(grub_err)?;
+    let sectors = grub::core_sectors(&core);
+    let core_lba = match table {
+        Planned::Gpt(t) => {
+            let found = tpl
+                .partitions
+                .iter()
+                .zip(&t.partitions)
+                .enumerate()
+                .find(|(_, (p, _))| p.kind == PartitionType::BiosBoot);
+            let Some((i, (p, part))) = found else {
+                return Err(invalid(
+                    &req.template,
+                    "legacy boot on a GPT disk needs a bios-boot partition".into(),
+                ));
+            };
+            let have = part.last_lba - part.first_lba + 1;
+            if sectors > have {
+                return Err(invalid(
+                    &req.template,
+                    format!(
+                        "partition {} '{}' (bios-boot, {} bytes) is too small for GRUB's core.img \
+                         ({} bytes): give it size = \"1M\"",
+                        i + 1,
+                        p.label,
+                        have * gpt::SECTOR_SIZE,
+                        core.len()
+                    ),
+                ));
+            }
+            part.first_lba
+        }
+        Planned::Mbr(t) => {
+            let gap = t.first_partition_lba().saturating_sub(1);
+            if sectors > gap {
+                return Err(invalid(
+                    &req.template,
+                    format!(
+                        "GRUB's core.img ({} bytes) does not fit the {} sectors between the MBR and \
+                         the first partition",
+                        core.len(),
+                        gap
+                    ),
+                ));
+            }
+            1
+        }
+    };
+    grub::patch_core(&mut core, core_lba).map_err(grub_err)?;
+    let boot_code = grub::boot_code(&boot_img, &grub_ref_text(dir, "boot.img"), core_lba)
+        .map_err(grub_err)?;
+    Ok(Bios {
+        boot_code,
+        core,
+        core_lba,
+    })
+}
+
+/// `dir/name` as the template would write it, for messages.
+fn grub_ref_text(dir: &FileRef, name: &str) -> String {
+    match dir {
+        FileRef::Host(p) => format!("host:{}", p.join(name).display()),
+        FileRef::Root(p) => format!("root:{}/{name}", p.trim_end_matches('/')),
+    }
+}
+
+/// Writes a tree file's data to `out`, a megabyte at a time.
+fn copy_data(data: &tree::Data, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    match data {
+        tree::Data::Bytes(b) => out.write_all(b),
+        tree::Data::Storage(s) => {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while at < s.len() {
+                let n = (s.len() - at).min(buf.len() as u64) as usize;
+                s.read_at(at, &mut buf[..n])?;
+                out.write_all(&buf[..n])?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+    }
 }

@@ -23,6 +23,9 @@ pub struct Checks {
     /// With no boot mode declared, the root disk must hold a boot loader (`--no-boot-check`
     /// turns it off with `boot`).
     pub loader: bool,
+    /// The declared boot modes must be exactly those the disk supports, no fewer (`build`: a
+    /// disk it made boots in the modes it declares and no other; off with `boot`).
+    pub exact_modes: bool,
 }
 
 impl Default for Checks {
@@ -31,6 +34,7 @@ impl Default for Checks {
             arch: true,
             boot: true,
             loader: true,
+            exact_modes: false,
         }
     }
 }
@@ -152,6 +156,21 @@ pub fn decide(
                 return Err(fail(format!(
                     "boot mode {} declared, but {missing} (--no-boot-check registers it anyway)",
                     mode_name(m)
+                )));
+            }
+        }
+        if checks.boot && checks.exact_modes {
+            let extra: Vec<&str> = summary
+                .boot_modes
+                .iter()
+                .filter(|m| !declared_modes.contains(m))
+                .map(|&m| mode_name(m))
+                .collect();
+            if !extra.is_empty() {
+                return Err(fail(format!(
+                    "the disk also boots in {} ({}), which the template does not declare",
+                    extra.join(", "),
+                    summary.boot_evidence.join("; ")
                 )));
             }
         }

@@ -28,6 +28,7 @@ impl CheckArgs {
             arch: !self.no_arch_check,
             boot: !self.no_boot_check,
             loader: !self.no_boot_check,
+            exact_modes: false,
         }
     }
 

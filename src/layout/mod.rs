@@ -5,4 +5,6 @@ pub mod composite;
 pub mod ext4;
 pub mod fat;
 pub mod gpt;
+pub mod grub;
+pub mod mbr;
 pub mod template;

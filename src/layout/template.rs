@@ -130,6 +130,7 @@ struct RawImage {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawDisk {
     size: Option<Spanned<String>>,
+    table: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -144,14 +145,16 @@ struct RawPartition {
     source: Option<Spanned<String>>,
     owner: Option<Spanned<String>>,
     extra: Option<Spanned<String>>,
+    active: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawBootloader {
     #[serde(rename = "type")]
-    kind: Spanned<String>,
-    efi: Spanned<String>,
+    kind: Option<Spanned<String>>,
+    efi: Option<Spanned<String>>,
+    grub: Option<Spanned<String>>,
     kernel: Spanned<String>,
     initrd: Option<Spanned<String>>,
     options: Spanned<String>,
@@ -220,6 +223,15 @@ pub enum PartSize {
     Auto(Extra),
 }
 
+/// The partition table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    /// GPT (the default): UEFI, legacy BIOS with a BIOS boot partition, or both.
+    Gpt,
+    /// MBR: at most four partitions and 2 TiB, for legacy-only disks.
+    Mbr,
+}
+
 /// One partition, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Partition {
@@ -231,13 +243,19 @@ pub struct Partition {
     pub size: PartSize,
     /// Its content.
     pub content: Content,
+    /// The MBR boot indicator (MBR disks only; by default the root partition's).
+    pub active: bool,
 }
 
-/// The bootloader to install on the ESP.
+/// The boot loaders to install: systemd-boot on the ESP for UEFI, GRUB for legacy BIOS, or
+/// both, booting the same kernel with the same command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bootloader {
-    /// systemd-boot's EFI binary.
-    pub efi: FileRef,
+    /// systemd-boot's EFI binary (`systemd-bootx64.efi` or `systemd-bootia32.efi`): UEFI boot.
+    pub efi: Option<FileRef>,
+    /// GRUB's i386-pc module directory (`/usr/lib/grub/i386-pc`, package grub-pc-bin): legacy
+    /// BIOS boot.
+    pub grub: Option<FileRef>,
     /// The kernel.
     pub kernel: FileRef,
     /// The initrd, if any.
@@ -263,6 +281,8 @@ pub struct Template {
     pub format: DiskFormat,
     /// Disk size in bytes; `None`: the partitions' sizes plus the partition tables'.
     pub disk_size: Option<u64>,
+    /// The partition table.
+    pub table: TableKind,
     /// Partitions, in order.
     pub partitions: Vec<Partition>,
     /// The bootloader, if any.
@@ -496,6 +516,35 @@ impl Template {
                 Some(n)
             }
         };
+        let table = match &raw.disk.table {
+            None => TableKind::Gpt,
+            Some(t) => match t.get_ref().as_str() {
+                "gpt" => TableKind::Gpt,
+                "mbr" => TableKind::Mbr,
+                _ => return Err(cx.err("disk.table", t, "gpt or mbr")),
+            },
+        };
+        if let (TableKind::Mbr, Some(size), Some(n)) = (table, &raw.disk.size, disk_size)
+            && n > crate::layout::mbr::MAX_DISK_SIZE
+        {
+            return Err(cx.err(
+                "disk.size",
+                size,
+                "an MBR disk holds at most 2 TiB (2199023255552 bytes): use table = \"gpt\"",
+            ));
+        }
+        if table == TableKind::Mbr && raw.partition.len() > crate::layout::mbr::MAX_PARTITIONS {
+            return Err(Error::Value {
+                path: path.to_owned(),
+                line: raw.disk.table.as_ref().map_or(1, |t| cx.line(t.span().start)),
+                key: "disk.table".into(),
+                value: "mbr".into(),
+                rule: format!(
+                    "an MBR holds at most 4 partitions, and {} are listed",
+                    raw.partition.len()
+                ),
+            });
+        }
 
         let mut partitions = Vec::new();
         let mut labels: Vec<String> = Vec::new();
@@ -617,6 +666,50 @@ impl Template {
                     return Err(cx.err(&key("content"), &p.content, "esp, image, tree or empty"));
                 }
             };
+            if kind == PartitionType::BiosBoot && content != Content::Empty {
+                return Err(cx.err(
+                    &key("content"),
+                    &p.content,
+                    "a bios-boot partition holds GRUB's core image, which the build writes: \
+                     content = \"empty\"",
+                ));
+            }
+            if kind == PartitionType::BiosBoot && table == TableKind::Mbr {
+                return Err(cx.err(
+                    &key("type"),
+                    &p.kind,
+                    "an MBR disk keeps GRUB's core in the gap after the MBR: no bios-boot \
+                     partition",
+                ));
+            }
+            let root_kind = match architecture {
+                Architecture::X86_64 => PartitionType::RootX86_64,
+                Architecture::I386 => PartitionType::RootX86,
+            };
+            if matches!(kind, PartitionType::RootX86_64 | PartitionType::RootX86)
+                && kind != root_kind
+            {
+                return Err(cx.err(
+                    &key("type"),
+                    &p.kind,
+                    format!(
+                        "an {} image's root partition is of type {}",
+                        raw.image.architecture.get_ref(),
+                        root_kind.name()
+                    ),
+                ));
+            }
+            let active = match &p.active {
+                None => false,
+                Some(a) if table == TableKind::Gpt => {
+                    return Err(cx.err(
+                        &key("active"),
+                        a,
+                        "the active flag is an MBR one: set disk.table = \"mbr\"",
+                    ));
+                }
+                Some(a) => *a.get_ref(),
+            };
             if content == Content::Esp && kind != PartitionType::Esp {
                 return Err(cx.err(
                     &key("content"),
@@ -629,28 +722,116 @@ impl Template {
                 label,
                 size,
                 content,
+                active,
             });
+        }
+        // An MBR disk's root partition is active unless the template chose another: some
+        // BIOSes boot only disks with an active partition.
+        if table == TableKind::Mbr
+            && !partitions.iter().any(|p| p.active)
+            && let Some(root) = partitions
+                .iter_mut()
+                .find(|p| matches!(p.kind, PartitionType::RootX86_64 | PartitionType::RootX86))
+        {
+            root.active = true;
         }
         let esp_count = partitions
             .iter()
             .filter(|p| p.content == Content::Esp)
             .count();
 
+        let bios_boot = partitions
+            .iter()
+            .filter(|p| p.kind == PartitionType::BiosBoot)
+            .count();
         let bootloader = match &raw.bootloader {
             None => None,
             Some(b) => {
-                if b.kind.get_ref() != "systemd-boot" {
-                    return Err(cx.err("bootloader.type", &b.kind, "systemd-boot"));
+                if let Some(k) = &b.kind {
+                    if k.get_ref() != "systemd-boot" {
+                        return Err(cx.err(
+                            "bootloader.type",
+                            k,
+                            "systemd-boot, or no type: efi = ... installs systemd-boot, grub = \
+                             ... installs GRUB",
+                        ));
+                    }
+                    if b.efi.is_none() {
+                        return Err(cx.err("bootloader.type", k, "systemd-boot needs efi = ..."));
+                    }
                 }
-                if esp_count != 1 {
+                let Some(first) = b.efi.as_ref().or(b.grub.as_ref()) else {
                     return Err(cx.err(
-                        "bootloader.type",
-                        &b.kind,
-                        "a bootloader needs exactly one partition with content = \"esp\"",
+                        "bootloader.kernel",
+                        &b.kernel,
+                        "a bootloader needs efi = ... (systemd-boot, UEFI), grub = ... (GRUB \
+                         i386-pc, legacy BIOS) or both",
+                    ));
+                };
+                let mut from_keys = Vec::new();
+                if b.grub.is_some() {
+                    from_keys.push(BootMode::Legacy);
+                }
+                if b.efi.is_some() {
+                    from_keys.push(BootMode::Uefi);
+                }
+                if boot_modes.is_empty() {
+                    boot_modes = from_keys.clone();
+                } else {
+                    let mut declared = boot_modes.clone();
+                    declared.sort_by_key(|m| *m == BootMode::Uefi);
+                    if declared != from_keys {
+                        let names = |v: &[BootMode]| {
+                            v.iter()
+                                .map(|m| match m {
+                                    BootMode::Uefi => "uefi",
+                                    BootMode::Legacy => "legacy",
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        let at = raw.image.boot_modes.first().unwrap_or(first);
+                        return Err(cx.err(
+                            "image.boot-modes",
+                            at,
+                            format!(
+                                "the bootloader installs [{}]: efi = ... gives uefi, grub = ... \
+                                 gives legacy, and the declared [{}] must match",
+                                names(&from_keys),
+                                names(&declared)
+                            ),
+                        ));
+                    }
+                }
+                if let Some(e) = &b.efi
+                    && esp_count != 1
+                {
+                    return Err(cx.err(
+                        "bootloader.efi",
+                        e,
+                        "UEFI boot needs exactly one partition with content = \"esp\"",
+                    ));
+                }
+                if let Some(g) = &b.grub
+                    && table == TableKind::Gpt
+                    && bios_boot != 1
+                {
+                    return Err(cx.err(
+                        "bootloader.grub",
+                        g,
+                        "legacy boot on a GPT disk needs exactly one partition of type = \
+                         \"bios-boot\" (content = \"empty\", size = \"1M\") for GRUB's core",
                     ));
                 }
                 Some(Bootloader {
-                    efi: cx.file_ref("bootloader.efi", &b.efi)?,
+                    efi: match &b.efi {
+                        Some(e) => Some(cx.file_ref("bootloader.efi", e)?),
+                        None => None,
+                    },
+                    grub: match &b.grub {
+                        Some(g) => Some(cx.file_ref("bootloader.grub", g)?),
+                        None => None,
+                    },
                     kernel: cx.file_ref("bootloader.kernel", &b.kernel)?,
                     initrd: match &b.initrd {
                         Some(i) => Some(cx.file_ref("bootloader.initrd", i)?),
@@ -664,6 +845,21 @@ impl Template {
                 })
             }
         };
+        if bios_boot > 0 && !boot_modes.contains(&BootMode::Legacy) {
+            let at = raw
+                .partition
+                .iter()
+                .find(|p| p.kind.get_ref() == "bios-boot")
+                .map(|p| &p.kind);
+            if let Some(at) = at {
+                return Err(cx.err(
+                    "partition.type",
+                    at,
+                    "a bios-boot partition is for legacy boot: add grub = ... to [bootloader] \
+                     (and \"legacy\" to boot-modes), or remove the partition",
+                ));
+            }
+        }
         let mut esp_files = Vec::new();
         for (i, f) in raw.esp_file.iter().enumerate() {
             let key = |k: &str| format!("esp-file[{}].{k}", i + 1);
@@ -802,6 +998,7 @@ impl Template {
             boot_modes,
             format,
             disk_size,
+            table,
             partitions,
             bootloader,
             esp_files,

@@ -49,6 +49,12 @@ pub enum Error {
 /// link matched by the last component counts when it leads to a regular file. Returns the file's
 /// data; zero or several matches are errors.
 pub fn resolve(tree: &Tree, pattern: &str) -> Result<Data, Error> {
+    find(tree, pattern).map(|(_, data)| data)
+}
+
+/// [`resolve`], with the path matched (not the target of a link it names), as
+/// [`crate::fs::ext4::Ext4::resolve`] returns it.
+pub fn find(tree: &Tree, pattern: &str) -> Result<(String, Data), Error> {
     let bad = |reason| Error::Pattern {
         pattern: pattern.to_owned(),
         reason,
@@ -104,7 +110,7 @@ pub fn resolve(tree: &Tree, pattern: &str) -> Result<Data, Error> {
     }
     match found.len() {
         0 => Err(no_match()),
-        1 => Ok(found.remove(0).1),
+        1 => Ok(found.remove(0)),
         _ => Err(Error::Several {
             pattern: pattern.to_owned(),
             matches: found.into_iter().map(|(p, _)| p).collect(),
