@@ -357,3 +357,433 @@ pub fn assess(table: &PartitionTable) -> Assessment {
     }
     a
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::raw;
+    use crate::inspect::{inspect_disk, summarize, table};
+    use crate::layout::gpt::{self, PartitionRequest};
+    use crate::manifest::BootMode;
+    use crate::ondisk::gpt::PartitionType;
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+
+    const MIB: u64 = 1 << 20;
+    const BOOT_IMG: &str = "/usr/lib/grub/i386-pc/boot.img";
+
+    /// GRUB's real boot.img (package grub-pc-bin, which CI installs).
+    fn boot_img() -> Vec<u8> {
+        let b = std::fs::read(BOOT_IMG)
+            .unwrap_or_else(|e| panic!("{BOOT_IMG}: {e}: install grub-pc-bin"));
+        assert_eq!(b.len(), 512, "{BOOT_IMG}");
+        b
+    }
+
+    /// A real core.img made by grub-mkimage, as mkomi build makes it, padded to whole sectors.
+    fn core_img() -> &'static [u8] {
+        static CORE: OnceLock<Vec<u8>> = OnceLock::new();
+        CORE.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("core.img");
+            let o = std::process::Command::new("grub-mkimage")
+                .args(["-O", "i386-pc", "-o"])
+                .arg(&out)
+                .args(["-p", "/boot/grub", "biosdisk", "part_gpt", "part_msdos"])
+                .args(["ext2", "linux", "boot"])
+                .output()
+                .unwrap_or_else(|e| panic!("grub-mkimage: {e}: install grub-pc-bin"));
+            assert!(o.status.success(), "grub-mkimage: {o:?}");
+            let mut core = std::fs::read(&out).unwrap();
+            core.resize(core.len().div_ceil(512) * 512, 0);
+            core
+        })
+    }
+
+    fn core_sectors() -> u64 {
+        core_img().len() as u64 / 512
+    }
+
+    fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, offset).unwrap();
+    }
+
+    fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        std::fs::File::open(path)
+            .unwrap()
+            .read_exact_at(&mut buf, offset)
+            .unwrap();
+        buf
+    }
+
+    /// A GPT disk of 40 MiB: `bios` makes partition 1 a 1 MiB BIOS boot partition, then an ESP
+    /// and a root.
+    fn gpt_disk(dir: &Path, bios: bool) -> PathBuf {
+        let mut reqs = Vec::new();
+        if bios {
+            reqs.push(PartitionRequest::new(
+                PartitionType::BiosBoot,
+                "bios",
+                Some(MIB),
+            ));
+        }
+        reqs.push(PartitionRequest::new(
+            PartitionType::Esp,
+            "esp",
+            Some(8 * MIB),
+        ));
+        reqs.push(PartitionRequest::new(
+            PartitionType::RootX86_64,
+            "root",
+            None,
+        ));
+        let t = gpt::plan(40 * MIB, &reqs, b"legacy-test").unwrap();
+        let path = dir.join("gpt.raw");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(t.disk_size)
+            .unwrap();
+        write_at(&path, 0, &t.primary());
+        let (offset, bytes) = t.backup();
+        write_at(&path, offset, &bytes);
+        path
+    }
+
+    /// An MBR disk of 16 MiB with one Linux partition from `first` to the end.
+    fn mbr_disk(dir: &Path, first: u32) -> PathBuf {
+        let path = dir.join("mbr.raw");
+        let size = 16 * MIB;
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        let mut s = [0u8; 512];
+        s[446] = 0x80;
+        s[450] = 0x83;
+        s[454..458].copy_from_slice(&first.to_le_bytes());
+        s[458..462].copy_from_slice(&((size / 512) as u32 - first).to_le_bytes());
+        s[510..512].copy_from_slice(&[0x55, 0xaa]);
+        write_at(&path, 0, &s);
+        path
+    }
+
+    /// What mkomi build does for GRUB i386-pc (docs: formats.md, "Legacy BIOS boot without
+    /// grub-install"): boot.img's code into the MBR, pointing at `lba`, and core.img at `lba`
+    /// with its block list pointing at `lba + 1`.
+    fn install(path: &Path, lba: u64) {
+        let mut mbr = read_at(path, 0, 512);
+        mbr[..440].copy_from_slice(&boot_img()[..440]);
+        mbr[0x5c..0x64].copy_from_slice(&lba.to_le_bytes());
+        mbr[0x64] = 0xff;
+        mbr[0x66..0x68].copy_from_slice(&[0x90, 0x90]);
+        write_at(path, 0, &mbr);
+        let mut core = core_img().to_vec();
+        core[0x1f4..0x1fc].copy_from_slice(&(lba + 1).to_le_bytes());
+        write_at(path, lba * 512, &core);
+    }
+
+    /// Patches the MBR's boot.img pointer.
+    fn point(path: &Path, lba: u64) {
+        write_at(path, 0x5c, &lba.to_le_bytes());
+    }
+
+    fn table(path: &Path) -> table::PartitionTable {
+        let t = table::read(raw::open_path(path).unwrap().as_ref());
+        serde_json::to_string(&t).unwrap();
+        t
+    }
+
+    fn summary(path: &Path) -> crate::inspect::Summary {
+        summarize(&inspect_disk(&raw::open_path(path).unwrap(), None))
+    }
+
+    fn legacy(path: &Path) -> bool {
+        summary(path).boot_modes.contains(&BootMode::Legacy)
+    }
+
+    /// The problem of the GRUB found on `path`, which does not boot.
+    fn grub_problem(path: &Path) -> String {
+        let t = table(path);
+        let g = t.grub.as_ref().expect("boot.img recognised");
+        assert!(!g.boots(), "{g:?}");
+        let s = summary(path);
+        assert!(!s.boot_modes.contains(&BootMode::Legacy), "{s:?}");
+        assert!(s.boot_evidence.is_empty(), "{s:?}");
+        let p = g.problem.clone().expect("a problem");
+        assert_eq!(s.legacy_problems, vec![p.clone()]);
+        p
+    }
+
+    #[test]
+    fn the_real_boot_img_is_recognised_and_other_code_is_not() {
+        let b = boot_img();
+        assert!(is_boot_img(&b));
+        // As grub-install leaves it: the disk's BPB bytes, a pointer, the drive check nop'ed.
+        let mut patched = b.clone();
+        patched[3..0x5a].fill(0x42);
+        patched[0x5c..0x64].copy_from_slice(&u64::MAX.to_le_bytes());
+        patched[0x66..0x68].copy_from_slice(&[0x90, 0x90]);
+        assert!(is_boot_img(&patched));
+        for (at, byte) in [(0, 0xe9), (1, 0x48), (0x5b, 0x7c), (0x180, b'g')] {
+            let mut other = b.clone();
+            other[at] = byte;
+            assert!(!is_boot_img(&other), "byte {at:#x}");
+        }
+        assert!(!is_boot_img(&b[..439]));
+        assert!(!is_boot_img(&[0u8; 512]));
+    }
+
+    #[test]
+    fn gpt_with_a_bios_boot_partition_and_boot_img_boots_legacy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = gpt_disk(dir.path(), true);
+        install(&path, 2048);
+        let t = table(&path);
+        assert!(t.mbr_boot_code);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let n = core_sectors();
+        assert!(n > 50, "{n}");
+        assert_eq!(
+            t.grub,
+            Some(Grub {
+                core_lba: 2048,
+                core_sectors: Some(n),
+                core_location: Some(CoreLocation::BiosBoot),
+                core_partition: Some(1),
+                problem: None,
+            })
+        );
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            json["grub"],
+            serde_json::json!({"core_lba": 2048, "core_sectors": n,
+                "core_location": "bios-boot", "core_partition": 1, "problem": null})
+        );
+        let s = summary(&path);
+        assert_eq!(s.boot_modes, vec![BootMode::Legacy]);
+        assert_eq!(
+            s.boot_evidence,
+            vec![
+                "legacy: the MBR holds GRUB's boot.img, which loads core.img at sector 2048"
+                    .to_owned(),
+                format!("legacy: GRUB core.img ({n} sectors) in BIOS boot partition 1"),
+            ]
+        );
+        assert!(s.legacy_problems.is_empty() && s.problems.is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn core_img_in_the_gap_after_an_mbr_boots_legacy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = mbr_disk(dir.path(), 2048);
+        install(&path, 1);
+        let n = core_sectors();
+        let t = table(&path);
+        let g = t.grub.clone().unwrap();
+        assert_eq!(
+            (g.core_location, g.core_partition, g.core_sectors),
+            (Some(CoreLocation::MbrGap), Some(1), Some(n))
+        );
+        let s = summary(&path);
+        assert_eq!(s.boot_modes, vec![BootMode::Legacy]);
+        assert_eq!(
+            s.boot_evidence,
+            vec![
+                "legacy: the MBR holds GRUB's boot.img, which loads core.img at sector 1"
+                    .to_owned(),
+                format!(
+                    "legacy: GRUB core.img ({n} sectors) in the gap after the MBR (sectors \
+                     1..={n}, before partition 1)"
+                ),
+            ]
+        );
+        // The old DOS layout, a partition at sector 63: core.img runs into it.
+        let path = mbr_disk(dir.path(), 63);
+        install(&path, 1);
+        let p = grub_problem(&path);
+        assert!(
+            p.contains(&format!("core.img (sectors 1..={n}) lies over partition 1"))
+                && p.contains("linux-generic, sectors 63..="),
+            "{p}"
+        );
+        assert_eq!(
+            table(&path).grub.unwrap().core_location,
+            Some(CoreLocation::Partition)
+        );
+    }
+
+    #[test]
+    fn a_pointer_out_of_the_disk_is_a_problem_not_legacy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = gpt_disk(dir.path(), true);
+        install(&path, 2048);
+        let sectors = 40 * MIB / 512;
+        for (lba, words) in [
+            (sectors, "past the end of the disk (81920 sectors)"),
+            (u64::MAX, "past the end of the disk"),
+            (0, "the MBR itself"),
+        ] {
+            point(&path, lba);
+            let p = grub_problem(&path);
+            assert!(
+                p.starts_with(&format!(
+                    "GRUB's boot.img in the MBR loads core.img from sector {lba}, "
+                )) && p.contains(words),
+                "{lba}: {p}"
+            );
+            let g = table(&path).grub.unwrap();
+            assert_eq!((g.core_lba, g.core_sectors, g.core_location), (lba, None, None));
+        }
+    }
+
+    #[test]
+    fn a_wrong_block_list_is_a_problem_not_legacy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = gpt_disk(dir.path(), true);
+        type Patch = fn(&mut [u8]);
+        let cases: [(Patch, &str); 5] = [
+            (
+                |s| s[0x1f4..0x1fc].copy_from_slice(&2u64.to_le_bytes()),
+                "its block list starts at sector 2, not at 2049",
+            ),
+            (
+                |s| s[0x1fe..0x200].copy_from_slice(&0x800u16.to_le_bytes()),
+                "loads to segment 0x0800, not 0x0820",
+            ),
+            (|s| s[0x1fc..0x1fe].fill(0), "reads no sectors"),
+            (
+                |s| s[0x1f0..0x1f2].copy_from_slice(&7u16.to_le_bytes()),
+                "goes on in a second entry (7 more sectors)",
+            ),
+            (|s| s.fill(0), "starts at sector 0, not at 2049"),
+        ];
+        for (patch, words) in cases {
+            install(&path, 2048);
+            let mut first = read_at(&path, 2048 * 512, 512);
+            patch(&mut first);
+            write_at(&path, 2048 * 512, &first);
+            let p = grub_problem(&path);
+            assert!(
+                p.starts_with(
+                    "GRUB's boot.img in the MBR loads core.img from sector 2048, which is not \
+                     GRUB's diskboot.img: "
+                ) && p.contains(words),
+                "{words}: {p}"
+            );
+        }
+        // A block list that ends exactly at the end of the disk is fine (an MBR disk without
+        // partitions, the core at its end).
+        let path = dir.path().join("bare.raw");
+        std::fs::File::create(&path).unwrap().set_len(MIB).unwrap();
+        let mut mbr = [0u8; 512];
+        mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        write_at(&path, 0, &mbr);
+        let at = 2048 - core_sectors();
+        install(&path, at);
+        let g = table(&path).grub.unwrap();
+        assert_eq!(g.core_location, Some(CoreLocation::MbrGap), "{g:?}");
+        assert!(legacy(&path));
+        let s = summary(&path);
+        assert_eq!(
+            s.boot_evidence[1],
+            format!(
+                "legacy: GRUB core.img ({} sectors) in the gap after the MBR (sectors {at}..=2047)",
+                core_sectors()
+            )
+        );
+        // One sector more, and it runs past the end.
+        let count = u16::try_from(core_sectors()).unwrap();
+        write_at(&path, at * 512 + 0x1fc, &count.to_le_bytes());
+        let p = grub_problem(&path);
+        assert!(
+            p.contains(&format!(
+                "its block list reads {count} sectors from sector {}, past the end of the disk \
+                 (2048 sectors)",
+                at + 1
+            )),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn core_img_over_a_file_system_or_outside_every_partition_is_a_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = gpt_disk(dir.path(), true);
+        // Partition 2, the ESP, starts at 4096.
+        install(&path, 4096);
+        let p = grub_problem(&path);
+        assert!(p.contains("lies over partition 2 (esp, sectors 4096..="), "{p}");
+        let g = table(&path).grub.unwrap();
+        assert_eq!(
+            (g.core_location, g.core_partition),
+            (Some(CoreLocation::Partition), Some(2))
+        );
+        // Running past the end of the BIOS boot partition (2048..=4095) into the ESP.
+        install(&path, 4090);
+        let p = grub_problem(&path);
+        assert!(p.contains("runs past BIOS boot partition 1 (sectors 2048..=4095)"), "{p}");
+        // Between the GPT's entries and the first partition.
+        install(&path, 100);
+        let p = grub_problem(&path);
+        assert!(
+            p.contains("lies outside every partition: on a GPT disk"),
+            "{p}"
+        );
+        assert_eq!(
+            table(&path).grub.unwrap().core_location,
+            Some(CoreLocation::Unpartitioned)
+        );
+    }
+
+    #[test]
+    fn a_bios_boot_partition_without_mbr_boot_code_is_not_legacy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = gpt_disk(dir.path(), true);
+        install(&path, 2048);
+        // The protective MBR again, without boot code.
+        write_at(&path, 0, &[0u8; 440]);
+        let t = table(&path);
+        assert!(!t.mbr_boot_code && t.grub.is_none());
+        let line = "partition 1 is a BIOS boot partition, but the MBR holds no boot code: BIOS \
+                    firmware has nothing to run";
+        assert_eq!(t.problems, vec![line.to_owned()]);
+        let s = summary(&path);
+        assert!(s.boot_modes.is_empty() && s.boot_evidence.is_empty(), "{s:?}");
+        assert_eq!(s.legacy_problems, vec![line.to_owned()]);
+        // Summary problems are about the architecture: untouched.
+        assert!(s.problems.is_empty(), "{s:?}");
+        // Without a BIOS boot partition, nothing is said.
+        let path = gpt_disk(dir.path(), false);
+        assert!(table(&path).problems.is_empty());
+        assert!(summary(&path).legacy_problems.is_empty());
+    }
+
+    #[test]
+    fn other_boot_code_is_legacy_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = mbr_disk(dir.path(), 2048);
+        // A jump like boot.img's, then other code (syslinux, Windows, anything).
+        let mut code = [0u8; 440];
+        code[..3].copy_from_slice(&[0xeb, 0x63, 0x90]);
+        for (i, b) in code[3..].iter_mut().enumerate() {
+            *b = (i * 7 + 1) as u8;
+        }
+        write_at(&path, 0, &code);
+        let t = table(&path);
+        assert!(t.mbr_boot_code && t.grub.is_none());
+        let s = summary(&path);
+        assert_eq!(s.boot_modes, vec![BootMode::Legacy]);
+        assert_eq!(s.boot_evidence, vec!["legacy: the MBR holds boot code"]);
+        // boot.img without its messages is not GRUB's as far as mkomi can tell: other code.
+        install(&path, 1);
+        let mut mbr = read_at(&path, 0, 512);
+        let at = mbr.windows(5).position(|w| w == b"GRUB ").unwrap();
+        mbr[at] = b'L';
+        write_at(&path, 0, &mbr);
+        assert!(table(&path).grub.is_none());
+        assert_eq!(
+            summary(&path).boot_evidence,
+            vec!["legacy: the MBR holds boot code"]
+        );
+    }
+}
