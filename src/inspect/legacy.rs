@@ -569,7 +569,10 @@ mod tests {
                 format!("legacy: GRUB core.img ({n} sectors) in BIOS boot partition 1"),
             ]
         );
-        assert!(s.legacy_problems.is_empty() && s.problems.is_empty(), "{s:?}");
+        assert!(
+            s.legacy_problems.is_empty() && s.problems.is_empty(),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -632,7 +635,10 @@ mod tests {
                 "{lba}: {p}"
             );
             let g = table(&path).grub.unwrap();
-            assert_eq!((g.core_lba, g.core_sectors, g.core_location), (lba, None, None));
+            assert_eq!(
+                (g.core_lba, g.core_sectors, g.core_location),
+                (lba, None, None)
+            );
         }
     }
 
@@ -712,7 +718,10 @@ mod tests {
         // Partition 2, the ESP, starts at 4096.
         install(&path, 4096);
         let p = grub_problem(&path);
-        assert!(p.contains("lies over partition 2 (esp, sectors 4096..="), "{p}");
+        assert!(
+            p.contains("lies over partition 2 (esp, sectors 4096..="),
+            "{p}"
+        );
         let g = table(&path).grub.unwrap();
         assert_eq!(
             (g.core_location, g.core_partition),
@@ -721,7 +730,10 @@ mod tests {
         // Running past the end of the BIOS boot partition (2048..=4095) into the ESP.
         install(&path, 4090);
         let p = grub_problem(&path);
-        assert!(p.contains("runs past BIOS boot partition 1 (sectors 2048..=4095)"), "{p}");
+        assert!(
+            p.contains("runs past BIOS boot partition 1 (sectors 2048..=4095)"),
+            "{p}"
+        );
         // Between the GPT's entries and the first partition.
         install(&path, 100);
         let p = grub_problem(&path);
@@ -748,7 +760,10 @@ mod tests {
                     firmware has nothing to run";
         assert_eq!(t.problems, vec![line.to_owned()]);
         let s = summary(&path);
-        assert!(s.boot_modes.is_empty() && s.boot_evidence.is_empty(), "{s:?}");
+        assert!(
+            s.boot_modes.is_empty() && s.boot_evidence.is_empty(),
+            "{s:?}"
+        );
         assert_eq!(s.legacy_problems, vec![line.to_owned()]);
         // Summary problems are about the architecture: untouched.
         assert!(s.problems.is_empty(), "{s:?}");
