@@ -318,7 +318,7 @@ pub fn assess(table: &PartitionTable) -> Assessment {
                     "legacy: the MBR holds GRUB's boot.img, which loads core.img at sector {}",
                     g.core_lba
                 ));
-                let last = g.core_lba.saturating_add(n - 1);
+                let last = g.core_lba.saturating_add(n.saturating_sub(1));
                 let place = match (g.core_location, g.core_partition) {
                     (Some(CoreLocation::BiosBoot), Some(p)) => {
                         format!("in BIOS boot partition {p}")
