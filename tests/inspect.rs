@@ -342,6 +342,156 @@ fn mbr_boot_code_means_legacy_and_a_hybrid_disk_boots_both_ways() {
     );
 }
 
+/// GRUB i386-pc on `disk` as mkomi build writes it (formats.md, "Legacy BIOS boot without
+/// grub-install"): the real boot.img's code in the MBR pointing at `lba`, and a real core.img
+/// from grub-mkimage at `lba`, its block list pointing at `lba + 1`. Returns core.img's sectors.
+fn install_grub(dir: &Path, disk: &Path, lba: u64) -> u64 {
+    let boot = std::fs::read("/usr/lib/grub/i386-pc/boot.img")
+        .expect("/usr/lib/grub/i386-pc/boot.img: install grub-pc-bin");
+    let core_path = dir.join("core.img");
+    let o = Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-o", s(&core_path), "-p", "/boot/grub"])
+        .args([
+            "biosdisk",
+            "part_gpt",
+            "part_msdos",
+            "ext2",
+            "linux",
+            "boot",
+        ])
+        .output()
+        .expect("grub-mkimage: install grub-pc-bin");
+    assert!(o.status.success(), "grub-mkimage: {o:?}");
+    let mut core = std::fs::read(&core_path).unwrap();
+    core.resize(core.len().div_ceil(512) * 512, 0);
+    core[0x1f4..0x1fc].copy_from_slice(&(lba + 1).to_le_bytes());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap();
+    let mut mbr = [0u8; 512];
+    f.read_exact_at(&mut mbr, 0).unwrap();
+    mbr[..440].copy_from_slice(&boot[..440]);
+    mbr[0x5c..0x64].copy_from_slice(&lba.to_le_bytes());
+    mbr[0x64] = 0xff;
+    mbr[0x66..0x68].copy_from_slice(&[0x90, 0x90]);
+    f.write_all_at(&mbr, 0).unwrap();
+    f.write_all_at(&core, lba * 512).unwrap();
+    core.len() as u64 / 512
+}
+
+#[test]
+fn grub_boot_img_and_core_img_make_a_disk_legacy_a_bios_boot_partition_alone_does_not() {
+    let d = tempfile::tempdir().unwrap();
+    let root = ext4(
+        &root_tree(d.path(), Arch::X86_64),
+        &d.path().join("root.ext4"),
+        "24M",
+    );
+    let esp = esp(d.path(), &[]);
+    let disk = gpt_disk(
+        &d.path().join("both.raw"),
+        &[
+            ("ef02", "bios", Err(1)),
+            ("ef00", "ESP", Ok(&esp)),
+            ("8304", "root", Ok(&root)),
+        ],
+    );
+    let n = install_grub(d.path(), &disk, 2048);
+    let r = inspect(&disk);
+    let t = &r["disks"][0]["partition_table"];
+    assert_eq!(
+        t["grub"],
+        serde_json::json!({"core_lba": 2048, "core_sectors": n, "core_location": "bios-boot",
+            "core_partition": 1, "problem": null}),
+        "{t:#}"
+    );
+    assert_eq!(t["problems"], serde_json::json!([]), "{t:#}");
+    let sum = &r["summary"];
+    assert_eq!(
+        sum["boot_modes"],
+        serde_json::json!(["uefi", "legacy"]),
+        "{sum:#}"
+    );
+    let ev = &sum["boot_evidence"];
+    assert_eq!(
+        ev[1],
+        "legacy: the MBR holds GRUB's boot.img, which loads core.img at sector 2048"
+    );
+    assert_eq!(
+        ev[2],
+        format!("legacy: GRUB core.img ({n} sectors) in BIOS boot partition 1").as_str()
+    );
+    let text = inspect_text(&disk);
+    assert!(
+        text.contains(&format!(
+            "MBR boot code: GRUB boot.img, core.img at sector 2048 ({n} sectors, bios-boot, \
+             partition 1)"
+        )),
+        "{text}"
+    );
+    validate(d.path(), "inspect.schema.json", &[("grub-inspect", &r)]);
+    // register takes both modes from it.
+    let out = d.path().join("omi");
+    ok(&["register", s(&disk), "-o", s(&out), "-q"]);
+    assert_eq!(
+        manifest(&out)["Image"]["BootModes"],
+        serde_json::json!(["uefi", "legacy"])
+    );
+
+    // boot.img pointing past the disk: a problem, and not legacy.
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&u64::MAX.to_le_bytes(), 0x5c).unwrap();
+    let r = inspect(&disk);
+    let g = &r["disks"][0]["partition_table"]["grub"];
+    assert_eq!(g["core_sectors"], Value::Null);
+    assert!(
+        g["problem"]
+            .as_str()
+            .unwrap()
+            .contains("past the end of the disk"),
+        "{g:#}"
+    );
+    assert_eq!(r["summary"]["boot_modes"], serde_json::json!(["uefi"]));
+    validate(d.path(), "inspect.schema.json", &[("bad-grub-inspect", &r)]);
+    assert!(inspect_text(&disk).contains("not legacy: GRUB's boot.img in the MBR loads core.img"));
+
+    // The MBR's code wiped: the BIOS boot partition alone is not legacy, and declaring legacy
+    // is refused, saying why.
+    f.write_all_at(&[0u8; 440], 0).unwrap();
+    drop(f);
+    let r = inspect(&disk);
+    let line = "partition 1 is a BIOS boot partition, but the MBR holds no boot code: BIOS \
+                firmware has nothing to run";
+    assert_eq!(r["disks"][0]["partition_table"]["grub"], Value::Null);
+    assert_eq!(
+        r["disks"][0]["partition_table"]["problems"],
+        serde_json::json!([line])
+    );
+    assert_eq!(r["summary"]["boot_modes"], serde_json::json!(["uefi"]));
+    let bad = d.path().join("bad");
+    let o = run(&[
+        "register",
+        s(&disk),
+        "-o",
+        s(&bad),
+        "--boot-mode",
+        "legacy",
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "boot mode legacy declared, but BIOS firmware cannot boot it: {line} \
+             (--no-boot-check registers it anyway)"
+        )),
+        "{err}"
+    );
+    assert!(!bad.exists());
+}
+
 #[test]
 fn windows_layout_is_recognised() {
     let d = tempfile::tempdir().unwrap();

@@ -149,9 +149,13 @@ pub fn decide(
                         arch_name(architecture),
                         fallback(architecture)
                     ),
-                    BootMode::Legacy => {
-                        "the MBR holds no boot code and there is no BIOS boot partition".to_owned()
+                    BootMode::Legacy if summary.legacy_problems.is_empty() => {
+                        "the MBR holds no boot code".to_owned()
                     }
+                    BootMode::Legacy => format!(
+                        "BIOS firmware cannot boot it: {}",
+                        summary.legacy_problems.join("; ")
+                    ),
                 };
                 return Err(fail(format!(
                     "boot mode {} declared, but {missing} (--no-boot-check registers it anyway)",

@@ -10,6 +10,7 @@
 //! `Display`.
 
 pub mod binary;
+pub mod legacy;
 pub mod osrelease;
 pub mod signature;
 pub mod table;
@@ -167,6 +168,11 @@ pub struct Summary {
     pub windows: bool,
     /// Contradictions between pieces of evidence.
     pub problems: Vec<String>,
+    /// Why the disk does not boot in legacy mode although something on it is made for it (a
+    /// BIOS boot partition, GRUB's `boot.img`), one line each. Not in the JSON report, where
+    /// `partition_table.grub.problem` and `partition_table.problems` say the same.
+    #[serde(skip)]
+    pub legacy_problems: Vec<String>,
 }
 
 /// Where a volume is, for messages: `partition 2` or `whole disk`.
@@ -631,26 +637,13 @@ pub fn summarize(disk: &DiskReport) -> Summary {
             }
         }
     }
-    // Legacy: boot code in the MBR, or a BIOS boot partition for GRUB's core image.
-    let table = &disk.partition_table;
-    let mut legacy = Vec::new();
-    if table.mbr_boot_code {
-        legacy.push("legacy: the MBR holds boot code".to_owned());
-    }
-    for p in table
-        .partitions
-        .iter()
-        .filter(|p| p.type_name == "bios-boot")
-    {
-        legacy.push(format!(
-            "legacy: partition {} is a BIOS boot partition",
-            p.index
-        ));
-    }
-    if !legacy.is_empty() {
+    // Legacy: boot code in the MBR; GRUB's only when its core image is where it belongs.
+    let legacy = legacy::assess(&disk.partition_table);
+    if legacy.boots {
         s.boot_modes.push(BootMode::Legacy);
-        s.boot_evidence.extend(legacy);
     }
+    s.boot_evidence.extend(legacy.evidence);
+    s.legacy_problems = legacy.problems;
 
     // Windows: NTFS next to the Windows Boot Manager.
     let ntfs = disk
@@ -780,6 +773,9 @@ impl fmt::Display for Report {
         for e in &s.boot_evidence {
             writeln!(f, "                  {e}")?;
         }
+        for p in &s.legacy_problems {
+            writeln!(f, "                  not legacy: {p}")?;
+        }
         if s.windows {
             writeln!(
                 f,
@@ -818,8 +814,30 @@ impl fmt::Display for DiskReport {
         if let Some(g) = &t.disk_guid {
             writeln!(f, "  disk GUID {g}")?;
         }
-        if t.mbr_boot_code {
-            writeln!(f, "  MBR boot code present")?;
+        match &t.grub {
+            Some(g) => {
+                let core = match (g.core_sectors, g.core_location, g.core_partition) {
+                    (Some(n), Some(at), p) => {
+                        let at = serde_json::to_value(at)
+                            .ok()
+                            .and_then(|j| j.as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        let p = p.map(|p| format!(", partition {p}")).unwrap_or_default();
+                        format!(" ({n} sectors, {at}{p})")
+                    }
+                    _ => " (not found)".to_owned(),
+                };
+                writeln!(
+                    f,
+                    "  MBR boot code: GRUB boot.img, core.img at sector {}{core}",
+                    g.core_lba
+                )?;
+                if let Some(p) = &g.problem {
+                    writeln!(f, "  problem: {p}")?;
+                }
+            }
+            None if t.mbr_boot_code => writeln!(f, "  MBR boot code present")?,
+            None => {}
         }
         for p in &t.problems {
             writeln!(f, "  problem: {p}")?;

@@ -10,6 +10,7 @@ use std::fmt::Display;
 
 use serde::Serialize;
 
+use super::legacy::{self, Grub};
 use crate::format::Disk;
 use crate::ondisk::gpt::{self as codec, Entry, Guid, Header, PartitionType};
 
@@ -95,6 +96,9 @@ pub struct PartitionTable {
     /// Whether LBA 0 ends in 0x55AA and its first 440 bytes hold anything but zeros (legacy boot
     /// code).
     pub mbr_boot_code: bool,
+    /// GRUB's `boot.img` in the MBR and the `core.img` it loads; `None` when the MBR holds no
+    /// `boot.img`.
+    pub grub: Option<Grub>,
     /// What is wrong or suspicious, one line each.
     pub problems: Vec<String>,
 }
@@ -152,6 +156,7 @@ pub fn read(source: &dyn Disk) -> PartitionTable {
         disk_guid: None,
         partitions: Vec::new(),
         mbr_boot_code: false,
+        grub: None,
         problems: Vec::new(),
     };
     if size < SECTOR {
@@ -287,6 +292,17 @@ pub fn read(source: &dyn Disk) -> PartitionTable {
             if matches!(gpt, GptResult::Broken) {
                 problems.extend(gpt_problems);
             }
+        }
+    }
+    table.grub = legacy::read(source, &lba0, &table);
+    if !table.mbr_boot_code {
+        // GRUB's core image there is only ever run by boot code in the MBR.
+        for p in table
+            .partitions
+            .iter()
+            .filter(|p| p.type_name == "bios-boot")
+        {
+            problems.push(legacy::no_boot_code(p.index));
         }
     }
     table.problems = problems.finish();
