@@ -185,15 +185,11 @@ pub fn build(
             })?
         }
     };
-    let table = Planned::plan(&tpl, disk_size, &sizes, &seed)
-        .map_err(|e| invalid(&req.template, e))?;
+    let table =
+        Planned::plan(&tpl, disk_size, &sizes, &seed).map_err(|e| invalid(&req.template, e))?;
     let spans = table.spans();
-    for (i, ((p, &(_, part_len)), input)) in tpl
-        .partitions
-        .iter()
-        .zip(&spans)
-        .zip(&inputs)
-        .enumerate()
+    for (i, ((p, &(_, part_len)), input)) in
+        tpl.partitions.iter().zip(&spans).zip(&inputs).enumerate()
     {
         match input {
             Input::Image(img) if img.size() > part_len => {
@@ -472,7 +468,10 @@ impl<'a> RootFs<'a> {
             ));
         };
         let i = self.partition()?;
-        match (self.inputs.get(i), self.tpl.partitions.get(i).map(|p| &p.content)) {
+        match (
+            self.inputs.get(i),
+            self.tpl.partitions.get(i).map(|p| &p.content),
+        ) {
             (Some(Input::Tree(tree)), Some(Content::Tree(src))) => resolve::find(tree, pattern)
                 .map(|(path, _)| path)
                 .map_err(|e| invalid(&src.source, e.to_string())),
@@ -538,7 +537,8 @@ impl<'a> RootFs<'a> {
                          there, or give grub = \"host:/usr/lib/grub/i386-pc\")"
                     ))
                 };
-                let mut out = std::fs::File::create(&dest).map_err(io_err(&dest, "cannot create"))?;
+                let mut out =
+                    std::fs::File::create(&dest).map_err(io_err(&dest, "cannot create"))?;
                 if let Some(tree) = tree {
                     let data = match resolve::resolve(tree, &pattern) {
                         Ok(d) => d,
@@ -876,7 +876,10 @@ fn build_grub(
         Some(i) => Some(root.path_of(i, "bootloader.initrd")?),
         None => None,
     };
-    let fs_uuid = match (&tpl.partitions[root_index].content, &root.inputs[root_index]) {
+    let fs_uuid = match (
+        &tpl.partitions[root_index].content,
+        &root.inputs[root_index],
+    ) {
         (Content::Tree(_), _) => Some(derive_id(seed, "ext4 uuid", root_index)),
         (_, Input::Image(img)) => ext4_uuid(img.as_ref()),
         _ => volumes
@@ -969,8 +972,8 @@ fn build_grub(
         }
     };
     grub::patch_core(&mut core, core_lba).map_err(grub_err)?;
-    let boot_code = grub::boot_code(&boot_img, &grub_ref_text(dir, "boot.img"), core_lba)
-        .map_err(grub_err)?;
+    let boot_code =
+        grub::boot_code(&boot_img, &grub_ref_text(dir, "boot.img"), core_lba).map_err(grub_err)?;
     Ok(Bios {
         boot_code,
         core,

@@ -327,7 +327,9 @@ pub fn boot_code(boot_img: &[u8], what: &str, core_lba: u64) -> Result<Vec<u8>> 
     // "Read", " Error").
     let has = |s: &[u8]| boot_img.windows(s.len()).any(|w| w == s);
     if !(has(b"GRUB \0") && has(b"Geom\0") && has(b"Hard Disk\0")) {
-        return Err(bad("it lacks boot.S's messages (\"GRUB \", \"Geom\", \"Hard Disk\")"));
+        return Err(bad(
+            "it lacks boot.S's messages (\"GRUB \", \"Geom\", \"Hard Disk\")",
+        ));
     }
     let mut code = boot_img[..crate::layout::mbr::BOOT_CODE_LEN].to_vec();
     code[KERNEL_SECTOR..KERNEL_SECTOR + 8].copy_from_slice(&core_lba.to_le_bytes());
@@ -353,7 +355,10 @@ mod tests {
         assert!(c.contains(&"relocator".to_owned()) && c.contains(&"mmap".to_owned()));
         assert!(!c.contains(&"extra".to_owned()));
         let e = module_closure("ext2:\n", "dir/moddep.lst").unwrap_err();
-        assert!(e.to_string().starts_with("dir/moddep.lst: no module"), "{e}");
+        assert!(
+            e.to_string().starts_with("dir/moddep.lst: no module"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -388,7 +393,10 @@ mod tests {
         boot[511] = 0xaa;
         let code = boot_code(&boot, "b", 2048).unwrap();
         assert_eq!(code.len(), 440);
-        assert_eq!(u64::from_le_bytes(code[0x5c..0x64].try_into().unwrap()), 2048);
+        assert_eq!(
+            u64::from_le_bytes(code[0x5c..0x64].try_into().unwrap()),
+            2048
+        );
         assert_eq!(code[0x64], 0xff);
         assert_eq!(&code[0x66..0x68], &[0x90, 0x90]);
         assert!(boot_code(&boot[..511], "b", 1).is_err());

@@ -369,7 +369,10 @@ mod tests {
         assert_eq!(u32::from_le_bytes(s[470..474].try_into().unwrap()), 18432);
         assert_eq!(
             t.partuuid(1),
-            format!("{:08x}-02", u32::from_le_bytes(s[440..444].try_into().unwrap()))
+            format!(
+                "{:08x}-02",
+                u32::from_le_bytes(s[440..444].try_into().unwrap())
+            )
         );
         // The same seed, the same signature; another seed, another.
         let again = plan(64 << 20, &[req(PartitionType::Esp, None, false)], b"seed").unwrap();
@@ -404,7 +407,13 @@ mod tests {
             b"s",
         )
         .unwrap_err();
-        assert!(matches!(e, Error::TwoActive { first: 1, second: 2 }));
+        assert!(matches!(
+            e,
+            Error::TwoActive {
+                first: 1,
+                second: 2
+            }
+        ));
         let e = plan(8 << 20, &[root(Some(8 << 20))], b"s").unwrap_err();
         assert!(matches!(e, Error::DoesNotFit { .. }));
         assert_eq!(fit_disk_size(&[1, 1 << 20]), Some(3 << 20));

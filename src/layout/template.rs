@@ -536,7 +536,11 @@ impl Template {
         if table == TableKind::Mbr && raw.partition.len() > crate::layout::mbr::MAX_PARTITIONS {
             return Err(Error::Value {
                 path: path.to_owned(),
-                line: raw.disk.table.as_ref().map_or(1, |t| cx.line(t.span().start)),
+                line: raw
+                    .disk
+                    .table
+                    .as_ref()
+                    .map_or(1, |t| cx.line(t.span().start)),
                 key: "disk.table".into(),
                 value: "mbr".into(),
                 rule: format!(
