@@ -622,7 +622,7 @@ fn register_takes_the_architecture_and_boot_modes_from_the_disk() {
     assert!(
         err.contains(
             "r32.ext4: no boot loader found on the root disk: looked for EFI/BOOT/BOOTIA32.EFI \
-             on an ESP and for MBR boot code or a BIOS boot partition; pass --no-boot-check to \
+             on an ESP and for boot code in the MBR; pass --no-boot-check to \
              register it anyway"
         ),
         "{err}"

@@ -292,6 +292,7 @@ pub fn build(
         // What the disk boots in is what the template declares: no more, no fewer.
         checks: super::checks::Checks {
             exact_modes: true,
+            template: true,
             ..req.checks
         },
         audit: req.audit,

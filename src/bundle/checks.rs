@@ -26,6 +26,9 @@ pub struct Checks {
     /// The declared boot modes must be exactly those the disk supports, no fewer (`build`: a
     /// disk it made boots in the modes it declares and no other; off with `boot`).
     pub exact_modes: bool,
+    /// The fields come from a template (`build`), not from `--arch`/`--boot-mode`: messages
+    /// name the template's keys.
+    pub template: bool,
 }
 
 impl Default for Checks {
@@ -35,6 +38,7 @@ impl Default for Checks {
             boot: true,
             loader: true,
             exact_modes: false,
+            template: false,
         }
     }
 }
@@ -90,19 +94,24 @@ pub fn decide(
         reason,
     };
     let evidence = summary.architecture_evidence.join("; ");
+    let (declared, anyway) = if checks.template {
+        ("the template's architecture", "builds")
+    } else {
+        ("--arch", "registers")
+    };
     let architecture = match (declared_arch, summary.architecture, &summary.machine) {
         (Some(a), _, _) if !checks.arch => a,
         (Some(a), Some(found), _) if a == found => a,
         (Some(a), _, Some(m)) => {
             return Err(fail(format!(
-                "--arch {} contradicts the image, whose binaries are {m}: {evidence} \
-                 (--no-arch-check registers it anyway)",
+                "{declared} {} contradicts the image, whose binaries are {m}: {evidence} \
+                 (--no-arch-check {anyway} it anyway)",
                 arch_name(a)
             )));
         }
         (Some(a), _, None) if !summary.problems.is_empty() => {
             return Err(fail(format!(
-                "--arch {}: {} (--no-arch-check registers it anyway)",
+                "{declared} {}: {} (--no-arch-check {anyway} it anyway)",
                 arch_name(a),
                 summary.problems.join("; ")
             )));
@@ -131,7 +140,7 @@ pub fn decide(
         if summary.boot_modes.is_empty() && checks.loader {
             return Err(fail(format!(
                 "no boot loader found on the root disk: looked for EFI/BOOT/{} on an ESP and for \
-                 MBR boot code or a BIOS boot partition; pass --no-boot-check to register it \
+                 boot code in the MBR; pass --no-boot-check to register it \
                  anyway",
                 fallback(architecture)
             )));
@@ -158,7 +167,7 @@ pub fn decide(
                     ),
                 };
                 return Err(fail(format!(
-                    "boot mode {} declared, but {missing} (--no-boot-check registers it anyway)",
+                    "boot mode {} declared, but {missing} (--no-boot-check {anyway} it anyway)",
                     mode_name(m)
                 )));
             }

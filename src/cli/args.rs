@@ -29,6 +29,7 @@ impl CheckArgs {
             boot: !self.no_boot_check,
             loader: !self.no_boot_check,
             exact_modes: false,
+            template: false,
         }
     }
 
@@ -109,8 +110,9 @@ pub struct ImageArgs {
     #[arg(long)]
     pub description: Option<String>,
     /// A boot mode the image supports; repeat for both. Default: the ones found on the disk (uefi:
-    /// an ESP with EFI/BOOT/BOOTX64.EFI or BOOTIA32.EFI for the architecture; legacy: MBR boot
-    /// code or a BIOS boot partition).
+    /// an ESP with EFI/BOOT/BOOTX64.EFI or BOOTIA32.EFI for the architecture; legacy: boot code
+    /// in the MBR, and for GRUB a whole core.img in a BIOS boot partition or the gap after the
+    /// MBR).
     #[arg(long = "boot-mode", value_enum)]
     pub boot_modes: Vec<BootMode>,
     /// The root device name (Outscale requires /dev/sda1).
