@@ -2,18 +2,20 @@
 //! (fixtures/make-debian-tree.sh: minbase, linux-image-cloud-amd64, systemd-sysv,
 //! systemd-boot-efi, udev) goes through templates/debian-outscale.toml — as
 //! tests/debian/debian-test.toml, the same template plus the guest check shipped by `[[file]]`
-//! — and the qcow2 boots under qemu-system-x86_64 + OVMF (TCG) until systemd reaches
+//! — and the qcow2, a hybrid disk, boots under qemu-system-x86_64 with SeaBIOS and with OVMF
+//! (TCG), both at once, until systemd reaches
 //! multi-user.target. Then tests/debian/mkomi-check prints what it found on ttyS0: the marker
 //! read from the root file system, the root mounted read-write, a machine-id generated at
 //! boot, no SSH host key from the build. Needs root (debootstrap, `tar -x` keeping owners).
 
 mod common;
+use common::qemu::{self, Firmware};
 use common::*;
 use std::collections::BTreeMap;
-use std::fs::File;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -135,45 +137,12 @@ fn checks(console: &str) -> BTreeMap<String, String> {
     m
 }
 
-/// Boots `disk` (qcow2) under OVMF with TCG; returns the console as plain text once the guest
-/// powers off (or `limit` passes), and how long that took.
-fn boot(disk: &Path, d: &Path, limit: Duration) -> (String, Duration, bool) {
-    let vars = d.join("OVMF_VARS.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-    let log = d.join("console.log");
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-machine", "q35", "-m", "1024", "-nographic", "-no-reboot"])
-        .args([
-            "-drive",
-            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-        ])
-        .args(["-drive", &format!("if=pflash,format=raw,file={}", s(&vars))])
-        .args([
-            "-drive",
-            &format!("file={},format=qcow2,if=virtio", s(disk)),
-        ])
-        .stdin(Stdio::null())
-        // To a file, not a pipe: a pipe nobody reads would stall the guest's console.
-        .stdout(File::create(&log).unwrap())
-        .stderr(File::create(d.join("qemu.stderr")).unwrap());
-    let mut child = qemu
-        .spawn()
-        .expect("qemu-system-x86_64 (package qemu-system-x86) must be installed");
-    let start = Instant::now();
-    let mut exited_ok = false;
-    while start.elapsed() < limit {
-        if let Some(status) = child.try_wait().unwrap() {
-            exited_ok = status.success();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let took = start.elapsed();
-    let console = plain(&std::fs::read(&log).unwrap());
-    eprintln!("debian boot: qemu ran {took:?}");
-    (console, took, exited_ok)
+/// Boots `disk` (qcow2) under `fw` with TCG; returns the console as plain text once the guest
+/// powers off (or `limit` passes), how long that took, and whether qemu exited 0.
+fn boot(disk: &Path, fw: Firmware, d: &Path, limit: Duration) -> (String, Duration, bool) {
+    let b = qemu::boot(disk, fw, d, 1024, limit);
+    eprintln!("debian boot {fw:?}: qemu ran {:?}", b.took);
+    (plain(b.console.as_bytes()), b.took, b.exited_ok)
 }
 
 /// Asserts every MKOMI-CHECK line of a boot of the test template.
@@ -270,8 +239,22 @@ fn a_debian_tree_built_with_the_shipped_template_boots_to_multi_user() {
     );
     ok(&["verify", s(&bundle), "-q"]);
 
-    let (console, took, exited_ok) = boot(&bundle.join("sda1.qcow2"), d, Duration::from_secs(900));
-    assert_booted(&console, took, exited_ok, &fixture);
+    // The hybrid disk, under both firmwares at once (one core each).
+    let disk = bundle.join("sda1.qcow2");
+    let boots: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = [Firmware::Bios64, Firmware::Uefi64]
+            .into_iter()
+            .map(|fw| {
+                let disk = &disk;
+                scope.spawn(move || (fw, boot(disk, fw, d, Duration::from_secs(900))))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (fw, (console, took, exited_ok)) in boots {
+        eprintln!("debian boot under {fw:?}");
+        assert_booted(&console, took, exited_ok, &fixture);
+    }
 }
 
 /// The "same tree through every source": the Debian tree as the fixture's tar.gz, as a

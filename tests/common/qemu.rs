@@ -75,9 +75,11 @@ pub fn boot(disk: &Path, fw: Firmware, dir: &Path, mem: u32, limit: Duration) ->
             );
         }
     }
+    // snapshot=on: the guest's writes go to a temporary overlay, so each boot starts from the
+    // disk as built, and two boots of one disk can run at once (no write lock).
     qemu.args([
         "-drive",
-        &format!("file={},format=qcow2,if=virtio", disk.display()),
+        &format!("file={},format=qcow2,if=virtio,snapshot=on", disk.display()),
     ])
     .stdin(Stdio::null())
     // To a file, not a pipe: a pipe nobody reads would stall the guest's console.
