@@ -1331,4 +1331,141 @@ symlink = "/etc/systemd/system/x.service"
         assert_eq!(parse_size("x"), None);
         assert_eq!(parse_size("99999999999999999999T"), None);
     }
+
+    const HYBRID: &str = r#"
+[image]
+name = "hybrid"
+architecture = "x86_64"
+boot-modes = ["legacy", "uefi"]
+
+[disk]
+size = "2G"
+
+[[partition]]
+type = "bios-boot"
+label = "bios"
+size = "1M"
+content = "empty"
+
+[[partition]]
+type = "esp"
+label = "ESP"
+size = "128M"
+content = "esp"
+
+[[partition]]
+type = "root-x86-64"
+label = "root"
+content = "image"
+image = "r.img"
+
+[bootloader]
+efi = "root:/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+grub = "host:/usr/lib/grub/i386-pc"
+kernel = "root:/boot/vmlinuz-*"
+options = "root=PARTUUID=${partuuid:root}"
+"#;
+
+    fn err(text: &str) -> String {
+        parse(text, &[]).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn boot_loaders_give_the_boot_modes() {
+        let t = parse(HYBRID, &[]).unwrap();
+        assert_eq!(t.boot_modes, vec![BootMode::Legacy, BootMode::Uefi]);
+        assert_eq!(t.table, TableKind::Gpt);
+        let b = t.bootloader.unwrap();
+        assert_eq!(b.grub, Some(FileRef::Host("/usr/lib/grub/i386-pc".into())));
+        assert!(b.efi.is_some());
+        // Left out, the boot modes come from the keys; uefi first is the same set.
+        let t = parse(
+            &HYBRID.replace("boot-modes = [\"legacy\", \"uefi\"]\n", ""),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(t.boot_modes, vec![BootMode::Legacy, BootMode::Uefi]);
+        let t = parse(
+            &HYBRID.replace("[\"legacy\", \"uefi\"]", "[\"uefi\", \"legacy\"]"),
+            &[],
+        );
+        assert!(t.is_ok());
+    }
+
+    #[test]
+    fn boot_modes_that_contradict_the_disk_are_refused() {
+        let e = err(&HYBRID.replace("[\"legacy\", \"uefi\"]", "[\"uefi\"]"));
+        assert!(
+            e.contains("image.boot-modes") && e.contains("grub = ... gives legacy"),
+            "{e}"
+        );
+        // A BIOS boot partition with no GRUB to fill it.
+        let no_grub = HYBRID
+            .replace("grub = \"host:/usr/lib/grub/i386-pc\"\n", "")
+            .replace("[\"legacy\", \"uefi\"]", "[\"uefi\"]");
+        let e = err(&no_grub);
+        assert!(
+            e.contains("a bios-boot partition is for legacy boot"),
+            "{e}"
+        );
+        // Legacy on GPT with no BIOS boot partition.
+        let no_bios = HYBRID.replace(
+            "type = \"bios-boot\"\nlabel = \"bios\"",
+            "type = \"linux-generic\"\nlabel = \"bios\"",
+        );
+        let e = err(&no_bios);
+        assert!(
+            e.contains("bootloader.grub") && e.contains("bios-boot"),
+            "{e}"
+        );
+        // The BIOS boot partition is the build's to fill.
+        let e = err(&HYBRID.replace(
+            "size = \"1M\"\ncontent = \"empty\"",
+            "size = \"1M\"\ncontent = \"image\"\nimage = \"x\"",
+        ));
+        assert!(
+            e.contains("content = \\\"empty\\\"") || e.contains("content = \"empty\""),
+            "{e}"
+        );
+        // No loader key at all.
+        let e = err(&HYBRID
+            .replace("grub = \"host:/usr/lib/grub/i386-pc\"\n", "")
+            .replace(
+                "efi = \"root:/usr/lib/systemd/boot/efi/systemd-bootx64.efi\"\n",
+                "",
+            ));
+        assert!(e.contains("a bootloader needs efi"), "{e}");
+    }
+
+    #[test]
+    fn mbr_disks_are_checked() {
+        let mbr = HYBRID
+            .replace("size = \"2G\"", "size = \"2G\"\ntable = \"mbr\"")
+            .replace(
+                "[[partition]]\ntype = \"bios-boot\"\nlabel = \"bios\"\nsize = \"1M\"\ncontent = \"empty\"\n\n",
+                "",
+            );
+        let t = parse(&mbr, &[]).unwrap();
+        assert_eq!(t.table, TableKind::Mbr);
+        // The root partition is active by default.
+        assert_eq!(
+            t.partitions.iter().map(|p| p.active).collect::<Vec<_>>(),
+            vec![false, true]
+        );
+        let e = err(&mbr.replace("size = \"2G\"", "size = \"3T\""));
+        assert!(e.contains("disk.size") && e.contains("2 TiB"), "{e}");
+        let e = err(&HYBRID.replace("size = \"2G\"", "size = \"2G\"\ntable = \"mbr\""));
+        assert!(e.contains("no bios-boot"), "{e}");
+        let e = err(&mbr.replace("table = \"mbr\"", "table = \"dos\""));
+        assert!(e.contains("gpt or mbr"), "{e}");
+        let e = err(&HYBRID.replace("content = \"esp\"", "content = \"esp\"\nactive = true"));
+        assert!(e.contains("active") && e.contains("MBR"), "{e}");
+    }
+
+    #[test]
+    fn the_root_partition_type_follows_the_architecture() {
+        let e = err(&HYBRID.replace("architecture = \"x86_64\"", "architecture = \"i386\""));
+        assert!(e.ends_with("root partition is of type root-x86"), "{e}");
+        assert!(e.contains("partition[3].type"), "{e}");
+    }
 }
