@@ -255,6 +255,39 @@ def tables(tmp):
     out("table", "sgdisk-gpt", sparse(read(disk)))
     run("sgdisk", "-h", "1", disk)
     out("table", "sgdisk-hybrid", sparse(read(disk)))
+    grub_seeds(tmp)
+
+
+def grub_seeds(tmp):
+    """GRUB's boot.img in the MBR pointing at the first sector of a real core.img (diskboot.img,
+    its block list set as mkomi build sets it), in the gap of an MBR disk and in the BIOS boot
+    partition of a GPT disk: the path of src/inspect/legacy.rs. Only core.img's first sector is
+    kept (the reader checks its block list, not the sectors it lists), so the seeds stay small.
+    Needs grub-pc-bin."""
+    core = os.path.join(tmp, "core.img")
+    run("grub-mkimage", "-O", "i386-pc", "-p", "/boot/grub", "-o", core, "biosdisk", "part_gpt",
+        "part_msdos", "ext2")
+    diskboot = bytearray(read(core)[:512])
+    sectors = (len(read(core)) + 511) // 512
+    boot = read("/usr/lib/grub/i386-pc/boot.img")
+
+    def place(disk, lba):
+        disk[:440] = boot[:440]
+        struct.pack_into("<Q", disk, 0x5c, lba)
+        disk[0x64] = 0xFF
+        disk[0x66:0x68] = b"\x90\x90"
+        first = bytearray(diskboot)
+        struct.pack_into("<QH", first, 500, lba + 1, sectors - 1)
+        disk[lba * 512:lba * 512 + 512] = first
+
+    d = bytearray(mbr([(0x80, 0x83, 2048, 2048)], size=4096 * 512))
+    place(d, 1)
+    out("table", "grub-mbr-gap", sparse(bytes(d)))
+    bios_boot = bytes.fromhex("4861682149646f6e744e656564454649")
+    d = bytearray(gpt(512, 4, [(bios_boot, 34, 2047, "bios"), (ROOT_X64, 2048, 4095, "root")],
+                      4200))
+    place(d, 34)
+    out("table", "grub-bios-boot", sparse(bytes(d)))
 
 
 # --- file systems ---------------------------------------------------------------------------------

@@ -818,12 +818,16 @@ impl fmt::Display for DiskReport {
             Some(g) => {
                 let core = match (g.core_sectors, g.core_location, g.core_partition) {
                     (Some(n), Some(at), p) => {
-                        let at = serde_json::to_value(at)
-                            .ok()
-                            .and_then(|j| j.as_str().map(str::to_owned))
-                            .unwrap_or_default();
-                        let p = p.map(|p| format!(", partition {p}")).unwrap_or_default();
-                        format!(" ({n} sectors, {at}{p})")
+                        let p = p.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+                        let at = match at {
+                            legacy::CoreLocation::BiosBoot => format!("in BIOS boot partition {p}"),
+                            legacy::CoreLocation::MbrGap => {
+                                format!("in the gap after the MBR, before partition {p}")
+                            }
+                            legacy::CoreLocation::Partition => format!("over partition {p}"),
+                            legacy::CoreLocation::Unpartitioned => "outside every partition".into(),
+                        };
+                        format!(" ({n} sectors, {at})")
                     }
                     _ => " (not found)".to_owned(),
                 };
