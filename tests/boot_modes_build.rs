@@ -101,7 +101,12 @@ fn fixtures() -> &'static Fixtures {
             let initrd = std::fs::read_dir(fx.join("rootfs/boot"))
                 .unwrap()
                 .map(|e| e.unwrap().path())
-                .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("initrd.img-"))
+                .find(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("initrd.img-")
+                })
                 .expect("the fixture has an initrd");
             let unpack = dir.join(format!("initrd-{arch}"));
             std::fs::create_dir_all(&unpack).unwrap();
@@ -114,7 +119,11 @@ fn fixtures() -> &'static Fixtures {
                 .current_dir(&unpack)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let busybox = unpack.join("bin/busybox");
             assert_eq!(elf_machine(&busybox), machine, "{arch} busybox");
             std::fs::create_dir_all(tree.join("bin")).unwrap();
@@ -127,16 +136,34 @@ fn fixtures() -> &'static Fixtures {
                     std::fs::copy(&src, tree.join(efi_dir).join(&name)).unwrap();
                 }
             }
-            assert!(tree.join(efi_dir).join(format!("systemd-boot{efi}.efi")).is_file());
+            assert!(
+                tree.join(efi_dir)
+                    .join(format!("systemd-boot{efi}.efi"))
+                    .is_file()
+            );
             let img = dir.join(format!("root-{arch}.ext4"));
             let size = std::fs::metadata(fx.join("root.ext4")).unwrap().len() + 32 * MIB;
             std::fs::File::create(&img).unwrap().set_len(size).unwrap();
             let out = Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-L", "root", "-b", "4096", "-d", s(&tree), s(&img)])
+                .args([
+                    "-q",
+                    "-F",
+                    "-L",
+                    "root",
+                    "-b",
+                    "4096",
+                    "-d",
+                    s(&tree),
+                    s(&img),
+                ])
                 .env("E2FSPROGS_FAKE_TIME", EPOCH)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "mkfs.ext4: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             disk::assert_ext4_clean(&img, 0);
             for d in [tree, unpack] {
                 std::fs::remove_dir_all(d).unwrap();
@@ -146,7 +173,11 @@ fn fixtures() -> &'static Fixtures {
             std::fs::remove_dir_all(dir.join(format!("fx-{arch}"))).unwrap();
         }
         let data = dir.join("data.img");
-        sparse_raw(&data, 8 * MIB, &[(0, 64 * 1024, 0x5a), (5 * MIB, 4096, 0xa5)]);
+        sparse_raw(
+            &data,
+            8 * MIB,
+            &[(0, 64 * 1024, 0x5a), (5 * MIB, 4096, 0xa5)],
+        );
         Fixtures {
             x86_64: dir.join("root-x86_64.ext4"),
             i386: dir.join("root-i386.ext4"),
@@ -185,7 +216,8 @@ impl Tpl {
         let t: toml::Table = text
             .parse()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let str_at = |v: &toml::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        let str_at =
+            |v: &toml::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
         let image = &t["image"];
         let partitions = t["partition"]
             .as_array()
@@ -224,7 +256,11 @@ impl Tpl {
             .partitions
             .iter()
             .position(|p| p.active)
-            .or_else(|| self.partitions.iter().position(|p| p.kind.starts_with("root-")))
+            .or_else(|| {
+                self.partitions
+                    .iter()
+                    .position(|p| p.kind.starts_with("root-"))
+            })
             .expect("an active or root partition");
         i as u32 + 1
     }
@@ -361,10 +397,19 @@ fn every_template_builds_reproducibly() {
         let [a, b, c] = [0, 1, 2].map(|k| dir.path().join(format!("{}-{k}", t.name)));
         let files = entries(&a);
         assert!(files.contains(&"manifest.json".to_owned()), "{files:?}");
-        assert_eq!(files, entries(&b), "{}: the bundles hold different files", t.name);
+        assert_eq!(
+            files,
+            entries(&b),
+            "{}: the bundles hold different files",
+            t.name
+        );
         for f in &files {
             let same = std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap();
-            assert!(same, "{}: {f} differs between two builds at the same epoch", t.name);
+            assert!(
+                same,
+                "{}: {f} differs between two builds at the same epoch",
+                t.name
+            );
         }
         let root = |d: &Path| d.join(root_disk(&manifest(d)));
         assert_ne!(
@@ -378,7 +423,12 @@ fn every_template_builds_reproducibly() {
             .status()
             .unwrap();
         // Exit 1: the images differ (qemu-img(1), compare).
-        assert_eq!(cmp.code(), Some(1), "{}: same disk content at two epochs", t.name);
+        assert_eq!(
+            cmp.code(),
+            Some(1),
+            "{}: same disk content at two epochs",
+            t.name
+        );
         files.len()
     });
     assert!(checks.iter().all(|&n| n >= 3), "{checks:?}");
@@ -433,7 +483,11 @@ fn check_bundle(t: &Tpl, b: &Path, work: &Path) {
     let name = &t.name;
     ok(&["verify", s(b), "-q"]);
     let m = manifest(b);
-    assert_eq!(strings(&m["Image"]["BootModes"]), t.boot_modes, "{name}: manifest BootModes");
+    assert_eq!(
+        strings(&m["Image"]["BootModes"]),
+        t.boot_modes,
+        "{name}: manifest BootModes"
+    );
     assert_eq!(m["Image"]["Architecture"], t.arch.as_str(), "{name}");
     assert_eq!(
         set(&strings(&m["Inspection"]["BootModes"])),
@@ -449,7 +503,11 @@ fn check_bundle(t: &Tpl, b: &Path, work: &Path) {
         "{name}: inspect summary.boot_modes ({})",
         summary["boot_evidence"]
     );
-    assert_eq!(summary["architecture"], t.arch.as_str(), "{name}: {summary}");
+    assert_eq!(
+        summary["architecture"],
+        t.arch.as_str(),
+        "{name}: {summary}"
+    );
 
     let raw = work.join(format!("{name}.raw"));
     disk::to_raw(&b.join(root_disk(&m)), &raw);
@@ -480,7 +538,8 @@ fn check_bundle(t: &Tpl, b: &Path, work: &Path) {
     for (p, tp) in parts.iter().zip(&t.partitions) {
         match tp.content.as_str() {
             "esp" => {
-                let img = disk::extract(&raw, p.offset(), p.len(), &work.join(format!("{name}-esp")));
+                let img =
+                    disk::extract(&raw, p.offset(), p.len(), &work.join(format!("{name}-esp")));
                 disk::assert_fat_clean(&img);
                 std::fs::remove_file(img).unwrap();
                 esps += 1;
@@ -496,7 +555,11 @@ fn check_bundle(t: &Tpl, b: &Path, work: &Path) {
             other => panic!("{name}: content {other}: extend check_bundle"),
         }
     }
-    assert_eq!(esps, t.boot_modes.iter().filter(|m| *m == "uefi").count(), "{name}");
+    assert_eq!(
+        esps,
+        t.boot_modes.iter().filter(|m| *m == "uefi").count(),
+        "{name}"
+    );
     assert_eq!(roots, 1, "{name}");
     std::fs::remove_file(&raw).unwrap();
     if t.needs_data {
@@ -552,13 +615,24 @@ fn refused(file: &str, text: &str, arch: &str) -> String {
     let o = run_with_timeout(c, Duration::from_secs(180));
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "{file} was built:\n{stderr}");
-    assert!(o.status.code().is_some_and(|c| c != 0), "{file}: {:?}", o.status);
+    assert!(
+        o.status.code().is_some_and(|c| c != 0),
+        "{file}: {:?}",
+        o.status
+    );
     assert_eq!(stderr.lines().count(), 1, "{file}: not one line:\n{stderr}");
     assert!(stderr.ends_with('\n'), "{file}: {stderr:?}");
     let line = stderr.trim_end().to_owned();
     assert!(line.starts_with("mkomi: "), "{file}: {line}");
-    assert!(line.contains(file), "{file}: the message names no template: {line}");
-    assert_eq!(entries(&parent), Vec::<String>::new(), "{file}: left behind");
+    assert!(
+        line.contains(file),
+        "{file}: the message names no template: {line}"
+    );
+    assert_eq!(
+        entries(&parent),
+        Vec::<String>::new(),
+        "{file}: left behind"
+    );
     line
 }
 
@@ -578,13 +652,23 @@ fn bios_templates_without_grub_are_refused() {
         &variant("bios", &[(from, "grub = \"host:/nonexistent\"")]),
         "x86_64",
     );
-    has_all(&line, &["legacy boot", "/nonexistent/", "apt-get install grub-pc-bin"]);
+    has_all(
+        &line,
+        &[
+            "legacy boot",
+            "/nonexistent/",
+            "apt-get install grub-pc-bin",
+        ],
+    );
     let line = refused(
         "grub-root-missing.toml",
         &variant("hybrid", &[(from, "grub = \"root:/usr/lib/grub/nope\"")]),
         "x86_64",
     );
-    has_all(&line, &["legacy boot", "root:/usr/lib/grub/nope", "root file system"]);
+    has_all(
+        &line,
+        &["legacy boot", "root:/usr/lib/grub/nope", "root file system"],
+    );
 }
 
 /// b. An MBR addresses 2^32 sectors of 512 bytes: 3 TiB is refused, naming the key and GPT.
@@ -608,7 +692,11 @@ fn bios_boot_partition_smaller_than_core_img_is_rounded_up_to_1_mib() {
     let fx = fixtures();
     let dir = tempfile::tempdir().unwrap();
     let tpl_path = dir.path().join("bios-64k.toml");
-    std::fs::write(&tpl_path, variant("bios", &[("size = \"1M\"", "size = \"64K\"")])).unwrap();
+    std::fs::write(
+        &tpl_path,
+        variant("bios", &[("size = \"1M\"", "size = \"64K\"")]),
+    )
+    .unwrap();
     let out = dir.path().join("omi");
     let mut c = build_cmd(&tpl_path, "x86_64", false, fx, &out);
     c.arg("-q");
@@ -627,7 +715,11 @@ fn bios_boot_partition_smaller_than_core_img_is_rounded_up_to_1_mib() {
     disk::to_raw(&out.join("sda1.qcow2"), &raw);
     disk::assert_sgdisk_clean(&raw);
     let parts: Vec<Part> = disk::partitions(&raw);
-    assert_eq!((parts[0].start, parts[0].sectors), (2048, 2048), "{parts:?}");
+    assert_eq!(
+        (parts[0].start, parts[0].sectors),
+        (2048, 2048),
+        "{parts:?}"
+    );
 }
 
 /// d. Boot modes that contradict the boot loaders or the partitions.
@@ -641,14 +733,28 @@ fn boot_modes_contradicting_the_partitions_are_refused() {
         &variant("hybrid", &[(both, "boot-modes = [\"uefi\"]")]),
         "x86_64",
     );
-    has_all(&line, &["image.boot-modes", "installs [legacy, uefi]", "declared [uefi]"]);
+    has_all(
+        &line,
+        &[
+            "image.boot-modes",
+            "installs [legacy, uefi]",
+            "declared [uefi]",
+        ],
+    );
     // ["legacy", "uefi"] declared, but no grub key: only systemd-boot is installed.
     let line = refused(
         "hybrid-without-grub.toml",
         &variant("hybrid", &[(grub_line, "")]),
         "x86_64",
     );
-    has_all(&line, &["image.boot-modes", "installs [uefi]", "declared [legacy, uefi]"]);
+    has_all(
+        &line,
+        &[
+            "image.boot-modes",
+            "installs [uefi]",
+            "declared [legacy, uefi]",
+        ],
+    );
     // ["legacy"] with a bios-boot partition but no grub key: no boot loader at all.
     let line = refused(
         "legacy-without-grub.toml",
@@ -659,10 +765,16 @@ fn boot_modes_contradicting_the_partitions_are_refused() {
     // A bios-boot partition with only efi = ... (UEFI).
     let line = refused(
         "bios-boot-with-efi-only.toml",
-        &variant("hybrid", &[(grub_line, ""), (both, "boot-modes = [\"uefi\"]")]),
+        &variant(
+            "hybrid",
+            &[(grub_line, ""), (both, "boot-modes = [\"uefi\"]")],
+        ),
         "x86_64",
     );
-    has_all(&line, &["partition.type", "bios-boot", "legacy boot", "grub = "]);
+    has_all(
+        &line,
+        &["partition.type", "bios-boot", "legacy boot", "grub = "],
+    );
     // Legacy on GPT with no bios-boot partition for core.img.
     let line = refused(
         "legacy-gpt-no-bios-boot.toml",

@@ -67,7 +67,12 @@ fn run(program: &str, args: &[&str]) -> (Option<i32>, String) {
 /// Converts `image` (any format qemu-img reads) to a sparse raw file `raw`.
 pub fn to_raw(image: &Path, raw: &Path) {
     let (code, text) = run("qemu-img", &["convert", "-O", "raw", s(image), s(raw)]);
-    assert_eq!(code, Some(0), "qemu-img convert {}: {text}", image.display());
+    assert_eq!(
+        code,
+        Some(0),
+        "qemu-img convert {}: {text}",
+        image.display()
+    );
 }
 
 /// The partition table type libblkid finds (`gpt`, `dos`), probing the raw bytes (`-p`: no
@@ -162,7 +167,11 @@ pub fn assert_sgdisk_clean(raw: &Path) {
     );
     let rest = text.replace("No problems found.", "");
     let bad = alarms(&rest);
-    assert!(bad.is_empty(), "sgdisk -v {}: {bad:?}\n{text}", raw.display());
+    assert!(
+        bad.is_empty(),
+        "sgdisk -v {}: {bad:?}\n{text}",
+        raw.display()
+    );
 }
 
 /// `sgdisk -v` on an MBR disk, which GPT fdisk converts to GPT in memory: the only problem it
@@ -187,7 +196,9 @@ pub fn assert_sgdisk_mbr_view_clean(raw: &Path, parts: &[Part]) {
         "",
     );
     if overlap > 0 {
-        let warning = format!("Warning! Secondary partition table overlaps the last partition by\n{overlap} blocks!\nYou will need to delete this partition or resize it in another utility.");
+        let warning = format!(
+            "Warning! Secondary partition table overlaps the last partition by\n{overlap} blocks!\nYou will need to delete this partition or resize it in another utility."
+        );
         assert!(
             rest.contains(&warning),
             "sgdisk -v {}: expected only the backup-table overlap of {overlap} blocks:\n{text}",
@@ -209,7 +220,11 @@ pub fn assert_sgdisk_mbr_view_clean(raw: &Path, parts: &[Part]) {
         rest = rest.replace("No problems found.", "");
     }
     let bad = alarms(&rest);
-    assert!(bad.is_empty(), "sgdisk -v {}: {bad:?}\n{text}", raw.display());
+    assert!(
+        bad.is_empty(),
+        "sgdisk -v {}: {bad:?}\n{text}",
+        raw.display()
+    );
 }
 
 /// Checks of an MBR disk's own structure, read from sector 0 and compared with partx: the boot
@@ -223,7 +238,11 @@ pub fn assert_mbr_sane(raw: &Path, parts: &[Part], active: u32) {
     let mut head = [0u8; 1024];
     f.read_exact_at(&mut head, 0).expect("read sectors 0-1");
     assert_eq!(head[510..512], [0x55, 0xaa], "no MBR boot signature");
-    assert_ne!(&head[512..520], b"EFI PART", "an MBR disk with a GPT header");
+    assert_ne!(
+        &head[512..520],
+        b"EFI PART",
+        "an MBR disk with a GPT header"
+    );
     let sig = u32::from_le_bytes([head[440], head[441], head[442], head[443]]);
     assert_ne!(sig, 0, "no MBR disk signature");
     let mut next = 2048;
@@ -234,7 +253,11 @@ pub fn assert_mbr_sane(raw: &Path, parts: &[Part], active: u32) {
         assert!(p.start >= next, "partition {} overlaps: {parts:?}", p.nr);
         assert!(p.sectors > 0, "{p:?}");
         next = p.start + p.sectors;
-        assert!(next <= disk_sectors, "partition {} past the disk's end", p.nr);
+        assert!(
+            next <= disk_sectors,
+            "partition {} past the disk's end",
+            p.nr
+        );
         let is_active = p.flags == "0x80";
         assert!(
             is_active == (p.nr == active),
@@ -275,7 +298,8 @@ pub fn assert_fat_clean(image: &Path) {
     assert_eq!(code, Some(0), "fsck.fat -n {}:\n{text}", image.display());
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         assert!(
-            line.starts_with("fsck.fat ") || (line.contains(" files, ") && line.ends_with(" clusters")),
+            line.starts_with("fsck.fat ")
+                || (line.contains(" files, ") && line.ends_with(" clusters")),
             "fsck.fat -n {} says {line:?}:\n{text}",
             image.display()
         );
@@ -291,7 +315,11 @@ pub fn ext4_superblock(raw: &Path, offset: u64) -> (String, u64) {
     let mut sb = [0u8; 1024];
     f.read_exact_at(&mut sb, offset + 1024)
         .expect("read the superblock");
-    assert_eq!(sb[0x38..0x3a], [0x53, 0xef], "no ext4 superblock at byte {offset}");
+    assert_eq!(
+        sb[0x38..0x3a],
+        [0x53, 0xef],
+        "no ext4 superblock at byte {offset}"
+    );
     let le32 = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
     let lo = u64::from(le32(0x4));
     let hi = if le32(0x60) & 0x80 != 0 {
@@ -313,5 +341,8 @@ pub fn assert_ext4_clean(raw: &Path, offset: u64) {
     let dev = format!("{}?offset={offset}", s(raw));
     let (code, text) = run("e2fsck", &["-fn", &dev]);
     assert_eq!(code, Some(0), "e2fsck -fn {dev}:\n{text}");
-    assert!(text.contains("Pass 5"), "e2fsck -fn {dev} did not run:\n{text}");
+    assert!(
+        text.contains("Pass 5"),
+        "e2fsck -fn {dev} did not run:\n{text}"
+    );
 }
