@@ -68,8 +68,8 @@ fn elf_machine(path: &Path) -> u16 {
     u16::from_le_bytes([b[18], b[19]])
 }
 
-/// Made once per test process, under cargo's scratch directory for integration tests (the
-/// trees and images are a few hundred MB: each run replaces them).
+/// Made once per test process, under cargo's scratch directory for integration tests: two
+/// sparse ext4 images and the data image (~40 MB once the work is removed), replaced each run.
 fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
@@ -127,7 +127,13 @@ fn fixtures() -> &'static Fixtures {
             let busybox = unpack.join("bin/busybox");
             assert_eq!(elf_machine(&busybox), machine, "{arch} busybox");
             std::fs::create_dir_all(tree.join("bin")).unwrap();
-            std::fs::copy(&busybox, tree.join("bin/sh")).unwrap();
+            // A /bin/sh the fixture may have made (a link to /bin/busybox?) is replaced, not
+            // written through: a link would lead out of the tree, to the host's files.
+            let sh = tree.join("bin/sh");
+            if sh.symlink_metadata().is_ok() {
+                std::fs::remove_file(&sh).unwrap();
+            }
+            std::fs::copy(&busybox, &sh).unwrap();
             // Both systemd-boot builds: the other architecture's template finds its loader.
             for (other, _, other_efi) in arches {
                 let name = format!("systemd-boot{other_efi}.efi");

@@ -197,7 +197,8 @@ pub fn assert_sgdisk_mbr_view_clean(raw: &Path, parts: &[Part]) {
     );
     if overlap > 0 {
         let warning = format!(
-            "Warning! Secondary partition table overlaps the last partition by\n{overlap} blocks!\nYou will need to delete this partition or resize it in another utility."
+            "Warning! Secondary partition table overlaps the last partition by\n{overlap} blocks!\n\
+             You will need to delete this partition or resize it in another utility."
         );
         assert!(
             rest.contains(&warning),
