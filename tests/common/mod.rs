@@ -1,6 +1,8 @@
 //! Helpers for the integration tests: run the real `mkomi` binary and the real qemu tools.
 #![allow(dead_code)]
 
+pub mod disk;
+
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
