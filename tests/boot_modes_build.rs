@@ -688,43 +688,24 @@ fn mbr_disk_over_2_tib_is_refused() {
     has_all(&line, &["disk.size", "3T", "2 TiB", "table = \"gpt\""]);
 }
 
-/// c. A BIOS boot partition asked smaller than core.img: the GPT planner rounds every size up
-/// to 1 MiB (2048 sectors), more than any core.img GRUB makes from these modules (under 300
-/// sectors), so build.rs's "too small for GRUB's core.img" error cannot be reached from a
-/// template. What happens instead is pinned here: the build succeeds, the partition is 1 MiB,
-/// and the disk boots legacy with core.img inside it.
+/// c. A BIOS boot partition declared smaller than core.img is refused, naming the partition,
+/// both sizes and the fix, although the GPT planner would round it up to 1 MiB: the declared
+/// size is the template's mistake.
 #[test]
-fn bios_boot_partition_smaller_than_core_img_is_rounded_up_to_1_mib() {
-    let fx = fixtures();
-    let dir = tempfile::tempdir().unwrap();
-    let tpl_path = dir.path().join("bios-64k.toml");
-    std::fs::write(
-        &tpl_path,
-        variant("bios", &[("size = \"1M\"", "size = \"64K\"")]),
-    )
-    .unwrap();
-    let out = dir.path().join("omi");
-    let mut c = build_cmd(&tpl_path, "x86_64", false, fx, &out);
-    c.arg("-q");
-    let o = run_with_timeout(c, Duration::from_secs(180));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let inspect: serde_json::Value =
-        serde_json::from_slice(&ok(&["inspect", "--json", s(&out)]).stdout).unwrap();
-    let table = &inspect["disks"][0]["partition_table"];
-    assert_eq!(table["partitions"][0]["type_name"], "bios-boot");
-    assert_eq!(table["partitions"][0]["size"], MIB, "{table}");
-    assert_eq!(table["grub"]["core_location"], "bios-boot", "{table}");
-    let core = table["grub"]["core_sectors"].as_u64().unwrap();
-    assert!(core > 1 && core < 2048, "core.img of {core} sectors");
-    assert_eq!(strings(&inspect["summary"]["boot_modes"]), ["legacy"]);
-    let raw = dir.path().join("disk.raw");
-    disk::to_raw(&out.join("sda1.qcow2"), &raw);
-    disk::assert_sgdisk_clean(&raw);
-    let parts: Vec<Part> = disk::partitions(&raw);
-    assert_eq!(
-        (parts[0].start, parts[0].sectors),
-        (2048, 2048),
-        "{parts:?}"
+fn bios_boot_partition_smaller_than_core_img_is_refused() {
+    let line = refused(
+        "bios-64k.toml",
+        &variant("bios", &[("size = \"1M\"", "size = \"64K\"")]),
+        "x86_64",
+    );
+    has_all(
+        &line,
+        &[
+            "partition 1 'bios'",
+            "65536 bytes",
+            "too small for GRUB's core.img",
+            "size = \"1M\"",
+        ],
     );
 }
 
@@ -806,4 +787,27 @@ fn root_fs_of_the_other_architecture_is_refused() {
         seen += 1;
     }
     assert!(seen >= 6, "{seen} templates");
+}
+
+/// A disk that boots in more modes than the template declares is refused too: bios.toml plus an
+/// ESP holding systemd-boot as the fallback loader (an `[[esp-file]]`, not a bootloader key)
+/// boots under UEFI as well, and BootModes = ["legacy"] would under-declare it.
+#[test]
+fn a_disk_that_boots_in_an_undeclared_mode_is_refused() {
+    let esp = "[[partition]]\ntype = \"esp\"\nlabel = \"ESP\"\nsize = \"64M\"\ncontent = \"esp\"\n\n\
+               [[partition]]\ntype = \"root-x86-64\"";
+    let mut text = variant("bios", &[("[[partition]]\ntype = \"root-x86-64\"", esp)]);
+    text.push_str(
+        "\n[[esp-file]]\nsource = \"root:/usr/lib/systemd/boot/efi/systemd-bootx64.efi\"\n\
+         target = \"EFI/BOOT/BOOTX64.EFI\"\n",
+    );
+    let line = refused("bios-with-uefi-loader.toml", &text, "x86_64");
+    has_all(
+        &line,
+        &[
+            "the disk also boots in uefi",
+            "EFI/BOOT/BOOTX64.EFI",
+            "which the template does not declare",
+        ],
+    );
 }

@@ -511,7 +511,7 @@ impl<'a> RootFs<'a> {
         let missing = |what: String| {
             invalid(
                 &self.req.template,
-                format!("legacy boot needs GRUB for i386-pc, and {what}"),
+                format!("bootloader.grub: legacy boot needs GRUB for i386-pc, and {what}"),
             )
         };
         match dir {
@@ -940,8 +940,13 @@ fn build_grub(
                     "legacy boot on a GPT disk needs a bios-boot partition".into(),
                 ));
             };
-            let have = part.last_lba - part.first_lba + 1;
-            if sectors > have {
+            // The size the template asked for, not the 1 MiB the planner rounds it up to: a
+            // partition declared smaller than core.img is a mistake even when rounding hides it.
+            let mut have = (part.last_lba - part.first_lba + 1) * gpt::SECTOR_SIZE;
+            if let PartSize::Fixed(n) = p.size {
+                have = have.min(n);
+            }
+            if sectors * gpt::SECTOR_SIZE > have {
                 return Err(invalid(
                     &req.template,
                     format!(
@@ -949,7 +954,7 @@ fn build_grub(
                          ({} bytes): give it size = \"1M\"",
                         i + 1,
                         p.label,
-                        have * gpt::SECTOR_SIZE,
+                        have,
                         core.len()
                     ),
                 ));
