@@ -12,7 +12,7 @@
 //! tests/debian_boot.rs.
 
 mod common;
-use common::disk::{self, Part};
+use common::disk;
 use common::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
