@@ -912,7 +912,12 @@ fn build_grub(
     let grub_dir = work.join("grub-i386-pc");
     std::fs::create_dir_all(&grub_dir).map_err(io_err(&grub_dir, "cannot create"))?;
     let moddep = root.fetch_grub_file(dir, grub::MODDEP, &grub_dir)?;
-    let moddep_text = std::fs::read_to_string(&moddep).map_err(io_err(&moddep, "cannot read"))?;
+    let moddep_text = String::from_utf8_lossy(&read_small(
+        &moddep,
+        grub::MAX_MODDEP,
+        &grub_ref_text(dir, grub::MODDEP),
+    )?)
+    .into_owned();
     let modules = grub::module_closure(&moddep_text, &grub_ref_text(dir, grub::MODDEP))
         .map_err(|e| invalid(&req.template, e.to_string()))?;
     for name in grub::IMAGES {
@@ -922,7 +927,11 @@ fn build_grub(
         root.fetch_grub_file(dir, &format!("{m}.mod"), &grub_dir)?;
     }
     let boot_path = grub_dir.join("boot.img");
-    let boot_img = std::fs::read(&boot_path).map_err(io_err(&boot_path, "cannot read"))?;
+    let boot_img = read_small(
+        &boot_path,
+        grub::SECTOR_SIZE,
+        &grub_ref_text(dir, "boot.img"),
+    )?;
     let grub_err = |e: grub::Error| invalid(&req.template, e.to_string());
     let mut core = grub::make_core(&grub_dir, &config, work).map_err(grub_err)?;
     let sectors = grub::core_sectors(&core);
@@ -985,6 +994,21 @@ fn build_grub(
         core,
         core_lba,
     })
+}
+
+/// Reads a file fetched into the work directory, refusing one of more than `max` bytes before
+/// reading it (it came from a root file system, which may be hostile); `what` names it.
+fn read_small(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .map_err(io_err(path, "cannot read"))?
+        .len();
+    if len > max {
+        return Err(Error::Invalid {
+            path: what.into(),
+            reason: format!("{len} bytes, more than the {max} it can be"),
+        });
+    }
+    std::fs::read(path).map_err(io_err(path, "cannot read"))
 }
 
 /// `dir/name` as the template would write it, for messages.

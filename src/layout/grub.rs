@@ -128,15 +128,41 @@ pub enum Error {
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The largest `moddep.lst` read: GRUB 2.06's is about 10 KiB.
+pub const MAX_MODDEP: u64 = 1 << 20;
+
+/// Whether `name` can be a GRUB module's name (`part_gpt`, `gcry_sha256`, `video-bochs`): the
+/// name becomes a file name in the build's work directory, so `/`, `..` and the like from a
+/// hostile root file system's `moddep.lst` must never get that far.
+fn module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// The modules of [`MODULES`] and every module they depend on, per `moddep` (the text of
-/// `moddep.lst`: lines `name: dep dep ...`), sorted. `what` names the list in errors.
+/// `moddep.lst`: lines `name: dep dep ...`), sorted. `what` names the list in errors; a name
+/// that is not a module name is one.
 pub fn module_closure(moddep: &str, what: &str) -> Result<Vec<String>> {
     let mut deps: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
     for line in moddep.lines() {
         let Some((name, rest)) = line.split_once(':') else {
             continue;
         };
-        deps.insert(name.trim(), rest.split_whitespace().collect());
+        let name = name.trim();
+        let list: Vec<&str> = rest.split_whitespace().collect();
+        if let Some(bad) = std::iter::once(name)
+            .chain(list.iter().copied())
+            .find(|n| !module_name(n))
+        {
+            return Err(Error::ModDep {
+                what: what.to_owned(),
+                reason: format!("{bad:?} is not a GRUB module name"),
+            });
+        }
+        deps.insert(name, list);
     }
     let mut out: std::collections::BTreeSet<String> = Default::default();
     let mut todo: Vec<&str> = MODULES.to_vec();
@@ -354,6 +380,18 @@ mod tests {
         let c = module_closure(&lst, "t").unwrap();
         assert!(c.contains(&"relocator".to_owned()) && c.contains(&"mmap".to_owned()));
         assert!(!c.contains(&"extra".to_owned()));
+        for bad in [
+            "linux: ../../etc/evil\n",
+            "../x: ext2\n",
+            "a/b:\n",
+            "linux: x\0y\n",
+        ] {
+            let e = module_closure(&format!("{lst}{bad}"), "m").unwrap_err();
+            assert!(
+                e.to_string().contains("is not a GRUB module name"),
+                "{bad:?}: {e}"
+            );
+        }
         let e = module_closure("ext2:\n", "dir/moddep.lst").unwrap_err();
         assert!(
             e.to_string().starts_with("dir/moddep.lst: no module"),
