@@ -53,13 +53,15 @@ pub struct RegisterArgs {
   mkomi build templates/debian-outscale.toml --set tree=rootfs.tar.zst -o debian-omi
   mkomi build templates/debian-outscale.toml --set tree=rootfs/ -o debian-omi
   mkomi build templates/debian-outscale.toml --set tree=oci-layout/ -o debian-omi
-  mkomi build templates/uefi.toml --set rootfs=root.ext4 -o debian-omi
+  mkomi build templates/hybrid.toml --set rootfs=root.ext4 -o debian-omi
 
-The template (TOML) declares the image fields, the disk size, GPT partitions and their content
-(an EFI system partition made in-process; an ext4 file system written in-process from a tree:
-a directory, a tar archive (plain, gzip, zstd, xz) or a container image (OCI layout or archive,
-docker save); a file system image; or nothing), systemd-boot with its kernel and initrd taken
-from the root file system, and extra volumes. Trees are cleaned of what must not ship
+The template (TOML) declares the image fields, the disk size, GPT (or MBR) partitions and their
+content (an EFI system partition made in-process; an ext4 file system written in-process from a
+tree: a directory, a tar archive (plain, gzip, zstd, xz) or a container image (OCI layout or
+archive, docker save); a file system image; or nothing), the boot loaders with the kernel and
+initrd taken from the root file system (systemd-boot for UEFI, GRUB i386-pc for legacy BIOS, or
+both on one disk: templates/ has one per boot mode, for x86_64 and i386; hybrid.toml is the
+recommended one), and extra volumes. Trees are cleaned of what must not ship
 ([sanitize]: machine-id, SSH host keys, cloud-init state, leases, seeds, histories, logs,
 root's authorized_keys) and take extra files from [[file]]. ${NAME} in a value comes from
 --set NAME=VALUE. No root, loop devices or mounts are needed. SOURCE_DATE_EPOCH fixes every
@@ -68,8 +70,8 @@ bundles, whatever kind of source holds the tree.")]
 #[command(mut_args(|a| CheckArgs::reword(
     a,
     "Build even when the template's architecture contradicts the binaries on the disk",
-    "Build even when a template boot mode is not one the disk supports, or when the template \
-     declares none and the disk holds no boot loader",
+    "Build even when the disk does not boot in exactly the template's boot modes, or when the \
+     template declares none and the disk holds no boot loader",
 )))]
 pub struct BuildArgs {
     /// The template file.
