@@ -421,6 +421,8 @@ for row in "${ROWS[@]}"; do
         rm -f "$WORK/early.cfg" "$WORK/core.img"
     fi
     rm -f "$MRAW" "$HRAW"
+    # Kept for reading (the copy in WORK is deleted on exit).
+    cp "${HAND_SH[$row]}" "$BENCH_DIR/by-hand-$row.sh"
 done
 
 # ---------------------------------------------------------------------------------------------
