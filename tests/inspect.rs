@@ -426,7 +426,7 @@ fn grub_boot_img_and_core_img_make_a_disk_legacy_a_bios_boot_partition_alone_doe
     let text = inspect_text(&disk);
     assert!(
         text.contains(&format!(
-            "MBR boot code: GRUB boot.img, core.img at sector 2048 ({n} sectors, bios-boot, \
+            "MBR boot code: GRUB boot.img, core.img at sector 2048 ({n} sectors, in BIOS boot \
              partition 1)"
         )),
         "{text}"
