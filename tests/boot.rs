@@ -55,16 +55,34 @@ fn fixture(d: &Path, arch: &str) -> (PathBuf, String) {
 }
 
 /// Builds `template` (in templates/) over the fixture of `arch`, checks the bundle, and boots
-/// it under each of `firmware`, one after the other.
-fn row(template: &str, arch: &str, modes: &[&str], firmware: &[Firmware]) {
+/// it under each of `firmware`, one after the other; returns each console.
+fn row(template: &str, arch: &str, modes: &[&str], firmware: &[Firmware]) -> Vec<String> {
+    row_with(template, &[], arch, modes, firmware)
+}
+
+/// [`row`], with the template's text edited first (`(from, to)`, each found once).
+fn row_with(
+    template: &str,
+    edits: &[(&str, &str)],
+    arch: &str,
+    modes: &[&str],
+    firmware: &[Firmware],
+) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (root, marker) = fixture(d, arch);
+    let mut text = std::fs::read_to_string(repo().join("templates").join(template)).unwrap();
+    for (from, to) in edits {
+        assert_eq!(text.matches(from).count(), 1, "{template}: {from:?}");
+        text = text.replace(from, to);
+    }
+    let tpl = d.join(template);
+    std::fs::write(&tpl, text).unwrap();
     let bundle = d.join("omi");
     let mut build = mkomi();
     build.args([
         "build",
-        s(&repo().join("templates").join(template)),
+        s(&tpl),
         "--set",
         &format!("rootfs={}", s(&root)),
         "-o",
@@ -86,6 +104,7 @@ fn row(template: &str, arch: &str, modes: &[&str], firmware: &[Firmware]) {
         "{template}"
     );
     let disk = bundle.join("sda1.qcow2");
+    let mut consoles = Vec::new();
     for &fw in firmware {
         let b = qemu::boot(&disk, fw, d, 512, Duration::from_secs(240));
         let expected = format!("MKOMI-BOOT-OK {marker}");
@@ -95,7 +114,22 @@ fn row(template: &str, arch: &str, modes: &[&str], firmware: &[Firmware]) {
             b.took,
             b.console
         );
+        consoles.push(b.console);
     }
+    consoles
+}
+
+/// The kernel command line a boot printed, without what the boot loader adds of its own
+/// (GRUB's `BOOT_IMAGE=`, systemd-boot's `initrd=`).
+fn command_line(console: &str) -> String {
+    let line = console
+        .lines()
+        .find_map(|l| l.split_once("Command line: ").map(|(_, c)| c.trim_end()))
+        .unwrap_or_else(|| panic!("no \"Command line:\" in the console:\n{console}"));
+    line.split(' ')
+        .filter(|w| !w.starts_with("BOOT_IMAGE=") && !w.starts_with("initrd="))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]
@@ -128,14 +162,29 @@ fn x86_64_hybrid_boots_under_ovmf() {
     );
 }
 
+/// The MBR variant under both firmwares; and the kernel is given the same command line by
+/// GRUB and by systemd-boot, even for an argument the template quotes (GRUB re-quotes it its own
+/// way, and the build writes the systemd-boot entry in that form).
 #[test]
-fn x86_64_hybrid_mbr_boots_under_seabios_and_ovmf() {
-    row(
+fn x86_64_hybrid_mbr_boots_under_seabios_and_ovmf_with_one_command_line() {
+    let consoles = row_with(
         "hybrid-mbr.toml",
+        &[(
+            "options = \"root=PARTUUID=${partuuid:root} console=ttyS0\"",
+            "options = 'root=PARTUUID=${partuuid:root}  console=ttyS0 mkomi.q=\"a b\"'",
+        )],
         "x86_64",
         &["legacy", "uefi"],
         &[Firmware::Bios64, Firmware::Uefi64],
     );
+    let bios = command_line(&consoles[0]);
+    let uefi = command_line(&consoles[1]);
+    assert_eq!(
+        bios, uefi,
+        "GRUB and systemd-boot gave different command lines"
+    );
+    assert!(bios.ends_with(" console=ttyS0 \"mkomi.q=a b\""), "{bios}");
+    assert!(bios.starts_with("root=PARTUUID="), "{bios}");
 }
 
 #[test]

@@ -171,7 +171,9 @@ fn fixtures() -> &'static Fixtures {
                 String::from_utf8_lossy(&out.stderr)
             );
             disk::assert_ext4_clean(&img, 0);
-            for d in [tree, unpack] {
+            // The x86_64 tree stays, for the test of GRUB taken from a tree.
+            std::fs::remove_dir_all(unpack).unwrap();
+            for d in [tree].into_iter().filter(|_| arch != "x86_64") {
                 std::fs::remove_dir_all(d).unwrap();
             }
         }
@@ -810,4 +812,99 @@ fn a_disk_that_boots_in_an_undeclared_mode_is_refused() {
             "which the template does not declare",
         ],
     );
+}
+
+/// GRUB taken from the root file system (`grub = "root:/usr/lib/grub/i386-pc"`) of a tree: the
+/// build uses the tree's own modules; and a hostile tree cannot reach outside the work
+/// directory through moddep.lst's module names, nor make the build copy a huge file.
+#[test]
+fn grub_from_the_tree_and_hostile_grub_directories() {
+    let fx = fixtures();
+    // The x86_64 root tree, which fixtures() keeps.
+    let base = fx.x86_64.parent().unwrap().join("tree-x86_64");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = variant(
+        "bios",
+        &[
+            (
+                "content = \"image\"\nimage = \"${rootfs}\"",
+                "content = \"tree\"\nsource = \"${tree}\"\nsize = \"auto\"",
+            ),
+            (
+                "grub = \"host:/usr/lib/grub/i386-pc\"",
+                "grub = \"root:/usr/lib/grub/i386-pc\"",
+            ),
+            ("size = \"2G\"\n", ""),
+        ],
+    );
+    let tpl = d.join("bios-tree.toml");
+    std::fs::write(&tpl, &text).unwrap();
+    let build = |tree: &Path, out: &Path| {
+        let mut c = mkomi();
+        c.args(["build", s(&tpl), "--set"])
+            .arg(format!("tree={}", s(tree)))
+            .args(["-o", s(out), "-q"]);
+        run_with_timeout(c, Duration::from_secs(180))
+    };
+
+    // The tree as the fixture made it: GRUB comes from it, and the disk is legacy.
+    let out = d.join("good");
+    let o = build(&base, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&ok(&["inspect", "--json", s(&out)]).stdout).unwrap();
+    assert_eq!(strings(&inspect["summary"]["boot_modes"]), ["legacy"]);
+    assert_eq!(
+        inspect["disks"][0]["partition_table"]["grub"]["core_location"],
+        "bios-boot"
+    );
+
+    // A module name that climbs out of the work directory.
+    let evil = d.join("evil-tree");
+    tool("cp", &["-a", s(&base), s(&evil)]);
+    let lst = evil.join("usr/lib/grub/i386-pc/moddep.lst");
+    let mut moddep = std::fs::read_to_string(&lst).unwrap();
+    moddep = moddep.replacen(
+        "\nboot:",
+        "\nboot: ../../../../tmp/mkomi-evil\nboot-old:",
+        1,
+    );
+    std::fs::write(&lst, moddep).unwrap();
+    let parent = d.join("out-evil");
+    std::fs::create_dir(&parent).unwrap();
+    let o = build(&evil, &parent.join("omi"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("is not a GRUB module name"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!Path::new("/tmp/mkomi-evil.mod").exists());
+    assert_eq!(entries(&parent), Vec::<String>::new());
+
+    // A boot.img of 1 TiB (sparse): refused by its size, before anything is copied.
+    let huge = d.join("huge-tree");
+    tool("cp", &["-a", s(&base), s(&huge)]);
+    let img = huge.join("usr/lib/grub/i386-pc/boot.img");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let parent = d.join("out-huge");
+    std::fs::create_dir(&parent).unwrap();
+    let started = std::time::Instant::now();
+    let o = build(&huge, &parent.join("omi"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("boot.img: 1099511627776 bytes, more than the"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(entries(&parent), Vec::<String>::new());
 }

@@ -235,15 +235,12 @@ pub fn build(
 
     let mut root = RootFs::new(&tpl, &inputs, req);
     let bios = match tpl.bootloader.as_ref().and_then(|b| b.grub.as_ref()) {
-        Some(dir) => Some(build_grub(
-            dir,
-            &table,
-            &volumes,
-            work.path(),
-            req,
-            &seed,
-            &mut root,
-        )?),
+        Some(dir) => {
+            let made = build_grub(dir, &table, &volumes, work.path(), req, &seed, &mut root);
+            // Ctrl-C reaches grub-mkimage too, which then fails: the interruption is the error.
+            stop_if_cancelled(cancel)?;
+            Some(made?)
+        }
         None => None,
     };
     let mut regions = table.regions(bios.as_ref());
@@ -507,12 +504,34 @@ impl<'a> RootFs<'a> {
     /// Copies `name` from GRUB's directory `dir` (host or `root:`) into `into`; a missing file
     /// is an error saying what to install.
     fn fetch_grub_file(&mut self, dir: &FileRef, name: &str, into: &Path) -> Result<PathBuf> {
+        // A second guard after grub::module_closure's: the name is one file in `into`.
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(invalid(
+                &self.req.template,
+                format!("bootloader.grub: {name:?} is not a file of GRUB's directory"),
+            ));
+        }
         let dest = into.join(name);
+        let what = grub_ref_text(dir, name);
         let missing = |what: String| {
             invalid(
                 &self.req.template,
                 format!("bootloader.grub: legacy boot needs GRUB for i386-pc, and {what}"),
             )
+        };
+        // Sizes are checked before anything is copied: the files may come from a hostile root
+        // file system (a boot.img of gigabytes, a sparse module of a terabyte).
+        let too_large = |len: u64| -> Result<()> {
+            if len > grub::MAX_FILE {
+                return Err(Error::Invalid {
+                    path: what.clone().into(),
+                    reason: format!(
+                        "{len} bytes, more than the {} a file of GRUB's i386-pc directory can be",
+                        grub::MAX_FILE
+                    ),
+                });
+            }
+            Ok(())
         };
         match dir {
             FileRef::Host(d) => {
@@ -523,6 +542,7 @@ impl<'a> RootFs<'a> {
                         src.display()
                     )));
                 }
+                too_large(std::fs::metadata(&src).map_or(0, |m| m.len()))?;
                 std::fs::copy(&src, &dest).map_err(io_err(&src, "cannot copy"))?;
             }
             FileRef::Root(d) => {
@@ -538,20 +558,24 @@ impl<'a> RootFs<'a> {
                          there, or give grub = \"host:/usr/lib/grub/i386-pc\")"
                     ))
                 };
-                let mut out =
-                    std::fs::File::create(&dest).map_err(io_err(&dest, "cannot create"))?;
                 if let Some(tree) = tree {
                     let data = match resolve::resolve(tree, &pattern) {
                         Ok(d) => d,
                         Err(resolve::Error::NoMatch { .. }) => return Err(not_in_root()),
                         Err(e) => return Err(invalid(&self.req.template, e.to_string())),
                     };
+                    too_large(data.len())?;
+                    let mut out =
+                        std::fs::File::create(&dest).map_err(io_err(&dest, "cannot create"))?;
                     copy_data(&data, &mut out).map_err(io_err(&dest, "cannot write"))?;
                 } else {
                     let fs = self.image_fs()?;
-                    if fs.len(&pattern).is_err() {
+                    let Ok(len) = fs.len(&pattern) else {
                         return Err(not_in_root());
-                    }
+                    };
+                    too_large(len)?;
+                    let mut out =
+                        std::fs::File::create(&dest).map_err(io_err(&dest, "cannot create"))?;
                     fs.copy_to(&pattern, &mut out)
                         .map_err(|e| invalid(fs.name(), e.to_string()))?;
                 }
@@ -621,9 +645,11 @@ fn build_esp(
             files.push(("initrd.img".into(), root.fetch(i, work, 2)?));
             entry.push_str("initrd /initrd.img\n");
         }
+        // The text GRUB passes on a hybrid disk, so that both boot paths give the kernel the
+        // same command line (grub::canonical_options).
         entry.push_str(&format!(
             "options {}\n",
-            partuuids(&b.options, tpl, table, &req.template)?
+            grub::canonical_options(&partuuids(&b.options, tpl, table, &req.template)?)
         ));
         files.push((
             "loader/loader.conf".into(),

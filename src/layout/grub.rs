@@ -131,6 +131,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// The largest `moddep.lst` read: GRUB 2.06's is about 10 KiB.
 pub const MAX_MODDEP: u64 = 1 << 20;
 
+/// The largest file of GRUB's directory copied for grub-mkimage: GRUB 2.06's largest i386-pc
+/// module is under 200 KiB, and core.img itself must fit the 1 MiB before the first partition.
+pub const MAX_FILE: u64 = 4 << 20;
+
 /// Whether `name` can be a GRUB module's name (`part_gpt`, `gcry_sha256`, `video-bochs`): the
 /// name becomes a file name in the build's work directory, so `/`, `..` and the like from a
 /// hostile root file system's `moddep.lst` must never get that far.
@@ -197,6 +201,59 @@ pub struct BootConfig {
     pub options: String,
 }
 
+/// The kernel's whitespace (`isspace` in the kernel's `lib/ctype.c`, ASCII only).
+fn kernel_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// Splits a kernel command line into arguments as the kernel does (`next_arg` in
+/// `kernel/params.c`): whitespace outside double quotes separates them, and a double quote
+/// toggles quoting. The quotes are dropped: what is left is each argument's text.
+pub fn kernel_args(options: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in options.chars() {
+        if c == '"' {
+            quoted = !quoted;
+            any = true;
+        } else if kernel_space(c) && !quoted {
+            if any {
+                args.push(std::mem::take(&mut cur));
+                any = false;
+            }
+        } else {
+            cur.push(c);
+            any = true;
+        }
+    }
+    if any {
+        args.push(cur);
+    }
+    args
+}
+
+/// The command line both boot paths pass: [`kernel_args`], an argument holding whitespace
+/// wrapped in double quotes, joined by one space. That is the text GRUB makes from these
+/// arguments (`grub_create_loader_cmdline` in `lib/cmdline.c` quotes an argument with a space),
+/// so systemd-boot, which passes its entry's options as they are, is given the same text:
+/// `acpi_osi="!Windows 2012"` becomes `"acpi_osi=!Windows 2012"` for both, which the kernel
+/// reads alike.
+pub fn canonical_options(options: &str) -> String {
+    kernel_args(options)
+        .into_iter()
+        .map(|a| {
+            if a.chars().any(kernel_space) {
+                format!("\"{a}\"")
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Single-quotes `s` for GRUB's command-line parser (`grub-core/kern/parser.c`): inside single
 /// quotes nothing is special, and a single quote cannot be written at all.
 fn quote(what: &'static str, s: &str) -> Result<String> {
@@ -224,7 +281,8 @@ fn quote(what: &'static str, s: &str) -> Result<String> {
 /// the same command line as the UEFI entry, word by word, each quoted; and `boot`.
 pub fn config(c: &BootConfig) -> Result<String> {
     // No comment line: the early parser (kern/parser.c, before `normal` is loaded) takes `#`
-    // for a command, fails, and stops reading the configuration.
+    // for a command ("Unknown command `#'"), and a configuration that began with one was seen
+    // here to end at GRUB's prompt without booting.
     let mut out = String::from(
         "serial --unit=0 --speed=115200\n\
          terminal_input serial console\n\
@@ -235,10 +293,33 @@ pub fn config(c: &BootConfig) -> Result<String> {
         "search --no-floppy --fs-uuid --set=root {}\n",
         quote("file system UUID", &c.fs_uuid)?
     ));
+    for (what, path) in [
+        ("kernel path", Some(&c.kernel)),
+        ("initrd path", c.initrd.as_ref()),
+    ] {
+        if let Some(p) = path
+            && p.contains('\\')
+        {
+            return Err(Error::Unquotable {
+                what,
+                value: p.clone(),
+                reason: "it holds a backslash (or a byte that is not UTF-8)",
+            });
+        }
+    }
     let mut linux = format!("linux {}", quote("kernel path", &c.kernel)?);
-    for word in c.options.split_whitespace() {
+    for arg in kernel_args(&c.options) {
+        // GRUB passes a backslash or a quote to the kernel escaped with a backslash
+        // (lib/cmdline.c), and the kernel does not unescape it: the two paths would differ.
+        if arg.contains('\\') {
+            return Err(Error::Unquotable {
+                what: "kernel command line argument",
+                value: arg,
+                reason: "GRUB would pass its backslash to the kernel doubled",
+            });
+        }
         linux.push(' ');
-        linux.push_str(&quote("kernel command line", word)?);
+        linux.push_str(&quote("kernel command line argument", &arg)?);
     }
     out.push_str(&linux);
     out.push('\n');
@@ -400,18 +481,46 @@ mod tests {
     }
 
     #[test]
+    fn options_split_as_the_kernel_splits_them() {
+        assert_eq!(
+            kernel_args("  a b=\"c d\" \"e f\"  g\"\" "),
+            vec!["a", "b=c d", "e f", "g"]
+        );
+        assert_eq!(kernel_args("x=\"unclosed y"), vec!["x=unclosed y"]);
+        assert_eq!(
+            canonical_options("root=PARTUUID=1  acpi_osi=\"!Windows 2012\" rw"),
+            "root=PARTUUID=1 \"acpi_osi=!Windows 2012\" rw"
+        );
+        assert_eq!(canonical_options("a b"), "a b");
+    }
+
+    #[test]
     fn config_quotes_every_word() {
         let c = BootConfig {
             fs_uuid: "0123".into(),
             partition: "hd0,gpt2".into(),
             kernel: "/boot/vmlinuz-6.1".into(),
             initrd: Some("/boot/initrd.img-6.1".into()),
-            options: "root=PARTUUID=ab rw  console=ttyS0,115200n8 x=$y".into(),
+            options: "root=PARTUUID=ab rw  console=ttyS0,115200n8 x=$y q=\"a b\"".into(),
         };
         let cfg = config(&c).unwrap();
-        assert!(cfg.contains(
-            "linux '/boot/vmlinuz-6.1' 'root=PARTUUID=ab' 'rw' 'console=ttyS0,115200n8' 'x=$y'\n"
-        ));
+        assert!(
+            cfg.contains(
+                "linux '/boot/vmlinuz-6.1' 'root=PARTUUID=ab' 'rw' 'console=ttyS0,115200n8' 'x=$y' \
+             'q=a b'\n"
+            ),
+            "{cfg}"
+        );
+        let back = BootConfig {
+            options: "a=x\\y".into(),
+            ..c.clone()
+        };
+        assert!(config(&back).is_err());
+        let back = BootConfig {
+            kernel: "/boot/v\\xc3".into(),
+            ..c.clone()
+        };
+        assert!(config(&back).is_err());
         assert!(cfg.contains("search --no-floppy --fs-uuid --set=root '0123'\n"));
         assert!(cfg.ends_with("initrd '/boot/initrd.img-6.1'\nboot\n"));
         let bad = BootConfig {

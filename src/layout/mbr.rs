@@ -174,15 +174,16 @@ pub enum Error {
     },
 }
 
-/// The MBR type byte of `kind`: 0xEF for an EFI system partition (UEFI 2.10 §5.2.2), 0x83 for
-/// Linux file systems, 0x82 for swap; `None` for GRUB's BIOS boot partition, a GPT-only idea.
+/// The MBR type byte of `kind`: 0xEF for an EFI system partition (UEFI 2.10 §5.2.2), 0xEA for
+/// XBOOTLDR (Boot Loader Specification), 0x83 for Linux file systems, 0x82 for swap; `None` for GRUB's BIOS boot partition, a GPT-only idea.
 pub fn mbr_type(kind: PartitionType) -> Option<u8> {
     match kind {
         PartitionType::Esp => Some(0xef),
         PartitionType::Swap => Some(0x82),
         PartitionType::BiosBoot => None,
-        PartitionType::Xbootldr
-        | PartitionType::RootX86_64
+        // The Boot Loader Specification's type for an extended boot loader partition on MBR.
+        PartitionType::Xbootldr => Some(0xea),
+        PartitionType::RootX86_64
         | PartitionType::RootX86
         | PartitionType::UsrX86_64
         | PartitionType::UsrX86

@@ -105,7 +105,13 @@ pub fn find(tree: &Tree, pattern: &str) -> Result<(String, Data), Error> {
         let mut hops = 0;
         let target = follow(tree, path, &mut hops).map_err(|()| looping())?;
         if let Some(data) = target.and_then(|t| file_data(tree, &t)) {
-            found.push((path.to_string(), data));
+            // The path as it is (a boot loader opens it), escaped only when it is not UTF-8 or
+            // holds a control character (it also goes into one-line messages).
+            let text = String::from_utf8(path.to_bytes())
+                .ok()
+                .filter(|t| !t.chars().any(char::is_control))
+                .unwrap_or_else(|| path.to_string());
+            found.push((text, data));
         }
     }
     match found.len() {
