@@ -27,20 +27,13 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Where the downloaded packages are kept between runs.
-fn cache() -> PathBuf {
-    std::env::var_os("MKOMI_BOOT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/mkomi-boot/cache"))
-}
-
 /// Makes the boot fixture for `arch` in `d`; returns the root image and the marker.
 fn fixture(d: &Path, arch: &str) -> (PathBuf, String) {
     let out_dir = d.join("fixture");
     let mut prep = Command::new("bash");
     prep.args([
         s(&repo().join("fixtures/make-boot-rootfs.sh")),
-        s(&cache()),
+        s(&qemu::boot_cache()),
         s(&out_dir),
         arch,
     ]);

@@ -34,13 +34,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Where the downloaded packages are kept between runs (as in tests/boot.rs).
-fn cache() -> PathBuf {
-    std::env::var_os("MKOMI_BOOT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/mkomi-boot/cache"))
-}
-
 /// The root file systems and the data image every test builds from.
 struct Fixtures {
     /// x86_64 root file system (ext4).
@@ -81,7 +74,7 @@ fn fixtures() -> &'static Fixtures {
             let mut prep = Command::new("bash");
             prep.args([
                 s(&repo().join("fixtures/make-boot-rootfs.sh")),
-                s(&cache()),
+                s(&common::qemu::boot_cache()),
                 s(&dir.join(format!("fx-{arch}"))),
                 arch,
             ]);

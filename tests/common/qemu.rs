@@ -6,6 +6,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where fixtures/make-boot-rootfs.sh keeps the packages it downloads between runs
+/// (`MKOMI_BOOT_CACHE`, else /var/tmp/mkomi-boot/cache, as .ci/run fills it).
+pub fn boot_cache() -> std::path::PathBuf {
+    std::env::var_os("MKOMI_BOOT_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/tmp/mkomi-boot/cache"))
+}
+
 /// A machine to boot a disk in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {
