@@ -236,7 +236,7 @@ pub fn build(
     let mut root = RootFs::new(&tpl, &inputs, req);
     let bios = match tpl.bootloader.as_ref().and_then(|b| b.grub.as_ref()) {
         Some(dir) => {
-            let made = build_grub(dir, &table, &volumes, work.path(), req, &seed, &mut root);
+            let made = build_grub(dir, &table, &volumes, work.path(), req, &mut root);
             // Ctrl-C reaches grub-mkimage too, which then fails: the interruption is the error.
             stop_if_cancelled(cancel)?;
             Some(made?)
@@ -858,7 +858,7 @@ fn derive_id(seed: &[u8; 32], what: &str, index: usize) -> [u8; 16] {
 
 /// A UUID as GRUB and blkid print it: 8-4-4-4-12 lowercase hex digits.
 fn uuid_text(id: &[u8; 16]) -> String {
-    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(id);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[..8],
@@ -890,7 +890,6 @@ fn build_grub(
     volumes: &[Option<Arc<dyn Disk>>],
     work: &Path,
     req: &BuildRequest,
-    seed: &[u8; 32],
     root: &mut RootFs,
 ) -> Result<Bios> {
     let tpl = root.tpl;
@@ -903,12 +902,10 @@ fn build_grub(
         Some(i) => Some(root.path_of(i, "bootloader.initrd")?),
         None => None,
     };
-    let fs_uuid = match (
-        &tpl.partitions[root_index].content,
-        &root.inputs[root_index],
-    ) {
-        (Content::Tree(_), _) => Some(derive_id(seed, "ext4 uuid", root_index)),
-        (_, Input::Image(img)) => ext4_uuid(img.as_ref()),
+    // Read from the superblock the root partition will hold: the image's, or the one the
+    // build laid out for a tree.
+    let fs_uuid = match &root.inputs[root_index] {
+        Input::Image(img) => ext4_uuid(img.as_ref()),
         _ => volumes
             .get(root_index)
             .and_then(|v| v.as_ref())
