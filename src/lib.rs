@@ -25,6 +25,7 @@
 //! - [`export`]: Outscale export packages to a directory or a bucket, and `import` back
 //!   (gzip, S3 client, export manifest);
 //! - [`store`]: the local image store (snapshots, images, their lifecycle, check and gc);
+//! - [`publish`]: the Outscale API (OAPI) types that `publish` and `pull` send and receive;
 //! - [`glob`], [`progress`], [`util`]: the glob matcher, progress bars or lines passed in by
 //!   callers, and small shared helpers.
 //!
@@ -47,6 +48,7 @@ pub mod layout;
 pub mod manifest;
 pub mod ondisk;
 pub mod progress;
+pub mod publish;
 pub mod sink;
 pub mod staging;
 pub mod storage;

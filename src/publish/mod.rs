@@ -1,0 +1,8 @@
+//! Publishing bundles to an Outscale account and pulling images back (issue #15): for now, the
+//! OAPI request and response types, generated from the API description by
+//! `tools/gen-oapi-types.py` so that no request shape is written by hand.
+
+pub mod oapi;
+
+#[cfg(test)]
+mod tests;
