@@ -311,7 +311,19 @@ class Generator:
                 out.append(f'    #[serde(rename = "{pname}")]')
                 out.append(f"    pub {snake(pname)}: {rt},")
             else:
-                out.append(f'    #[serde(rename = "{pname}", skip_serializing_if = "Option::is_none")]')
+                attr = f'    #[serde(rename = "{pname}", skip_serializing_if = "Option::is_none")]'
+                inner = f'rename = "{pname}", skip_serializing_if = "Option::is_none"'
+                if len(attr) > 100 or len(inner) > 70:
+                    # As rustfmt lays out a long attribute (max_width 100, attr_fn_like_width 70
+                    # of the default small heuristics), so that `cargo fmt`
+                    # leaves the generated file alone and --check stays meaningful.
+                    attr = "\n".join([
+                        "    #[serde(",
+                        f'        rename = "{pname}",',
+                        '        skip_serializing_if = "Option::is_none"',
+                        "    )]",
+                    ])
+                out.append(attr)
                 out.append(f"    pub {snake(pname)}: Option<{rt}>,")
         out.append("}")
 

@@ -134,3 +134,21 @@ fn required_fields_are_required_and_none_is_left_out() {
     );
     assert_eq!(BOOT_MODE_VALUES, ["uefi", "legacy"]);
 }
+
+#[test]
+fn generated_files_are_up_to_date() {
+    // Regenerate-and-diff: `oapi.rs` and `oapi-examples.json` are what the generator writes
+    // from the pinned spec now (python3 and PyYAML are CI dependencies, .ci/run).
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("python3")
+        .arg("tools/gen-oapi-types.py")
+        .arg("--check")
+        .current_dir(root)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "tools/gen-oapi-types.py --check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
