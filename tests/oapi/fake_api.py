@@ -418,14 +418,18 @@ def tag_matches(tags, filters):
 
 
 def paginate(items, body):
-    """ResultsPerPage (1-1000, default: all) and NextPageToken (base64 of an offset, a fake format)."""
+    """ResultsPerPage and NextPageToken (base64 of an offset, a fake format)."""
     start = 0
     if "NextPageToken" in body:
         try:
             start = int(base64.b64decode(body["NextPageToken"]).decode())
         except ValueError as e:
             raise bad_param("NextPageToken: not a token from this server") from e
-    per = body.get("ResultsPerPage", 1000)
+    # The spec's descriptions (not its schemas) bound ResultsPerPage to 1-1000.
+    # ASSUMPTION: 100 when absent, the default the spec states for other Read* operations.
+    per = body.get("ResultsPerPage", 100)
+    if not 1 <= per <= 1000:
+        raise bad_param("ResultsPerPage must be between 1 and 1000")
     page = items[start : start + per]
     nxt = None
     if start + per < len(items):

@@ -230,6 +230,34 @@ class FakeApiTest(unittest.TestCase):
             self.assertIn(word, a["Errors"][0]["Details"], (op, body))
         self.assertEqual(self.raw("POST", "/api/v1/NoSuchOp", b"{}", sigv4_headers(self.host, "/api/v1/NoSuchOp", b"{}"))[0], 404)
 
+    def test_validate_mode(self):
+        good = [{"Operation": "CreateTags", "Body": {"ResourceIds": ["ami-1"], "Tags": [{"Key": "k", "Value": ""}]}}]
+        bad = good + [{"Operation": "CreateImage", "Body": {"ClientToken": "t"}}]
+        for items, rc in ((good, 0), (bad, 1)):
+            path = os.path.join(self.tmp, "dry-run.json")
+            with open(path, "w") as f:
+                json.dump(items, f)
+            p = subprocess.run([sys.executable, os.path.join(HERE, "fake_api.py"), "--validate", path],
+                               capture_output=True, text=True)
+            self.assertEqual(p.returncode, rc, p.stdout + p.stderr)
+        self.assertIn("ClientToken", p.stdout)
+
+    def test_pagination(self):
+        for i in range(3):
+            self.ok("CreateSnapshot", {"FileLocation": self.file_url + f"page{i}.gz", "SnapshotSize": GIB, "Description": "page"})
+        ids, token = [], None
+        for _ in range(10):
+            body = {"Filters": {"Descriptions": ["page"]}, "ResultsPerPage": 2}
+            if token:
+                body["NextPageToken"] = token
+            a = self.ok("ReadSnapshots", body)
+            ids += [s["SnapshotId"] for s in a["Snapshots"]]
+            token = a.get("NextPageToken")
+            if not token:
+                break
+        self.assertEqual(len(ids), 3)
+        self.assertEqual(len(set(ids)), 3)
+
     # -- snapshot and image life cycle --------------------------------------------------------
 
     def test_snapshot_then_image(self):
