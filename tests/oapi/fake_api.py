@@ -585,9 +585,12 @@ class Api:
 
     def CreateImage(self, body):
         s = self.s
-        if "FileLocation" in body or "SourceImageId" in body or "VmId" in body:
-            raise ApiError(400, "FakeNotImplemented", "fake", "the fake registers from snapshots only")
-        name = body.get("ImageName")
+        if "SourceImageId" in body or "VmId" in body:
+            raise ApiError(400, "FakeNotImplemented", "fake", "the fake registers from snapshots or a manifest only")
+        manifest = None
+        if "FileLocation" in body:
+            manifest = self._fetch_manifest(body)
+        name = body.get("ImageName") if manifest is None else body.get("ImageName", manifest["Name"])
         if name is None:
             raise ApiError(400, "MissingParameter", "7000", "ImageName is required")
         # Spec CreateImageRequest.ImageName: "3-128 alphanumeric characters, underscores, spaces,
@@ -599,6 +602,8 @@ class Api:
             if img["ImageName"] == name:
                 raise ApiError(409 if s.args.mismatch_409 else 400, "ResourceConflict", "9008",
                                f"an image named {name!r} exists: {img['ImageId']}")
+        if manifest is not None:
+            return self._image_from_manifest(body, name, manifest)
         maps = body.get("BlockDeviceMappings")
         root = body.get("RootDeviceName")
         # Spec: BlockDeviceMappings and RootDeviceName are required when registering from snapshots.
@@ -652,15 +657,19 @@ class Api:
         root_map = out_maps[devices.index(root)]
         if "Bsu" not in root_map:
             raise bad_param(f"the root device {root} has no Bsu snapshot")
+        return {"Image": public_fields(self._new_image(body, name, out_maps, root))}
+
+    def _new_image(self, body, name, out_maps, root, architecture=None, description=None):
+        s = self.s
         iid = s.new_id("ami")
         img = {
             "AccountId": s.account,
-            "Architecture": body.get("Architecture", "x86_64"),
+            "Architecture": body.get("Architecture", architecture or "x86_64"),
             "BlockDeviceMappings": out_maps,
             # ASSUMPTION (open question 9): BootModes honoured as given; legacy when absent.
             "BootModes": body.get("BootModes", ["legacy"]),
             "CreationDate": now_iso(),
-            "Description": body.get("Description", ""),
+            "Description": body.get("Description", description or ""),
             "FileLocation": f"{s.account}/{name}",
             "ImageId": iid,
             "ImageName": name,
@@ -675,15 +684,104 @@ class Api:
             "Tags": [],
             "TpmMandatory": body.get("TpmMandatory", False),
             "_polls": 0,
+            "_imports": [],  # snapshots this image imports (registration from a manifest)
         }
         s.images[iid] = img
+        return img
+
+    def _fetch_manifest(self, body):
+        """GETs CreateImage's FileLocation, an export manifest (src/export/manifest.rs)."""
+        if "BlockDeviceMappings" in body or "RootDeviceName" in body:
+            # ASSUMPTION: a manifest brings its own mappings; mixing both is refused.
+            raise bad_param("FileLocation excludes BlockDeviceMappings and RootDeviceName")
+        try:
+            with urllib.request.urlopen(body["FileLocation"], timeout=30) as r:
+                data = r.read(MAX_BODY + 1)
+        except urllib.error.HTTPError as e:
+            # ASSUMPTION: an unreadable manifest is refused at once, not left to a failed image.
+            raise bad_param(f"FileLocation: HTTP {e.code}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise bad_param(f"FileLocation: {e}") from e
+        try:
+            doc = json.loads(data)
+            image = doc["Image"]
+            snaps = image["Snapshots"]
+            if doc.get("Version") != 1 or not isinstance(snaps, list) or not 1 <= len(snaps) <= 40:
+                raise ValueError("Version must be 1, with 1 to 40 snapshots")
+            for sn in snaps:
+                for k, t in (("Device", str), ("PreSignedUrl", str), ("Size", int), ("VolumeType", str),
+                             ("DeleteOnTermination", bool)):
+                    if not isinstance(sn.get(k), t):
+                        raise ValueError(f"snapshot field {k}")
+                if sn["Size"] <= 0:
+                    raise ValueError("Size must be positive")
+            if not isinstance(image.get("Name"), str) or image.get("Architecture") not in ("x86_64", "i386"):
+                raise ValueError("Image Name or Architecture")
+        except (ValueError, KeyError, TypeError) as e:
+            raise bad_param(f"FileLocation is not an export manifest: {e}") from e
+        return image
+
+    def _image_from_manifest(self, body, name, manifest):
+        """The manifest's disks become snapshots of the account, imported in the background."""
+        s = self.s
+        out_maps = []
+        sids = []
+        for sn in manifest["Snapshots"]:
+            sid = s.new_id("snap")
+            snap = {
+                "AccountId": s.account,
+                "CreationDate": now_iso(),
+                "Description": f"imported for {name}",
+                "PermissionsToCreateVolume": {"AccountIds": [], "GlobalPermission": False},
+                "Progress": 0,
+                "SnapshotId": sid,
+                "State": "in-queue",
+                "Tags": [],
+                "VolumeSize": -(-sn["Size"] // GIB),
+                "_request": {},
+                "_file_location": sn["PreSignedUrl"],
+                "_import": "running",
+                "_reason": "",
+                "_digest": None,
+                "_virtual_size": None,
+                "_raw": None,
+                "_polls": 0,
+            }
+            s.snapshots[sid] = snap
+            sids.append(sid)
+            bsu = {"DeleteOnVmDeletion": sn["DeleteOnTermination"], "SnapshotId": sid,
+                   "VolumeSize": snap["VolumeSize"], "VolumeType": sn["VolumeType"]}
+            if sn.get("Iops") is not None:
+                bsu["Iops"] = sn["Iops"]
+            out_maps.append({"DeviceName": sn["Device"], "Bsu": bsu})
+            threading.Thread(target=self._import, args=(sid, sn["PreSignedUrl"], sn["Size"]), daemon=True).start()
+        # The root device is the first snapshot's (src/export/manifest.rs: "root first").
+        img = self._new_image(body, name, out_maps, manifest["Snapshots"][0]["Device"],
+                              manifest["Architecture"], manifest.get("Description"))
+        img["_imports"] = sids
+        img["ProductCodes"] = body.get("ProductCodes", manifest.get("ProductTypes") or ["0001"])
         return {"Image": public_fields(img)}
 
     def _advance_image(self, img):
-        if img["State"] == "pending":
-            img["_polls"] += 1
-            if img["_polls"] >= self.s.args.image_polls:
-                img["State"] = "available"
+        if img["State"] != "pending":
+            return
+        snaps = [self.s.snapshots.get(sid) for sid in img["_imports"]]
+        failed = [sn for sn in snaps if sn is None or sn["_import"] == "failed"]
+        if failed:
+            img["State"] = "failed"
+            reason = "; ".join(sn["_reason"] if sn else "snapshot deleted" for sn in failed)
+            img["StateComment"] = {"StateCode": "Client.ImportFailed", "StateMessage": reason}
+            for sn in snaps:
+                if sn is not None and sn["_import"] == "failed":
+                    sn["State"] = "error"
+            return
+        if any(sn["_import"] == "running" for sn in snaps):
+            return
+        for sn in snaps:
+            sn["State"], sn["Progress"] = "completed", 100
+        img["_polls"] += 1
+        if img["_polls"] >= self.s.args.image_polls:
+            img["State"] = "available"
 
     IMAGE_FILTERS = {
         "ImageIds": lambda i, v: i["ImageId"] in v,

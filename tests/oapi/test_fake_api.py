@@ -342,6 +342,46 @@ class FakeApiTest(unittest.TestCase):
         self.assertEqual(status, 400)
         self.assertIn("not completed", a["Errors"][0]["Details"])
 
+    def manifest(self, name, disks):
+        """Serves an export manifest (src/export/manifest.rs) over `disks`: (device, url, size)."""
+        doc = {"Version": 1, "Image": {
+            "Name": name, "Architecture": "x86_64", "Type": "machine", "ProductTypes": ["0001"],
+            "Public": False, "Snapshots": [
+                {"DeleteOnTermination": True, "Device": dev, "Filename": url.rsplit("/", 1)[1],
+                 "Iops": None, "PreSignedUrl": url, "Size": size, "VolumeType": "standard"}
+                for dev, url, size in disks]}}
+        return self.serve(name + "-manifest.json", json.dumps(doc).encode())
+
+    def wait_image(self, iid, polls=200):
+        for _ in range(polls):
+            img = self.ok("ReadImages", {"Filters": {"ImageIds": [iid]}})["Images"][0]
+            if img["State"] != "pending":
+                return img
+            time.sleep(0.02)
+        self.fail(f"image {iid} stays pending")
+
+    def test_image_from_manifest(self):
+        root, data = self.disk(2 << 20, "m0"), self.disk(1 << 20, "m1")
+        url0 = self.serve("m0.raw.gz", gzip.compress(root, 1))
+        url1 = self.serve("m1.raw.gz", gzip.compress(data, 1))
+        loc = self.manifest("from-manifest", [("/dev/sda1", url0, GIB), ("/dev/sdb", url1, 2 * GIB)])
+        self.assertEqual(self.call("CreateImage", {"FileLocation": loc, "RootDeviceName": "/dev/sda1"})[0], 400)
+        img = self.ok("CreateImage", {"FileLocation": loc, "BootModes": ["uefi"]})["Image"]
+        self.assertEqual((img["ImageName"], img["State"], img["RootDeviceName"]), ("from-manifest", "pending", "/dev/sda1"))
+        img = self.wait_image(img["ImageId"])
+        self.assertEqual(img["State"], "available", img)
+        self.assertEqual([(m["DeviceName"], m["Bsu"]["VolumeSize"]) for m in img["BlockDeviceMappings"]],
+                         [("/dev/sda1", 1), ("/dev/sdb", 2)])
+        kept = {s["SnapshotId"]: s for s in self.state()["Snapshots"]}
+        digests = [kept[m["Bsu"]["SnapshotId"]]["_digest"] for m in img["BlockDeviceMappings"]]
+        self.assertEqual(digests, [digest_of(root), digest_of(data)])
+        # A disk that cannot be fetched fails the image, with a reason.
+        loc = self.manifest("broken-manifest", [("/dev/sda1", self.file_url + "gone.raw.gz", GIB)])
+        img = self.wait_image(self.ok("CreateImage", {"FileLocation": loc})["Image"]["ImageId"])
+        self.assertEqual(img["State"], "failed")
+        self.assertIn("404", img["StateComment"]["StateMessage"])
+        self.assertEqual(self.call("CreateImage", {"FileLocation": self.file_url + "no-manifest.json"})[0], 400)
+
     # -- faults -------------------------------------------------------------------------------
 
     def test_429_once_then_ok(self):
