@@ -93,6 +93,10 @@ OPERATIONS = {
     "UpdateImage",
     "CreateTags",
     "DeleteTags",
+    "CreateImageExportTask",
+    "ReadImageExportTasks",
+    "CreateSnapshotExportTask",
+    "ReadSnapshotExportTasks",
 }
 
 
@@ -282,6 +286,8 @@ def verify_sigv4(method, path, query, headers, body, creds, region, service, now
 def content_digest(path, size):
     """`sha256-4m:` digest (src/digest.rs) of the file at `path`, zero-padded to `size` bytes."""
     outer = hashlib.sha256()
+    zero = bytes(DIGEST_BLOCK)
+    zero_digest = hashlib.sha256(zero).digest()
     done = 0
     with open(path, "rb") as f:
         while done < size:
@@ -289,7 +295,8 @@ def content_digest(path, size):
             block = f.read(want)
             if len(block) < want:
                 block += b"\0" * (want - len(block))
-            outer.update(hashlib.sha256(block).digest())
+            # A whole zero block (most of a sparse volume) takes the digest computed once.
+            outer.update(zero_digest if block == zero else hashlib.sha256(block).digest())
             done += want
     return "sha256-4m:" + outer.hexdigest()
 
@@ -350,6 +357,101 @@ def import_disk(url, workdir, snapshot_size, timeout=60):
 
 
 # ---------------------------------------------------------------------------------------------
+# S3 (the export tasks write into the tests' S3 server, s3s-fs)
+# ---------------------------------------------------------------------------------------------
+
+
+def _s3_scope(key, region, when):
+    amz_date = when.strftime("%Y%m%dT%H%M%SZ")
+    return amz_date, f"{amz_date[:8]}/{region}/s3/aws4_request"
+
+
+def s3_put(endpoint, region, key_id, secret, bucket, key, path):
+    """PUTs the file at `path` as `bucket/key` (path style), signed with SigV4 for `s3`."""
+    import http.client
+
+    u = urllib.parse.urlsplit(endpoint)
+    obj_path = "/" + bucket + "/" + key
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    payload = sha.hexdigest()
+    amz_date, scope = _s3_scope(key_id, region, datetime.datetime.now(datetime.timezone.utc))
+    headers = {"host": u.netloc, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    names = sorted(headers)
+    creq = "\n".join(["PUT", uri_encode(obj_path), "", "".join(f"{n}:{headers[n]}\n" for n in names),
+                      ";".join(names), payload])
+    sts = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(creq.encode()).hexdigest()])
+    sig = hmac.new(signing_key(secret, amz_date[:8], region, "s3"), sts.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={';'.join(names)}, Signature={sig}"
+    )
+    headers["content-length"] = str(os.path.getsize(path))
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=120)
+    try:
+        with open(path, "rb") as f:
+            conn.request("PUT", uri_encode(obj_path), body=f, headers=headers)
+            r = conn.getresponse()
+            text = r.read(4096).decode(errors="replace")
+        if r.status != 200:
+            raise ValueError(f"PUT {bucket}/{key}: HTTP {r.status} {text[:200]}")
+    except OSError as e:
+        raise ValueError(f"PUT {bucket}/{key}: {e}") from e
+    finally:
+        conn.close()
+
+
+def s3_presign(endpoint, region, key_id, secret, bucket, key, expires=7 * 24 * 3600):
+    """A SigV4 query-string pre-signed GET URL of `bucket/key` (path style)."""
+    u = urllib.parse.urlsplit(endpoint)
+    obj_path = "/" + bucket + "/" + key
+    amz_date, scope = _s3_scope(key_id, region, datetime.datetime.now(datetime.timezone.utc))
+    q = {
+        "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+        "X-Amz-Credential": f"{key_id}/{scope}",
+        "X-Amz-Date": amz_date,
+        "X-Amz-Expires": str(expires),
+        "X-Amz-SignedHeaders": "host",
+    }
+    query = "&".join(f"{uri_encode(k, True)}={uri_encode(v, True)}" for k, v in sorted(q.items()))
+    creq = "\n".join(["GET", uri_encode(obj_path), query, f"host:{u.netloc}\n", "host", "UNSIGNED-PAYLOAD"])
+    sts = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(creq.encode()).hexdigest()])
+    sig = hmac.new(signing_key(secret, amz_date[:8], region, "s3"), sts.encode(), hashlib.sha256).hexdigest()
+    return f"{u.scheme}://{u.netloc}{uri_encode(obj_path)}?{query}&X-Amz-Signature={sig}"
+
+
+def export_disk(raw, size, fmt, out):
+    """Writes the disk `raw`, zero-extended to `size` bytes, as `out` (gzip'd qcow2 or raw)."""
+    if fmt == "raw":
+        # Streamed: the content, then zeros, straight into gzip (no full-size temporary file).
+        with open(raw, "rb") as src, gzip.open(out, "wb", compresslevel=1) as dst:
+            done = 0
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                dst.write(chunk)
+                done += len(chunk)
+            zeros = bytes(1 << 20)
+            while done < size:
+                n = min(len(zeros), size - done)
+                dst.write(zeros[:n])
+                done += n
+        return
+    full = out + ".full"
+    with open(raw, "rb") as src, open(full, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.truncate(size)  # sparse zeros up to the volume's size
+    q = out + ".qcow2"
+    p = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", full, q],
+                       capture_output=True, text=True)
+    os.unlink(full)
+    if p.returncode != 0:
+        raise ValueError(f"qemu-img convert: {p.stderr.strip()}")
+    with open(q, "rb") as src, gzip.open(out, "wb", compresslevel=1) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.unlink(q)
+
+
+# ---------------------------------------------------------------------------------------------
 # State
 # ---------------------------------------------------------------------------------------------
 
@@ -363,6 +465,8 @@ class State:
         self.account = args.account_id
         self.snapshots = {}  # id -> dict (API fields + "_" private fields)
         self.images = {}
+        self.image_exports = {}
+        self.snapshot_exports = {}
         self.counter = 0
         self.calls = {}  # op -> number of authenticated calls
         self.faults = []  # dicts: op, nth, kind, count, seconds
@@ -384,6 +488,8 @@ class State:
         return {
             "Snapshots": [public(s) for s in self.snapshots.values()],
             "Images": [public(i) for i in self.images.values()],
+            "ImageExportTasks": [public(t) for t in self.image_exports.values()],
+            "SnapshotExportTasks": [public(t) for t in self.snapshot_exports.values()],
             "Calls": dict(self.calls),
             "Requests": list(self.requests),
             "Faults": list(self.faults),
@@ -882,6 +988,210 @@ class Api:
         return {}
 
 
+    # -- export tasks -------------------------------------------------------------------------
+
+    def _osu(self, osu):
+        """Checks OsuExport; returns (format, bucket, prefix, key id, secret)."""
+        fmt = osu["DiskImageFormat"]
+        # Spec OsuExportToCreate.DiskImageFormat: "qcow2 | raw", described but not an enum.
+        if fmt not in ("qcow2", "raw"):
+            raise bad_param(f"OsuExport/DiskImageFormat {fmt!r}: qcow2 or raw")
+        if not self.s.args.s3_endpoint:
+            raise ApiError(400, "FakeNotImplemented", "fake", "the fake was started without --s3-endpoint")
+        key = osu.get("OsuApiKey", {})
+        # ASSUMPTION (open question 8): without OsuApiKey, the API writes with the caller's rights;
+        # the fake uses the S3 server's keys given on its command line.
+        return (fmt, osu["OsuBucket"], osu.get("OsuPrefix", ""),
+                key.get("ApiKeyId", self.s.args.s3_access_key), key.get("SecretKey", self.s.args.s3_secret_key))
+
+    def CreateImageExportTask(self, body):
+        s = self.s
+        iid = body["ImageId"]
+        img = s.images.get(iid)
+        if img is None or img["AccountId"] != s.account:
+            raise no_resource(f"image {iid} does not exist")
+        if img["State"] != "available":
+            raise ApiError(400, "InvalidState", "6003", f"image {iid} is {img['State']}")
+        perms = img["PermissionsToLaunch"]
+        # Spec CreateImageExportTask: "You cannot export a shared or public OMI".
+        if perms["GlobalPermission"] or perms["AccountIds"]:
+            raise bad_param(f"image {iid} is shared or public and cannot be exported")
+        fmt, bucket, prefix, kid, secret = self._osu(body["OsuExport"])
+        out_prefix = (prefix.rstrip("/") + "/" if prefix else "") + iid + "/"
+        tid = s.new_id("image-export")
+        task = {
+            "Comment": f"Export of image {iid}",
+            "ImageId": iid,
+            "OsuExport": {"DiskImageFormat": fmt, "OsuBucket": bucket, "OsuPrefix": out_prefix},
+            "Progress": 0,
+            "State": "pending/queued",
+            "Tags": [],
+            "TaskId": tid,
+            "_result": None,
+            "_objects": [],
+            "_polls": 0,
+        }
+        disks = []
+        for m in img["BlockDeviceMappings"]:
+            snap = s.snapshots.get(m.get("Bsu", {}).get("SnapshotId"))
+            if snap is None or snap["_raw"] is None:
+                raise ApiError(400, "InvalidState", "6003", f"{iid}: snapshot of {m['DeviceName']} has no content")
+            disks.append((m, snap))
+        s.image_exports[tid] = task
+        manifest = {
+            "Version": 1,
+            "Image": {
+                "Name": img["ImageName"],
+                "Architecture": img["Architecture"],
+                "Type": "machine",
+                "ProductTypes": img["ProductCodes"],
+                "Public": False,
+                "Snapshots": [],
+            },
+        }
+        if img["Description"]:
+            manifest["Image"]["Description"] = img["Description"]
+        job = [(m["DeviceName"], snap["_raw"], self._export_size(m["Bsu"]["VolumeSize"], snap), m["Bsu"])
+               for m, snap in disks]
+        threading.Thread(target=self._export_image, args=(tid, job, manifest, fmt, bucket, out_prefix, kid, secret),
+                         daemon=True).start()
+        return {"ImageExportTask": public_fields(task)}
+
+    def _export_size(self, volume_gib, snap):
+        # ASSUMPTION: an export holds the whole volume (VolumeSize GiB, the tail zero); with
+        # `--export-size virtual`, only the imported disk (its digest then survives a round trip).
+        return snap["_virtual_size"] if self.s.args.export_size == "virtual" else volume_gib * GIB
+
+    def _export_image(self, tid, job, manifest, fmt, bucket, prefix, kid, secret):
+        a = self.s.args
+        work = tempfile.mkdtemp(dir=self.s.workdir)
+        objects = []
+        try:
+            # The root device first (src/export/manifest.rs).
+            for dev, raw, size, bsu in job:
+                name = dev.rsplit("/", 1)[-1] + f".{fmt}.gz"
+                out = os.path.join(work, name)
+                export_disk(raw, size, fmt, out)
+                s3_put(a.s3_endpoint, a.s3_region, kid, secret, bucket, prefix + name, out)
+                os.unlink(out)
+                objects.append(prefix + name)
+                manifest["Image"]["Snapshots"].append({
+                    "DeleteOnTermination": bsu["DeleteOnVmDeletion"],
+                    "Device": dev,
+                    "Filename": name,
+                    "Iops": bsu.get("Iops"),
+                    "PreSignedUrl": s3_presign(a.s3_endpoint, a.s3_region, kid, secret, bucket, prefix + name),
+                    "Size": bsu["VolumeSize"] * GIB,
+                    "VolumeType": bsu["VolumeType"],
+                })
+            mpath = os.path.join(work, "manifest.json")
+            with open(mpath, "w") as f:
+                json.dump(manifest, f, indent=2)
+                f.write("\n")
+            s3_put(a.s3_endpoint, a.s3_region, kid, secret, bucket, prefix + "manifest.json", mpath)
+            objects.append(prefix + "manifest.json")
+            url = s3_presign(a.s3_endpoint, a.s3_region, kid, secret, bucket, prefix + "manifest.json")
+            result = ("completed", url)
+        except (ValueError, OSError) as e:
+            result = ("failed", str(e))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        with self.s.lock:
+            task = self.s.image_exports.get(tid)
+            if task is not None:
+                task["_result"], task["_objects"] = result, objects
+            self.s.save()
+
+    def CreateSnapshotExportTask(self, body):
+        s = self.s
+        sid = body["SnapshotId"]
+        snap = s.snapshots.get(sid)
+        if snap is None or snap["AccountId"] != s.account:
+            raise no_resource(f"snapshot {sid} does not exist")
+        if snap["State"] != "completed" or snap["_raw"] is None:
+            raise ApiError(400, "InvalidState", "6003", f"snapshot {sid} is {snap['State']}")
+        fmt, bucket, prefix, kid, secret = self._osu(body["OsuExport"])
+        tid = s.new_id("snap-export")
+        task = {
+            "Comment": f"Export of snapshot {sid}",
+            "OsuExport": {"DiskImageFormat": fmt, "OsuBucket": bucket, "OsuPrefix": prefix},
+            "Progress": 0,
+            "SnapshotId": sid,
+            "State": "pending",
+            "Tags": [],
+            "TaskId": tid,
+            "_result": None,
+            "_objects": [],
+            "_polls": 0,
+        }
+        s.snapshot_exports[tid] = task
+        # ASSUMPTION (open question 8): the object is PREFIX/snap-….FORMAT.gz.
+        key = (prefix.rstrip("/") + "/" if prefix else "") + f"{sid}.{fmt}.gz"
+        size = self._export_size(snap["VolumeSize"], snap)
+        threading.Thread(target=self._export_snapshot, args=(tid, snap["_raw"], size, fmt, bucket, key, kid, secret),
+                         daemon=True).start()
+        return {"SnapshotExportTask": public_fields(task)}
+
+    def _export_snapshot(self, tid, raw, size, fmt, bucket, key, kid, secret):
+        a = self.s.args
+        work = tempfile.mkdtemp(dir=self.s.workdir)
+        try:
+            out = os.path.join(work, "disk.gz")
+            export_disk(raw, size, fmt, out)
+            s3_put(a.s3_endpoint, a.s3_region, kid, secret, bucket, key, out)
+            result, objects = ("completed", None), [key]
+        except (ValueError, OSError) as e:
+            result, objects = ("failed", str(e)), []
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        with self.s.lock:
+            task = self.s.snapshot_exports.get(tid)
+            if task is not None:
+                task["_result"], task["_objects"] = result, objects
+            self.s.save()
+
+    def _advance_task(self, task):
+        """One poll: `pending/queued` -> `pending` (progress) -> `completed` or `failed`."""
+        if task["State"] in ("completed", "failed", "cancelled"):
+            return
+        if task["_result"] is None:
+            task["State"] = "pending/queued" if "ImageId" in task else "pending"
+            return
+        kind, what = task["_result"]
+        if kind == "failed":
+            task["State"], task["Comment"] = "failed", what
+            return
+        task["_polls"] += 1
+        task["Progress"] = min(100, task["Progress"] + self.s.args.progress_step)
+        task["State"] = "pending" if "ImageId" in task else "active"
+        if task["Progress"] >= 100:
+            task["State"] = "completed"
+            if "ImageId" in task and what:
+                task["OsuExport"]["OsuManifestUrl"] = what
+
+    def _read_tasks(self, tasks, body, key, id_field, id_filter):
+        f = body.get("Filters", {})
+        out = []
+        for t in tasks.values():
+            self._advance_task(t)
+            if "TaskIds" in f and t["TaskId"] not in f["TaskIds"]:
+                continue
+            if id_filter in f and t[id_field] not in f[id_filter]:
+                continue
+            out.append(public_fields(t))
+        page, nxt = paginate(out, body)
+        r = {key: page}
+        if nxt:
+            r["NextPageToken"] = nxt
+        return r
+
+    def ReadImageExportTasks(self, body):
+        return self._read_tasks(self.s.image_exports, body, "ImageExportTasks", "ImageId", "ImageIds")
+
+    def ReadSnapshotExportTasks(self, body):
+        return self._read_tasks(self.s.snapshot_exports, body, "SnapshotExportTasks", "SnapshotId", "SnapshotIds")
+
+
 # ---------------------------------------------------------------------------------------------
 # HTTP
 # ---------------------------------------------------------------------------------------------
@@ -938,7 +1248,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _control(self):
         st = self.server.state
-        body = json.loads(self._read_body() or b"{}")
+        try:
+            body = json.loads(self._read_body() or b"{}")
+            if not isinstance(body, dict) or not all(isinstance(f, dict) and "op" in f for f in body.get("faults", [])):
+                raise ValueError("want {faults: [{op, kind, nth?, count?, seconds?}], clear?, unlock?, clock_skew?}")
+        except (ValueError, ApiError) as e:
+            self._send(400, {"error": str(e)})
+            return
         with st.lock:
             if body.get("clear"):
                 st.faults.clear()
@@ -977,7 +1293,13 @@ class Handler(BaseHTTPRequestHandler):
         request_id = str(uuid.uuid4())
         path, _, query = self.path.partition("?")
         op = path[len("/api/v1/"):] if path.startswith("/api/v1/") else None
-        status = self._post(st, args, request_id, path, query, op)
+        try:
+            status = self._post(st, args, request_id, path, query, op)
+        except Exception as e:  # a fake bug: say so loudly rather than drop the connection
+            import traceback
+
+            traceback.print_exc()
+            status = self._error(ApiError(500, "FakeBug", "fake", f"{type(e).__name__}: {e}"), request_id)
         with st.lock:
             st.requests.append([op or path, status])
             st.save()
@@ -1081,6 +1403,12 @@ def parse_args(argv):
     p.add_argument("--progress-step", type=int, default=50, help="percent per ReadSnapshots poll")
     p.add_argument("--image-polls", type=int, default=2, help="ReadImages polls an image is pending")
     p.add_argument("--mismatch-409", action="store_true", help="answer conflicts with 409, not 400")
+    p.add_argument("--s3-endpoint", help="the S3 server export tasks write to (http://127.0.0.1:PORT)")
+    p.add_argument("--s3-region", default="us-east-1")
+    p.add_argument("--s3-access-key", default="mkomi-test-key")
+    p.add_argument("--s3-secret-key", default="mkomi-test-secret-5f1c09b2")
+    p.add_argument("--export-size", choices=("volume", "virtual"), default="volume",
+                   help="exported disks hold the whole volume (default) or only the imported disk")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--validate", metavar="FILE", help="validate request bodies and exit")
     p.add_argument("--self-test", action="store_true")

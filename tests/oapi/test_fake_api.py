@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -33,6 +34,31 @@ KEY = "AKTEST0000000000000001"
 SECRET = "test-secret/with+chars"
 REGION = "eu-west-2"
 GIB = 1 << 30
+# tests/common/s3_server.rs.
+S3_KEY = "mkomi-test-key"
+S3_SECRET = "mkomi-test-secret-5f1c09b2"
+S3_BUCKET = "mkomi-test"
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port, seconds=10):
+    import socket
+
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
 
 
 def sigv4_headers(host, path, body, key=KEY, secret=SECRET, region=REGION, service="oapi",
@@ -83,10 +109,24 @@ class FakeApiTest(unittest.TestCase):
     def setUpClass(cls):
         cls.spec = fake_api.Spec(fake_api.DEFAULT_SPEC)
         cls.tmp = tempfile.mkdtemp(prefix="fake-oapi-test-")
+        cls.s3 = None
+        s3_args = []
+        s3s = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
+        if os.path.isfile(s3s) and shutil.which("qemu-img"):
+            # The tests' S3 server (tests/common/s3_server.rs): its keys, one bucket.
+            root = os.path.join(cls.tmp, "s3")
+            os.makedirs(os.path.join(root, S3_BUCKET))
+            s3_port = _free_port()
+            cls.s3 = subprocess.Popen(
+                [s3s, "--host", "127.0.0.1", "--port", str(s3_port), "--access-key", S3_KEY,
+                 "--secret-key", S3_SECRET, root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _wait_port(s3_port)
+            cls.s3_endpoint = f"http://127.0.0.1:{s3_port}"
+            s3_args = ["--s3-endpoint", cls.s3_endpoint, "--s3-access-key", S3_KEY, "--s3-secret-key", S3_SECRET]
         cls.proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "fake_api.py"), "--access-key", KEY, "--secret-key",
              SECRET, "--region", REGION, "--progress-step", "40", "--image-polls", "2",
-             "--state-file", os.path.join(cls.tmp, "state.json")],
+             "--state-file", os.path.join(cls.tmp, "state.json")] + s3_args,
             stdout=subprocess.PIPE, text=True,
         )
         line = cls.proc.stdout.readline()
@@ -107,6 +147,9 @@ class FakeApiTest(unittest.TestCase):
         cls.proc.terminate()
         cls.proc.wait(10)
         cls.proc.stdout.close()
+        if cls.s3:
+            cls.s3.terminate()
+            cls.s3.wait(10)
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -381,6 +424,60 @@ class FakeApiTest(unittest.TestCase):
         self.assertEqual(img["State"], "failed")
         self.assertIn("404", img["StateComment"]["StateMessage"])
         self.assertEqual(self.call("CreateImage", {"FileLocation": self.file_url + "no-manifest.json"})[0], 400)
+
+    def test_export_tasks_write_into_s3(self):
+        if not self.s3:
+            self.skipTest("s3s-fs or qemu-img not installed")
+        content = self.disk((3 << 20) + 512, "e")
+        snap, _ = self.import_snapshot(content, "e.raw.gz")
+        sid = snap["SnapshotId"]
+        self.assertEqual(self.wait_snapshot(sid)[0]["State"], "completed")
+        image = {"ImageName": "to-export", "Description": "exported", "RootDeviceName": "/dev/sda1",
+                 "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Bsu": {"SnapshotId": sid}}]}
+        iid = self.ok("CreateImage", image)["Image"]["ImageId"]
+        self.assertEqual(self.wait_image(iid)["State"], "available")
+        osu = {"DiskImageFormat": "qcow2", "OsuBucket": S3_BUCKET, "OsuPrefix": "pulls"}
+        self.assertEqual(self.call("CreateImageExportTask", {"ImageId": iid, "OsuExport": dict(osu, DiskImageFormat="vmdk")})[0], 400)
+        task = self.ok("CreateImageExportTask", {"ImageId": iid, "OsuExport": osu})["ImageExportTask"]
+        self.assertEqual((task["State"], task["OsuExport"]["OsuPrefix"]), ("pending/queued", f"pulls/{iid}/"))
+        for _ in range(300):
+            t = self.ok("ReadImageExportTasks", {"Filters": {"TaskIds": [task["TaskId"]]}})["ImageExportTasks"][0]
+            if t["State"] in ("completed", "failed"):
+                break
+            time.sleep(0.02)
+        self.assertEqual(t["State"], "completed", t)
+        # The manifest and the disk come back through s3s-fs's pre-signed URLs.
+        with urllib.request.urlopen(t["OsuExport"]["OsuManifestUrl"]) as r:
+            manifest = json.load(r)
+        self.assertEqual((manifest["Image"]["Name"], manifest["Image"]["Description"]), ("to-export", "exported"))
+        (disk,) = manifest["Image"]["Snapshots"]
+        self.assertEqual((disk["Device"], disk["Filename"], disk["Size"]), ("/dev/sda1", "sda1.qcow2.gz", GIB))
+        qcow = os.path.join(self.tmp, "exported.qcow2")
+        with urllib.request.urlopen(disk["PreSignedUrl"]) as r, open(qcow, "wb") as f:
+            f.write(gzip.decompress(r.read()))
+        # qemu-img as the oracle: the export is the imported disk, zero-extended to the volume.
+        ref = os.path.join(self.tmp, "expected.raw")
+        with open(ref, "wb") as f:
+            f.write(content)
+            f.truncate(GIB)
+        p = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", ref, qcow], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        # A snapshot export, and a refused export of a shared image.
+        st = self.ok("CreateSnapshotExportTask", {"SnapshotId": sid, "OsuExport": dict(osu, DiskImageFormat="raw")})["SnapshotExportTask"]
+        for _ in range(300):
+            t = self.ok("ReadSnapshotExportTasks", {"Filters": {"SnapshotIds": [sid]}})["SnapshotExportTasks"][0]
+            if t["State"] in ("completed", "failed"):
+                break
+            time.sleep(0.02)
+        self.assertEqual((t["TaskId"], t["State"]), (st["TaskId"], "completed"), t)
+        obj = os.path.join(self.tmp, "s3", S3_BUCKET, "pulls", f"{sid}.raw.gz")
+        with gzip.open(obj) as f:
+            self.assertEqual(f.read(len(content)), content)
+        with open(obj, "rb") as f:
+            f.seek(-4, os.SEEK_END)  # gzip's ISIZE: the uncompressed size mod 2^32
+            self.assertEqual(int.from_bytes(f.read(4), "little"), GIB)
+        self.ok("UpdateImage", {"ImageId": iid, "PermissionsToLaunch": {"Additions": {"GlobalPermission": True}}})
+        self.assertEqual(self.call("CreateImageExportTask", {"ImageId": iid, "OsuExport": osu})[0], 400)
 
     # -- faults -------------------------------------------------------------------------------
 
