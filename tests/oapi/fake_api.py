@@ -1209,6 +1209,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status, obj):
         data = json.dumps(obj).encode()
+        self._record(status)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -1223,7 +1224,20 @@ class Handler(BaseHTTPRequestHandler):
         self._send(e.status, body)
         return e.status
 
+    def _record(self, status):
+        """Logs an API request and saves the state before its answer leaves, so that a test that
+        reads the state file after an answer sees that request."""
+        op = getattr(self, "_api_op", None)
+        if op is None:
+            return
+        self._api_op = None
+        st = self.server.state
+        with st.lock:
+            st.requests.append([op, status])
+            st.save()
+
     def _drop(self):
+        self._record(0)
         self.close_connection = True
         try:
             self.connection.shutdown(2)
@@ -1293,16 +1307,14 @@ class Handler(BaseHTTPRequestHandler):
         request_id = str(uuid.uuid4())
         path, _, query = self.path.partition("?")
         op = path[len("/api/v1/"):] if path.startswith("/api/v1/") else None
+        self._api_op = op or path
         try:
-            status = self._post(st, args, request_id, path, query, op)
+            self._post(st, args, request_id, path, query, op)
         except Exception as e:  # a fake bug: say so loudly rather than drop the connection
             import traceback
 
             traceback.print_exc()
-            status = self._error(ApiError(500, "FakeBug", "fake", f"{type(e).__name__}: {e}"), request_id)
-        with st.lock:
-            st.requests.append([op or path, status])
-            st.save()
+            self._error(ApiError(500, "FakeBug", "fake", f"{type(e).__name__}: {e}"), request_id)
 
     def _post(self, st, args, request_id, path, query, op):
         try:

@@ -227,6 +227,23 @@ class FakeApiTest(unittest.TestCase):
         self.assertEqual(self.call("ReadImages", {}, sign_content_type=False)[0], 200)
         self.assertEqual(self.call("ReadImages", {}, content_sha=True)[0], 200)
 
+    def test_botocore_signer_accepted(self):
+        # A second, widely used SigV4 implementation as an oracle for the verifier (not in CI).
+        try:
+            from botocore.auth import SigV4Auth
+            from botocore.awsrequest import AWSRequest
+            from botocore.credentials import Credentials
+        except ImportError:
+            self.skipTest("botocore not installed")
+        for secret, want in ((SECRET, 200), ("wrong", 401)):
+            data = b'{"Filters":{"States":["completed"]}}'
+            req = AWSRequest("POST", f"http://{self.host}/api/v1/ReadSnapshots", data=data,
+                             headers={"Content-Type": "application/json"})
+            SigV4Auth(Credentials(KEY, secret), "oapi", REGION).add_auth(req)
+            status, _ = self.raw("POST", "/api/v1/ReadSnapshots", data, dict(req.headers.items()))
+            self.assertEqual(status, want)
+        self.control({"unlock": True})
+
     def test_bad_signatures_401(self):
         try:
             status, a = self.call("ReadSnapshots", {}, secret="wrong")
@@ -253,6 +270,19 @@ class FakeApiTest(unittest.TestCase):
         finally:
             self.control({"unlock": True})
         self.assertEqual(self.call("ReadSnapshots", {})[0], 200)
+
+    def test_server_clock_skew_and_state_file(self):
+        try:
+            self.control({"clock_skew": 400})  # the server runs 6m40s ahead: every request is late
+            status, a = self.call("ReadImages", {})
+            self.assertEqual(status, 401)
+            self.assertIn("5 minutes", a["Errors"][0]["Details"])
+        finally:
+            self.control({"clock_skew": 0, "unlock": True})
+        self.assertEqual(self.call("ReadImages", {})[0], 200)
+        with open(os.path.join(self.tmp, "state.json")) as f:
+            self.assertEqual(json.load(f)["Requests"][-1], ["ReadImages", 200])
+        self.assertEqual(self.raw("POST", "/_control", b'{"faults": [{"kind": "429"}]}')[0], 400)
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -476,6 +506,12 @@ class FakeApiTest(unittest.TestCase):
         with open(obj, "rb") as f:
             f.seek(-4, os.SEEK_END)  # gzip's ISIZE: the uncompressed size mod 2^32
             self.assertEqual(int.from_bytes(f.read(4), "little"), GIB)
+        # A URL that s3s-fs refuses (a wrong signature, as an expired one is) fails the import.
+        bad_url = fake_api.s3_presign(self.s3_endpoint, "us-east-1", S3_KEY, "not-the-secret", S3_BUCKET, f"pulls/{sid}.raw.gz")
+        refused = self.ok("CreateSnapshot", {"FileLocation": bad_url, "SnapshotSize": GIB})["Snapshot"]
+        self.assertEqual(self.wait_snapshot(refused["SnapshotId"])[0]["State"], "error")
+        kept = [s for s in self.state()["Snapshots"] if s["SnapshotId"] == refused["SnapshotId"]][0]
+        self.assertIn("HTTP 403", kept["_reason"])
         self.ok("UpdateImage", {"ImageId": iid, "PermissionsToLaunch": {"Additions": {"GlobalPermission": True}}})
         self.assertEqual(self.call("CreateImageExportTask", {"ImageId": iid, "OsuExport": osu})[0], 400)
 
