@@ -648,3 +648,496 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::oapi::{
+        CreateImageRequest, CreateImageResponse, FiltersImage, ReadImagesRequest,
+        ReadImagesResponse,
+    };
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    const AK: &str = "AKIDTESTOAPI0001";
+    const SK: &str = "sk-test-secret-do-not-show";
+    const REGION: &str = "eu-west-2";
+
+    /// A request as the test server received it.
+    #[derive(Debug, Clone)]
+    struct Captured {
+        method: String,
+        path: String,
+        /// Lower-cased names, values as sent.
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Captured {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// What the test server does with one connection.
+    enum Reply {
+        /// Answers with this status, body and extra headers.
+        Answer(u16, String, Vec<(&'static str, String)>),
+        /// Reads the request and closes the connection without answering.
+        Drop,
+    }
+
+    fn ok(body: &str) -> Reply {
+        Reply::Answer(200, body.to_string(), Vec::new())
+    }
+
+    fn error(status: u16, type_: &str, code: &str, details: &str) -> Reply {
+        let body = serde_json::json!({
+            "Errors": [{"Type": type_, "Code": code, "Details": details}],
+            "ResponseContext": {"RequestId": format!("req-{status}")},
+        });
+        Reply::Answer(status, body.to_string(), Vec::new())
+    }
+
+    /// A one-thread HTTP/1.1 server on 127.0.0.1 that plays `replies`, one connection each,
+    /// then stops listening; every request it read is in the returned list.
+    fn serve(replies: Vec<Reply>) -> (u16, Arc<Mutex<Vec<Captured>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for reply in replies {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap().to_string();
+                let path = parts.next().unwrap().to_string();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    let h = h.trim_end_matches(['\r', '\n']);
+                    if h.is_empty() {
+                        break;
+                    }
+                    let (n, v) = h.split_once(':').unwrap();
+                    headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+                }
+                let len: usize = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                log.lock().unwrap().push(Captured {
+                    method,
+                    path,
+                    headers,
+                    body,
+                });
+                let mut stream = stream;
+                match reply {
+                    Reply::Drop => drop(stream),
+                    Reply::Answer(status, body, extra) => {
+                        let mut head = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                            body.len()
+                        );
+                        for (n, v) in extra {
+                            head.push_str(&format!("{n}: {v}\r\n"));
+                        }
+                        head.push_str("\r\n");
+                        let _ = stream.write_all(head.as_bytes());
+                        let _ = stream.write_all(body.as_bytes());
+                    }
+                }
+            }
+        });
+        (port, seen)
+    }
+
+    fn client(port: u16) -> Client {
+        let endpoint = Endpoint::new(&format!("http://127.0.0.1:{port}/api/v1/"), REGION).unwrap();
+        Client::new(endpoint, Credentials::new(AK, SK))
+            .unwrap()
+            .with_backoff(Backoff {
+                first: Duration::from_millis(1),
+                max: Duration::from_millis(20),
+                attempts: 4,
+            })
+    }
+
+    fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    fn sha256_hex(data: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(data))
+    }
+
+    /// The SigV4 signature of a captured request, computed here from the SigV4 specification
+    /// (AWS "Create a signed AWS API request": canonical request, string to sign, key
+    /// derivation), with none of the client's code: an independent check of its signer.
+    fn signature(c: &Captured, secret: &str) -> String {
+        let auth = c.header("authorization").unwrap();
+        let signed = auth
+            .split("SignedHeaders=")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        let date = c.header("x-amz-date").unwrap();
+        let day = &date[..8];
+        let mut canonical = format!("{}\n{}\n\n", c.method, c.path);
+        for name in signed.split(';') {
+            let value = c.header(name).unwrap_or_else(|| panic!("{name} not sent"));
+            canonical.push_str(&format!("{name}:{}\n", value.trim()));
+        }
+        canonical.push_str(&format!("\n{signed}\n{}", sha256_hex(&c.body)));
+        let scope = format!("{day}/{REGION}/oapi/aws4_request");
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
+            sha256_hex(canonical.as_bytes())
+        );
+        let mut key = hmac(format!("AWS4{secret}").as_bytes(), day.as_bytes());
+        for part in [REGION, "oapi", "aws4_request"] {
+            key = hmac(&key, part.as_bytes());
+        }
+        hex::encode(hmac(&key, to_sign.as_bytes()))
+    }
+
+    fn read_images() -> ReadImagesRequest {
+        ReadImagesRequest {
+            filters: Some(FiltersImage {
+                image_names: Some(vec!["mkomi-test é".to_string()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn signed_request() {
+        let answer = r#"{"Images": [{"ImageId": "ami-12345678", "State": "available", "New": 1}],
+            "ResponseContext": {"RequestId": "0475ca1e-d0c5-441d-712a-da55a4175157"}}"#;
+        let (port, seen) = serve(vec![ok(answer)]);
+        let req = read_images();
+        let (resp, stats): (ReadImagesResponse, _) =
+            client(port).call("ReadImages", &req, Retry::Safe).unwrap();
+        let images = resp.images.unwrap();
+        assert_eq!(images[0].image_id.as_deref(), Some("ami-12345678"));
+        assert_eq!(
+            stats,
+            CallStats {
+                attempts: 1,
+                retries: 0,
+                throttled: 0,
+                request_id: Some("0475ca1e-d0c5-441d-712a-da55a4175157".to_string()),
+            }
+        );
+
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let c = &seen[0];
+        assert_eq!(
+            (c.method.as_str(), c.path.as_str()),
+            ("POST", "/api/v1/ReadImages")
+        );
+        assert_eq!(c.header("content-type"), Some("application/json"));
+        assert_eq!(c.header("host"), Some(format!("127.0.0.1:{port}").as_str()));
+        assert_eq!(c.body, serde_json::to_vec(&req).unwrap());
+        assert_eq!(
+            c.header("x-amz-content-sha256"),
+            Some(sha256_hex(&c.body).as_str())
+        );
+        let auth = c.header("authorization").unwrap();
+        let date = c.header("x-amz-date").unwrap();
+        assert_eq!(date.len(), 16, "{date}");
+        let prefix = format!(
+            "AWS4-HMAC-SHA256 Credential={AK}/{}/{REGION}/oapi/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date, Signature=",
+            &date[..8]
+        );
+        assert!(auth.starts_with(&prefix), "{auth}");
+        let sent = &auth[prefix.len()..];
+        assert_eq!(sent, signature(c, SK));
+        // The check can fail: another secret or another body gives another signature.
+        assert_ne!(sent, signature(c, "another-secret"));
+        let mut changed = c.clone();
+        changed.body.push(b' ');
+        assert_ne!(sent, signature(&changed, SK));
+        assert!(c.header("x-amz-security-token").is_none());
+    }
+
+    #[test]
+    fn api_error() {
+        let (port, seen) = serve(vec![error(
+            400,
+            "InvalidParameterValue",
+            "4078",
+            "Invalid ImageName.\nSee the docs.",
+        )]);
+        let e = client(port)
+            .call::<_, CreateImageResponse>(
+                "CreateImage",
+                &CreateImageRequest::default(),
+                Retry::Safe,
+            )
+            .unwrap_err();
+        match &e {
+            Error::Api {
+                op,
+                status,
+                code,
+                type_,
+                details,
+                request_id,
+            } => {
+                assert_eq!((op.as_str(), *status), ("CreateImage", 400));
+                assert_eq!(code.as_deref(), Some("4078"));
+                assert_eq!(type_.as_deref(), Some("InvalidParameterValue"));
+                assert_eq!(details.as_deref(), Some("Invalid ImageName. See the docs."));
+                assert_eq!(request_id.as_deref(), Some("req-400"));
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(
+            e.to_string(),
+            "CreateImage failed: HTTP 400 InvalidParameterValue (code 4078): Invalid ImageName. See the docs. (request req-400)"
+        );
+        assert!(!e.outcome_unknown());
+        // A 400 is not retried, even with Retry::Safe.
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn safe_retry_after_503() {
+        let (port, seen) = serve(vec![
+            error(503, "ServiceUnavailable", "0", "busy"),
+            ok(r#"{"Images": []}"#),
+        ]);
+        let c = client(port);
+        let (resp, stats): (ReadImagesResponse, _) =
+            c.call("ReadImages", &read_images(), Retry::Safe).unwrap();
+        assert_eq!(resp.images, Some(Vec::new()));
+        assert_eq!((stats.attempts, stats.retries, stats.throttled), (2, 1, 1));
+        assert_eq!(stats.request_id, None);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        // The same bytes both times, each try signed on its own.
+        assert_eq!(seen[0].body, seen[1].body);
+        assert_eq!(
+            signature(&seen[1], SK),
+            seen[1]
+                .header("authorization")
+                .unwrap()
+                .rsplit('=')
+                .next()
+                .unwrap()
+        );
+        assert_eq!(
+            c.totals(),
+            Totals {
+                calls: 1,
+                attempts: 2,
+                retries: 1,
+                throttled: 1
+            }
+        );
+    }
+
+    #[test]
+    fn safe_retries_are_bounded() {
+        let replies = (0..6)
+            .map(|_| {
+                Reply::Answer(
+                    429,
+                    "{}".to_string(),
+                    vec![("Retry-After", "0".to_string())],
+                )
+            })
+            .collect();
+        let (port, seen) = serve(replies);
+        let e = client(port)
+            .call::<_, ReadImagesResponse>("ReadImages", &read_images(), Retry::Safe)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Api {
+                    status: 429,
+                    code: None,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // Backoff.attempts is 4.
+        assert_eq!(seen.lock().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn throttling_type_is_retried() {
+        let (port, seen) = serve(vec![
+            error(400, "RequestLimitExceeded", "1", "slow down"),
+            ok("{}"),
+        ]);
+        let (_, stats): (ReadImagesResponse, _) = client(port)
+            .call("ReadImages", &read_images(), Retry::Safe)
+            .unwrap();
+        assert_eq!((stats.retries, stats.throttled), (1, 1));
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn never_is_sent_once() {
+        let (port, seen) = serve(vec![
+            error(503, "ServiceUnavailable", "0", "busy"),
+            ok(r#"{"Image": {"ImageId": "ami-1"}}"#),
+        ]);
+        let e = client(port)
+            .call::<_, CreateImageResponse>(
+                "CreateImage",
+                &CreateImageRequest::default(),
+                Retry::Never,
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::Api { status: 503, .. }), "{e:?}");
+        assert!(e.outcome_unknown(), "a 5xx may hide an image created");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn lost_answer() {
+        // Safe: a connection closed without an answer is tried again.
+        let (port, seen) = serve(vec![Reply::Drop, ok("{}")]);
+        let (_, stats): (ReadImagesResponse, _) = client(port)
+            .call("ReadImages", &read_images(), Retry::Safe)
+            .unwrap();
+        assert_eq!((stats.attempts, stats.throttled), (2, 0));
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        // Never: the error says the outcome is unknown.
+        let (port, seen) = serve(vec![Reply::Drop, ok("{}")]);
+        let e = client(port)
+            .call::<_, CreateImageResponse>(
+                "CreateImage",
+                &CreateImageRequest::default(),
+                Retry::Never,
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::Transport { sent: true, .. }), "{e:?}");
+        assert!(e.outcome_unknown());
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // Nobody listening: not sent, so certainly not done.
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = client(port)
+            .call::<_, CreateImageResponse>(
+                "CreateImage",
+                &CreateImageRequest::default(),
+                Retry::Never,
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::Transport { sent: false, .. }), "{e:?}");
+        assert!(!e.outcome_unknown());
+    }
+
+    #[test]
+    fn auth_failure_is_not_retried() {
+        for status in [401, 403] {
+            let (port, seen) = serve(vec![
+                error(status, "AccessDenied", "1", "bad signature"),
+                ok("{}"),
+            ]);
+            let e = client(port)
+                .call::<_, ReadImagesResponse>("ReadImages", &read_images(), Retry::Safe)
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::Api { status: s, .. } if s == status),
+                "{e:?}"
+            );
+            assert_eq!(seen.lock().unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn secrets_never_shown() {
+        // An answer echoing the keys and a signature: none of it comes out.
+        let details = format!(
+            "Authorization: AWS4-HMAC-SHA256 Credential={AK}/20260101/x, Signature=0123abcd {SK}"
+        );
+        let (port, _) = serve(vec![
+            error(401, "AuthFailure", "1", &details),
+            Reply::Answer(200, format!("{{\"Images\": \"{SK}\"}}"), Vec::new()),
+        ]);
+        let c = client(port);
+        let e = c
+            .call::<_, ReadImagesResponse>("ReadImages", &read_images(), Retry::Safe)
+            .unwrap_err();
+        let e2 = c
+            .call::<_, ReadImagesResponse>("ReadImages", &read_images(), Retry::Safe)
+            .unwrap_err();
+        assert!(matches!(e2, Error::Response { status: 200, .. }), "{e2:?}");
+        for text in [
+            e.to_string(),
+            format!("{e:?}"),
+            e2.to_string(),
+            format!("{c:?}"),
+        ] {
+            for leak in [AK, SK, "0123abcd"] {
+                assert!(!text.contains(leak), "{leak} in {text}");
+            }
+            assert!(!text.contains('\n'), "{text}");
+        }
+        assert!(e.to_string().contains("AuthFailure"), "{e}");
+    }
+
+    #[test]
+    fn settings() {
+        let k = || Credentials::new(AK, SK);
+        for (url, region) in [
+            ("http://api.eu-west-2.outscale.com/api/v1", REGION),
+            ("ftp://127.0.0.1/api/v1", REGION),
+            ("https://u:p@api.eu-west-2.outscale.com/api/v1", REGION),
+            ("https://api.eu-west-2.outscale.com/api/v1?x=1", REGION),
+            ("https://api.eu-west-2.outscale.com/api/v1", "eu-west-2/x"),
+            ("https://api.eu-west-2.outscale.com/api/v1", ""),
+        ] {
+            let e = Endpoint::new(url, region).unwrap_err();
+            assert!(matches!(e, Error::Setting(_)), "{url} {region}: {e}");
+        }
+        Endpoint::new("http://[::1]:8080/api/v1", REGION).unwrap();
+        Endpoint::new("http://localhost/api/v1", REGION).unwrap();
+        let c = Client::new(
+            Endpoint::new("https://api.eu-west-2.outscale.com/api/v1", REGION).unwrap(),
+            k(),
+        )
+        .unwrap();
+        for op in ["", "../ReadImages", "Read Images", "ReadImages?x"] {
+            let e = c
+                .call::<_, ReadImagesResponse>(op, &read_images(), Retry::Safe)
+                .unwrap_err();
+            assert!(matches!(e, Error::Request { .. }), "{op}: {e}");
+        }
+        assert_eq!(c.totals(), Totals::default());
+        for d in [0, 1, 1000, 10_000_000] {
+            let delay = Duration::from_micros(d);
+            let j = jitter(delay);
+            assert!(j >= delay / 2 && j <= delay, "{delay:?} {j:?}");
+        }
+    }
+}
