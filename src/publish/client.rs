@@ -614,7 +614,7 @@ fn reqwest_reason(e: &reqwest::Error) -> String {
 
 /// `text` made safe to show on one line: control characters become spaces, each of `secrets`
 /// and the value after a SigV4 `Credential=` or `Signature=` becomes `[redacted]`, and it is cut
-/// to [`MAX_TEXT`] bytes.
+/// to 300 bytes (`MAX_TEXT`).
 ///
 /// (The S3 code has the same scrubber, `export::s3::credentials::Scrubber`, private to its
 /// module; it also knows S3's XML error fields, which the API never sends.)
