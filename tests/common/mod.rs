@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod oapi_server;
 pub mod qemu;
 
 pub const MIB: u64 = 1 << 20;
