@@ -12,6 +12,8 @@
 mod common;
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/s3_server.rs"]
+mod s3_server;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -21,8 +23,10 @@ use mkomi::publish::client::{Backoff, Client, Endpoint, Error, Retry};
 use mkomi::publish::credentials::Credentials;
 use mkomi::publish::oapi::{
     BlockDeviceMappingImage, BsuToCreate, CreateImageRequest, CreateImageResponse,
-    CreateSnapshotRequest, CreateSnapshotResponse, FiltersImage, FiltersSnapshot,
-    ReadImagesRequest, ReadImagesResponse, ReadSnapshotsRequest, ReadSnapshotsResponse,
+    CreateSnapshotExportTaskRequest, CreateSnapshotExportTaskResponse, CreateSnapshotRequest,
+    CreateSnapshotResponse, FiltersImage, FiltersSnapshot, FiltersSnapshotExportTask,
+    OsuExportToCreate, ReadImagesRequest, ReadImagesResponse, ReadSnapshotExportTasksRequest,
+    ReadSnapshotExportTasksResponse, ReadSnapshotsRequest, ReadSnapshotsResponse,
 };
 use serde_json::{Value, json};
 
@@ -508,4 +512,77 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(answer: &Value)
     let back = serde_json::to_value(&typed).expect("serialize");
     assert_eq!(&back, answer, "the generated type loses or changes fields");
     typed
+}
+
+/// The way back: `CreateSnapshotExportTask` (sent once) writes the snapshot into the tests' S3
+/// server (s3s-fs) as a gzip'd raw disk; `ReadSnapshotExportTasks` is polled until the task is
+/// `completed`, and the object holds the imported disk again: the same `sha256-4m` digest.
+#[test]
+fn snapshot_export_lands_in_s3_with_the_same_digest() {
+    let s3 = s3_server::S3Server::start();
+    // `virtual`: the export holds the imported disk, not the whole 1 GiB volume.
+    let fake = OapiServer::start_with(Some(&s3.endpoint), &["--export-size", "virtual"]);
+    let api = client(&fake, SECRET_KEY);
+    let content = disk(6 * MIB + 512);
+    let snapshot = import_snapshot(&fake, &api, &content, "mkomi-export-1");
+    let req = CreateSnapshotExportTaskRequest {
+        snapshot_id: snapshot.clone(),
+        osu_export: OsuExportToCreate {
+            disk_image_format: "raw".to_string(),
+            osu_bucket: s3_server::BUCKET.to_string(),
+            osu_prefix: Some("exports".to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (created, _): (Value, _) = api
+        .call("CreateSnapshotExportTask", &req, Retry::Never)
+        .expect("CreateSnapshotExportTask");
+    let created = round_trip::<CreateSnapshotExportTaskResponse>(&created);
+    let task = created.snapshot_export_task.expect("SnapshotExportTask");
+    assert_eq!(task.snapshot_id.as_deref(), Some(snapshot.as_str()));
+    let task_id = task.task_id.expect("TaskId");
+    let read = ReadSnapshotExportTasksRequest {
+        filters: Some(FiltersSnapshotExportTask {
+            task_ids: Some(vec![task_id.clone()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    loop {
+        let (v, _): (Value, _) = api
+            .call("ReadSnapshotExportTasks", &read, Retry::Safe)
+            .expect("ReadSnapshotExportTasks");
+        let tasks = round_trip::<ReadSnapshotExportTasksResponse>(&v)
+            .snapshot_export_tasks
+            .unwrap_or_default();
+        assert_eq!(tasks.len(), 1, "{tasks:?}");
+        match tasks[0].state.as_deref() {
+            Some("completed") => break,
+            Some("failed") => panic!("export failed: {:?}\n{}", tasks[0].comment, fake.log()),
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "export never completed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let object = s3
+        .root
+        .join(s3_server::BUCKET)
+        .join(format!("exports/{snapshot}.raw.gz"));
+    let gz = std::fs::read(&object).unwrap_or_else(|e| panic!("{}: {e}", object.display()));
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut raw)
+        .expect("gunzip the export");
+    assert_eq!(raw.len(), virtual_disk(&content).len());
+    assert_eq!(
+        mkomi::digest::content_digest_of(&raw),
+        snapshot_state(&fake, &snapshot)["_digest"]
+            .as_str()
+            .expect("_digest")
+    );
+    assert_eq!(raw, content);
 }
