@@ -6,6 +6,7 @@
 pub mod client;
 pub mod credentials;
 pub mod oapi;
+pub mod run;
 
 #[cfg(test)]
 mod tests;

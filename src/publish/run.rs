@@ -1,0 +1,846 @@
+//! `publish --via snapshots`: a bundle made into an OMI of an Outscale account (issue #15,
+//! steps 1-7; plan in `notes/issue15-research.md`, "Recommended plan" item 4).
+//!
+//! The phases, each of which looks before it creates, so that a re-run after a crash, a
+//! time-out or a lost answer resumes without creating anything twice:
+//! 1. **lookup**: every disk's snapshot is looked up by its `ClientToken` ([`snapshot_token`],
+//!    derived from the disk's ContentDigest and the target). When every disk has a live one,
+//!    nothing is uploaded again;
+//! 2. **upload**: otherwise the bundle is exported into the bucket as an export package
+//!    ([`crate::export::package::export`]: one `.qcow2.gz` object per disk, multipart and
+//!    resumable), and each disk object is pre-signed;
+//! 3. **snapshots**: `CreateSnapshot{FileLocation, SnapshotSize, ClientToken}` for each disk
+//!    without a live snapshot (sent as [`Retry::Safe`]: the token makes a resent request return
+//!    the first one's snapshot), then `ReadSnapshots` polled with backoff until every one is
+//!    `completed` (`error` fails the publish);
+//! 4. **image**: `ReadImages{BlockDeviceMappingSnapshotIds: [root snapshot]}` first, since those
+//!    snapshots exist only for this bundle and target; else `CreateImage`, sent once
+//!    ([`Retry::Never`]: it has no `ClientToken` in OAPI 1.40.1). When its answer is lost
+//!    ([`ClientError::outcome_unknown`]) the image is looked up again before anything else, and
+//!    never created blindly a second time; then `ReadImages` polled until `available`;
+//! 5. **tags and permissions**: `CreateTags` (`mkomi:digest`, `mkomi:version`, the user's) on
+//!    the image and its snapshots, `UpdateImage` for shares and global permission;
+//! 6. **objects**: the package's objects deleted unless `keep_objects`.
+//!
+//! A failure after snapshots were created by this run deletes those snapshots (not the ones
+//! reused from an earlier run), unless `keep_failed`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::client::{Client, Error as ClientError, Retry, Totals};
+use super::oapi::{
+    BlockDeviceMappingImage, BsuToCreate, CreateImageRequest, CreateImageResponse,
+    CreateSnapshotRequest, CreateSnapshotResponse, CreateTagsRequest, CreateTagsResponse,
+    DeleteSnapshotRequest, DeleteSnapshotResponse, FiltersImage, FiltersSnapshot, Image,
+    PermissionsOnResource, PermissionsOnResourceCreation, ReadImagesRequest, ReadImagesResponse,
+    ReadSnapshotsRequest, ReadSnapshotsResponse, ResourceTag, Snapshot, UpdateImageRequest,
+    UpdateImageResponse,
+};
+use crate::bundle::SUMS_FILE;
+use crate::export::package::{self, EXPORT_MANIFEST, MKOMI_MANIFEST};
+use crate::export::s3;
+use crate::manifest::rules::{GIB, min_volume_gib};
+use crate::manifest::{self, DiskFormat, Manifest};
+use crate::progress::Progress;
+use crate::util::hex;
+
+/// The number of token slots per disk: a snapshot that ended in `error` keeps its token, so
+/// the next try takes the next slot (`n` in [`snapshot_token`]); after this many failed
+/// imports of one disk the publish gives up rather than loop.
+pub const TOKEN_SLOTS: u32 = 4;
+
+/// The tag carrying a disk's ContentDigest (the root disk's on the image).
+pub const TAG_DIGEST: &str = "mkomi:digest";
+/// The tag carrying mkomi's version.
+pub const TAG_VERSION: &str = "mkomi:version";
+
+/// An error of `publish`: one line, naming the phase and, for the API, the operation, its
+/// error code and request ID (never a secret: see [`super::client`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bundle's manifest cannot be read or used.
+    #[error(transparent)]
+    Manifest(#[from] manifest::Error),
+    /// The upload (the export of the bundle into the bucket) failed.
+    #[error("upload: {0}")]
+    Export(#[from] crate::export::Error),
+    /// Object storage refused a pre-signature or a deletion.
+    #[error("object storage: {0}")]
+    S3(#[from] s3::Error),
+    /// The API refused or failed.
+    #[error(transparent)]
+    Api(#[from] ClientError),
+    /// A snapshot import ended in `error`.
+    #[error("snapshot {snapshot} of {device} ended in state {state:?}{}", detail(reason))]
+    SnapshotFailed {
+        /// The device whose disk it imported.
+        device: String,
+        /// The snapshot ID.
+        snapshot: String,
+        /// Its last state.
+        state: String,
+        /// What the API said, if anything.
+        reason: Option<String>,
+    },
+    /// Every token slot of a disk is held by a snapshot that failed.
+    #[error("{device}: {TOKEN_SLOTS} imports of this disk ended in error; not trying again")]
+    TooManyFailures {
+        /// The device.
+        device: String,
+    },
+    /// The image ended in a state other than `available`.
+    #[error("image {image} ended in state {state:?}{}", detail(reason))]
+    ImageFailed {
+        /// The image ID.
+        image: String,
+        /// Its last state.
+        state: String,
+        /// The API's comment, if any.
+        reason: Option<String>,
+    },
+    /// `CreateImage`'s answer was lost and no image was found afterwards: it may still appear,
+    /// so it is not sent again blindly.
+    #[error("CreateImage: outcome unknown ({0}) and no image found yet; run publish again to resume")]
+    ImageOutcomeUnknown(ClientError),
+    /// An answer without a field it must carry.
+    #[error("{op}: the answer has no {field}")]
+    Missing {
+        /// The operation.
+        op: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// Waiting took longer than the request's time-out.
+    #[error("timed out after {} s waiting for {what}", secs.as_secs())]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// The time-out.
+        secs: Duration,
+    },
+    /// A request that cannot be carried out.
+    #[error("{0}")]
+    Invalid(String),
+    /// Stopped by Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// `: REASON`, or nothing.
+fn detail(reason: &Option<String>) -> String {
+    reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What to publish, and where.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// The bucket and key prefix the disk objects are uploaded to.
+    pub location: s3::Location,
+    /// Object storage: endpoint, region, credentials.
+    pub s3: s3::Config,
+    /// The image name; the manifest's when absent.
+    pub name: Option<String>,
+    /// The image description; the manifest's when absent.
+    pub description: Option<String>,
+    /// The user's tags, on the image and its snapshots.
+    pub tags: Vec<(String, String)>,
+    /// Accounts the image is shared with.
+    pub share: Vec<String>,
+    /// Make the image public.
+    pub global: bool,
+    /// Keep the uploaded objects.
+    pub keep_objects: bool,
+    /// Keep the snapshots this run created when it fails.
+    pub keep_failed: bool,
+    /// The longest wait for the snapshots, and then for the image.
+    pub timeout: Duration,
+    /// The first wait between two polls; it doubles up to [`PublishRequest::poll_max`].
+    pub poll_first: Duration,
+    /// The longest wait between two polls.
+    pub poll_max: Duration,
+    /// Compression threads of the upload.
+    pub threads: usize,
+    /// gzip level of the upload (1-9).
+    pub level: u32,
+    /// Multipart part size of the upload.
+    pub part_size: usize,
+}
+
+impl PublishRequest {
+    /// A request with the defaults: no overrides, no shares, objects deleted, 1 hour time-out,
+    /// polls from 2 s to 30 s, gzip level 6 on every core, 64 MiB parts.
+    pub fn new(bundle: PathBuf, location: s3::Location, s3: s3::Config) -> PublishRequest {
+        PublishRequest {
+            bundle,
+            location,
+            s3,
+            name: None,
+            description: None,
+            tags: Vec::new(),
+            share: Vec::new(),
+            global: false,
+            keep_objects: false,
+            keep_failed: false,
+            timeout: Duration::from_secs(3600),
+            poll_first: Duration::from_secs(2),
+            poll_max: Duration::from_secs(30),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            level: 6,
+            part_size: 64 << 20,
+        }
+    }
+}
+
+/// One disk's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PublishedSnapshot {
+    /// The device it is mapped to.
+    pub device_name: String,
+    /// Its ID.
+    pub snapshot_id: String,
+    /// Its `ClientToken`.
+    pub client_token: String,
+    /// Whether this run created it (else it was found from an earlier run).
+    pub created: bool,
+}
+
+/// What `publish` did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Published {
+    /// The OMI's ID (`ami-…`).
+    pub image_id: String,
+    /// Whether this run created the image (else it was found).
+    pub image_created: bool,
+    /// The snapshots, in the manifest's disk order.
+    pub snapshots: Vec<PublishedSnapshot>,
+    /// Whether this run uploaded the disks (not when every snapshot already existed).
+    pub uploaded: bool,
+    /// The objects deleted at the end.
+    pub objects_deleted: Vec<String>,
+    /// API calls, retries and throttling answers.
+    #[serde(skip)]
+    pub api: Totals,
+}
+
+/// The `ClientToken` of slot `n` of one disk's snapshot:
+/// `"mkomi-" + hex(sha256(ContentDigest‖device‖region‖api endpoint‖bucket/key‖SnapshotSize‖n))[..40]`,
+/// fields separated by NUL (none contains one). The pre-signed URL is left out: it changes on
+/// every run, and the token must not (research note, "Recommended plan" item 4). 46 characters
+/// of `[a-z0-9-]`: within the 64 that EC2-style tokens allow (the OAPI spec states no limit,
+/// research note, open question 4).
+pub fn snapshot_token(
+    content_digest: &str,
+    device: &str,
+    region: &str,
+    api_url: &str,
+    object: &str,
+    snapshot_size: u64,
+    n: u32,
+) -> String {
+    let mut h = Sha256::new();
+    for field in [
+        content_digest,
+        device,
+        region,
+        api_url,
+        object,
+        &snapshot_size.to_string(),
+        &n.to_string(),
+    ] {
+        h.update(field.as_bytes());
+        h.update([0u8]);
+    }
+    let digest = hex(&h.finalize());
+    format!("mkomi-{}", digest.get(..40).unwrap_or(&digest))
+}
+
+/// `SnapshotSize` for a disk of `virtual_size` bytes: rounded up to a whole GiB (at least 1).
+///
+/// The spec (1.40.1, `CreateSnapshotRequest.SnapshotSize`) asks for bytes, "greater than or
+/// equal to the size of the original file", and states no rounding; but a snapshot's
+/// `VolumeSize` and `BsuToCreate.VolumeSize` (which "must be at least equal to the snapshot
+/// size") are whole GiB. A byte count that is not a whole GiB would leave the snapshot's GiB
+/// size to the API; a whole GiB holds the disk, and is at most the manifest's `VolumeSize`,
+/// which [`min_volume_gib`] bounds from below (issue #15 research note, "SnapshotSize").
+/// The **virtual** size is used, not the `.qcow2.gz` object's: the import expands the disk.
+/// Whether the real API wants exactly this is open question 2 of the research note.
+pub fn snapshot_size(virtual_size: u64) -> u64 {
+    min_volume_gib(virtual_size).saturating_mul(GIB)
+}
+
+/// One disk's target: what its token is made of.
+struct Target {
+    device: String,
+    digest: String,
+    object: String,
+    size: u64,
+}
+
+/// Publishes the bundle as an OMI through `api`; see the module documentation. `cancel`, set
+/// by a Ctrl-C handler, stops the run between two steps (and the upload within one).
+pub fn publish(
+    req: &PublishRequest,
+    api: &Client,
+    progress: &Progress,
+    cancel: Option<&'static AtomicBool>,
+) -> Result<Published> {
+    let m = Manifest::read(&req.bundle.join(manifest::FILE_NAME))?;
+    if m.disks.is_empty() {
+        return Err(Error::Invalid("the bundle has no disk".into()));
+    }
+    let s3c = {
+        let mut c = s3::Client::new(&req.s3, &req.location.bucket)?;
+        if let Some(flag) = cancel {
+            c.set_cancel(flag);
+        }
+        c
+    };
+    let endpoint = api.endpoint();
+    let targets: Vec<Target> = m
+        .disks
+        .iter()
+        .map(|d| Target {
+            device: d.device_name.clone(),
+            digest: d.content_digest.clone(),
+            object: req
+                .location
+                .join(&format!("{}.gz", DiskFormat::Qcow2.file_name(&d.device_name))),
+            size: snapshot_size(d.virtual_size),
+        })
+        .collect();
+    let tokens = |t: &Target, n: u32| {
+        snapshot_token(
+            &t.digest,
+            &t.device,
+            &endpoint.region,
+            &endpoint.api_url,
+            &format!("{}/{}", req.location.bucket, t.object),
+            t.size,
+            n,
+        )
+    };
+
+    // 1. Lookup by token: live snapshots are reused; failed ones are deleted and their slot
+    // skipped.
+    let mut found: Vec<Option<Snapshot>> = Vec::with_capacity(targets.len());
+    let mut slots: Vec<u32> = Vec::with_capacity(targets.len());
+    for t in &targets {
+        check_cancel(cancel)?;
+        let all: Vec<String> = (0..TOKEN_SLOTS).map(|n| tokens(t, n)).collect();
+        let snaps = read_snapshots(
+            api,
+            FiltersSnapshot {
+                client_tokens: Some(all.clone()),
+                ..Default::default()
+            },
+        )?;
+        let mut live = None;
+        let mut next = 0;
+        for s in snaps {
+            let slot = all
+                .iter()
+                .position(|tok| s.client_token.as_deref() == Some(tok.as_str()));
+            let Some(slot) = slot else { continue };
+            if is_failed(&s) {
+                next = next.max(slot as u32 + 1);
+                if let Some(id) = &s.snapshot_id {
+                    delete_snapshot(api, id)?;
+                }
+            } else if live.is_none() {
+                live = Some(s);
+            }
+        }
+        if live.is_none() && next >= TOKEN_SLOTS {
+            return Err(Error::TooManyFailures {
+                device: t.device.clone(),
+            });
+        }
+        found.push(live);
+        slots.push(next);
+    }
+
+    // 2. Upload and pre-sign, unless every disk already has its snapshot.
+    let uploaded = found.iter().any(Option::is_none);
+    let mut urls: Vec<Option<String>> = vec![None; targets.len()];
+    if uploaded {
+        let export = package::Request {
+            bundle: req.bundle.clone(),
+            target: package::Target::S3 {
+                location: req.location.clone(),
+                config: req.s3.clone(),
+            },
+            format: Some(DiskFormat::Qcow2),
+            // Pre-signed for as long as the import may take: the wait's time-out and an hour
+            // of margin, within the 7 days SigV4 allows.
+            expires: req
+                .timeout
+                .saturating_add(Duration::from_secs(3600))
+                .min(s3::MAX_PRESIGN),
+            threads: req.threads.max(1),
+            level: req.level,
+            force: false,
+            resume: true,
+            part_size: req.part_size,
+            cancel,
+        };
+        package::export(&export)?;
+        let expires = export.expires;
+        for (url, t) in urls.iter_mut().zip(&targets) {
+            *url = Some(s3c.presign_get(&t.object, expires)?);
+        }
+    }
+
+    // 3. Snapshots: create the missing ones, then wait for all.
+    let mut created: Vec<String> = Vec::new();
+    let run = (|| -> Result<Published> {
+        let mut snapshots = Vec::with_capacity(targets.len());
+        for (((t, live), slot), url) in targets.iter().zip(&found).zip(&slots).zip(&urls) {
+            check_cancel(cancel)?;
+            let token = match live {
+                Some(s) => s.client_token.clone().unwrap_or_else(|| tokens(t, *slot)),
+                None => tokens(t, *slot),
+            };
+            let (id, was_created) = match live.as_ref().and_then(|s| s.snapshot_id.clone()) {
+                Some(id) => (id, false),
+                None => {
+                    let create = CreateSnapshotRequest {
+                        client_token: Some(token.clone()),
+                        description: Some(format!(
+                            "mkomi {}: {} of {}",
+                            env!("CARGO_PKG_VERSION"),
+                            t.device,
+                            m.image.image_name
+                        )),
+                        file_location: url.clone(),
+                        snapshot_size: Some(i64::try_from(t.size).map_err(|_| {
+                            Error::Invalid(format!("{}: disk too large", t.device))
+                        })?),
+                        ..Default::default()
+                    };
+                    // Safe: the ClientToken makes a resent request return the same snapshot.
+                    let (resp, _): (CreateSnapshotResponse, _) =
+                        api.call("CreateSnapshot", &create, Retry::Safe)?;
+                    let id = resp
+                        .snapshot
+                        .and_then(|s| s.snapshot_id)
+                        .ok_or(Error::Missing {
+                            op: "CreateSnapshot",
+                            field: "Snapshot.SnapshotId",
+                        })?;
+                    created.push(id.clone());
+                    (id, true)
+                }
+            };
+            snapshots.push(PublishedSnapshot {
+                device_name: t.device.clone(),
+                snapshot_id: id,
+                client_token: token,
+                created: was_created,
+            });
+        }
+        wait_snapshots(req, api, progress, cancel, &snapshots)?;
+
+        // 4. The image.
+        let root = snapshots
+            .iter()
+            .find(|s| s.device_name == m.image.root_device_name)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no disk for the root device {}",
+                    m.image.root_device_name
+                ))
+            })?;
+        let (image_id, image_created) = match find_image(api, &root.snapshot_id)? {
+            Some(id) => (id, false),
+            None => {
+                check_cancel(cancel)?;
+                let create = image_request(req, &m, &snapshots)?;
+                match api.call::<_, CreateImageResponse>("CreateImage", &create, Retry::Never) {
+                    Ok((resp, _)) => (
+                        resp.image.and_then(|i| i.image_id).ok_or(Error::Missing {
+                            op: "CreateImage",
+                            field: "Image.ImageId",
+                        })?,
+                        true,
+                    ),
+                    // A lost answer may hide an image created: look before anything else.
+                    Err(e) if e.outcome_unknown() => match find_image(api, &root.snapshot_id)? {
+                        Some(id) => (id, true),
+                        None => return Err(Error::ImageOutcomeUnknown(e)),
+                    },
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        wait_image(req, api, cancel, &image_id)?;
+
+        // 5. Tags and permissions.
+        let version = env!("CARGO_PKG_VERSION").to_string();
+        let user: Vec<ResourceTag> = req
+            .tags
+            .iter()
+            .map(|(k, v)| ResourceTag {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        let root_digest = targets
+            .iter()
+            .find(|t| t.device == m.image.root_device_name)
+            .map(|t| t.digest.clone())
+            .unwrap_or_default();
+        create_tags(api, &image_id, &root_digest, &version, &user)?;
+        for (s, t) in snapshots.iter().zip(&targets) {
+            create_tags(api, &s.snapshot_id, &t.digest, &version, &user)?;
+        }
+        if req.global || !req.share.is_empty() {
+            let update = UpdateImageRequest {
+                image_id: image_id.clone(),
+                permissions_to_launch: Some(PermissionsOnResourceCreation {
+                    additions: Some(PermissionsOnResource {
+                        account_ids: (!req.share.is_empty()).then(|| req.share.clone()),
+                        global_permission: req.global.then_some(true),
+                    }),
+                    removals: None,
+                }),
+                ..Default::default()
+            };
+            let _: (UpdateImageResponse, _) = api.call("UpdateImage", &update, Retry::Safe)?;
+        }
+        Ok(Published {
+            image_id,
+            image_created,
+            snapshots,
+            uploaded,
+            objects_deleted: Vec::new(),
+            api: Totals::default(),
+        })
+    })();
+    let mut published = match run {
+        Ok(p) => p,
+        Err(e) => {
+            if !req.keep_failed {
+                // Best effort: the error that stopped the run is the one to report.
+                for id in &created {
+                    let _ = delete_snapshot(api, id);
+                }
+            }
+            return Err(e);
+        }
+    };
+
+    // 6. The objects: the disks and the package's side files.
+    if !req.keep_objects && uploaded {
+        let mut keys: Vec<String> = targets.iter().map(|t| t.object.clone()).collect();
+        for side in [EXPORT_MANIFEST, MKOMI_MANIFEST, SUMS_FILE] {
+            keys.push(req.location.join(side));
+        }
+        for key in keys {
+            s3c.delete(&key)?;
+            published.objects_deleted.push(key);
+        }
+    }
+    published.api = api.totals();
+    Ok(published)
+}
+
+/// Whether a snapshot's import failed (the spec's `error`; the fake also says `failed`).
+fn is_failed(s: &Snapshot) -> bool {
+    matches!(s.state.as_deref(), Some("error" | "failed" | "deleting"))
+}
+
+/// Stops when Ctrl-C was pressed.
+fn check_cancel(cancel: Option<&AtomicBool>) -> Result<()> {
+    match cancel {
+        Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
+        _ => Ok(()),
+    }
+}
+
+/// `ReadSnapshots` with `filters`, every page.
+fn read_snapshots(api: &Client, filters: FiltersSnapshot) -> Result<Vec<Snapshot>> {
+    let mut out = Vec::new();
+    let mut req = ReadSnapshotsRequest {
+        filters: Some(filters),
+        ..Default::default()
+    };
+    // Bounded: a filter by token or ID matches a few snapshots; 100 pages is far beyond.
+    for _ in 0..100 {
+        let (resp, _): (ReadSnapshotsResponse, _) =
+            api.call("ReadSnapshots", &req, Retry::Safe)?;
+        out.extend(resp.snapshots.unwrap_or_default());
+        match resp.next_page_token.filter(|t| !t.is_empty()) {
+            Some(t) => req.next_page_token = Some(t),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// `DeleteSnapshot`.
+fn delete_snapshot(api: &Client, id: &str) -> Result<()> {
+    let req = DeleteSnapshotRequest {
+        snapshot_id: id.to_string(),
+        ..Default::default()
+    };
+    let _: (DeleteSnapshotResponse, _) = api.call("DeleteSnapshot", &req, Retry::Safe)?;
+    Ok(())
+}
+
+/// Polls `ReadSnapshots` until every snapshot is `completed`, with backoff and the request's
+/// time-out; a progress bar per snapshot fed by the API's `Progress` (percent).
+fn wait_snapshots(
+    req: &PublishRequest,
+    api: &Client,
+    progress: &Progress,
+    cancel: Option<&AtomicBool>,
+    snapshots: &[PublishedSnapshot],
+) -> Result<()> {
+    let ids: Vec<String> = snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
+    let tasks: Vec<_> = snapshots
+        .iter()
+        .map(|s| {
+            let t = progress.task(&s.device_name);
+            t.set_length(100);
+            t
+        })
+        .collect();
+    let mut shown = vec![0u64; snapshots.len()];
+    let start = Instant::now();
+    let mut delay = req.poll_first;
+    loop {
+        check_cancel(cancel)?;
+        let snaps = read_snapshots(
+            api,
+            FiltersSnapshot {
+                snapshot_ids: Some(ids.clone()),
+                ..Default::default()
+            },
+        )?;
+        let mut done = 0;
+        for (i, want) in snapshots.iter().enumerate() {
+            let Some(s) = snaps
+                .iter()
+                .find(|s| s.snapshot_id.as_deref() == Some(want.snapshot_id.as_str()))
+            else {
+                continue;
+            };
+            let pct = u64::try_from(s.progress.unwrap_or(0).clamp(0, 100)).unwrap_or(0);
+            if let (Some(task), Some(old)) = (tasks.get(i), shown.get_mut(i))
+                && pct > *old
+            {
+                task.advance(pct - *old);
+                *old = pct;
+            }
+            if is_failed(s) {
+                return Err(Error::SnapshotFailed {
+                    device: want.device_name.clone(),
+                    snapshot: want.snapshot_id.clone(),
+                    state: s.state.clone().unwrap_or_default(),
+                    reason: None,
+                });
+            }
+            if s.state.as_deref() == Some("completed") {
+                done += 1;
+            }
+        }
+        if done == snapshots.len() {
+            tasks.iter().for_each(|t| t.finish());
+            return Ok(());
+        }
+        if start.elapsed() >= req.timeout {
+            return Err(Error::Timeout {
+                what: format!("snapshots {}", ids.join(", ")),
+                secs: req.timeout,
+            });
+        }
+        std::thread::sleep(delay);
+        delay = delay.saturating_mul(2).min(req.poll_max);
+    }
+}
+
+/// The images that map `root_snapshot` and are not failed or deleted: the image of this
+/// bundle and target, if any (its snapshots exist for nothing else). The first one's ID.
+fn find_image(api: &Client, root_snapshot: &str) -> Result<Option<String>> {
+    let req = ReadImagesRequest {
+        filters: Some(FiltersImage {
+            block_device_mapping_snapshot_ids: Some(vec![root_snapshot.to_string()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (resp, _): (ReadImagesResponse, _) = api.call("ReadImages", &req, Retry::Safe)?;
+    Ok(resp
+        .images
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !matches!(i.state.as_deref(), Some("failed" | "deleted" | "deregistered")))
+        .find_map(|i: Image| i.image_id))
+}
+
+/// `CreateImage` from the manifest's `Image`, with the overrides and the snapshots.
+fn image_request(
+    req: &PublishRequest,
+    m: &Manifest,
+    snapshots: &[PublishedSnapshot],
+) -> Result<CreateImageRequest> {
+    let mut mappings = Vec::with_capacity(m.image.block_device_mappings.len());
+    for b in &m.image.block_device_mappings {
+        let snap = snapshots
+            .iter()
+            .find(|s| s.device_name == b.device_name)
+            .ok_or_else(|| Error::Invalid(format!("no disk for the mapping {}", b.device_name)))?;
+        mappings.push(BlockDeviceMappingImage {
+            device_name: Some(b.device_name.clone()),
+            bsu: Some(BsuToCreate {
+                snapshot_id: Some(snap.snapshot_id.clone()),
+                volume_size: Some(i64::try_from(b.bsu.volume_size).map_err(|_| {
+                    Error::Invalid(format!("{}: VolumeSize too large", b.device_name))
+                })?),
+                volume_type: Some(b.bsu.volume_type.name().to_string()),
+                iops: b.bsu.iops.map(i64::from),
+                delete_on_vm_deletion: Some(b.bsu.delete_on_vm_deletion),
+            }),
+            virtual_device_name: None,
+        });
+    }
+    let architecture = serde_json::to_value(m.image.architecture)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string));
+    let boot_modes = m
+        .image
+        .boot_modes
+        .iter()
+        .filter_map(|b| {
+            serde_json::to_value(b)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+        })
+        .collect::<Vec<_>>();
+    Ok(CreateImageRequest {
+        image_name: Some(req.name.clone().unwrap_or_else(|| m.image.image_name.clone())),
+        description: req.description.clone().or_else(|| m.image.description.clone()),
+        architecture,
+        boot_modes: (!boot_modes.is_empty()).then_some(boot_modes),
+        root_device_name: Some(m.image.root_device_name.clone()),
+        block_device_mappings: Some(mappings),
+        ..Default::default()
+    })
+}
+
+/// Polls `ReadImages` until the image is `available`.
+fn wait_image(
+    req: &PublishRequest,
+    api: &Client,
+    cancel: Option<&AtomicBool>,
+    image_id: &str,
+) -> Result<()> {
+    let read = ReadImagesRequest {
+        filters: Some(FiltersImage {
+            image_ids: Some(vec![image_id.to_string()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let mut delay = req.poll_first;
+    loop {
+        check_cancel(cancel)?;
+        let (resp, _): (ReadImagesResponse, _) = api.call("ReadImages", &read, Retry::Safe)?;
+        let image = resp.images.unwrap_or_default().into_iter().next();
+        match image.as_ref().and_then(|i| i.state.as_deref()) {
+            Some("available") => return Ok(()),
+            Some(state @ ("failed" | "deleted" | "deregistered")) => {
+                return Err(Error::ImageFailed {
+                    image: image_id.to_string(),
+                    state: state.to_string(),
+                    reason: image
+                        .as_ref()
+                        .and_then(|i| i.state_comment.as_ref())
+                        .and_then(|c| c.state_message.clone()),
+                });
+            }
+            _ => {}
+        }
+        if start.elapsed() >= req.timeout {
+            return Err(Error::Timeout {
+                what: format!("image {image_id}"),
+                secs: req.timeout,
+            });
+        }
+        std::thread::sleep(delay);
+        delay = delay.saturating_mul(2).min(req.poll_max);
+    }
+}
+
+/// `CreateTags` on `id`: the digest, the version and the user's tags (idempotent: a tag set
+/// again keeps its value).
+fn create_tags(
+    api: &Client,
+    id: &str,
+    digest: &str,
+    version: &str,
+    user: &[ResourceTag],
+) -> Result<()> {
+    let mut tags = vec![
+        ResourceTag {
+            key: TAG_DIGEST.to_string(),
+            value: digest.to_string(),
+        },
+        ResourceTag {
+            key: TAG_VERSION.to_string(),
+            value: version.to_string(),
+        },
+    ];
+    tags.extend(user.iter().cloned());
+    let req = CreateTagsRequest {
+        resource_ids: vec![id.to_string()],
+        tags,
+        ..Default::default()
+    };
+    let _: (CreateTagsResponse, _) = api.call("CreateTags", &req, Retry::Safe)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stable_distinct_and_short() {
+        let a = snapshot_token("sha256-4m:ab", "/dev/sda1", "eu-west-2", "u", "b/k", GIB, 0);
+        assert_eq!(
+            a,
+            snapshot_token("sha256-4m:ab", "/dev/sda1", "eu-west-2", "u", "b/k", GIB, 0)
+        );
+        assert_eq!(a.len(), 46);
+        assert!(a.starts_with("mkomi-"));
+        for other in [
+            snapshot_token("sha256-4m:ac", "/dev/sda1", "eu-west-2", "u", "b/k", GIB, 0),
+            snapshot_token("sha256-4m:ab", "/dev/sdb", "eu-west-2", "u", "b/k", GIB, 0),
+            snapshot_token("sha256-4m:ab", "/dev/sda1", "eu-west-1", "u", "b/k", GIB, 0),
+            snapshot_token("sha256-4m:ab", "/dev/sda1", "eu-west-2", "u", "b/k", 2 * GIB, 0),
+            snapshot_token("sha256-4m:ab", "/dev/sda1", "eu-west-2", "u", "b/k", GIB, 1),
+        ] {
+            assert_ne!(a, other);
+        }
+    }
+
+    #[test]
+    fn snapshot_size_is_whole_gib() {
+        assert_eq!(snapshot_size(512), GIB);
+        assert_eq!(snapshot_size(GIB), GIB);
+        assert_eq!(snapshot_size(GIB + 512), 2 * GIB);
+    }
+}
