@@ -75,7 +75,10 @@ pub enum Error {
     #[error(transparent)]
     Api(#[from] ClientError),
     /// A snapshot import ended in `error`.
-    #[error("snapshot {snapshot} of {device} ended in state {state:?}{}", detail(reason))]
+    #[error(
+        "snapshot {snapshot} of {device} ended in state {state:?}{}",
+        detail(reason)
+    )]
     SnapshotFailed {
         /// The device whose disk it imported.
         device: String,
@@ -104,7 +107,9 @@ pub enum Error {
     },
     /// `CreateImage`'s answer was lost and no image was found afterwards: it may still appear,
     /// so it is not sent again blindly.
-    #[error("CreateImage: outcome unknown ({0}) and no image found yet; run publish again to resume")]
+    #[error(
+        "CreateImage: outcome unknown ({0}) and no image found yet; run publish again to resume"
+    )]
     ImageOutcomeUnknown(ClientError),
     /// An answer without a field it must carry.
     #[error("{op}: the answer has no {field}")]
@@ -132,7 +137,10 @@ pub enum Error {
 
 /// `: REASON`, or nothing.
 fn detail(reason: &Option<String>) -> String {
-    reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+    reason
+        .as_ref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default()
 }
 
 /// Result type of this module.
@@ -313,9 +321,10 @@ pub fn publish(
         .map(|d| Target {
             device: d.device_name.clone(),
             digest: d.content_digest.clone(),
-            object: req
-                .location
-                .join(&format!("{}.gz", DiskFormat::Qcow2.file_name(&d.device_name))),
+            object: req.location.join(&format!(
+                "{}.gz",
+                DiskFormat::Qcow2.file_name(&d.device_name)
+            )),
             size: snapshot_size(d.virtual_size),
         })
         .collect();
@@ -577,8 +586,7 @@ fn read_snapshots(api: &Client, filters: FiltersSnapshot) -> Result<Vec<Snapshot
     };
     // Bounded: a filter by token or ID matches a few snapshots; 100 pages is far beyond.
     for _ in 0..100 {
-        let (resp, _): (ReadSnapshotsResponse, _) =
-            api.call("ReadSnapshots", &req, Retry::Safe)?;
+        let (resp, _): (ReadSnapshotsResponse, _) = api.call("ReadSnapshots", &req, Retry::Safe)?;
         out.extend(resp.snapshots.unwrap_or_default());
         match resp.next_page_token.filter(|t| !t.is_empty()) {
             Some(t) => req.next_page_token = Some(t),
@@ -685,7 +693,12 @@ fn find_image(api: &Client, root_snapshot: &str) -> Result<Option<String>> {
         .images
         .unwrap_or_default()
         .into_iter()
-        .filter(|i| !matches!(i.state.as_deref(), Some("failed" | "deleted" | "deregistered")))
+        .filter(|i| {
+            !matches!(
+                i.state.as_deref(),
+                Some("failed" | "deleted" | "deregistered")
+            )
+        })
         .find_map(|i: Image| i.image_id))
 }
 
@@ -729,8 +742,15 @@ fn image_request(
         })
         .collect::<Vec<_>>();
     Ok(CreateImageRequest {
-        image_name: Some(req.name.clone().unwrap_or_else(|| m.image.image_name.clone())),
-        description: req.description.clone().or_else(|| m.image.description.clone()),
+        image_name: Some(
+            req.name
+                .clone()
+                .unwrap_or_else(|| m.image.image_name.clone()),
+        ),
+        description: req
+            .description
+            .clone()
+            .or_else(|| m.image.description.clone()),
         architecture,
         boot_modes: (!boot_modes.is_empty()).then_some(boot_modes),
         root_device_name: Some(m.image.root_device_name.clone()),
@@ -830,7 +850,15 @@ mod tests {
             snapshot_token("sha256-4m:ac", "/dev/sda1", "eu-west-2", "u", "b/k", GIB, 0),
             snapshot_token("sha256-4m:ab", "/dev/sdb", "eu-west-2", "u", "b/k", GIB, 0),
             snapshot_token("sha256-4m:ab", "/dev/sda1", "eu-west-1", "u", "b/k", GIB, 0),
-            snapshot_token("sha256-4m:ab", "/dev/sda1", "eu-west-2", "u", "b/k", 2 * GIB, 0),
+            snapshot_token(
+                "sha256-4m:ab",
+                "/dev/sda1",
+                "eu-west-2",
+                "u",
+                "b/k",
+                2 * GIB,
+                0,
+            ),
             snapshot_token("sha256-4m:ab", "/dev/sda1", "eu-west-2", "u", "b/k", GIB, 1),
         ] {
             assert_ne!(a, other);
