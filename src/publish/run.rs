@@ -71,9 +71,10 @@ pub enum Error {
     /// Object storage refused a pre-signature or a deletion.
     #[error("object storage: {0}")]
     S3(#[from] s3::Error),
-    /// The API refused or failed.
+    /// The API refused or failed (boxed: the client's error is large, and most results here
+    /// are not errors).
     #[error(transparent)]
-    Api(#[from] ClientError),
+    Api(Box<ClientError>),
     /// A snapshot import ended in `error`.
     #[error(
         "snapshot {snapshot} of {device} ended in state {state:?}{}",
@@ -110,7 +111,7 @@ pub enum Error {
     #[error(
         "CreateImage: outcome unknown ({0}) and no image found yet; run publish again to resume"
     )]
-    ImageOutcomeUnknown(ClientError),
+    ImageOutcomeUnknown(Box<ClientError>),
     /// An answer without a field it must carry.
     #[error("{op}: the answer has no {field}")]
     Missing {
@@ -133,6 +134,12 @@ pub enum Error {
     /// Stopped by Ctrl-C.
     #[error("interrupted")]
     Interrupted,
+}
+
+impl From<ClientError> for Error {
+    fn from(e: ClientError) -> Self {
+        Error::Api(Box::new(e))
+    }
 }
 
 /// `: REASON`, or nothing.
@@ -486,7 +493,7 @@ pub fn publish(
                     // A lost answer may hide an image created: look before anything else.
                     Err(e) if e.outcome_unknown() => match find_image(api, &root.snapshot_id)? {
                         Some(id) => (id, true),
-                        None => return Err(Error::ImageOutcomeUnknown(e)),
+                        None => return Err(Error::ImageOutcomeUnknown(Box::new(e))),
                     },
                     Err(e) => return Err(e.into()),
                 }
