@@ -22,8 +22,10 @@
 //!    the image and its snapshots, `UpdateImage` for shares and global permission;
 //! 6. **objects**: the package's objects deleted unless `keep_objects`.
 //!
-//! A failure after snapshots were created by this run deletes those snapshots (not the ones
-//! reused from an earlier run), unless `keep_failed`.
+//! A failure after the upload deletes the package's objects, and the snapshots this run created
+//! (not the ones reused from an earlier run), unless `keep_failed`. One exception: when
+//! `CreateImage`'s outcome is unknown and no image is found, the snapshots are kept, since an
+//! image that appears later would map them; the next run finds them by token and resumes.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -370,7 +372,9 @@ pub fn publish(
             let Some(slot) = slot else { continue };
             if is_failed(&s) {
                 next = next.max(slot as u32 + 1);
-                if let Some(id) = &s.snapshot_id {
+                // One already being deleted needs nothing more.
+                if let (Some(id), false) = (&s.snapshot_id, s.state.as_deref() == Some("deleting"))
+                {
                     delete_snapshot(api, id)?;
                 }
             } else if live.is_none() {
@@ -548,8 +552,15 @@ pub fn publish(
         Err(e) => {
             if !req.keep_failed {
                 // Best effort: the error that stopped the run is the one to report.
-                for id in &created {
-                    let _ = delete_snapshot(api, id);
+                if !matches!(e, Error::ImageOutcomeUnknown(_)) {
+                    for id in &created {
+                        let _ = delete_snapshot(api, id);
+                    }
+                }
+                if uploaded {
+                    for key in package_keys(req, &targets) {
+                        let _ = s3c.delete(&key);
+                    }
                 }
             }
             return Err(e);
@@ -558,17 +569,22 @@ pub fn publish(
 
     // 6. The objects: the disks and the package's side files.
     if !req.keep_objects && uploaded {
-        let mut keys: Vec<String> = targets.iter().map(|t| t.object.clone()).collect();
-        for side in [EXPORT_MANIFEST, MKOMI_MANIFEST, SUMS_FILE] {
-            keys.push(req.location.join(side));
-        }
-        for key in keys {
+        for key in package_keys(req, &targets) {
             s3c.delete(&key)?;
             published.objects_deleted.push(key);
         }
     }
     published.api = api.totals();
     Ok(published)
+}
+
+/// The keys of the package `export` writes: the disk objects and the side files.
+fn package_keys(req: &PublishRequest, targets: &[Target]) -> Vec<String> {
+    let mut keys: Vec<String> = targets.iter().map(|t| t.object.clone()).collect();
+    for side in [EXPORT_MANIFEST, MKOMI_MANIFEST, SUMS_FILE] {
+        keys.push(req.location.join(side));
+    }
+    keys
 }
 
 /// Whether a snapshot's import failed (the spec's `error`; the fake also says `failed`).
