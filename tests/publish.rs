@@ -82,17 +82,14 @@ fn request(bundle: &Path, s3: &s3_server::S3Server, prefix: &str) -> PublishRequ
         checksums: true,
     };
     let location =
-        Location::parse(&format!("s3://{}/omis/test", s3_server::BUCKET)).expect("location");
+        Location::parse(&format!("s3://{}/omis/{prefix}", s3_server::BUCKET)).expect("location");
     let mut req = PublishRequest::new(bundle.to_path_buf(), location, config);
     req.timeout = Duration::from_secs(120);
     req.poll_first = Duration::from_millis(20);
     req.poll_max = Duration::from_millis(200);
     req.threads = 1;
-    // Larger than any object here: single PUTs, no resume state in the user's cache directory
-    // (multipart and resume are tests/s3.rs's and tests/export.rs's). Parallel tests doing
-    // 5 MiB multipart uploads here failed now and then renaming that state's temporary file
-    // (ENOENT); not understood yet, see the report.
-    req.part_size = 16 * MIB;
+    // Two 5 MiB parts for the root disk: the multipart, resumable upload path.
+    req.part_size = 5 * MIB;
     req.tags = vec![("team".to_string(), "images".to_string())];
     req
 }
