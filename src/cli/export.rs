@@ -192,6 +192,7 @@ pub fn package_request(a: &PackageArgs, bundle: PathBuf) -> Result<package::Requ
         force: a.force,
         resume: a.resume,
         part_size: (a.part_size as usize) << 20,
+        state_dir: None,
         cancel: Some(&CANCEL),
     })
 }

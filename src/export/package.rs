@@ -70,6 +70,9 @@ pub struct Request {
     pub resume: bool,
     /// Multipart part size (bucket targets).
     pub part_size: usize,
+    /// Where the state of bucket uploads is kept (and the lock of a bucket location); `None`:
+    /// `$XDG_CACHE_HOME/mkomi/uploads`, else `~/.cache/mkomi/uploads`.
+    pub state_dir: Option<PathBuf>,
     /// When set (by a Ctrl-C handler), the export stops soon with an interruption error,
     /// leaving nothing behind: its temporary directory removed, its uploads aborted (or kept to
     /// be resumed, with `resume`).
@@ -462,9 +465,14 @@ fn export_dir(
     })
 }
 
-/// Where the state files of uploads are kept: `$XDG_CACHE_HOME/mkomi/uploads` (else
-/// `~/.cache/mkomi/uploads`), created; `None` when neither variable is set.
-fn state_dir() -> Result<Option<PathBuf>> {
+/// Where the state files of uploads are kept: `given`, else `$XDG_CACHE_HOME/mkomi/uploads`
+/// (else `~/.cache/mkomi/uploads`), created; `None` when none is given and neither variable is
+/// set.
+pub fn state_dir(given: Option<&Path>) -> Result<Option<PathBuf>> {
+    if let Some(dir) = given {
+        std::fs::create_dir_all(dir).map_err(io(dir, "cannot create"))?;
+        return Ok(Some(dir.to_path_buf()));
+    }
     let Some(cache) = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -475,6 +483,33 @@ fn state_dir() -> Result<Option<PathBuf>> {
     let dir = cache.join("mkomi").join("uploads");
     std::fs::create_dir_all(&dir).map_err(io(&dir, "cannot create"))?;
     Ok(Some(dir))
+}
+
+/// Takes the exclusive lock of uploads to `location` in the state directory `dir`, held until
+/// the returned file is dropped (or the process ends: the kernel releases a `flock` of a dead
+/// process, so a killed upload never blocks the next one).
+pub fn lock_location(dir: &Path, location: &s3::Location) -> Result<File> {
+    let mut h = Sha256::new();
+    h.update(location.bucket.as_bytes());
+    h.update(b"\0");
+    h.update(location.key.as_bytes());
+    let path = dir.join(format!("{}.lock", &hex(&h.finalize())[..32]));
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path, "cannot open"))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Invalid(format!(
+            "another mkomi process is uploading to s3://{}/{} (lock {})",
+            location.bucket,
+            location.key,
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&path, "cannot lock")(e)),
+    }
 }
 
 /// The state file of the upload of `key` in `dir`, named by a digest of the target and the
@@ -589,7 +624,13 @@ fn export_s3(
     }
     // Every multipart upload is recorded in a state file from its start, so that one left open
     // by a killed export is found and aborted (or, with --resume, continued) by the next.
-    let dir = state_dir()?;
+    let dir = state_dir(req.state_dir.as_deref())?;
+    // One upload to a location at a time: a second one would abort the first one's open
+    // multipart uploads as stale, and the two would write over each other's resume state.
+    let _lock = match &dir {
+        Some(d) => Some(lock_location(d, location)?),
+        None => None,
+    };
     if req.resume && dir.is_none() {
         return Err(Error::Invalid(
             "--resume needs XDG_CACHE_HOME or HOME".into(),

@@ -33,14 +33,14 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::client::{Client, Error as ClientError, Retry, Totals};
+use super::client::{Client, Endpoint, Error as ClientError, Retry, Totals};
 use super::oapi::{
     BlockDeviceMappingImage, BsuToCreate, CreateImageRequest, CreateImageResponse,
     CreateSnapshotRequest, CreateSnapshotResponse, CreateTagsRequest, CreateTagsResponse,
-    DeleteSnapshotRequest, DeleteSnapshotResponse, FiltersImage, FiltersSnapshot, Image,
-    PermissionsOnResource, PermissionsOnResourceCreation, ReadImagesRequest, ReadImagesResponse,
-    ReadSnapshotsRequest, ReadSnapshotsResponse, ResourceTag, Snapshot, UpdateImageRequest,
-    UpdateImageResponse,
+    DeleteImageRequest, DeleteImageResponse, DeleteSnapshotRequest, DeleteSnapshotResponse,
+    FiltersImage, FiltersSnapshot, Image, PermissionsOnResource, PermissionsOnResourceCreation,
+    ReadImagesRequest, ReadImagesResponse, ReadSnapshotsRequest, ReadSnapshotsResponse,
+    ResourceTag, Snapshot, UpdateImageRequest, UpdateImageResponse,
 };
 use crate::bundle::SUMS_FILE;
 use crate::export::package::{self, EXPORT_MANIFEST, MKOMI_MANIFEST};
@@ -59,6 +59,9 @@ pub const TOKEN_SLOTS: u32 = 4;
 pub const TAG_DIGEST: &str = "mkomi:digest";
 /// The tag carrying mkomi's version.
 pub const TAG_VERSION: &str = "mkomi:version";
+/// The image's tag carrying the SHA-256 of the bundle's `manifest.json`: with the image name,
+/// how a bundle published before is found (`CreateImage` has no `ClientToken`).
+pub const TAG_BUNDLE: &str = "mkomi:bundle";
 
 /// An error of `publish`: one line, naming the phase and, for the API, the operation, its
 /// error code and request ID (never a secret: see [`super::client`]).
@@ -190,6 +193,11 @@ pub struct PublishRequest {
     pub level: u32,
     /// Multipart part size of the upload.
     pub part_size: usize,
+    /// How the image is registered.
+    pub via: Via,
+    /// Where the upload's resume state and lock are kept; `None`: the user's cache directory
+    /// (see [`package::state_dir`]).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl PublishRequest {
@@ -213,6 +221,8 @@ impl PublishRequest {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             level: 6,
             part_size: 64 << 20,
+            state_dir: None,
+            via: Via::Snapshots,
         }
     }
 }
@@ -296,12 +306,376 @@ pub fn snapshot_size(virtual_size: u64) -> u64 {
     min_volume_gib(virtual_size).saturating_mul(GIB)
 }
 
+/// How the image is registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Via {
+    /// One `CreateSnapshot` per disk, then `CreateImage` from the snapshots: every field of the
+    /// manifest's `Image` is set (boot modes, volume types, IOPS, delete-on-VM-deletion).
+    #[default]
+    Snapshots,
+    /// `CreateImage{FileLocation}` with the export manifest's pre-signed URL: the API imports
+    /// the disks itself; boot modes cannot be set this way.
+    Manifest,
+}
+
 /// One disk's target: what its token is made of.
 struct Target {
     device: String,
     digest: String,
     object: String,
     size: u64,
+}
+
+/// What every phase needs, read from the bundle and the request before any call.
+struct Context {
+    manifest: Manifest,
+    targets: Vec<Target>,
+    /// The image name: the request's, else the manifest's.
+    name: String,
+    /// `sha256:` and the hex SHA-256 of the bundle's `manifest.json`: the image's
+    /// [`TAG_BUNDLE`], by which a published bundle is found again.
+    bundle_digest: String,
+    /// The root disk's ContentDigest.
+    root_digest: String,
+}
+
+impl Context {
+    fn new(req: &PublishRequest) -> Result<Context> {
+        let path = req.bundle.join(manifest::FILE_NAME);
+        let m = Manifest::read(&path)?;
+        if m.disks.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{}: the bundle has no disk",
+                path.display()
+            )));
+        }
+        if let Some(d) = m.disks.iter().find(|d| d.format != DiskFormat::Qcow2) {
+            // Outscale's own exports, and so its imports, are `.qcow2.gz`; a raw disk would
+            // go up as the whole volume (research note, open question 2).
+            return Err(Error::Invalid(format!(
+                "{}: {} is raw; publish uploads qcow2 (Outscale's export format): register \
+                 the bundle again with --format qcow2",
+                req.bundle.display(),
+                d.device_name
+            )));
+        }
+        // The manifest was just read whole, so it is small; read again for its exact bytes.
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::Invalid(format!("{}: cannot read: {e}", path.display())))?;
+        let bundle_digest = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
+        let targets: Vec<Target> = m
+            .disks
+            .iter()
+            .map(|d| Target {
+                device: d.device_name.clone(),
+                digest: d.content_digest.clone(),
+                object: req.location.join(&format!(
+                    "{}.gz",
+                    DiskFormat::Qcow2.file_name(&d.device_name)
+                )),
+                size: snapshot_size(d.virtual_size),
+            })
+            .collect();
+        let root_digest = targets
+            .iter()
+            .find(|t| t.device == m.image.root_device_name)
+            .map(|t| t.digest.clone())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: no disk for the root device {}",
+                    path.display(),
+                    m.image.root_device_name
+                ))
+            })?;
+        let name = req
+            .name
+            .clone()
+            .unwrap_or_else(|| m.image.image_name.clone());
+        Ok(Context {
+            manifest: m,
+            targets,
+            name,
+            bundle_digest,
+            root_digest,
+        })
+    }
+
+    /// The token of slot `n` of disk `t` at `endpoint`.
+    fn token(&self, req: &PublishRequest, endpoint: &Endpoint, t: &Target, n: u32) -> String {
+        snapshot_token(
+            &t.digest,
+            &t.device,
+            &endpoint.region,
+            &endpoint.api_url,
+            &format!("{}/{}", req.location.bucket, t.object),
+            t.size,
+            n,
+        )
+    }
+
+    /// `ReadImages` by name and [`TAG_BUNDLE`]: this bundle published before under this name.
+    fn published_filter(&self) -> ReadImagesRequest {
+        ReadImagesRequest {
+            filters: Some(FiltersImage {
+                image_names: Some(vec![self.name.clone()]),
+                tags: Some(vec![format!("{TAG_BUNDLE}={}", self.bundle_digest)]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot_request(
+        &self,
+        t: &Target,
+        token: String,
+        url: String,
+    ) -> Result<CreateSnapshotRequest> {
+        Ok(CreateSnapshotRequest {
+            client_token: Some(token),
+            description: Some(format!(
+                "mkomi {}: {} of {}",
+                env!("CARGO_PKG_VERSION"),
+                t.device,
+                self.name
+            )),
+            file_location: Some(url),
+            snapshot_size: Some(
+                i64::try_from(t.size)
+                    .map_err(|_| Error::Invalid(format!("{}: disk too large", t.device)))?,
+            ),
+            ..Default::default()
+        })
+    }
+
+    /// `CreateTags` for `id`: the digest, the bundle's digest on the image, the version and the
+    /// user's tags (idempotent: a tag set again keeps its value).
+    fn tags_request(
+        &self,
+        req: &PublishRequest,
+        id: &str,
+        digest: &str,
+        image: bool,
+    ) -> CreateTagsRequest {
+        let mut tags = vec![
+            ResourceTag {
+                key: TAG_DIGEST.to_string(),
+                value: digest.to_string(),
+            },
+            ResourceTag {
+                key: TAG_VERSION.to_string(),
+                value: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        ];
+        if image {
+            tags.push(ResourceTag {
+                key: TAG_BUNDLE.to_string(),
+                value: self.bundle_digest.clone(),
+            });
+        }
+        tags.extend(req.tags.iter().map(|(k, v)| ResourceTag {
+            key: k.clone(),
+            value: v.clone(),
+        }));
+        CreateTagsRequest {
+            resource_ids: vec![id.to_string()],
+            tags,
+            ..Default::default()
+        }
+    }
+}
+
+/// `UpdateImage` for the shares and global permission, when there are any.
+fn permissions_request(req: &PublishRequest, image_id: &str) -> Option<UpdateImageRequest> {
+    (req.global || !req.share.is_empty()).then(|| UpdateImageRequest {
+        image_id: image_id.to_string(),
+        permissions_to_launch: Some(PermissionsOnResourceCreation {
+            additions: Some(PermissionsOnResource {
+                account_ids: (!req.share.is_empty()).then(|| req.share.clone()),
+                global_permission: req.global.then_some(true),
+            }),
+            removals: None,
+        }),
+        ..Default::default()
+    })
+}
+
+/// One API call `--dry-run` prints: the operation and its JSON body (the shape
+/// `tests/oapi/fake_api.py --validate` checks against the API description).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PlannedCall {
+    /// The operation (`CreateSnapshot`).
+    pub operation: String,
+    /// The request body.
+    pub body: serde_json::Value,
+}
+
+/// Every API call a first `publish` of the bundle would make, in order, with no network call:
+/// the bodies are made by the same functions the run uses. Values only the API can give are
+/// placeholders in angle brackets (`<SnapshotId of /dev/sda1>`), and so is each pre-signed
+/// URL (`<pre-signed GET of s3://BUCKET/KEY>`): a dry run's output often ends in CI logs, and a
+/// working URL there would hand out the disk. Polls appear once.
+pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall>> {
+    let cx = Context::new(req)?;
+    let mut calls = Vec::new();
+    let mut push = |op: &str, body: &dyn erased::Body| -> Result<()> {
+        calls.push(PlannedCall {
+            operation: op.to_string(),
+            body: body
+                .json()
+                .map_err(|e| Error::Invalid(format!("{op}: {e}")))?,
+        });
+        Ok(())
+    };
+    push("ReadImages", &cx.published_filter())?;
+    let url = |t: &Target| {
+        format!(
+            "<pre-signed GET of s3://{}/{}>",
+            req.location.bucket, t.object
+        )
+    };
+    let image_id = "<ImageId>".to_string();
+    match req.via {
+        Via::Snapshots => {
+            let mut snapshots = Vec::new();
+            for t in &cx.targets {
+                let all: Vec<String> = (0..TOKEN_SLOTS)
+                    .map(|n| cx.token(req, endpoint, t, n))
+                    .collect();
+                push("ReadSnapshots", &token_filter(all))?;
+            }
+            for t in &cx.targets {
+                let token = cx.token(req, endpoint, t, 0);
+                push(
+                    "CreateSnapshot",
+                    &cx.snapshot_request(t, token.clone(), url(t))?,
+                )?;
+                snapshots.push(PublishedSnapshot {
+                    device_name: t.device.clone(),
+                    snapshot_id: format!("<SnapshotId of {}>", t.device),
+                    client_token: token,
+                    created: true,
+                });
+            }
+            push("ReadSnapshots", &ids_filter(&snapshots))?;
+            let root = snapshots
+                .iter()
+                .find(|s| s.device_name == cx.manifest.image.root_device_name)
+                .map(|s| s.snapshot_id.clone())
+                .unwrap_or_default();
+            push("ReadImages", &root_filter(&root))?;
+            push(
+                "CreateImage",
+                &image_request(req, &cx.manifest, &snapshots)?,
+            )?;
+            push("ReadImages", &image_filter(&image_id))?;
+            push(
+                "CreateTags",
+                &cx.tags_request(req, &image_id, &cx.root_digest, true),
+            )?;
+            for (s, t) in snapshots.iter().zip(&cx.targets) {
+                push(
+                    "CreateTags",
+                    &cx.tags_request(req, &s.snapshot_id, &t.digest, false),
+                )?;
+            }
+        }
+        Via::Manifest => {
+            push(
+                "CreateImage",
+                &manifest_image_request(
+                    req,
+                    &cx,
+                    format!(
+                        "<pre-signed GET of s3://{}/{}>",
+                        req.location.bucket,
+                        req.location.join(EXPORT_MANIFEST)
+                    ),
+                ),
+            )?;
+            push("ReadImages", &image_filter(&image_id))?;
+            push(
+                "CreateTags",
+                &cx.tags_request(req, &image_id, &cx.root_digest, true),
+            )?;
+            for t in &cx.targets {
+                let id = format!("<SnapshotId of {}>", t.device);
+                push("CreateTags", &cx.tags_request(req, &id, &t.digest, false))?;
+            }
+        }
+    }
+    if let Some(update) = permissions_request(req, &image_id) {
+        push("UpdateImage", &update)?;
+    }
+    Ok(calls)
+}
+
+/// Request bodies as JSON values, whatever their type (for [`plan`]).
+mod erased {
+    /// A request body.
+    pub trait Body {
+        fn json(&self) -> serde_json::Result<serde_json::Value>;
+    }
+    impl<T: serde::Serialize> Body for T {
+        fn json(&self) -> serde_json::Result<serde_json::Value> {
+            serde_json::to_value(self)
+        }
+    }
+}
+
+fn token_filter(tokens: Vec<String>) -> ReadSnapshotsRequest {
+    ReadSnapshotsRequest {
+        filters: Some(FiltersSnapshot {
+            client_tokens: Some(tokens),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn ids_filter(snapshots: &[PublishedSnapshot]) -> ReadSnapshotsRequest {
+    ReadSnapshotsRequest {
+        filters: Some(FiltersSnapshot {
+            snapshot_ids: Some(snapshots.iter().map(|s| s.snapshot_id.clone()).collect()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn root_filter(root_snapshot: &str) -> ReadImagesRequest {
+    ReadImagesRequest {
+        filters: Some(FiltersImage {
+            block_device_mapping_snapshot_ids: Some(vec![root_snapshot.to_string()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn image_filter(image_id: &str) -> ReadImagesRequest {
+    ReadImagesRequest {
+        filters: Some(FiltersImage {
+            image_ids: Some(vec![image_id.to_string()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `CreateImage{FileLocation}` (`--via manifest`): the name and description; the rest comes
+/// from the export manifest. `BootModes` is left out, as the manifest has none (outscale.md).
+fn manifest_image_request(req: &PublishRequest, cx: &Context, url: String) -> CreateImageRequest {
+    CreateImageRequest {
+        image_name: Some(cx.name.clone()),
+        description: req
+            .description
+            .clone()
+            .or_else(|| cx.manifest.image.description.clone()),
+        file_location: Some(url),
+        ..Default::default()
+    }
 }
 
 /// Publishes the bundle as an OMI through `api`; see the module documentation. `cancel`, set
@@ -312,10 +686,7 @@ pub fn publish(
     progress: &Progress,
     cancel: Option<&'static AtomicBool>,
 ) -> Result<Published> {
-    let m = Manifest::read(&req.bundle.join(manifest::FILE_NAME))?;
-    if m.disks.is_empty() {
-        return Err(Error::Invalid("the bundle has no disk".into()));
-    }
+    let cx = Context::new(req)?;
     let s3c = {
         let mut c = s3::Client::new(&req.s3, &req.location.bucket)?;
         if let Some(flag) = cancel {
@@ -323,46 +694,139 @@ pub fn publish(
         }
         c
     };
-    let endpoint = api.endpoint();
-    let targets: Vec<Target> = m
-        .disks
-        .iter()
-        .map(|d| Target {
-            device: d.device_name.clone(),
-            digest: d.content_digest.clone(),
-            object: req.location.join(&format!(
-                "{}.gz",
-                DiskFormat::Qcow2.file_name(&d.device_name)
-            )),
-            size: snapshot_size(d.virtual_size),
-        })
-        .collect();
-    let tokens = |t: &Target, n: u32| {
-        snapshot_token(
-            &t.digest,
-            &t.device,
-            &endpoint.region,
-            &endpoint.api_url,
-            &format!("{}/{}", req.location.bucket, t.object),
-            t.size,
-            n,
-        )
+    // 0. This bundle already published under this name: finish what may be missing (the
+    // wait, tags and permissions are idempotent) and upload nothing.
+    check_cancel(cancel)?;
+    if let Some(image) = read_images(api, cx.published_filter())?
+        .into_iter()
+        .find(|i| !image_gone(i))
+    {
+        let image_id = image.image_id.clone().ok_or(Error::Missing {
+            op: "ReadImages",
+            field: "Image.ImageId",
+        })?;
+        let snapshots = image_snapshots(&image, false);
+        finish_image(req, api, cancel, &cx, &image_id, &snapshots)?;
+        return Ok(Published {
+            image_id,
+            image_created: false,
+            snapshots,
+            uploaded: false,
+            objects_deleted: Vec::new(),
+            api: api.totals(),
+        });
+    }
+    match req.via {
+        Via::Snapshots => via_snapshots(req, api, progress, cancel, &cx, &s3c),
+        Via::Manifest => via_manifest(req, api, cancel, &cx, &s3c),
+    }
+}
+
+/// The export of the bundle into the bucket, for as long as the import may take.
+fn upload(req: &PublishRequest, cancel: Option<&'static AtomicBool>) -> Result<package::Report> {
+    let export = package::Request {
+        bundle: req.bundle.clone(),
+        target: package::Target::S3 {
+            location: req.location.clone(),
+            config: req.s3.clone(),
+        },
+        format: Some(DiskFormat::Qcow2),
+        expires: presign_lifetime(req),
+        threads: req.threads.max(1),
+        level: req.level,
+        force: false,
+        resume: true,
+        part_size: req.part_size,
+        state_dir: req.state_dir.clone(),
+        cancel,
     };
+    Ok(package::export(&export)?)
+}
+
+/// Pre-signed for as long as the import may take: the wait's time-out and an hour of margin,
+/// within the 7 days SigV4 allows.
+fn presign_lifetime(req: &PublishRequest) -> Duration {
+    req.timeout
+        .saturating_add(Duration::from_secs(3600))
+        .min(s3::MAX_PRESIGN)
+}
+
+/// Deletes the package's objects, best effort (after a failure: the error that stopped the
+/// run is the one to report).
+fn remove_objects(req: &PublishRequest, cx: &Context, s3c: &s3::Client) {
+    for key in package_keys(req, &cx.targets) {
+        let _ = s3c.delete(&key);
+    }
+}
+
+/// Waits for the image, then tags it and its snapshots, then sets its permissions.
+fn finish_image(
+    req: &PublishRequest,
+    api: &Client,
+    cancel: Option<&AtomicBool>,
+    cx: &Context,
+    image_id: &str,
+    snapshots: &[PublishedSnapshot],
+) -> Result<()> {
+    wait_image(req, api, cancel, image_id)?;
+    let tag = |r: CreateTagsRequest| -> Result<()> {
+        let _: (CreateTagsResponse, _) = api.call("CreateTags", &r, Retry::Safe)?;
+        Ok(())
+    };
+    // The snapshots first: the image's bundle tag is what marks the whole as done.
+    for s in snapshots {
+        let digest = cx
+            .targets
+            .iter()
+            .find(|t| t.device == s.device_name)
+            .map_or(String::new(), |t| t.digest.clone());
+        tag(cx.tags_request(req, &s.snapshot_id, &digest, false))?;
+    }
+    if let Some(update) = permissions_request(req, image_id) {
+        let _: (UpdateImageResponse, _) = api.call("UpdateImage", &update, Retry::Safe)?;
+    }
+    tag(cx.tags_request(req, image_id, &cx.root_digest, true))
+}
+
+/// The snapshots an image maps, as [`PublishedSnapshot`]s (no token: found, not created).
+fn image_snapshots(image: &Image, created: bool) -> Vec<PublishedSnapshot> {
+    image
+        .block_device_mappings
+        .iter()
+        .flatten()
+        .filter_map(|b| {
+            Some(PublishedSnapshot {
+                device_name: b.device_name.clone()?,
+                snapshot_id: b.bsu.as_ref()?.snapshot_id.clone()?,
+                client_token: String::new(),
+                created,
+            })
+        })
+        .collect()
+}
+
+/// `--via snapshots`; see the module documentation.
+fn via_snapshots(
+    req: &PublishRequest,
+    api: &Client,
+    progress: &Progress,
+    cancel: Option<&'static AtomicBool>,
+    cx: &Context,
+    s3c: &s3::Client,
+) -> Result<Published> {
+    let endpoint = api.endpoint().clone();
+    let targets = &cx.targets;
 
     // 1. Lookup by token: live snapshots are reused; failed ones are deleted and their slot
     // skipped.
     let mut found: Vec<Option<Snapshot>> = Vec::with_capacity(targets.len());
     let mut slots: Vec<u32> = Vec::with_capacity(targets.len());
-    for t in &targets {
+    for t in targets {
         check_cancel(cancel)?;
-        let all: Vec<String> = (0..TOKEN_SLOTS).map(|n| tokens(t, n)).collect();
-        let snaps = read_snapshots(
-            api,
-            FiltersSnapshot {
-                client_tokens: Some(all.clone()),
-                ..Default::default()
-            },
-        )?;
+        let all: Vec<String> = (0..TOKEN_SLOTS)
+            .map(|n| cx.token(req, &endpoint, t, n))
+            .collect();
+        let snaps = read_snapshots(api, token_filter(all.clone()))?;
         let mut live = None;
         let mut next = 0;
         for s in snaps {
@@ -394,30 +858,18 @@ pub fn publish(
     let uploaded = found.iter().any(Option::is_none);
     let mut urls: Vec<Option<String>> = vec![None; targets.len()];
     if uploaded {
-        let export = package::Request {
-            bundle: req.bundle.clone(),
-            target: package::Target::S3 {
-                location: req.location.clone(),
-                config: req.s3.clone(),
-            },
-            format: Some(DiskFormat::Qcow2),
-            // Pre-signed for as long as the import may take: the wait's time-out and an hour
-            // of margin, within the 7 days SigV4 allows.
-            expires: req
-                .timeout
-                .saturating_add(Duration::from_secs(3600))
-                .min(s3::MAX_PRESIGN),
-            threads: req.threads.max(1),
-            level: req.level,
-            force: false,
-            resume: true,
-            part_size: req.part_size,
-            cancel,
-        };
-        package::export(&export)?;
-        let expires = export.expires;
-        for (url, t) in urls.iter_mut().zip(&targets) {
-            *url = Some(s3c.presign_get(&t.object, expires)?);
+        upload(req, cancel)?;
+        let expires = presign_lifetime(req);
+        for (url, t) in urls.iter_mut().zip(targets) {
+            match s3c.presign_get(&t.object, expires) {
+                Ok(u) => *url = Some(u),
+                Err(e) => {
+                    if !req.keep_failed {
+                        remove_objects(req, cx, s3c);
+                    }
+                    return Err(e.into());
+                }
+            }
         }
     }
 
@@ -428,26 +880,19 @@ pub fn publish(
         for (((t, live), slot), url) in targets.iter().zip(&found).zip(&slots).zip(&urls) {
             check_cancel(cancel)?;
             let token = match live {
-                Some(s) => s.client_token.clone().unwrap_or_else(|| tokens(t, *slot)),
-                None => tokens(t, *slot),
+                Some(s) => s
+                    .client_token
+                    .clone()
+                    .unwrap_or_else(|| cx.token(req, &endpoint, t, *slot)),
+                None => cx.token(req, &endpoint, t, *slot),
             };
             let (id, was_created) = match live.as_ref().and_then(|s| s.snapshot_id.clone()) {
                 Some(id) => (id, false),
                 None => {
-                    let create = CreateSnapshotRequest {
-                        client_token: Some(token.clone()),
-                        description: Some(format!(
-                            "mkomi {}: {} of {}",
-                            env!("CARGO_PKG_VERSION"),
-                            t.device,
-                            m.image.image_name
-                        )),
-                        file_location: url.clone(),
-                        snapshot_size: Some(i64::try_from(t.size).map_err(|_| {
-                            Error::Invalid(format!("{}: disk too large", t.device))
-                        })?),
-                        ..Default::default()
-                    };
+                    let url = url.clone().ok_or_else(|| {
+                        Error::Invalid(format!("{}: no pre-signed URL", t.device))
+                    })?;
+                    let create = cx.snapshot_request(t, token.clone(), url)?;
                     // Safe: the ClientToken makes a resent request return the same snapshot.
                     let (resp, _): (CreateSnapshotResponse, _) =
                         api.call("CreateSnapshot", &create, Retry::Safe)?;
@@ -474,18 +919,18 @@ pub fn publish(
         // 4. The image.
         let root = snapshots
             .iter()
-            .find(|s| s.device_name == m.image.root_device_name)
+            .find(|s| s.device_name == cx.manifest.image.root_device_name)
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "no disk for the root device {}",
-                    m.image.root_device_name
+                    cx.manifest.image.root_device_name
                 ))
             })?;
         let (image_id, image_created) = match find_image(api, &root.snapshot_id)? {
             Some(id) => (id, false),
             None => {
                 check_cancel(cancel)?;
-                let create = image_request(req, &m, &snapshots)?;
+                let create = image_request(req, &cx.manifest, &snapshots)?;
                 match api.call::<_, CreateImageResponse>("CreateImage", &create, Retry::Never) {
                     Ok((resp, _)) => (
                         resp.image.and_then(|i| i.image_id).ok_or(Error::Missing {
@@ -503,41 +948,9 @@ pub fn publish(
                 }
             }
         };
-        wait_image(req, api, cancel, &image_id)?;
 
-        // 5. Tags and permissions.
-        let version = env!("CARGO_PKG_VERSION").to_string();
-        let user: Vec<ResourceTag> = req
-            .tags
-            .iter()
-            .map(|(k, v)| ResourceTag {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect();
-        let root_digest = targets
-            .iter()
-            .find(|t| t.device == m.image.root_device_name)
-            .map(|t| t.digest.clone())
-            .unwrap_or_default();
-        create_tags(api, &image_id, &root_digest, &version, &user)?;
-        for (s, t) in snapshots.iter().zip(&targets) {
-            create_tags(api, &s.snapshot_id, &t.digest, &version, &user)?;
-        }
-        if req.global || !req.share.is_empty() {
-            let update = UpdateImageRequest {
-                image_id: image_id.clone(),
-                permissions_to_launch: Some(PermissionsOnResourceCreation {
-                    additions: Some(PermissionsOnResource {
-                        account_ids: (!req.share.is_empty()).then(|| req.share.clone()),
-                        global_permission: req.global.then_some(true),
-                    }),
-                    removals: None,
-                }),
-                ..Default::default()
-            };
-            let _: (UpdateImageResponse, _) = api.call("UpdateImage", &update, Retry::Safe)?;
-        }
+        // 5. Wait, tags and permissions.
+        finish_image(req, api, cancel, cx, &image_id, &snapshots)?;
         Ok(Published {
             image_id,
             image_created,
@@ -551,16 +964,16 @@ pub fn publish(
         Ok(p) => p,
         Err(e) => {
             if !req.keep_failed {
-                // Best effort: the error that stopped the run is the one to report.
+                // Best effort: the error that stopped the run is the one to report. After an
+                // unknown CreateImage outcome the snapshots are kept: an image that appears
+                // later maps them, and the next run finds both.
                 if !matches!(e, Error::ImageOutcomeUnknown(_)) {
                     for id in &created {
                         let _ = delete_snapshot(api, id);
                     }
                 }
                 if uploaded {
-                    for key in package_keys(req, &targets) {
-                        let _ = s3c.delete(&key);
-                    }
+                    remove_objects(req, cx, s3c);
                 }
             }
             return Err(e);
@@ -569,13 +982,126 @@ pub fn publish(
 
     // 6. The objects: the disks and the package's side files.
     if !req.keep_objects && uploaded {
-        for key in package_keys(req, &targets) {
+        for key in package_keys(req, targets) {
             s3c.delete(&key)?;
             published.objects_deleted.push(key);
         }
     }
     published.api = api.totals();
     Ok(published)
+}
+
+/// `--via manifest`: the package uploaded, then `CreateImage{FileLocation}` with its
+/// manifest's pre-signed URL; the API imports the disks. `CreateImage` has no token, so the
+/// image is looked up by name before (with the bundle's tag, in [`publish`]) and, after a lost
+/// answer, by name alone before anything else.
+fn via_manifest(
+    req: &PublishRequest,
+    api: &Client,
+    cancel: Option<&'static AtomicBool>,
+    cx: &Context,
+    s3c: &s3::Client,
+) -> Result<Published> {
+    // An image of this name from an earlier run whose answer was lost, not tagged yet.
+    let by_name = || -> Result<Option<Image>> {
+        let read = ReadImagesRequest {
+            filters: Some(FiltersImage {
+                image_names: Some(vec![cx.name.clone()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Ok(read_images(api, read)?.into_iter().find(|i| {
+            !image_gone(i)
+                && i.tags
+                    .iter()
+                    .flatten()
+                    .all(|t| t.key != TAG_BUNDLE || t.value == cx.bundle_digest)
+        }))
+    };
+    check_cancel(cancel)?;
+    let report = upload(req, cancel)?;
+    let run = (|| -> Result<(String, bool)> {
+        let url = report.manifest_url.clone().ok_or(Error::Missing {
+            op: "export",
+            field: "the manifest's pre-signed URL",
+        })?;
+        check_cancel(cancel)?;
+        if let Some(id) = by_name()?.and_then(|i| i.image_id) {
+            return Ok((id, false));
+        }
+        let create = manifest_image_request(req, cx, url);
+        match api.call::<_, CreateImageResponse>("CreateImage", &create, Retry::Never) {
+            Ok((resp, _)) => Ok((
+                resp.image.and_then(|i| i.image_id).ok_or(Error::Missing {
+                    op: "CreateImage",
+                    field: "Image.ImageId",
+                })?,
+                true,
+            )),
+            Err(e) if e.outcome_unknown() => match by_name()?.and_then(|i| i.image_id) {
+                Some(id) => Ok((id, true)),
+                None => Err(Error::ImageOutcomeUnknown(Box::new(e))),
+            },
+            Err(e) => Err(e.into()),
+        }
+    })();
+    let (image_id, image_created) = match run {
+        Ok(v) => v,
+        Err(e) => {
+            if !req.keep_failed {
+                remove_objects(req, cx, s3c);
+            }
+            return Err(e);
+        }
+    };
+    let finish = (|| -> Result<Vec<PublishedSnapshot>> {
+        wait_image(req, api, cancel, &image_id)?;
+        let image = read_images(api, image_filter(&image_id))?
+            .into_iter()
+            .next()
+            .ok_or(Error::Missing {
+                op: "ReadImages",
+                field: "the image",
+            })?;
+        let snapshots = image_snapshots(&image, true);
+        finish_image(req, api, cancel, cx, &image_id, &snapshots)?;
+        Ok(snapshots)
+    })();
+    let snapshots = match finish {
+        Ok(s) => s,
+        Err(e) => {
+            if !req.keep_failed {
+                // The image's import reads the objects: they go only when it has failed (or
+                // this run was stopped), never under an import still running.
+                if matches!(e, Error::ImageFailed { .. }) {
+                    if image_created {
+                        let _ = delete_image(api, &image_id);
+                    }
+                    remove_objects(req, cx, s3c);
+                } else if matches!(e, Error::Interrupted) && image_created {
+                    let _ = delete_image(api, &image_id);
+                    remove_objects(req, cx, s3c);
+                }
+            }
+            return Err(e);
+        }
+    };
+    let mut objects_deleted = Vec::new();
+    if !req.keep_objects {
+        for key in package_keys(req, &cx.targets) {
+            s3c.delete(&key)?;
+            objects_deleted.push(key);
+        }
+    }
+    Ok(Published {
+        image_id,
+        image_created,
+        snapshots,
+        uploaded: true,
+        objects_deleted,
+        api: api.totals(),
+    })
 }
 
 /// The keys of the package `export` writes: the disk objects and the side files.
@@ -600,13 +1126,9 @@ fn check_cancel(cancel: Option<&AtomicBool>) -> Result<()> {
     }
 }
 
-/// `ReadSnapshots` with `filters`, every page.
-fn read_snapshots(api: &Client, filters: FiltersSnapshot) -> Result<Vec<Snapshot>> {
+/// `ReadSnapshots` with `req`'s filters, every page.
+fn read_snapshots(api: &Client, mut req: ReadSnapshotsRequest) -> Result<Vec<Snapshot>> {
     let mut out = Vec::new();
-    let mut req = ReadSnapshotsRequest {
-        filters: Some(filters),
-        ..Default::default()
-    };
     // Bounded: a filter by token or ID matches a few snapshots; 100 pages is far beyond.
     for _ in 0..100 {
         let (resp, _): (ReadSnapshotsResponse, _) = api.call("ReadSnapshots", &req, Retry::Safe)?;
@@ -652,13 +1174,7 @@ fn wait_snapshots(
     let mut delay = req.poll_first;
     loop {
         check_cancel(cancel)?;
-        let snaps = read_snapshots(
-            api,
-            FiltersSnapshot {
-                snapshot_ids: Some(ids.clone()),
-                ..Default::default()
-            },
-        )?;
+        let snaps = read_snapshots(api, ids_filter(snapshots))?;
         let mut done = 0;
         for (i, want) in snapshots.iter().enumerate() {
             let Some(s) = snaps
@@ -704,25 +1220,43 @@ fn wait_snapshots(
 /// The images that map `root_snapshot` and are not failed or deleted: the image of this
 /// bundle and target, if any (its snapshots exist for nothing else). The first one's ID.
 fn find_image(api: &Client, root_snapshot: &str) -> Result<Option<String>> {
-    let req = ReadImagesRequest {
-        filters: Some(FiltersImage {
-            block_device_mapping_snapshot_ids: Some(vec![root_snapshot.to_string()]),
-            ..Default::default()
-        }),
+    Ok(read_images(api, root_filter(root_snapshot))?
+        .into_iter()
+        .filter(|i| !image_gone(i))
+        .find_map(|i: Image| i.image_id))
+}
+
+/// Whether an image is failed or on its way out (so neither reused nor waited for).
+fn image_gone(i: &Image) -> bool {
+    matches!(
+        i.state.as_deref(),
+        Some("failed" | "deleted" | "deregistered")
+    )
+}
+
+/// `ReadImages` with `req`'s filters, every page.
+fn read_images(api: &Client, mut req: ReadImagesRequest) -> Result<Vec<Image>> {
+    let mut out = Vec::new();
+    // Bounded: a filter by name, tag, snapshot or ID matches a few images.
+    for _ in 0..100 {
+        let (resp, _): (ReadImagesResponse, _) = api.call("ReadImages", &req, Retry::Safe)?;
+        out.extend(resp.images.unwrap_or_default());
+        match resp.next_page_token.filter(|t| !t.is_empty()) {
+            Some(t) => req.next_page_token = Some(t),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// `DeleteImage`.
+fn delete_image(api: &Client, id: &str) -> Result<()> {
+    let req = DeleteImageRequest {
+        image_id: id.to_string(),
         ..Default::default()
     };
-    let (resp, _): (ReadImagesResponse, _) = api.call("ReadImages", &req, Retry::Safe)?;
-    Ok(resp
-        .images
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|i| {
-            !matches!(
-                i.state.as_deref(),
-                Some("failed" | "deleted" | "deregistered")
-            )
-        })
-        .find_map(|i: Image| i.image_id))
+    let _: (DeleteImageResponse, _) = api.call("DeleteImage", &req, Retry::Safe)?;
+    Ok(())
 }
 
 /// `CreateImage` from the manifest's `Image`, with the overrides and the snapshots.
@@ -825,35 +1359,6 @@ fn wait_image(
         std::thread::sleep(delay);
         delay = delay.saturating_mul(2).min(req.poll_max);
     }
-}
-
-/// `CreateTags` on `id`: the digest, the version and the user's tags (idempotent: a tag set
-/// again keeps its value).
-fn create_tags(
-    api: &Client,
-    id: &str,
-    digest: &str,
-    version: &str,
-    user: &[ResourceTag],
-) -> Result<()> {
-    let mut tags = vec![
-        ResourceTag {
-            key: TAG_DIGEST.to_string(),
-            value: digest.to_string(),
-        },
-        ResourceTag {
-            key: TAG_VERSION.to_string(),
-            value: version.to_string(),
-        },
-    ];
-    tags.extend(user.iter().cloned());
-    let req = CreateTagsRequest {
-        resource_ids: vec![id.to_string()],
-        tags,
-        ..Default::default()
-    };
-    let _: (CreateTagsResponse, _) = api.call("CreateTags", &req, Retry::Safe)?;
-    Ok(())
 }
 
 #[cfg(test)]
