@@ -8,7 +8,7 @@
 mod cli;
 
 use clap::Parser;
-use cli::{Cli, Command, common, completions, export, inspect, register, store, verify};
+use cli::{Cli, Command, common, completions, export, inspect, publish, register, store, verify};
 use mkomi::progress::Progress;
 use std::process::ExitCode;
 
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Audit(a) => inspect::audit(a, json),
         Command::Export(a) => export::export(*a, json),
         Command::Import(a) => export::import(*a, &progress, json),
+        Command::Publish(a) => publish::publish(*a, &progress, json),
         Command::Snapshot(cmd) => store::snapshot(cmd, cli.store, &progress, json),
         Command::Image(cmd) => store::image(cmd, cli.store, &progress, json),
         Command::Store(cmd) => store::maintain(cmd, cli.store, &progress, json),

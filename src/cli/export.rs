@@ -118,8 +118,8 @@ pub struct ImportArgs {
     storage: StorageArgs,
 }
 
-/// `--expires`: seconds, or a number with s, m, h or d.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+/// `--expires`, `--timeout`: seconds, or a number with ms, s, m, h or d.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),
@@ -127,6 +127,9 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?}: a number with s, m, h or d"))?;
+    if unit == "ms" {
+        return Ok(std::time::Duration::from_millis(n));
+    }
     let mult = match unit {
         "s" => 1,
         "m" => 60,

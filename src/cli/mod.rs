@@ -5,7 +5,7 @@
 //! - `open`: how disk images are opened (`--allow-backing`, `--input-format`);
 //! - `args`: the argument groups several commands flatten in (checks, audit, image fields);
 //! - `register`: `register` and `build`; `verify`: `verify`; `inspect`: `inspect` and `audit`;
-//! - `export`: `export` and `import`; `store`: `snapshot`, `image` and `store`;
+//! - `export`: `export` and `import`; `publish`: `publish` and `pull`; `store`: `snapshot`, `image` and `store`;
 //! - `completions`: `completions`.
 //!
 //! Nothing here reaches `main.rs`, which parses and dispatches; the library does the work.
@@ -16,6 +16,7 @@ pub mod completions;
 pub mod export;
 pub mod inspect;
 pub mod open;
+pub mod publish;
 pub mod register;
 pub mod store;
 pub mod verify;
@@ -71,6 +72,8 @@ pub enum Command {
     Export(Box<export::ExportArgs>),
     /// Make a bundle from an export package (Outscale's or mkomi's).
     Import(Box<export::ImportArgs>),
+    /// Make a bundle an OMI of an Outscale account: upload, snapshots, image, tags, sharing.
+    Publish(Box<publish::PublishArgs>),
     /// Snapshots in the local store: create, list, show, delete.
     #[command(subcommand)]
     Snapshot(store::SnapshotCmd),
@@ -90,9 +93,11 @@ impl Command {
     /// the process.
     pub fn polls_cancel(&self) -> bool {
         match self {
-            Command::Register(_) | Command::Build(_) | Command::Import(_) | Command::Export(_) => {
-                true
-            }
+            Command::Register(_)
+            | Command::Build(_)
+            | Command::Import(_)
+            | Command::Export(_)
+            | Command::Publish(_) => true,
             Command::Snapshot(cmd) => cmd.polls_cancel(),
             Command::Image(cmd) => cmd.polls_cancel(),
             _ => false,

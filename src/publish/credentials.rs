@@ -190,6 +190,45 @@ pub fn resolve(
     Ok((Endpoint::new(&api, &region)?, keys))
 }
 
+/// Object storage for a publish or a pull: the same keys as the API's unless S3 variables
+/// (`AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, maybe `AWS_SESSION_TOKEN`) are set, as the
+/// issue asks; the region `region`, else the S3 variables' (`AWS_REGION`, `AWS_DEFAULT_REGION`)
+/// when they give the keys, else the API's; Outscale's OOS of that region
+/// (`https://oos.REGION.outscale.com`) unless `endpoint`. `var` looks up variables (the process
+/// environment in the command).
+pub fn s3_config(
+    var: impl Fn(&str) -> Option<String>,
+    api: &Credentials,
+    api_region: &str,
+    endpoint: Option<&str>,
+    region: Option<&str>,
+) -> crate::export::s3::Result<crate::export::s3::Config> {
+    let aws = var("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty());
+    // With S3 variables, their region (AWS_REGION, AWS_DEFAULT_REGION) goes with them.
+    let aws_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|n| var(n).filter(|v| !v.is_empty()));
+    let region = match region.filter(|r| !r.is_empty()) {
+        Some(r) => r.to_string(),
+        None => match (aws, aws_region) {
+            (true, Some(r)) => r,
+            _ => api_region.to_string(),
+        },
+    };
+    crate::export::s3::Config::from_vars(
+        |name| match name {
+            // With S3 variables, the OSC_ pair (the API's keys) must not win over them.
+            "OSC_ACCESS_KEY" if aws => None,
+            "OSC_SECRET_KEY" if aws => None,
+            "OSC_ACCESS_KEY" => Some(api.access_key.clone()),
+            "OSC_SECRET_KEY" => Some(api.secret_key.clone()),
+            other => var(other),
+        },
+        endpoint,
+        Some(&region),
+    )
+}
+
 /// The profile `name` of the configuration file `path`; a missing `default` profile is an
 /// empty one unless it was asked for by name.
 fn load_profile(path: &Path, name: &str, asked: bool) -> Result<Profile> {

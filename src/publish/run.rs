@@ -570,10 +570,6 @@ pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall
                 &image_request(req, &cx.manifest, &snapshots)?,
             )?;
             push("ReadImages", &image_filter(&image_id))?;
-            push(
-                "CreateTags",
-                &cx.tags_request(req, &image_id, &cx.root_digest, true),
-            )?;
             for (s, t) in snapshots.iter().zip(&cx.targets) {
                 push(
                     "CreateTags",
@@ -582,6 +578,7 @@ pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall
             }
         }
         Via::Manifest => {
+            push("ReadImages", &name_filter(&cx.name))?;
             push(
                 "CreateImage",
                 &manifest_image_request(
@@ -595,19 +592,20 @@ pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall
                 ),
             )?;
             push("ReadImages", &image_filter(&image_id))?;
-            push(
-                "CreateTags",
-                &cx.tags_request(req, &image_id, &cx.root_digest, true),
-            )?;
             for t in &cx.targets {
                 let id = format!("<SnapshotId of {}>", t.device);
                 push("CreateTags", &cx.tags_request(req, &id, &t.digest, false))?;
             }
         }
     }
+    // The order of `finish_image`: the snapshots' tags, the permissions, the image's tags.
     if let Some(update) = permissions_request(req, &image_id) {
         push("UpdateImage", &update)?;
     }
+    push(
+        "CreateTags",
+        &cx.tags_request(req, &image_id, &cx.root_digest, true),
+    )?;
     Ok(calls)
 }
 
@@ -648,6 +646,16 @@ fn root_filter(root_snapshot: &str) -> ReadImagesRequest {
     ReadImagesRequest {
         filters: Some(FiltersImage {
             block_device_mapping_snapshot_ids: Some(vec![root_snapshot.to_string()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn name_filter(name: &str) -> ReadImagesRequest {
+    ReadImagesRequest {
+        filters: Some(FiltersImage {
+            image_names: Some(vec![name.to_string()]),
             ..Default::default()
         }),
         ..Default::default()
@@ -712,7 +720,7 @@ pub fn publish(
             image_created: false,
             snapshots,
             uploaded: false,
-            objects_deleted: Vec::new(),
+            objects_deleted: delete_package(req, &cx, &s3c)?,
             api: api.totals(),
         });
     }
@@ -981,12 +989,7 @@ fn via_snapshots(
     };
 
     // 6. The objects: the disks and the package's side files.
-    if !req.keep_objects && uploaded {
-        for key in package_keys(req, targets) {
-            s3c.delete(&key)?;
-            published.objects_deleted.push(key);
-        }
-    }
+    published.objects_deleted = delete_package(req, cx, s3c)?;
     published.api = api.totals();
     Ok(published)
 }
@@ -1004,20 +1007,15 @@ fn via_manifest(
 ) -> Result<Published> {
     // An image of this name from an earlier run whose answer was lost, not tagged yet.
     let by_name = || -> Result<Option<Image>> {
-        let read = ReadImagesRequest {
-            filters: Some(FiltersImage {
-                image_names: Some(vec![cx.name.clone()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        Ok(read_images(api, read)?.into_iter().find(|i| {
-            !image_gone(i)
-                && i.tags
-                    .iter()
-                    .flatten()
-                    .all(|t| t.key != TAG_BUNDLE || t.value == cx.bundle_digest)
-        }))
+        Ok(read_images(api, name_filter(&cx.name))?
+            .into_iter()
+            .find(|i| {
+                !image_gone(i)
+                    && i.tags
+                        .iter()
+                        .flatten()
+                        .all(|t| t.key != TAG_BUNDLE || t.value == cx.bundle_digest)
+            }))
     };
     check_cancel(cancel)?;
     let report = upload(req, cancel)?;
@@ -1087,13 +1085,7 @@ fn via_manifest(
             return Err(e);
         }
     };
-    let mut objects_deleted = Vec::new();
-    if !req.keep_objects {
-        for key in package_keys(req, &cx.targets) {
-            s3c.delete(&key)?;
-            objects_deleted.push(key);
-        }
-    }
+    let objects_deleted = delete_package(req, cx, s3c)?;
     Ok(Published {
         image_id,
         image_created,
@@ -1102,6 +1094,29 @@ fn via_manifest(
         objects_deleted,
         api: api.totals(),
     })
+}
+
+/// After a success, deletes the package's objects that are in the bucket (unless
+/// `keep_objects`), whichever run uploaded them: a run killed after its snapshots were made
+/// leaves them to the next, which finds the snapshots and uploads nothing. Returns the keys
+/// deleted.
+fn delete_package(req: &PublishRequest, cx: &Context, s3c: &s3::Client) -> Result<Vec<String>> {
+    if req.keep_objects {
+        return Ok(Vec::new());
+    }
+    let listed: Vec<String> = s3c
+        .list(&req.location.key)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let mut deleted = Vec::new();
+    for key in package_keys(req, &cx.targets) {
+        if listed.contains(&key) {
+            s3c.delete(&key)?;
+            deleted.push(key);
+        }
+    }
+    Ok(deleted)
 }
 
 /// The keys of the package `export` writes: the disk objects and the side files.
