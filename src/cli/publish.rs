@@ -34,8 +34,8 @@ pub struct AccountArgs {
     /// A key prefix in the bucket; default: mkomi/ and the bundle's or image's name.
     #[arg(long)]
     prefix: Option<String>,
-    /// The longest wait for the snapshots, then for the image (or the export task): seconds,
-    /// or a number with s, m, h or d.
+    /// The longest the whole run may take, upload and waits together: seconds, or a number
+    /// with s, m, h or d.
     #[arg(long, default_value = "2h", value_parser = parse_duration)]
     timeout: Duration,
     /// The first wait between two polls of the API (it doubles, up to 30 s).

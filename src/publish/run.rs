@@ -181,7 +181,7 @@ pub struct PublishRequest {
     pub keep_objects: bool,
     /// Keep the snapshots this run created when it fails.
     pub keep_failed: bool,
-    /// The longest wait for the snapshots, and then for the image.
+    /// The longest a run may take, upload and waits together; the waits stop at it.
     pub timeout: Duration,
     /// The first wait between two polls; it doubles up to [`PublishRequest::poll_max`].
     pub poll_first: Duration,
@@ -337,10 +337,19 @@ struct Context {
     bundle_digest: String,
     /// The root disk's ContentDigest.
     root_digest: String,
+    /// When the run gives up waiting: its start and the request's time-out, for every phase
+    /// together.
+    deadline: Instant,
 }
 
 impl Context {
     fn new(req: &PublishRequest) -> Result<Context> {
+        let now = Instant::now();
+        // A time-out past what an Instant holds (`--timeout` of centuries) is no time-out.
+        let deadline = now
+            .checked_add(req.timeout)
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+            .unwrap_or(now);
         let path = req.bundle.join(manifest::FILE_NAME);
         let m = Manifest::read(&path)?;
         if m.disks.is_empty() {
@@ -397,6 +406,7 @@ impl Context {
             name,
             bundle_digest,
             root_digest,
+            deadline,
         })
     }
 
@@ -776,7 +786,7 @@ fn finish_image(
     image_id: &str,
     snapshots: &[PublishedSnapshot],
 ) -> Result<()> {
-    wait_image(req, api, cancel, image_id)?;
+    wait_image(req, api, cancel, image_id, cx.deadline)?;
     let tag = |r: CreateTagsRequest| -> Result<()> {
         let _: (CreateTagsResponse, _) = api.call("CreateTags", &r, Retry::Safe)?;
         Ok(())
@@ -922,7 +932,7 @@ fn via_snapshots(
                 created: was_created,
             });
         }
-        wait_snapshots(req, api, progress, cancel, &snapshots)?;
+        wait_snapshots(req, api, progress, cancel, &snapshots, cx.deadline)?;
 
         // 4. The image.
         let root = snapshots
@@ -1054,7 +1064,7 @@ fn via_manifest(
         }
     };
     let finish = (|| -> Result<Vec<PublishedSnapshot>> {
-        wait_image(req, api, cancel, &image_id)?;
+        wait_image(req, api, cancel, &image_id, cx.deadline)?;
         let image = read_images(api, image_filter(&image_id))?
             .into_iter()
             .next()
@@ -1174,6 +1184,7 @@ fn wait_snapshots(
     progress: &Progress,
     cancel: Option<&AtomicBool>,
     snapshots: &[PublishedSnapshot],
+    deadline: Instant,
 ) -> Result<()> {
     let ids: Vec<String> = snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
     let tasks: Vec<_> = snapshots
@@ -1185,7 +1196,6 @@ fn wait_snapshots(
         })
         .collect();
     let mut shown = vec![0u64; snapshots.len()];
-    let start = Instant::now();
     let mut delay = req.poll_first;
     loop {
         check_cancel(cancel)?;
@@ -1221,7 +1231,7 @@ fn wait_snapshots(
             tasks.iter().for_each(|t| t.finish());
             return Ok(());
         }
-        if start.elapsed() >= req.timeout {
+        if Instant::now() >= deadline {
             return Err(Error::Timeout {
                 what: format!("snapshots {}", ids.join(", ")),
                 secs: req.timeout,
@@ -1337,6 +1347,7 @@ fn wait_image(
     api: &Client,
     cancel: Option<&AtomicBool>,
     image_id: &str,
+    deadline: Instant,
 ) -> Result<()> {
     let read = ReadImagesRequest {
         filters: Some(FiltersImage {
@@ -1345,7 +1356,6 @@ fn wait_image(
         }),
         ..Default::default()
     };
-    let start = Instant::now();
     let mut delay = req.poll_first;
     loop {
         check_cancel(cancel)?;
@@ -1365,7 +1375,7 @@ fn wait_image(
             }
             _ => {}
         }
-        if start.elapsed() >= req.timeout {
+        if Instant::now() >= deadline {
             return Err(Error::Timeout {
                 what: format!("image {image_id}"),
                 secs: req.timeout,
