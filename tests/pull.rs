@@ -14,6 +14,7 @@ mod common;
 mod s3_server;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::oapi_server::{ACCESS_KEY, OapiServer, REGION, SECRET_KEY};
@@ -496,4 +497,48 @@ fn pull_of_a_failed_export_leaves_nothing() {
     assert_eq!(objects(&s3, "fail"), Vec::<String>::new());
     assert!(!out.exists());
     assert_eq!(siblings(dir.path()), ["data.img", "omi", "root.img"]);
+}
+
+/// Ctrl-C while the export task runs: `Interrupted`, no output and no work directory; the
+/// running task (which OAPI 1.40.1 cannot cancel) is left to finish, and the next pull takes
+/// it, imports and deletes its objects, with one CreateImageExportTask in all.
+#[test]
+fn pull_interrupted_then_resumed() {
+    static CANCEL: AtomicBool = AtomicBool::new(false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = s3_server::S3Server::start();
+    let fake = OapiServer::start(Some(&s3.endpoint));
+    let api = api(&fake);
+    let b = bundle(dir.path());
+    let p = published(&b, &s3, &fake, &api, "int");
+    let source = Source::parse(&p.image_id).expect("id");
+    let out = dir.path().join("pulled");
+
+    let mut req = pull_request(source.clone(), &out, &s3, "int");
+    // One poll, then a long wait, during which Ctrl-C comes.
+    req.poll_first = Duration::from_secs(2);
+    let ctrl_c = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        CANCEL.store(true, Ordering::Relaxed);
+    });
+    let started = std::time::Instant::now();
+    let got = pull(&req, &api, &Progress::quiet(), Some(&CANCEL));
+    ctrl_c.join().expect("thread");
+    assert!(
+        matches!(got, Err(PullError::Interrupted)),
+        "{:?}",
+        got.map(|p| p.task_id)
+    );
+    // It stopped at the wait, not after the task was done.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(fake.requests_of("CreateImageExportTask"), vec![200]);
+    assert!(!out.exists());
+    assert_eq!(siblings(dir.path()), ["data.img", "omi", "root.img"]);
+
+    let req = pull_request(source, &out, &s3, "int");
+    let again = run_pull(&req, &api, &fake);
+    assert!(!again.task_created);
+    assert_eq!(fake.requests_of("CreateImageExportTask"), vec![200]);
+    verify(&out);
+    assert_eq!(objects(&s3, "int"), Vec::<String>::new());
 }

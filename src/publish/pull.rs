@@ -75,9 +75,6 @@ pub const EXPORT_FORMAT: &str = "qcow2";
 /// research note's reading of the real API: open question 8).
 pub const EXPORT_MANIFEST: &str = "manifest.json";
 
-/// The longest a pre-signed URL of a snapshot's object is made to live: 7 days, SigV4's limit.
-const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
-
 /// An error of `pull`: one line, naming the step and, for the API, the operation, its error
 /// code and request ID (never a secret: see [`super::client`]).
 #[derive(Debug, thiserror::Error)]
@@ -650,7 +647,14 @@ fn snapshot_object(req: &PullRequest, s3c: &s3::Client) -> Result<Option<String>
         .list(&req.location.key)?
         .into_iter()
         .map(|(k, _)| k)
-        .find(|k| k.starts_with(&under) && (k.ends_with(".qcow2.gz") || k.ends_with(".raw.gz"))))
+        .find(|k| named_after(k, &under) && (k.ends_with(".qcow2.gz") || k.ends_with(".raw.gz"))))
+}
+
+/// Whether `key` is `under` (`PREFIX/snap-…`) followed by `.` or `/`: `snap-0000000b.qcow2.gz`
+/// is the snapshot's, `snap-0000000bc.qcow2.gz` is not.
+fn named_after(key: &str, under: &str) -> bool {
+    key.strip_prefix(under)
+        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('/'))
 }
 
 /// The objects a task wrote. An image export extends the prefix with the image's ID (the
@@ -679,7 +683,7 @@ fn task_objects(req: &PullRequest, s3c: &s3::Client, t: &Task) -> Result<Vec<Str
             let under = join(&req.location.key, id);
             Ok(listed(&req.location.key)?
                 .into_iter()
-                .filter(|k| k.starts_with(&under))
+                .filter(|k| named_after(k, &under))
                 .collect())
         }
     }
@@ -738,7 +742,7 @@ fn import_export(
             let volume = snapshot_volume_bytes(api, id)?;
             let filename = key.rsplit('/').next().unwrap_or(&key).to_string();
             // Long enough for the whole import, within SigV4's limit.
-            let lifetime = (req.timeout + Duration::from_secs(3600)).min(MAX_PRESIGN);
+            let lifetime = (req.timeout + Duration::from_secs(3600)).min(s3::MAX_PRESIGN);
             let url = s3c.presign_get(&key, lifetime)?;
             let manifest = ExportManifest {
                 version: crate::export::manifest::VERSION,
@@ -826,5 +830,47 @@ mod tests {
         ] {
             assert!(Source::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn objects_named_after_the_snapshot_only() {
+        let under = "p/snap-0000000b";
+        assert!(named_after("p/snap-0000000b.qcow2.gz", under));
+        assert!(named_after("p/snap-0000000b/disk.qcow2.gz", under));
+        assert!(!named_after("p/snap-0000000bc.qcow2.gz", under));
+        assert!(!named_after("p/snap-0000000b", under));
+        assert!(!named_after("q/snap-0000000b.qcow2.gz", under));
+    }
+
+    #[test]
+    fn a_task_prefix_is_ours_as_sent_or_extended_with_the_image() {
+        let req = |source: &str, key: &str| {
+            PullRequest::new(
+                Source::parse(source).expect("id"),
+                PathBuf::from("out"),
+                s3::Location {
+                    bucket: "b".into(),
+                    key: key.into(),
+                },
+                s3::Config {
+                    endpoint: None,
+                    region: "r".into(),
+                    credentials: s3::Credentials::new("k", "s", None),
+                    allow_http: false,
+                    checksums: true,
+                },
+            )
+        };
+        let image = req("ami-0000000a", "p/q");
+        assert!(prefix_is_ours(&image, "p/q"));
+        assert!(prefix_is_ours(&image, "p/q/ami-0000000a"));
+        assert!(!prefix_is_ours(&image, "p/q/ami-0000000c"));
+        assert!(!prefix_is_ours(&image, "p"));
+        let bare = req("ami-0000000a", "");
+        assert!(prefix_is_ours(&bare, ""));
+        assert!(prefix_is_ours(&bare, "ami-0000000a"));
+        let snap = req("snap-0000000b", "p");
+        assert!(prefix_is_ours(&snap, "p"));
+        assert!(!prefix_is_ours(&snap, "p/snap-0000000b"));
     }
 }
