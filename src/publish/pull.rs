@@ -324,10 +324,11 @@ pub fn pull(
         }
     };
 
-    let mut last = task.clone();
+    // What the API last said of the task: whether it finished decides the cleanup.
+    let mut last = task;
     let run = (|| -> Result<(String, import::Report)> {
         // 3. Wait.
-        last = wait_task(req, api, progress, cancel, &task.id, &mut last)?;
+        wait_task(req, api, progress, cancel, &mut last)?;
         // 4. Import.
         check_cancel(cancel)?;
         import_export(req, api, &s3c, progress, cancel, &last)
@@ -594,9 +595,9 @@ fn wait_task(
     api: &Client,
     progress: &Progress,
     cancel: Option<&AtomicBool>,
-    id: &str,
     last: &mut Task,
-) -> Result<Task> {
+) -> Result<()> {
+    let id = last.id.clone();
     let bar = progress.task(&format!("export {}", req.source.id()));
     bar.set_length(100);
     let mut shown = 0u64;
@@ -617,11 +618,11 @@ fn wait_task(
         }
         if last.state == "completed" {
             bar.finish();
-            return Ok(last.clone());
+            return Ok(());
         }
         if last.is_dead() {
             return Err(Error::TaskFailed {
-                task: id.to_string(),
+                task: id.clone(),
                 source_id: req.source.id().to_string(),
                 state: last.state.clone(),
                 comment: last.comment.clone().unwrap_or_default(),
@@ -629,12 +630,25 @@ fn wait_task(
         }
         if start.elapsed() >= req.timeout {
             return Err(Error::Timeout {
-                task: id.to_string(),
+                task: id.clone(),
                 secs: req.timeout,
             });
         }
-        std::thread::sleep(delay);
+        sleep(delay, cancel)?;
         delay = delay.saturating_mul(2).min(req.poll_max);
+    }
+}
+
+/// Sleeps `delay` in slices of 50 ms, so that Ctrl-C stops a wait of up to `poll_max` at once.
+fn sleep(delay: Duration, cancel: Option<&AtomicBool>) -> Result<()> {
+    let end = Instant::now() + delay;
+    loop {
+        check_cancel(cancel)?;
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 
