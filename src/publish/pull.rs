@@ -43,8 +43,10 @@
 //! failed after writing part of its objects), the objects under the task's prefix are deleted
 //! unless `keep_objects`. A task still running (a time-out, Ctrl-C during the wait) keeps
 //! writing whatever `pull` does, and OAPI 1.40.1 has no operation to cancel it, so its objects
-//! are kept, and a re-run finds the task, waits for it, imports and deletes them. Objects of a
-//! task reused from an earlier run are kept on failure, for the next run to reuse.
+//! are kept, and a re-run finds the task, waits for it, imports and deletes them. A task that
+//! ended `failed` has its objects deleted whichever run created it (no run can use them); the
+//! objects of a completed task reused from an earlier run are kept when the import fails, for
+//! the next run to reuse.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -336,8 +338,10 @@ pub fn pull(
     let (manifest, report) = match run {
         Ok(r) => r,
         Err(e) => {
-            // Only a finished task's objects are final; a running one keeps writing.
-            if created && !req.keep_objects && last.is_finished() {
+            // Only a finished task's objects are final; a running one keeps writing. A failed
+            // task's objects are of no use to anyone; a completed task of an earlier run is
+            // left for the next run.
+            if !req.keep_objects && last.is_finished() && (created || last.is_dead()) {
                 // Best effort: the error that stopped the run is the one to report.
                 if let Ok(keys) = task_objects(req, &s3c, &last) {
                     for key in keys {
@@ -664,11 +668,13 @@ fn snapshot_object(req: &PullRequest, s3c: &s3::Client) -> Result<Option<String>
         .find(|k| named_after(k, &under) && (k.ends_with(".qcow2.gz") || k.ends_with(".raw.gz"))))
 }
 
-/// Whether `key` is `under` (`PREFIX/snap-…`) followed by `.` or `/`: `snap-0000000b.qcow2.gz`
-/// is the snapshot's, `snap-0000000bc.qcow2.gz` is not.
+/// Whether `key` is `under` (`PREFIX/snap-…`) followed by `.`, `/` or `-`:
+/// `snap-0000000b.qcow2.gz` (the fake's name) and `snap-0000000b-c7f1ef08.qcow2.gz` (the form
+/// of the object names in Outscale's documented export manifest sample) are the snapshot's,
+/// `snap-0000000bc.qcow2.gz` is not.
 fn named_after(key: &str, under: &str) -> bool {
     key.strip_prefix(under)
-        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('/'))
+        .is_some_and(|rest| rest.starts_with(['.', '/', '-']))
 }
 
 /// The objects a task wrote. An image export extends the prefix with the image's ID (the
@@ -851,6 +857,7 @@ mod tests {
         let under = "p/snap-0000000b";
         assert!(named_after("p/snap-0000000b.qcow2.gz", under));
         assert!(named_after("p/snap-0000000b/disk.qcow2.gz", under));
+        assert!(named_after("p/snap-0000000b-c7f1ef08.qcow2.gz", under));
         assert!(!named_after("p/snap-0000000bc.qcow2.gz", under));
         assert!(!named_after("p/snap-0000000b", under));
         assert!(!named_after("q/snap-0000000b.qcow2.gz", under));
