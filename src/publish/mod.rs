@@ -6,6 +6,7 @@
 pub mod client;
 pub mod credentials;
 pub mod oapi;
+pub mod pull;
 pub mod run;
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ It is as strict as the real API where the contract is written down, and says so 
 * `CreateImage` checks that every snapshot exists and is completed and that the root device is
   mapped; the image is `pending` for a few ReadImages polls, then `available`;
 * `ClientToken` idempotency for CreateSnapshot;
-* faults injected through the unsigned `POST /_control` (429, 503, 500, drop-after-commit, hang),
+* faults injected through the unsigned `POST /_control` (429, 503, 500, drop-after-commit, hang;
+  `export-fail` on a Create*ExportTask: the task fails after writing its first object),
   and the whole state through `GET /_control/state`.
 
 Only python3's stdlib, PyYAML and jsonschema are used (what CI guarantees), plus `qemu-img`.
@@ -551,6 +552,9 @@ def paginate(items, body):
 class Api:
     def __init__(self, state):
         self.s = state
+        # Set by an `export-fail` fault for the export task being created: it fails after
+        # writing its first object, so that a client's cleanup of a failed export is tested.
+        self.fail_next_export = False
 
     # -- snapshots ----------------------------------------------------------------------------
 
@@ -1038,6 +1042,7 @@ class Api:
                 raise ApiError(400, "InvalidState", "6003", f"{iid}: snapshot of {m['DeviceName']} has no content")
             disks.append((m, snap))
         s.image_exports[tid] = task
+        fail, self.fail_next_export = self.fail_next_export, False
         manifest = {
             "Version": 1,
             "Image": {
@@ -1053,7 +1058,7 @@ class Api:
             manifest["Image"]["Description"] = img["Description"]
         job = [(m["DeviceName"], snap["_raw"], self._export_size(m["Bsu"]["VolumeSize"], snap), m["Bsu"])
                for m, snap in disks]
-        threading.Thread(target=self._export_image, args=(tid, job, manifest, fmt, bucket, out_prefix, kid, secret),
+        threading.Thread(target=self._export_image, args=(tid, job, manifest, fmt, bucket, out_prefix, kid, secret, fail),
                          daemon=True).start()
         return {"ImageExportTask": public_fields(task)}
 
@@ -1062,7 +1067,7 @@ class Api:
         # `--export-size virtual`, only the imported disk (its digest then survives a round trip).
         return snap["_virtual_size"] if self.s.args.export_size == "virtual" else volume_gib * GIB
 
-    def _export_image(self, tid, job, manifest, fmt, bucket, prefix, kid, secret):
+    def _export_image(self, tid, job, manifest, fmt, bucket, prefix, kid, secret, fail=False):
         a = self.s.args
         work = tempfile.mkdtemp(dir=self.s.workdir)
         objects = []
@@ -1075,6 +1080,8 @@ class Api:
                 s3_put(a.s3_endpoint, a.s3_region, kid, secret, bucket, prefix + name, out)
                 os.unlink(out)
                 objects.append(prefix + name)
+                if fail:
+                    raise ValueError(f"injected fault: the export failed after writing {prefix + name}")
                 manifest["Image"]["Snapshots"].append({
                     "DeleteOnTermination": bsu["DeleteOnVmDeletion"],
                     "Device": dev,
@@ -1125,23 +1132,28 @@ class Api:
             "_polls": 0,
         }
         s.snapshot_exports[tid] = task
+        fail, self.fail_next_export = self.fail_next_export, False
         # ASSUMPTION (open question 8): the object is PREFIX/snap-….FORMAT.gz.
         key = (prefix.rstrip("/") + "/" if prefix else "") + f"{sid}.{fmt}.gz"
         size = self._export_size(snap["VolumeSize"], snap)
-        threading.Thread(target=self._export_snapshot, args=(tid, snap["_raw"], size, fmt, bucket, key, kid, secret),
+        threading.Thread(target=self._export_snapshot, args=(tid, snap["_raw"], size, fmt, bucket, key, kid, secret, fail),
                          daemon=True).start()
         return {"SnapshotExportTask": public_fields(task)}
 
-    def _export_snapshot(self, tid, raw, size, fmt, bucket, key, kid, secret):
+    def _export_snapshot(self, tid, raw, size, fmt, bucket, key, kid, secret, fail=False):
         a = self.s.args
         work = tempfile.mkdtemp(dir=self.s.workdir)
+        objects = []
         try:
             out = os.path.join(work, "disk.gz")
             export_disk(raw, size, fmt, out)
             s3_put(a.s3_endpoint, a.s3_region, kid, secret, bucket, key, out)
-            result, objects = ("completed", None), [key]
+            objects.append(key)
+            if fail:
+                raise ValueError(f"injected fault: the export failed after writing {key}")
+            result = ("completed", None)
         except (ValueError, OSError) as e:
-            result, objects = ("failed", str(e)), []
+            result = ("failed", str(e))
         finally:
             shutil.rmtree(work, ignore_errors=True)
         with self.s.lock:
@@ -1273,7 +1285,7 @@ class Handler(BaseHTTPRequestHandler):
             if body.get("clear"):
                 st.faults.clear()
             for f in body.get("faults", []):
-                if f.get("kind") not in ("429", "503", "500", "drop-after-commit", "hang"):
+                if f.get("kind") not in ("429", "503", "500", "drop-after-commit", "hang", "export-fail"):
                     self._send(400, {"error": f"bad fault kind {f.get('kind')!r}"})
                     return
                 # `nth`: the first call it applies to, counted from now (1 = the next call).
@@ -1371,6 +1383,9 @@ class Handler(BaseHTTPRequestHandler):
                 if body.get("DryRun"):
                     result = {}
                 else:
+                    # `export-fail`: the export task this call creates fails after its first
+                    # object (the call itself succeeds).
+                    self.server.api.fail_next_export = bool(fault and fault["kind"] == "export-fail")
                     result = getattr(self.server.api, op)(body)
             except ApiError as e:
                 return self._error(e, request_id)
