@@ -21,8 +21,9 @@ It is as strict as the real API where the contract is written down, and says so 
 * `CreateImage` checks that every snapshot exists and is completed and that the root device is
   mapped; the image is `pending` for a few ReadImages polls, then `available`;
 * `ClientToken` idempotency for CreateSnapshot;
-* faults injected through the unsigned `POST /_control` (429, 503, 500, drop-after-commit, hang),
-  and the whole state through `GET /_control/state`.
+* faults injected through the unsigned `POST /_control` (429, 503, 500, drop-after-commit, hang,
+  and `import-error`: the call succeeds, but the import it starts ends in `error`, as a disk the
+  API cannot read would), and the whole state through `GET /_control/state`.
 
 Only python3's stdlib, PyYAML and jsonschema are used (what CI guarantees), plus `qemu-img`.
 
@@ -83,6 +84,8 @@ CLOCK_TOLERANCE = 300
 LOCKOUT_AFTER = 4
 LOCKOUT_SECONDS = 60
 # The operations this fake implements; any other valid operation answers 400 FakeNotImplemented.
+# The fault kinds of `POST /_control`.
+FAULT_KINDS = ("429", "503", "500", "drop-after-commit", "hang", "import-error")
 OPERATIONS = {
     "CreateSnapshot",
     "ReadSnapshots",
@@ -474,6 +477,8 @@ class State:
         self.auth_failures = {}  # key id -> consecutive failures
         self.lockouts = {}  # key id -> unlock time
         self.clock_skew = 0.0
+        # Set while an operation runs under an `import-error` fault: the imports it starts fail.
+        self.import_error = False
         self.requests = []  # (op, status) of every request, in order
         self.workdir = tempfile.mkdtemp(prefix="fake-oapi-")
 
@@ -605,13 +610,16 @@ class Api:
         if token is not None:
             snap["ClientToken"] = token
         s.snapshots[sid] = snap
-        threading.Thread(target=self._import, args=(sid, body["FileLocation"], size), daemon=True).start()
+        threading.Thread(target=self._import, args=(sid, body["FileLocation"], size, s.import_error),
+                         daemon=True).start()
         return {"Snapshot": public_fields(snap)}
 
-    def _import(self, sid, url, size):
+    def _import(self, sid, url, size, fail=False):
         workdir = os.path.join(self.s.workdir, sid)
         os.makedirs(workdir, exist_ok=True)
         try:
+            if fail:
+                raise ValueError("injected import error")
             raw, vsize, digest = import_disk(url, workdir, size)
             result = ("done", "", raw, vsize, digest)
         except ValueError as e:
@@ -860,7 +868,8 @@ class Api:
             if sn.get("Iops") is not None:
                 bsu["Iops"] = sn["Iops"]
             out_maps.append({"DeviceName": sn["Device"], "Bsu": bsu})
-            threading.Thread(target=self._import, args=(sid, sn["PreSignedUrl"], sn["Size"]), daemon=True).start()
+            threading.Thread(target=self._import, args=(sid, sn["PreSignedUrl"], sn["Size"], s.import_error),
+                             daemon=True).start()
         # The root device is the first snapshot's (src/export/manifest.rs: "root first").
         img = self._new_image(body, name, out_maps, manifest["Snapshots"][0]["Device"],
                               manifest["Architecture"], manifest.get("Description"))
@@ -1273,8 +1282,11 @@ class Handler(BaseHTTPRequestHandler):
             if body.get("clear"):
                 st.faults.clear()
             for f in body.get("faults", []):
-                if f.get("kind") not in ("429", "503", "500", "drop-after-commit", "hang"):
+                if f.get("kind") not in FAULT_KINDS:
                     self._send(400, {"error": f"bad fault kind {f.get('kind')!r}"})
+                    return
+                if f["kind"] == "import-error" and f["op"] not in ("CreateSnapshot", "CreateImage"):
+                    self._send(400, {"error": "import-error applies to CreateSnapshot or CreateImage"})
                     return
                 # `nth`: the first call it applies to, counted from now (1 = the next call).
                 f = dict(f)
@@ -1371,9 +1383,12 @@ class Handler(BaseHTTPRequestHandler):
                 if body.get("DryRun"):
                     result = {}
                 else:
+                    st.import_error = bool(fault and fault["kind"] == "import-error")
                     result = getattr(self.server.api, op)(body)
             except ApiError as e:
                 return self._error(e, request_id)
+            finally:
+                st.import_error = False
             result = dict(result)
             result["ResponseContext"] = {"RequestId": request_id}
             st.save()
