@@ -797,3 +797,28 @@ fn two_publishes_to_one_prefix() {
         }
     }
 }
+
+/// The fake pages every `Read*` answer at one resource (`page_size`): publish must follow
+/// `NextPageToken`, or its wait for two snapshots (filtered by both IDs, two pages) never sees
+/// the second and times out. The publish succeeds, and a second one, whose lookups and waits
+/// page too, creates nothing. (`ReadImages` is not followed by run.rs, but its filters, one
+/// image ID or the root snapshot's ID, match one image here.)
+#[test]
+fn pages_of_one_are_followed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = bundle(dir.path());
+    let s3 = s3_server::S3Server::start();
+    let fake = OapiServer::start(Some(&s3.endpoint));
+    let api = api(&fake);
+    let mut req = request(&b, &s3, "pages");
+    req.timeout = Duration::from_secs(30);
+    fake.fault(serde_json::json!({"page_size": 1}));
+    let first = run(&req, &api, &fake);
+    assert!(first.image_created && first.snapshots.iter().all(|s| s.created));
+    let second = run(&req, &api, &fake);
+    assert!(!second.image_created && !second.uploaded);
+    assert_eq!(second.image_id, first.image_id);
+    assert_eq!(fake.snapshots().len(), 2);
+    assert_eq!(fake.images().len(), 1);
+    assert_eq!(fake.requests_of("CreateSnapshot"), vec![200, 200]);
+}

@@ -121,7 +121,8 @@ impl OapiServer {
     /// `{"faults": [{"op": "ReadImages", "kind": "429", "nth": 1, "count": 1}]}` (kinds `429`,
     /// `503`, `500`, `drop-after-commit`, `hang`, and `import-error` for `CreateSnapshot` and
     /// `CreateImage`: the call succeeds, the import it starts ends in `error`), `{"clear": true}`,
-    /// `{"unlock": true}`. `nth` counts every authenticated request of `op` from now, retries
+    /// `{"unlock": true}`, `{"page_size": n}` (the `ResultsPerPage` of a `Read*` without one;
+    /// 100 at start). `nth` counts every authenticated request of `op` from now, retries
     /// included (1: the next one).
     pub fn fault(&self, json: serde_json::Value) -> serde_json::Value {
         let (status, body) = self.control("POST", "/_control", Some(json));

@@ -23,7 +23,8 @@ It is as strict as the real API where the contract is written down, and says so 
 * `ClientToken` idempotency for CreateSnapshot;
 * faults injected through the unsigned `POST /_control` (429, 503, 500, drop-after-commit, hang,
   and `import-error`: the call succeeds, but the import it starts ends in `error`, as a disk the
-  API cannot read would), and the whole state through `GET /_control/state`.
+  API cannot read would), a default page size (`page_size`), and the whole state through
+  `GET /_control/state`.
 
 Only python3's stdlib, PyYAML and jsonschema are used (what CI guarantees), plus `qemu-img`.
 
@@ -477,6 +478,9 @@ class State:
         self.auth_failures = {}  # key id -> consecutive failures
         self.lockouts = {}  # key id -> unlock time
         self.clock_skew = 0.0
+        # The ResultsPerPage of a Read* request without one (`/_control` `page_size`), so that a
+        # test can make a client meet NextPageToken with a handful of resources.
+        self.page_size = 100
         # Set while an operation runs under an `import-error` fault: the imports it starts fail.
         self.import_error = False
         self.requests = []  # (op, status) of every request, in order
@@ -528,8 +532,9 @@ def tag_matches(tags, filters):
     return True
 
 
-def paginate(items, body):
-    """ResultsPerPage and NextPageToken (base64 of an offset, a fake format)."""
+def paginate(items, body, default=100):
+    """ResultsPerPage (`default` when absent) and NextPageToken (base64 of an offset, a fake
+    format)."""
     start = 0
     if "NextPageToken" in body:
         try:
@@ -538,7 +543,7 @@ def paginate(items, body):
             raise bad_param("NextPageToken: not a token from this server") from e
     # The spec's descriptions (not its schemas) bound ResultsPerPage to 1-1000.
     # ASSUMPTION: 100 when absent, the default the spec states for other Read* operations.
-    per = body.get("ResultsPerPage", 100)
+    per = body.get("ResultsPerPage", default)
     if not 1 <= per <= 1000:
         raise bad_param("ResultsPerPage must be between 1 and 1000")
     page = items[start : start + per]
@@ -673,7 +678,7 @@ class Api:
                 snap["Tags"], f
             ):
                 out.append(public_fields(snap))
-        page, nxt = paginate(out, body)
+        page, nxt = paginate(out, body, self.s.page_size)
         r = {"Snapshots": page}
         if nxt:
             r["NextPageToken"] = nxt
@@ -925,7 +930,7 @@ class Api:
             self._advance_image(img)
             if all(fn(img, f[k]) for k, fn in self.IMAGE_FILTERS.items() if k in f) and tag_matches(img["Tags"], f):
                 out.append(public_fields(img))
-        page, nxt = paginate(out, body)
+        page, nxt = paginate(out, body, self.s.page_size)
         r = {"Images": page}
         if nxt:
             r["NextPageToken"] = nxt
@@ -1188,7 +1193,7 @@ class Api:
             if id_filter in f and t[id_field] not in f[id_filter]:
                 continue
             out.append(public_fields(t))
-        page, nxt = paginate(out, body)
+        page, nxt = paginate(out, body, self.s.page_size)
         r = {key: page}
         if nxt:
             r["NextPageToken"] = nxt
@@ -1274,7 +1279,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(self._read_body() or b"{}")
             if not isinstance(body, dict) or not all(isinstance(f, dict) and "op" in f for f in body.get("faults", [])):
-                raise ValueError("want {faults: [{op, kind, nth?, count?, seconds?}], clear?, unlock?, clock_skew?}")
+                raise ValueError("want {faults: [{op, kind, nth?, count?, seconds?}], clear?, unlock?, clock_skew?, page_size?}")
         except (ValueError, ApiError) as e:
             self._send(400, {"error": str(e)})
             return
@@ -1295,6 +1300,11 @@ class Handler(BaseHTTPRequestHandler):
                 st.faults.append(f)
             if "clock_skew" in body:
                 st.clock_skew = float(body["clock_skew"])
+            if "page_size" in body:
+                if not isinstance(body["page_size"], int) or not 1 <= body["page_size"] <= 1000:
+                    self._send(400, {"error": "page_size: 1 to 1000"})
+                    return
+                st.page_size = body["page_size"]
             if body.get("unlock"):
                 st.lockouts.clear()
                 st.auth_failures.clear()

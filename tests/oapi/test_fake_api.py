@@ -330,6 +330,15 @@ class FakeApiTest(unittest.TestCase):
                 break
         self.assertEqual(len(ids), 3)
         self.assertEqual(len(set(ids)), 3)
+        # A default page size set through /_control applies when ResultsPerPage is absent.
+        self.control({"page_size": 2})
+        try:
+            a = self.ok("ReadSnapshots", {"Filters": {"Descriptions": ["page"]}})
+            self.assertEqual(len(a["Snapshots"]), 2)
+            self.assertIn("NextPageToken", a)
+        finally:
+            self.control({"page_size": 100})
+        self.assertNotIn("NextPageToken", self.ok("ReadSnapshots", {"Filters": {"Descriptions": ["page"]}}))
 
     # -- snapshot and image life cycle --------------------------------------------------------
 
