@@ -875,3 +875,49 @@ fn interrupted_while_the_image_waits_then_resumed() {
     assert_eq!(fake.requests_of("CreateSnapshot"), vec![200, 200]);
     assert_eq!(fake.images()[0]["State"], "available");
 }
+
+/// The cancel flag set during the upload (as soon as the first object of the package is in
+/// the bucket): publish stops with an interruption, creates no snapshot, and leaves no object;
+/// the next run publishes the one image.
+#[test]
+#[ignore = "bug: run.rs returns from a failed upload before its cleanup: the objects finished \
+            so far stay, and the error is Export(interrupted), not Interrupted"]
+fn interrupted_during_the_upload_then_resumed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = bundle(dir.path());
+    let s3 = s3_server::S3Server::start();
+    let fake = OapiServer::start(Some(&s3.endpoint));
+    let api = api(&fake);
+    let mut req = request(&b, &s3, "interrupted-upload");
+    // Slower compression: a longer upload to stop in.
+    req.level = 9;
+    let cancel = cancel_flag();
+    let (result, seen) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let start = Instant::now();
+            let mut seen = Vec::new();
+            while start.elapsed() < Duration::from_secs(60) {
+                seen = objects_of(&s3, &req);
+                if !seen.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            cancel.store(true, Ordering::Relaxed);
+            seen
+        });
+        let result = publish(&req, &api, &Progress::quiet(), Some(cancel));
+        (result, watcher.join().expect("watcher"))
+    });
+    assert!(!seen.is_empty(), "no object appeared: {}", fake.log());
+    let err = result.expect_err("interrupted");
+    assert!(matches!(err, RunError::Interrupted), "{err:?}");
+    assert_eq!(fake.requests_of("CreateSnapshot"), Vec::<i64>::new());
+    assert_eq!(objects_of(&s3, &req), Vec::<String>::new(), "objects left");
+
+    let published = run(&req, &api, &fake);
+    assert!(published.uploaded && published.image_created);
+    assert_eq!(fake.images().len(), 1);
+    assert_eq!(fake.snapshots().len(), 2);
+    assert_eq!(objects_of(&s3, &req), Vec::<String>::new());
+}
