@@ -104,9 +104,26 @@ impl OapiServer {
         body
     }
 
+    /// The fake's snapshots (`Snapshots` of [`OapiServer::state`]), private fields included.
+    pub fn snapshots(&self) -> Vec<serde_json::Value> {
+        self.state()["Snapshots"]
+            .as_array()
+            .expect("Snapshots")
+            .clone()
+    }
+
+    /// The fake's images (`Images` of [`OapiServer::state`]).
+    pub fn images(&self) -> Vec<serde_json::Value> {
+        self.state()["Images"].as_array().expect("Images").clone()
+    }
+
     /// Injects faults: `json` is the `/_control` body, such as
     /// `{"faults": [{"op": "ReadImages", "kind": "429", "nth": 1, "count": 1}]}` (kinds `429`,
-    /// `503`, `500`, `drop-after-commit`, `hang`), `{"clear": true}`, `{"unlock": true}`.
+    /// `503`, `500`, `drop-after-commit`, `hang`, and `import-error` for `CreateSnapshot` and
+    /// `CreateImage`: the call succeeds, the import it starts ends in `error`), `{"clear": true}`,
+    /// `{"unlock": true}`, `{"page_size": n}` (the `ResultsPerPage` of a `Read*` without one;
+    /// 100 at start). `nth` counts every authenticated request of `op` from now, retries
+    /// included (1: the next one).
     pub fn fault(&self, json: serde_json::Value) -> serde_json::Value {
         let (status, body) = self.control("POST", "/_control", Some(json));
         assert_eq!(status, 200, "POST /_control: {body}");

@@ -21,9 +21,11 @@ It is as strict as the real API where the contract is written down, and says so 
 * `CreateImage` checks that every snapshot exists and is completed and that the root device is
   mapped; the image is `pending` for a few ReadImages polls, then `available`;
 * `ClientToken` idempotency for CreateSnapshot;
-* faults injected through the unsigned `POST /_control` (429, 503, 500, drop-after-commit, hang;
-  `export-fail` on a Create*ExportTask: the task fails after writing its first object),
-  and the whole state through `GET /_control/state`.
+* faults injected through the unsigned `POST /_control` (429, 503, 500, drop-after-commit, hang,
+  `import-error`: the call succeeds, but the import it starts ends in `error`, as a disk the
+  API cannot read would; `export-fail` on a Create*ExportTask: the task fails after writing its
+  first object), a default page size (`page_size`), and the whole state through
+  `GET /_control/state`.
 
 Only python3's stdlib, PyYAML and jsonschema are used (what CI guarantees), plus `qemu-img`.
 
@@ -84,6 +86,8 @@ CLOCK_TOLERANCE = 300
 LOCKOUT_AFTER = 4
 LOCKOUT_SECONDS = 60
 # The operations this fake implements; any other valid operation answers 400 FakeNotImplemented.
+# The fault kinds of `POST /_control`.
+FAULT_KINDS = ("429", "503", "500", "drop-after-commit", "hang", "import-error", "export-fail")
 OPERATIONS = {
     "CreateSnapshot",
     "ReadSnapshots",
@@ -475,6 +479,11 @@ class State:
         self.auth_failures = {}  # key id -> consecutive failures
         self.lockouts = {}  # key id -> unlock time
         self.clock_skew = 0.0
+        # The ResultsPerPage of a Read* request without one (`/_control` `page_size`), so that a
+        # test can make a client meet NextPageToken with a handful of resources.
+        self.page_size = 100
+        # Set while an operation runs under an `import-error` fault: the imports it starts fail.
+        self.import_error = False
         self.requests = []  # (op, status) of every request, in order
         self.workdir = tempfile.mkdtemp(prefix="fake-oapi-")
 
@@ -524,8 +533,9 @@ def tag_matches(tags, filters):
     return True
 
 
-def paginate(items, body):
-    """ResultsPerPage and NextPageToken (base64 of an offset, a fake format)."""
+def paginate(items, body, default=100):
+    """ResultsPerPage (`default` when absent) and NextPageToken (base64 of an offset, a fake
+    format)."""
     start = 0
     if "NextPageToken" in body:
         try:
@@ -534,7 +544,7 @@ def paginate(items, body):
             raise bad_param("NextPageToken: not a token from this server") from e
     # The spec's descriptions (not its schemas) bound ResultsPerPage to 1-1000.
     # ASSUMPTION: 100 when absent, the default the spec states for other Read* operations.
-    per = body.get("ResultsPerPage", 100)
+    per = body.get("ResultsPerPage", default)
     if not 1 <= per <= 1000:
         raise bad_param("ResultsPerPage must be between 1 and 1000")
     page = items[start : start + per]
@@ -609,13 +619,16 @@ class Api:
         if token is not None:
             snap["ClientToken"] = token
         s.snapshots[sid] = snap
-        threading.Thread(target=self._import, args=(sid, body["FileLocation"], size), daemon=True).start()
+        threading.Thread(target=self._import, args=(sid, body["FileLocation"], size, s.import_error),
+                         daemon=True).start()
         return {"Snapshot": public_fields(snap)}
 
-    def _import(self, sid, url, size):
+    def _import(self, sid, url, size, fail=False):
         workdir = os.path.join(self.s.workdir, sid)
         os.makedirs(workdir, exist_ok=True)
         try:
+            if fail:
+                raise ValueError("injected import error")
             raw, vsize, digest = import_disk(url, workdir, size)
             result = ("done", "", raw, vsize, digest)
         except ValueError as e:
@@ -669,7 +682,7 @@ class Api:
                 snap["Tags"], f
             ):
                 out.append(public_fields(snap))
-        page, nxt = paginate(out, body)
+        page, nxt = paginate(out, body, self.s.page_size)
         r = {"Snapshots": page}
         if nxt:
             r["NextPageToken"] = nxt
@@ -864,7 +877,8 @@ class Api:
             if sn.get("Iops") is not None:
                 bsu["Iops"] = sn["Iops"]
             out_maps.append({"DeviceName": sn["Device"], "Bsu": bsu})
-            threading.Thread(target=self._import, args=(sid, sn["PreSignedUrl"], sn["Size"]), daemon=True).start()
+            threading.Thread(target=self._import, args=(sid, sn["PreSignedUrl"], sn["Size"], s.import_error),
+                             daemon=True).start()
         # The root device is the first snapshot's (src/export/manifest.rs: "root first").
         img = self._new_image(body, name, out_maps, manifest["Snapshots"][0]["Device"],
                               manifest["Architecture"], manifest.get("Description"))
@@ -920,7 +934,7 @@ class Api:
             self._advance_image(img)
             if all(fn(img, f[k]) for k, fn in self.IMAGE_FILTERS.items() if k in f) and tag_matches(img["Tags"], f):
                 out.append(public_fields(img))
-        page, nxt = paginate(out, body)
+        page, nxt = paginate(out, body, self.s.page_size)
         r = {"Images": page}
         if nxt:
             r["NextPageToken"] = nxt
@@ -1191,7 +1205,7 @@ class Api:
             if id_filter in f and t[id_field] not in f[id_filter]:
                 continue
             out.append(public_fields(t))
-        page, nxt = paginate(out, body)
+        page, nxt = paginate(out, body, self.s.page_size)
         r = {key: page}
         if nxt:
             r["NextPageToken"] = nxt
@@ -1277,7 +1291,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(self._read_body() or b"{}")
             if not isinstance(body, dict) or not all(isinstance(f, dict) and "op" in f for f in body.get("faults", [])):
-                raise ValueError("want {faults: [{op, kind, nth?, count?, seconds?}], clear?, unlock?, clock_skew?}")
+                raise ValueError("want {faults: [{op, kind, nth?, count?, seconds?}], clear?, unlock?, clock_skew?, page_size?}")
         except (ValueError, ApiError) as e:
             self._send(400, {"error": str(e)})
             return
@@ -1285,8 +1299,11 @@ class Handler(BaseHTTPRequestHandler):
             if body.get("clear"):
                 st.faults.clear()
             for f in body.get("faults", []):
-                if f.get("kind") not in ("429", "503", "500", "drop-after-commit", "hang", "export-fail"):
+                if f.get("kind") not in FAULT_KINDS:
                     self._send(400, {"error": f"bad fault kind {f.get('kind')!r}"})
+                    return
+                if f["kind"] == "import-error" and f["op"] not in ("CreateSnapshot", "CreateImage"):
+                    self._send(400, {"error": "import-error applies to CreateSnapshot or CreateImage"})
                     return
                 # `nth`: the first call it applies to, counted from now (1 = the next call).
                 f = dict(f)
@@ -1295,6 +1312,11 @@ class Handler(BaseHTTPRequestHandler):
                 st.faults.append(f)
             if "clock_skew" in body:
                 st.clock_skew = float(body["clock_skew"])
+            if "page_size" in body:
+                if not isinstance(body["page_size"], int) or not 1 <= body["page_size"] <= 1000:
+                    self._send(400, {"error": "page_size: 1 to 1000"})
+                    return
+                st.page_size = body["page_size"]
             if body.get("unlock"):
                 st.lockouts.clear()
                 st.auth_failures.clear()
@@ -1386,9 +1408,12 @@ class Handler(BaseHTTPRequestHandler):
                     # `export-fail`: the export task this call creates fails after its first
                     # object (the call itself succeeds).
                     self.server.api.fail_next_export = bool(fault and fault["kind"] == "export-fail")
+                    st.import_error = bool(fault and fault["kind"] == "import-error")
                     result = getattr(self.server.api, op)(body)
             except ApiError as e:
                 return self._error(e, request_id)
+            finally:
+                st.import_error = False
             result = dict(result)
             result["ResponseContext"] = {"RequestId": request_id}
             st.save()

@@ -330,6 +330,15 @@ class FakeApiTest(unittest.TestCase):
                 break
         self.assertEqual(len(ids), 3)
         self.assertEqual(len(set(ids)), 3)
+        # A default page size set through /_control applies when ResultsPerPage is absent.
+        self.control({"page_size": 2})
+        try:
+            a = self.ok("ReadSnapshots", {"Filters": {"Descriptions": ["page"]}})
+            self.assertEqual(len(a["Snapshots"]), 2)
+            self.assertIn("NextPageToken", a)
+        finally:
+            self.control({"page_size": 100})
+        self.assertNotIn("NextPageToken", self.ok("ReadSnapshots", {"Filters": {"Descriptions": ["page"]}}))
 
     # -- snapshot and image life cycle --------------------------------------------------------
 
@@ -535,6 +544,23 @@ class FakeApiTest(unittest.TestCase):
             self.call("CreateImage", image)
         found = self.ok("ReadImages", {"Filters": {"ImageNames": ["lost-answer"]}})["Images"]
         self.assertEqual(len(found), 1)
+
+
+    def test_import_error_fault_fails_the_next_import_only(self):
+        # Only operations that start imports take this kind.
+        body = {"faults": [{"op": "ReadImages", "kind": "import-error"}]}
+        status, _ = self.raw("POST", "/_control", json.dumps(body).encode(), {"content-type": "application/json"})
+        self.assertEqual(status, 400)
+        self.control({"faults": [{"op": "CreateSnapshot", "kind": "import-error"}]})
+        bad, _ = self.import_snapshot(self.disk(1 << 20, "e1"), "e1.raw.gz")
+        good, _ = self.import_snapshot(self.disk(1 << 20, "e2"), "e2.raw.gz")
+        self.assertEqual(bad["State"], "in-queue")  # the call itself succeeds
+        self.assertEqual(self.wait_snapshot(bad["SnapshotId"])[0]["State"], "error")
+        self.assertEqual(self.wait_snapshot(good["SnapshotId"])[0]["State"], "completed")
+        kept = [s for s in self.state()["Snapshots"] if s["SnapshotId"] == bad["SnapshotId"]][0]
+        self.assertIn("injected import error", kept["_reason"])
+        log = [(f["op"], f["kind"]) for f in self.state()["FaultLog"]]
+        self.assertEqual(log.count(("CreateSnapshot", "import-error")), 1, log)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
