@@ -559,8 +559,6 @@ fn throttling_is_retried_and_counted() {
 /// image. Publish must wait and send it again, and end with one image, rather than fail and
 /// delete the snapshots it has just imported.
 #[test]
-#[ignore = "bug: client.rs sends a Retry::Never call once even after a 429, so publish fails \
-            and deletes its snapshots; fix: resend Never calls after a 4xx throttling answer"]
 fn a_throttled_create_image_is_sent_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = bundle(dir.path());
@@ -596,8 +594,9 @@ fn a_503_on_create_image_is_looked_up_then_resumed() {
     assert!(matches!(err, RunError::ImageOutcomeUnknown(_)), "{err}");
     assert!(err.to_string().contains("503"), "{err}");
     assert_eq!(fake.requests_of("CreateImage"), vec![503], "sent once");
-    // Looked up after the 503: the lookup before CreateImage, and one after.
-    assert_eq!(fake.requests_of("ReadImages"), vec![200, 200]);
+    // Looked up after the 503: by name and bundle tag first, then by root snapshot before
+    // CreateImage, and once after.
+    assert_eq!(fake.requests_of("ReadImages"), vec![200, 200, 200]);
     assert_eq!(fake.images(), Vec::<Value>::new());
     assert_eq!(fake.snapshots().len(), 2, "kept for the next run");
     assert_eq!(objects_of(&s3, &req), Vec::<String>::new());
@@ -645,7 +644,8 @@ fn bad_secret_fails_once() {
     else {
         panic!("not an API answer: {api_err:?}");
     };
-    assert_eq!((op.as_str(), *status), ("ReadSnapshots", 401));
+    // The first call: the lookup of the image by name and bundle tag.
+    assert_eq!((op.as_str(), *status), ("ReadImages", 401));
     let (code, type_) = (
         code.as_deref().expect("code"),
         type_.as_deref().expect("type"),
@@ -653,7 +653,7 @@ fn bad_secret_fails_once() {
     let request_id = request_id.as_deref().expect("request ID");
     assert_eq!(request_id.len(), 36, "the fake's UUID: {request_id}");
     let text = err.to_string();
-    for want in ["ReadSnapshots", "401", type_, code, request_id] {
+    for want in ["ReadImages", "401", type_, code, request_id] {
         assert!(text.contains(want), "{want:?} not in {text:?}");
     }
     let debug = format!("{err:?}");
@@ -663,7 +663,7 @@ fn bad_secret_fails_once() {
     let state = fake.state();
     assert_eq!(
         state["Requests"],
-        serde_json::json!([["ReadSnapshots", 401]]),
+        serde_json::json!([["ReadImages", 401]]),
         "one request, not retried"
     );
     assert_eq!(state["AuthFailures"][ACCESS_KEY], 1, "no lock-out");
@@ -734,8 +734,6 @@ fn interrupted_via_cancel_flag_cleans_up() {
 /// fake's digest of the imported content equals the bundle's ContentDigest), and a publish
 /// that succeeded names such an image. The outcome of each run is printed (`--nocapture`).
 #[test]
-#[ignore = "bug: run.rs uploads every bundle to PREFIX/<device>.qcow2.gz, so one publish can \
-            import the other's disk; fix: a per-bundle level under the prefix (package_dir)"]
 fn two_publishes_to_one_prefix() {
     let dir_a = tempfile::tempdir().expect("tempdir");
     let dir_b = tempfile::tempdir().expect("tempdir");
@@ -880,8 +878,6 @@ fn interrupted_while_the_image_waits_then_resumed() {
 /// the bucket): publish stops with an interruption, creates no snapshot, and leaves no object;
 /// the next run publishes the one image.
 #[test]
-#[ignore = "bug: run.rs returns from a failed upload before its cleanup: the objects finished \
-            so far stay, and the error is Export(interrupted), not Interrupted"]
 fn interrupted_during_the_upload_then_resumed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = bundle(dir.path());

@@ -27,9 +27,12 @@
 //! `RequestLimitExceeded` or `Throttling`, and on transport failures, with jittered exponential
 //! backoff ([`Backoff`]), a `Retry-After` header being honoured up to the backoff's maximum.
 //! [`Retry::Never`] (`CreateImage`, which has no `ClientToken`, and the export tasks) sends
-//! once: a lost answer may hide a resource created, which the caller must look up before
-//! trying again ([`Error::outcome_unknown`]). 401 and 403 are never retried: the API locks an
-//! access key out after four failed authentications in a row (spec, "Authentication").
+//! again only after a throttling refusal with a 4xx status (429, `RequestLimitExceeded`): a
+//! rate limit refuses a request before the operation runs, so nothing was created. Any other
+//! failure returns at once: a lost answer or a 5xx may hide a resource created, which the
+//! caller must look up before trying again ([`Error::outcome_unknown`]). 401 and 403 are
+//! never retried: the API locks an access key out after four failed authentications in a row
+//! (spec, "Authentication").
 //!
 //! **Secrecy.** No error shows a header, the secret key or the access key: the API's own texts
 //! (`Details`) pass through [`scrub`] first, and nothing else of a request or answer is shown.
@@ -250,7 +253,8 @@ pub enum Retry {
     /// Safe to resend: reads, deletes, tags, permission updates, and creates whose
     /// `ClientToken` makes a second one return the first one's resource.
     Safe,
-    /// Sent once: a create without a token (`CreateImage`, the export tasks).
+    /// A create without a token (`CreateImage`, the export tasks): sent again only after a
+    /// 4xx throttling refusal, which proves that the operation did not run.
     Never,
 }
 
@@ -402,7 +406,9 @@ impl Client {
         loop {
             stats.attempts += 1;
             self.attempts.fetch_add(1, Ordering::Relaxed);
-            let (failure, retry_after) = match self.attempt(op, &url, &body) {
+            // Whether the API refused the request before running it (then even a create
+            // without a token may be sent again).
+            let (failure, retry_after, refused) = match self.attempt(op, &url, &body) {
                 Ok(answer) if answer.status.is_success() => {
                     return self.parse(op, answer, stats);
                 }
@@ -421,12 +427,17 @@ impl Client {
                     if !transient || auth {
                         return Err(error);
                     }
-                    (error, answer.retry_after)
+                    // A 429 or a RequestLimitExceeded with a 4xx status: the rate limit
+                    // refuses before the operation runs. A 503 may come from a gateway after
+                    // the operation ran, so it is not a refusal.
+                    let refused = throttling && status.is_client_error();
+                    (error, answer.retry_after, refused)
                 }
-                Err(e @ Error::Transport { .. }) => (e, None),
+                Err(e @ Error::Transport { .. }) => (e, None, false),
                 Err(e) => return Err(e),
             };
-            if retry == Retry::Never || stats.attempts >= self.backoff.attempts.max(1) {
+            if (retry == Retry::Never && !refused) || stats.attempts >= self.backoff.attempts.max(1)
+            {
                 return Err(failure);
             }
             stats.retries += 1;
@@ -1017,6 +1028,23 @@ mod tests {
         assert!(matches!(e, Error::Api { status: 503, .. }), "{e:?}");
         assert!(e.outcome_unknown(), "a 5xx may hide an image created");
         assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn never_is_sent_again_after_a_429() {
+        let (port, seen) = serve(vec![
+            error(429, "RequestLimitExceeded", "0", "slow down"),
+            ok(r#"{"Image": {"ImageId": "ami-1"}}"#),
+        ]);
+        let (resp, stats): (CreateImageResponse, _) = client(port)
+            .call("CreateImage", &CreateImageRequest::default(), Retry::Never)
+            .unwrap();
+        assert_eq!(
+            resp.image.and_then(|i| i.image_id).as_deref(),
+            Some("ami-1")
+        );
+        assert_eq!((stats.attempts, stats.retries, stats.throttled), (2, 1, 1));
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 
     #[test]

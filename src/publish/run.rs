@@ -329,6 +329,9 @@ struct Target {
 /// What every phase needs, read from the bundle and the request before any call.
 struct Context {
     manifest: Manifest,
+    /// Where the package goes: `mkomi-` and 16 hex digits of [`Context::bundle_digest`]
+    /// under the request's location.
+    location: s3::Location,
     targets: Vec<Target>,
     /// The image name: the request's, else the manifest's.
     name: String,
@@ -371,14 +374,25 @@ impl Context {
         // The manifest was just read whole, so it is small; read again for its exact bytes.
         let bytes = std::fs::read(&path)
             .map_err(|e| Error::Invalid(format!("{}: cannot read: {e}", path.display())))?;
-        let bundle_digest = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
+        let sha = hex(&Sha256::digest(&bytes));
+        let bundle_digest = format!("sha256:{sha}");
+        // The package goes one level under the user's prefix, named by the bundle: two bundles
+        // published to one prefix (at once, or one while the other's objects are kept) never
+        // write the same key, so an import never reads another bundle's disk through a URL
+        // pre-signed for its own.
+        let location = s3::Location {
+            bucket: req.location.bucket.clone(),
+            key: req
+                .location
+                .join(&format!("mkomi-{}", sha.get(..16).unwrap_or(&sha))),
+        };
         let targets: Vec<Target> = m
             .disks
             .iter()
             .map(|d| Target {
                 device: d.device_name.clone(),
                 digest: d.content_digest.clone(),
-                object: req.location.join(&format!(
+                object: location.join(&format!(
                     "{}.gz",
                     DiskFormat::Qcow2.file_name(&d.device_name)
                 )),
@@ -407,17 +421,18 @@ impl Context {
             bundle_digest,
             root_digest,
             deadline,
+            location,
         })
     }
 
     /// The token of slot `n` of disk `t` at `endpoint`.
-    fn token(&self, req: &PublishRequest, endpoint: &Endpoint, t: &Target, n: u32) -> String {
+    fn token(&self, endpoint: &Endpoint, t: &Target, n: u32) -> String {
         snapshot_token(
             &t.digest,
             &t.device,
             &endpoint.region,
             &endpoint.api_url,
-            &format!("{}/{}", req.location.bucket, t.object),
+            &format!("{}/{}", self.location.bucket, t.object),
             t.size,
             n,
         )
@@ -550,13 +565,11 @@ pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall
         Via::Snapshots => {
             let mut snapshots = Vec::new();
             for t in &cx.targets {
-                let all: Vec<String> = (0..TOKEN_SLOTS)
-                    .map(|n| cx.token(req, endpoint, t, n))
-                    .collect();
+                let all: Vec<String> = (0..TOKEN_SLOTS).map(|n| cx.token(endpoint, t, n)).collect();
                 push("ReadSnapshots", &token_filter(all))?;
             }
             for t in &cx.targets {
-                let token = cx.token(req, endpoint, t, 0);
+                let token = cx.token(endpoint, t, 0);
                 push(
                     "CreateSnapshot",
                     &cx.snapshot_request(t, token.clone(), url(t))?,
@@ -596,8 +609,8 @@ pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall
                     &cx,
                     format!(
                         "<pre-signed GET of s3://{}/{}>",
-                        req.location.bucket,
-                        req.location.join(EXPORT_MANIFEST)
+                        cx.location.bucket,
+                        cx.location.join(EXPORT_MANIFEST)
                     ),
                 ),
             )?;
@@ -741,11 +754,20 @@ pub fn publish(
 }
 
 /// The export of the bundle into the bucket, for as long as the import may take.
-fn upload(req: &PublishRequest, cancel: Option<&'static AtomicBool>) -> Result<package::Report> {
+///
+/// An upload stopped half-way (Ctrl-C, a refusal) leaves the objects finished so far: they are
+/// removed like those of a failure after the upload, unless `keep_failed` (then a re-run
+/// resumes the upload from them).
+fn upload(
+    req: &PublishRequest,
+    cx: &Context,
+    s3c: &s3::Client,
+    cancel: Option<&'static AtomicBool>,
+) -> Result<package::Report> {
     let export = package::Request {
         bundle: req.bundle.clone(),
         target: package::Target::S3 {
-            location: req.location.clone(),
+            location: cx.location.clone(),
             config: req.s3.clone(),
         },
         format: Some(DiskFormat::Qcow2),
@@ -758,7 +780,16 @@ fn upload(req: &PublishRequest, cancel: Option<&'static AtomicBool>) -> Result<p
         state_dir: req.state_dir.clone(),
         cancel,
     };
-    Ok(package::export(&export)?)
+    package::export(&export).map_err(|e| {
+        if !req.keep_failed {
+            remove_objects(cx, s3c);
+        }
+        if e.is_interrupted() {
+            Error::Interrupted
+        } else {
+            e.into()
+        }
+    })
 }
 
 /// Pre-signed for as long as the import may take: the wait's time-out and an hour of margin,
@@ -771,8 +802,8 @@ fn presign_lifetime(req: &PublishRequest) -> Duration {
 
 /// Deletes the package's objects, best effort (after a failure: the error that stopped the
 /// run is the one to report).
-fn remove_objects(req: &PublishRequest, cx: &Context, s3c: &s3::Client) {
-    for key in package_keys(req, &cx.targets) {
+fn remove_objects(cx: &Context, s3c: &s3::Client) {
+    for key in package_keys(cx) {
         let _ = s3c.delete(&key);
     }
 }
@@ -842,7 +873,7 @@ fn via_snapshots(
     for t in targets {
         check_cancel(cancel)?;
         let all: Vec<String> = (0..TOKEN_SLOTS)
-            .map(|n| cx.token(req, &endpoint, t, n))
+            .map(|n| cx.token(&endpoint, t, n))
             .collect();
         let snaps = read_snapshots(api, token_filter(all.clone()))?;
         let mut live = None;
@@ -876,14 +907,14 @@ fn via_snapshots(
     let uploaded = found.iter().any(Option::is_none);
     let mut urls: Vec<Option<String>> = vec![None; targets.len()];
     if uploaded {
-        upload(req, cancel)?;
+        upload(req, cx, s3c, cancel)?;
         let expires = presign_lifetime(req);
         for (url, t) in urls.iter_mut().zip(targets) {
             match s3c.presign_get(&t.object, expires) {
                 Ok(u) => *url = Some(u),
                 Err(e) => {
                     if !req.keep_failed {
-                        remove_objects(req, cx, s3c);
+                        remove_objects(cx, s3c);
                     }
                     return Err(e.into());
                 }
@@ -901,8 +932,8 @@ fn via_snapshots(
                 Some(s) => s
                     .client_token
                     .clone()
-                    .unwrap_or_else(|| cx.token(req, &endpoint, t, *slot)),
-                None => cx.token(req, &endpoint, t, *slot),
+                    .unwrap_or_else(|| cx.token(&endpoint, t, *slot)),
+                None => cx.token(&endpoint, t, *slot),
             };
             let (id, was_created) = match live.as_ref().and_then(|s| s.snapshot_id.clone()) {
                 Some(id) => (id, false),
@@ -991,7 +1022,7 @@ fn via_snapshots(
                     }
                 }
                 if uploaded {
-                    remove_objects(req, cx, s3c);
+                    remove_objects(cx, s3c);
                 }
             }
             return Err(e);
@@ -1028,7 +1059,7 @@ fn via_manifest(
             }))
     };
     check_cancel(cancel)?;
-    let report = upload(req, cancel)?;
+    let report = upload(req, cx, s3c, cancel)?;
     let run = (|| -> Result<(String, bool)> {
         let url = report.manifest_url.clone().ok_or(Error::Missing {
             op: "export",
@@ -1058,7 +1089,7 @@ fn via_manifest(
         Ok(v) => v,
         Err(e) => {
             if !req.keep_failed {
-                remove_objects(req, cx, s3c);
+                remove_objects(cx, s3c);
             }
             return Err(e);
         }
@@ -1086,10 +1117,10 @@ fn via_manifest(
                     if image_created {
                         let _ = delete_image(api, &image_id);
                     }
-                    remove_objects(req, cx, s3c);
+                    remove_objects(cx, s3c);
                 } else if matches!(e, Error::Interrupted) && image_created {
                     let _ = delete_image(api, &image_id);
-                    remove_objects(req, cx, s3c);
+                    remove_objects(cx, s3c);
                 }
             }
             return Err(e);
@@ -1115,12 +1146,12 @@ fn delete_package(req: &PublishRequest, cx: &Context, s3c: &s3::Client) -> Resul
         return Ok(Vec::new());
     }
     let listed: Vec<String> = s3c
-        .list(&req.location.key)?
+        .list(&cx.location.key)?
         .into_iter()
         .map(|(k, _)| k)
         .collect();
     let mut deleted = Vec::new();
-    for key in package_keys(req, &cx.targets) {
+    for key in package_keys(cx) {
         if listed.contains(&key) {
             s3c.delete(&key)?;
             deleted.push(key);
@@ -1130,10 +1161,10 @@ fn delete_package(req: &PublishRequest, cx: &Context, s3c: &s3::Client) -> Resul
 }
 
 /// The keys of the package `export` writes: the disk objects and the side files.
-fn package_keys(req: &PublishRequest, targets: &[Target]) -> Vec<String> {
-    let mut keys: Vec<String> = targets.iter().map(|t| t.object.clone()).collect();
+fn package_keys(cx: &Context) -> Vec<String> {
+    let mut keys: Vec<String> = cx.targets.iter().map(|t| t.object.clone()).collect();
     for side in [EXPORT_MANIFEST, MKOMI_MANIFEST, SUMS_FILE] {
-        keys.push(req.location.join(side));
+        keys.push(cx.location.join(side));
     }
     keys
 }
