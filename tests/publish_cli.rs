@@ -119,7 +119,12 @@ impl Setup {
             }
         }
         let mut names = Vec::new();
-        let dir = self.s3.root.join(s3_server::BUCKET).join("omis").join("cli");
+        let dir = self
+            .s3
+            .root
+            .join(s3_server::BUCKET)
+            .join("omis")
+            .join("cli");
         walk(&dir, "", &mut names);
         names.sort();
         names

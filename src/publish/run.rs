@@ -59,6 +59,8 @@ pub const TOKEN_SLOTS: u32 = 4;
 pub const TAG_DIGEST: &str = "mkomi:digest";
 /// The tag carrying mkomi's version.
 pub const TAG_VERSION: &str = "mkomi:version";
+/// A snapshot's tag carrying its disk's virtual size in bytes (the API's sizes are whole GiB).
+pub const TAG_VIRTUAL_SIZE: &str = "mkomi:virtual-size";
 /// The image's tag carrying the SHA-256 of the bundle's `manifest.json`: with the image name,
 /// how a bundle published before is found (`CreateImage` has no `ClientToken`).
 pub const TAG_BUNDLE: &str = "mkomi:bundle";
@@ -323,7 +325,10 @@ struct Target {
     device: String,
     digest: String,
     object: String,
+    /// `SnapshotSize`: the virtual size rounded up to a whole GiB.
     size: u64,
+    /// The disk's virtual size in bytes.
+    virtual_size: u64,
 }
 
 /// What every phase needs, read from the bundle and the request before any call.
@@ -397,6 +402,7 @@ impl Context {
                     DiskFormat::Qcow2.file_name(&d.device_name)
                 )),
                 size: snapshot_size(d.virtual_size),
+                virtual_size: d.virtual_size,
             })
             .collect();
         let root_digest = targets
@@ -480,7 +486,7 @@ impl Context {
         req: &PublishRequest,
         id: &str,
         digest: &str,
-        image: bool,
+        disk: Option<&Target>,
     ) -> CreateTagsRequest {
         let mut tags = vec![
             ResourceTag {
@@ -492,11 +498,17 @@ impl Context {
                 value: env!("CARGO_PKG_VERSION").to_string(),
             },
         ];
-        if image {
-            tags.push(ResourceTag {
+        match disk {
+            // The disk's own size: the API keeps only whole GiB, and exports whole volumes,
+            // so this is what lets `pull` give back the disk the digest was computed over.
+            Some(t) => tags.push(ResourceTag {
+                key: TAG_VIRTUAL_SIZE.to_string(),
+                value: t.virtual_size.to_string(),
+            }),
+            None => tags.push(ResourceTag {
                 key: TAG_BUNDLE.to_string(),
                 value: self.bundle_digest.clone(),
-            });
+            }),
         }
         tags.extend(req.tags.iter().map(|(k, v)| ResourceTag {
             key: k.clone(),
@@ -596,7 +608,7 @@ pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall
             for (s, t) in snapshots.iter().zip(&cx.targets) {
                 push(
                     "CreateTags",
-                    &cx.tags_request(req, &s.snapshot_id, &t.digest, false),
+                    &cx.tags_request(req, &s.snapshot_id, &t.digest, Some(t)),
                 )?;
             }
         }
@@ -617,7 +629,7 @@ pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall
             push("ReadImages", &image_filter(&image_id))?;
             for t in &cx.targets {
                 let id = format!("<SnapshotId of {}>", t.device);
-                push("CreateTags", &cx.tags_request(req, &id, &t.digest, false))?;
+                push("CreateTags", &cx.tags_request(req, &id, &t.digest, Some(t)))?;
             }
         }
     }
@@ -627,7 +639,7 @@ pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall
     }
     push(
         "CreateTags",
-        &cx.tags_request(req, &image_id, &cx.root_digest, true),
+        &cx.tags_request(req, &image_id, &cx.root_digest, None),
     )?;
     Ok(calls)
 }
@@ -824,17 +836,14 @@ fn finish_image(
     };
     // The snapshots first: the image's bundle tag is what marks the whole as done.
     for s in snapshots {
-        let digest = cx
-            .targets
-            .iter()
-            .find(|t| t.device == s.device_name)
-            .map_or(String::new(), |t| t.digest.clone());
-        tag(cx.tags_request(req, &s.snapshot_id, &digest, false))?;
+        let target = cx.targets.iter().find(|t| t.device == s.device_name);
+        let digest = target.map_or(String::new(), |t| t.digest.clone());
+        tag(cx.tags_request(req, &s.snapshot_id, &digest, target))?;
     }
     if let Some(update) = permissions_request(req, image_id) {
         let _: (UpdateImageResponse, _) = api.call("UpdateImage", &update, Retry::Safe)?;
     }
-    tag(cx.tags_request(req, image_id, &cx.root_digest, true))
+    tag(cx.tags_request(req, image_id, &cx.root_digest, None))
 }
 
 /// The snapshots an image maps, as [`PublishedSnapshot`]s (no token: found, not created).
