@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Export(a) => export::export(*a, json),
         Command::Import(a) => export::import(*a, &progress, json),
         Command::Publish(a) => publish::publish(*a, &progress, json),
+        Command::Pull(a) => publish::pull(*a, &progress, json),
         Command::Snapshot(cmd) => store::snapshot(cmd, cli.store, &progress, json),
         Command::Image(cmd) => store::image(cmd, cli.store, &progress, json),
         Command::Store(cmd) => store::maintain(cmd, cli.store, &progress, json),

@@ -78,13 +78,19 @@ impl Setup {
     /// `mkomi publish BUNDLE` with the account's options and `extra`; keys from the
     /// environment as users give them (the API's as OSC_*, the bucket's as AWS_*).
     fn publish(&self, extra: &[&str]) -> Command {
+        let mut c = self.mkomi(&["publish", s(&self.bundle)]);
+        c.args(["--threads", "1"]).args(extra);
+        c
+    }
+
+    /// `mkomi ARGS` with the account's options and keys.
+    fn mkomi(&self, args: &[&str]) -> Command {
         let mut c = common::mkomi();
-        c.args(["publish", s(&self.bundle)])
+        c.args(args)
             .args(["--api-endpoint", &self.fake.api_url])
             .args(["--oos-endpoint", &self.s3.endpoint])
             .args(["--bucket", s3_server::BUCKET, "--prefix", "omis/cli"])
-            .args(["--poll", "50ms", "--timeout", "120", "--threads", "1"])
-            .args(extra)
+            .args(["--poll", "50ms", "--timeout", "120"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("SOURCE_DATE_EPOCH", "1700000000")
@@ -506,4 +512,77 @@ fn a_bad_secret_fails_once_and_says_so() {
         serde_json::json!([["ReadImages", 401]])
     );
     assert_eq!(setup.objects(), Vec::<String>::new());
+}
+
+/// The round trip through the binary: publish, then `mkomi pull` of the image into a new
+/// bundle, which `mkomi verify` passes and whose disks are the published ones (same
+/// ContentDigest and size, device by device); then a pull of one snapshot.
+#[test]
+fn pull_brings_the_published_image_back() {
+    let setup = Setup::new(&[]);
+    let out = setup.run(&[]);
+    assert_ok(&out, &setup);
+    let id = stdout(&out);
+    let back = setup.dir.path().join("back");
+    let pulled = common::run_with_timeout(
+        setup.mkomi(&["pull", &id, "-o", s(&back)]),
+        Duration::from_secs(180),
+    );
+    assert_ok(&pulled, &setup);
+    common::ok(&["verify", s(&back)]);
+    let read = |dir: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).expect("read"))
+            .expect("manifest JSON")
+    };
+    let (a, b) = (read(&setup.bundle), read(&back));
+    let disks = |m: &Value| -> Vec<(String, String, u64)> {
+        let mut v: Vec<_> = m["Disks"]
+            .as_array()
+            .expect("Disks")
+            .iter()
+            .map(|d| {
+                (
+                    d["DeviceName"].as_str().expect("device").to_string(),
+                    d["ContentDigest"].as_str().expect("digest").to_string(),
+                    d["VirtualSize"].as_u64().expect("size"),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(disks(&a), disks(&b));
+    assert_eq!(a["Image"]["Architecture"], b["Image"]["Architecture"]);
+
+    // One snapshot, as a one-disk bundle.
+    let (images, _) = setup.live();
+    let snap = images[0]["BlockDeviceMappings"]
+        .as_array()
+        .expect("mappings")
+        .iter()
+        .find(|m| m["DeviceName"] == "/dev/sdb")
+        .map(|m| m["Bsu"]["SnapshotId"].as_str().expect("id").to_string())
+        .expect("sdb");
+    let one = setup.dir.path().join("one");
+    let pulled = common::run_with_timeout(
+        setup.mkomi(&[
+            "pull",
+            &snap,
+            "-o",
+            s(&one),
+            "--prefix",
+            "omis/pull",
+            "--json",
+        ]),
+        Duration::from_secs(180),
+    );
+    assert_ok(&pulled, &setup);
+    common::ok(&["verify", s(&one)]);
+    let sdb = disks(&a)
+        .into_iter()
+        .find(|d| d.0 == "/dev/sdb")
+        .expect("sdb");
+    let got = disks(&read(&one));
+    assert_eq!(got.len(), 1);
+    assert_eq!((&got[0].1, got[0].2), (&sdb.1, sdb.2));
 }

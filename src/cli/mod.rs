@@ -74,6 +74,8 @@ pub enum Command {
     Import(Box<export::ImportArgs>),
     /// Make a bundle an OMI of an Outscale account: upload, snapshots, image, tags, sharing.
     Publish(Box<publish::PublishArgs>),
+    /// Bring an OMI or a snapshot of an Outscale account back as a verified bundle.
+    Pull(Box<publish::PullArgs>),
     /// Snapshots in the local store: create, list, show, delete.
     #[command(subcommand)]
     Snapshot(store::SnapshotCmd),
@@ -129,6 +131,7 @@ mod tests {
             ("register", "Register"),
             ("build", "Build"),
             ("import", "Import"),
+            ("pull", "Pull"),
         ] {
             for arg in ["no_arch_check", "no_boot_check"] {
                 assert!(help(cmd, arg).starts_with(word), "{cmd} {arg}");

@@ -283,3 +283,115 @@ pub fn publish(a: PublishArgs, progress: &Progress, json: bool) -> ExitCode {
         Err(e) => fail(&e),
     }
 }
+
+/// `pull`'s arguments.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  mkomi pull ami-12345678 -o debian-back --region eu-west-2 --bucket my-images
+  mkomi pull snap-12345678 -o data-disk --profile prod --bucket my-images --json
+
+An OMI is exported with CreateImageExportTask (a snapshot with CreateSnapshotExportTask) into
+s3://B/PREFIX (default prefix mkomi/ID), polled until done, then imported as `mkomi import` does:
+every object hashed and checked, the bundle made in a work directory and renamed into place
+only when complete. The export's objects are then deleted unless --keep-objects. A re-run finds
+the export task it started (export tasks have no ClientToken: a lost answer is followed by a
+lookup, never a second task). Disks published by mkomi come back at their own size, checked
+against the digest publish tagged them with; other disks come back as the whole volume.")]
+#[command(mut_args(|a| super::args::CheckArgs::reword(
+    a,
+    "Pull even when the image's Architecture contradicts the binaries on the root disk",
+    "Pull even when a boot mode of the image is not one the disk supports",
+)))]
+pub struct PullArgs {
+    /// The OMI (ami-…) or snapshot (snap-…).
+    id: String,
+    /// The bundle directory to create.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    #[command(flatten)]
+    account: AccountArgs,
+    /// Disk file format of the new bundle.
+    #[arg(long, value_enum, default_value = "qcow2")]
+    format: mkomi::manifest::DiskFormat,
+    /// Replace DIR if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Keep the export's objects in the bucket.
+    #[arg(long)]
+    keep_objects: bool,
+    /// Skip fsync before the final rename.
+    #[arg(long)]
+    no_sync: bool,
+    #[command(flatten)]
+    checks: super::args::CheckArgs,
+}
+
+/// `mkomi pull`.
+pub fn pull(a: PullArgs, progress: &Progress, json: bool) -> ExitCode {
+    use mkomi::publish::pull::{self, PullRequest, Source};
+    let source = match Source::parse(&a.id) {
+        Ok(s) => s,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let epoch = match super::common::creation_epoch() {
+        Ok(e) => e,
+        Err(m) => return usage(&m),
+    };
+    let (endpoint, keys) = match account(&a.account, false) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let loc = match location(&a.account, &a.id) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let s3c = match credentials::s3_config(
+        |n| std::env::var(n).ok(),
+        &keys,
+        &endpoint.region,
+        a.account.oos_endpoint.as_deref(),
+        None,
+    ) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let mut req = PullRequest::new(source, a.output, loc, s3c);
+    req.force = a.force;
+    req.keep_objects = a.keep_objects;
+    req.timeout = a.account.timeout;
+    req.poll_first = a.account.poll;
+    req.poll_max = a.account.poll.max(Duration::from_secs(30));
+    req.format = a.format;
+    req.creation_epoch = epoch;
+    req.now = super::common::now_epoch();
+    req.sync = !a.no_sync;
+    req.checks = mkomi::bundle::checks::Checks {
+        // As import: the disk is an image that exists already.
+        loader: false,
+        ..a.checks.checks()
+    };
+    let api = match Client::new(endpoint, keys) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match pull::pull(&req, &api, progress, Some(&CANCEL)) {
+        Ok(p) => {
+            if !json {
+                errln!(
+                    "mkomi: export task {} ({}), {} object(s) deleted",
+                    p.task_id,
+                    if p.task_created { "created" } else { "found" },
+                    p.objects_deleted.len()
+                );
+            }
+            super::register::report(Ok(p.import.bundle), json)
+        }
+        Err(pull::Error::Interrupted) => {
+            errln!(
+                "mkomi: interrupted; nothing was written (a running export task is found again by the next pull)"
+            );
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Err(e) => fail(&e),
+    }
+}
