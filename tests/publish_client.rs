@@ -586,3 +586,21 @@ fn snapshot_export_lands_in_s3_with_the_same_digest() {
     );
     assert_eq!(raw, content);
 }
+
+/// The fake's own tests (`tests/oapi/test_fake_api.py`: SigV4 checks, schema validation, the
+/// import from a pre-signed URL, faults, pagination, export tasks): the contract the other
+/// tests rely on holds.
+#[test]
+fn the_fake_api_passes_its_self_test() {
+    let out = std::process::Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oapi/fake_api.py"))
+        .arg("--self-test")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

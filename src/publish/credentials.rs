@@ -455,4 +455,40 @@ mod tests {
         );
         assert_eq!(region_of("http://127.0.0.1:9/api/v1"), None);
     }
+
+    /// The bucket's keys: the API's, unless the S3 variables give others (with their region);
+    /// OOS of the API's region by default.
+    #[test]
+    fn bucket_keys_follow_the_api_unless_s3_variables_are_set() {
+        let api = Credentials::new("AKAPI", "sk-api-secret");
+        let c = s3_config(vars(&[]), &api, "eu-west-2", None, None).unwrap();
+        assert_eq!(c.region, "eu-west-2");
+        assert_eq!(c.endpoint.as_deref(), Some("https://oos.eu-west-2.outscale.com"));
+        assert_eq!(
+            c.credentials,
+            crate::export::s3::Credentials::new("AKAPI", "sk-api-secret", None)
+        );
+        let c = s3_config(
+            vars(&[
+                ("OSC_ACCESS_KEY", "AKAPI"),
+                ("OSC_SECRET_KEY", "sk-api-secret"),
+                ("AWS_ACCESS_KEY_ID", "AKS3"),
+                ("AWS_SECRET_ACCESS_KEY", "sk-s3-secret"),
+                ("AWS_REGION", "us-east-1"),
+            ]),
+            &api,
+            "eu-west-2",
+            Some("http://127.0.0.1:9000"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.credentials,
+            crate::export::s3::Credentials::new("AKS3", "sk-s3-secret", None)
+        );
+        assert_eq!(c.region, "us-east-1");
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        let c = s3_config(vars(&[]), &api, "eu-west-2", None, Some("us-west-1")).unwrap();
+        assert_eq!(c.region, "us-west-1");
+    }
 }

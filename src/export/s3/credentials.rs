@@ -6,7 +6,7 @@ use std::fmt;
 use super::{Error, Result};
 
 /// An access key, its secret and maybe a session token. `Debug` shows none of them.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub(super) access_key_id: String,
     pub(super) secret_access_key: String,
