@@ -33,8 +33,9 @@ use std::path::PathBuf;
     long_about = "Build Outscale machine images (OMIs) offline: stream disk images into a bundle \
 (manifest.json with Outscale's CreateImage fields, one disk file per block device mapping, \
 SHA256SUMS); verify them; look inside disks (inspect) and audit them for embedded secrets; export \
-bundles as Outscale export packages to a directory or a bucket, and import them back; keep \
-snapshots and images in a local store with Outscale's lifecycle (IDs, sharing, copies, deletion).",
+bundles as Outscale export packages to a directory or a bucket, and import them back; publish \
+them as OMIs of an Outscale account, and pull OMIs back; keep snapshots and images in a local store \
+with Outscale's lifecycle (IDs, sharing, copies, deletion).",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 a check failed (verify found differences, or the audit found what --deny or --audit deny= refuses), 4 the audit under --deny or --audit deny= was incomplete (something holding data could not be read) and --allow-incomplete was not given, 130 interrupted."
 )]
 pub struct Cli {

@@ -31,7 +31,7 @@ pub struct AccountArgs {
     /// The bucket the disks go through.
     #[arg(long)]
     bucket: String,
-    /// A key prefix in the bucket; default: mkomi/ and the bundle's or image's name.
+    /// A key prefix in the bucket; default: mkomi/ and the image name (publish) or the ID (pull).
     #[arg(long)]
     prefix: Option<String>,
     /// The longest the whole run may take, upload and waits together: seconds, or a number

@@ -463,7 +463,10 @@ mod tests {
         let api = Credentials::new("AKAPI", "sk-api-secret");
         let c = s3_config(vars(&[]), &api, "eu-west-2", None, None).unwrap();
         assert_eq!(c.region, "eu-west-2");
-        assert_eq!(c.endpoint.as_deref(), Some("https://oos.eu-west-2.outscale.com"));
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://oos.eu-west-2.outscale.com")
+        );
         assert_eq!(
             c.credentials,
             crate::export::s3::Credentials::new("AKAPI", "sk-api-secret", None)
