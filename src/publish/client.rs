@@ -64,8 +64,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_RESPONSE: usize = 64 << 20;
 /// The most of an error answer read, for its `ErrorResponse`.
 const MAX_ERROR_BODY: usize = 64 << 10;
-/// The longest text from the API (`Details`) kept in an error.
-const MAX_TEXT: usize = 300;
 
 /// An error of the API client; one line, never a header, a key or a secret.
 #[derive(Debug, thiserror::Error)]
@@ -474,7 +472,10 @@ impl Client {
         self.runtime.block_on(async {
             let transport = |e: reqwest::Error| Error::Transport {
                 op: op.to_string(),
-                reason: scrub(&reqwest_reason(&e), &self.credentials.secrets()),
+                reason: scrub(
+                    &crate::export::s3::reqwest_reason(&e),
+                    &self.credentials.secrets(),
+                ),
                 sent: !e.is_connect(),
             };
             let mut response = self
@@ -601,63 +602,12 @@ fn jitter(delay: Duration) -> Duration {
     half + Duration::from_nanos(draw.checked_rem(spread.saturating_add(1)).unwrap_or(0))
 }
 
-/// The innermost cause of a reqwest error, where the useful words are; never the URL.
-fn reqwest_reason(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "no answer"
-    };
-    let mut inner = e.source();
-    let mut last = None;
-    while let Some(err) = inner {
-        last = Some(err.to_string());
-        inner = err.source();
-    }
-    match last {
-        Some(cause) => format!("{what} ({cause})"),
-        None => what.to_string(),
-    }
-}
-
 /// `text` made safe to show on one line: control characters become spaces, each of `secrets`
-/// and the value after a SigV4 `Credential=` or `Signature=` becomes `[redacted]`, and it is cut
-/// to 300 bytes (`MAX_TEXT`).
-///
-/// (The S3 code has the same scrubber, `export::s3::credentials::Scrubber`, private to its
-/// module; it also knows S3's XML error fields, which the API never sends.)
+/// and the values of SigV4 fields (`Credential=`, `Signature=`, …) become `[redacted]`, and it
+/// is cut to 300 bytes: the S3 side's scrubber, so that both say the same of one failure.
 pub fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut s: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        s = s.replace(secret.as_str(), "[redacted]");
-    }
-    for marker in ["Credential=", "Signature="] {
-        let mut from = 0;
-        while let Some(i) = s.get(from..).and_then(|rest| rest.find(marker)) {
-            let start = from + i + marker.len();
-            let end = s
-                .get(start..)
-                .and_then(|rest| rest.find(['&', '"', ' ', ',']))
-                .map_or(s.len(), |j| start + j);
-            s.replace_range(start..end, "[redacted]");
-            from = start + "[redacted]".len();
-        }
-    }
-    if s.len() > MAX_TEXT {
-        let mut cut = MAX_TEXT;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
+    let secrets = secrets.iter().filter(|s| !s.is_empty()).cloned().collect();
+    crate::export::s3::Scrubber(secrets).scrub(text)
 }
 
 #[cfg(test)]

@@ -146,10 +146,11 @@ impl Config {
 /// Removes anything secret from a text that came from the HTTP library: the credentials
 /// themselves and the values of SigV4 query parameters and XML error fields.
 #[derive(Debug)]
-pub(super) struct Scrubber(pub(super) Vec<String>);
+pub(crate) struct Scrubber(pub(crate) Vec<String>);
 
 impl Scrubber {
-    pub(super) fn scrub(&self, text: &str) -> String {
+    /// `text` on one line with the secrets and SigV4 values redacted, cut to 300 bytes.
+    pub(crate) fn scrub(&self, text: &str) -> String {
         let mut s: String = text
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })

@@ -147,7 +147,7 @@ pub(super) fn retryable(status: StatusCode) -> bool {
 }
 
 /// The innermost cause of a reqwest error, which is where the useful words are; never the URL.
-pub(super) fn reqwest_reason(e: &reqwest::Error) -> String {
+pub(crate) fn reqwest_reason(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     let what = if e.is_timeout() {
         "timed out"

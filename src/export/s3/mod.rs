@@ -45,6 +45,9 @@ use std::path::PathBuf;
 
 pub use client::{Client, MAX_PRESIGN};
 pub use credentials::{Config, Credentials};
+// The API client of `publish` shows errors the same way, with the same scrubber.
+pub(crate) use credentials::Scrubber;
+pub(crate) use http::reqwest_reason;
 pub use location::Location;
 pub use multipart::{
     DEFAULT_PARALLEL_PARTS, DEFAULT_PART_SIZE, MAX_BUFFERED, MAX_PART_SIZE, MAX_PARTS,
