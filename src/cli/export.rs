@@ -196,6 +196,7 @@ pub fn package_request(a: &PackageArgs, bundle: PathBuf) -> Result<package::Requ
         resume: a.resume,
         part_size: (a.part_size as usize) << 20,
         state_dir: None,
+        abort_on_error: false,
         cancel: Some(&CANCEL),
     })
 }

@@ -70,6 +70,10 @@ pub struct Request {
     pub resume: bool,
     /// Multipart part size (bucket targets).
     pub part_size: usize,
+    /// With `resume`: still abort the open uploads and remove the objects written when this
+    /// export fails or is interrupted (`resume` then only continues uploads an earlier, killed
+    /// export left); `publish` sets it unless `--keep-failed`.
+    pub abort_on_error: bool,
     /// Where the state of bucket uploads is kept (and the lock of a bucket location); `None`:
     /// `$XDG_CACHE_HOME/mkomi/uploads`, else `~/.cache/mkomi/uploads`.
     pub state_dir: Option<PathBuf>,
@@ -667,7 +671,7 @@ fn export_s3(
     let (objects, manifest_url) = match run {
         Ok(done) => done,
         Err(e) => {
-            if !req.resume {
+            if !req.resume || req.abort_on_error {
                 for key in &written {
                     // Best effort: the error that stopped the export is the one to report.
                     let _ = client.delete(key);
@@ -743,7 +747,7 @@ fn upload_package(
                     part_size: req.part_size,
                     parallel_parts: s3::DEFAULT_PARALLEL_PARTS,
                     state: state.as_deref(),
-                    keep_on_error: req.resume,
+                    keep_on_error: req.resume && !req.abort_on_error,
                 },
             );
             let produced = producer

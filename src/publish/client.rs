@@ -431,7 +431,8 @@ impl Client {
                     let refused = throttling && status.is_client_error();
                     (error, answer.retry_after, refused)
                 }
-                Err(e @ Error::Transport { .. }) => (e, None, false),
+                // Not connected: nothing reached the API, so even a create may go again.
+                Err(e @ Error::Transport { sent, .. }) => (e, None, !sent),
                 Err(e) => return Err(e),
             };
             if (retry == Retry::Never && !refused) || stats.attempts >= self.backoff.attempts.max(1)

@@ -192,10 +192,12 @@ pub fn resolve(
 
 /// Object storage for a publish or a pull: the same keys as the API's unless S3 variables
 /// (`AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, maybe `AWS_SESSION_TOKEN`) are set, as the
-/// issue asks; the region `region`, else the S3 variables' (`AWS_REGION`, `AWS_DEFAULT_REGION`)
-/// when they give the keys, else the API's; Outscale's OOS of that region
-/// (`https://oos.REGION.outscale.com`) unless `endpoint`. `var` looks up variables (the process
-/// environment in the command).
+/// issue asks. Without `endpoint`, Outscale's OOS of the API's region
+/// (`https://oos.REGION.outscale.com`) in that region, whoever's keys: the bucket is where the
+/// API's import reads, never AWS S3 because AWS variables happen to be set. With `endpoint`,
+/// the region is `region`, else the S3 variables' (`AWS_REGION`, `AWS_DEFAULT_REGION`) when they
+/// give the keys, else the API's. `var` looks up variables (the process environment in the
+/// command).
 pub fn s3_config(
     var: impl Fn(&str) -> Option<String>,
     api: &Credentials,
@@ -204,17 +206,22 @@ pub fn s3_config(
     region: Option<&str>,
 ) -> crate::export::s3::Result<crate::export::s3::Config> {
     let aws = var("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty());
-    // With S3 variables, their region (AWS_REGION, AWS_DEFAULT_REGION) goes with them.
-    let aws_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .iter()
-        .find_map(|n| var(n).filter(|v| !v.is_empty()));
-    let region = match region.filter(|r| !r.is_empty()) {
-        Some(r) => r.to_string(),
-        None => match (aws, aws_region) {
-            (true, Some(r)) => r,
-            _ => api_region.to_string(),
-        },
+    let endpoint = endpoint.filter(|e| !e.is_empty());
+    let given = region.filter(|r| !r.is_empty()).map(str::to_string);
+    let region = match endpoint {
+        None => given.unwrap_or_else(|| api_region.to_string()),
+        Some(_) => given
+            .or_else(|| {
+                aws.then(|| {
+                    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                        .iter()
+                        .find_map(|n| var(n).filter(|v| !v.is_empty()))
+                })
+                .flatten()
+            })
+            .unwrap_or_else(|| api_region.to_string()),
     };
+    let oos = format!("https://oos.{region}.outscale.com");
     crate::export::s3::Config::from_vars(
         |name| match name {
             // With S3 variables, the OSC_ pair (the API's keys) must not win over them.
@@ -224,7 +231,7 @@ pub fn s3_config(
             "OSC_SECRET_KEY" => Some(api.secret_key.clone()),
             other => var(other),
         },
-        endpoint,
+        Some(endpoint.unwrap_or(&oos)),
         Some(&region),
     )
 }
@@ -493,5 +500,23 @@ mod tests {
         assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         let c = s3_config(vars(&[]), &api, "eu-west-2", None, Some("us-west-1")).unwrap();
         assert_eq!(c.region, "us-west-1");
+        // AWS variables without an endpoint: still Outscale's OOS, in the API's region.
+        let c = s3_config(
+            vars(&[
+                ("AWS_ACCESS_KEY_ID", "AKS3"),
+                ("AWS_SECRET_ACCESS_KEY", "sk-s3-secret"),
+                ("AWS_REGION", "us-east-1"),
+            ]),
+            &api,
+            "eu-west-2",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://oos.eu-west-2.outscale.com")
+        );
+        assert_eq!(c.region, "eu-west-2");
     }
 }

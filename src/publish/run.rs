@@ -626,6 +626,10 @@ pub fn plan(req: &PublishRequest, endpoint: &Endpoint) -> Result<Vec<PlannedCall
                     ),
                 ),
             )?;
+            push(
+                "CreateTags",
+                &cx.tags_request(req, &image_id, &cx.root_digest, None),
+            )?;
             push("ReadImages", &image_filter(&image_id))?;
             for t in &cx.targets {
                 let id = format!("<SnapshotId of {}>", t.device);
@@ -730,6 +734,21 @@ pub fn publish(
     cancel: Option<&'static AtomicBool>,
 ) -> Result<Published> {
     let cx = Context::new(req)?;
+    // One publish of a bundle to a location at a time, for the whole run: two would each
+    // create and clean up snapshots the other counts on. The lock is released by the kernel
+    // when the process ends, however it ends. (Another name than the upload's own lock, which
+    // the export takes inside this one.)
+    let state_dir = package::state_dir(req.state_dir.as_deref())?;
+    let _lock = match &state_dir {
+        Some(dir) => Some(package::lock_location(
+            dir,
+            &s3::Location {
+                bucket: cx.location.bucket.clone(),
+                key: format!("{}#publish", cx.location.key),
+            },
+        )?),
+        None => None,
+    };
     let s3c = {
         let mut c = s3::Client::new(&req.s3, &req.location.bucket)?;
         if let Some(flag) = cancel {
@@ -760,20 +779,19 @@ pub fn publish(
         });
     }
     match req.via {
-        Via::Snapshots => via_snapshots(req, api, progress, cancel, &cx, &s3c),
-        Via::Manifest => via_manifest(req, api, cancel, &cx, &s3c),
+        Via::Snapshots => via_snapshots(req, api, progress, cancel, &cx, &s3c, state_dir),
+        Via::Manifest => via_manifest(req, api, cancel, &cx, &s3c, state_dir),
     }
 }
 
 /// The export of the bundle into the bucket, for as long as the import may take.
 ///
-/// An upload stopped half-way (Ctrl-C, a refusal) leaves the objects finished so far: they are
-/// removed like those of a failure after the upload, unless `keep_failed` (then a re-run
-/// resumes the upload from them).
+/// An upload stopped half-way (Ctrl-C, a refusal) has its open uploads aborted and the objects
+/// it finished removed, unless `keep_failed` (then a re-run resumes the upload from them).
 fn upload(
     req: &PublishRequest,
     cx: &Context,
-    s3c: &s3::Client,
+    state_dir: Option<PathBuf>,
     cancel: Option<&'static AtomicBool>,
 ) -> Result<package::Report> {
     let export = package::Request {
@@ -787,15 +805,15 @@ fn upload(
         threads: req.threads.max(1),
         level: req.level,
         force: false,
-        resume: true,
+        // A killed run's uploads are continued by the next; a failed or interrupted one's are
+        // aborted and its objects removed by the export itself, unless `keep_failed`.
+        resume: state_dir.is_some(),
+        abort_on_error: !req.keep_failed,
         part_size: req.part_size,
-        state_dir: req.state_dir.clone(),
+        state_dir,
         cancel,
     };
     package::export(&export).map_err(|e| {
-        if !req.keep_failed {
-            remove_objects(cx, s3c);
-        }
         if e.is_interrupted() {
             Error::Interrupted
         } else {
@@ -871,6 +889,7 @@ fn via_snapshots(
     cancel: Option<&'static AtomicBool>,
     cx: &Context,
     s3c: &s3::Client,
+    state_dir: Option<PathBuf>,
 ) -> Result<Published> {
     let endpoint = api.endpoint().clone();
     let targets = &cx.targets;
@@ -916,7 +935,7 @@ fn via_snapshots(
     let uploaded = found.iter().any(Option::is_none);
     let mut urls: Vec<Option<String>> = vec![None; targets.len()];
     if uploaded {
-        upload(req, cx, s3c, cancel)?;
+        upload(req, cx, state_dir.clone(), cancel)?;
         let expires = presign_lifetime(req);
         for (url, t) in urls.iter_mut().zip(targets) {
             match s3c.presign_get(&t.object, expires) {
@@ -933,6 +952,8 @@ fn via_snapshots(
 
     // 3. Snapshots: create the missing ones, then wait for all.
     let mut created: Vec<String> = Vec::new();
+    // The image this run created, removed with its snapshots when the run then fails.
+    let mut image_made: Option<String> = None;
     let run = (|| -> Result<Published> {
         let mut snapshots = Vec::with_capacity(targets.len());
         for (((t, live), slot), url) in targets.iter().zip(&found).zip(&slots).zip(&urls) {
@@ -988,6 +1009,15 @@ fn via_snapshots(
             Some(id) => (id, false),
             None => {
                 check_cancel(cancel)?;
+                // A failed image of an earlier run maps these snapshots and holds the name:
+                // it goes first (the snapshots exist for this bundle only, so it is ours).
+                for failed in read_images(api, root_filter(&root.snapshot_id))?
+                    .into_iter()
+                    .filter(|i| i.state.as_deref() == Some("failed"))
+                    .filter_map(|i| i.image_id)
+                {
+                    delete_image(api, &failed)?;
+                }
                 let create = image_request(req, &cx.manifest, &snapshots)?;
                 match api.call::<_, CreateImageResponse>("CreateImage", &create, Retry::Never) {
                     Ok((resp, _)) => (
@@ -1006,6 +1036,9 @@ fn via_snapshots(
                 }
             }
         };
+        if image_created {
+            image_made = Some(image_id.clone());
+        }
 
         // 5. Wait, tags and permissions.
         finish_image(req, api, cancel, cx, &image_id, &snapshots)?;
@@ -1026,6 +1059,10 @@ fn via_snapshots(
                 // unknown CreateImage outcome the snapshots are kept: an image that appears
                 // later maps them, and the next run finds both.
                 if !matches!(e, Error::ImageOutcomeUnknown(_)) {
+                    // The image first: the API refuses to delete a snapshot an image maps.
+                    if let Some(id) = &image_made {
+                        let _ = delete_image(api, id);
+                    }
                     for id in &created {
                         let _ = delete_snapshot(api, id);
                     }
@@ -1054,51 +1091,65 @@ fn via_manifest(
     cancel: Option<&'static AtomicBool>,
     cx: &Context,
     s3c: &s3::Client,
+    state_dir: Option<PathBuf>,
 ) -> Result<Published> {
-    // An image of this name from an earlier run whose answer was lost, not tagged yet.
-    let by_name = || -> Result<Option<Image>> {
+    // Any live image of this name, but this bundle's (found before, in `publish`).
+    let by_name = || -> Result<Option<String>> {
         Ok(read_images(api, name_filter(&cx.name))?
             .into_iter()
-            .find(|i| {
-                !image_gone(i)
-                    && i.tags
-                        .iter()
-                        .flatten()
-                        .all(|t| t.key != TAG_BUNDLE || t.value == cx.bundle_digest)
-            }))
+            .filter(|i| !image_gone(i))
+            .find_map(|i| i.image_id))
     };
+    // Before the upload: an image that holds the name is not this bundle's (that one carries
+    // the bundle's tag from the moment it is made, below, and `publish` found none), so it is
+    // neither adopted nor raced; the API would refuse the name anyway.
     check_cancel(cancel)?;
-    let report = upload(req, cx, s3c, cancel)?;
-    let run = (|| -> Result<(String, bool)> {
+    if let Some(other) = by_name()? {
+        return Err(Error::Invalid(format!(
+            "an image named {:?} exists ({other}) and is not this bundle's; choose another --name",
+            cx.name
+        )));
+    }
+    let report = upload(req, cx, state_dir.clone(), cancel)?;
+    let mut made: Option<String> = None;
+    let run = (|| -> Result<String> {
         let url = report.manifest_url.clone().ok_or(Error::Missing {
             op: "export",
             field: "the manifest's pre-signed URL",
         })?;
         check_cancel(cancel)?;
-        if let Some(id) = by_name()?.and_then(|i| i.image_id) {
-            return Ok((id, false));
-        }
         let create = manifest_image_request(req, cx, url);
-        match api.call::<_, CreateImageResponse>("CreateImage", &create, Retry::Never) {
-            Ok((resp, _)) => Ok((
-                resp.image.and_then(|i| i.image_id).ok_or(Error::Missing {
-                    op: "CreateImage",
-                    field: "Image.ImageId",
-                })?,
-                true,
-            )),
-            Err(e) if e.outcome_unknown() => match by_name()?.and_then(|i| i.image_id) {
-                Some(id) => Ok((id, true)),
-                None => Err(Error::ImageOutcomeUnknown(Box::new(e))),
+        let id = match api.call::<_, CreateImageResponse>("CreateImage", &create, Retry::Never) {
+            Ok((resp, _)) => resp.image.and_then(|i| i.image_id).ok_or(Error::Missing {
+                op: "CreateImage",
+                field: "Image.ImageId",
+            })?,
+            // The name was free before: an image that holds it now is the one this call made.
+            Err(e) if e.outcome_unknown() => match by_name()? {
+                Some(id) => id,
+                None => return Err(Error::ImageOutcomeUnknown(Box::new(e))),
             },
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        made = Some(id.clone());
+        // Tagged at once, not when done: a run killed from here on is found by the next one
+        // (in `publish`, by name and tag), which waits for the image and finishes.
+        let tags = cx.tags_request(req, &id, &cx.root_digest, None);
+        let _: (CreateTagsResponse, _) = api.call("CreateTags", &tags, Retry::Safe)?;
+        Ok(id)
     })();
     let (image_id, image_created) = match run {
-        Ok(v) => v,
+        Ok(id) => (id, true),
         Err(e) => {
             if !req.keep_failed {
-                remove_objects(cx, s3c);
+                if let Some(id) = &made {
+                    let _ = delete_image(api, id);
+                }
+                // After an unknown outcome an import may be reading the objects: they stay,
+                // for the image that may appear (and the next run, which cleans up).
+                if !matches!(e, Error::ImageOutcomeUnknown(_)) {
+                    remove_objects(cx, s3c);
+                }
             }
             return Err(e);
         }
