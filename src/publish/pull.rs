@@ -1405,4 +1405,86 @@ mod tests {
         assert!(prefix_is_ours(&snap, "p"));
         assert!(!prefix_is_ours(&snap, "p/snap-0000000b"));
     }
+    #[test]
+    fn the_tail_is_walked_by_extents_and_the_head_stays_inside() {
+        const MIB: u64 = 1 << 20;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("disk.raw");
+        let f = std::fs::File::create(&path).expect("create");
+        f.set_len(8 * MIB).expect("set_len");
+        std::os::unix::fs::FileExt::write_at(&f, &[0, 9], 5 * MIB + 2).expect("write");
+        drop(f);
+        let disk = format::open_path(
+            &path,
+            &OpenOptions::new(format::InputFormat::Raw, format::BackingPolicy::Refuse),
+        )
+        .expect("open");
+        assert_eq!(
+            first_nonzero(disk.as_ref(), 0, None).expect("walk"),
+            Some(5 * MIB + 3)
+        );
+        assert_eq!(
+            first_nonzero(disk.as_ref(), 4 * MIB, None).expect("walk"),
+            Some(5 * MIB + 3)
+        );
+        assert_eq!(
+            first_nonzero(disk.as_ref(), 5 * MIB + 4, None).expect("walk"),
+            None
+        );
+        assert_eq!(
+            first_nonzero(disk.as_ref(), 8 * MIB, None).expect("walk"),
+            None
+        );
+
+        let head = Head {
+            inner: disk,
+            len: 5 * MIB + 4,
+        };
+        assert_eq!(head.size(), 5 * MIB + 4);
+        let e = head.extent(5 * MIB, 8 * MIB).expect("extent");
+        assert_eq!(e.offset, 5 * MIB);
+        assert!(e.len >= 1 && e.len <= 4, "{e:?}");
+        let mut b = [0u8; 4];
+        head.read_at(5 * MIB, &mut b).expect("read");
+        assert_eq!(b, [0, 0, 0, 9]);
+        assert!(head.read_at(5 * MIB + 1, &mut b).is_err());
+    }
+
+    #[test]
+    fn tags_need_both_and_a_size() {
+        let snap = |tags: &[(&str, &str)]| ApiSnapshot {
+            tags: Some(
+                tags.iter()
+                    .map(|(k, v)| super::super::oapi::ResourceTag {
+                        key: k.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(
+            tags_of(&snap(&[(TAG_VIRTUAL_SIZE, "6291968"), (TAG_DIGEST, "ab")])),
+            Tags::Sized {
+                virtual_size: 6291968,
+                digest: "ab".into()
+            }
+        );
+        assert_eq!(tags_of(&snap(&[(TAG_DIGEST, "ab")])), Tags::Absent);
+        assert_eq!(tags_of(&snap(&[(TAG_VIRTUAL_SIZE, "1")])), Tags::Absent);
+        assert_eq!(tags_of(&ApiSnapshot::default()), Tags::Absent);
+        for bad in ["0", "-1", "1e9", "", "72057594037927937"] {
+            assert!(
+                matches!(
+                    tags_of(&snap(&[(TAG_VIRTUAL_SIZE, bad), (TAG_DIGEST, "ab")])),
+                    Tags::Malformed(_)
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            tags_of(&snap(&[(TAG_VIRTUAL_SIZE, "512"), (TAG_DIGEST, "")])),
+            Tags::Malformed(_)
+        ));
+    }
 }
