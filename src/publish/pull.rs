@@ -278,8 +278,9 @@ pub struct PullRequest {
 
 impl PullRequest {
     /// A request with the defaults: no `force`, objects deleted, 1 hour time-out, polls from
-    /// 2 s to 30 s, a qcow2 bundle (a pulled disk is a whole volume, mostly zeros: see the
-    /// module documentation), the default checks, created now, synced.
+    /// 2 s to 30 s, a qcow2 bundle (a disk not published by mkomi is pulled as its whole
+    /// volume, mostly zeros: see the module documentation, "Sizes"), the default checks,
+    /// created now, synced.
     pub fn new(
         source: Source,
         output: PathBuf,
