@@ -4,10 +4,10 @@
 //! `mkomi verify`, and its ContentDigests compared with the original's.
 //!
 //! The fake, like the real API, exports each disk as its whole volume (`VolumeSize` GiB, the
-//! tail zero), so a pulled disk is the original disk zero-extended to its volume: the tests
-//! compare its ContentDigest with the original bytes' so extended, and, against a fake started
-//! with `--export-size virtual` (exports of the imported disk only), with the original
-//! manifest's ContentDigest itself.
+//! tail zero). `publish` tags each snapshot with the disk's size and ContentDigest
+//! (`mkomi:virtual-size`, `mkomi:digest`), by which `pull` cuts each disk back to the published
+//! one: the round trip gives the original manifest's ContentDigests and VirtualSizes exactly.
+//! Tags altered through the API show what `pull` does when they do not describe the disk.
 
 mod common;
 #[path = "common/s3_server.rs"]
@@ -23,10 +23,13 @@ use mkomi::export::s3::{Config, Credentials as S3Credentials, Location};
 use mkomi::manifest::Manifest;
 use mkomi::manifest::rules::GIB;
 use mkomi::progress::Progress;
-use mkomi::publish::client::{Backoff, Client, Endpoint};
+use mkomi::publish::client::{Backoff, Client, Endpoint, Retry};
 use mkomi::publish::credentials::Credentials;
-use mkomi::publish::pull::{Error as PullError, PullRequest, Pulled, Source, pull};
-use mkomi::publish::run::{PublishRequest, Published, publish};
+use mkomi::publish::oapi::{
+    CreateTagsRequest, CreateTagsResponse, DeleteTagsRequest, DeleteTagsResponse, ResourceTag,
+};
+use mkomi::publish::pull::{Error as PullError, PullRequest, Pulled, Sizing, Source, pull};
+use mkomi::publish::run::{PublishRequest, Published, TAG_DIGEST, TAG_VIRTUAL_SIZE, publish};
 
 const MIB: usize = 1 << 20;
 
@@ -204,10 +207,47 @@ fn siblings(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The round trip: publish a two-disk bundle, pull the image, `mkomi verify` the pulled
-/// bundle; its image fields and mappings are the original's; each disk is a whole volume
-/// (VolumeSize GiB, as the API exports it) whose ContentDigest is the original disk's
-/// zero-extended to that size; the export task was created once and its objects are gone.
+/// The ContentDigest and VirtualSize of each disk, by device.
+fn digests(m: &Manifest) -> Vec<(String, u64, String)> {
+    m.disks
+        .iter()
+        .map(|d| {
+            (
+                d.device_name.clone(),
+                d.virtual_size,
+                d.content_digest.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The snapshot `publish` made for `device`.
+fn snapshot_of<'a>(p: &'a Published, device: &str) -> &'a str {
+    &p.snapshots
+        .iter()
+        .find(|s| s.device_name == device)
+        .expect("snapshot of the device")
+        .snapshot_id
+}
+
+/// Sets a tag on a resource through the API, as a user could.
+fn set_tag(api: &Client, id: &str, key: &str, value: &str) {
+    let r = CreateTagsRequest {
+        resource_ids: vec![id.to_string()],
+        tags: vec![ResourceTag {
+            key: key.to_string(),
+            value: value.to_string(),
+        }],
+        ..Default::default()
+    };
+    let _: (CreateTagsResponse, _) = api.call("CreateTags", &r, Retry::Safe).expect("CreateTags");
+}
+
+/// The round trip: publish a two-disk bundle, pull the image through the fake's
+/// default export (each disk its whole volume), `mkomi verify` the pulled bundle: every disk
+/// has the original manifest's ContentDigest and VirtualSize exactly, cut back from its volume
+/// by the snapshots' tags; the image fields and mappings are the original's; the export task
+/// was created once, its objects are gone, and no work directory is left.
 #[test]
 fn pull_image_round_trip_then_verify() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -226,45 +266,51 @@ fn pull_image_round_trip_then_verify() {
     verify(&out);
 
     let pulled = Manifest::read(&out.join("manifest.json")).expect("pulled manifest");
+    // The test: the ContentDigests (and sizes) of the published bundle, exactly.
+    assert_eq!(digests(&pulled), digests(&original));
+    assert_eq!(got.import.bundle.manifest.disks, pulled.disks);
+    // The reference is the disks' own bytes, and the export did hold whole volumes.
+    let (root_bytes, data_bytes) = disks();
+    for (old, bytes) in original.disks.iter().zip([&root_bytes, &data_bytes]) {
+        assert_eq!(old.virtual_size, bytes.len() as u64);
+        assert_eq!(old.content_digest, extended_digest(bytes, old.virtual_size));
+    }
+    assert!(got.warnings.is_empty(), "{:?}", got.warnings);
+    let sizings: Vec<(String, Option<String>, Sizing)> = got
+        .disks
+        .iter()
+        .map(|d| (d.device.clone(), d.snapshot_id.clone(), d.sizing.clone()))
+        .collect();
+    assert_eq!(
+        sizings,
+        [
+            (
+                "/dev/sda1".to_string(),
+                Some(snapshot_of(&p, "/dev/sda1").to_string()),
+                Sizing::Trimmed {
+                    from: GIB,
+                    to: root_bytes.len() as u64
+                }
+            ),
+            (
+                "/dev/sdb".to_string(),
+                Some(snapshot_of(&p, "/dev/sdb").to_string()),
+                Sizing::Trimmed {
+                    from: 2 * GIB,
+                    to: data_bytes.len() as u64
+                }
+            ),
+        ]
+    );
+
     assert_eq!(pulled.image.image_name, original.image.image_name);
     assert_eq!(pulled.image.architecture, original.image.architecture);
+    assert_eq!(pulled.image.boot_modes, original.image.boot_modes);
     assert_eq!(
         pulled.image.root_device_name,
         original.image.root_device_name
     );
     assert_eq!(pulled.disks.len(), 2);
-    let (root_bytes, data_bytes) = disks();
-    for ((new, old), bytes) in pulled
-        .disks
-        .iter()
-        .zip(&original.disks)
-        .zip([&root_bytes, &data_bytes])
-    {
-        assert_eq!(new.device_name, old.device_name);
-        // The original's digest is its bytes' (the reference for what follows).
-        assert_eq!(
-            old.content_digest,
-            extended_digest(bytes, old.virtual_size),
-            "{}",
-            old.device_name
-        );
-        let volume = original
-            .image
-            .block_device_mappings
-            .iter()
-            .find(|m| m.device_name == old.device_name)
-            .expect("mapping")
-            .bsu
-            .volume_size;
-        assert_eq!(new.virtual_size, volume * GIB, "{}", new.device_name);
-        assert_eq!(
-            new.content_digest,
-            extended_digest(bytes, volume * GIB),
-            "{}: the pulled disk is not the original zero-extended to its volume",
-            new.device_name
-        );
-        assert_ne!(new.content_digest, old.content_digest);
-    }
     for (new, old) in pulled
         .image
         .block_device_mappings
@@ -277,6 +323,7 @@ fn pull_image_round_trip_then_verify() {
         assert_eq!(new.bsu.iops, old.bsu.iops);
         assert_eq!(new.bsu.delete_on_vm_deletion, old.bsu.delete_on_vm_deletion);
     }
+    assert_eq!(pulled.image.block_device_mappings.len(), 2);
     // The export wrote under down-rt/ami-…/ and pull deleted it all.
     assert_eq!(got.objects_deleted.len(), 3, "{:?}", got.objects_deleted);
     assert!(
@@ -293,8 +340,112 @@ fn pull_image_round_trip_then_verify() {
     );
 }
 
-/// With exports of the imported disk only (`--export-size virtual`), the round trip is exact:
-/// every pulled disk has the original manifest's ContentDigest and VirtualSize.
+/// A snapshot whose `mkomi:digest` was altered after publish: the disk cut back to its tagged
+/// size does not have that digest, so the pull fails naming the device, the snapshot and both
+/// digests; no output, no work directory, and the export's objects are deleted.
+#[test]
+fn pull_with_an_altered_digest_tag_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = s3_server::S3Server::start();
+    let fake = OapiServer::start(Some(&s3.endpoint));
+    let api = api(&fake);
+    let b = bundle(dir.path());
+    let original = Manifest::read(&b.join("manifest.json")).expect("manifest");
+    let p = published(&b, &s3, &fake, &api, "alt");
+    let data_snap = snapshot_of(&p, "/dev/sdb");
+    let forged = format!("{:064x}", 7);
+    set_tag(&api, data_snap, TAG_DIGEST, &forged);
+
+    let out = dir.path().join("pulled");
+    let req = pull_request(Source::parse(&p.image_id).expect("id"), &out, &s3, "alt");
+    let err = match pull(&req, &api, &Progress::quiet(), None) {
+        Err(e) => e,
+        Ok(got) => panic!("the pull succeeded: {:?}", got.disks),
+    };
+    let msg = err.to_string();
+    assert!(matches!(err, PullError::DigestMismatch { .. }), "{msg}");
+    let data = &original.disks[1];
+    assert_eq!(data.device_name, "/dev/sdb");
+    for part in ["/dev/sdb", data_snap, &forged, &data.content_digest] {
+        assert!(msg.contains(part), "{part} not in {msg}");
+    }
+    assert!(!out.exists());
+    assert_eq!(siblings(dir.path()), ["data.img", "omi", "root.img"]);
+    assert_eq!(objects(&s3, "alt"), Vec::<String>::new());
+}
+
+/// Tags that do not describe the disk never cost data: a root snapshot whose
+/// `mkomi:virtual-size` is smaller than its data (4 MiB of a 6 MiB disk) keeps the whole volume
+/// and says so in a warning; a data snapshot without `mkomi:virtual-size` (as if not published
+/// by mkomi) keeps today's behaviour, the whole volume, silently. Both verify, and each holds
+/// the original disk zero-extended to its volume.
+#[test]
+fn pull_keeps_the_volume_when_the_tags_do_not_fit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = s3_server::S3Server::start();
+    let fake = OapiServer::start(Some(&s3.endpoint));
+    let api = api(&fake);
+    let b = bundle(dir.path());
+    let p = published(&b, &s3, &fake, &api, "keep");
+    let (root_snap, data_snap) = (snapshot_of(&p, "/dev/sda1"), snapshot_of(&p, "/dev/sdb"));
+    set_tag(&api, root_snap, TAG_VIRTUAL_SIZE, &(4 * MIB).to_string());
+    let r = DeleteTagsRequest {
+        resource_ids: vec![data_snap.to_string()],
+        tags: vec![ResourceTag {
+            key: TAG_VIRTUAL_SIZE.to_string(),
+            value: String::new(),
+        }],
+        ..Default::default()
+    };
+    let _: (DeleteTagsResponse, _) = api.call("DeleteTags", &r, Retry::Safe).expect("DeleteTags");
+
+    let out = dir.path().join("pulled");
+    let req = pull_request(Source::parse(&p.image_id).expect("id"), &out, &s3, "keep");
+    let got = run_pull(&req, &api, &fake);
+    verify(&out);
+    assert_eq!(got.disks.len(), 2);
+    match &got.disks[0].sizing {
+        Sizing::Kept { exported, reason } => {
+            assert_eq!(*exported, GIB);
+            assert!(reason.contains("not zero"), "{reason}");
+        }
+        other => panic!("root disk: {other:?}"),
+    }
+    assert_eq!(got.disks[1].sizing, Sizing::Untagged);
+    assert_eq!(got.warnings.len(), 1, "{:?}", got.warnings);
+    assert!(
+        got.warnings[0].starts_with("/dev/sda1: kept whole")
+            && got.warnings[0].contains(TAG_VIRTUAL_SIZE),
+        "{:?}",
+        got.warnings
+    );
+    let pulled = Manifest::read(&out.join("manifest.json")).expect("pulled manifest");
+    let (root_bytes, data_bytes) = disks();
+    assert_eq!(
+        digests(&pulled),
+        [
+            (
+                "/dev/sda1".to_string(),
+                GIB,
+                extended_digest(&root_bytes, GIB)
+            ),
+            (
+                "/dev/sdb".to_string(),
+                2 * GIB,
+                extended_digest(&data_bytes, 2 * GIB)
+            ),
+        ]
+    );
+    assert_eq!(objects(&s3, "keep"), Vec::<String>::new());
+    assert_eq!(
+        siblings(dir.path()),
+        ["data.img", "omi", "pulled", "root.img"]
+    );
+}
+
+/// With exports of the imported disk only (`--export-size virtual`), nothing is cut: every
+/// pulled disk has the original manifest's ContentDigest and VirtualSize, checked against the
+/// tags (`Sizing::Exact`).
 #[test]
 fn pull_round_trip_is_exact_when_the_export_holds_the_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -306,26 +457,22 @@ fn pull_round_trip_is_exact_when_the_export_holds_the_disk() {
     let p = published(&b, &s3, &fake, &api, "exact");
     let out = dir.path().join("pulled");
     let req = pull_request(Source::parse(&p.image_id).expect("id"), &out, &s3, "exact");
-    run_pull(&req, &api, &fake);
+    let got = run_pull(&req, &api, &fake);
     verify(&out);
     let pulled = Manifest::read(&out.join("manifest.json")).expect("pulled manifest");
-    let digests = |m: &Manifest| -> Vec<(String, u64, String)> {
-        m.disks
-            .iter()
-            .map(|d| {
-                (
-                    d.device_name.clone(),
-                    d.virtual_size,
-                    d.content_digest.clone(),
-                )
-            })
-            .collect()
-    };
     assert_eq!(digests(&pulled), digests(&original));
+    // Nothing to cut, and the digests were checked against the tags.
+    assert!(
+        got.disks.iter().all(|d| d.sizing == Sizing::Exact),
+        "{:?}",
+        got.disks
+    );
+    assert!(got.warnings.is_empty(), "{:?}", got.warnings);
 }
 
 /// A snapshot pulled through CreateSnapshotExportTask: a one-disk bundle on /dev/sda1 that
-/// verifies, holding the root disk zero-extended to the snapshot's volume; the object is gone.
+/// verifies, holding the root disk exactly as published (cut back from the snapshot's volume by
+/// its tags); the object and the work directory are gone.
 #[test]
 fn pull_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -353,17 +500,32 @@ fn pull_snapshot() {
     assert_eq!(pulled.disks.len(), 1);
     assert_eq!(pulled.disks[0].device_name, "/dev/sda1");
     assert_eq!(pulled.image.image_name, root.snapshot_id);
+    // The root disk exactly as published, cut back from the exported 1 GiB volume.
+    let original = Manifest::read(&b.join("manifest.json")).expect("manifest");
+    assert_eq!(digests(&pulled), digests(&original)[..1]);
     let (root_bytes, _) = disks();
-    assert_eq!(pulled.disks[0].virtual_size, GIB);
+    assert_eq!(got.disks.len(), 1);
     assert_eq!(
-        pulled.disks[0].content_digest,
-        extended_digest(&root_bytes, GIB)
+        got.disks[0].snapshot_id.as_deref(),
+        Some(root.snapshot_id.as_str())
     );
+    assert_eq!(
+        got.disks[0].sizing,
+        Sizing::Trimmed {
+            from: GIB,
+            to: root_bytes.len() as u64
+        }
+    );
+    assert_eq!(pulled.image.block_device_mappings[0].bsu.volume_size, 1);
     assert_eq!(
         got.objects_deleted,
         [format!("omis/down-snap/{}.qcow2.gz", root.snapshot_id)]
     );
     assert_eq!(objects(&s3, "snap"), Vec::<String>::new());
+    assert_eq!(
+        siblings(dir.path()),
+        ["data.img", "omi", "pulled-snap", "root.img"]
+    );
 }
 
 /// Re-runs reuse the export task: a pull that times out while the task runs leaves no output

@@ -30,13 +30,30 @@
 //! 5. **objects**: the export's objects deleted unless `keep_objects`.
 //!
 //! **Sizes.** An export holds each disk as the API holds it: the whole volume (`VolumeSize`
-//! GiB). A snapshot made from a disk of 6 MiB is a 1 GiB volume whose tail is zeros, and
-//! nothing in the API records the disk's original size, so `pull` keeps the volume's size: the
-//! pulled bundle is exactly what the account holds, and its `ContentDigest` is that of the
-//! original disk zero-extended to the volume. A round trip is compared that way (the pull
-//! tests do), or, against the fake started with `--export-size virtual`, directly. Trimming the
-//! tail back would need the original size, which `publish` does not tag; guessing it from the
-//! last non-zero byte would be wrong for disks that end in zeros.
+//! GiB). A snapshot made from a disk of 6 MiB is a 1 GiB volume whose tail is zeros, and the
+//! API itself records nothing of the disk's own size. `publish` does: it tags each snapshot
+//! with `mkomi:virtual-size` (the disk's bytes) and `mkomi:digest` (its ContentDigest)
+//! ([`TAG_VIRTUAL_SIZE`], [`TAG_DIGEST`]). `pull` reads those tags (`ReadImages` for the
+//! snapshots an image maps, then `ReadSnapshots`) before it exports anything, and for each disk
+//! whose snapshot carries both ([`Sizing`]):
+//! - an exported disk longer than `V = mkomi:virtual-size` is cut back to `V` bytes, but only
+//!   when everything past `V` is zeros. That is checked through the disk's extents: zero
+//!   extents (the tail of a sparse export) cost nothing, and data extents are read 1 MiB at a
+//!   time, so memory stays bounded. A byte past `V` that is not zero means the tag does not
+//!   describe this disk: the disk is kept whole, and [`Pulled::warnings`] says so; data is
+//!   never dropped on a tag's word;
+//! - a disk of exactly `V` bytes (cut back, or exported so) must then have the ContentDigest
+//!   `mkomi:digest` records: a mismatch is [`Error::DigestMismatch`], and no output is made;
+//! - a disk shorter than `V` is kept as exported, with a warning.
+//!
+//! A disk without both tags (a snapshot `publish` did not make) is kept at the exported size,
+//! the whole volume, as before: guessing the size from the last non-zero byte would be wrong
+//! for disks that end in zeros. When any disk is tagged, the export is imported into a work
+//! directory beside the output, and, if a disk is cut back, registered again from there
+//! through a window of each cut disk ([`crate::bundle::register::register_streamed`]: the
+//! image's fields and mappings are the import's); the bundle is renamed into place only after
+//! every ContentDigest was checked. That costs a second copy of the disks' data (and the room
+//! for it beside the output while it runs), not of their zeros.
 //!
 //! **Failure.** The output is never left half made (see step 4). When this run created the
 //! export task and the run fails after the task finished (the import failed, or the task
@@ -52,22 +69,31 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::path::Path;
+use std::sync::Arc;
+
 use super::client::{Client, Error as ClientError, Retry};
 use super::oapi::{
     CreateImageExportTaskRequest, CreateImageExportTaskResponse, CreateSnapshotExportTaskRequest,
-    CreateSnapshotExportTaskResponse, FiltersReadImageExportTask, FiltersSnapshot,
+    CreateSnapshotExportTaskResponse, FiltersImage, FiltersReadImageExportTask, FiltersSnapshot,
     FiltersSnapshotExportTask, OsuExportToCreate, ReadImageExportTasksRequest,
-    ReadImageExportTasksResponse, ReadSnapshotExportTasksRequest, ReadSnapshotExportTasksResponse,
-    ReadSnapshotsRequest, ReadSnapshotsResponse,
+    ReadImageExportTasksResponse, ReadImagesRequest, ReadImagesResponse,
+    ReadSnapshotExportTasksRequest, ReadSnapshotExportTasksResponse, ReadSnapshotsRequest,
+    ReadSnapshotsResponse, Snapshot as ApiSnapshot,
 };
+use super::run::{TAG_DIGEST, TAG_VIRTUAL_SIZE};
+use crate::audit::image::Policy;
 use crate::bundle::checks::Checks;
+use crate::bundle::register::{self, Volume};
 use crate::export::import::{self, Origin};
 use crate::export::manifest::{ExportImage, ExportManifest, Snapshot as ExportSnapshot};
 use crate::export::s3;
+use crate::format::{self, Disk, Extent, ExtentKind, OpenOptions};
 use crate::manifest::DiskFormat;
 use crate::manifest::rules::GIB;
 use crate::progress::Progress;
-use crate::staging::Target;
+use crate::sink::OutputFormat;
+use crate::staging::{Target, TempDir};
 
 /// The disk format the export tasks are asked for: `qcow2`, the format Outscale's own exports
 /// use and the smallest object for a mostly empty volume.
@@ -145,6 +171,28 @@ pub enum Error {
     /// Object storage refused a listing, a pre-signature or a deletion.
     #[error("object storage: {0}")]
     S3(#[from] s3::Error),
+    /// A disk cut back to the size `publish` tagged does not have the ContentDigest it tagged:
+    /// the pulled disk is not the published one.
+    #[error(
+        "{device}: the pulled disk's ContentDigest {got} differs from {expected}, the {TAG_DIGEST} \
+         of snapshot {snapshot}"
+    )]
+    DigestMismatch {
+        /// The device.
+        device: String,
+        /// Its snapshot.
+        snapshot: String,
+        /// The ContentDigest of the pulled disk.
+        got: String,
+        /// The snapshot's `mkomi:digest`.
+        expected: String,
+    },
+    /// A pulled disk could not be read back (to check its tail, or to cut it).
+    #[error("pulled disk: {0}")]
+    Disk(#[from] crate::format::Error),
+    /// The bundle of the cut disks could not be made.
+    #[error("pull: {0}")]
+    Bundle(#[from] crate::bundle::Error),
     /// Stopped by Ctrl-C.
     #[error("interrupted")]
     Interrupted,
@@ -230,8 +278,9 @@ pub struct PullRequest {
 
 impl PullRequest {
     /// A request with the defaults: no `force`, objects deleted, 1 hour time-out, polls from
-    /// 2 s to 30 s, a qcow2 bundle (a pulled disk is a whole volume, mostly zeros: see the
-    /// module documentation), the default checks, created now, synced.
+    /// 2 s to 30 s, a qcow2 bundle (a disk not published by mkomi is pulled as its whole
+    /// volume, mostly zeros: see the module documentation, "Sizes"), the default checks,
+    /// created now, synced.
     pub fn new(
         source: Source,
         output: PathBuf,
@@ -273,6 +322,67 @@ pub struct Pulled {
     pub import: import::Report,
     /// The objects deleted at the end.
     pub objects_deleted: Vec<String>,
+    /// Each disk of the bundle, in its order: its snapshot and what was done to its size.
+    pub disks: Vec<PulledDisk>,
+    /// Things the user should know, one line each: a disk kept at the exported size although
+    /// its snapshot is tagged (see [`Sizing::Kept`]).
+    pub warnings: Vec<String>,
+}
+
+/// One disk of a pulled bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledDisk {
+    /// The device (`/dev/sda1`).
+    pub device: String,
+    /// The snapshot it was exported from, when the API named it.
+    pub snapshot_id: Option<String>,
+    /// What was done to its size.
+    pub sizing: Sizing,
+}
+
+/// What `pull` did with a disk's size (module documentation, "Sizes").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sizing {
+    /// Its snapshot lacks `mkomi:virtual-size` or `mkomi:digest` (`publish` did not make it):
+    /// kept at the exported size, the whole volume.
+    Untagged,
+    /// Exported at the tagged size already; its ContentDigest equals the tagged one.
+    Exact,
+    /// Cut back from `from` bytes (the volume) to `to` (the tagged size), everything past `to`
+    /// being zeros; its ContentDigest equals the tagged one.
+    Trimmed {
+        /// The exported size.
+        from: u64,
+        /// The size of the bundle's disk.
+        to: u64,
+    },
+    /// Tagged, yet kept at the exported size: `reason` says why (data past the tagged size, an
+    /// export shorter than it, a tag that is not a size). Its ContentDigest is not checked.
+    Kept {
+        /// The exported size, the disk's.
+        exported: u64,
+        /// Why, in one line.
+        reason: String,
+    },
+}
+
+/// What `publish` recorded of one disk: its snapshot's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Recorded {
+    device: String,
+    snapshot: String,
+    tags: Tags,
+}
+
+/// A snapshot's `mkomi:virtual-size` and `mkomi:digest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tags {
+    /// Not both.
+    Absent,
+    /// Both, well formed.
+    Sized { virtual_size: u64, digest: String },
+    /// Both, one of them unusable: why.
+    Malformed(String),
 }
 
 /// One export task, whichever its kind.
@@ -316,6 +426,10 @@ pub fn pull(
         c
     };
     check_cancel(cancel)?;
+    // What publish recorded of the disks' sizes, read before anything is exported: a pull that
+    // cannot read them stops while it has cost nothing.
+    let recorded = recorded(api, &req.source)?;
+    check_cancel(cancel)?;
 
     // 1-2. A live task into our bucket and prefix, else a new one.
     let (task, created) = match find_task(req, api, &s3c)? {
@@ -328,14 +442,14 @@ pub fn pull(
 
     // What the API last said of the task: whether it finished decides the cleanup.
     let mut last = task;
-    let run = (|| -> Result<(String, import::Report)> {
+    let run = (|| -> Result<Imported> {
         // 3. Wait.
         wait_task(req, api, progress, cancel, &mut last)?;
         // 4. Import.
         check_cancel(cancel)?;
-        import_export(req, api, &s3c, progress, cancel, &last)
+        import_export(req, api, &s3c, progress, cancel, &last, &recorded)
     })();
-    let (manifest, report) = match run {
+    let imported = match run {
         Ok(r) => r,
         Err(e) => {
             // Only a finished task's objects are final; a running one keeps writing. A failed
@@ -367,9 +481,11 @@ pub fn pull(
     Ok(Pulled {
         task_id: last.id,
         task_created: created,
-        manifest,
-        import: report,
+        manifest: imported.manifest,
+        import: imported.report,
         objects_deleted,
+        disks: imported.disks,
+        warnings: imported.warnings,
     })
 }
 
@@ -709,8 +825,20 @@ fn task_objects(req: &PullRequest, s3c: &s3::Client, t: &Task) -> Result<Vec<Str
     }
 }
 
-/// Imports the completed export into the output; returns where the manifest was read from and
-/// the import's report.
+/// What [`import_export`] made.
+struct Imported {
+    /// Where the export manifest was read from.
+    manifest: String,
+    /// The import's report, its bundle the one in place.
+    report: import::Report,
+    /// Each disk and its sizing.
+    disks: Vec<PulledDisk>,
+    /// See [`Pulled::warnings`].
+    warnings: Vec<String>,
+}
+
+/// Imports the completed export into the output, each disk cut back to its published size
+/// where its snapshot's tags allow (see the module documentation, "Sizes").
 fn import_export(
     req: &PullRequest,
     api: &Client,
@@ -718,18 +846,32 @@ fn import_export(
     progress: &Progress,
     cancel: Option<&'static AtomicBool>,
     t: &Task,
-) -> Result<(String, import::Report)> {
+    recorded: &[Recorded],
+) -> Result<Imported> {
+    let target = Target::new(&req.output)?;
+    // Beside the output, gone when dropped: a snapshot's export manifest, and, when a disk is
+    // tagged, the import itself, so that nothing reaches the output before the sizes and
+    // digests are checked.
+    let work = target.scratch("pull")?;
+    let tagged = recorded
+        .iter()
+        .any(|r| matches!(r.tags, Tags::Sized { .. }));
+    let full = work.path().join("full");
     let request = |origin: Origin| import::Request {
         origin,
-        output: req.output.clone(),
-        force: req.force,
+        output: if tagged {
+            full.clone()
+        } else {
+            req.output.clone()
+        },
+        force: req.force && !tagged,
         format: req.format,
         creation_epoch: req.creation_epoch,
         now: req.now,
         sync: req.sync,
         checks: req.checks,
     };
-    match &req.source {
+    let (what, report) = match &req.source {
         Source::Image(_) => {
             let key = join(&t.prefix, EXPORT_MANIFEST);
             let origin = if s3c.head(&key)?.is_some() {
@@ -750,8 +892,7 @@ fn import_export(
                 });
             };
             let what = origin.describe();
-            let report = import::import(&request(origin), progress, cancel)?;
-            Ok((what, report))
+            (what, import::import(&request(origin), progress, cancel)?)
         }
         Source::Snapshot(id) => {
             let key = snapshot_object(req, s3c)?.ok_or_else(|| Error::NoObjects {
@@ -778,7 +919,7 @@ fn import_export(
                     public: false,
                     snapshots: vec![ExportSnapshot {
                         delete_on_termination: true,
-                        device: "/dev/sda1".to_string(),
+                        device: SNAPSHOT_DEVICE.to_string(),
                         filename,
                         iops: None,
                         pre_signed_url: Some(url),
@@ -787,31 +928,402 @@ fn import_export(
                     }],
                 },
             };
-            // The manifest lives in a work directory beside the output, gone when dropped.
-            let work = Target::new(&req.output)?.scratch("pull")?;
             let path = work.path().join(EXPORT_MANIFEST);
             crate::staging::write_file(&path, &manifest.to_bytes(), false)?;
             let what = format!("s3://{}/{key}", req.location.bucket);
-            let report = import::import(&request(Origin::Local(path)), progress, cancel)?;
-            drop(work);
-            Ok((what, report))
+            (
+                what,
+                import::import(&request(Origin::Local(path)), progress, cancel)?,
+            )
         }
+    };
+    let (report, disks, warnings) = if tagged {
+        exact(req, &target, &work, report, recorded, progress, cancel)?
+    } else {
+        // Nothing to cut: the import put the bundle in place. A malformed tag still warns.
+        let mut warnings = Vec::new();
+        let disks = report
+            .bundle
+            .manifest
+            .disks
+            .iter()
+            .map(|d| {
+                let r = recorded.iter().find(|r| r.device == d.device_name);
+                let sizing = match r.map(|r| &r.tags) {
+                    Some(Tags::Malformed(why)) => {
+                        warnings.push(format!("{}: kept whole: {why}", d.device_name));
+                        Sizing::Kept {
+                            exported: d.virtual_size,
+                            reason: why.clone(),
+                        }
+                    }
+                    _ => Sizing::Untagged,
+                };
+                PulledDisk {
+                    device: d.device_name.clone(),
+                    snapshot_id: r.map(|r| r.snapshot.clone()),
+                    sizing,
+                }
+            })
+            .collect();
+        (report, disks, warnings)
+    };
+    drop(work);
+    Ok(Imported {
+        manifest: what,
+        report,
+        disks,
+        warnings,
+    })
+}
+
+/// The device a pulled snapshot is registered on.
+const SNAPSHOT_DEVICE: &str = "/dev/sda1";
+
+/// The import in `work/full` brought to the published sizes and checked against the published
+/// digests, then put in place at the output: see the module documentation, "Sizes".
+fn exact(
+    req: &PullRequest,
+    target: &Target,
+    work: &TempDir,
+    mut report: import::Report,
+    recorded: &[Recorded],
+    progress: &Progress,
+    cancel: Option<&'static AtomicBool>,
+) -> Result<(import::Report, Vec<PulledDisk>, Vec<String>)> {
+    let full = work.path().join("full");
+    let m = report.bundle.manifest.clone();
+    let mut sources: Vec<Arc<dyn Disk>> = Vec::with_capacity(m.disks.len());
+    let mut disks = Vec::with_capacity(m.disks.len());
+    let mut warnings = Vec::new();
+    // The disks whose ContentDigest must be the tagged one, by index, with it.
+    let mut expect: Vec<(usize, String)> = Vec::new();
+    for (i, d) in m.disks.iter().enumerate() {
+        check_cancel(cancel)?;
+        let disk = format::open_path(&full.join(&d.path), &OpenOptions::default())?;
+        let exported = disk.size();
+        let r = recorded.iter().find(|r| r.device == d.device_name);
+        let kept = |reason: String| Sizing::Kept { exported, reason };
+        let (source, sizing): (Arc<dyn Disk>, Sizing) = match r.map(|r| &r.tags) {
+            None | Some(Tags::Absent) => (disk, Sizing::Untagged),
+            Some(Tags::Malformed(why)) => (disk, kept(why.clone())),
+            Some(Tags::Sized {
+                virtual_size,
+                digest,
+            }) => {
+                let v = *virtual_size;
+                if exported == v {
+                    expect.push((i, digest.clone()));
+                    (disk, Sizing::Exact)
+                } else if exported < v {
+                    (
+                        disk,
+                        kept(format!(
+                            "the export holds {exported} bytes, fewer than the {v} of \
+                             {TAG_VIRTUAL_SIZE}"
+                        )),
+                    )
+                } else if let Some(at) = first_nonzero(disk.as_ref(), v, cancel)? {
+                    (
+                        disk,
+                        kept(format!(
+                            "byte {at} is not zero, past the {v} bytes of {TAG_VIRTUAL_SIZE}: \
+                             the disk is kept whole ({exported} bytes)"
+                        )),
+                    )
+                } else {
+                    expect.push((i, digest.clone()));
+                    (
+                        Arc::new(Head {
+                            inner: disk,
+                            len: v,
+                        }),
+                        Sizing::Trimmed {
+                            from: exported,
+                            to: v,
+                        },
+                    )
+                }
+            }
+        };
+        if let Sizing::Kept { reason, .. } = &sizing {
+            warnings.push(format!("{}: kept whole: {reason}", d.device_name));
+        }
+        sources.push(source);
+        disks.push(PulledDisk {
+            device: d.device_name.clone(),
+            snapshot_id: r.map(|r| r.snapshot.clone()),
+            sizing,
+        });
+    }
+
+    let cut = disks
+        .iter()
+        .any(|d| matches!(d.sizing, Sizing::Trimmed { .. }));
+    let (dir, mut bundle) = if cut {
+        let staged = work.path().join("bundle");
+        let request = reregister(req, &m, &full, &staged)?;
+        let bundle = register::register_streamed(&request, sources, progress, cancel)?;
+        (staged, bundle)
+    } else {
+        drop(sources);
+        (full, report.bundle.clone())
+    };
+    for (i, expected) in expect {
+        let (Some(got), Some(d)) = (bundle.manifest.disks.get(i), disks.get(i)) else {
+            return Err(Error::Invalid(format!(
+                "the bundle of the pulled disks lacks disk {i}"
+            )));
+        };
+        if got.content_digest != expected {
+            return Err(Error::DigestMismatch {
+                device: got.device_name.clone(),
+                snapshot: d.snapshot_id.clone().unwrap_or_default(),
+                got: got.content_digest.clone(),
+                expected,
+            });
+        }
+    }
+    check_cancel(cancel)?;
+    // The output was free when the pull began; it may have appeared since.
+    target.refuse_existing(req.force)?;
+    target.commit(TempDir::adopt(dir), req.sync)?;
+    bundle.output = req.output.clone();
+    report.bundle = bundle;
+    Ok((report, disks, warnings))
+}
+
+/// The registration of the disks of the imported bundle `m` (in `full`) into `staged`, with
+/// its fields: name, description, architecture, boot modes and each mapping as the import
+/// made them, and the import's checks.
+fn reregister(
+    req: &PullRequest,
+    m: &crate::manifest::Manifest,
+    full: &Path,
+    staged: &Path,
+) -> Result<register::Request> {
+    let mut volumes = Vec::with_capacity(m.disks.len());
+    for d in &m.disks {
+        let b = m
+            .image
+            .block_device_mappings
+            .iter()
+            .find(|b| b.device_name == d.device_name)
+            .ok_or_else(|| {
+                Error::Invalid(format!("the pulled bundle maps no {}", d.device_name))
+            })?;
+        let mut v = Volume::new(&d.device_name, &full.join(&d.path));
+        v.volume_size = Some(b.bsu.volume_size);
+        v.volume_type = b.bsu.volume_type;
+        v.iops = b.bsu.iops;
+        v.delete_on_vm_deletion = b.bsu.delete_on_vm_deletion;
+        volumes.push(v);
+    }
+    let mut volumes = volumes.into_iter();
+    let root = volumes
+        .next()
+        .filter(|v| v.device == m.image.root_device_name)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "the pulled bundle's first disk is not its root device {}",
+                m.image.root_device_name
+            ))
+        })?;
+    Ok(register::Request {
+        output: staged.to_path_buf(),
+        force: false,
+        format: OutputFormat::of(req.format),
+        name: Some(m.image.image_name.clone()),
+        description: m.image.description.clone(),
+        architecture: Some(m.image.architecture),
+        boot_modes: m.image.boot_modes.clone(),
+        // As the import checked: no boot loader required of an image that exists already.
+        checks: Checks {
+            loader: false,
+            ..req.checks
+        },
+        audit: Policy::Report,
+        root,
+        extra: volumes.collect(),
+        open: OpenOptions::default(),
+        creation_epoch: req.creation_epoch,
+        sync: req.sync,
+        build: None,
+    })
+}
+
+/// The offset of the first byte at or past `from` that is not zero, `None` when all are. Zero
+/// extents are skipped unread; data extents are read 1 MiB at a time.
+fn first_nonzero(disk: &dyn Disk, from: u64, cancel: Option<&AtomicBool>) -> Result<Option<u64>> {
+    const CHUNK: u64 = 1 << 20;
+    let size = disk.size();
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut at = from;
+    while at < size {
+        check_cancel(cancel)?;
+        let e = disk.extent(at, size - at)?;
+        // At least one byte, so that the walk always moves on.
+        let len = e.len.clamp(1, size - at);
+        if e.kind == ExtentKind::Data {
+            let end = at + len;
+            let mut off = at;
+            while off < end {
+                check_cancel(cancel)?;
+                let n = (end - off).min(CHUNK);
+                let chunk = buf.get_mut(..n as usize).unwrap_or_default();
+                disk.read_at(off, chunk)?;
+                if let Some(i) = chunk.iter().position(|&b| b != 0) {
+                    return Ok(Some(off + i as u64));
+                }
+                off += n;
+            }
+        }
+        at += len;
+    }
+    Ok(None)
+}
+
+/// The first `len` bytes of a disk, as a disk: a pulled volume cut back to the published disk.
+struct Head {
+    inner: Arc<dyn Disk>,
+    len: u64,
+}
+
+impl Disk for Head {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn extent(&self, offset: u64, max_len: u64) -> format::Result<Extent> {
+        let max_len = max_len.min(self.len.saturating_sub(offset)).max(1);
+        let e = self.inner.extent(offset, max_len)?;
+        Ok(Extent {
+            offset,
+            len: e.len.clamp(1, max_len),
+            kind: e.kind,
+        })
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
+        let inside = offset
+            .checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= self.len);
+        if !inside {
+            return Err(format::Error::Invalid {
+                path: self.inner.path().to_path_buf(),
+                reason: format!(
+                    "a read of {} bytes at byte {offset} passes the end of the first {} bytes",
+                    buf.len(),
+                    self.len
+                ),
+            });
+        }
+        self.inner.read_at(offset, buf)
+    }
+
+    fn format(&self) -> &'static str {
+        self.inner.format()
+    }
+
+    fn path(&self) -> &Path {
+        self.inner.path()
     }
 }
 
-/// The snapshot's volume in bytes (`VolumeSize` GiB): the most its export's disk may hold.
-fn snapshot_volume_bytes(api: &Client, id: &str) -> Result<u64> {
-    let r = ReadSnapshotsRequest {
+/// What `publish` recorded of the source's disks: for an image, the tags of the snapshot each
+/// of its mappings names (`ReadImages`, then `ReadSnapshots`); for a snapshot, its own, on
+/// [`SNAPSHOT_DEVICE`]. Disks whose snapshot the API does not show have no entry.
+fn recorded(api: &Client, source: &Source) -> Result<Vec<Recorded>> {
+    let devices: Vec<(String, String)> = match source {
+        Source::Image(id) => {
+            let r = ReadImagesRequest {
+                filters: Some(FiltersImage {
+                    image_ids: Some(vec![id.clone()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let (resp, _): (ReadImagesResponse, _) = api.call("ReadImages", &r, Retry::Safe)?;
+            resp.images
+                .unwrap_or_default()
+                .into_iter()
+                .find(|i| i.image_id.as_deref() == Some(id))
+                .and_then(|i| i.block_device_mappings)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|m| Some((m.device_name?, m.bsu?.snapshot_id?)))
+                .collect()
+        }
+        Source::Snapshot(id) => vec![(SNAPSHOT_DEVICE.to_string(), id.clone())],
+    };
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = devices.iter().map(|(_, s)| s.clone()).collect();
+    let snapshots = read_snapshots(api, ids)?;
+    Ok(devices
+        .into_iter()
+        .filter_map(|(device, snapshot)| {
+            let s = snapshots
+                .iter()
+                .find(|s| s.snapshot_id.as_deref() == Some(snapshot.as_str()))?;
+            Some(Recorded {
+                device,
+                tags: tags_of(s),
+                snapshot,
+            })
+        })
+        .collect())
+}
+
+/// A snapshot's `mkomi:virtual-size` and `mkomi:digest`.
+fn tags_of(s: &ApiSnapshot) -> Tags {
+    let tag = |key: &str| {
+        s.tags
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|t| t.key == key)
+            .map(|t| t.value.clone())
+    };
+    let (Some(size), Some(digest)) = (tag(TAG_VIRTUAL_SIZE), tag(TAG_DIGEST)) else {
+        return Tags::Absent;
+    };
+    match size.parse::<u64>() {
+        Ok(v) if v > 0 && v <= format::MAX_VIRTUAL_SIZE && !digest.is_empty() => Tags::Sized {
+            virtual_size: v,
+            digest,
+        },
+        _ if digest.is_empty() => Tags::Malformed(format!("{TAG_DIGEST} is empty")),
+        _ => Tags::Malformed(format!("{TAG_VIRTUAL_SIZE} {size:?} is not a size")),
+    }
+}
+
+/// `ReadSnapshots` of these IDs, every page.
+fn read_snapshots(api: &Client, ids: Vec<String>) -> Result<Vec<ApiSnapshot>> {
+    let mut r = ReadSnapshotsRequest {
         filters: Some(FiltersSnapshot {
-            snapshot_ids: Some(vec![id.to_string()]),
+            snapshot_ids: Some(ids),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let (resp, _): (ReadSnapshotsResponse, _) = api.call("ReadSnapshots", &r, Retry::Safe)?;
-    let gib = resp
-        .snapshots
-        .unwrap_or_default()
+    let mut out = Vec::new();
+    // Bounded: a filter by at most 40 IDs; 100 pages is far beyond.
+    for _ in 0..100 {
+        let (resp, _): (ReadSnapshotsResponse, _) = api.call("ReadSnapshots", &r, Retry::Safe)?;
+        out.extend(resp.snapshots.unwrap_or_default());
+        match resp.next_page_token.filter(|t| !t.is_empty()) {
+            Some(t) => r.next_page_token = Some(t),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// The snapshot's volume in bytes (`VolumeSize` GiB): the most its export's disk may hold.
+fn snapshot_volume_bytes(api: &Client, id: &str) -> Result<u64> {
+    let gib = read_snapshots(api, vec![id.to_string()])?
         .into_iter()
         .find(|s| s.snapshot_id.as_deref() == Some(id))
         .and_then(|s| s.volume_size)
@@ -893,5 +1405,87 @@ mod tests {
         let snap = req("snap-0000000b", "p");
         assert!(prefix_is_ours(&snap, "p"));
         assert!(!prefix_is_ours(&snap, "p/snap-0000000b"));
+    }
+    #[test]
+    fn the_tail_is_walked_by_extents_and_the_head_stays_inside() {
+        const MIB: u64 = 1 << 20;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("disk.raw");
+        let f = std::fs::File::create(&path).expect("create");
+        f.set_len(8 * MIB).expect("set_len");
+        std::os::unix::fs::FileExt::write_at(&f, &[0, 9], 5 * MIB + 2).expect("write");
+        drop(f);
+        let disk = format::open_path(
+            &path,
+            &OpenOptions::new(format::InputFormat::Raw, format::BackingPolicy::Refuse),
+        )
+        .expect("open");
+        assert_eq!(
+            first_nonzero(disk.as_ref(), 0, None).expect("walk"),
+            Some(5 * MIB + 3)
+        );
+        assert_eq!(
+            first_nonzero(disk.as_ref(), 4 * MIB, None).expect("walk"),
+            Some(5 * MIB + 3)
+        );
+        assert_eq!(
+            first_nonzero(disk.as_ref(), 5 * MIB + 4, None).expect("walk"),
+            None
+        );
+        assert_eq!(
+            first_nonzero(disk.as_ref(), 8 * MIB, None).expect("walk"),
+            None
+        );
+
+        let head = Head {
+            inner: disk,
+            len: 5 * MIB + 4,
+        };
+        assert_eq!(head.size(), 5 * MIB + 4);
+        let e = head.extent(5 * MIB, 8 * MIB).expect("extent");
+        assert_eq!(e.offset, 5 * MIB);
+        assert!(e.len >= 1 && e.len <= 4, "{e:?}");
+        let mut b = [0u8; 4];
+        head.read_at(5 * MIB, &mut b).expect("read");
+        assert_eq!(b, [0, 0, 0, 9]);
+        assert!(head.read_at(5 * MIB + 1, &mut b).is_err());
+    }
+
+    #[test]
+    fn tags_need_both_and_a_size() {
+        let snap = |tags: &[(&str, &str)]| ApiSnapshot {
+            tags: Some(
+                tags.iter()
+                    .map(|(k, v)| super::super::oapi::ResourceTag {
+                        key: k.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(
+            tags_of(&snap(&[(TAG_VIRTUAL_SIZE, "6291968"), (TAG_DIGEST, "ab")])),
+            Tags::Sized {
+                virtual_size: 6291968,
+                digest: "ab".into()
+            }
+        );
+        assert_eq!(tags_of(&snap(&[(TAG_DIGEST, "ab")])), Tags::Absent);
+        assert_eq!(tags_of(&snap(&[(TAG_VIRTUAL_SIZE, "1")])), Tags::Absent);
+        assert_eq!(tags_of(&ApiSnapshot::default()), Tags::Absent);
+        for bad in ["0", "-1", "1e9", "", "72057594037927937"] {
+            assert!(
+                matches!(
+                    tags_of(&snap(&[(TAG_VIRTUAL_SIZE, bad), (TAG_DIGEST, "ab")])),
+                    Tags::Malformed(_)
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            tags_of(&snap(&[(TAG_VIRTUAL_SIZE, "512"), (TAG_DIGEST, "")])),
+            Tags::Malformed(_)
+        ));
     }
 }
