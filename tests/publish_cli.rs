@@ -387,6 +387,33 @@ fn killed_during_upload_then_rerun() {
     assert_one_clean_image(&setup, &stdout(&out));
 }
 
+/// Killed after the upload, before any snapshot (a CreateSnapshot that hangs keeps it there),
+/// then run again: the package complete in the bucket is used as it is, not sent again.
+#[test]
+fn killed_after_the_upload_then_rerun_uploads_nothing() {
+    let setup = Setup::new(&[]);
+    setup.fake.fault(serde_json::json!({"faults": [
+        {"op": "CreateSnapshot", "nth": 1, "kind": "hang", "seconds": 10}
+    ]}));
+    let mut child = setup.publish(&[]).spawn().expect("spawn publish");
+    setup.kill_when(&mut child, "CreateSnapshot", |st| {
+        st["FaultLog"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|f| f["op"] == "CreateSnapshot"))
+    });
+    assert!(
+        setup.objects().iter().any(|o| o.ends_with("SHA256SUMS")),
+        "{:?}",
+        setup.objects()
+    );
+    let out = setup.run(&["--json"]);
+    assert_ok(&out, &setup);
+    let record: Value = serde_json::from_slice(&out.stdout).expect("--json output");
+    assert_eq!(record["Uploaded"], false, "sent again");
+    assert_eq!(record["ImageCreated"], true);
+    assert_one_clean_image(&setup, record["ImageId"].as_str().expect("id"));
+}
+
 /// Killed while waiting for the snapshots (a poll that hangs keeps it there), then run again:
 /// the snapshots are found by their tokens, not made again.
 #[test]
@@ -565,15 +592,7 @@ fn pull_brings_the_published_image_back() {
         .expect("sdb");
     let one = setup.dir.path().join("one");
     let pulled = common::run_with_timeout(
-        setup.mkomi(&[
-            "pull",
-            &snap,
-            "-o",
-            s(&one),
-            "--prefix",
-            "omis/pull",
-            "--json",
-        ]),
+        setup.mkomi(&["pull", &snap, "-o", s(&one), "--json"]),
         Duration::from_secs(180),
     );
     assert_ok(&pulled, &setup);

@@ -376,6 +376,9 @@ pub fn pull(a: PullArgs, progress: &Progress, json: bool) -> ExitCode {
     };
     match pull::pull(&req, &api, progress, Some(&CANCEL)) {
         Ok(p) => {
+            for w in &p.warnings {
+                errln!("mkomi: warning: {w}");
+            }
             if !json {
                 errln!(
                     "mkomi: export task {} ({}), {} object(s) deleted",

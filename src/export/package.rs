@@ -755,6 +755,11 @@ fn upload_package(
                 .unwrap_or_else(|_| Err(Error::Invalid("the compression thread failed".into())));
             (put, produced)
         });
+        // A finished object is recorded before anything else may stop the run, so that the
+        // cleanup of an interrupted export removes it.
+        if put.is_ok() && produced.is_ok() {
+            written.push(key.clone());
+        }
         check_cancel(req.cancel)?;
         // Each side's failure shows on the other as a broken stream: report the cause. The
         // upload ends the stream early only when the data stopped (s3::Error::Read); any other
@@ -764,7 +769,6 @@ fn upload_package(
             (Err(s3::Error::Read { .. }), Err(e)) | (Ok(_), Err(e)) => return Err(e),
             (Err(e), _) => return Err(e.into()),
         };
-        written.push(key.clone());
         urls.push(Some(client.presign_get(&key, req.expires)?));
         objects.push(Object {
             name: name.clone(),

@@ -932,10 +932,22 @@ fn via_snapshots(
     }
 
     // 2. Upload and pre-sign, unless every disk already has its snapshot.
-    let uploaded = found.iter().any(Option::is_none);
+    let needed = found.iter().any(Option::is_none);
     let mut urls: Vec<Option<String>> = vec![None; targets.len()];
-    if uploaded {
-        upload(req, cx, state_dir.clone(), cancel)?;
+    let mut uploaded = false;
+    if needed {
+        // A package complete in its place (SHA256SUMS goes up last) is this bundle's: the
+        // place is named by the SHA-256 of its manifest. Finished uploads are not sent again
+        // (a run killed between the upload and its snapshots).
+        let present: Vec<String> = s3c
+            .list(&cx.location.key)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        if !package_keys(cx).iter().all(|k| present.contains(k)) {
+            upload(req, cx, state_dir.clone(), cancel)?;
+            uploaded = true;
+        }
         let expires = presign_lifetime(req);
         for (url, t) in urls.iter_mut().zip(targets) {
             match s3c.presign_get(&t.object, expires) {
@@ -1005,19 +1017,12 @@ fn via_snapshots(
                     cx.manifest.image.root_device_name
                 ))
             })?;
-        let (image_id, image_created) = match find_image(api, &root.snapshot_id)? {
+        // A failed image of an earlier run maps these snapshots and holds the name: it goes
+        // (the snapshots exist for this bundle only, so it is ours).
+        let (image_id, image_created) = match find_image(api, &root.snapshot_id, true)? {
             Some(id) => (id, false),
             None => {
                 check_cancel(cancel)?;
-                // A failed image of an earlier run maps these snapshots and holds the name:
-                // it goes first (the snapshots exist for this bundle only, so it is ours).
-                for failed in read_images(api, root_filter(&root.snapshot_id))?
-                    .into_iter()
-                    .filter(|i| i.state.as_deref() == Some("failed"))
-                    .filter_map(|i| i.image_id)
-                {
-                    delete_image(api, &failed)?;
-                }
                 let create = image_request(req, &cx.manifest, &snapshots)?;
                 match api.call::<_, CreateImageResponse>("CreateImage", &create, Retry::Never) {
                     Ok((resp, _)) => (
@@ -1028,10 +1033,12 @@ fn via_snapshots(
                         true,
                     ),
                     // A lost answer may hide an image created: look before anything else.
-                    Err(e) if e.outcome_unknown() => match find_image(api, &root.snapshot_id)? {
-                        Some(id) => (id, true),
-                        None => return Err(Error::ImageOutcomeUnknown(Box::new(e))),
-                    },
+                    Err(e) if e.outcome_unknown() => {
+                        match find_image(api, &root.snapshot_id, false)? {
+                            Some(id) => (id, true),
+                            None => return Err(Error::ImageOutcomeUnknown(Box::new(e))),
+                        }
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -1067,7 +1074,7 @@ fn via_snapshots(
                         let _ = delete_snapshot(api, id);
                     }
                 }
-                if uploaded {
+                if needed {
                     remove_objects(cx, s3c);
                 }
             }
@@ -1333,13 +1340,19 @@ fn wait_snapshots(
     }
 }
 
-/// The images that map `root_snapshot` and are not failed or deleted: the image of this
-/// bundle and target, if any (its snapshots exist for nothing else). The first one's ID.
-fn find_image(api: &Client, root_snapshot: &str) -> Result<Option<String>> {
-    Ok(read_images(api, root_filter(root_snapshot))?
-        .into_iter()
-        .filter(|i| !image_gone(i))
-        .find_map(|i: Image| i.image_id))
+/// The image of this bundle and target, if any: the first live image that maps
+/// `root_snapshot` (its snapshots exist for nothing else). With `purge`, failed ones that map
+/// it are deleted on the way (an earlier run's, holding the name); one `ReadImages` either way.
+fn find_image(api: &Client, root_snapshot: &str, purge: bool) -> Result<Option<String>> {
+    let mut live = None;
+    for i in read_images(api, root_filter(root_snapshot))? {
+        match (&i.image_id, i.state.as_deref()) {
+            (Some(id), Some("failed")) if purge => delete_image(api, id)?,
+            (Some(id), _) if !image_gone(&i) && live.is_none() => live = Some(id.clone()),
+            _ => {}
+        }
+    }
+    Ok(live)
 }
 
 /// Whether an image is failed or on its way out (so neither reused nor waited for).
