@@ -78,10 +78,10 @@ fn api(fake: &OapiServer) -> Client {
         })
 }
 
-/// The request: the bundle to `s3://BUCKET/omis/PREFIX` of the S3 server, quick polls. Each
-/// test has its own prefix: the upload's resume state lives in the user's cache directory
-/// (`export` takes no other), named by bucket, key and manifest, and an export aborts the
-/// uploads left open under its prefix, so that tests running together must not share one.
+/// The request: the bundle to `s3://BUCKET/omis/PREFIX` of the S3 server, quick polls, the
+/// upload's resume state and locks beside the bundle (in the test's temporary directory, not
+/// the user's cache). Each test has its own prefix: an export aborts the uploads left open
+/// under its prefix, so that tests running together must not share one.
 fn request(bundle: &Path, s3: &s3_server::S3Server, prefix: &str) -> PublishRequest {
     let config = Config {
         endpoint: Some(s3.endpoint.clone()),
@@ -93,6 +93,7 @@ fn request(bundle: &Path, s3: &s3_server::S3Server, prefix: &str) -> PublishRequ
     let location =
         Location::parse(&format!("s3://{}/omis/{prefix}", s3_server::BUCKET)).expect("location");
     let mut req = PublishRequest::new(bundle.to_path_buf(), location, config);
+    req.state_dir = bundle.parent().map(|p| p.join("upload-state"));
     req.timeout = Duration::from_secs(120);
     req.poll_first = Duration::from_millis(20);
     req.poll_max = Duration::from_millis(200);
@@ -471,7 +472,8 @@ fn snapshot_error_cleans_up() {
     // 3. Resumed, on the next slot.
     req.keep_failed = false;
     let published = run(&req, &api, &fake);
-    assert!(published.image_created && published.uploaded);
+    // The package kept by keep_failed is complete in its place: used as it is, not sent again.
+    assert!(published.image_created && !published.uploaded);
     let by_device = |d: &str| {
         published
             .snapshots

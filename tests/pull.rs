@@ -127,6 +127,7 @@ fn published(
     let location =
         Location::parse(&format!("s3://{}/omis/up-{prefix}", s3_server::BUCKET)).expect("loc");
     let mut req = PublishRequest::new(b.to_path_buf(), location, s3_config(s3));
+    req.state_dir = b.parent().map(|p| p.join("upload-state"));
     req.timeout = Duration::from_secs(120);
     req.poll_first = Duration::from_millis(20);
     req.poll_max = Duration::from_millis(200);
