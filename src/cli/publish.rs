@@ -175,6 +175,26 @@ fn location(a: &AccountArgs, name: &str) -> Result<s3::Location, ExitCode> {
     s3::Location::parse(&format!("s3://{}/{prefix}", a.bucket)).map_err(|e| usage(&e.to_string()))
 }
 
+/// The bucket location ([`location`]) and how to reach it
+/// ([`credentials::s3_config`]: the API's keys unless S3 variables are set).
+fn bucket(
+    a: &AccountArgs,
+    name: &str,
+    endpoint: &Endpoint,
+    keys: &Credentials,
+) -> Result<(s3::Location, s3::Config), ExitCode> {
+    let loc = location(a, name)?;
+    let config = credentials::s3_config(
+        |n| std::env::var(n).ok(),
+        keys,
+        &endpoint.region,
+        a.oos_endpoint.as_deref(),
+        None,
+    )
+    .map_err(|e| fail(&e))?;
+    Ok((loc, config))
+}
+
 /// `mkomi publish`.
 pub fn publish(a: PublishArgs, progress: &Progress, json: bool) -> ExitCode {
     let (endpoint, keys) = match account(&a.account, a.dry_run) {
@@ -187,19 +207,9 @@ pub fn publish(a: PublishArgs, progress: &Progress, json: bool) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let name = a.name.clone().unwrap_or(manifest.image.image_name.clone());
-    let loc = match location(&a.account, &name) {
-        Ok(l) => l,
+    let (loc, s3c) = match bucket(&a.account, &name, &endpoint, &keys) {
+        Ok(v) => v,
         Err(code) => return code,
-    };
-    let s3c = match credentials::s3_config(
-        |n| std::env::var(n).ok(),
-        &keys,
-        &endpoint.region,
-        a.account.oos_endpoint.as_deref(),
-        None,
-    ) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
     };
     let mut req = PublishRequest::new(a.bundle, loc, s3c);
     req.name = a.name;
@@ -341,19 +351,9 @@ pub fn pull(a: PullArgs, progress: &Progress, json: bool) -> ExitCode {
         Ok(v) => v,
         Err(code) => return code,
     };
-    let loc = match location(&a.account, &a.id) {
-        Ok(l) => l,
+    let (loc, s3c) = match bucket(&a.account, &a.id, &endpoint, &keys) {
+        Ok(v) => v,
         Err(code) => return code,
-    };
-    let s3c = match credentials::s3_config(
-        |n| std::env::var(n).ok(),
-        &keys,
-        &endpoint.region,
-        a.account.oos_endpoint.as_deref(),
-        None,
-    ) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
     };
     let mut req = PullRequest::new(source, a.output, loc, s3c);
     req.force = a.force;
