@@ -24,10 +24,6 @@ use serde_json::Value;
 
 const MIB: usize = 1 << 20;
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 /// A qcow2 bundle of two disks: a root of 6 MiB + 512 bytes of noise (an odd size, so the
 /// virtual size is not a whole MiB) and a 3 MiB io1 data volume on /dev/sdb.
 fn bundle(dir: &Path) -> PathBuf {
@@ -36,46 +32,20 @@ fn bundle(dir: &Path) -> PathBuf {
 
 /// [`bundle`] with other noise: seeds `seed` and `seed + 1`, in `dir/omi`.
 fn bundle_seeded(dir: &Path, seed: u64) -> PathBuf {
-    let root = dir.join("root.img");
-    let data = dir.join("data.img");
-    std::fs::write(&root, common::noise(6 * MIB + 512, seed)).expect("write root");
-    std::fs::write(&data, common::noise(3 * MIB, seed + 1)).expect("write data");
-    let out = dir.join("omi");
-    common::ok(&[
-        "register",
-        s(&root),
-        "-o",
-        s(&out),
-        "--arch",
-        "x86_64",
-        "--no-boot-check",
-        // Not the fake's default (legacy), so that the image's value proves it was sent.
-        "--boot-mode",
-        "uefi",
-        "--name",
+    common::two_disk_bundle(
+        dir,
         "publish-test (v1)",
-        "--format",
-        "qcow2",
-        "--bdm",
-        &format!(
-            "/dev/sdb={},size=2,type=io1,iops=300,delete-on-vm-deletion=false",
-            s(&data)
-        ),
-        "-q",
-    ]);
-    out
+        &common::noise(6 * MIB + 512, seed),
+        &common::noise(3 * MIB, seed + 1),
+        "size=2,type=io1,iops=300,delete-on-vm-deletion=false",
+        // Not the fake's default (legacy), so that the image's value proves it was sent.
+        &["--boot-mode", "uefi"],
+    )
 }
 
 /// A client of the fake with quick retries.
 fn api(fake: &OapiServer) -> Client {
-    let endpoint = Endpoint::new(&fake.api_url, REGION).expect("endpoint");
-    Client::new(endpoint, Credentials::new(ACCESS_KEY, SECRET_KEY))
-        .expect("client")
-        .with_backoff(Backoff {
-            first: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-            attempts: 4,
-        })
+    fake.client()
 }
 
 /// The request: the bundle to `s3://BUCKET/omis/PREFIX` of the S3 server, quick polls, the

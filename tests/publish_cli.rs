@@ -25,30 +25,14 @@ fn s(p: &Path) -> &str {
 /// A qcow2 bundle: a 12 MiB root (three 5 MiB parts at the smallest part size, so that an
 /// upload can be caught half-way) and a 1 MiB gp2 volume on /dev/sdb.
 fn bundle(dir: &Path, name: &str) -> PathBuf {
-    let root = dir.join("root.img");
-    let data = dir.join("data.img");
-    std::fs::write(&root, common::noise(12 * MIB, 11)).expect("write root");
-    std::fs::write(&data, common::noise(MIB, 12)).expect("write data");
-    let out = dir.join("omi");
-    common::ok(&[
-        "register",
-        s(&root),
-        "-o",
-        s(&out),
-        "--arch",
-        "x86_64",
-        "--no-boot-check",
-        "--boot-mode",
-        "uefi",
-        "--name",
+    common::two_disk_bundle(
+        dir,
         name,
-        "--format",
-        "qcow2",
-        "--bdm",
-        &format!("/dev/sdb={},type=gp2", s(&data)),
-        "-q",
-    ]);
-    out
+        &common::noise(12 * MIB, 11),
+        &common::noise(MIB, 12),
+        "type=gp2",
+        &["--boot-mode", "uefi"],
+    )
 }
 
 /// One account, one bucket, one cache directory (the upload's resume state) for the test.

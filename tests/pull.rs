@@ -17,14 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::oapi_server::{ACCESS_KEY, OapiServer, REGION, SECRET_KEY};
+use common::oapi_server::OapiServer;
 use mkomi::digest::{BLOCK_SIZE, ContentHasher, block_digest, zero_block_digest};
 use mkomi::export::s3::{Config, Credentials as S3Credentials, Location};
 use mkomi::manifest::Manifest;
 use mkomi::manifest::rules::GIB;
 use mkomi::progress::Progress;
-use mkomi::publish::client::{Backoff, Client, Endpoint, Retry};
-use mkomi::publish::credentials::Credentials;
+use mkomi::publish::client::{Client, Retry};
 use mkomi::publish::oapi::{
     CreateTagsRequest, CreateTagsResponse, DeleteTagsRequest, DeleteTagsResponse, ResourceTag,
 };
@@ -45,32 +44,15 @@ fn disks() -> (Vec<u8>, Vec<u8>) {
 
 /// A qcow2 bundle of the two disks, the data one an io1 volume of 2 GiB on /dev/sdb.
 fn bundle(dir: &Path) -> PathBuf {
-    let (root_bytes, data_bytes) = disks();
-    let root = dir.join("root.img");
-    let data = dir.join("data.img");
-    std::fs::write(&root, root_bytes).expect("write root");
-    std::fs::write(&data, data_bytes).expect("write data");
-    let out = dir.join("omi");
-    common::ok(&[
-        "register",
-        s(&root),
-        "-o",
-        s(&out),
-        "--arch",
-        "x86_64",
-        "--no-boot-check",
-        "--name",
+    let (root, data) = disks();
+    common::two_disk_bundle(
+        dir,
         "pull-test (v1)",
-        "--format",
-        "qcow2",
-        "--bdm",
-        &format!(
-            "/dev/sdb={},size=2,type=io1,iops=300,delete-on-vm-deletion=false",
-            s(&data)
-        ),
-        "-q",
-    ]);
-    out
+        &root,
+        &data,
+        "size=2,type=io1,iops=300,delete-on-vm-deletion=false",
+        &[],
+    )
 }
 
 /// The ContentDigest of `bytes` zero-extended to `size` bytes (src/digest.rs: SHA-256 of the
@@ -96,14 +78,7 @@ fn extended_digest(bytes: &[u8], size: u64) -> String {
 
 /// A client of the fake with quick retries.
 fn api(fake: &OapiServer) -> Client {
-    let endpoint = Endpoint::new(&fake.api_url, REGION).expect("endpoint");
-    Client::new(endpoint, Credentials::new(ACCESS_KEY, SECRET_KEY))
-        .expect("client")
-        .with_backoff(Backoff {
-            first: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-            attempts: 4,
-        })
+    fake.client()
 }
 
 fn s3_config(s3: &s3_server::S3Server) -> Config {

@@ -228,3 +228,44 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A qcow2 bundle `dir/omi` of two disks made by `mkomi register` (x86_64, no boot check):
+/// `root` on /dev/sda1 and `data` on /dev/sdb with the `--bdm` options `bdm`
+/// (`type=io1,iops=300`…), written as `dir/root.img` and `dir/data.img` first; `extra` goes to
+/// register as well (`--boot-mode uefi`…). The publish and pull tests' bundle.
+pub fn two_disk_bundle(
+    dir: &Path,
+    name: &str,
+    root: &[u8],
+    data: &[u8],
+    bdm: &str,
+    extra: &[&str],
+) -> PathBuf {
+    let root_path = dir.join("root.img");
+    let data_path = dir.join("data.img");
+    std::fs::write(&root_path, root).expect("write root");
+    std::fs::write(&data_path, data).expect("write data");
+    let out = dir.join("omi");
+    let text = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let bdm = format!("/dev/sdb={},{bdm}", text(&data_path));
+    let (root_text, out_text) = (text(&root_path), text(&out));
+    let mut args: Vec<&str> = vec![
+        "register",
+        &root_text,
+        "-o",
+        &out_text,
+        "--arch",
+        "x86_64",
+        "--no-boot-check",
+        "--name",
+        name,
+        "--format",
+        "qcow2",
+        "--bdm",
+        &bdm,
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    out
+}

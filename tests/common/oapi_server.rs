@@ -94,6 +94,20 @@ impl OapiServer {
         }
     }
 
+    /// A client of the fake with the test keys and quick retries (10 ms to 100 ms, 4 tries).
+    pub fn client(&self) -> mkomi::publish::client::Client {
+        use mkomi::publish::client::{Backoff, Client, Endpoint};
+        use mkomi::publish::credentials::Credentials;
+        let endpoint = Endpoint::new(&self.api_url, REGION).expect("endpoint");
+        Client::new(endpoint, Credentials::new(ACCESS_KEY, SECRET_KEY))
+            .expect("client")
+            .with_backoff(Backoff {
+                first: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+                attempts: 4,
+            })
+    }
+
     /// The fake's whole state (`GET /_control/state`): `Snapshots`, `Images` (with their
     /// private `_` fields, such as a snapshot's `_digest`), `Calls` (authenticated calls per
     /// operation), `Requests` (`[op, status]` of every request, 0 for a dropped answer),
