@@ -1,31 +1,41 @@
-//! `publish --via snapshots`: a bundle made into an OMI of an Outscale account (issue #15,
-//! steps 1-7; plan in `notes/issue15-research.md`, "Recommended plan" item 4).
+//! `publish`: a bundle made into an OMI of an Outscale account (issue #15; plan in
+//! `notes/issue15-research.md`, "Recommended plan" item 4), and [`plan`], its `--dry-run`,
+//! whose request bodies come from the same functions.
 //!
 //! The phases, each of which looks before it creates, so that a re-run after a crash, a
-//! time-out or a lost answer resumes without creating anything twice:
-//! 1. **lookup**: every disk's snapshot is looked up by its `ClientToken` ([`snapshot_token`],
-//!    derived from the disk's ContentDigest and the target). When every disk has a live one,
-//!    nothing is uploaded again;
-//! 2. **upload**: otherwise the bundle is exported into the bucket as an export package
+//! time-out or a lost answer resumes without creating anything twice. One run per bundle and
+//! location at a time (a lock held for the whole run):
+//! 0. **published?**: `ReadImages{ImageNames, Tags: [TAG_BUNDLE=…]}`: this bundle published
+//!    under this name before; then only the wait, tags, permissions and objects are finished;
+//! 1. **lookup** (`--via snapshots`): every disk's snapshot is looked up by its `ClientToken`
+//!    ([`snapshot_token`], derived from the disk's ContentDigest and the target). When every
+//!    disk has a live one, nothing is uploaded again;
+//! 2. **upload**: otherwise the bundle is exported into `PREFIX/mkomi-HASH/` (HASH from the
+//!    manifest's SHA-256, so that two bundles never share a key) as an export package
 //!    ([`crate::export::package::export`]: one `.qcow2.gz` object per disk, multipart and
-//!    resumable), and each disk object is pre-signed;
+//!    resumable; a package complete in its place is used as it is), and each disk object is
+//!    pre-signed;
 //! 3. **snapshots**: `CreateSnapshot{FileLocation, SnapshotSize, ClientToken}` for each disk
 //!    without a live snapshot (sent as [`Retry::Safe`]: the token makes a resent request return
 //!    the first one's snapshot), then `ReadSnapshots` polled with backoff until every one is
 //!    `completed` (`error` fails the publish);
 //! 4. **image**: `ReadImages{BlockDeviceMappingSnapshotIds: [root snapshot]}` first, since those
-//!    snapshots exist only for this bundle and target; else `CreateImage`, sent once
-//!    ([`Retry::Never`]: it has no `ClientToken` in OAPI 1.40.1). When its answer is lost
-//!    ([`ClientError::outcome_unknown`]) the image is looked up again before anything else, and
-//!    never created blindly a second time; then `ReadImages` polled until `available`;
-//! 5. **tags and permissions**: `CreateTags` (`mkomi:digest`, `mkomi:version`, the user's) on
-//!    the image and its snapshots, `UpdateImage` for shares and global permission;
+//!    snapshots exist only for this bundle and target (a failed image found there is deleted);
+//!    else `CreateImage`, sent once ([`Retry::Never`]: it has no `ClientToken` in OAPI 1.40.1).
+//!    When its answer is lost ([`ClientError::outcome_unknown`]) the image is looked up again
+//!    before anything else, and never created blindly a second time; then `ReadImages` polled
+//!    until `available`. `--via manifest` instead uploads the package and sends
+//!    `CreateImage{FileLocation}` with its manifest's URL, tagging the image at once;
+//! 5. **tags and permissions**: `CreateTags` on the snapshots ([`TAG_DIGEST`],
+//!    [`TAG_VIRTUAL_SIZE`], [`TAG_VERSION`], the user's), `UpdateImage` for shares and global
+//!    permission, then `CreateTags` on the image (with [`TAG_BUNDLE`], which marks it done);
 //! 6. **objects**: the package's objects deleted unless `keep_objects`.
 //!
-//! A failure after the upload deletes the package's objects, and the snapshots this run created
-//! (not the ones reused from an earlier run), unless `keep_failed`. One exception: when
-//! `CreateImage`'s outcome is unknown and no image is found, the snapshots are kept, since an
-//! image that appears later would map them; the next run finds them by token and resumes.
+//! A failure or Ctrl-C deletes what this run created, unless `keep_failed`: its image first
+//! (the API refuses to delete a snapshot an image maps), then its snapshots (not the ones
+//! reused from an earlier run), the package's objects and its open uploads. One exception:
+//! when `CreateImage`'s outcome is unknown and no image is found, the snapshots and objects are
+//! kept, since an image that appears later would map them; the next run finds them and resumes.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
