@@ -150,6 +150,10 @@ const OLD_ROOT_HASH: &str = "$6$oLdSaLt$OldRootHashOldRootHashOldRootHashOldRoot
 const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";
 
 #[test]
+#[cfg_attr(
+    not(feature = "tool-tests"),
+    ignore = "calls external tools: run with --features tool-tests"
+)]
 fn finds_every_planted_item_without_showing_secrets() {
     let t = Tree::new();
     let ed = t.keygen("ed", "ed25519", "", "alice at laptop");
@@ -449,6 +453,10 @@ fn finds_every_planted_item_without_showing_secrets() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tool-tests"),
+    ignore = "calls external tools: run with --features tool-tests"
+)]
 fn a_clean_tree_has_no_findings_and_no_problems() {
     let t = Tree::new();
     t.put(
@@ -492,6 +500,10 @@ fn a_clean_tree_has_no_findings_and_no_problems() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tool-tests"),
+    ignore = "calls external tools: run with --features tool-tests"
+)]
 fn loops_and_large_directories_are_problems_not_hangs() {
     let t = Tree::new();
     t.put(
@@ -629,6 +641,10 @@ fn helpers() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tool-tests"),
+    ignore = "calls external tools: run with --features tool-tests"
+)]
 fn fingerprints_bits_and_labels_match_ssh_keygen() {
     let t = Tree::new();
     let mut files = Vec::new();

@@ -408,6 +408,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn round_trips_through_gzip_and_flate2() {
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("empty", Vec::new()),

@@ -263,6 +263,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn input_format_overrides_the_content() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.qcow2");
@@ -301,6 +305,10 @@ mod tests {
     /// A block device whose content starts with a qcow2 header (a guest could have written it) is
     /// read as the raw device unless --input-format qcow2 says otherwise.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn block_device_is_raw_whatever_its_content() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("guest.qcow2");

@@ -1475,6 +1475,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn v2_and_v3_read_back_with_extents() {
         for compat in ["0.10", "1.1"] {
             let dir = tempfile::tempdir().unwrap();
@@ -1512,6 +1516,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn v3_zero_clusters_are_zero_extents() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.qcow2");
@@ -1537,6 +1545,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn compressed_images_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
@@ -1582,6 +1594,10 @@ mod tests {
     /// base (raw or qcow2, 1 MiB) ← mid (4 MiB) ← top (4 MiB), each layer writing over the
     /// one below; checked byte for byte.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn three_level_backing_chain() {
         for base_format in ["raw", "qcow2"] {
             let dir = tempfile::tempdir().unwrap();
@@ -1644,6 +1660,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn v2_image_with_backing_format_extension() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.raw");
@@ -1662,6 +1682,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn backing_format_detected_from_content() {
         for base_format in ["raw", "qcow2"] {
             let dir = tempfile::tempdir().unwrap();
@@ -1689,6 +1713,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn backing_format_not_supported() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("base.raw"), pattern(M, 1)).unwrap();
@@ -1700,6 +1728,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn backing_outside_directory_needs_allow_backing() {
         let dir = tempfile::tempdir().unwrap();
         let images = dir.path().join("images");
@@ -1735,6 +1767,10 @@ mod tests {
 
     /// No backing file is followed by default, not even one beside the image.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn backing_beside_the_image_needs_allow_backing() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.qcow2");
@@ -1762,6 +1798,10 @@ mod tests {
     /// type is taken from the open descriptor, so a symlink that passes the path check is no way
     /// around it, and a FIFO does not block the open.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn backing_onto_a_device_fifo_or_socket_refused() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -1810,6 +1850,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn backing_loop_refused() {
         let dir = tempfile::tempdir().unwrap();
         let c = dir.path().join("c.qcow2");
@@ -1830,6 +1874,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn backing_missing_refused() {
         let dir = tempfile::tempdir().unwrap();
         let top = dir.path().join("top.qcow2");
@@ -1849,6 +1897,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn backing_chain_depth_limited() {
         let dir = tempfile::tempdir().unwrap();
         let name = |i: usize| format!("l{i}.qcow2");
@@ -1870,6 +1922,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn backing_layers_are_validated_too() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.qcow2");
@@ -1887,6 +1943,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn zstd_refused() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("z.qcow2");
@@ -1895,6 +1955,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn zero_size_image() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("empty.qcow2");
@@ -1906,6 +1970,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn extent_and_read_bounds() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("d.qcow2");
@@ -1928,6 +1996,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn sparse_1g_has_one_data_extent() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("sparse.qcow2");
@@ -1968,6 +2040,10 @@ mod tests {
     /// L2 tables), not its virtual size: a walk that went through the 6,144 L2 tables it could
     /// have, or through the data, would read hundreds of times more.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn sparse_3t_walk_reads_only_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("huge.qcow2");
@@ -2011,6 +2087,10 @@ mod tests {
     /// Whatever qemu-img writes must open and read back: cluster sizes, refcount widths,
     /// preallocation modes, lazy refcounts, bitmaps, convert options.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn qemu_img_variants_open() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("data.raw");
@@ -2086,6 +2166,10 @@ mod tests {
 
     /// A backing chain rewritten by qemu-img rebase and commit still reads as qemu reads it.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn rebase_and_commit() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.qcow2");
@@ -2114,6 +2198,10 @@ mod tests {
     /// Random corruption of the metadata of v2, v3 and compressed images must end in an error
     /// or in an image that reads (as zeros where qemu would too), never in a panic.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn mutated_metadata_never_panics() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("d.raw");
@@ -2210,6 +2298,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn corrupt_headers_refused() {
         let dir = tempfile::tempdir().unwrap();
         let pristine = plain_image(dir.path(), "1.1");
@@ -2317,6 +2409,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn l2_entry_past_end_refused() {
         let dir = tempfile::tempdir().unwrap();
         let img = plain_image(dir.path(), "1.1");
@@ -2333,6 +2429,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn l2_entry_bad_bits_refused() {
         let dir = tempfile::tempdir().unwrap();
         let pristine = plain_image(dir.path(), "1.1");
@@ -2352,6 +2452,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn l1_entry_past_end_refused() {
         let dir = tempfile::tempdir().unwrap();
         let img = plain_image(dir.path(), "1.1");
@@ -2379,6 +2483,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn truncated_file() {
         let dir = tempfile::tempdir().unwrap();
         let pristine = plain_image(dir.path(), "1.1");
@@ -2405,6 +2513,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn v2_zero_flag_refused() {
         let dir = tempfile::tempdir().unwrap();
         let img = plain_image(dir.path(), "0.10");
@@ -2415,6 +2527,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn compressed_entry_past_end_refused() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("d.raw");
@@ -2444,6 +2560,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn malformed_header_extensions_refused() {
         let dir = tempfile::tempdir().unwrap();
         let pristine = plain_image(dir.path(), "1.1");
@@ -2474,6 +2594,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn non_utf8_backing_name_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("base.raw"), pattern(M, 1)).unwrap();

@@ -1008,6 +1008,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_a_bare_raw_image() {
         let fx = build(&[], &[]);
         let fs = open_at(&fx.image, 0, None).unwrap();
@@ -1015,6 +1019,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_a_file_system_inside_a_larger_disk() {
         let fx = build(&[], &["-b", "4096"]);
         let fs_bytes = std::fs::read(&fx.image).unwrap();
@@ -1040,6 +1048,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_through_qcow2() {
         let fx = build(&[], &[]);
         let qcow2 = fx.dir.path().join("root.qcow2");
@@ -1061,6 +1073,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn resolve_errors_are_one_line_and_name_the_image() {
         let fx = build(&[], &[]);
         let fs = open_at(&fx.image, 0, None).unwrap();
@@ -1113,6 +1129,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn several_matches_are_listed_sorted() {
         let older = b"old kernel".as_slice();
         let fx = build(&[("/boot/vmlinuz-6.1.0-27-cloud-amd64", older)], &[]);
@@ -1162,6 +1182,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn symlinks_are_followed_within_bounds() {
         use crate::fs::{FileSystem, Kind};
         let fx = build(&[], &[]);
@@ -1244,6 +1268,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn read_to_vec_refuses_files_over_max() {
         let fx = build(&[], &[]);
         let fs = open_at(&fx.image, 0, None).unwrap();
@@ -1260,6 +1288,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn corrupted_superblock_is_a_clean_error() {
         let fx = build(&[], &[]);
         let mut bytes = std::fs::read(&fx.image).unwrap();
@@ -1283,6 +1315,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn counts_beyond_the_volume_are_refused_before_allocating() {
         let fx = build(&[], &[]);
         let good = std::fs::read(&fx.image).unwrap();
@@ -1318,6 +1354,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn refused_features_are_named() {
         let fx = build(&[], &["-O", "inline_data"]);
         let e = open_at(&fx.image, 0, None).unwrap_err().to_string();
@@ -1328,6 +1368,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_outside_the_window_are_errors() {
         let fx = build(&[], &[]);
         let src = format::open_path(&fx.image, &OpenOptions::default()).unwrap();

@@ -1044,12 +1044,20 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_fat12() {
         let fx = build(12, 8192, &[]);
         check_tree(&open(&fx), &fx, "fat12");
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_fat16_with_4096_byte_sectors() {
         let fx = build(16, 32768, &["-S", "4096", "-s", "1"]);
         let fs = open(&fx);
@@ -1058,12 +1066,20 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_fat32() {
         let fx = build(32, 65536, &[]);
         check_tree(&open(&fx), &fx, "fat32");
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_a_file_system_inside_a_larger_disk() {
         let fx = build(16, 32768, &[]);
         let fs_bytes = std::fs::read(&fx.image).unwrap();
@@ -1115,6 +1131,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_through_qcow2() {
         let fx = build(32, 65536, &[]);
         let qcow2 = fx.dir.path().join("fat32.qcow2");
@@ -1136,6 +1156,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn errors_are_one_line_and_name_the_image_and_path() {
         let fx = build(12, 8192, &[]);
         let fs = open(&fx);
@@ -1237,6 +1261,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn cluster_chain_loops_are_errors_not_hangs() {
         for (fat, kib) in [(12, 8192), (32, 65536)] {
             let fx = build(fat, kib, &[]);
@@ -1282,6 +1310,10 @@ mod tests {
     /// chain through every cluster of the volume costs nothing to a read of the first bytes.
     /// And a file read piece by piece resolves its path once.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_follow_the_chain_only_as_far_as_they_need() {
         let fx = build(32, 65536, &[]);
         let fs = open(&fx);
@@ -1364,6 +1396,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn directories_longer_than_fat_allows_are_errors() {
         let fx = build(12, 8192, &[]);
         let fs = open(&fx);
@@ -1405,6 +1441,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn bad_links_in_a_chain_are_errors() {
         let fx = build(32, 65536, &[]);
         let fs = open(&fx);
@@ -1451,6 +1491,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn entries_that_point_outside_the_volume_or_past_their_chain_are_errors() {
         let fx = build(12, 8192, &[]);
         let fs = open(&fx);
@@ -1520,6 +1564,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn bad_boot_sectors_are_refused_naming_the_field() {
         let fx = build(12, 8192, &[]);
         let prefix = "fat12.img: no valid FAT file system at byte 0: ";
@@ -1650,6 +1698,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn a_long_name_with_a_wrong_checksum_gives_way_to_the_short_name() {
         let fx = build(12, 8192, &[]);
         let fs = patched(&fx, |b, _| {
@@ -1851,6 +1903,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn reads_outside_the_window_are_errors() {
         let fx = build(12, 8192, &[]);
         let src = format::open_path(&fx.image, &OpenOptions::default()).unwrap();

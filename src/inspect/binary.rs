@@ -823,6 +823,10 @@ mod tests {
 
     /// Binaries of this machine and made by binutils, read whole.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn real_binaries() {
         let dir = tempfile::tempdir().unwrap();
         let (elf32, ia32, x64) = toolchain_binaries(dir.path());
@@ -857,6 +861,10 @@ mod tests {
 
     /// Through the [`FileSystem`] trait: an ext4 image with the usual symlinks to busybox.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn in_an_ext4_image() {
         let dir = tempfile::tempdir().unwrap();
         let (elf32, ia32, x64) = toolchain_binaries(dir.path());

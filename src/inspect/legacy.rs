@@ -534,6 +534,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn gpt_with_a_bios_boot_partition_and_boot_img_boots_legacy() {
         let dir = tempfile::tempdir().unwrap();
         let path = gpt_disk(dir.path(), true);
@@ -576,6 +580,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn core_img_in_the_gap_after_an_mbr_boots_legacy() {
         let dir = tempfile::tempdir().unwrap();
         let path = mbr_disk(dir.path(), 2048);
@@ -616,6 +624,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn a_pointer_out_of_the_disk_is_a_problem_not_legacy() {
         let dir = tempfile::tempdir().unwrap();
         let path = gpt_disk(dir.path(), true);
@@ -643,6 +655,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn a_wrong_block_list_is_a_problem_not_legacy() {
         let dir = tempfile::tempdir().unwrap();
         let path = gpt_disk(dir.path(), true);
@@ -712,6 +728,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn core_img_over_a_file_system_or_outside_every_partition_is_a_problem() {
         let dir = tempfile::tempdir().unwrap();
         let path = gpt_disk(dir.path(), true);
@@ -748,6 +768,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn a_bios_boot_partition_without_mbr_boot_code_is_not_legacy() {
         let dir = tempfile::tempdir().unwrap();
         let path = gpt_disk(dir.path(), true);
@@ -774,6 +798,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn other_boot_code_is_legacy_as_before() {
         let dir = tempfile::tempdir().unwrap();
         let path = mbr_disk(dir.path(), 2048);

@@ -378,6 +378,10 @@ IMAGE_VERSION=Foo Linux
     /// [`read`] through an ext4 image: the `/etc` symlink into `/usr/lib`, the fall back to
     /// `/usr/lib/os-release` when `/etc/os-release` dangles, none at all, one too big.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn read_from_ext4() {
         let dir = tempfile::tempdir().unwrap();
         let image = |name: &str, setup: &dyn Fn(&Path)| {

@@ -248,6 +248,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn real_file_systems() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -279,6 +283,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn declared_sizes_are_the_sizes_mkfs_made() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();

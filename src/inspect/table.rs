@@ -1144,6 +1144,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn sgdisk_disk_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let t = inspect(&sgdisk_disk(&dir));
@@ -1170,6 +1174,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn hybrid_from_sgdisk() {
         let dir = tempfile::tempdir().unwrap();
         let path = sgdisk_disk(&dir);

@@ -1851,6 +1851,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn empty_tree_is_clean() {
         let dir = tempfile::tempdir().unwrap();
         let tree = Tree::new(meta(0o755));
@@ -1862,6 +1866,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn small_tree_of_every_kind() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -1930,6 +1938,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn every_kind_reads_back_through_debugfs() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2035,6 +2047,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn hard_links_share_an_inode_across_directories() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2059,6 +2075,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn xattrs_in_the_inode_and_in_a_block() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2128,6 +2148,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn long_and_odd_names() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2163,6 +2187,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn sparse_and_fragmented_files_take_deeper_extent_trees() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2261,16 +2289,28 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn multi_group_32_byte_descriptors() {
         multi_group(Knobs::default());
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn multi_group_64_byte_descriptors() {
         multi_group(Knobs { force_64bit: true });
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn same_input_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2289,6 +2329,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn dumpe2fs_shows_the_features() {
         let dir = tempfile::tempdir().unwrap();
         let tree = Tree::new(meta(0o755));
@@ -2329,6 +2373,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn too_small_is_refused_with_the_size_needed() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2352,6 +2400,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn a_directory_of_50000_entries_is_hashed() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2405,6 +2457,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn a_hundred_thousand_small_files() {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(std::env::current_exe().unwrap())
@@ -2472,6 +2528,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn a_tree_lost_and_found_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let m = meta(0o755);
@@ -2509,6 +2569,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn odd_sizes_keep_or_drop_the_last_group() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2560,6 +2624,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn auto_sizes_add_the_extra_in_whole_mib() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));
@@ -2628,6 +2696,10 @@ mod tests {
     /// A real directory (the host's /usr/share/doc: thousands of files, symlinks, directories
     /// of many entries) comes back identical through `debugfs rdump` and `diff -r`.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn a_host_directory_round_trips() {
         let src = Path::new("/usr/share/doc");
         if !src.is_dir() {
@@ -2718,6 +2790,10 @@ mod tests {
     /// A large fixed size with little content: bitmaps and tables that are all zeros are not
     /// held, and e2fsck passes the sparse image.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn a_256_gib_file_system() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::new(meta(0o755));

@@ -1132,6 +1132,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn esp_passes_fsck_and_mtools_reads_it_back() {
         let esp = esp_inputs();
         let img = esp.dir.path().join("esp.img");
@@ -1287,6 +1291,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn builds_are_reproducible_and_follow_the_epoch() {
         let esp = esp_inputs();
         let d = esp.dir.path();
@@ -1334,6 +1342,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn smallest_size_is_accepted_and_one_sector_less_is_not() {
         let l = Layout::choose(MIN_SIZE).unwrap();
         assert_eq!((l.sectors_per_cluster, l.clusters), (1, MIN_CLUSTERS));
@@ -1420,6 +1432,10 @@ mod tests {
     /// leading dots, spaces, a directory over several clusters: fsck.fat passes it, and the
     /// reader and mtools give every name and every byte back.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn awkward_names_and_large_directories_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut want: Vec<(String, Vec<u8>)> = vec![
@@ -1484,6 +1500,10 @@ mod tests {
     /// laid-out disk: every file's bytes, every directory's names, nothing more; every eighth
     /// also through `fsck.fat -n`.
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn random_trees_read_back() {
         let pieces = [
             "a",

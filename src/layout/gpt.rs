@@ -1273,6 +1273,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn sgdisk_accepts_1_gib() {
         let mut requests = sample();
         requests[1].attributes = 1 << 59;
@@ -1282,6 +1286,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn sgdisk_accepts_odd_size_and_every_type() {
         let mut requests: Vec<PartitionRequest> = PartitionType::ALL
             .iter()
@@ -1292,6 +1300,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn sgdisk_accepts_128_partitions() {
         let requests: Vec<PartitionRequest> = (0..128)
             .map(|i| req(PartitionType::LinuxGeneric, &format!("part-{i}"), Some(MIB)))
@@ -1300,6 +1312,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn sgdisk_accepts_disk_beyond_mbr_range() {
         check_with_sgdisk(&plan(3 << 40, &sample(), b"3 TiB").unwrap());
     }

@@ -1122,6 +1122,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn two_entries_linear_one_block() {
         let d = oracle(&[b"a".to_vec(), b"bb".to_vec()], &ORACLE);
         assert_eq!(d.blocks.len(), 1);
@@ -1147,6 +1151,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn one_full_block_then_two() {
         // 12-byte names take 20 bytes: `.` and `..` (24) and 203 of them fill the 4084 bytes
         // before the checksum tail exactly.
@@ -1160,6 +1168,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn three_blocks_are_hashed() {
         // 203 + 204 names fill two blocks: still linear, and e2fsck -fy leaves it alone.
         let d = oracle(&names(407, 12, b'n'), &ORACLE);
@@ -1175,6 +1187,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn min_blocks_pads_a_linear_directory() {
         // lost+found's shape: e2fsck -fy would optimize it for any other directory, so -fn.
         let o = Oracle {
@@ -1189,6 +1205,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn fifty_thousand_short_names_one_level() {
         let d = oracle(&names(50_000, 10, b's'), &ORACLE);
         assert!(d.indexed);
@@ -1196,6 +1216,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn fifty_thousand_long_high_byte_names_two_levels_unsigned() {
         // 255-byte names with bytes >= 0x80: 15 to a leaf, 3334 leaves, so index nodes.
         let d = oracle(&names(50_000, 255, 0xE9), &ORACLE);
@@ -1207,6 +1231,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn high_byte_names_signed_hash() {
         let o = Oracle {
             unsigned: false,
@@ -1242,6 +1270,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn without_metadata_csum() {
         let o = Oracle {
             csum: false,
@@ -1257,6 +1289,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn e2fsck_rejects_a_broken_checksum() {
         let o = Oracle {
             tamper: Some(|b| b[2][20] ^= 1),
@@ -1266,6 +1302,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn e2fsck_rejects_leaves_out_of_hash_order() {
         // Without checksums only the hash ranges can tell: swapping two leaves breaks them.
         let o = Oracle {
@@ -1277,6 +1317,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
     fn equal_hashes_across_leaves_set_the_continuation_bit() {
         // Two 255-byte names with the same major hash (a birthday search over 31 bits).
         let long = |tag: u8, i: u32| {

@@ -66,9 +66,15 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jsonschema
-import referencing
-import referencing.jsonschema
 import yaml
+
+try:
+    import referencing
+    import referencing.jsonschema
+except ImportError:
+    # jsonschema < 4.18 (Debian bookworm's python3-jsonschema is 4.10) has no `referencing`:
+    # its RefResolver resolves the same `urn:osc` references.
+    referencing = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The spec lives next to the checkouts (../shared/specs from the repository root).
@@ -141,11 +147,16 @@ class Spec:
             doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         self.schemas = doc["components"]["schemas"]
         self.operations = {p.strip("/") for p in doc["paths"]}
-        resource = referencing.Resource(
-            contents={"components": doc["components"]},
-            specification=referencing.jsonschema.DRAFT7,
-        )
-        self.registry = referencing.Registry().with_resource("urn:osc", resource)
+        if referencing is not None:
+            resource = referencing.Resource(
+                contents={"components": doc["components"]},
+                specification=referencing.jsonschema.DRAFT7,
+            )
+            self.refs = {"registry": referencing.Registry().with_resource("urn:osc", resource)}
+        else:
+            self.refs = {
+                "resolver": jsonschema.RefResolver("urn:osc", {"components": doc["components"]})
+            }
         self.format_checker = jsonschema.FormatChecker(formats=())
         # `format` is not asserted by Draft 7 validators by default; the spec's int64/int32 and
         # byte formats are checked here (SnapshotSize is int64, NextPageToken is byte).
@@ -164,7 +175,7 @@ class Spec:
         if name not in self._validators:
             self._validators[name] = jsonschema.Draft7Validator(
                 {"$ref": "urn:osc#/components/schemas/" + name},
-                registry=self.registry,
+                **self.refs,
                 format_checker=self.format_checker,
             )
         return self._validators[name]
