@@ -36,8 +36,9 @@ Each disk becomes DEVICE.FORMAT.gz (gzip, compressed on all cores, deterministic
 manifest.json in Outscale's export format (Version 1, Image, Snapshots with Size and, in a
 bucket, PreSignedUrl), beside mkomi-manifest.json (the bundle's manifest) and SHA256SUMS of every
 object. In a bucket, the manifest's pre-signed URL is printed: it is CreateImage's FileLocation.
-Credentials come from OSC_ACCESS_KEY/OSC_SECRET_KEY or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
-(and AWS_SESSION_TOKEN); they are never printed.")]
+Credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), else
+OSC_ACCESS_KEY/OSC_SECRET_KEY; they are never printed. With OSC_* set and no --endpoint, the
+bucket is on Outscale OOS of the region.")]
 pub struct ExportArgs {
     /// The bundle directory.
     bundle: PathBuf,

@@ -71,11 +71,12 @@ impl Config {
     }
 
     /// The configuration from variables looked up by `var`:
-    /// - credentials: `OSC_ACCESS_KEY` and `OSC_SECRET_KEY` or else `AWS_ACCESS_KEY_ID`,
-    ///   `AWS_SECRET_ACCESS_KEY` and maybe `AWS_SESSION_TOKEN` (empty values count as unset);
+    /// - credentials: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and maybe
+    ///   `AWS_SESSION_TOKEN`, or else `OSC_ACCESS_KEY` and `OSC_SECRET_KEY` (empty values count
+    ///   as unset);
     /// - region: `region`, else `OSC_REGION`, `AWS_REGION`, `AWS_DEFAULT_REGION`;
     /// - endpoint: `endpoint`; without one, Outscale's OOS of the region
-    ///   (`https://oos.REGION.outscale.com`) for `OSC_` credentials, AWS S3 for `AWS_` ones.
+    ///   (`https://oos.REGION.outscale.com`) when the `OSC_` pair is set, else AWS S3.
     pub fn from_vars(
         var: impl Fn(&str) -> Option<String>,
         endpoint: Option<&str>,
@@ -94,15 +95,20 @@ impl Config {
             }),
             (None, None) => Ok(None),
         };
-        let (credentials, outscale) =
-            if let Some((k, s)) = pair("OSC_ACCESS_KEY", "OSC_SECRET_KEY")? {
-                (Credentials::new(&k, &s, None), true)
-            } else if let Some((k, s)) = pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")? {
+        // AWS_* first, as `publish` does for its bucket (`publish::credentials`): a CI job
+        // holding both pairs in its environment (the API's and a bucket-only key) gives the
+        // bucket its own key. The OSC_* pair still means Outscale: the endpoint stays OOS.
+        let osc = pair("OSC_ACCESS_KEY", "OSC_SECRET_KEY")?;
+        let aws = pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")?;
+        let outscale = osc.is_some();
+        let credentials = match (aws, osc) {
+            (Some((k, s)), _) => {
                 let token = var("AWS_SESSION_TOKEN");
-                (Credentials::new(&k, &s, token.as_deref()), false)
-            } else {
-                return Err(Error::NoCredentials);
-            };
+                Credentials::new(&k, &s, token.as_deref())
+            }
+            (None, Some((k, s))) => Credentials::new(&k, &s, None),
+            (None, None) => return Err(Error::NoCredentials),
+        };
         let region = match region.filter(|r| !r.is_empty()) {
             Some(r) => r.to_string(),
             None => ["OSC_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"]
@@ -246,6 +252,24 @@ mod tests {
         assert_eq!(c.region, "eu-west-3");
         assert!(c.allow_http);
         assert_eq!(c.credentials.session_token.as_deref(), Some("tok"));
+        // Both pairs: the bucket's own AWS_* key, and OOS because the OSC_* pair is there.
+        let c = Config::from_vars(
+            vars(&[
+                ("OSC_ACCESS_KEY", "AKOSC"),
+                ("OSC_SECRET_KEY", "api-secret"),
+                ("AWS_ACCESS_KEY_ID", "AKBUCKET"),
+                ("AWS_SECRET_ACCESS_KEY", "bucket-secret"),
+                ("OSC_REGION", "eu-west-2"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.credentials.secrets(), ["AKBUCKET", "bucket-secret"]);
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://oos.eu-west-2.outscale.com")
+        );
         let c = Config::from_vars(
             vars(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "s")]),
             None,
