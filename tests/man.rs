@@ -83,7 +83,9 @@ fn entry(heading: &str) -> Option<String> {
             (w.starts_with('-') && w.len() > 1 && !w.contains('='))
                 || (w.starts_with('<') && w.trim_end_matches("...").ends_with('>'))
                 || (w.starts_with("[<") && w.ends_with(">]"))
-                || (w.starts_with('[') && w.trim_end_matches("...").ends_with(']') && !w.contains(':'))
+                || (w.starts_with('[')
+                    && w.trim_end_matches("...").ends_with(']')
+                    && !w.contains(':'))
         })
         .map(|w| w.trim_end_matches("..."))
         .collect();
@@ -123,7 +125,10 @@ fn help_entries(path: &[&str]) -> BTreeSet<String> {
 fn man_entries(text: &str, page: &str) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
     for (heading, lines) in sections(text) {
-        if PROSE.contains(&heading.as_str()) || heading.starts_with("MKOMI") || heading.starts_with("mkomi ") {
+        if PROSE.contains(&heading.as_str())
+            || heading.starts_with("MKOMI")
+            || heading.starts_with("mkomi ")
+        {
             continue;
         }
         assert_eq!(
@@ -200,7 +205,12 @@ fn pages_list_what_help_lists() {
         );
         let help = help_entries(&args);
         assert!(help.contains("-h --help"), "{page}: {help:?}");
-        assert_eq!(man_entries(&text, &page), help, "{page} vs {} --help", name.join(" "));
+        assert_eq!(
+            man_entries(&text, &page),
+            help,
+            "{page} vs {} --help",
+            name.join(" ")
+        );
     }
     // A value name the help gives reaches the page (a check that the comparison sees them).
     let register = render(&dir.path().join("mkomi-register.1"));
@@ -238,8 +248,16 @@ fn mkomi_1_gives_the_exit_codes() {
         }
         map
     };
-    let from_help = codes(sections(&help).get("Exit codes:").expect("--help: Exit codes:"));
-    let from_man = codes(sections(&man).get("EXIT STATUS").expect("mkomi(1): EXIT STATUS"));
+    let from_help = codes(
+        sections(&help)
+            .get("Exit codes:")
+            .expect("--help: Exit codes:"),
+    );
+    let from_man = codes(
+        sections(&man)
+            .get("EXIT STATUS")
+            .expect("mkomi(1): EXIT STATUS"),
+    );
     assert_eq!(
         from_help.keys().copied().collect::<Vec<_>>(),
         [0, 1, 2, 3, 4, 130]
