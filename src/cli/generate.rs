@@ -230,3 +230,47 @@ fn after_help(roff: &mut Roff, text: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file is replaced whole, and a failed rename leaves no temporary file behind.
+    #[test]
+    fn writes_are_atomic_and_clean_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let page = dir.path().join("mkomi.1");
+        std::fs::write(&page, "old, longer than the new text").expect("write");
+        write_atomic(&page, b"new").expect("replace");
+        assert_eq!(std::fs::read(&page).expect("read"), b"new");
+        // A directory in the file's place: the rename fails.
+        let blocked = dir.path().join("mkomi.bash");
+        std::fs::create_dir(&blocked).expect("mkdir");
+        std::fs::write(blocked.join("x"), "").expect("write");
+        let err = write_atomic(&blocked, b"script").expect_err("rename over a directory");
+        assert!(
+            err.to_string().contains("cannot rename into place"),
+            "{err}"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["mkomi.1", "mkomi.bash"]);
+    }
+
+    /// mkomi(1)'s EXIT STATUS has one entry per line of [`EXIT_STATUS`], codes in order.
+    #[test]
+    fn exit_status_has_every_code() {
+        let mut roff = Roff::default();
+        exit_status(&mut roff);
+        let text = roff.to_roff();
+        let codes: Vec<&str> = text
+            .split(".TP\n")
+            .skip(1)
+            .filter_map(|entry| entry.lines().next())
+            .collect();
+        assert_eq!(codes, ["0", "1", "2", "3", "4", "130"]);
+    }
+}
