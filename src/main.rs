@@ -8,7 +8,9 @@
 mod cli;
 
 use clap::Parser;
-use cli::{Cli, Command, common, completions, export, inspect, publish, register, store, verify};
+use cli::{
+    Cli, Command, common, completions, export, generate, inspect, publish, register, store, verify,
+};
 use mkomi::progress::Progress;
 use std::process::ExitCode;
 
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => store::image(cmd, cli.store, &progress, json),
         Command::Store(cmd) => store::maintain(cmd, cli.store, &progress, json),
         Command::Completions(a) => completions::completions(a),
+        Command::Generate(cmd) => generate::generate(cmd),
     };
     common::output_written(code)
 }

@@ -15,9 +15,14 @@ pub struct CompletionsArgs {
 
 /// `mkomi completions SHELL`.
 pub fn completions(a: CompletionsArgs) -> ExitCode {
+    out!("{}", String::from_utf8_lossy(&script(a.shell)));
+    ExitCode::SUCCESS
+}
+
+/// `shell`'s completion script for the whole grammar (hidden commands left out).
+pub fn script(shell: clap_complete::Shell) -> Vec<u8> {
     // Made in memory: clap_complete panics when it cannot write.
     let mut script = Vec::new();
-    clap_complete::generate(a.shell, &mut Cli::command(), "mkomi", &mut script);
-    out!("{}", String::from_utf8_lossy(&script));
-    ExitCode::SUCCESS
+    clap_complete::generate(shell, &mut Cli::command(), "mkomi", &mut script);
+    script
 }

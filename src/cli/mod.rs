@@ -6,7 +6,8 @@
 //! - `args`: the argument groups several commands flatten in (checks, audit, image fields);
 //! - `register`: `register` and `build`; `verify`: `verify`; `inspect`: `inspect` and `audit`;
 //! - `export`: `export` and `import`; `publish`: `publish` and `pull`; `store`: `snapshot`, `image` and `store`;
-//! - `completions`: `completions`.
+//! - `completions`: `completions`; `generate` (hidden): the man pages and completion files
+//!   packages ship.
 //!
 //! Nothing here reaches `main.rs`, which parses and dispatches; the library does the work.
 
@@ -14,6 +15,7 @@ pub mod args;
 pub mod common;
 pub mod completions;
 pub mod export;
+pub mod generate;
 pub mod inspect;
 pub mod open;
 pub mod publish;
@@ -23,12 +25,52 @@ pub mod verify;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::sync::LazyLock;
+
+/// The exit codes, one line each, the code first: `mkomi --help` shows them (after_help) and
+/// mkomi(1) renders them as its EXIT STATUS section (see [`generate`]), both from this text, so
+/// that the two cannot differ.
+pub const EXIT_STATUS: &str = "\
+Exit codes:
+  0    success
+  1    error: unreadable or invalid input, a field against Outscale's rules, an I/O failure
+  2    usage error (bad option or value)
+  3    a check failed: verify found differences, the audit found what --deny or --audit deny= refuses, store check found damage, image bundle or image export found a damaged blob
+  4    the audit under --deny or --audit deny= was incomplete (something holding data could not be read) and --allow-incomplete was not given; nothing was written
+  130  interrupted (Ctrl-C); nothing was written";
+
+/// The qemu-img the test suite was last run against: the first line `qemu-img --version`
+/// printed on CI. tests/version.rs fails when the installed one says otherwise, so that
+/// `mkomi --version`'s "tested with" stays true.
+pub const QEMU_IMG_TESTED: &str = include_str!("../../.ci/qemu-img-version");
+
+/// What `mkomi --version` prints after the name: the crate version, the commit it was built
+/// from (build.rs) and the qemu-img version of [`QEMU_IMG_TESTED`], e.g.
+/// `0.1.0 (git 530015d2a4b1, tested with qemu-img 7.2.22)`.
+pub fn version() -> &'static str {
+    // Made once at run time: the file's line cannot be trimmed and cut inside `concat!`.
+    static TEXT: LazyLock<String> = LazyLock::new(|| {
+        let line = QEMU_IMG_TESTED.lines().next().unwrap_or_default().trim();
+        // "qemu-img version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)": the upstream version
+        // says enough here; the file keeps the whole line.
+        let qemu = line
+            .strip_prefix("qemu-img version ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or(line);
+        format!(
+            "{} (git {}, tested with qemu-img {qemu})",
+            env!("CARGO_PKG_VERSION"),
+            env!("MKOMI_BUILD_COMMIT")
+        )
+    });
+    &TEXT
+}
 
 /// `mkomi`'s command line.
 #[derive(Parser)]
 #[command(
     name = "mkomi",
-    version,
+    version = version(),
     about = "Build Outscale machine images (OMIs) offline",
     long_about = "Build Outscale machine images (OMIs) offline: stream disk images into a bundle \
 (manifest.json with Outscale's CreateImage fields, one disk file per block device mapping, \
@@ -36,7 +78,7 @@ SHA256SUMS); verify them; look inside disks (inspect) and audit them for embedde
 bundles as Outscale export packages to a directory or a bucket, and import them back; publish \
 them as OMIs of an Outscale account, and pull OMIs back; keep snapshots and images in a local store \
 with Outscale's lifecycle (IDs, sharing, copies, deletion).",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 a check failed (verify found differences, or the audit found what --deny or --audit deny= refuses), 4 the audit under --deny or --audit deny= was incomplete (something holding data could not be read) and --allow-incomplete was not given, 130 interrupted."
+    after_help = EXIT_STATUS
 )]
 pub struct Cli {
     /// No progress output.
@@ -89,6 +131,9 @@ pub enum Command {
     Store(store::StoreCmd),
     /// Print shell completions.
     Completions(completions::CompletionsArgs),
+    /// Write the man pages or the completion files into a directory (for packagers).
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCmd),
 }
 
 impl Command {
