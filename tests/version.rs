@@ -10,23 +10,33 @@ use std::process::Command;
 /// with.
 const TESTED: &str = include_str!("../.ci/qemu-img-version");
 
-/// The installed qemu-img is the one `mkomi --version` names, so that "tested with" is true of
-/// the run that passes.
+/// `X.Y` of a `qemu-img version X.Y.Z (…)` line.
+fn series(line: &str) -> Option<String> {
+    let v = line.trim().strip_prefix("qemu-img version ")?;
+    let mut parts = v.split_whitespace().next()?.split('.');
+    Some(format!("{}.{}", parts.next()?, parts.next()?))
+}
+
+/// The installed qemu-img is of the series `mkomi --version` names, so that "tested with" is
+/// true of the run that passes. The series, not the exact build: Debian's stable updates of one
+/// series (7.2.x in bookworm) are fixes, and an update landing between two CI runs must not stop
+/// the next one; a new series (backports' 10.x) fails here until the suite has passed on it.
 #[test]
 fn qemu_img_is_the_one_tested() {
     let installed = tool("qemu-img", &["--version"]);
     let installed = installed.lines().next().unwrap_or_default().trim();
-    assert_eq!(
-        installed,
-        TESTED.trim(),
-        "the installed qemu-img is not the one mkomi --version says it was tested with: run the \
-         tests against it, then `qemu-img --version | head -n1 > .ci/qemu-img-version` (or \
-         install the qemu-utils that file names)"
-    );
     assert_eq!(TESTED.lines().count(), 1, ".ci/qemu-img-version: one line");
+    let tested = series(TESTED).expect(".ci/qemu-img-version: `qemu-img version X.Y.Z …`");
+    assert_eq!(
+        series(installed).as_deref(),
+        Some(tested.as_str()),
+        "the installed qemu-img ({installed}) is not of the series mkomi --version says it was \
+         tested with ({tested}): install it (scripts/test does), or run the suite against this \
+         one and then `qemu-img --version | head -n1 > .ci/qemu-img-version`"
+    );
 }
 
-/// `mkomi --version` and `-V`: `mkomi VERSION (git COMMIT, tested with qemu-img X.Y.Z)`, the
+/// `mkomi --version` and `-V`: `mkomi VERSION (git COMMIT, tested with qemu-img X.Y)`, the
 /// commit being this checkout's HEAD (build.rs reruns when HEAD moves).
 #[test]
 fn version_names_the_commit_and_qemu_img() {
@@ -37,11 +47,7 @@ fn version_names_the_commit_and_qemu_img() {
         .expect("git");
     assert!(head.status.success(), "git rev-parse: not a checkout?");
     let head = String::from_utf8(head.stdout).expect("UTF-8");
-    let qemu = TESTED
-        .trim()
-        .strip_prefix("qemu-img version ")
-        .and_then(|v| v.split_whitespace().next())
-        .expect(".ci/qemu-img-version: `qemu-img version X.Y.Z …`");
+    let qemu = series(TESTED).expect(".ci/qemu-img-version: `qemu-img version X.Y.Z …`");
     let expected = format!(
         "mkomi {} (git {}, tested with qemu-img {qemu})\n",
         env!("CARGO_PKG_VERSION"),

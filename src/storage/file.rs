@@ -244,6 +244,35 @@ impl ReadAt for LocalFile {
     }
 
     fn extent(&self, offset: u64, max_len: u64) -> Option<Extent> {
+        let e = self.extent_as_mapped(offset, max_len)?;
+        // A file that shrank since it was opened maps its lost tail as a hole (FIEMAP lists no
+        // extent there, SEEK_DATA says ENXIO): call that range data instead, so that its read
+        // fails ("file shrank while being read") rather than giving zeros for bytes that were
+        // there. Seen on tmpfs, which has no FIEMAP; possible with FIEMAP too.
+        if e.kind == ExtentKind::Zero && !self.device {
+            let now = self.file.metadata().map_or(0, |m| m.len());
+            if now < e.offset.saturating_add(e.len) {
+                return Some(Extent {
+                    kind: ExtentKind::Data,
+                    ..e
+                });
+            }
+        }
+        Some(e)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn is_device(&self) -> bool {
+        self.device
+    }
+}
+
+impl LocalFile {
+    /// The extent at `offset` as FIEMAP or `SEEK_DATA` map it now.
+    fn extent_as_mapped(&self, offset: u64, max_len: u64) -> Option<Extent> {
         let end = self.size.min(offset.saturating_add(max_len));
         if let Some(e) = self.fiemap_extent(offset, end) {
             return Some(e);
@@ -278,20 +307,49 @@ impl ReadAt for LocalFile {
             }
         }
     }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn is_device(&self) -> bool {
-        self.device
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A file cut short after it was opened: its lost tail is data to read (and fail on), never
+    /// a hole of zeros, whether FIEMAP or SEEK_DATA maps it.
+    #[test]
+    fn a_shrunk_file_has_no_hole_where_its_data_was() {
+        // Both mappings: FIEMAP where the test's TMPDIR is (ext4 here), SEEK_DATA on tmpfs.
+        shrunk_file_read_fails(tempfile::tempdir().unwrap());
+        if Path::new("/dev/shm").is_dir() {
+            shrunk_file_read_fails(tempfile::tempdir_in("/dev/shm").unwrap());
+        }
+    }
+
+    fn shrunk_file_read_fails(dir: tempfile::TempDir) {
+        let p = dir.path().join("k");
+        std::fs::write(&p, vec![9u8; 100_000]).unwrap();
+        let s = LocalFile::open(&p).unwrap();
+        std::fs::write(&p, b"short").unwrap();
+        let mut offset = 0;
+        let mut failed = false;
+        while offset < s.len() {
+            let e = s.extent(offset, s.len() - offset).unwrap_or(Extent {
+                offset,
+                len: s.len() - offset,
+                kind: ExtentKind::Data,
+            });
+            if e.kind == ExtentKind::Data {
+                let mut buf = vec![0; e.len as usize];
+                if let Err(err) = s.read_at(offset, &mut buf) {
+                    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+                    failed = true;
+                    break;
+                }
+            }
+            offset += e.len;
+        }
+        assert!(failed, "the shrunk file read as complete");
+    }
 
     #[test]
     fn sparse_file_extents() {
