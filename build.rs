@@ -41,9 +41,14 @@ fn git_commit(dir: &Path) -> Option<String> {
     // HEAD names the branch (or holds the hash when detached); the branch's hash is in its loose
     // ref file or, once packed, in packed-refs. In a worktree HEAD is the worktree's own and the
     // refs are the main repository's: `--git-path` resolves both. A watched file that does not
-    // exist would rerun the script on every build, so only existing ones are named; one that
-    // appears later (a ref unpacked) changes HEAD or packed-refs too.
-    let mut watch = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+    // exist would rerun the script on every build, so only existing ones are named. A loose
+    // ref that appears later (a commit on a packed branch) changes neither HEAD nor
+    // packed-refs; HEAD's reflog, which git appends to on every commit and checkout, covers it.
+    let mut watch = vec![
+        "HEAD".to_owned(),
+        "packed-refs".to_owned(),
+        "logs/HEAD".to_owned(),
+    ];
     if let Some(branch) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
         watch.push(branch);
     }

@@ -98,16 +98,18 @@ impl Config {
         // AWS_* first, as `publish` does for its bucket (`publish::credentials`): a CI job
         // holding both pairs in its environment (the API's and a bucket-only key) gives the
         // bucket its own key. The OSC_* pair still means Outscale: the endpoint stays OOS.
-        let osc = pair("OSC_ACCESS_KEY", "OSC_SECRET_KEY")?;
-        let aws = pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")?;
-        let outscale = osc.is_some();
+        // Half a pair is an error only when no whole pair is there to use.
+        let osc = pair("OSC_ACCESS_KEY", "OSC_SECRET_KEY");
+        let aws = pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY");
+        let outscale = matches!(osc, Ok(Some(_)));
         let credentials = match (aws, osc) {
-            (Some((k, s)), _) => {
+            (Ok(Some((k, s))), _) => {
                 let token = var("AWS_SESSION_TOKEN");
                 Credentials::new(&k, &s, token.as_deref())
             }
-            (None, Some((k, s))) => Credentials::new(&k, &s, None),
-            (None, None) => return Err(Error::NoCredentials),
+            (_, Ok(Some((k, s)))) => Credentials::new(&k, &s, None),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+            (Ok(None), Ok(None)) => return Err(Error::NoCredentials),
         };
         let region = match region.filter(|r| !r.is_empty()) {
             Some(r) => r.to_string(),
@@ -252,6 +254,19 @@ mod tests {
         assert_eq!(c.region, "eu-west-3");
         assert!(c.allow_http);
         assert_eq!(c.credentials.session_token.as_deref(), Some("tok"));
+        // A whole OSC_* pair beside half an AWS_* one: the whole pair is used.
+        let c = Config::from_vars(
+            vars(&[
+                ("OSC_ACCESS_KEY", "AKOSC"),
+                ("OSC_SECRET_KEY", "api-secret"),
+                ("AWS_ACCESS_KEY_ID", "AKLEFTOVER"),
+                ("OSC_REGION", "eu-west-2"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.credentials.secrets(), ["AKOSC", "api-secret"]);
         // Both pairs: the bucket's own AWS_* key, and OOS because the OSC_* pair is there.
         let c = Config::from_vars(
             vars(&[

@@ -79,7 +79,7 @@ pub enum Error {
     },
     /// Neither credential pair is in the environment.
     #[error(
-        "no S3 credentials: set OSC_ACCESS_KEY and OSC_SECRET_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or OSC_ACCESS_KEY and OSC_SECRET_KEY"
     )]
     NoCredentials,
     /// Half a credential pair is in the environment.
