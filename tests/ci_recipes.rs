@@ -770,29 +770,6 @@ fn run(ci: Ci, dir: &Path, plant: Plant, settings: &Settings) -> Outcome {
     outcome
 }
 
-/// The objects under `prefix` in the bucket (files of the S3 server's root; the directories
-/// s3s-fs leaves behind are not objects), sorted.
-fn objects(s3: &s3_server::S3Server, prefix: &str) -> Vec<String> {
-    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = format!("{rel}{}", e.file_name().to_string_lossy());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&e.path(), &format!("{name}/"), out);
-            } else {
-                out.push(name);
-            }
-        }
-    }
-    let mut names = Vec::new();
-    walk(
-        &s3.root.join(s3_server::BUCKET).join(prefix),
-        "",
-        &mut names,
-    );
-    names.sort();
-    names
-}
-
 /// The checks on a passed run: the bundle verifies, `qemu-img check` accepts its disk, it was
 /// built at the commit's time, it is the artifact, and the package is whole in the bucket.
 /// Returns the bundle's SHA256SUMS.
@@ -816,7 +793,7 @@ fn check_bundle_and_export(ci: Ci, out: &Outcome, s3: &s3_server::S3Server) -> S
     );
     let prefix = format!("omis/{}", out.sha);
     assert_eq!(
-        objects(s3, &prefix),
+        s3.objects(&prefix),
         [
             "SHA256SUMS",
             "manifest.json",
@@ -984,7 +961,7 @@ fn a_finding_fails_the_recipe() {
             }
             assert!(out.artifacts.is_empty(), "{ci:?}: {:?}", out.artifacts);
             assert_eq!(
-                objects(&s3, ""),
+                s3.objects(""),
                 Vec::<String>::new(),
                 "{ci:?}: objects reached the bucket"
             );

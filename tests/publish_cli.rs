@@ -95,29 +95,9 @@ impl Setup {
         common::run_with_timeout(self.publish(extra), Duration::from_secs(180))
     }
 
-    /// The objects left under the prefix, at any depth (files of the S3 server's root; the
-    /// directories s3s-fs leaves behind are not objects).
+    /// The objects left under the prefix, at any depth.
     fn objects(&self) -> Vec<String> {
-        fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let name = format!("{rel}{}", e.file_name().to_string_lossy());
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    walk(&e.path(), &format!("{name}/"), out);
-                } else {
-                    out.push(name);
-                }
-            }
-        }
-        let mut names = Vec::new();
-        let dir = self
-            .s3
-            .root
-            .join(s3_server::BUCKET)
-            .join("omis")
-            .join("cli");
-        walk(&dir, "", &mut names);
-        names.sort();
-        names
+        self.s3.objects("omis/cli")
     }
 
     /// The fake's images and snapshots that are not being deleted.

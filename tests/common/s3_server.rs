@@ -114,6 +114,26 @@ impl S3Server {
 }
 
 impl S3Server {
+    /// The objects under `prefix` in the tests' bucket, at any depth, as paths relative to
+    /// it, sorted (files of the server's root; the directories s3s-fs leaves behind are not
+    /// objects).
+    pub fn objects(&self, prefix: &str) -> Vec<String> {
+        fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = format!("{rel}{}", e.file_name().to_string_lossy());
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), &format!("{name}/"), out);
+                } else {
+                    out.push(name);
+                }
+            }
+        }
+        let mut names = Vec::new();
+        walk(&self.root.join(BUCKET).join(prefix), "", &mut names);
+        names.sort();
+        names
+    }
+
     /// The multipart uploads s3s-fs knows (`.upload-ID.json` in its root, from creation to
     /// completion or abort, parts or none), as their IDs.
     pub fn open_uploads(&self) -> Vec<String> {
