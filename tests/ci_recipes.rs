@@ -207,20 +207,7 @@ fn tarball(dir: &Path, plant: Plant) -> PathBuf {
         }
         Plant::PrivateKey => {
             std::fs::create_dir_all(tree.join("root/.ssh")).expect("mkdir");
-            common::tool(
-                "ssh-keygen",
-                &[
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "planted",
-                    "-f",
-                    s(&tree.join("root/.ssh/id_ed25519")),
-                ],
-            );
+            common::keygen("ed25519", &tree.join("root/.ssh/id_ed25519"), "planted");
         }
         Plant::UserPassword => {
             std::fs::create_dir_all(tree.join("etc")).expect("mkdir");

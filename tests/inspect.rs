@@ -787,20 +787,7 @@ fn plant(t: &Path, keys: &Path) -> (Vec<String>, Vec<String>) {
     let mut lines = Vec::new();
     for (kind, name) in [("ed25519", "k1"), ("rsa", "k2"), ("ecdsa", "k3")] {
         let k = keys.join(name);
-        tool(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                kind,
-                "-N",
-                "",
-                "-C",
-                &format!("{name}@build host"),
-                "-f",
-                s(&k),
-            ],
-        );
+        keygen(kind, &k, &format!("{name}@build host"));
         let pubkey = std::fs::read_to_string(k.with_extension("pub")).unwrap();
         fps.push(fingerprint(&k.with_extension("pub")));
         // The key material (base64) and the private key must never show.
@@ -834,10 +821,7 @@ fn plant(t: &Path, keys: &Path) -> (Vec<String>, Vec<String>) {
     .unwrap();
     std::fs::create_dir_all(t.join("etc/ssh")).unwrap();
     let host = t.join("etc/ssh/ssh_host_ed25519_key");
-    tool(
-        "ssh-keygen",
-        &["-q", "-t", "ed25519", "-N", "", "-f", s(&host)],
-    );
+    keygen("ed25519", &host, "");
     secrets.push(
         std::fs::read_to_string(&host)
             .unwrap()

@@ -574,33 +574,9 @@ fn sanitize_removes_what_the_audit_finds() {
     w("root/.bash_history", b"mysql -p hunter2\n");
     std::fs::create_dir_all(src.join("etc/ssh")).unwrap();
     std::fs::create_dir_all(src.join("root/.ssh")).unwrap();
-    tool(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            s(&src.join("etc/ssh/ssh_host_ed25519_key")),
-        ],
-    );
+    keygen("ed25519", &src.join("etc/ssh/ssh_host_ed25519_key"), "");
     let user = d.join("user");
-    tool(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "alice",
-            "-f",
-            s(&user),
-        ],
-    );
+    keygen("ed25519", &user, "alice");
     std::fs::copy(d.join("user.pub"), src.join("root/.ssh/authorized_keys")).unwrap();
 
     let tpl = template(d, "t.toml", "");

@@ -96,6 +96,16 @@ pub fn ok(args: &[&str]) -> Output {
     out
 }
 
+/// A new unencrypted SSH key pair of `kind` (ed25519, rsa, ecdsa) at `path` and `path.pub`,
+/// with `comment`, made by the real ssh-keygen.
+pub fn keygen(kind: &str, path: &std::path::Path, comment: &str) {
+    let path = path.to_str().expect("UTF-8 path");
+    tool(
+        "ssh-keygen",
+        &["-q", "-t", kind, "-N", "", "-C", comment, "-f", path],
+    );
+}
+
 /// Runs a tool and requires exit 0; returns stdout.
 pub fn tool(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
