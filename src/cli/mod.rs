@@ -40,8 +40,8 @@ Exit codes:
   130  interrupted (Ctrl-C); nothing was written";
 
 /// The qemu-img the test suite was last run against: the first line `qemu-img --version`
-/// printed on CI. tests/version.rs fails when the installed one says otherwise, so that
-/// `mkomi --version`'s "tested with" stays true.
+/// printed on CI. tests/version.rs fails when the installed one is of another series (X.Y),
+/// so that `mkomi --version`'s "tested with" stays true.
 pub const QEMU_IMG_TESTED: &str = include_str!("../../.ci/qemu-img-version");
 
 /// What `mkomi --version` prints after the name: the crate version, the commit it was built
