@@ -440,9 +440,42 @@ fn parse_mbr(lba0: &[u8]) -> Option<Mbr> {
     Some(Mbr { records, bad_flag })
 }
 
+/// Partition types that inspect names but templates never write: Microsoft's, as Windows
+/// lays out a disk ("Windows and GPT FAQ" and the UEFI/GPT-based hard drive partitions page of
+/// Microsoft's documentation; the LDM pair from the same table), textual GUID order.
+const MICROSOFT_GPT_TYPES: [(u128, &str); 5] = [
+    (0xe3c9e316_0b5c_4db8_817d_f92df00215ae, "microsoft-reserved"),
+    (
+        0xebd0a0a2_b9e5_4433_87c0_68b6b72699c7,
+        "microsoft-basic-data",
+    ),
+    (0xde94bba4_06d1_4d40_a16a_bfd50179d6ac, "windows-recovery"),
+    (
+        0x5808c8aa_7e8f_42e0_85d2_e1e90434cfb3,
+        "windows-ldm-metadata",
+    ),
+    (0xaf9b60a0_1431_4f62_bc68_3311714a69ad, "windows-ldm-data"),
+];
+
+/// A short name for a GPT partition type: ours (the names templates use), then Microsoft's,
+/// else `unknown`.
+fn gpt_type_name(guid: Guid) -> &'static str {
+    if let Some(t) = PartitionType::from_guid(guid) {
+        return t.name();
+    }
+    MICROSOFT_GPT_TYPES
+        .iter()
+        .find(|(g, _)| Guid(g.to_be_bytes()) == guid)
+        .map_or("unknown", |(_, name)| name)
+}
+
 /// A short name for an MBR partition type byte; our GPT type names where they mean the same.
 fn mbr_type_name(kind: u8) -> &'static str {
     match kind {
+        // A hidden NTFS partition holding Windows RE (WinRE), as Windows Setup makes on MBR
+        // disks; 0x42 marks a dynamic (LDM) disk's partitions.
+        0x27 => "windows-recovery",
+        0x42 => "windows-ldm",
         0x01 => "fat12",
         0x04 | 0x06 | 0x0e => "fat16",
         0x05 | 0x0f | 0x85 => "extended",
@@ -923,9 +956,7 @@ fn parse_entries(copy: &GptCopy, ss: u64, sectors: u64, problems: &mut Problems)
             attributes,
             name,
         } = Entry::decode(entry);
-        let type_name = PartitionType::from_guid(type_guid)
-            .map_or("unknown", PartitionType::name)
-            .to_string();
+        let type_name = gpt_type_name(type_guid).to_string();
         let size = if first <= last {
             (last - first).saturating_add(1).saturating_mul(ss)
         } else {
@@ -1171,6 +1202,40 @@ mod tests {
         // sgdisk ends the last partition at the last usable LBA.
         assert_eq!(p2.last_lba, 32 * MIB / 512 - 34);
         assert!(!p2.bootable);
+    }
+
+    /// Windows' own partition types, as sgdisk's codes name them, get Microsoft's names rather
+    /// than `unknown`.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn microsoft_types_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(&dir, 64 * MIB);
+        let codes = ["ef00", "0c01", "0700", "2700", "4201", "4200"];
+        let mut args = vec!["-o".to_string()];
+        for (i, code) in codes.iter().enumerate() {
+            args.push(format!("-n{}:0:+4M", i + 1));
+            args.push(format!("-t{}:{code}", i + 1));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sgdisk(&args, &path);
+        let t = inspect(&path);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let names: Vec<&str> = t.partitions.iter().map(|p| p.type_name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "esp",
+                "microsoft-reserved",
+                "microsoft-basic-data",
+                "windows-recovery",
+                "windows-ldm-metadata",
+                "windows-ldm-data"
+            ]
+        );
     }
 
     #[test]
