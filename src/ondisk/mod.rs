@@ -10,3 +10,4 @@ pub mod ext4;
 pub mod ext4_dir;
 pub mod fat;
 pub mod gpt;
+pub mod regf;
