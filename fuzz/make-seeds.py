@@ -459,12 +459,23 @@ def qcow2(tmp):
             out("qcow2", "hostile-" + n, read(os.path.join(hostile, n)))
 
 
+def hives(tmp):
+    """Registry hives for `regf`, made by hivex (Debian's python3 with python3-hivex)."""
+    for state in ("generalized", "not-generalized"):
+        d = os.path.join(tmp, "hives-" + state)
+        os.makedirs(d)
+        run("/usr/bin/python3", os.path.join(ROOT, "fixtures/make-hives.py"), d, state)
+        out("regf", "system-" + state, read(os.path.join(d, "SYSTEM")))
+        if state == "generalized":
+            out("regf", "software-" + state, read(os.path.join(d, "SOFTWARE")))
+
+
 def main():
     e2fs = sys.argv[1] if len(sys.argv) > 1 else None
     if os.path.isdir(SEEDS):
         shutil.rmtree(SEEDS)
     for t in ("qcow2", "table", "fat", "ext4", "inspect", "binary", "os_release",
-              "export_manifest", "template", "store"):
+              "regf", "export_manifest", "template", "store"):
         os.makedirs(os.path.join(SEEDS, t))
     with tempfile.TemporaryDirectory() as tmp:
         binaries()
@@ -474,6 +485,7 @@ def main():
         fat = fat_images(tmp)
         disks(tmp, ext4, fat)
         qcow2(tmp)
+        hives(tmp)
     for t in sorted(os.listdir(SEEDS)):
         files = os.listdir(os.path.join(SEEDS, t))
         size = sum(os.path.getsize(os.path.join(SEEDS, t, f)) for f in files)

@@ -41,6 +41,7 @@ fn harness<'a>(target: &str, qcow2_dir: &'a Path) -> Harness<'a> {
         "inspect" => Box::new(harness::inspect),
         "binary" => Box::new(harness::binary),
         "os_release" => Box::new(harness::os_release),
+        "regf" => Box::new(harness::regf),
         "export_manifest" => Box::new(harness::export_manifest),
         "template" => Box::new(harness::template),
         "store" => Box::new(harness::store),

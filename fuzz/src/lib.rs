@@ -369,6 +369,51 @@ pub fn binary(data: &[u8]) {
     let _ = binary::parse_pe_nt(data);
 }
 
+/// `regf`: the input as a registry hive ([`mkomi::ondisk::regf::Hive::parse`]), then the
+/// lookups the Windows inspection makes. The base block's checksum and sequence numbers are
+/// fixed first, so that mutations reach the cells rather than stopping at the base block.
+pub fn regf(data: &[u8]) {
+    use mkomi::ondisk::regf::Hive;
+    let mut hive = data.to_vec();
+    if hive.len() >= 512 {
+        let seq = [hive[4], hive[5], hive[6], hive[7]];
+        hive[8..12].copy_from_slice(&seq);
+        let mut sum = (0..127).fold(0u32, |x, i| {
+            x ^ u32::from_le_bytes([
+                hive[i * 4],
+                hive[i * 4 + 1],
+                hive[i * 4 + 2],
+                hive[i * 4 + 3],
+            ])
+        });
+        sum = match sum {
+            0 => 1,
+            0xffff_ffff => 0xffff_fffe,
+            s => s,
+        };
+        hive[508..512].copy_from_slice(&sum.to_le_bytes());
+    }
+    for bytes in [data, &hive[..]] {
+        if let Ok(h) = Hive::parse(bytes) {
+            let _ = h.value(&["Select"], "Current");
+            let _ = h.value(&["Setup"], "SystemSetupInProgress");
+            let _ = h.value(&["Setup", "Status", "SysprepStatus"], "GeneralizationState");
+            let _ = h.value(
+                &["ControlSet001", "Control", "Session Manager", "Environment"],
+                "PROCESSOR_ARCHITECTURE",
+            );
+            let _ = h.value(
+                &["Microsoft", "Windows NT", "CurrentVersion"],
+                "ProductName",
+            );
+            let _ = h.value(
+                &["Microsoft", "Windows", "CurrentVersion", "Setup", "State"],
+                "ImageState",
+            );
+        }
+    }
+}
+
 /// `os_release`: the input as an os-release file ([`mkomi::inspect::osrelease::parse`]).
 pub fn os_release(data: &[u8]) {
     let os = mkomi::inspect::osrelease::parse(data);
