@@ -182,6 +182,10 @@ pub enum NtfsError {
         vcn: Vcn,
         previous_lcn: Lcn,
     },
+    #[error("The index at byte position {position:#x} is more than {depth} levels deep (a loop in its B-tree)")]
+    IndexTooDeep { position: NtfsPosition, depth: usize },
+    #[error("The index root at byte position {position:#x} gives an index record size of {size} bytes, not a power of two between 512 and 65536")]
+    InvalidIndexRecordSize { position: NtfsPosition, size: u32 },
     #[error("I/O error: {0:?}")]
     Io(io::Error),
     #[error(

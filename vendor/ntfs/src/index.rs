@@ -17,6 +17,11 @@ use crate::io::{Read, Seek};
 use crate::structured_values::{NtfsIndexAllocation, NtfsIndexRoot};
 use crate::types::NtfsPosition;
 
+/// mkomi patch 2: the deepest B-tree walked. A cyclic subnode pointer would otherwise make
+/// `NtfsIndexEntries::next` grow its stack without end and `NtfsIndexFinder::find` loop forever.
+/// A B-tree of 4 KiB index records is a handful of levels deep even with millions of entries.
+const MAX_INDEX_DEPTH: usize = 32;
+
 /// Helper structure to iterate over all entries of an index or find a specific one.
 ///
 /// The `E` type parameter of [`NtfsIndexEntryType`] specifies the type of the index entries.
@@ -68,6 +73,15 @@ where
         }
 
         let index_record_size = index_root.index_record_size();
+        // mkomi patch 3: the size is used for `vec![0; size]` of every index record read, so an
+        // unchecked value from the disk is an allocation of up to 4 GiB. Windows uses 4096;
+        // anything outside 512..=65536 or not a power of two is corrupt.
+        if !(512..=65536).contains(&index_record_size) || !index_record_size.is_power_of_two() {
+            return Err(NtfsError::InvalidIndexRecordSize {
+                position: index_root.position(),
+                size: index_record_size,
+            });
+        }
         let index_root_entry_ranges = index_root.entry_ranges();
         let index_root_position = index_root.position();
         let entry_type = PhantomData;
@@ -161,6 +175,12 @@ where
                 // Does this entry have a subnode that needs to be iterated first?
                 if let Some(subnode_vcn) = entry.subnode_vcn() {
                     let subnode_vcn = iter_try!(subnode_vcn);
+                    if self.inner_iterators.len() >= MAX_INDEX_DEPTH {
+                        return Some(Err(NtfsError::IndexTooDeep {
+                            position: self.index.index_root_position,
+                            depth: MAX_INDEX_DEPTH,
+                        }));
+                    }
 
                     // Read the subnode from the filesystem and get an iterator for it.
                     let index_allocation_item =
@@ -263,6 +283,7 @@ where
     {
         // Always (re)start by iterating through the Index Root entry ranges.
         self.inner_iterator = self.index.index_root_entry_ranges.clone();
+        let mut depth = 0;
 
         loop {
             // Get the next entry.
@@ -300,6 +321,13 @@ where
             // it comes lexicographically AFTER what we're looking for.
             // In both cases, we have to continue iterating in the subnode of this entry (if there is any).
             let subnode_vcn = iter_try!(entry.subnode_vcn()?);
+            depth += 1;
+            if depth > MAX_INDEX_DEPTH {
+                return Some(Err(NtfsError::IndexTooDeep {
+                    position: self.index.index_root_position,
+                    depth: MAX_INDEX_DEPTH,
+                }));
+            }
             let index_allocation_item = iter_try!(self.index.index_allocation_item.as_ref().ok_or(
                 NtfsError::MissingIndexAllocation {
                     position: self.index.index_root_position,

@@ -250,7 +250,7 @@ where
 
         // Get the subnode VCN from the very end of the Index Entry, but at least after the header.
         let start = usize::max(
-            self.index_entry_length() as usize - mem::size_of::<Vcn>(),
+            (self.index_entry_length() as usize).saturating_sub(mem::size_of::<Vcn>()),
             INDEX_ENTRY_HEADER_SIZE,
         );
         let end = start + mem::size_of::<Vcn>();
@@ -281,6 +281,18 @@ where
                 position: self.position,
                 expected: INDEX_ENTRY_HEADER_SIZE as u16,
                 actual: self.slice.len() as u16,
+            });
+        }
+
+        // mkomi patch 1: an entry shorter than its own header (or not 8-byte aligned) would make
+        // every accessor below index past the end of its re-sliced `slice` (a panic), and a
+        // length of 0 would keep an entry iterator in place forever.
+        let length = self.index_entry_length() as usize;
+        if length < INDEX_ENTRY_HEADER_SIZE || length % 8 != 0 {
+            return Err(NtfsError::InvalidIndexEntrySize {
+                position: self.position,
+                expected: INDEX_ENTRY_HEADER_SIZE as u16,
+                actual: self.index_entry_length(),
             });
         }
 

@@ -144,7 +144,9 @@ impl<'f> NtfsIndexRoot<'f> {
             });
         }
 
-        if entries_range.end > self.slice.len() {
+        // mkomi patch 4: entries that end before they start would be sliced as `[start..end]`
+        // with start > end, a panic.
+        if entries_range.end > self.slice.len() || entries_range.end < entries_range.start {
             return Err(NtfsError::InvalidIndexRootUsedSize {
                 position: self.position,
                 expected: entries_range.end,
