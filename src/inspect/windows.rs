@@ -183,7 +183,7 @@ pub fn decide_sysprep(inputs: &SysprepInputs) -> Sysprep {
         setup
             .cmd_line
             .as_deref()
-            .map_or_else(|| "absent".to_owned(), |c| format!("{c:?}"))
+            .map_or_else(|| "absent".to_owned(), |c| format!("\"{c}\""))
     ));
     if let Some(g) = setup.generalization_state {
         evidence.push(format!(
@@ -504,7 +504,7 @@ mod tests {
             s.evidence,
             [
                 r"ImageState=IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE (SOFTWARE\Microsoft\Windows\CurrentVersion\Setup\State)",
-                r#"SYSTEM\Setup: SystemSetupInProgress=1 SetupType=2 CmdLine="oobe\\windeploy.exe""#,
+                r#"SYSTEM\Setup: SystemSetupInProgress=1 SetupType=2 CmdLine="oobe\windeploy.exe""#,
                 r"SYSTEM\Setup\Status\SysprepStatus: GeneralizationState=7 (undocumented; not used to decide)",
             ]
         );
