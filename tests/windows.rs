@@ -144,6 +144,12 @@ fn uefi_windows_generalized_or_not() {
             "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE",
         ),
         ("uefi-notgen.raw", "not-generalized", "IMAGE_STATE_COMPLETE"),
+        // uefi-gen with the audit's findings planted: inspected the same.
+        (
+            "findings.raw",
+            "generalized",
+            "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE",
+        ),
     ] {
         let disk = fixture(name);
         let r = inspect(&disk);
