@@ -198,6 +198,17 @@ fn uefi_windows_generalized_or_not() {
             "{evidence:?}"
         );
         assert!(
+            has_line(
+                &evidence,
+                &[
+                    "partition 3: ImageState=",
+                    image_state,
+                    "(Windows\\Setup\\State\\State.ini)"
+                ]
+            ),
+            "{evidence:?}"
+        );
+        assert!(
             has_line(&evidence, &["GeneralizationState=7", "not used to decide"]),
             "{evidence:?}"
         );

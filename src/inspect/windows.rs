@@ -285,13 +285,18 @@ fn read_hive(fs: &dyn FileSystem, path: &str) -> Result<Vec<u8>, String> {
     fs.read_to_vec(path, MAX_HIVE).map_err(|e| e.to_string())
 }
 
-/// `ImageState` from State.ini (`[State]` `ImageState=`): UTF-16LE with a BOM, or 8-bit text.
+/// `ImageState` from State.ini, when the file exists.
 fn state_ini(fs: &dyn FileSystem) -> Result<Option<String>, String> {
-    let bytes = match fs.read_to_vec(STATE_INI, MAX_STATE_INI) {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
+    match fs.read_to_vec(STATE_INI, MAX_STATE_INI) {
+        Ok(b) => Ok(ini_image_state(&b)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `[State]` `ImageState=` of State.ini's bytes: UTF-16LE with a BOM, or 8-bit text (its
+/// encoding on real systems could not be checked here, so both are read).
+pub fn ini_image_state(bytes: &[u8]) -> Option<String> {
     let text = match bytes.strip_prefix(&[0xff, 0xfe]) {
         Some(utf16) => {
             let units: Vec<u16> = utf16
@@ -306,13 +311,14 @@ fn state_ini(fs: &dyn FileSystem) -> Result<Option<String>, String> {
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
             in_state = line.eq_ignore_ascii_case("[State]");
-        } else if in_state && let Some((k, v)) = line.split_once('=') {
-            if k.trim().eq_ignore_ascii_case("ImageState") {
-                return Ok(Some(clean(v.trim())));
-            }
+        } else if in_state
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim().eq_ignore_ascii_case("ImageState")
+        {
+            return Some(clean(v.trim()));
         }
     }
-    Ok(None)
+    None
 }
 
 /// The Windows installation on `fs`, if it is one: an NTFS volume with [`KERNEL`] and
@@ -532,6 +538,23 @@ mod tests {
             state(&inputs(Ok(setup(0, 0)), Some("IMAGE_STATE_COMPLETE"))),
             NotGeneralized
         );
+    }
+
+    #[test]
+    fn state_ini_in_both_encodings() {
+        let text = "[Other]\r\nImageState=NO\r\n[State]\r\nImageState = IMAGE_STATE_COMPLETE \r\n";
+        assert_eq!(
+            ini_image_state(text.as_bytes()).as_deref(),
+            Some("IMAGE_STATE_COMPLETE")
+        );
+        let mut utf16 = vec![0xff, 0xfe];
+        utf16.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        assert_eq!(
+            ini_image_state(&utf16).as_deref(),
+            Some("IMAGE_STATE_COMPLETE")
+        );
+        assert_eq!(ini_image_state(b"[State]\nOther=1\n"), None);
+        assert_eq!(ini_image_state(b"ImageState=X\n"), None);
     }
 
     #[test]
