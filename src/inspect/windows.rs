@@ -557,6 +557,92 @@ mod tests {
         assert_eq!(ini_image_state(b"ImageState=X\n"), None);
     }
 
+    /// A disk whose only volume is NTFS holding `w` (no partition table).
+    fn disk_with(w: Installation) -> crate::inspect::DiskReport {
+        use crate::inspect::{DiskReport, Volume, VolumeInfo, table};
+        DiskReport {
+            device: None,
+            file: "w.raw".into(),
+            format: "raw",
+            virtual_size: 1 << 20,
+            partition_table: table::PartitionTable {
+                scheme: table::Scheme::None,
+                sector_size: 512,
+                disk_guid: None,
+                partitions: Vec::new(),
+                mbr_boot_code: false,
+                grub: None,
+                problems: Vec::new(),
+            },
+            volumes: vec![Volume {
+                info: VolumeInfo {
+                    partition: None,
+                    partition_type: None,
+                    offset: 0,
+                    size: 1 << 20,
+                    filesystem: Some(crate::inspect::signature::FsKind::Ntfs),
+                    filesystem_size: None,
+                },
+                os_release: None,
+                kernels: Vec::new(),
+                initrds: Vec::new(),
+                loaders: Vec::new(),
+                evidence: Vec::new(),
+                windows: Some(w),
+                bootmgr: false,
+                problems: Vec::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_kernel_and_the_registry_must_agree_on_the_architecture() {
+        let kernel = binary::identify_bytes(&{
+            let mut b = vec![0u8; 512];
+            b[..2].copy_from_slice(b"MZ");
+            b[0x3c] = 0x80;
+            b[0x80..0x84].copy_from_slice(b"PE\0\0");
+            b[0x84..0x86].copy_from_slice(&0x8664u16.to_le_bytes());
+            b[0x94..0x96].copy_from_slice(&0xf0u16.to_le_bytes());
+            b[0x98..0x9a].copy_from_slice(&0x20bu16.to_le_bytes());
+            b[0x98 + 68] = 1;
+            b
+        })
+        .unwrap();
+        let install = |arch: &str| Installation {
+            product_name: None,
+            edition: None,
+            version: None,
+            build: None,
+            kernel: Some(kernel.clone()),
+            processor_architecture: Some(arch.into()),
+            processor_architecture_from: Some(
+                r"SYSTEM\ControlSet001\Control\Session Manager\Environment".into(),
+            ),
+            sysprep: Sysprep {
+                state: SysprepState::Unknown,
+                evidence: Vec::new(),
+            },
+        };
+        let s = crate::inspect::summarize(&disk_with(install("AMD64")));
+        assert!(s.windows);
+        assert_eq!(s.os.as_deref(), Some("Windows"));
+        assert_eq!(s.machine.as_deref(), Some("x86_64"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+
+        let s = crate::inspect::summarize(&disk_with(install("x86")));
+        assert_eq!(s.machine, None);
+        assert_eq!(s.architecture, None);
+        assert_eq!(s.architecture_evidence.len(), 2);
+        assert_eq!(
+            s.problems,
+            [
+                "ntoskrnl.exe is x86_64, but the registry's PROCESSOR_ARCHITECTURE is x86: the \
+              architecture is unknown"
+            ]
+        );
+    }
+
     #[test]
     fn registry_architectures() {
         assert_eq!(registry_machine("AMD64"), Some("x86_64"));
