@@ -305,7 +305,7 @@ pub fn ini_image_state(bytes: &[u8]) -> Option<String> {
                 .collect();
             String::from_utf16_lossy(&units)
         }
-        None => String::from_utf8_lossy(&bytes).into_owned(),
+        None => String::from_utf8_lossy(bytes).into_owned(),
     };
     let mut in_state = false;
     for line in text.lines().map(str::trim) {
@@ -614,7 +614,7 @@ mod tests {
             edition: None,
             version: None,
             build: None,
-            kernel: Some(kernel.clone()),
+            kernel: Some(kernel),
             processor_architecture: Some(arch.into()),
             processor_architecture_from: Some(
                 r"SYSTEM\ControlSet001\Control\Session Manager\Environment".into(),
