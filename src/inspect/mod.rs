@@ -157,7 +157,7 @@ pub struct Evidence {
 /// The conclusions about the image, each with where it came from.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
-    /// The OS's name (`PRETTY_NAME`), or `Windows`.
+    /// The OS's name (`PRETTY_NAME`), or Windows' `ProductName` (`Windows` when unreadable).
     pub os: Option<String>,
     /// Where the OS's name came from.
     pub os_from: Option<String>,

@@ -156,7 +156,8 @@ pub struct AddedFile {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Inspection {
-    /// The OS's name, from `/etc/os-release`, or `Windows`.
+    /// The OS's name, from `/etc/os-release`, or Windows' `ProductName` (`Windows` when
+    /// unreadable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<String>,
     /// The machine the binaries are built for, when they agree.
