@@ -643,6 +643,78 @@ mod tests {
         );
     }
 
+    /// MBR boot code boots Windows only with bootmgr and Boot/BCD on the active partition.
+    #[test]
+    fn legacy_needs_bootmgr_on_the_active_partition() {
+        use crate::inspect::table::{Partition, Scheme};
+        let kernel = binary::identify_bytes(&{
+            let mut b = vec![0u8; 512];
+            b[..2].copy_from_slice(b"MZ");
+            b[0x3c] = 0x80;
+            b[0x80..0x84].copy_from_slice(b"PE\0\0");
+            b[0x84..0x86].copy_from_slice(&0x8664u16.to_le_bytes());
+            b[0x94..0x96].copy_from_slice(&0xf0u16.to_le_bytes());
+            b[0x98..0x9a].copy_from_slice(&0x20bu16.to_le_bytes());
+            b
+        })
+        .unwrap();
+        let mbr_disk = |bootmgr: bool, active: bool| {
+            let mut d = disk_with(Installation {
+                product_name: None,
+                edition: None,
+                version: None,
+                build: None,
+                kernel: Some(kernel),
+                processor_architecture: None,
+                processor_architecture_from: None,
+                sysprep: Sysprep {
+                    state: SysprepState::Generalized,
+                    evidence: Vec::new(),
+                },
+            });
+            d.partition_table.scheme = Scheme::Mbr;
+            d.partition_table.mbr_boot_code = true;
+            d.partition_table.partitions.push(Partition {
+                index: 1,
+                type_guid: Default::default(),
+                type_name: "ntfs-exfat".into(),
+                unique_guid: None,
+                mbr_type: Some(7),
+                first_lba: 2048,
+                last_lba: 4095,
+                offset: 1 << 20,
+                size: 1 << 20,
+                name: String::new(),
+                attributes: 0,
+                bootable: active,
+            });
+            d.volumes[0].info.partition = Some(1);
+            d.volumes[0].bootmgr = bootmgr;
+            d
+        };
+        let s = crate::inspect::summarize(&mbr_disk(true, true));
+        assert_eq!(s.boot_modes, [crate::manifest::BootMode::Legacy]);
+        assert_eq!(
+            s.boot_evidence,
+            [
+                "legacy: the MBR holds boot code",
+                "legacy: partition 1 (active) holds /bootmgr and /Boot/BCD"
+            ]
+        );
+        let s = crate::inspect::summarize(&mbr_disk(false, true));
+        assert!(s.boot_modes.is_empty());
+        assert_eq!(
+            s.legacy_problems,
+            ["the MBR holds boot code, but the active partition 1 holds no /bootmgr and /Boot/BCD"]
+        );
+        let s = crate::inspect::summarize(&mbr_disk(true, false));
+        assert!(s.boot_modes.is_empty());
+        assert_eq!(
+            s.legacy_problems,
+            ["the MBR holds boot code, but no partition is active to hold /bootmgr and /Boot/BCD"]
+        );
+    }
+
     #[test]
     fn registry_architectures() {
         assert_eq!(registry_machine("AMD64"), Some("x86_64"));
