@@ -438,3 +438,66 @@ fn e2fsprogs_and_blkid_images() {
         failures.join("\n")
     );
 }
+
+/// `mkomi inspect` and `mkomi audit` on NTFS volumes damaged by `fixtures/make-hostile.py
+/// --ntfs` (made by mkntfs and ntfs-3g, then truncated, or with `/Windows/System32`'s B-tree
+/// made cyclic, its index record size 4 GiB, its index root's entries backwards or its index
+/// entries shorter than their header). Every run ends as the contract above says, within the
+/// time limit; the valid volume is audited whole and a truncated one is reported as not
+/// audited, naming the NTFS problem.
+#[test]
+fn damaged_ntfs_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("fixtures/make-hostile.py"))
+        .arg("--ntfs")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "fixtures/make-hostile.py --ntfs failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = images(dir.path());
+    assert_eq!(all.len(), 7, "{all:?}");
+    let mut failures = Vec::new();
+    for img in &all {
+        let name = img.file_name().unwrap().to_str().unwrap();
+        for cmd in ["inspect", "audit"] {
+            let mut c = mkomi();
+            c.args([cmd, img.to_str().unwrap(), "--json"]);
+            let run = run_limited(c, LIMIT);
+            let v = match check_run(&run, cmd, img) {
+                Err(why) => {
+                    failures.push(format!("{name}: mkomi {cmd}: {why}"));
+                    continue;
+                }
+                Ok(None) => {
+                    failures.push(format!("{name}: mkomi {cmd}: exit 1: {}", run.stderr));
+                    continue;
+                }
+                Ok(Some(v)) => v,
+            };
+            let truncated = name.contains("trunc");
+            let fine = if cmd == "inspect" {
+                v["disks"][0]["volumes"][0]["filesystem"] == "ntfs"
+            } else if name.contains("valid") {
+                v["complete"] == true && v["audited"][0] == "whole disk (ntfs)"
+            } else if truncated {
+                v["complete"] == false
+                    && v["problems"][0]
+                        .as_str()
+                        .is_some_and(|p| p.contains("not audited") && p.contains("NTFS"))
+            } else {
+                true
+            };
+            if !fine {
+                failures.push(format!("{name}: mkomi {cmd}: unexpected report {v}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -2,13 +2,16 @@
 //! boot modes when the user leaves them out, and errors when what the user declares contradicts
 //! the disk (an image tagged with the wrong architecture, or `uefi` without a UEFI loader, never
 //! boots) or when the disk holds no boot loader at all (an image with no `BootModes` never
-//! boots either).
+//! boots either), or when a Windows image was not generalized by sysprep (Outscale: a
+//! non-official Windows OMI works only if its creator ran sysprep first).
 
 use super::{Error, Result};
 use crate::audit::image as audit;
 use crate::format::Disk;
 use crate::inspect::{self, Summary};
-use crate::manifest::{Architecture, BootMode, Inspection, LaunchRequirements};
+use crate::manifest::{
+    Architecture, BootMode, Inspection, LaunchRequirements, SysprepState, WindowsInspection,
+};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,6 +32,9 @@ pub struct Checks {
     /// The fields come from a template (`build`), not from `--arch`/`--boot-mode`: messages
     /// name the template's keys.
     pub template: bool,
+    /// A Windows image must have been generalized by sysprep: one that is not is refused, one
+    /// whose state is unknown is a warning (`--no-sysprep-check` turns the refusal off).
+    pub sysprep: bool,
 }
 
 impl Default for Checks {
@@ -39,6 +45,7 @@ impl Default for Checks {
             loader: true,
             exact_modes: false,
             template: false,
+            sysprep: true,
         }
     }
 }
@@ -197,17 +204,60 @@ pub fn decide(
     if !checks.boot {
         skipped.push("boot-mode".to_owned());
     }
+    if !checks.sysprep {
+        skipped.push("sysprep".to_owned());
+    }
     let mut warnings = Vec::new();
     let launch_requirements = if summary.windows {
         warnings.push(format!(
             "{}: a Windows image: instances need at least 2 vCores, 4 GiB of memory and Intel v3 \
-             processors, and the source instance must have been generalised with sysprep, or \
-             instances made from it do not work properly",
+             processors",
             disk.display()
         ));
+        let (state, evidence) = match &summary.sysprep {
+            Some(p) => (p.state, p.evidence.join("; ")),
+            None => (SysprepState::Unknown, String::new()),
+        };
+        match state {
+            SysprepState::Generalized => {}
+            SysprepState::NotGeneralized if checks.sysprep => {
+                return Err(fail(format!(
+                    "a Windows image that sysprep has not generalized ({evidence}): instances \
+                     made from it do not work properly; run sysprep /generalize in it first \
+                     (--no-sysprep-check {anyway} it anyway)"
+                )));
+            }
+            SysprepState::NotGeneralized => warnings.push(format!(
+                "{}: a Windows image that sysprep has not generalized ({evidence}); instances \
+                 made from it do not work properly",
+                disk.display()
+            )),
+            SysprepState::Unknown => warnings.push(format!(
+                "{}: whether sysprep generalized this Windows image is unknown ({evidence}); \
+                 instances made from an image that is not generalized do not work properly",
+                disk.display()
+            )),
+        }
         Some(LaunchRequirements::windows())
     } else {
         None
+    };
+    let windows = match (summary.windows, &summary.windows_version, &summary.sysprep) {
+        (true, version, sysprep) => {
+            let v = version.clone().unwrap_or_default();
+            Some(WindowsInspection {
+                product_name: v.product_name,
+                edition: v.edition,
+                version: v.version,
+                build: v.build,
+                sysprep: sysprep.as_ref().map_or(SysprepState::Unknown, |p| p.state),
+                sysprep_evidence: sysprep
+                    .as_ref()
+                    .map(|p| p.evidence.clone())
+                    .unwrap_or_default(),
+            })
+        }
+        (false, _, _) => None,
     };
     Ok(Decided {
         architecture,
@@ -219,6 +269,7 @@ pub fn decide(
             boot_modes: summary.boot_modes.clone(),
             boot_mode_evidence: summary.boot_evidence.clone(),
             checks_skipped: skipped,
+            windows,
         },
         launch_requirements,
         warnings,

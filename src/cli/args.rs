@@ -19,6 +19,10 @@ pub struct CheckArgs {
     /// given and the disk holds no boot loader.
     #[arg(long)]
     no_boot_check: bool,
+    /// Accept a Windows image that sysprep has not generalized (refused otherwise; a state that
+    /// cannot be read is a warning).
+    #[arg(long)]
+    no_sysprep_check: bool,
 }
 
 impl CheckArgs {
@@ -30,6 +34,7 @@ impl CheckArgs {
             loader: !self.no_boot_check,
             exact_modes: false,
             template: false,
+            sysprep: !self.no_sysprep_check,
         }
     }
 
@@ -52,6 +57,9 @@ impl CheckArgs {
         }
         if self.no_boot_check {
             out.push("--no-boot-check");
+        }
+        if self.no_sysprep_check {
+            out.push("--no-sysprep-check");
         }
         out
     }

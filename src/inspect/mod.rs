@@ -14,6 +14,7 @@ pub mod legacy;
 pub mod osrelease;
 pub mod signature;
 pub mod table;
+pub mod windows;
 
 use crate::format::{self, Disk, OpenOptions};
 use crate::fs::{self, FileSystem, Kind};
@@ -102,6 +103,12 @@ pub struct Volume {
     pub loaders: Vec<Loader>,
     /// Binaries whose headers tell the OS's architecture.
     pub evidence: Vec<Evidence>,
+    /// The Windows installation on an NTFS volume with `Windows/System32/ntoskrnl.exe` and the
+    /// SYSTEM hive.
+    pub windows: Option<windows::Installation>,
+    /// Whether an NTFS volume holds `/bootmgr` and `/Boot/BCD`: the Windows Boot Manager that
+    /// BIOS boot code starts from the active partition.
+    pub bootmgr: bool,
     /// What could not be read, one line each.
     pub problems: Vec<String>,
 }
@@ -150,7 +157,7 @@ pub struct Evidence {
 /// The conclusions about the image, each with where it came from.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
-    /// The OS's name (`PRETTY_NAME`), or `Windows`.
+    /// The OS's name (`PRETTY_NAME`), or Windows' `ProductName` (`Windows` when unreadable).
     pub os: Option<String>,
     /// Where the OS's name came from.
     pub os_from: Option<String>,
@@ -164,8 +171,13 @@ pub struct Summary {
     pub boot_modes: Vec<BootMode>,
     /// Why each boot mode, one line each.
     pub boot_evidence: Vec<String>,
-    /// An NTFS volume and the Windows Boot Manager: a Windows image.
+    /// An NTFS volume holds `Windows/System32/ntoskrnl.exe` and the SYSTEM hive: a Windows
+    /// image.
     pub windows: bool,
+    /// The Windows edition and version, from the SOFTWARE hive.
+    pub windows_version: Option<WindowsVersion>,
+    /// Whether sysprep generalized the Windows installation, with the evidence.
+    pub sysprep: Option<windows::Sysprep>,
     /// Contradictions between pieces of evidence.
     pub problems: Vec<String>,
     /// Why the disk does not boot in legacy mode although something on it is made for it (a
@@ -173,6 +185,19 @@ pub struct Summary {
     /// `partition_table.grub.problem` and `partition_table.problems` say the same.
     #[serde(skip)]
     pub legacy_problems: Vec<String>,
+}
+
+/// The Windows edition and version (`SOFTWARE\Microsoft\Windows NT\CurrentVersion`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WindowsVersion {
+    /// `ProductName`.
+    pub product_name: Option<String>,
+    /// `EditionID`.
+    pub edition: Option<String>,
+    /// `DisplayVersion` (or `ReleaseId`).
+    pub version: Option<String>,
+    /// `CurrentBuild`.
+    pub build: Option<String>,
 }
 
 /// Where a volume is, for messages: `partition 2` or `whole disk`.
@@ -232,6 +257,9 @@ fn open_fs(
                 .map(|f| Box::new(f) as Box<dyn FileSystem>)
                 .map_err(fs::Error::from)
         }
+        FsKind::Ntfs => fs::ntfs::Ntfs::open(src, slot.offset, slot.size, name)
+            .map(|f| Box::new(f) as Box<dyn FileSystem>)
+            .map_err(fs::Error::from),
         _ => return None,
     })
 }
@@ -350,6 +378,8 @@ impl DiskInspection {
             initrds: Vec::new(),
             loaders: Vec::new(),
             evidence: Vec::new(),
+            windows: None,
+            bootmgr: false,
             problems: Vec::new(),
         };
         // Said first: a short disk explains the read errors that follow.
@@ -417,6 +447,9 @@ fn read_volume(fs: &dyn FileSystem, v: &mut Volume) {
     }
     if fs.kind().starts_with("fat") {
         read_loaders(fs, &mut v.loaders, &mut note);
+    } else if fs.kind() == "ntfs" {
+        v.windows = windows::read(fs, &mut v.problems);
+        v.bootmgr = windows::has_bootmgr(fs, &mut v.problems);
     } else {
         for path in ARCH_EVIDENCE {
             match evidence(fs, path) {
@@ -563,7 +596,45 @@ pub fn summarize(disk: &DiskReport) -> Summary {
         s.os_from = Some(format!("{}: os-release", prefix(v)));
     }
 
-    // The machine: ELF evidence from the OS; PE evidence from the loaders when there is none.
+    // Windows: the first volume holding the kernel and the SYSTEM hive.
+    let win = disk
+        .volumes
+        .iter()
+        .find_map(|v| v.windows.as_ref().map(|w| (v, w)));
+    if let Some((v, w)) = win {
+        s.windows = true;
+        if s.os.is_none() {
+            s.os = Some(
+                w.product_name
+                    .clone()
+                    .unwrap_or_else(|| "Windows".to_owned()),
+            );
+            s.os_from = Some(format!(
+                "{}: {} and {}",
+                prefix(v),
+                windows::KERNEL,
+                windows::SYSTEM_HIVE
+            ));
+        }
+        s.windows_version = Some(WindowsVersion {
+            product_name: w.product_name.clone(),
+            edition: w.edition.clone(),
+            version: w.version.clone(),
+            build: w.build.clone(),
+        });
+        s.sysprep = Some(windows::Sysprep {
+            state: w.sysprep.state,
+            evidence: w
+                .sysprep
+                .evidence
+                .iter()
+                .map(|e| format!("{}: {e}", prefix(v)))
+                .collect(),
+        });
+    }
+
+    // The machine: ELF evidence from the OS; for Windows, ntoskrnl.exe's PE header checked
+    // against the registry; PE evidence from the loaders when there is neither.
     let mut lines = Vec::new();
     let mut machines = Vec::new();
     for v in &disk.volumes {
@@ -577,7 +648,26 @@ pub fn summarize(disk: &DiskReport) -> Summary {
             machines.push(machine_name(&e.binary));
         }
     }
-    if machines.is_empty() {
+    let mut disagree = false;
+    if let (true, Some((v, w))) = (machines.is_empty(), win) {
+        if let Some(b) = &w.kernel {
+            lines.push(format!("{}: {}: {b}", prefix(v), windows::KERNEL));
+            machines.push(machine_name(b));
+        }
+        if let (Some(a), Some(from)) = (&w.processor_architecture, &w.processor_architecture_from) {
+            lines.push(format!("{}: {from}: PROCESSOR_ARCHITECTURE={a}", prefix(v)));
+            let kernel = machines.first().map(String::as_str);
+            if let Some(k) = kernel
+                && windows::registry_machine(a) != Some(k)
+            {
+                disagree = true;
+                s.problems.push(format!(
+                    "ntoskrnl.exe is {k}, but the registry's PROCESSOR_ARCHITECTURE is {a}: \
+                     the architecture is unknown"
+                ));
+            }
+        }
+    } else if machines.is_empty() {
         for v in &disk.volumes {
             for l in &v.loaders {
                 let useful = matches!(
@@ -594,6 +684,7 @@ pub fn summarize(disk: &DiskReport) -> Summary {
     machines.sort_unstable();
     machines.dedup();
     match machines.as_slice() {
+        _ if disagree => {}
         [] => {}
         [one] => {
             s.machine = Some(one.clone());
@@ -637,30 +728,82 @@ pub fn summarize(disk: &DiskReport) -> Summary {
             }
         }
     }
-    // Legacy: boot code in the MBR; GRUB's only when its core image is where it belongs.
-    let legacy = legacy::assess(&disk.partition_table);
+    // UEFI for Windows: the Windows Boot Manager on an ESP, for the machine found. Only when
+    // the disk holds Windows: a stray bootmgfw.efi next to Linux boots nothing.
+    if win.is_some() {
+        for v in disk
+            .volumes
+            .iter()
+            .filter(|v| v.info.partition_type.as_deref() == Some("esp"))
+        {
+            for l in v.loaders.iter().filter(|l| {
+                l.kind == LoaderKind::WindowsBootManager
+                    && l.path.to_ascii_lowercase().ends_with("/bootmgfw.efi")
+            }) {
+                let Some(b) = &l.binary else { continue };
+                let fits = b.format == Format::Pe
+                    && b.is_efi()
+                    && s.machine.as_deref().is_some_and(|m| b.arch == Some(m));
+                if fits {
+                    s.boot_evidence
+                        .push(format!("uefi: {}: {}: {b}", prefix(v), l.path));
+                    if !s.boot_modes.contains(&BootMode::Uefi) {
+                        s.boot_modes.push(BootMode::Uefi);
+                    }
+                }
+            }
+        }
+    }
+
+    // Legacy: boot code in the MBR; GRUB's only when its core image is where it belongs. For
+    // Windows, other boot code counts only when the active partition (System Reserved, or the
+    // Windows volume) holds bootmgr and Boot/BCD, which that code starts: Windows' own MBR code
+    // could not be checked here, so its bytes are not what decides.
+    let mut legacy = legacy::assess(&disk.partition_table);
+    if win.is_some() && legacy.boots && disk.partition_table.grub.is_none() {
+        let active = disk
+            .partition_table
+            .partitions
+            .iter()
+            .filter(|p| p.bootable)
+            .find_map(|p| {
+                disk.volumes
+                    .iter()
+                    .find(|v| v.info.partition == Some(p.index))
+            });
+        match active {
+            Some(v) if v.bootmgr => legacy.evidence.push(format!(
+                "legacy: {} (active) holds {} and {}",
+                prefix(v),
+                windows::BOOTMGR[0],
+                windows::BOOTMGR[1]
+            )),
+            Some(v) => {
+                legacy.boots = false;
+                legacy.evidence.clear();
+                legacy.problems.push(format!(
+                    "the MBR holds boot code, but the active {} holds no {} and {}",
+                    prefix(v),
+                    windows::BOOTMGR[0],
+                    windows::BOOTMGR[1]
+                ));
+            }
+            None => {
+                legacy.boots = false;
+                legacy.evidence.clear();
+                legacy.problems.push(format!(
+                    "the MBR holds boot code, but no partition is active to hold {} and {}",
+                    windows::BOOTMGR[0],
+                    windows::BOOTMGR[1]
+                ));
+            }
+        }
+    }
     if legacy.boots {
         s.boot_modes.push(BootMode::Legacy);
     }
     s.boot_evidence.extend(legacy.evidence);
     s.legacy_problems = legacy.problems;
-
-    // Windows: NTFS next to the Windows Boot Manager.
-    let ntfs = disk
-        .volumes
-        .iter()
-        .any(|v| v.info.filesystem == Some(FsKind::Ntfs));
-    let bootmgr = disk.volumes.iter().flat_map(|v| &v.loaders).find(|l| {
-        l.kind == LoaderKind::WindowsBootManager
-            && l.path.to_ascii_lowercase().ends_with("bootmgfw.efi")
-    });
-    if let (true, Some(l)) = (ntfs, bootmgr) {
-        s.windows = true;
-        if s.os.is_none() {
-            s.os = Some("Windows".to_owned());
-            s.os_from = Some(format!("an NTFS volume and {}", l.path));
-        }
-    }
     s
 }
 
@@ -777,10 +920,27 @@ impl fmt::Display for Report {
             writeln!(f, "                  not legacy: {p}")?;
         }
         if s.windows {
+            let mut what = Vec::new();
+            if let Some(v) = &s.windows_version {
+                what.extend(v.product_name.clone());
+                what.extend(v.edition.as_ref().map(|e| format!("edition {e}")));
+                what.extend(v.version.as_ref().map(|e| format!("version {e}")));
+                what.extend(v.build.as_ref().map(|e| format!("build {e}")));
+            }
+            if what.is_empty() {
+                what.push("edition and version unknown".to_owned());
+            }
+            writeln!(f, "  windows       yes: {}", what.join(", "))?;
             writeln!(
                 f,
-                "  windows       yes: needs 2 vCores, 4 GiB and Intel v3 processors; sysprep must have been run"
+                "                  needs 2 vCores, 4 GiB and Intel v3 processors"
             )?;
+        }
+        if let Some(p) = &s.sysprep {
+            writeln!(f, "  sysprep       {}", p.state.name())?;
+            for e in &p.evidence {
+                writeln!(f, "                  {e}")?;
+            }
         }
         for p in &s.problems {
             writeln!(f, "  problem       {p}")?;
@@ -893,6 +1053,26 @@ impl fmt::Display for DiskReport {
                     Some(b) => writeln!(f, "    loader: {} ({kind}, {b})", l.path)?,
                     None => writeln!(f, "    loader: {} ({kind}, not a PE file)", l.path)?,
                 }
+            }
+            if let Some(w) = &v.windows {
+                let name = w.product_name.as_deref().unwrap_or("Windows");
+                let build = w
+                    .build
+                    .as_ref()
+                    .map(|b| format!(", build {b}"))
+                    .unwrap_or_default();
+                writeln!(f, "    windows: {name}{build}")?;
+                if let Some(b) = &w.kernel {
+                    writeln!(f, "    binary: {}: {b}", windows::KERNEL)?;
+                }
+            }
+            if v.bootmgr {
+                writeln!(
+                    f,
+                    "    bios boot manager: {} and {}",
+                    windows::BOOTMGR[0],
+                    windows::BOOTMGR[1]
+                )?;
             }
             for e in &v.evidence {
                 let link = e

@@ -156,7 +156,8 @@ pub struct AddedFile {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Inspection {
-    /// The OS's name, from `/etc/os-release`, or `Windows`.
+    /// The OS's name, from `/etc/os-release`, or Windows' `ProductName` (`Windows` when
+    /// unreadable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<String>,
     /// The machine the binaries are built for, when they agree.
@@ -171,9 +172,59 @@ pub struct Inspection {
     /// Why each boot mode, one line each.
     #[serde(default)]
     pub boot_mode_evidence: Vec<String>,
-    /// Checks the user turned off (`arch`, `boot-mode`).
+    /// Checks the user turned off (`arch`, `boot-mode`, `sysprep`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks_skipped: Vec<String>,
+    /// The Windows installation, for a Windows image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<WindowsInspection>,
+}
+
+/// What `register` and `build` found of a Windows installation (see
+/// [`crate::inspect::windows`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WindowsInspection {
+    /// `ProductName` (`Windows Server 2022 Datacenter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_name: Option<String>,
+    /// `EditionID` (`ServerDatacenter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edition: Option<String>,
+    /// `DisplayVersion` (`21H2`), else `ReleaseId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `CurrentBuild` (`20348`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    /// Whether sysprep generalized it.
+    pub sysprep: SysprepState,
+    /// The values that say so and where they were read, one line each.
+    #[serde(default)]
+    pub sysprep_evidence: Vec<String>,
+}
+
+/// Whether a Windows installation was generalized by sysprep, as read offline from its registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SysprepState {
+    /// `ImageState` is a `GENERALIZE_RESEAL` state and nothing contradicts it.
+    Generalized,
+    /// `ImageState` is an installed, specialized or undeployable state.
+    NotGeneralized,
+    /// The hives could not be read, are dirty, or disagree.
+    Unknown,
+}
+
+impl SysprepState {
+    /// The name in reports and manifests: `generalized`, `not generalized`, `unknown`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SysprepState::Generalized => "generalized",
+            SysprepState::NotGeneralized => "not generalized",
+            SysprepState::Unknown => "unknown",
+        }
+    }
 }
 
 /// The smallest VM a Windows image runs on, from Outscale's OMI documentation: "Windows
