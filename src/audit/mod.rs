@@ -40,6 +40,8 @@
 pub mod image;
 mod password;
 mod ssh;
+mod windows;
+pub use windows::{MAX_HIVE, MAX_ZERO_SCAN};
 
 use crate::fs::{self, FileSystem, Kind};
 use password::Password;
@@ -192,6 +194,7 @@ fn scan_with(fs: &dyn FileSystem, limits: &Limits) -> Audit {
     s.host_keys();
     s.machine_id();
     s.cloud_init();
+    s.windows();
     s.finish()
 }
 
@@ -471,7 +474,7 @@ impl Scanner<'_> {
         let ssh = join(home, ".ssh");
         if self.meta(&ssh).is_some_and(|m| m.kind == Kind::Dir) {
             for name in ["authorized_keys", "authorized_keys2"] {
-                self.authorized_keys(&join(&ssh, name));
+                self.authorized_keys(&join(&ssh, name), FIX_AUTHORIZED_KEY);
             }
             for entry in self.list(&ssh).unwrap_or_default() {
                 let private = entry.name.starts_with("id_")
@@ -503,7 +506,8 @@ impl Scanner<'_> {
         }
     }
 
-    fn authorized_keys(&mut self, path: &str) {
+    /// The keys of the `authorized_keys` file at `path`; `fix` is what to do about each.
+    fn authorized_keys(&mut self, path: &str, fix: &str) {
         let Some(text) = self.read(path) else {
             return;
         };
@@ -530,7 +534,7 @@ impl Scanner<'_> {
                             "line {n}: a key that can log in: {}, {comment}{options}",
                             key.key.describe()
                         ),
-                        fix: FIX_AUTHORIZED_KEY.to_owned(),
+                        fix: fix.to_owned(),
                     }
                 }
                 Err(reason) => Finding {
@@ -610,27 +614,31 @@ impl Scanner<'_> {
             if !host_key {
                 continue;
             }
-            let path = format!("/etc/ssh/{}", entry.name);
-            let Some(bytes) = self.read(&path) else {
-                continue;
-            };
-            if bytes.is_empty() {
-                continue;
-            }
-            let parsed = ssh::parse_private(&bytes);
-            drop(bytes);
-            let public = self.public_key(&path, parsed.and_then(|k| k.public));
-            self.find(
-                Severity::Medium,
-                "ssh-host-key",
-                &path,
-                format!(
-                    "an SSH host private key ({public}): every instance would share it, and \
-                     anyone with the image could impersonate them"
-                ),
-                FIX_HOST_KEY,
-            );
+            self.host_key(&format!("/etc/ssh/{}", entry.name), FIX_HOST_KEY);
         }
+    }
+
+    /// The SSH host private key at `path`, if it is not empty; `fix` is what to do about it.
+    fn host_key(&mut self, path: &str, fix: &str) {
+        let Some(bytes) = self.read(path) else {
+            return;
+        };
+        if bytes.is_empty() {
+            return;
+        }
+        let parsed = ssh::parse_private(&bytes);
+        drop(bytes);
+        let public = self.public_key(path, parsed.and_then(|k| k.public));
+        self.find(
+            Severity::Medium,
+            "ssh-host-key",
+            path,
+            format!(
+                "an SSH host private key ({public}): every instance would share it, and \
+                 anyone with the image could impersonate them"
+            ),
+            fix,
+        );
     }
 
     fn machine_id(&mut self) {
