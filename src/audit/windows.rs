@@ -357,9 +357,7 @@ impl Scanner<'_> {
         let hive = match Hive::parse(&bytes) {
             Ok(hive) => hive,
             Err(e) => {
-                self.problem(format!(
-                    "{SOFTWARE}: Cloudbase-Init state not audited: {e}"
-                ));
+                self.problem(format!("{SOFTWARE}: Cloudbase-Init state not audited: {e}"));
                 return;
             }
         };
@@ -812,7 +810,16 @@ mod tests {
                 let _ = unattend_passwords(&ANSWER[..end]);
             }
         }
-        for text in ["<", "<!--", "<![CDATA[", "</", "<a b='>", "<<>>", "<?", "<!x"] {
+        for text in [
+            "<",
+            "<!--",
+            "<![CDATA[",
+            "</",
+            "<a b='>",
+            "<<>>",
+            "<?",
+            "<!x",
+        ] {
             let _ = unattend_passwords(text);
         }
     }
