@@ -202,7 +202,7 @@ impl<'r> DiskAudit<'r> {
             None => match info.filesystem {
                 None | Some(FsKind::Swap) => self.unread.push(info),
                 Some(kind) => report.problems.push(format!(
-                    "{at}: {}: not audited (mkomi reads ext2/3/4 and FAT contents)",
+                    "{at}: {}: not audited (mkomi reads ext2/3/4, FAT and NTFS contents)",
                     kind.name()
                 )),
             },

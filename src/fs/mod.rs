@@ -9,6 +9,7 @@
 
 pub mod ext4;
 pub mod fat;
+pub mod ntfs;
 
 use std::path::Path;
 
@@ -57,6 +58,9 @@ pub enum Error {
     /// From the FAT reader.
     #[error(transparent)]
     Fat(#[from] fat::Error),
+    /// From the NTFS reader.
+    #[error(transparent)]
+    Ntfs(#[from] ntfs::Error),
 }
 
 impl Error {
@@ -66,6 +70,7 @@ impl Error {
         match self {
             Error::Ext4(e) => e.is_not_found(),
             Error::Fat(e) => e.is_not_found(),
+            Error::Ntfs(e) => e.is_not_found(),
         }
     }
 }
@@ -79,7 +84,7 @@ pub trait FileSystem {
     /// The name that stands for the image (and partition) in messages.
     fn name(&self) -> &Path;
 
-    /// The file system's type, as [`crate::inspect::signature::FsKind`] names it (`ext4`, `fat32`…).
+    /// The file system's type, as [`crate::inspect::signature::FsKind`] names it (`ext4`, `fat32`, `ntfs`…).
     fn kind(&self) -> &'static str;
 
     /// The entries of the directory at `path` (symlinks on the way followed), sorted by name,

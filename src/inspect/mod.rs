@@ -232,6 +232,9 @@ fn open_fs(
                 .map(|f| Box::new(f) as Box<dyn FileSystem>)
                 .map_err(fs::Error::from)
         }
+        FsKind::Ntfs => fs::ntfs::Ntfs::open(src, slot.offset, slot.size, name)
+            .map(|f| Box::new(f) as Box<dyn FileSystem>)
+            .map_err(fs::Error::from),
         _ => return None,
     })
 }
