@@ -687,11 +687,13 @@ fn fingerprints_bits_and_labels_match_ssh_keygen() {
 mod windows_volumes {
     use super::*;
     use crate::fs::fat::Fat;
+    use crate::fs::ntfs::Ntfs;
 
     /// Which file system a tree is written to.
     #[derive(Debug, Clone, Copy)]
     enum Volume {
         Fat,
+        Ntfs,
     }
 
     fn run_env(cmd: &mut Command) {
@@ -726,6 +728,30 @@ mod windows_volumes {
                 let src = format::open_path(&image, &OpenOptions::default()).unwrap();
                 let size = src.size();
                 Box::new(Fat::open(src, 0, size, Path::new("win.fat")).unwrap())
+            }
+            Volume::Ntfs => {
+                // mkntfs, then the tree copied in through an ntfs-3g FUSE mount (root).
+                let image = t.dir.path().join("win.ntfs");
+                let mnt = t.dir.path().join("mnt");
+                std::fs::create_dir(&mnt).unwrap();
+                let script = r#"set -euo pipefail
+img=$1 mnt=$2 tree=$3
+truncate -s 64M "$img"
+mkntfs -F -Q -q -L WINDOWS "$img"
+ntfs-3g "$img" "$mnt"
+trap 'umount "$mnt" 2>/dev/null || fusermount -u "$mnt" 2>/dev/null || true' EXIT
+cp -r "$tree"/. "$mnt"/
+umount "$mnt"
+trap - EXIT
+"#;
+                run(Command::new("bash")
+                    .args(["-c", script, "mkntfs"])
+                    .arg(&image)
+                    .arg(&mnt)
+                    .arg(&tree));
+                let src = format::open_path(&image, &OpenOptions::default()).unwrap();
+                let size = src.size();
+                Box::new(Ntfs::open(src, 0, size, Path::new("win.ntfs")).unwrap())
             }
         }
     }
@@ -994,6 +1020,78 @@ mod windows_volumes {
         check_planted(Volume::Fat);
     }
 
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn finds_every_planted_windows_item_on_ntfs() {
+        check_planted(Volume::Ntfs);
+    }
+
+    /// Names in any case: NTFS looks paths up without regard to case, and the answer files,
+    /// host keys and key files are matched by name without regard to case.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn names_in_any_case_on_ntfs() {
+        let t = Tree::new();
+        let key = t.keygen("k", "ed25519", "", "");
+        t.put(
+            "/programdata/SSH/Administrators_Authorized_Keys",
+            format!("{}\n", key.public),
+        );
+        t.put(
+            "/WINDOWS/panther/UNATTEND.XML",
+            answer(&format!(
+                "<AutoLogon><Password><Value>{ADMIN_PW}</Value></Password></AutoLogon>"
+            )),
+        );
+        t.put(
+            "/WINDOWS/system32/SYSPREP/AutoUnattend.Xml",
+            answer(&format!(
+                "<UserAccounts><AdministratorPassword><Value>{ADMIN_PW}</Value>\
+                 <PlainText>TRUE</PlainText></AdministratorPassword></UserAccounts>"
+            )),
+        );
+        t.put(
+            "/Users/Default/.SSH/AUTHORIZED_KEYS",
+            format!("{}\n", key.public),
+        );
+        t.put("/HIBERFIL.SYS", "x");
+        let fs = volume(&t, Volume::Ntfs);
+        let audit = scan(fs.as_ref());
+        use Severity::*;
+        let expected = [
+            (Medium, "hibernation-file", "/hiberfil.sys"),
+            (
+                High,
+                "ssh-authorized-key",
+                "/ProgramData/ssh/Administrators_Authorized_Keys",
+            ),
+            (
+                High,
+                "ssh-authorized-key",
+                "/Users/Default/.ssh/AUTHORIZED_KEYS",
+            ),
+            (High, "unattend-password", "/Windows/Panther/UNATTEND.XML"),
+            (
+                High,
+                "unattend-password",
+                "/Windows/System32/Sysprep/AutoUnattend.Xml",
+            ),
+        ]
+        .map(|(s, c, p)| (s, c, p.to_owned()));
+        let mut got = summary(&audit);
+        got.sort();
+        let mut want = expected.to_vec();
+        want.sort();
+        assert_eq!(got, want, "{audit:#?}");
+        assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+    }
+
     /// What a clean, generalized Windows volume holds: no finding, no problem.
     fn check_clean(volume_kind: Volume) {
         let t = Tree::new();
@@ -1026,6 +1124,15 @@ mod windows_volumes {
     )]
     fn a_clean_windows_volume_on_fat_has_no_findings() {
         check_clean(Volume::Fat);
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn a_clean_windows_volume_on_ntfs_has_no_findings() {
+        check_clean(Volume::Ntfs);
     }
 
     /// A SOFTWARE hive that is not a hive, or is dirty: a problem, so the audit is incomplete.
@@ -1074,5 +1181,14 @@ mod windows_volumes {
     )]
     fn an_unreadable_software_hive_on_fat_is_a_problem() {
         check_unreadable_hive(Volume::Fat);
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn an_unreadable_software_hive_on_ntfs_is_a_problem() {
+        check_unreadable_hive(Volume::Ntfs);
     }
 }
