@@ -158,8 +158,8 @@ pub enum Error {
         name: PathBuf,
         /// The path being read, if any.
         path: Option<String>,
-        /// The source's error.
-        source: crate::format::Error,
+        /// The source's error (boxed: it is large, and [`super::Error`] carries this enum).
+        source: Box<crate::format::Error>,
     },
     /// The path does not exist in the file system.
     #[error("{}: {path}: no such file in the file system", name.display())]
@@ -510,7 +510,7 @@ impl Ntfs {
             .map_err(|source| Error::Read {
                 name: name.to_owned(),
                 path: None,
-                source,
+                source: Box::new(source),
             })?;
         let geo = check_boot(&boot).map_err(not_ntfs)?;
         // Every structure the crate reads lies in the volume; with the volume inside the window,
@@ -1381,7 +1381,7 @@ fn convert(
         Some(Fault::Source(source)) => Error::Read {
             name: name.to_owned(),
             path: path.map(str::to_owned),
-            source,
+            source: Box::new(source),
         },
         Some(Fault::Budget) => corrupt(format!(
             "more than {} MiB or {CALL_BUDGET} reads for one request: a loop in the file \
