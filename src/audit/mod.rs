@@ -36,6 +36,30 @@
 //! - cloud-init state of a previous instance in `/var/lib/cloud` — **medium**
 //!   (`cloud-init-instance`);
 //! - over [`MAX_PER_FILE`] findings in one file: the rest summed up in one (`more-findings`).
+//!
+//! On a Windows volume (paths looked up without regard to case, as NTFS does; none of them
+//! exists on a Linux volume):
+//! - OpenSSH for Windows: keys in `ProgramData/ssh/administrators_authorized_keys` and in
+//!   `Users/*/.ssh/authorized_keys` — **high** (`ssh-authorized-key`, and
+//!   `ssh-authorized-keys-invalid-line` as above); private keys `Users/*/.ssh/id_*` as above
+//!   (`ssh-private-key`); host private keys `ProgramData/ssh/ssh_host_*_key` — **medium**
+//!   (`ssh-host-key`);
+//! - answer files `unattend.xml` / `autounattend.xml` where Setup looks for them
+//!   (`Windows/Panther/Unattend`, `Windows/Panther`, `Windows/System32/Sysprep`, the root) that
+//!   hold a password setting (`AdministratorPassword`, `AutoLogon/Password`,
+//!   `LocalAccount/Password`, `Credentials/Password`…), UTF-8 or UTF-16 — **high** in plain text
+//!   and also with `PlainText` `false` (base64, not encryption), **medium** when empty; the
+//!   finding names the setting and its line, never the value; Setup's own
+//!   `*SENSITIVE*DATA*DELETED*` is no finding (`unattend-password`);
+//! - `hiberfil.sys` (`hibernation-file`), `pagefile.sys` and `swapfile.sys` (`page-file`) at
+//!   the root — **medium**: memory of the machine the image was made from, and needless size;
+//!   **info** when the file reads as zeros only (checked up to [`MAX_ZERO_SCAN`] bytes);
+//! - cloud agent state (`cloud-agent-state`): EC2Launch v2's `ProgramData/Amazon/EC2Launch/
+//!   state/.run-once` and `state.json` — **medium**, instances would skip first-boot tasks;
+//!   Cloudbase-Init's plugin state in the SOFTWARE hive (`Cloudbase Solutions\Cloudbase-Init`)
+//!   — **medium** when kept without an instance id (it applies to every instance), **low** when
+//!   kept for the build instance's id (another id runs the plugins again). A SOFTWARE hive
+//!   that cannot be read (damaged, dirty, over [`MAX_HIVE`]) is a problem, not a clean result.
 
 pub mod image;
 mod password;

@@ -297,8 +297,8 @@ impl Scanner<'_> {
                      image would skip them"
                 }
                 "state.json" => {
-                    "EC2Launch v2's state of a previous boot: instances made from the image \
-                     would start from it instead of from a first boot"
+                    "EC2Launch v2's state of the boots it ran (`ec2launch reset` deletes it \
+                     with .run-once): instances made from the image would inherit it"
                 }
                 _ => continue,
             };
