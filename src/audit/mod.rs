@@ -51,6 +51,9 @@
 //!   and also with `PlainText` `false` (base64, not encryption), **medium** when empty; the
 //!   finding names the setting and its line, never the value; Setup's own
 //!   `*SENSITIVE*DATA*DELETED*` is no finding (`unattend-password`);
+//! - PowerShell's command history `Users/*/AppData/Roaming/Microsoft/Windows/PowerShell/
+//!   PSReadLine/ConsoleHost_history.txt`, not empty — **low**, as the shell histories above
+//!   (`history`);
 //! - `hiberfil.sys` (`hibernation-file`), `pagefile.sys` and `swapfile.sys` (`page-file`) at
 //!   the root — **medium**: memory of the machine the image was made from, and needless size;
 //!   **info** when the file reads as zeros only (checked up to [`MAX_ZERO_SCAN`] bytes);
@@ -192,6 +195,10 @@ struct Limits {
     entries: usize,
     per_file: usize,
     problems: usize,
+    /// Largest registry hive read.
+    hive: u64,
+    /// Most bytes of a page or hibernation file read to tell data from zeros.
+    zero_scan: u64,
 }
 
 impl Limits {
@@ -200,6 +207,8 @@ impl Limits {
         entries: MAX_ENTRIES,
         per_file: MAX_PER_FILE,
         problems: MAX_PROBLEMS,
+        hive: MAX_HIVE,
+        zero_scan: MAX_ZERO_SCAN,
     };
 }
 

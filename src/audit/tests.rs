@@ -545,6 +545,7 @@ fn loops_and_large_directories_are_problems_not_hangs() {
         entries: 20,
         per_file: 3,
         problems: 3,
+        ..Limits::DEFAULT
     };
     let audit = scan_with(&fs, &small);
     assert_eq!(
@@ -792,6 +793,8 @@ trap - EXIT
     const AUTOLOGON_PW: &str = "QQB1AHQAbwBMAG8AZwBvAG4AUwBlAGMAcgBlAHQAUABhAHMAcwB3AG8AcgBkAA==";
     const LOCAL_PW: &str = "L0cal-NOPLAINTEXT-s3cret";
     const INSTANCE: &str = "i-0fedcba9876543210";
+    const PS_HISTORY: &str = "/Users/alice/AppData/Roaming/Microsoft/Windows/PowerShell/\
+                              PSReadLine/ConsoleHost_history.txt";
 
     /// Plants one of each Windows finding in `t`; returns the key pairs used, in order:
     /// admin 1, admin 2, alice, alice's private key, host ed25519, host rsa.
@@ -817,6 +820,7 @@ trap - EXIT
             format!("{}\n", alice.public),
         );
         t.plant_private("/Users/alice/.ssh/id_ed25519", &alice_id, true);
+        t.put(PS_HISTORY, "net user ops SECRETCMD /add\r\n");
         t.mkdir("/Users/Public/Documents");
         t.mkdir("/Users/bob/.ssh");
         t.put(
@@ -908,6 +912,7 @@ trap - EXIT
                 "/Users/alice/.ssh/authorized_keys",
             ),
             (High, "ssh-private-key", "/Users/alice/.ssh/id_ed25519"),
+            (Low, "history", PS_HISTORY),
             (High, "unattend-password", "/Windows/Panther/unattend.xml"),
             (High, "unattend-password", "/Windows/Panther/unattend.xml"),
             (
@@ -983,6 +988,11 @@ trap - EXIT
             "line 6: LocalAccount/Password holds a password, as given: no PlainText setting \
              (not shown)"
         );
+        assert_eq!(
+            one(PS_HISTORY, "history"),
+            "a PowerShell history of 29 bytes: it may hold secrets typed on command lines \
+             (not shown)"
+        );
         assert!(one("/hiberfil.sys", "hibernation-file").contains("with data from byte 200000"));
         assert!(one("/swapfile.sys", "page-file").contains("with data from byte 50000"));
         assert!(one("/pagefile.sys", "page-file").contains("of 1.0 MiB that holds only zeros"));
@@ -1000,6 +1010,7 @@ trap - EXIT
             LOCAL_PW.to_owned(),
             "SECRETGARBAGE".to_owned(),
             "MEMORY-SECRET".to_owned(),
+            "SECRETCMD".to_owned(),
         ];
         for k in &keys {
             secrets.push(k.data().to_owned());
@@ -1133,6 +1144,80 @@ trap - EXIT
     )]
     fn a_clean_windows_volume_on_ntfs_has_no_findings() {
         check_clean(Volume::Ntfs);
+    }
+
+    /// The bounds: a hive over the limit is a problem; a file of zeros longer than what is read
+    /// stays medium, and says how much was read.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn bounds_on_hives_and_zero_scans() {
+        let t = Tree::new();
+        plant_hives(&t, &[INSTANCE]);
+        t.put("/pagefile.sys", vec![0u8; 10_000]);
+        let mut hiber = vec![0u8; 10_000];
+        hiber[5000] = 1;
+        t.put("/hiberfil.sys", hiber);
+        let fs = volume(&t, Volume::Fat);
+        let small = Limits {
+            hive: 8192,
+            zero_scan: 4096,
+            ..Limits::DEFAULT
+        };
+        let audit = scan_with(fs.as_ref(), &small);
+        assert_eq!(audit.problems.len(), 1, "{audit:#?}");
+        assert!(
+            audit.problems[0].starts_with(
+                "/Windows/System32/config/SOFTWARE: cannot read the registry hive, \
+                 Cloudbase-Init state not audited: "
+            ) && audit.problems[0].contains("8192"),
+            "{:?}",
+            audit.problems
+        );
+        use Severity::*;
+        assert_eq!(
+            summary(&audit),
+            [
+                (Medium, "hibernation-file", "/hiberfil.sys".to_owned()),
+                (Medium, "page-file", "/pagefile.sys".to_owned()),
+            ]
+        );
+        assert!(
+            audit.findings[0]
+                .message
+                .contains("its first 4.0 KiB read as zeros, the rest was not read"),
+            "{:?}",
+            audit.findings[0]
+        );
+        assert!(
+            audit.findings[1]
+                .message
+                .contains("its first 4.0 KiB read as zeros, the rest was not read"),
+            "{:?}",
+            audit.findings[1]
+        );
+        // With the default bounds: the data at byte 5000, the page file all zeros.
+        let audit = scan(fs.as_ref());
+        assert!(audit.problems.is_empty(), "{audit:#?}");
+        assert_eq!(
+            summary(&audit),
+            [
+                (
+                    Low,
+                    "cloud-agent-state",
+                    "/Windows/System32/config/SOFTWARE".to_owned()
+                ),
+                (Medium, "hibernation-file", "/hiberfil.sys".to_owned()),
+                (Info, "page-file", "/pagefile.sys".to_owned()),
+            ]
+        );
+        assert!(
+            audit.findings[1]
+                .message
+                .contains("with data from byte 5000")
+        );
     }
 
     /// A SOFTWARE hive that is not a hive, or is dirty: a problem, so the audit is incomplete.

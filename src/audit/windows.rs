@@ -30,6 +30,8 @@ const FIX_HOST_KEY: &str = "delete C:\\ProgramData\\ssh\\ssh_host_*_key and thei
 const FIX_UNATTEND: &str = "delete the answer file from the image (or the setting from it), give \
      the password at first boot instead (user data or the cloud agent), and change the password \
      it held wherever it is still used";
+const FIX_HISTORY: &str = "delete the file from the image (`Clear-History` does not: it clears \
+     only the session's history)";
 const FIX_HIBERNATION: &str = "turn hibernation off in the image before capturing it \
      (`powercfg /hibernate off` deletes hiberfil.sys)";
 const FIX_PAGE_FILE: &str = "delete the file from the image (Windows makes a new one at boot), \
@@ -52,6 +54,11 @@ const ANSWER_DIRS: &[&str] = &[
 ];
 /// The names Setup looks for in them.
 const ANSWER_NAMES: &[&str] = &["unattend.xml", "autounattend.xml"];
+
+/// Where PSReadLine (PowerShell 5.1 and 7) saves a user's command history, under the profile
+/// (`(Get-PSReadLineOption).HistorySavePath`).
+const PSREADLINE_HISTORY: &str =
+    "AppData/Roaming/Microsoft/Windows/PowerShell/PSReadLine/ConsoleHost_history.txt";
 
 /// The EC2Launch v2 state directory and the files in it that record a previous boot.
 const EC2LAUNCH_STATE: &str = "/ProgramData/Amazon/EC2Launch/state";
@@ -98,7 +105,9 @@ impl Scanner<'_> {
             if entry.kind != Kind::Dir || entry.name.contains(['/', '\0']) {
                 continue;
             }
-            let ssh = join(&join(USERS, &entry.name), ".ssh");
+            let home = join(USERS, &entry.name);
+            self.powershell_history(&home);
+            let ssh = join(&home, ".ssh");
             if self.meta(&ssh).is_none_or(|m| m.kind != Kind::Dir) {
                 continue;
             }
@@ -114,6 +123,28 @@ impl Scanner<'_> {
                     self.private_key(&path);
                 }
             }
+        }
+    }
+
+    /// PSReadLine's command history of the user whose profile is `home`: **low**, as the shell
+    /// histories of Linux homes (commands may carry secrets; no way in by itself).
+    fn powershell_history(&mut self, home: &str) {
+        let path = join(home, PSREADLINE_HISTORY);
+        let Some(meta) = self.meta(&path) else {
+            return;
+        };
+        if meta.kind == Kind::File && meta.len > 0 {
+            self.find(
+                Severity::Low,
+                "history",
+                &path,
+                format!(
+                    "a PowerShell history of {} bytes: it may hold secrets typed on command \
+                     lines (not shown)",
+                    meta.len
+                ),
+                FIX_HISTORY,
+            );
         }
     }
 
@@ -246,11 +277,11 @@ impl Scanner<'_> {
     }
 
     /// Where the file at `path` (of `len` bytes) first holds a byte that is not zero, within
-    /// [`MAX_ZERO_SCAN`] bytes; `None` if it cannot be read (a problem).
+    /// [`MAX_ZERO_SCAN`] bytes (the scan's limit); `None` if it cannot be read (a problem).
     fn first_data(&mut self, path: &str, len: u64) -> Option<Scan> {
         const CHUNK: usize = 1 << 20;
         let mut buf = vec![0u8; CHUNK];
-        let end = len.min(MAX_ZERO_SCAN);
+        let end = len.min(self.limits.zero_scan);
         let mut at = 0u64;
         while at < end {
             let want = usize::try_from(end - at).map_or(CHUNK, |n| n.min(CHUNK));
@@ -344,7 +375,7 @@ impl Scanner<'_> {
         if meta.kind != Kind::File {
             return;
         }
-        let bytes = match self.fs.read_to_vec(SOFTWARE, MAX_HIVE) {
+        let bytes = match self.fs.read_to_vec(SOFTWARE, self.limits.hive) {
             Ok(bytes) => bytes,
             Err(e) => {
                 self.problem(format!(
