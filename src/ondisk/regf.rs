@@ -221,9 +221,9 @@ impl<'a> Hive<'a> {
     /// empty list when the key does not exist or has none).
     ///
     /// Bounded like [`Hive::value`]: the lookup and the listing share one cell budget, at most
-    /// [`MAX_LIST`] names are returned (more is an error, not a cut list, so that a caller never
-    /// takes a partial list for the whole), and a name over [`MAX_NAME`] bytes is damage
-    /// (Windows limits key names to 255 characters).
+    /// 65,536 names are returned (more is an error, not a cut list, so that a caller never
+    /// takes a partial list for the whole), and a name over 512 bytes is damage (Windows
+    /// limits key names to 255 characters).
     pub fn subkeys(&self, path: &[&str]) -> Result<Vec<String>, Error> {
         let mut budget = CELL_BUDGET;
         let Some(key) = self.key(path, &mut budget)? else {
