@@ -853,6 +853,54 @@ mod tests {
         ] {
             let _ = unattend_passwords(text);
         }
+        // Random sequences of XML pieces and multi-byte characters: no panic, and every
+        // setting reported is a password element's.
+        const PIECES: &[&str] = &[
+            "<",
+            ">",
+            "/",
+            "</",
+            "/>",
+            "<!--",
+            "-->",
+            "<![CDATA[",
+            "]]>",
+            "<?",
+            "?>",
+            "<!",
+            "\"",
+            "'",
+            "=",
+            " ",
+            "\n",
+            "Password",
+            "AdministratorPassword",
+            "Value",
+            "PlainText",
+            "wcm:",
+            "true",
+            "false",
+            "é",
+            "😀",
+            "*SENSITIVE*DATA*DELETED*",
+            "x",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 40) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push_str(PIECES[(seed % PIECES.len() as u64) as usize]);
+            }
+            for p in unattend_passwords(&text) {
+                assert!(
+                    is_password(p.setting.rsplit('/').next().unwrap()),
+                    "{text:?}"
+                );
+            }
+        }
     }
 
     #[test]
