@@ -3,8 +3,8 @@
 
 Usage: fuzz/make-seeds.py [E2FS_CORPUS_DIR]
 
-Needs qemu-img and qemu-io, sgdisk, mkfs.fat and mtools, mkfs.ext4 (the tools the test suite
-uses), and fixtures/make-hostile.py. With E2FS_CORPUS_DIR (made by
+Needs qemu-img and qemu-io, sgdisk, mkfs.fat and mtools, mkfs.ext4, mkntfs (the tools the test
+suite uses; ntfs-3g and root for the populated NTFS seed), and fixtures/make-hostile.py. With E2FS_CORPUS_DIR (made by
 fixtures/make-e2fs-corpus.sh), a few small damaged ext4 images from e2fsprogs' test suite are
 added to the ext4 seeds.
 
@@ -397,6 +397,59 @@ def fat_images(tmp):
     return made
 
 
+NTFS_FILES = r"""
+set -euo pipefail
+img=$1; mnt=$2
+mkdir -p "$mnt"
+ntfs-3g -o compression,streams_interface=xattr "$img" "$mnt"
+unmount() {
+  cd /
+  umount "$mnt" 2>/dev/null || return 0
+  # umount returns before ntfs-3g has written the volume and let go of it.
+  for _ in $(seq 1 200); do fuser -s "$img" 2>/dev/null || return 0; sleep 0.05; done
+  return 1
+}
+trap unmount EXIT
+cd "$mnt"
+mkdir -p Windows/System32/config many c
+echo hello > Windows/System32/ntoskrnl.exe
+for i in $(seq 1 40); do echo "$i" > "many/f$i.dll"; done
+setfattr -n user.Zone.Identifier -v x many/f1.dll
+setfattr -n system.ntfs_attrib_be -v 0x00000810 c
+seq 1 3000 > c/z.txt
+ln -s Windows/System32 link
+truncate -s 100000 sparse.bin
+echo end >> sparse.bin
+"""
+
+
+def ntfs_images(tmp):
+    """2 MiB NTFS volumes of 512-byte clusters: empty (mkntfs), and, as root with ntfs-3g, one
+    with a 40-entry directory (an index record), an ADS, an LZNT1-compressed file, an Interix
+    symlink and a sparse file. The $LogFile's pages of 0xFF, which no reader looks at, are
+    zeroed so that the seeds stay small."""
+    def seed(img):
+        data = bytearray(read(img))
+        for i in range(0, len(data), 512):
+            if data[i:i + 512] == b"\xff" * 512:
+                data[i:i + 512] = bytes(512)
+        return sparse(bytes(data))
+    img = os.path.join(tmp, "ntfs-empty.img")
+    with open(img, "wb") as f:
+        f.truncate(2 << 20)
+    run("mkntfs", "-F", "-Q", "-q", "-c", "512", "-L", "MKOMI", img)
+    out("ntfs", "mkntfs-empty", seed(img))
+    if os.geteuid() != 0 or not shutil.which("ntfs-3g"):
+        print("make-seeds: not root or no ntfs-3g: the populated NTFS seed is left out")
+        return
+    img = os.path.join(tmp, "ntfs-files.img")
+    with open(img, "wb") as f:
+        f.truncate(2 << 20)
+    run("mkntfs", "-F", "-Q", "-q", "-c", "512", "-L", "MKOMI", img)
+    run("bash", "-c", NTFS_FILES, "ntfs-files", img, os.path.join(tmp, "ntfs-mnt"))
+    out("ntfs", "ntfs-3g-files", seed(img))
+
+
 def disks(tmp, ext4, fat):
     """Whole disks for `inspect`: a GPT disk with an ESP and an ext4 root, an MBR disk."""
     esp = read(fat["12"])
@@ -474,7 +527,7 @@ def main():
     e2fs = sys.argv[1] if len(sys.argv) > 1 else None
     if os.path.isdir(SEEDS):
         shutil.rmtree(SEEDS)
-    for t in ("qcow2", "table", "fat", "ext4", "inspect", "binary", "os_release",
+    for t in ("qcow2", "table", "fat", "ext4", "ntfs", "inspect", "binary", "os_release",
               "regf", "export_manifest", "template", "store"):
         os.makedirs(os.path.join(SEEDS, t))
     with tempfile.TemporaryDirectory() as tmp:
@@ -483,6 +536,7 @@ def main():
         tables(tmp)
         ext4 = ext4_images(tmp, e2fs)
         fat = fat_images(tmp)
+        ntfs_images(tmp)
         disks(tmp, ext4, fat)
         qcow2(tmp)
         hives(tmp)

@@ -21,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 seconds=${1:-30}
 shift || true
-all=(qcow2 table fat ext4 inspect binary os_release regf export_manifest template store tar)
+all=(qcow2 table fat ext4 ntfs inspect binary os_release regf export_manifest template store tar)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 sanitizer=${FUZZ_SANITIZER:-address}

@@ -38,6 +38,7 @@ fn harness<'a>(target: &str, qcow2_dir: &'a Path) -> Harness<'a> {
         "table" => Box::new(harness::table),
         "fat" => Box::new(harness::fat),
         "ext4" => Box::new(harness::ext4),
+        "ntfs" => Box::new(harness::ntfs),
         "inspect" => Box::new(harness::inspect),
         "binary" => Box::new(harness::binary),
         "os_release" => Box::new(harness::os_release),

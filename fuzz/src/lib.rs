@@ -255,6 +255,20 @@ pub fn fat(data: &[u8]) {
     walk_fs(&fs);
 }
 
+/// `ntfs`: the input as a bare NTFS volume, opened with [`mkomi::fs::ntfs::Ntfs::open`] (boot
+/// sector checks, the vendored `ntfs` crate's `$MFT` and `$UpCase` reads), its label read and
+/// its tree walked through [`FileSystem`] (B-tree listings, lookups through `$UpCase`, symlinks
+/// and junctions, sparse and LZNT1-compressed reads).
+pub fn ntfs(data: &[u8]) {
+    let src: Arc<dyn Disk> = Arc::new(MemSource::parse(data, "fuzz.ntfs"));
+    let len = src.size();
+    let Ok(fs) = mkomi::fs::ntfs::Ntfs::open(src, 0, len, Path::new("fuzz.ntfs")) else {
+        return;
+    };
+    let _ = fs.label();
+    walk_fs(&fs);
+}
+
 /// `ext4`: the input as a bare ext2/3/4 file system, opened with
 /// [`mkomi::fs::ext4::Ext4::open`] (superblock, group descriptors, journal replay), its tree
 /// walked through [`FileSystem`], and a few glob patterns resolved.

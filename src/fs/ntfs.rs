@@ -386,6 +386,7 @@ struct Link {
 }
 
 /// The boot sector's fields that G1 checks.
+#[derive(Debug)]
 struct Boot {
     sector_bytes: u64,
     sectors: u64,
@@ -1190,10 +1191,11 @@ struct Run {
     disk: Option<u64>,
 }
 
-/// Decompresses one LZNT1 compression unit `src` into `out` (zero-filled, its length the unit's
-/// size): a sequence of chunks, each a 2-byte header (bits 0–11: stored size − 1, bit 15:
+/// Decompresses one LZNT1 compression unit `src` into `out` (its length the unit's size; what
+/// the chunks leave is zeros): a sequence of chunks, each a 2-byte header (bits 0–11: stored size − 1, bit 15:
 /// compressed) and up to 4096 bytes once decompressed. `Err` says what is wrong.
 fn lznt1(src: &[u8], out: &mut [u8]) -> Result<(), String> {
+    out.fill(0);
     let mut i = 0;
     let mut chunk_start = 0;
     while i + 2 <= src.len() && chunk_start < out.len() {
@@ -1477,26 +1479,39 @@ impl super::FileSystem for Ntfs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{self, OpenOptions};
+    use crate::format::{self, Extent, ExtentKind, OpenOptions};
     use crate::fs::FileSystem;
     use sha2::{Digest, Sha256};
     use std::process::Command;
+    use std::time::{Duration, Instant};
 
     const M: u64 = 1 << 20;
-    const LONG: &str =
-        "/A very long directory name with spaces and ünïcödé that goes on and on/file.txt";
+    const LONG_DIR: &str = "A very long directory name with spaces and ünïcödé that goes on and on";
+    /// What a hostile image may cost before its error.
+    const QUICK: Duration = Duration::from_secs(5);
 
-    /// Makes the test volume: `mkntfs`, then files written through an ntfs-3g FUSE mount (with
-    /// LZNT1 compression on `/comp`, an ADS, an Interix symlink, a junction and Windows symlinks
-    /// planted as reparse data), then the sha256 of every regular file as the mount shows it.
-    /// Arguments: image, mount point, manifest.
+    /// Makes the test volume (16 MiB): `mkntfs`, then files written through an ntfs-3g FUSE
+    /// mount (LZNT1 compression on `/comp`, an ADS, Interix symlinks, a junction and Windows
+    /// symlinks planted as reparse data through `system.ntfs_reparse_data`), then the sha256 of
+    /// every regular file as the mount showed it. Arguments: image, mount point, manifest.
     const MAKE: &str = r#"set -euo pipefail
 img=$1; mnt=$2; manifest=$3
 truncate -s 16M "$img"
 mkntfs -F -Q -q -L MKOMI "$img"
 mkdir -p "$mnt"
 ntfs-3g -o compression,streams_interface=xattr "$img" "$mnt"
-trap 'umount "$mnt" 2>/dev/null || fusermount -u "$mnt" 2>/dev/null || true' EXIT
+# Unmounts $mnt and waits for ntfs-3g to have written and closed $img (umount returns first).
+unmount() {
+  cd /
+  umount "$mnt" 2>/dev/null || return 0
+  for _ in $(seq 1 200); do
+    fuser -s "$img" 2>/dev/null || return 0
+    sleep 0.05
+  done
+  echo "ntfs-3g still holds $img" >&2
+  return 1
+}
+trap unmount EXIT
 cd "$mnt"
 long="A very long directory name with spaces and ünïcödé that goes on and on"
 mkdir -p Windows/System32/config ProgramData/ssh comp "$long" many
@@ -1535,9 +1550,41 @@ open('dlink','w').close()
 subprocess.run(['setfattr','-n','system.ntfs_reparse_data','-v','0x'+symlink(r'\??\D:\data', r'D:\data', False).hex(),'dlink'],check=True)
 PY
 echo public > Users/Public/readme.txt
-cd /
 # What the mount shows: every regular file's size and sha256 (links not followed).
 (cd "$mnt" && find . -type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum) > "$manifest" || true
+"#;
+
+    /// Makes a small volume (2 MiB, 512-byte clusters) for the mutation loop and the fuzz seeds.
+    /// Arguments: image, mount point.
+    const MAKE_SMALL: &str = r#"set -euo pipefail
+img=$1; mnt=$2
+truncate -s 2M "$img"
+mkntfs -F -Q -q -c 512 -L SMALL "$img" 2>/dev/null
+mkdir -p "$mnt"
+ntfs-3g -o compression,streams_interface=xattr "$img" "$mnt"
+# Unmounts $mnt and waits for ntfs-3g to have written and closed $img (umount returns first).
+unmount() {
+  cd /
+  umount "$mnt" 2>/dev/null || return 0
+  for _ in $(seq 1 200); do
+    fuser -s "$img" 2>/dev/null || return 0
+    sleep 0.05
+  done
+  echo "ntfs-3g still holds $img" >&2
+  return 1
+}
+trap unmount EXIT
+cd "$mnt"
+mkdir -p d/e c
+echo hi > d/e/f.txt
+for i in $(seq 1 40); do echo "$i" > "d/n$i.txt"; done
+seq 1 3000 > d/big.txt
+setfattr -n user.Zone.Identifier -v x d/big.txt
+setfattr -n system.ntfs_attrib_be -v 0x00000810 c
+seq 1 5000 > c/z.txt
+ln -s d/e l
+truncate -s 100000 s.bin
+echo end >> s.bin
 "#;
 
     fn run(cmd: &str, args: &[&str]) -> String {
@@ -1567,17 +1614,8 @@ cd /
         let image = dir.path().join("ntfs.img");
         let mnt = dir.path().join("mnt");
         let manifest = dir.path().join("manifest");
-        run(
-            "bash",
-            &[
-                "-c",
-                MAKE,
-                "make",
-                image.to_str().unwrap(),
-                mnt.to_str().unwrap(),
-                manifest.to_str().unwrap(),
-            ],
-        );
+        let args = [&image, &mnt, &manifest].map(|p| p.to_str().unwrap().to_owned());
+        run("bash", &["-c", MAKE, "make", &args[0], &args[1], &args[2]]);
         let files = std::fs::read_to_string(&manifest)
             .unwrap()
             .lines()
@@ -1587,6 +1625,65 @@ cd /
             })
             .collect();
         Fixture { dir, image, files }
+    }
+
+    fn build_small(dir: &Path) -> Vec<u8> {
+        let image = dir.join("small.img");
+        let mnt = dir.join("mnt-small");
+        run(
+            "bash",
+            &[
+                "-c",
+                MAKE_SMALL,
+                "make",
+                image.to_str().unwrap(),
+                mnt.to_str().unwrap(),
+            ],
+        );
+        std::fs::read(image).unwrap()
+    }
+
+    /// A disk in memory.
+    struct Mem {
+        data: Vec<u8>,
+        path: PathBuf,
+    }
+
+    impl Disk for Mem {
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+
+        fn extent(&self, offset: u64, max_len: u64) -> format::Result<Extent> {
+            Ok(Extent {
+                offset,
+                len: max_len.min(self.size() - offset),
+                kind: ExtentKind::Data,
+            })
+        }
+
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
+            let start = offset as usize;
+            buf.copy_from_slice(&self.data[start..start + buf.len()]);
+            Ok(())
+        }
+
+        fn format(&self) -> &'static str {
+            "raw"
+        }
+
+        fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    fn mem(data: Vec<u8>) -> Result<Ntfs, Error> {
+        let len = data.len() as u64;
+        let src: Arc<dyn Disk> = Arc::new(Mem {
+            data,
+            path: PathBuf::from("ntfs.img"),
+        });
+        Ntfs::open(src, 0, len, Path::new("ntfs.img"))
     }
 
     fn open_image(image: &Path) -> Ntfs {
@@ -1608,12 +1705,11 @@ cd /
     }
 
     /// Every check of the reader against what the ntfs-3g mount showed.
-    fn check_tree(fs: &dyn FileSystem) {
+    fn check_tree(fs: &dyn FileSystem, fx: &Fixture) {
         assert_eq!(fs.kind(), "ntfs");
-        // The mount's files, read whole and at odd offsets.
-        let fx_files = FILES.with(|f| f.borrow().clone());
-        assert!(fx_files.len() > 300, "{}", fx_files.len());
-        for (path, sum) in &fx_files {
+        // The mount's files (300 in /many), read whole, with their metadata.
+        assert!(fx.files.len() > 300, "{}", fx.files.len());
+        for (path, sum) in &fx.files {
             let data = fs.read_to_vec(path, 64 * M).unwrap();
             assert_eq!(&sha(&data), sum, "{path}");
             let meta = fs.metadata(path).unwrap();
@@ -1621,6 +1717,7 @@ cd /
             assert_eq!(meta.len, data.len() as u64, "{path}");
             assert_eq!((meta.mode, meta.uid), (FILE_MODE, 0));
         }
+        // Reads at odd offsets: contiguous, sparse, LZNT1-compressed (text and incompressible).
         for path in ["/big.txt", "/sparse.bin", "/comp/c.txt", "/comp/random.bin"] {
             let whole = fs.read_to_vec(path, 64 * M).unwrap();
             for (offset, n) in [
@@ -1628,6 +1725,7 @@ cd /
                 (1, 4095),
                 (4097, 70_001),
                 (65_535, 3),
+                (65_536 * 3 - 7, 20),
                 (999_999, 5),
             ] {
                 let mut buf = vec![0xeeu8; n];
@@ -1644,7 +1742,7 @@ cd /
             );
         }
         let sparse = fs.read_to_vec("/sparse.bin", 64 * M).unwrap();
-        assert_eq!(sparse.len(), 5 * (M as usize) + 5);
+        assert_eq!(sparse.len(), 5 * M as usize + 5);
         assert_eq!(sparse[1_000_000], b'x');
         assert!(sparse[..1_000_000].iter().all(|&b| b == 0));
         let c = fs.read_to_vec("/comp/c.txt", 64 * M).unwrap();
@@ -1655,7 +1753,7 @@ cd /
         assert_eq!(
             names(fs, "/"),
             [
-                "A very long directory name with spaces and ünïcödé that goes on and on",
+                LONG_DIR,
                 "ProgramData",
                 "Users",
                 "Windows",
@@ -1677,8 +1775,8 @@ cd /
         for l in ["link", "abslink", "junction", "winlink", "dlink"] {
             assert_eq!(kind(l), Kind::Symlink, "{l}");
         }
+        // 300 names: a B-tree of several index records.
         let many = fs.read_dir("/many", 1000).unwrap();
-        assert_eq!(many.len(), 300);
         let mut want: Vec<String> = (1..=300).map(|i| format!("f{i}.dll")).collect();
         want.sort();
         assert_eq!(
@@ -1688,20 +1786,20 @@ cd /
         assert!(many.iter().all(|e| e.kind == Kind::File));
         let e = fs.read_dir("/many", 299).unwrap_err().to_string();
         assert_eq!(e, "ntfs.img: /many: a directory of more than 299 entries");
+        assert_eq!(names(fs, "/Windows/System32"), ["config", "ntoskrnl.exe"]);
 
-        // Case-insensitive lookups, through $UpCase.
+        // Case-insensitive lookups, through $UpCase (ü to Ü too).
         assert_eq!(
             fs.read_to_vec("/WINDOWS/system32/NTOSKRNL.EXE", 100)
                 .unwrap(),
             b"hello ntfs\n"
         );
-        assert_eq!(
-            fs.read_to_vec(&LONG.to_uppercase(), 100).unwrap(),
-            b"LONG\n"
-        );
+        let long = format!("/{}/FILE.TXT", LONG_DIR.to_uppercase());
+        assert_eq!(fs.read_to_vec(&long, 100).unwrap(), b"LONG\n");
         assert_eq!(fs.read_to_vec("/MANY/F77.DLL", 100).unwrap(), b"77\n");
 
-        // Symlinks: Interix (ntfs-3g), a junction to C:\, a relative Windows symlink.
+        // Symlinks: Interix (ntfs-3g), a junction to C:\, a relative Windows symlink, a
+        // Windows symlink to another drive.
         assert_eq!(fs.read_link("/link").unwrap(), "Windows/System32");
         assert_eq!(fs.read_link("/abslink").unwrap(), "/ProgramData/ssh");
         assert_eq!(fs.read_link("/junction").unwrap(), "/Users/Public");
@@ -1726,6 +1824,7 @@ cd /
         assert_eq!(fs.read_to_vec("/winlink", 100).unwrap(), b"hello ntfs\n");
         assert_eq!(fs.metadata("/link").unwrap().kind, Kind::Dir);
         assert_eq!(fs.metadata("/junction").unwrap().kind, Kind::Dir);
+        assert_eq!(fs.metadata("/winlink").unwrap().len, 11);
         let l = fs.symlink_metadata("/junction").unwrap();
         assert_eq!(
             (l.kind, l.len),
@@ -1736,9 +1835,11 @@ cd /
             e,
             "ntfs.img: /dlink: a symlink to \\??\\D:\\data, outside this volume"
         );
-        assert_eq!(fs.read_dir("/link", 1000).unwrap().len(), 2);
+        assert_eq!(names(fs, "/link"), ["config", "ntoskrnl.exe"]);
+        // `..` after a symlink goes up from its target, as on Linux.
+        assert_eq!(names(fs, "/link/config/../.."), ["System32"]);
 
-        // Errors.
+        // Errors: one line, naming the image and the path.
         let e = fs.read_to_vec("/big.txt", 1000).unwrap_err().to_string();
         assert_eq!(
             e,
@@ -1751,6 +1852,7 @@ cd /
             "ntfs.img: /missing: no such file in the file system"
         );
         assert!(fs.metadata("/Windows/nope/x").unwrap_err().is_not_found());
+        assert!(fs.read_link("/nope").unwrap_err().is_not_found());
         let e = fs.read_to_vec("/Windows", 10).unwrap_err().to_string();
         assert_eq!(e, "ntfs.img: /Windows: is a directory, not a regular file");
         let e = fs.read_dir("/big.txt/x", 10).unwrap_err().to_string();
@@ -1760,14 +1862,11 @@ cd /
         );
         let e = fs.read_link("/big.txt").unwrap_err().to_string();
         assert_eq!(e, "ntfs.img: /big.txt: not a symbolic link");
-        // The directory's metadata.
+        let e = fs.read_dir("relative", 10).unwrap_err().to_string();
+        assert_eq!(e, "ntfs.img: relative: not an absolute path");
         let d = fs.metadata("/many").unwrap();
         assert_eq!((d.kind, d.mode, d.uid), (Kind::Dir, DIR_MODE, 0));
         assert!(d.len >= 4096, "{}", d.len);
-    }
-
-    thread_local! {
-        static FILES: std::cell::RefCell<Vec<(String, String)>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     #[test]
@@ -1777,10 +1876,564 @@ cd /
     )]
     fn reads_what_ntfs_3g_wrote() {
         let fx = build();
-        FILES.with(|f| *f.borrow_mut() = fx.files.clone());
         let fs = open_image(&fx.image);
-        check_tree(&fs);
+        check_tree(&fs, &fx);
         assert_eq!(fs.label().as_deref(), Some("MKOMI"));
-        let _ = &fx.dir;
+        // Reading a file piece by piece costs no new path lookup each time, and a read is not
+        // bounded by the budget of the previous call.
+        let mut buf = vec![0u8; 100_000];
+        let mut at = 0;
+        while fs.read_at("/comp/c.txt", at, &mut buf).unwrap() > 0 {
+            at += 100_000;
+        }
+        assert!(at > 588_000);
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn reads_a_gpt_partition_raw_and_through_qcow2() {
+        let fx = build();
+        let raw = fx.dir.path().join("disk.raw");
+        let raw_s = raw.to_str().unwrap();
+        run("truncate", &["-s", "20M", raw_s]);
+        run("sgdisk", &["-n", "1:2048:+16M", "-t", "1:0700", raw_s]);
+        run(
+            "dd",
+            &[
+                &format!("if={}", fx.image.display()),
+                &format!("of={raw_s}"),
+                "bs=1M",
+                "seek=1",
+                "conv=notrunc",
+                "status=none",
+            ],
+        );
+        let qcow2 = fx.dir.path().join("disk.qcow2");
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                raw_s,
+                qcow2.to_str().unwrap(),
+            ],
+        );
+        for (disk, format) in [(&raw, "raw"), (&qcow2, "qcow2")] {
+            let src = format::open_path(disk, &OpenOptions::default()).unwrap();
+            assert_eq!(src.format(), format);
+            let table = crate::inspect::table::read(src.as_ref());
+            let p = &table.partitions[0];
+            assert_eq!((p.offset, p.size), (M, 16 * M));
+            let fs = Ntfs::open(src, p.offset, p.size, Path::new("ntfs.img")).unwrap();
+            check_tree(&fs, &fx);
+            // The same volume in a window one sector too short is refused.
+            let src = format::open_path(disk, &OpenOptions::default()).unwrap();
+            let e = Ntfs::open(src, M, 8 * M, Path::new("disk"))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "disk: the NTFS file system at byte {M} has 32767 sectors of 512 bytes, more \
+                     than its {}-byte window",
+                    8 * M
+                )
+            );
+        }
+    }
+
+    /// Byte patches of NTFS structures, each record's update sequence undone and redone around
+    /// the change, so that the change reaches the parsers.
+    mod patch {
+        pub fn u16_at(b: &[u8], o: usize) -> usize {
+            usize::from(u16::from_le_bytes([b[o], b[o + 1]]))
+        }
+
+        pub fn u32_at(b: &[u8], o: usize) -> u32 {
+            u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+        }
+
+        pub fn u64_at(b: &[u8], o: usize) -> u64 {
+            u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+        }
+
+        /// Undoes the update sequence of the record at `o`; false if it has none that fits.
+        pub fn unfix(b: &mut [u8], o: usize, size: usize) -> bool {
+            let (usa, count) = (u16_at(b, o + 4), u16_at(b, o + 6));
+            if count == 0 || usa + 2 * count > size || (count - 1) * 512 > size {
+                return false;
+            }
+            for k in 1..count {
+                let end = o + k * 512 - 2;
+                b.copy_within(o + usa + 2 * k..o + usa + 2 * k + 2, end);
+            }
+            true
+        }
+
+        /// Redoes the update sequence of the record at `o` (after [`unfix`]).
+        pub fn refix(b: &mut [u8], o: usize, size: usize) {
+            let (usa, count) = (u16_at(b, o + 4), u16_at(b, o + 6));
+            if count == 0 || usa + 2 * count > size || (count - 1) * 512 > size {
+                return;
+            }
+            let usn = [b[o + usa], b[o + usa + 1]];
+            for k in 1..count {
+                let end = o + k * 512 - 2;
+                b.copy_within(end..end + 2, o + usa + 2 * k);
+                b[end..end + 2].copy_from_slice(&usn);
+            }
+        }
+
+        /// Where the MFT starts (a fresh volume's MFT is contiguous).
+        pub fn mft(b: &[u8]) -> usize {
+            let cluster = u16_at(b, 0x0b) * usize::from(b[0x0d]);
+            u64_at(b, 0x30) as usize * cluster
+        }
+
+        /// The value of the first resident attribute of type `ty` in the (unfixed) record at
+        /// `o`.
+        pub fn attr_value(b: &[u8], o: usize, ty: u32) -> Option<usize> {
+            let mut a = o + u16_at(b, o + 0x14);
+            while a + 8 < o + 1024 {
+                let (t, len) = (u32_at(b, a), u32_at(b, a + 4) as usize);
+                if t == 0xffff_ffff || len == 0 {
+                    break;
+                }
+                if t == ty && b[a + 8] == 0 {
+                    return Some(a + u16_at(b, a + 0x14));
+                }
+                a += len;
+            }
+            None
+        }
+
+        /// The MFT record (1 KiB) whose `$FILE_NAME` is `name`.
+        pub fn record_named(b: &mut [u8], name: &str) -> usize {
+            let mft = mft(b);
+            for n in 16..1024 {
+                let o = mft + n * 1024;
+                if &b[o..o + 4] != b"FILE" || !unfix(b, o, 1024) {
+                    continue;
+                }
+                let found = attr_value(b, o, 0x30).is_some_and(|v| {
+                    let len = usize::from(b[v + 0x40]);
+                    let units: Vec<u16> = b[v + 0x42..v + 0x42 + 2 * len]
+                        .chunks(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect();
+                    String::from_utf16_lossy(&units) == name
+                });
+                refix(b, o, 1024);
+                if found {
+                    return o;
+                }
+            }
+            panic!("no MFT record named {name}");
+        }
+
+        /// The index records (4 KiB, cluster-aligned) whose keys hold the UTF-16 of `needle`.
+        pub fn indx_with(b: &mut [u8], needle: &str) -> Vec<usize> {
+            let needle: Vec<u8> = needle.encode_utf16().flat_map(u16::to_le_bytes).collect();
+            let mut out = Vec::new();
+            for o in (0..b.len() - 4096).step_by(4096) {
+                if &b[o..o + 4] != b"INDX" || !unfix(b, o, 4096) {
+                    continue;
+                }
+                if b[o..o + 4096].windows(needle.len()).any(|w| w == needle) {
+                    out.push(o);
+                }
+                refix(b, o, 4096);
+            }
+            out
+        }
+
+        /// The entry that ends the index node whose header is at `h`.
+        pub fn last_entry(b: &[u8], h: usize) -> usize {
+            let mut e = h + u32_at(b, h) as usize;
+            while u16_at(b, e + 12) & 2 == 0 {
+                e += u16_at(b, e + 8);
+            }
+            e
+        }
+    }
+
+    /// `/many`'s MFT record, its update sequence undone, and its `$INDEX_ROOT` value.
+    fn many_root(b: &mut [u8]) -> (usize, usize) {
+        let rec = patch::record_named(b, "many");
+        assert!(patch::unfix(b, rec, 1024));
+        let v = patch::attr_value(b, rec, 0x90).unwrap();
+        (rec, v)
+    }
+
+    /// The hostile images, each built from the fixture's bytes by `make`.
+    /// Each case: what it is, the image, and what its errors must say.
+    fn hostile(base: &[u8]) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+        let mut cases = Vec::new();
+        cases.push((
+            "truncated to 100 bytes",
+            base[..100].to_vec(),
+            "100 bytes cannot hold a boot sector",
+        ));
+        cases.push((
+            "truncated to 8 MiB",
+            base[..8 * M as usize].to_vec(),
+            "more than its 8388608-byte window",
+        ));
+        // The B-tree cycle: the last index record of /many gets a subnode that is itself.
+        let mut b = base.to_vec();
+        let (rec, v) = many_root(&mut b);
+        let end = patch::last_entry(&b, v + 16);
+        let len = patch::u16_at(&b, end + 8);
+        let vcn = patch::u64_at(&b, end + len - 8);
+        patch::refix(&mut b, rec, 1024);
+        let o = patch::indx_with(&mut b, ".dll")
+            .into_iter()
+            .find(|&o| patch::u64_at(&b, o + 0x10) == vcn)
+            .unwrap();
+        assert!(patch::unfix(&mut b, o, 4096));
+        let h = o + 0x18;
+        let e = patch::last_entry(&b, h);
+        let (used, alloc) = (patch::u32_at(&b, h + 4), patch::u32_at(&b, h + 8));
+        let elen = patch::u16_at(&b, e + 8);
+        if patch::u16_at(&b, e + 12) & 1 == 1 {
+            // A node with subnodes: its end entry's subnode becomes itself.
+            b[e + elen - 8..e + elen].copy_from_slice(&vcn.to_le_bytes());
+        } else {
+            assert!(elen == 16 && used + 8 <= alloc, "{elen} {used} {alloc}");
+            b[e + 8..e + 14].copy_from_slice(&[24, 0, 0, 0, 3, 0]);
+            b[e + 16..e + 24].copy_from_slice(&vcn.to_le_bytes());
+            b[h + 4..h + 8].copy_from_slice(&(used + 8).to_le_bytes());
+            b[h + 12] |= 1;
+        }
+        patch::refix(&mut b, o, 4096);
+        cases.push(("cycle", b, "corrupt NTFS file system"));
+        // A 4 GiB index record size in /many's $INDEX_ROOT (defect 4).
+        let mut b = base.to_vec();
+        let (rec, v) = many_root(&mut b);
+        b[v + 8..v + 12].copy_from_slice(&0xf000_0000u32.to_le_bytes());
+        patch::refix(&mut b, rec, 1024);
+        cases.push((
+            "huge index record",
+            b,
+            "index record size of 4026531840 bytes",
+        ));
+        // $INDEX_ROOT entries that end before they start (defect 5).
+        let mut b = base.to_vec();
+        let (rec, v) = many_root(&mut b);
+        b[v + 20..v + 24].copy_from_slice(&0u32.to_le_bytes());
+        patch::refix(&mut b, rec, 1024);
+        cases.push((
+            "index root entries end before they start",
+            b,
+            "corrupt NTFS file system: The NTFS index root",
+        ));
+        // An index entry of 8 bytes, shorter than its header (defect 1), in every index record
+        // of /many.
+        let mut b = base.to_vec();
+        for o in patch::indx_with(&mut b, ".dll") {
+            assert!(patch::unfix(&mut b, o, 4096));
+            let e = o + 0x18 + patch::u32_at(&b, o + 0x18) as usize;
+            b[e + 8..e + 10].copy_from_slice(&8u16.to_le_bytes());
+            patch::refix(&mut b, o, 4096);
+        }
+        cases.push((
+            "short index entry",
+            b,
+            "has a length of 8 bytes, not a multiple of 8 of at least 16",
+        ));
+        cases
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn hostile_images_give_quick_one_line_errors() {
+        let fx = build();
+        let base = std::fs::read(&fx.image).unwrap();
+        for (what, bytes, says) in hostile(&base) {
+            let t = Instant::now();
+            let mut errors = Vec::new();
+            match mem(bytes) {
+                Err(e) => errors.push(e.to_string()),
+                Ok(fs) => {
+                    errors.push(fs.read_dir("/many", 1000).unwrap_err().to_string());
+                    errors.push(
+                        fs.read_to_vec("/many/zzz.dll", 100)
+                            .unwrap_err()
+                            .to_string(),
+                    );
+                    if what == "cycle" {
+                        // The first error is G3's, the second the crate's depth bound (patch 2).
+                        assert!(
+                            errors[0].ends_with("the directory index is out of order or loops")
+                        );
+                        assert!(errors[1].contains("more than 32 levels deep"));
+                    }
+                    // The rest of the volume still reads.
+                    assert_eq!(
+                        fs.read_to_vec("/Windows/System32/ntoskrnl.exe", 100)
+                            .unwrap(),
+                        b"hello ntfs\n"
+                    );
+                }
+            }
+            assert!(t.elapsed() < QUICK, "{what}: {:?}", t.elapsed());
+            for e in &errors {
+                assert!(e.starts_with("ntfs.img"), "{what}: {e}");
+                assert!(!e.contains('\n'), "{what}: {e}");
+                assert!(e.contains(says), "{what}: {e}");
+            }
+            eprintln!("{what}: {errors:?} in {:?}", t.elapsed());
+        }
+    }
+
+    /// A tiny deterministic generator (xorshift64*), so that a failing case can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Walks a file system as the fuzz harness does, within bounds; errors are fine.
+    fn walk(fs: &dyn FileSystem) {
+        let mut dirs = vec![("/".to_owned(), 0)];
+        let mut seen = 0;
+        let mut buf = [0u8; 100];
+        while let Some((dir, depth)) = dirs.pop() {
+            let Ok(entries) = fs.read_dir(&dir, 1000) else {
+                continue;
+            };
+            for e in entries {
+                seen += 1;
+                if seen > 200 {
+                    return;
+                }
+                let path = format!("{}/{}", dir.trim_end_matches('/'), e.name);
+                let _ = fs.metadata(&path);
+                let _ = fs.symlink_metadata(&path);
+                let _ = fs.read_link(&path);
+                let _ = fs.read_to_vec(&path, M);
+                let _ = fs.read_at(&path, 4097, &mut buf);
+                if e.kind == Kind::Dir && depth < 4 {
+                    dirs.push((path, depth + 1));
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn two_thousand_mutations_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = build_small(dir.path());
+        let fs = mem(base.clone()).unwrap();
+        assert_eq!(fs.read_to_vec("/d/e/f.txt", 10).unwrap(), b"hi\n");
+        let z = fs.read_to_vec("/c/z.txt", M).unwrap();
+        assert!(z.ends_with(b"4999\n5000\n"));
+        assert_eq!(fs.read_dir("/d", 100).unwrap().len(), 42);
+        // The records a walk reads: the MFT's first 64 and the index records.
+        let mft = patch::mft(&base);
+        let mut records: Vec<(usize, usize)> = (0..64)
+            .map(|n| (mft + n * 1024, 1024))
+            .filter(|&(o, _)| &base[o..o + 4] == b"FILE")
+            .collect();
+        records.extend(
+            (0..base.len() - 4096)
+                .step_by(512)
+                .filter(|&o| &base[o..o + 4] == b"INDX")
+                .map(|o| (o, 4096)),
+        );
+        assert!(records.len() > 30, "{}", records.len());
+        let mut rng = Rng(0x6d6b_6f6d_6e74_6673);
+        let (mut opened, mut listed) = (0, 0);
+        let t = Instant::now();
+        for case in 0..2000 {
+            let mut b = base.clone();
+            let (o, size) = records[rng.below(records.len())];
+            let fields = [1, 1, 2, 4, 8, 16][rng.below(6)];
+            if case % 4 == 0 {
+                // Raw bytes, the update sequence left as it falls.
+                for _ in 0..fields {
+                    let p = if rng.below(10) < 7 {
+                        o + rng.below(size)
+                    } else {
+                        rng.below(b.len())
+                    };
+                    b[p] =
+                        [rng.next() as u8, b[p] ^ (1 << rng.below(8)), 0, 0xff, 0x80][rng.below(5)];
+                }
+            } else if patch::unfix(&mut b, o, size) {
+                // Fields inside the record, which then still passes its fixup check.
+                for _ in 0..fields {
+                    let w = [1, 1, 2, 4, 8][rng.below(5)];
+                    let p = o + 8 + rng.below(size - 8 - w);
+                    let old = b[p..p + w].to_vec();
+                    let mut v = rng.next().to_le_bytes();
+                    match rng.below(5) {
+                        0 => v = [0; 8],
+                        1 => v = [0xff; 8],
+                        2 => {
+                            v[..w].copy_from_slice(&old);
+                            v[rng.below(w)] ^= 1 << rng.below(8);
+                        }
+                        3 => {
+                            v[..w].copy_from_slice(&old);
+                            v[0] = v[0].wrapping_add(8);
+                        }
+                        _ => {}
+                    }
+                    b[p..p + w].copy_from_slice(&v[..w]);
+                }
+                patch::refix(&mut b, o, size);
+            }
+            if let Ok(fs) = mem(b) {
+                opened += 1;
+                if fs.read_dir("/", 1000).is_ok() {
+                    listed += 1;
+                }
+                walk(&fs);
+            }
+        }
+        eprintln!(
+            "2000 cases in {:?}: {opened} opened, {listed} listed /",
+            t.elapsed()
+        );
+        assert!(opened > 1000 && listed > 500, "{opened} {listed}");
+    }
+
+    #[test]
+    fn lznt1_decompresses_literals_and_back_references() {
+        // "abc", then 6 bytes from 3 back: a chunk of 9 bytes, then the unit's end mark.
+        let src = [0x05, 0xb0, 0x08, b'a', b'b', b'c', 0x03, 0x20, 0, 0];
+        let mut out = vec![0xee; 8192];
+        lznt1(&src, &mut out).unwrap();
+        assert_eq!(&out[..9], b"abcabcabc");
+        assert!(out[9..].iter().all(|&b| b == 0));
+        // An uncompressed chunk (bit 15 clear) of 4096 bytes, then a compressed one.
+        let mut src = vec![0xff, 0x3f];
+        src.extend(std::iter::repeat_n(7u8, 4096));
+        src.extend([0x01, 0xb0, 0x00, b'z']);
+        lznt1(&src, &mut out).unwrap();
+        assert!(out[..4096].iter().all(|&b| b == 7));
+        assert_eq!(out[4096], b'z');
+        assert!(out[4097..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn lznt1_refuses_what_leaves_its_bounds() {
+        let mut out = vec![0u8; 4096];
+        let err = |src: &[u8], out: &mut [u8]| lznt1(src, out).unwrap_err();
+        // A back-reference first.
+        assert_eq!(
+            err(&[0x02, 0xb0, 0x01, 0x00, 0x00], &mut out),
+            "start a chunk with a back-reference"
+        );
+        // 4 bytes back after 1.
+        assert_eq!(
+            err(&[0x03, 0xb0, 0x02, b'a', 0x00, 0x30], &mut out),
+            "refer 4 bytes back at byte 1 of a chunk"
+        );
+        // A length past the chunk's 4096 bytes: 1 byte then 4098 copied (shift 0 at pos 1).
+        assert_eq!(
+            err(&[0x03, 0xb0, 0x02, b'a', 0xff, 0x0f], &mut out),
+            "decompress to more than a chunk"
+        );
+        // A chunk whose size passes the unit's end, and a cut back-reference.
+        assert_eq!(
+            err(&[0x10, 0xb0, 0x00], &mut out),
+            "chunk of 17 bytes at byte 2 passes the unit's end"
+        );
+        assert_eq!(
+            err(&[0x02, 0xb0, 0x02, b'a', 0x00], &mut out),
+            "end in the middle of a back-reference"
+        );
+        // Output is capped at the unit: a 4096-byte unit takes one chunk and ignores the rest.
+        let mut small = vec![0u8; 4096];
+        let mut src = vec![0x01, 0xb0, 0x00, b'x'];
+        src.extend([0x01, 0xb0, 0x00, b'y']);
+        lznt1(&src, &mut small).unwrap();
+        assert_eq!(small[0], b'x');
+    }
+
+    #[test]
+    fn junction_and_symlink_targets() {
+        assert_eq!(
+            drive_c_path("\\??\\C:\\Users\\Public").as_deref(),
+            Some("/Users/Public")
+        );
+        assert_eq!(drive_c_path("c:\\").as_deref(), Some("/"));
+        assert_eq!(drive_c_path("\\??\\C:").as_deref(), Some("/"));
+        assert_eq!(drive_c_path("\\??\\D:\\x"), None);
+        assert_eq!(drive_c_path("\\??\\Volume{1234}\\x"), None);
+        assert_eq!(drive_c_path("\\??\\C:x"), None);
+        let e = parse_reparse_link(TAG_SYMLINK, &[0x0c, 0, 0, 0xa0, 8, 0, 0, 0, 0, 0, 0xff, 0]);
+        assert_eq!(e.unwrap_err(), "a symlink reparse point cut short");
+        let e = parse_reparse_link(
+            TAG_MOUNT_POINT,
+            &[3, 0, 0, 0xa0, 8, 0, 0, 0, 0, 0, 0xff, 0, 0, 0, 0, 0],
+        );
+        assert_eq!(
+            e.unwrap_err(),
+            "a reparse point whose target passes its end"
+        );
+        assert_eq!(
+            parse_interix_link(b"IntxLNK\x01").unwrap_err(),
+            "an Interix symlink target of 0 bytes"
+        );
+    }
+
+    #[test]
+    fn boot_sector_checks() {
+        let mut b = [0u8; BOOT_SECTOR];
+        b[3..11].copy_from_slice(b"NTFS    ");
+        b[510..512].copy_from_slice(&[0x55, 0xaa]);
+        b[0x0b..0x0d].copy_from_slice(&512u16.to_le_bytes());
+        b[0x0d] = 8;
+        b[0x28..0x30].copy_from_slice(&32767u64.to_le_bytes());
+        b[0x30..0x38].copy_from_slice(&4u64.to_le_bytes());
+        b[0x38..0x40].copy_from_slice(&2047u64.to_le_bytes());
+        b[0x40] = 0xf6; // 2^10: 1 KiB records
+        b[0x44] = 1; // one 4 KiB cluster
+        let g = check_boot(&b).unwrap();
+        assert_eq!((g.sector_bytes, g.sectors), (512, 32767));
+        let bad = |at: usize, v: &[u8]| {
+            let mut c = b;
+            c[at..at + v.len()].copy_from_slice(v);
+            check_boot(&c).unwrap_err()
+        };
+        assert_eq!(bad(3, b"EXFAT   "), "OEM id \"EXFAT   \", not \"NTFS    \"");
+        assert_eq!(bad(0x0b, &[0x00, 0x03]), "768 bytes per sector");
+        assert_eq!(bad(0x0d, &[3]), "sectors per cluster byte 0x03");
+        assert_eq!(
+            bad(0x30, &[0x00, 0x10]),
+            "the MFT at cluster 4096, outside the volume"
+        );
+        assert_eq!(
+            bad(0x38, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            "the MFT mirror at cluster 18446744073709551615, outside the volume"
+        );
+        assert_eq!(bad(0x40, &[0xe0]), "4294967296-byte file records");
+        assert_eq!(bad(0x44, &[0x40]), "262144-byte index records");
+        assert_eq!(bad(510, &[0, 0]), "no 55 AA boot signature");
     }
 }

@@ -289,10 +289,9 @@ where
         // length of 0 would keep an entry iterator in place forever.
         let length = self.index_entry_length() as usize;
         if length < INDEX_ENTRY_HEADER_SIZE || length % 8 != 0 {
-            return Err(NtfsError::InvalidIndexEntrySize {
+            return Err(NtfsError::InvalidIndexEntryLength {
                 position: self.position,
-                expected: INDEX_ENTRY_HEADER_SIZE as u16,
-                actual: self.index_entry_length(),
+                length: self.index_entry_length(),
             });
         }
 
