@@ -25,8 +25,8 @@ const MAX_CAPTURE: usize = 64;
 const FIX_AUTHORIZED_KEY: &str = "remove the key (or the whole file) from the image; give each \
      instance its keys at first boot (user data or the cloud agent) instead";
 const FIX_HOST_KEY: &str = "delete C:\\ProgramData\\ssh\\ssh_host_*_key and their .pub files from \
-     the image; the OpenSSH server makes new ones at first start (or run `ssh-keygen -A` at first \
-     boot)";
+     the image; the OpenSSH server service generates missing host keys when it starts (or run \
+     `ssh-keygen -A` at first boot)";
 const FIX_UNATTEND: &str = "delete the answer file from the image (or the setting from it), give \
      the password at first boot instead (user data or the cloud agent), and change the password \
      it held wherever it is still used";
@@ -38,9 +38,8 @@ const FIX_PAGE_FILE: &str = "delete the file from the image (Windows makes a new
      or have it cleared at shutdown (policy \"Shutdown: Clear virtual memory pagefile\")";
 const FIX_EC2LAUNCH: &str = "run `ec2launch reset` (or `ec2launch sysprep`) as the last step \
      before capturing, or delete C:\\ProgramData\\Amazon\\EC2Launch\\state";
-const FIX_CLOUDBASE: &str = "delete the key HKLM\\SOFTWARE\\Cloudbase Solutions\\Cloudbase-Init\\… \
-     named here before capturing (Cloudbase-Init's sysprep answer file runs the service with \
-     its state reset)";
+const FIX_CLOUDBASE: &str = "delete the key named here (under HKLM\\SOFTWARE\\Cloudbase \
+     Solutions\\Cloudbase-Init) as the last step before capturing the image";
 
 /// The directories Windows Setup searches for an answer file without being told where
 /// (Microsoft, "Windows Setup Automation Overview", implicit answer file search order:
