@@ -171,8 +171,9 @@ impl Scanner<'_> {
     /// storing the base64 of its UTF-16LE text followed by the setting's name (the example of
     /// "Password (microsoft-windows-shell-setup-useraccounts-localaccounts-localaccount-password)"
     /// on learn.microsoft.com decodes to `pwPassword`); that is an encoding anyone reverses in
-    /// one command, not encryption. `PlainText` absent is reported as such, and high: the
-    /// setting's value is then given as is. An empty value is **medium** (a password set to
+    /// one command, not encryption. `PlainText` absent is reported as such, and high:
+    /// Microsoft's pages give its two values but no default, and either way the password can be
+    /// read, as is or from base64. An empty value is **medium** (a password set to
     /// nothing: a way in wherever blank passwords are allowed), and Setup's own
     /// `*SENSITIVE*DATA*DELETED*` (what Setup leaves in the copy it caches after applying the
     /// setting) is no finding.
