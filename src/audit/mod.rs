@@ -36,10 +36,39 @@
 //! - cloud-init state of a previous instance in `/var/lib/cloud` — **medium**
 //!   (`cloud-init-instance`);
 //! - over [`MAX_PER_FILE`] findings in one file: the rest summed up in one (`more-findings`).
+//!
+//! On a Windows volume (paths looked up without regard to case, as NTFS does; none of them
+//! exists on a Linux volume):
+//! - OpenSSH for Windows: keys in `ProgramData/ssh/administrators_authorized_keys` and in
+//!   `Users/*/.ssh/authorized_keys` — **high** (`ssh-authorized-key`, and
+//!   `ssh-authorized-keys-invalid-line` as above); private keys `Users/*/.ssh/id_*` as above
+//!   (`ssh-private-key`); host private keys `ProgramData/ssh/ssh_host_*_key` — **medium**
+//!   (`ssh-host-key`);
+//! - answer files `unattend.xml` / `autounattend.xml` where Setup looks for them
+//!   (`Windows/Panther/Unattend`, `Windows/Panther`, `Windows/System32/Sysprep`, the root) that
+//!   hold a password setting (`AdministratorPassword`, `AutoLogon/Password`,
+//!   `LocalAccount/Password`, `Credentials/Password`…), UTF-8 or UTF-16 — **high** in plain text
+//!   and also with `PlainText` `false` (base64, not encryption), **medium** when empty; the
+//!   finding names the setting and its line, never the value; Setup's own
+//!   `*SENSITIVE*DATA*DELETED*` is no finding (`unattend-password`);
+//! - PowerShell's command history `Users/*/AppData/Roaming/Microsoft/Windows/PowerShell/
+//!   PSReadLine/ConsoleHost_history.txt`, not empty — **low**, as the shell histories above
+//!   (`history`);
+//! - `hiberfil.sys` (`hibernation-file`), `pagefile.sys` and `swapfile.sys` (`page-file`) at
+//!   the root — **medium**: memory of the machine the image was made from, and needless size;
+//!   **info** when the file reads as zeros only (checked up to [`MAX_ZERO_SCAN`] bytes);
+//! - cloud agent state (`cloud-agent-state`): EC2Launch v2's `ProgramData/Amazon/EC2Launch/
+//!   state/.run-once` and `state.json` — **medium**, instances would skip first-boot tasks;
+//!   Cloudbase-Init's plugin state in the SOFTWARE hive (`Cloudbase Solutions\Cloudbase-Init`)
+//!   — **medium** when kept without an instance id (it applies to every instance), **low** when
+//!   kept for the build instance's id (another id runs the plugins again). A SOFTWARE hive
+//!   that cannot be read (damaged, dirty, over [`MAX_HIVE`]) is a problem, not a clean result.
 
 pub mod image;
 mod password;
 mod ssh;
+mod windows;
+pub use windows::{MAX_HIVE, MAX_ZERO_SCAN};
 
 use crate::fs::{self, FileSystem, Kind};
 use password::Password;
@@ -166,6 +195,10 @@ struct Limits {
     entries: usize,
     per_file: usize,
     problems: usize,
+    /// Largest registry hive read.
+    hive: u64,
+    /// Most bytes of a page or hibernation file read to tell data from zeros.
+    zero_scan: u64,
 }
 
 impl Limits {
@@ -174,6 +207,8 @@ impl Limits {
         entries: MAX_ENTRIES,
         per_file: MAX_PER_FILE,
         problems: MAX_PROBLEMS,
+        hive: MAX_HIVE,
+        zero_scan: MAX_ZERO_SCAN,
     };
 }
 
@@ -192,6 +227,7 @@ fn scan_with(fs: &dyn FileSystem, limits: &Limits) -> Audit {
     s.host_keys();
     s.machine_id();
     s.cloud_init();
+    s.windows();
     s.finish()
 }
 
@@ -471,7 +507,7 @@ impl Scanner<'_> {
         let ssh = join(home, ".ssh");
         if self.meta(&ssh).is_some_and(|m| m.kind == Kind::Dir) {
             for name in ["authorized_keys", "authorized_keys2"] {
-                self.authorized_keys(&join(&ssh, name));
+                self.authorized_keys(&join(&ssh, name), FIX_AUTHORIZED_KEY);
             }
             for entry in self.list(&ssh).unwrap_or_default() {
                 let private = entry.name.starts_with("id_")
@@ -503,7 +539,8 @@ impl Scanner<'_> {
         }
     }
 
-    fn authorized_keys(&mut self, path: &str) {
+    /// The keys of the `authorized_keys` file at `path`; `fix` is what to do about each.
+    fn authorized_keys(&mut self, path: &str, fix: &str) {
         let Some(text) = self.read(path) else {
             return;
         };
@@ -530,7 +567,7 @@ impl Scanner<'_> {
                             "line {n}: a key that can log in: {}, {comment}{options}",
                             key.key.describe()
                         ),
-                        fix: FIX_AUTHORIZED_KEY.to_owned(),
+                        fix: fix.to_owned(),
                     }
                 }
                 Err(reason) => Finding {
@@ -610,27 +647,31 @@ impl Scanner<'_> {
             if !host_key {
                 continue;
             }
-            let path = format!("/etc/ssh/{}", entry.name);
-            let Some(bytes) = self.read(&path) else {
-                continue;
-            };
-            if bytes.is_empty() {
-                continue;
-            }
-            let parsed = ssh::parse_private(&bytes);
-            drop(bytes);
-            let public = self.public_key(&path, parsed.and_then(|k| k.public));
-            self.find(
-                Severity::Medium,
-                "ssh-host-key",
-                &path,
-                format!(
-                    "an SSH host private key ({public}): every instance would share it, and \
-                     anyone with the image could impersonate them"
-                ),
-                FIX_HOST_KEY,
-            );
+            self.host_key(&format!("/etc/ssh/{}", entry.name), FIX_HOST_KEY);
         }
+    }
+
+    /// The SSH host private key at `path`, if it is not empty; `fix` is what to do about it.
+    fn host_key(&mut self, path: &str, fix: &str) {
+        let Some(bytes) = self.read(path) else {
+            return;
+        };
+        if bytes.is_empty() {
+            return;
+        }
+        let parsed = ssh::parse_private(&bytes);
+        drop(bytes);
+        let public = self.public_key(path, parsed.and_then(|k| k.public));
+        self.find(
+            Severity::Medium,
+            "ssh-host-key",
+            path,
+            format!(
+                "an SSH host private key ({public}): every instance would share it, and \
+                 anyone with the image could impersonate them"
+            ),
+            fix,
+        );
     }
 
     fn machine_id(&mut self) {

@@ -545,6 +545,7 @@ fn loops_and_large_directories_are_problems_not_hangs() {
         entries: 20,
         per_file: 3,
         problems: 3,
+        ..Limits::DEFAULT
     };
     let audit = scan_with(&fs, &small);
     assert_eq!(
@@ -679,5 +680,600 @@ fn fingerprints_bits_and_labels_match_ssh_keygen() {
             key.bits, key.fingerprint, key.key_type.label
         );
         assert_eq!(printed.trim_end(), ours, "{}", file.display());
+    }
+}
+
+/// The Windows checks on Windows-like trees, written to FAT by mtools and to NTFS by mkntfs and
+/// ntfs-3g: both file systems look names up without regard to case, as Windows does.
+mod windows_volumes {
+    use super::*;
+    use crate::fs::fat::Fat;
+    use crate::fs::ntfs::Ntfs;
+
+    /// Which file system a tree is written to.
+    #[derive(Debug, Clone, Copy)]
+    enum Volume {
+        Fat,
+        Ntfs,
+    }
+
+    fn run_env(cmd: &mut Command) {
+        cmd.env("MTOOLS_SKIP_CHECK", "1").env("LC_ALL", "C.UTF-8");
+        run(cmd);
+    }
+
+    /// The tree `t` written to a new volume of kind `volume`, opened.
+    fn volume(t: &Tree, volume: Volume) -> Box<dyn FileSystem> {
+        let tree = t.path("/");
+        let mut top: Vec<PathBuf> = std::fs::read_dir(&tree)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        top.sort();
+        match volume {
+            Volume::Fat => {
+                let image = t.dir.path().join("win.fat");
+                run(Command::new("mkfs.fat")
+                    .args(["-F", "32", "-C", "-n", "WINDOWS"])
+                    .arg(&image)
+                    .arg("65536"));
+                if !top.is_empty() {
+                    run_env(
+                        Command::new("mcopy")
+                            .args(["-s", "-i"])
+                            .arg(&image)
+                            .args(&top)
+                            .arg("::/"),
+                    );
+                }
+                let src = format::open_path(&image, &OpenOptions::default()).unwrap();
+                let size = src.size();
+                Box::new(Fat::open(src, 0, size, Path::new("win.fat")).unwrap())
+            }
+            Volume::Ntfs => {
+                // mkntfs, then the tree copied in through an ntfs-3g FUSE mount (root).
+                let image = t.dir.path().join("win.ntfs");
+                let mnt = t.dir.path().join("mnt");
+                std::fs::create_dir(&mnt).unwrap();
+                let script = r#"set -euo pipefail
+img=$1 mnt=$2 tree=$3
+truncate -s 64M "$img"
+mkntfs -F -Q -q -L WINDOWS "$img"
+ntfs-3g "$img" "$mnt"
+trap 'umount "$mnt" 2>/dev/null || fusermount -u "$mnt" 2>/dev/null || true' EXIT
+cp -r "$tree"/. "$mnt"/
+umount "$mnt"
+trap - EXIT
+"#;
+                run(Command::new("bash")
+                    .args(["-c", script, "mkntfs"])
+                    .arg(&image)
+                    .arg(&mnt)
+                    .arg(&tree));
+                let src = format::open_path(&image, &OpenOptions::default()).unwrap();
+                let size = src.size();
+                Box::new(Ntfs::open(src, 0, size, Path::new("win.ntfs")).unwrap())
+            }
+        }
+    }
+
+    /// Test hives made by fixtures/make-hives.py (hivex) at `/Windows/System32/config`.
+    fn plant_hives(t: &Tree, cloudbase: &[&str]) {
+        let config = t.path("/Windows/System32/config");
+        std::fs::create_dir_all(&config).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/make-hives.py");
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(script).arg(&config).arg("generalized");
+        for id in cloudbase {
+            cmd.args(["--cloudbase-init", id]);
+        }
+        run(&mut cmd);
+    }
+
+    fn utf16le_bom(text: &str) -> Vec<u8> {
+        let mut out = vec![0xff, 0xfe];
+        out.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        out
+    }
+
+    /// An answer file with `body` in the Shell-Setup component of the oobeSystem pass.
+    fn answer(body: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"utf-16\"?>\n\
+             <unattend xmlns=\"urn:schemas-microsoft-com:unattend\">\n\
+             <settings pass=\"oobeSystem\">\n\
+             <component name=\"Microsoft-Windows-Shell-Setup\" \
+             xmlns:wcm=\"http://schemas.microsoft.com/WMIConfig/2002/State\">\n\
+             {body}\n\
+             </component>\n</settings>\n</unattend>\n"
+        )
+    }
+
+    const ADMIN_PW: &str = "Adm1n-PLAIN-s3cret";
+    const AUTOLOGON_PW: &str = "QQB1AHQAbwBMAG8AZwBvAG4AUwBlAGMAcgBlAHQAUABhAHMAcwB3AG8AcgBkAA==";
+    const LOCAL_PW: &str = "L0cal-NOPLAINTEXT-s3cret";
+    const INSTANCE: &str = "i-0fedcba9876543210";
+    const PS_HISTORY: &str = "/Users/alice/AppData/Roaming/Microsoft/Windows/PowerShell/\
+                              PSReadLine/ConsoleHost_history.txt";
+
+    /// Plants one of each Windows finding in `t`; returns the key pairs used, in order:
+    /// admin 1, admin 2, alice, alice's private key, host ed25519, host rsa.
+    fn plant_windows(t: &Tree) -> Vec<KeyPair> {
+        let admin1 = t.keygen("admin1", "ed25519", "", "admin@build");
+        let admin2 = t.keygen("admin2", "rsa", "", "");
+        let alice = t.keygen("alice", "ecdsa", "", "alice@laptop");
+        let alice_id = t.keygen("alice_id", "ed25519", "", "alice@build");
+        let host_ed = t.keygen("host_ed", "ed25519", "", "");
+        let host_rsa = t.keygen("host_rsa", "rsa", "", "");
+        t.put(
+            "/ProgramData/ssh/administrators_authorized_keys",
+            format!(
+                "{}\r\nnot-a-key SECRETGARBAGE\r\n{}\r\n",
+                admin1.public, admin2.public
+            ),
+        );
+        t.plant_private("/ProgramData/ssh/ssh_host_ed25519_key", &host_ed, true);
+        t.plant_private("/ProgramData/ssh/ssh_host_rsa_key", &host_rsa, false);
+        t.put("/ProgramData/ssh/sshd_config", "Port 22\n");
+        t.put(
+            "/Users/alice/.ssh/authorized_keys",
+            format!("{}\n", alice.public),
+        );
+        t.plant_private("/Users/alice/.ssh/id_ed25519", &alice_id, true);
+        t.put(PS_HISTORY, "net user ops SECRETCMD /add\r\n");
+        t.mkdir("/Users/Public/Documents");
+        t.mkdir("/Users/bob/.ssh");
+        t.put(
+            "/Windows/Panther/unattend.xml",
+            utf16le_bom(&answer(&format!(
+                "<UserAccounts>\n<AdministratorPassword>\n<Value>{ADMIN_PW}</Value>\n\
+                 <PlainText>true</PlainText>\n</AdministratorPassword>\n</UserAccounts>\n\
+                 <AutoLogon>\n<Password>\n<Value>{AUTOLOGON_PW}</Value>\n\
+                 <PlainText>false</PlainText>\n</Password>\n<Enabled>true</Enabled>\n</AutoLogon>"
+            ))),
+        );
+        // What Setup leaves in its cached copy: no finding.
+        t.put(
+            "/Windows/System32/Sysprep/unattend.xml",
+            answer(
+                "<UserAccounts><AdministratorPassword><Value>*SENSITIVE*DATA*DELETED*</Value>\
+                 <PlainText>true</PlainText></AdministratorPassword></UserAccounts>",
+            ),
+        );
+        t.put(
+            "/Autounattend.xml",
+            answer(&format!(
+                "<UserAccounts><LocalAccounts><LocalAccount wcm:action=\"add\">\n\
+                 <Password><Value>{LOCAL_PW}</Value></Password>\n<Name>ops</Name>\n\
+                 </LocalAccount></LocalAccounts></UserAccounts>"
+            )),
+        );
+        // Memory: data in the hibernation and swap files, zeros in the page file.
+        let mut memory = vec![0u8; 300_000];
+        memory[200_000..200_016].copy_from_slice(b"MEMORY-SECRET-42");
+        t.put("/hiberfil.sys", &memory);
+        t.put("/swapfile.sys", &memory[150_000..]);
+        t.put("/pagefile.sys", vec![0u8; 1 << 20]);
+        t.put("/ProgramData/Amazon/EC2Launch/state/.run-once", "");
+        t.put(
+            "/ProgramData/Amazon/EC2Launch/state/state.json",
+            "{\"stage\":\"postReady\"}",
+        );
+        t.put(
+            "/ProgramData/Amazon/EC2Launch/config/agent-config.yml",
+            "version: 1.0\n",
+        );
+        plant_hives(t, &[INSTANCE]);
+        vec![admin1, admin2, alice, alice_id, host_ed, host_rsa]
+    }
+
+    fn check_planted(volume_kind: Volume) {
+        let t = Tree::new();
+        let keys = plant_windows(&t);
+        let fs = volume(&t, volume_kind);
+        let audit = scan(fs.as_ref());
+        use Severity::*;
+        let expected = [
+            (High, "unattend-password", "/Autounattend.xml"),
+            (
+                High,
+                "ssh-authorized-key",
+                "/ProgramData/ssh/administrators_authorized_keys",
+            ),
+            (
+                High,
+                "ssh-authorized-key",
+                "/ProgramData/ssh/administrators_authorized_keys",
+            ),
+            (
+                Medium,
+                "ssh-authorized-keys-invalid-line",
+                "/ProgramData/ssh/administrators_authorized_keys",
+            ),
+            (
+                Medium,
+                "ssh-host-key",
+                "/ProgramData/ssh/ssh_host_ed25519_key",
+            ),
+            (Medium, "ssh-host-key", "/ProgramData/ssh/ssh_host_rsa_key"),
+            (
+                Medium,
+                "cloud-agent-state",
+                "/ProgramData/Amazon/EC2Launch/state/.run-once",
+            ),
+            (
+                Medium,
+                "cloud-agent-state",
+                "/ProgramData/Amazon/EC2Launch/state/state.json",
+            ),
+            (
+                High,
+                "ssh-authorized-key",
+                "/Users/alice/.ssh/authorized_keys",
+            ),
+            (High, "ssh-private-key", "/Users/alice/.ssh/id_ed25519"),
+            (Low, "history", PS_HISTORY),
+            (High, "unattend-password", "/Windows/Panther/unattend.xml"),
+            (High, "unattend-password", "/Windows/Panther/unattend.xml"),
+            (
+                Low,
+                "cloud-agent-state",
+                "/Windows/System32/config/SOFTWARE",
+            ),
+            (Medium, "hibernation-file", "/hiberfil.sys"),
+            (Info, "page-file", "/pagefile.sys"),
+            (Medium, "page-file", "/swapfile.sys"),
+        ]
+        .map(|(s, c, p)| (s, c, p.to_owned()));
+        let mut got = summary(&audit);
+        // The order of paths is byte order: `/ProgramData/Amazon` before `/ProgramData/ssh`.
+        got.sort_by(|a, b| a.2.cmp(&b.2).then(a.1.cmp(b.1)));
+        let mut want = expected.to_vec();
+        want.sort_by(|a, b| a.2.cmp(&b.2).then(a.1.cmp(b.1)));
+        assert_eq!(got, want, "{volume_kind:?}: {audit:#?}");
+        assert!(
+            audit.problems.is_empty(),
+            "{volume_kind:?}: {:?}",
+            audit.problems
+        );
+
+        let one = |path: &str, code: &str| {
+            let m = messages(&audit, path, code);
+            assert_eq!(m.len(), 1, "{path} {code}: {m:?}");
+            m[0].to_owned()
+        };
+        let admins = messages(
+            &audit,
+            "/ProgramData/ssh/administrators_authorized_keys",
+            "ssh-authorized-key",
+        );
+        assert_eq!(
+            admins,
+            [
+                format!(
+                    "line 1: key 1 of 2, can log in: ED25519 {} (256 bits), comment \"admin@build\"",
+                    keys[0].fingerprint
+                ),
+                format!(
+                    "line 3: key 2 of 2, can log in: RSA {} (2048 bits), no comment",
+                    keys[1].fingerprint
+                ),
+            ]
+        );
+        assert!(
+            one("/Users/alice/.ssh/authorized_keys", "ssh-authorized-key")
+                .contains(&keys[2].fingerprint)
+        );
+        assert!(
+            one("/Users/alice/.ssh/id_ed25519", "ssh-private-key").contains(&keys[3].fingerprint)
+        );
+        for (path, key) in [
+            ("/ProgramData/ssh/ssh_host_ed25519_key", &keys[4]),
+            ("/ProgramData/ssh/ssh_host_rsa_key", &keys[5]),
+        ] {
+            let m = one(path, "ssh-host-key");
+            assert!(m.contains(&key.fingerprint), "{m}");
+        }
+        let unattend = messages(&audit, "/Windows/Panther/unattend.xml", "unattend-password");
+        assert_eq!(
+            unattend,
+            [
+                "line 6: AdministratorPassword holds a password in plain text (not shown)",
+                "line 12: AutoLogon/Password holds a password \"hidden\" with PlainText false: \
+                 base64, which anyone can decode (not shown)",
+            ]
+        );
+        assert_eq!(
+            one("/Autounattend.xml", "unattend-password"),
+            "line 6: LocalAccount/Password holds a password, as given: no PlainText setting \
+             (not shown)"
+        );
+        assert_eq!(
+            one(PS_HISTORY, "history"),
+            "a PowerShell history of 29 bytes: it may hold secrets typed on command lines \
+             (not shown)"
+        );
+        assert!(one("/hiberfil.sys", "hibernation-file").contains("with data from byte 200000"));
+        assert!(one("/swapfile.sys", "page-file").contains("with data from byte 50000"));
+        assert!(one("/pagefile.sys", "page-file").contains("of 1.0 MiB that holds only zeros"));
+        assert!(
+            one("/Windows/System32/config/SOFTWARE", "cloud-agent-state").contains(&format!(
+                "Cloudbase Solutions\\Cloudbase-Init\\{INSTANCE}\\Plugins"
+            ))
+        );
+
+        // No secret anywhere in what the audit says.
+        let json = serde_json::to_string(&audit).unwrap();
+        let mut secrets = vec![
+            ADMIN_PW.to_owned(),
+            AUTOLOGON_PW.to_owned(),
+            LOCAL_PW.to_owned(),
+            "SECRETGARBAGE".to_owned(),
+            "MEMORY-SECRET".to_owned(),
+            "SECRETCMD".to_owned(),
+        ];
+        for k in &keys {
+            secrets.push(k.data().to_owned());
+            let private = k.private_text();
+            secrets.extend(private.lines().filter(|l| l.len() > 20).map(str::to_owned));
+        }
+        for s in &secrets {
+            assert!(!json.contains(s.as_str()), "{volume_kind:?}: {s} in {json}");
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn finds_every_planted_windows_item_on_fat() {
+        check_planted(Volume::Fat);
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn finds_every_planted_windows_item_on_ntfs() {
+        check_planted(Volume::Ntfs);
+    }
+
+    /// Names in any case: NTFS looks paths up without regard to case, and the answer files,
+    /// host keys and key files are matched by name without regard to case.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn names_in_any_case_on_ntfs() {
+        let t = Tree::new();
+        let key = t.keygen("k", "ed25519", "", "");
+        t.put(
+            "/programdata/SSH/Administrators_Authorized_Keys",
+            format!("{}\n", key.public),
+        );
+        t.put(
+            "/WINDOWS/panther/UNATTEND.XML",
+            answer(&format!(
+                "<AutoLogon><Password><Value>{ADMIN_PW}</Value></Password></AutoLogon>"
+            )),
+        );
+        t.put(
+            "/WINDOWS/system32/SYSPREP/AutoUnattend.Xml",
+            answer(&format!(
+                "<UserAccounts><AdministratorPassword><Value>{ADMIN_PW}</Value>\
+                 <PlainText>TRUE</PlainText></AdministratorPassword></UserAccounts>"
+            )),
+        );
+        t.put(
+            "/Users/Default/.SSH/AUTHORIZED_KEYS",
+            format!("{}\n", key.public),
+        );
+        t.put("/HIBERFIL.SYS", "x");
+        let fs = volume(&t, Volume::Ntfs);
+        let audit = scan(fs.as_ref());
+        use Severity::*;
+        let expected = [
+            (Medium, "hibernation-file", "/hiberfil.sys"),
+            (
+                High,
+                "ssh-authorized-key",
+                "/ProgramData/ssh/Administrators_Authorized_Keys",
+            ),
+            (
+                High,
+                "ssh-authorized-key",
+                "/Users/Default/.ssh/AUTHORIZED_KEYS",
+            ),
+            (High, "unattend-password", "/Windows/Panther/UNATTEND.XML"),
+            (
+                High,
+                "unattend-password",
+                "/Windows/System32/Sysprep/AutoUnattend.Xml",
+            ),
+        ]
+        .map(|(s, c, p)| (s, c, p.to_owned()));
+        let mut got = summary(&audit);
+        got.sort();
+        let mut want = expected.to_vec();
+        want.sort();
+        assert_eq!(got, want, "{audit:#?}");
+        assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+    }
+
+    /// What a clean, generalized Windows volume holds: no finding, no problem.
+    fn check_clean(volume_kind: Volume) {
+        let t = Tree::new();
+        t.put("/Windows/System32/ntoskrnl.exe", "MZ");
+        plant_hives(&t, &[]);
+        t.put(
+            "/Windows/Panther/unattend.xml",
+            answer(
+                "<UserAccounts><AdministratorPassword><Value>*SENSITIVE*DATA*DELETED*</Value>\
+                 <PlainText>true</PlainText></AdministratorPassword></UserAccounts>",
+            ),
+        );
+        t.put("/ProgramData/ssh/sshd_config", "Port 22\n");
+        t.put(
+            "/ProgramData/ssh/ssh_host_ed25519_key.pub",
+            "ssh-ed25519 AAAA x\n",
+        );
+        t.mkdir("/ProgramData/Amazon/EC2Launch/state");
+        t.mkdir("/Users/Public/Documents");
+        t.mkdir("/Users/Administrator/.ssh");
+        let fs = volume(&t, volume_kind);
+        let audit = scan(fs.as_ref());
+        assert_eq!(audit, Audit::default(), "{volume_kind:?}");
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn a_clean_windows_volume_on_fat_has_no_findings() {
+        check_clean(Volume::Fat);
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn a_clean_windows_volume_on_ntfs_has_no_findings() {
+        check_clean(Volume::Ntfs);
+    }
+
+    /// The bounds: a hive over the limit is a problem; a file of zeros longer than what is read
+    /// stays medium, and says how much was read.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn bounds_on_hives_and_zero_scans() {
+        let t = Tree::new();
+        plant_hives(&t, &[INSTANCE]);
+        t.put("/pagefile.sys", vec![0u8; 10_000]);
+        let mut hiber = vec![0u8; 10_000];
+        hiber[5000] = 1;
+        t.put("/hiberfil.sys", hiber);
+        let fs = volume(&t, Volume::Fat);
+        let small = Limits {
+            hive: 8192,
+            zero_scan: 4096,
+            ..Limits::DEFAULT
+        };
+        let audit = scan_with(fs.as_ref(), &small);
+        assert_eq!(audit.problems.len(), 1, "{audit:#?}");
+        assert!(
+            audit.problems[0].starts_with(
+                "/Windows/System32/config/SOFTWARE: cannot read the registry hive, \
+                 Cloudbase-Init state not audited: "
+            ) && audit.problems[0].contains("8192"),
+            "{:?}",
+            audit.problems
+        );
+        use Severity::*;
+        assert_eq!(
+            summary(&audit),
+            [
+                (Medium, "hibernation-file", "/hiberfil.sys".to_owned()),
+                (Medium, "page-file", "/pagefile.sys".to_owned()),
+            ]
+        );
+        assert!(
+            audit.findings[0]
+                .message
+                .contains("its first 4.0 KiB read as zeros, the rest was not read"),
+            "{:?}",
+            audit.findings[0]
+        );
+        assert!(
+            audit.findings[1]
+                .message
+                .contains("its first 4.0 KiB read as zeros, the rest was not read"),
+            "{:?}",
+            audit.findings[1]
+        );
+        // With the default bounds: the data at byte 5000, the page file all zeros.
+        let audit = scan(fs.as_ref());
+        assert!(audit.problems.is_empty(), "{audit:#?}");
+        assert_eq!(
+            summary(&audit),
+            [
+                (
+                    Low,
+                    "cloud-agent-state",
+                    "/Windows/System32/config/SOFTWARE".to_owned()
+                ),
+                (Medium, "hibernation-file", "/hiberfil.sys".to_owned()),
+                (Info, "page-file", "/pagefile.sys".to_owned()),
+            ]
+        );
+        assert!(
+            audit.findings[1]
+                .message
+                .contains("with data from byte 5000")
+        );
+    }
+
+    /// A SOFTWARE hive that is not a hive, or is dirty: a problem, so the audit is incomplete.
+    fn check_unreadable_hive(volume_kind: Volume) {
+        for (content, says) in [
+            (
+                b"this is not a registry hive".to_vec(),
+                "not a registry hive",
+            ),
+            (dirty_hive(), "the hive is dirty"),
+        ] {
+            let t = Tree::new();
+            t.put("/Windows/System32/config/SOFTWARE", content);
+            let fs = volume(&t, volume_kind);
+            let audit = scan(fs.as_ref());
+            assert!(audit.findings.is_empty(), "{audit:#?}");
+            assert_eq!(audit.problems.len(), 1, "{audit:#?}");
+            let p = &audit.problems[0];
+            assert!(
+                p.starts_with(
+                    "/Windows/System32/config/SOFTWARE: Cloudbase-Init state not audited"
+                ) && p.contains(says),
+                "{p}"
+            );
+        }
+    }
+
+    /// A SOFTWARE hive whose primary sequence number says a write did not finish.
+    fn dirty_hive() -> Vec<u8> {
+        let t = Tree::new();
+        plant_hives(&t, &[INSTANCE]);
+        let mut hive = std::fs::read(t.path("/Windows/System32/config/SOFTWARE")).unwrap();
+        let seq = u32::from_le_bytes(hive[4..8].try_into().unwrap()) + 1;
+        hive[4..8].copy_from_slice(&seq.to_le_bytes());
+        let sum = (0..127).fold(0u32, |x, i| {
+            x ^ u32::from_le_bytes(hive[i * 4..i * 4 + 4].try_into().unwrap())
+        });
+        hive[508..512].copy_from_slice(&sum.to_le_bytes());
+        hive
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn an_unreadable_software_hive_on_fat_is_a_problem() {
+        check_unreadable_hive(Volume::Fat);
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn an_unreadable_software_hive_on_ntfs_is_a_problem() {
+        check_unreadable_hive(Volume::Ntfs);
     }
 }

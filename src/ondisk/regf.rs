@@ -23,6 +23,9 @@ const MAX_VALUE: usize = 64 * 1024;
 /// Data over this many bytes is stored as big data (`db`) in hives of version 1.4 and later
 /// ("Big data").
 const BIG_DATA_THRESHOLD: usize = 16_344;
+/// Longest key name [`Hive::subkeys`] returns, in bytes: Windows limits key names to 255
+/// characters (510 bytes in UTF-16).
+const MAX_NAME: usize = 512;
 /// "none" in offset fields.
 const NONE: u32 = 0xffff_ffff;
 
@@ -214,6 +217,80 @@ impl<'a> Hive<'a> {
         Ok(None)
     }
 
+    /// The names of the subkeys of the key at `path`, in the order the hive lists them (an
+    /// empty list when the key does not exist or has none).
+    ///
+    /// Bounded like [`Hive::value`]: the lookup and the listing share one cell budget, at most
+    /// 65,536 names are returned (more is an error, not a cut list, so that a caller never
+    /// takes a partial list for the whole), and a name over 512 bytes is damage (Windows
+    /// limits key names to 255 characters).
+    pub fn subkeys(&self, path: &[&str]) -> Result<Vec<String>, Error> {
+        let mut budget = CELL_BUDGET;
+        let Some(key) = self.key(path, &mut budget)? else {
+            return Ok(Vec::new());
+        };
+        let nk = self.nk(key, &mut budget)?;
+        let count = le32(nk, 20).unwrap_or(0) as usize;
+        let list = le32(nk, 28).unwrap_or(NONE);
+        if count == 0 || list == NONE {
+            return Ok(Vec::new());
+        }
+        let mut names = Vec::new();
+        self.list_subkeys(list, &mut names, &mut budget, true)?;
+        Ok(names)
+    }
+
+    /// Appends the names of the subkey list at `list` to `names` (see [`Hive::find_subkey`] for
+    /// the list kinds).
+    fn list_subkeys(
+        &self,
+        list: u32,
+        names: &mut Vec<String>,
+        budget: &mut usize,
+        may_be_root: bool,
+    ) -> Result<(), Error> {
+        let cell = self.cell(list, budget)?;
+        let damaged = |what| Error::Damaged { what, offset: list };
+        let sig = cell.get(..2).ok_or_else(|| damaged("empty subkey list"))?;
+        let count = le16(cell, 2).unwrap_or(0) as usize;
+        let stride = match sig {
+            b"li" | b"ri" => 4,
+            b"lf" | b"lh" => 8,
+            _ => return Err(damaged("not a subkey list")),
+        };
+        if 4 + count * stride > cell.len() {
+            return Err(damaged("subkey list shorter than its count"));
+        }
+        for i in 0..count {
+            let element = le32(cell, 4 + i * stride).unwrap_or(NONE);
+            if sig == b"ri" {
+                if !may_be_root {
+                    return Err(damaged("index root inside an index root"));
+                }
+                self.list_subkeys(element, names, budget, false)?;
+                continue;
+            }
+            if names.len() >= MAX_LIST {
+                return Err(damaged("more subkeys than a listing returns"));
+            }
+            let nk = self.nk(element, budget)?;
+            let flags = le16(nk, 2).unwrap_or(0);
+            let len = le16(nk, 72).unwrap_or(0) as usize;
+            if len > MAX_NAME {
+                return Err(Error::Damaged {
+                    what: "key name too long",
+                    offset: element,
+                });
+            }
+            let raw = nk.get(76..76 + len).ok_or(Error::Damaged {
+                what: "key name past its cell",
+                offset: element,
+            })?;
+            names.push(decode_name(raw, flags & 0x20 != 0));
+        }
+        Ok(())
+    }
+
     /// The key at `path` from the root, or `None`.
     fn key(&self, path: &[&str], budget: &mut usize) -> Result<Option<u32>, Error> {
         let mut at = self.root;
@@ -363,7 +440,13 @@ impl<'a> Hive<'a> {
 /// Whether a stored name (`ascii`: one byte per character, else UTF-16LE) is `want`, without
 /// regard to case.
 fn same_name(raw: &[u8], ascii: bool, want: &str) -> bool {
-    let stored: String = if ascii {
+    decode_name(raw, ascii).to_uppercase() == want.to_uppercase()
+}
+
+/// A stored name: one byte per character (Latin-1) when `ascii`, else UTF-16LE (bad units
+/// replaced).
+fn decode_name(raw: &[u8], ascii: bool) -> String {
+    if ascii {
         raw.iter().map(|&b| char::from(b)).collect()
     } else {
         let units: Vec<u16> = raw
@@ -371,8 +454,7 @@ fn same_name(raw: &[u8], ascii: bool, want: &str) -> bool {
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
         String::from_utf16_lossy(&units)
-    };
-    stored.to_uppercase() == want.to_uppercase()
+    }
 }
 
 /// A REG_SZ's UTF-16LE text up to its first NUL (an odd last byte dropped, bad units replaced).
@@ -393,12 +475,18 @@ mod tests {
 
     /// SYSTEM and SOFTWARE hives made by hivex (fixtures/make-hives.py) in `dir`.
     fn hives(dir: &Path, state: &str) {
+        hives_with(dir, state, &[]);
+    }
+
+    /// As [`hives`], with `extra` arguments (`--cloudbase-init ID`…).
+    fn hives_with(dir: &Path, state: &str, extra: &[&str]) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/make-hives.py");
         // python3-hivex is a Debian package: Debian's python3, whatever python3 is on PATH.
         let out = Command::new("/usr/bin/python3")
             .arg(&script)
             .arg(dir)
             .arg(state)
+            .args(extra)
             .output()
             .unwrap();
         assert!(
@@ -449,6 +537,61 @@ mod tests {
                 "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE".into()
             ))
         );
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn lists_subkeys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = ["i-0123456789abcdef0", "Ä-unicode-ID", "b"];
+        let mut extra = Vec::new();
+        for id in ids {
+            extra.extend(["--cloudbase-init", id]);
+        }
+        hives_with(dir.path(), "generalized", &extra);
+        let software = std::fs::read(dir.path().join("SOFTWARE")).unwrap();
+        let h = Hive::parse(&software).unwrap();
+        let mut listed = h
+            .subkeys(&["cloudbase solutions", "CLOUDBASE-INIT"])
+            .unwrap();
+        listed.sort();
+        let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(listed, want);
+        assert_eq!(
+            h.subkeys(&["Cloudbase Solutions", "Cloudbase-Init", ids[1]])
+                .unwrap(),
+            ["Plugins"]
+        );
+        assert_eq!(
+            h.value(
+                &["Cloudbase Solutions", "Cloudbase-Init", ids[0], "Plugins"],
+                "CreateUserPlugin"
+            )
+            .unwrap(),
+            Some(Value::Dword(1))
+        );
+        // The root's subkeys, a key without subkeys, a key that does not exist.
+        let mut top = h.subkeys(&[]).unwrap();
+        top.sort();
+        assert_eq!(top, ["Cloudbase Solutions", "Microsoft"]);
+        assert!(
+            h.subkeys(&["Microsoft", "Windows NT", "CurrentVersion"])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(h.subkeys(&["Nope", "Deeper"]).unwrap().is_empty());
+        // Flipped bytes: an error or an answer, never a panic.
+        for at in BASE_BLOCK..software.len().min(BASE_BLOCK + 8192) {
+            let mut m = software.clone();
+            m[at] ^= 0x5a;
+            let h = Hive::parse(&m).unwrap();
+            let _ = h.subkeys(&["Cloudbase Solutions", "Cloudbase-Init"]);
+            let _ = h.subkeys(&[]);
+        }
     }
 
     #[test]
