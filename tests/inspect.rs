@@ -1028,20 +1028,42 @@ fn audit_of_a_clean_image_finds_nothing_and_says_what_it_could_not_read() {
     ]);
     assert_eq!(manifest(&out)["Audit"]["Counts"]["high"], 0);
 
-    // An NTFS volume cannot be read: the audit is incomplete, not clean.
+    // An empty NTFS volume is read (issue #17), and holds nothing: clean and complete.
     let ntfs = d.path().join("ntfs.img");
     std::fs::File::create(&ntfs)
         .unwrap()
         .set_len(16 * MIB)
         .unwrap();
     tool("mkntfs", &["-q", "-F", "-Q", s(&ntfs)]);
-    let (code, r, _) = audit(&ntfs, &[]);
+    let (code, r, _) = audit(&ntfs, &["--deny", "info"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["problems"], serde_json::json!([]), "{r:#}");
+    assert_eq!(
+        r["audited"],
+        serde_json::json!(["whole disk (ntfs)"]),
+        "{r:#}"
+    );
+    assert!(String::from_utf8_lossy(&ok(&["audit", s(&ntfs)]).stdout).contains("audit: clean"));
+
+    // A file system mkomi does not read (an XFS superblock's magic is enough for the
+    // signature): the audit is incomplete, not clean.
+    let xfs = d.path().join("xfs.img");
+    let mut head = b"XFSB".to_vec();
+    head.resize(4096, 0);
+    std::fs::write(&xfs, &head).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&xfs)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    let (code, r, _) = audit(&xfs, &[]);
     assert_eq!(code, 0);
     assert_eq!(
         r["problems"][0],
-        "whole disk: ntfs: not audited (mkomi reads ext2/3/4 and FAT contents)"
+        "whole disk: xfs: not audited (mkomi reads ext2/3/4, FAT and NTFS contents)"
     );
-    let text = String::from_utf8_lossy(&ok(&["audit", s(&ntfs)]).stdout).into_owned();
+    let text = String::from_utf8_lossy(&ok(&["audit", s(&xfs)]).stdout).into_owned();
     assert!(
         text.contains("audit: incomplete: 1 part(s) not audited"),
         "{text}"

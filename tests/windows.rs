@@ -533,3 +533,124 @@ for f in sys.argv[2:]:
 }
 
 // audit tests below
+/// `mkomi audit` on findings.raw (uefi-gen plus plant_findings of fixtures/make-windows.sh):
+/// every planted Windows finding on the NTFS partition, with its severity and path, no
+/// problem (the Windows volume was read, so the audit is complete), no secret printed, and
+/// `--deny high` refusing the image (exit 3). The clean Windows fixtures audit clean.
+#[test]
+fn audit_finds_every_planted_windows_item() {
+    let disk = fixture("findings.raw");
+    let o = run(&["audit", s(&disk), "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["problems"], serde_json::json!([]), "{r:#}");
+    assert_eq!(r["complete"], true, "{r:#}");
+    assert_eq!(
+        r["audited"],
+        serde_json::json!(["partition 1 (fat32)", "partition 3 (ntfs)"]),
+        "{r:#}"
+    );
+    let mut got: Vec<(String, String, String)> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["location"], "partition 3", "{f}");
+            let field = |k: &str| f[k].as_str().unwrap().to_owned();
+            (field("severity"), field("code"), field("path"))
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String, String)> = [
+        (
+            "high",
+            "ssh-authorized-key",
+            "/ProgramData/ssh/administrators_authorized_keys",
+        ),
+        (
+            "high",
+            "ssh-authorized-key",
+            "/Users/alice/.ssh/authorized_keys",
+        ),
+        (
+            "medium",
+            "ssh-host-key",
+            "/ProgramData/ssh/ssh_host_ed25519_key",
+        ),
+        ("high", "unattend-password", "/Windows/Panther/unattend.xml"),
+        ("high", "unattend-password", "/autounattend.xml"),
+        (
+            "high",
+            "unattend-password",
+            "/Windows/System32/Sysprep/unattend.xml",
+        ),
+        ("medium", "hibernation-file", "/hiberfil.sys"),
+        ("medium", "page-file", "/pagefile.sys"),
+        (
+            "medium",
+            "cloud-agent-state",
+            "/ProgramData/Amazon/EC2Launch/state/.run-once",
+        ),
+        (
+            "medium",
+            "cloud-agent-state",
+            "/ProgramData/Amazon/EC2Launch/state/state.json",
+        ),
+        (
+            "low",
+            "cloud-agent-state",
+            "/Windows/System32/config/SOFTWARE",
+        ),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    want.sort();
+    assert_eq!(got, want, "{r:#}");
+    let text = String::from_utf8_lossy(&o.stdout);
+    // The settings are named, with their line; the values never appear.
+    for part in [
+        "line 6: AdministratorPassword holds a password in plain text (not shown)",
+        "line 5: AutoLogon/Password holds a password in plain text (not shown)",
+        "PlainText false: base64, which anyone can decode",
+        "Cloudbase-Init\\\\i-0d1f2e3c\\\\Plugins",
+        "(256 bits), comment \\\"admin@fixture\\\"",
+    ] {
+        assert!(text.contains(part), "{part} not in {r:#}");
+    }
+    let human = run(&["audit", s(&disk)]);
+    let all = String::from_utf8_lossy(&human.stdout).into_owned()
+        + &String::from_utf8_lossy(&human.stderr);
+    for secret in [
+        "Secr3t!",
+        "UwBlAGMAcgAzAHQAIQBBAGQAbQBpAG4AaQBzAHQAcgBhAHQAbwByAFAAYQBzAHMAdwBvAHIAZAA=",
+        "UwBlAGMAcgAzAHQAIQ",
+    ] {
+        assert!(
+            !text.contains(secret) && !all.contains(secret),
+            "{secret} printed"
+        );
+    }
+    assert!(
+        all.contains("audit: findings (5 high, 5 medium, 1 low, 0 info); 2 file system(s) audited"),
+        "{all}"
+    );
+    // --deny high: the image is refused (exit 3); above what was found, it is not.
+    assert_eq!(
+        run(&["audit", s(&disk), "--deny", "high"]).status.code(),
+        Some(3)
+    );
+    // The Windows fixtures without planted items: clean, and complete.
+    for name in ["uefi-gen.raw", "sysres.raw", "bios-gen.raw"] {
+        let o = run(&["audit", s(&fixture(name)), "--json", "--deny", "info"]);
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(o.status.code(), Some(0), "{name}: {r:#}");
+        assert_eq!(r["findings"], serde_json::json!([]), "{name}: {r:#}");
+        assert_eq!(r["problems"], serde_json::json!([]), "{name}: {r:#}");
+    }
+}

@@ -384,7 +384,7 @@ pub fn binary(data: &[u8]) {
 }
 
 /// `regf`: the input as a registry hive ([`mkomi::ondisk::regf::Hive::parse`]), then the
-/// lookups the Windows inspection makes. The base block's checksum and sequence numbers are
+/// lookups the Windows inspection and audit make. The base block's checksum and sequence numbers are
 /// fixed first, so that mutations reach the cells rather than stopping at the base block.
 pub fn regf(data: &[u8]) {
     use mkomi::ondisk::regf::Hive;
@@ -424,6 +424,8 @@ pub fn regf(data: &[u8]) {
                 &["Microsoft", "Windows", "CurrentVersion", "Setup", "State"],
                 "ImageState",
             );
+            let _ = h.subkeys(&[]);
+            let _ = h.subkeys(&["Cloudbase Solutions", "Cloudbase-Init"]);
         }
     }
 }
