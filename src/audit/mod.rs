@@ -62,7 +62,9 @@
 //!   Cloudbase-Init's plugin state in the SOFTWARE hive (`Cloudbase Solutions\Cloudbase-Init`)
 //!   — **medium** when kept without an instance id (it applies to every instance), **low** when
 //!   kept for the build instance's id (another id runs the plugins again). A SOFTWARE hive
-//!   that cannot be read (damaged, dirty, over [`MAX_HIVE`]) is a problem, not a clean result.
+//!   that cannot be read (damaged, dirty, over [`MAX_HIVE`]) is a problem, not a clean result;
+//! - names that differ only in case in a directory on those paths (NTFS's POSIX namespace allows
+//!   `ProgramData` next to `PROGRAMDATA`): a problem, since only one of them is read.
 
 pub mod image;
 mod password;

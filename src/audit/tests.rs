@@ -1103,6 +1103,44 @@ trap - EXIT
         assert!(audit.problems.is_empty(), "{:?}", audit.problems);
     }
 
+    /// Names that differ only in case (NTFS's POSIX namespace, which ntfs-3g writes): the key
+    /// under one of them may be what Windows sees, so the audit says it is incomplete.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn names_that_differ_only_in_case_make_the_audit_incomplete() {
+        let t = Tree::new();
+        let key = t.keygen("k", "ed25519", "", "");
+        t.put("/ProgramData/ssh/sshd_config", "Port 22\n");
+        t.put(
+            "/PROGRAMDATA/ssh/administrators_authorized_keys",
+            format!("{}\n", key.public),
+        );
+        t.put("/Users/alice/.ssh/authorized_keys", "");
+        t.put(
+            "/Users/alice/.SSH/authorized_keys",
+            format!("{}\n", key.public),
+        );
+        let fs = volume(&t, Volume::Ntfs);
+        let audit = scan(fs.as_ref());
+        let problems = audit.problems.join("\n");
+        assert!(
+            problems
+                .contains("/: names that differ only in case: \"PROGRAMDATA\" and \"ProgramData\"")
+                || problems.contains(
+                    "/: names that differ only in case: \"ProgramData\" and \"PROGRAMDATA\""
+                ),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("/Users/alice: names that differ only in case"),
+            "{problems}"
+        );
+        assert_eq!(audit.problems.len(), 2, "{problems}");
+    }
+
     /// What a clean, generalized Windows volume holds: no finding, no problem.
     fn check_clean(volume_kind: Volume) {
         let t = Tree::new();

@@ -51,6 +51,29 @@ const ANSWER_DIRS: &[&str] = &[
     "/Windows/Panther/Unattend",
     "/Windows/System32/Sysprep",
 ];
+/// The directories on the paths this audit reads, looked at for names that differ only in case
+/// (each user's profile and its `.ssh` are added as they are found).
+const CASE_CHECKED: &[&str] = &[
+    "/",
+    "/ProgramData",
+    "/ProgramData/ssh",
+    "/ProgramData/Amazon",
+    "/ProgramData/Amazon/EC2Launch",
+    EC2LAUNCH_STATE,
+    "/Users",
+    "/Windows",
+    "/Windows/Panther",
+    "/Windows/Panther/Unattend",
+    "/Windows/System32",
+    "/Windows/System32/Sysprep",
+    "/Windows/System32/config",
+];
+/// Most entries listed to look for names that differ only in case: `System32` holds about
+/// 20,000 on a real Windows Server, so the audit's own [`super::MAX_ENTRIES`] is too few.
+const MAX_CASE_ENTRIES: usize = 200_000;
+/// Most pairs of such names shown in one problem line.
+const MAX_TWINS_SHOWN: usize = 3;
+
 /// The names Setup looks for in them.
 const ANSWER_NAMES: &[&str] = &["unattend.xml", "autounattend.xml"];
 
@@ -69,11 +92,52 @@ const REMOVED: &str = "*SENSITIVE*DATA*DELETED*";
 impl Scanner<'_> {
     /// The Windows checks, in the order of the module documentation.
     pub(super) fn windows(&mut self) {
+        for dir in CASE_CHECKED {
+            self.case_twins(dir);
+        }
         self.windows_ssh();
         self.answer_files();
         self.memory_files();
         self.ec2launch();
         self.cloudbase_init();
+    }
+
+    /// Names in the NTFS directory `dir` that differ only in case (`ProgramData` and
+    /// `PROGRAMDATA`): a problem, since the audit reads one of them and which one Windows opens
+    /// is not known, so what the other holds was not audited. NTFS allows such names in its
+    /// POSIX namespace (ntfs-3g writes them, Windows does in case-sensitive directories); other
+    /// file systems are case-sensitive by design and left alone.
+    fn case_twins(&mut self, dir: &str) {
+        if self.fs.kind() != "ntfs" || self.meta(dir).is_none_or(|m| m.kind != Kind::Dir) {
+            return;
+        }
+        let entries = match self.fs.read_dir(dir, MAX_CASE_ENTRIES) {
+            Ok(entries) => entries,
+            Err(e) if e.is_not_found() => return,
+            Err(e) => return self.fs_problem(&e),
+        };
+        // NTFS compares names through its $UpCase table, i.e. upper-cased per UTF-16 unit;
+        // Unicode's upper-casing stands for it here.
+        let mut seen = std::collections::HashMap::with_capacity(entries.len());
+        let mut twins = Vec::new();
+        for entry in &entries {
+            if let Some(first) = seen.insert(entry.name.to_uppercase(), entry.name.as_str()) {
+                twins.push(format!("{first:?} and {:?}", entry.name));
+            }
+        }
+        if twins.is_empty() {
+            return;
+        }
+        let more = match twins.len().saturating_sub(MAX_TWINS_SHOWN) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        twins.truncate(MAX_TWINS_SHOWN);
+        self.problem(format!(
+            "{dir}: names that differ only in case: {}{more}; Windows opens one of each, \
+             which one is not known here, so the other was not audited",
+            twins.join(", ")
+        ));
     }
 
     /// OpenSSH for Windows: `administrators_authorized_keys` and the host keys in
@@ -105,8 +169,10 @@ impl Scanner<'_> {
                 continue;
             }
             let home = join(USERS, &entry.name);
+            self.case_twins(&home);
             self.powershell_history(&home);
             let ssh = join(&home, ".ssh");
+            self.case_twins(&ssh);
             if self.meta(&ssh).is_none_or(|m| m.kind != Kind::Dir) {
                 continue;
             }
