@@ -1546,6 +1546,9 @@ os.mkdir('junction')
 subprocess.run(['setfattr','-n','system.ntfs_reparse_data','-v','0x'+mount_point(r'\??\C:\Users\Public', r'C:\Users\Public').hex(),'junction'],check=True)
 open('winlink','w').close()
 subprocess.run(['setfattr','-n','system.ntfs_reparse_data','-v','0x'+symlink(r'Windows\System32\ntoskrnl.exe', r'Windows\System32\ntoskrnl.exe', True).hex(),'winlink'],check=True)
+open('wof.exe','w').write('stub')
+wof = struct.pack('<IIII', 1, 1, 2, 1)
+subprocess.run(['setfattr','-n','system.ntfs_reparse_data','-v','0x'+(struct.pack('<IHH', 0x80000017, len(wof), 0) + wof).hex(),'wof.exe'],check=True)
 open('dlink','w').close()
 subprocess.run(['setfattr','-n','system.ntfs_reparse_data','-v','0x'+symlink(r'\??\D:\data', r'D:\data', False).hex(),'dlink'],check=True)
 PY
@@ -1766,6 +1769,7 @@ echo end >> s.bin
                 "many",
                 "sparse.bin",
                 "winlink",
+                "wof.exe",
             ]
         );
         let root = fs.read_dir("/", 100).unwrap();
@@ -1829,6 +1833,20 @@ echo end >> s.bin
         assert_eq!(
             (l.kind, l.len),
             (Kind::Symlink, "/Users/Public".len() as u64)
+        );
+        // A file compressed by Windows (WOF): listed and described, not read.
+        assert_eq!(kind("wof.exe"), Kind::File);
+        assert_eq!(fs.metadata("/wof.exe").unwrap().kind, Kind::File);
+        let e = fs.read_to_vec("/wof.exe", 100).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "ntfs.img: /wof.exe: compressed by Windows (WOF), not read"
+        );
+        let mut buf = [0u8; 4];
+        let e = fs.read_at("/wof.exe", 0, &mut buf).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "ntfs.img: /wof.exe: compressed by Windows (WOF), not read"
         );
         let e = fs.read_to_vec("/dlink", 100).unwrap_err().to_string();
         assert_eq!(
@@ -2193,6 +2211,28 @@ echo end >> s.bin
             }
             eprintln!("{what}: {errors:?} in {:?}", t.elapsed());
         }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn encrypted_files_are_refused() {
+        // ntfs-3g does not set FILE_ATTRIBUTE_ENCRYPTED: it is patched into the file's
+        // $STANDARD_INFORMATION (offset 0x20 of its value) here.
+        let fx = build();
+        let mut b = std::fs::read(&fx.image).unwrap();
+        let rec = patch::record_named(&mut b, "ntoskrnl.exe");
+        assert!(patch::unfix(&mut b, rec, 1024));
+        let v = patch::attr_value(&b, rec, 0x10).unwrap();
+        b[v + 0x21] |= 0x40;
+        patch::refix(&mut b, rec, 1024);
+        let fs = mem(b).unwrap();
+        let path = "/Windows/System32/ntoskrnl.exe";
+        assert_eq!(fs.metadata(path).unwrap().len, 11);
+        let e = fs.read_to_vec(path, 100).unwrap_err().to_string();
+        assert_eq!(e, format!("ntfs.img: {path}: encrypted (EFS), not read"));
     }
 
     /// A tiny deterministic generator (xorshift64*), so that a failing case can be replayed.
