@@ -1527,6 +1527,7 @@ seq 1 100000 > comp/c.txt
 head -c 70000 /dev/urandom > comp/random.bin
 ln -s Windows/System32 link
 ln -s /ProgramData/ssh abslink
+ln -s loop loop
 for i in $(seq 1 300); do echo "$i" > "many/f$i.dll"; done
 echo LONG > "$long/file.txt"
 mkdir -p Users/Public
@@ -1766,6 +1767,7 @@ echo end >> s.bin
                 "dlink",
                 "junction",
                 "link",
+                "loop",
                 "many",
                 "sparse.bin",
                 "winlink",
@@ -1834,6 +1836,9 @@ echo end >> s.bin
             (l.kind, l.len),
             (Kind::Symlink, "/Users/Public".len() as u64)
         );
+        let e = fs.read_to_vec("/loop", 100).unwrap_err().to_string();
+        assert_eq!(e, "ntfs.img: /loop: too many levels of symbolic links");
+        assert_eq!(fs.symlink_metadata("/loop").unwrap().kind, Kind::Symlink);
         // A file compressed by Windows (WOF): listed and described, not read.
         assert_eq!(kind("wof.exe"), Kind::File);
         assert_eq!(fs.metadata("/wof.exe").unwrap().kind, Kind::File);
@@ -2359,6 +2364,56 @@ echo end >> s.bin
             t.elapsed()
         );
         assert!(opened > 1000 && listed > 500, "{opened} {listed}");
+    }
+
+    #[test]
+    fn the_read_budget_ends_a_call() {
+        let src: Arc<dyn Disk> = Arc::new(Mem {
+            data: vec![7u8; 64 * 1024],
+            path: PathBuf::from("ntfs.img"),
+        });
+        let mut w = Window {
+            source: src,
+            offset: 0,
+            len: 64 * 1024,
+            pos: 0,
+            cache: Vec::new(),
+            next_slot: 0,
+            bytes_left: 0,
+            calls_left: 0,
+            fault: None,
+        };
+        w.start_call(0);
+        w.bytes_left = 10_000;
+        let mut buf = [0u8; 4096];
+        assert_eq!(w.read(&mut buf).unwrap(), 4096);
+        assert_eq!(w.read(&mut buf[..100]).unwrap(), 100);
+        assert_eq!(w.read(&mut buf).unwrap(), 4096);
+        assert!(w.read(&mut buf).is_err());
+        let e = convert(
+            Path::new("ntfs.img"),
+            Some("/x"),
+            &mut w,
+            NtfsError::Io(io::Error::other("x")),
+            |reason| Error::Corrupt {
+                name: PathBuf::from("ntfs.img"),
+                path: Some("/x".to_owned()),
+                reason,
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "ntfs.img: /x: corrupt NTFS file system: more than 256 MiB or 2000000 reads for one \
+             request: a loop in the file system's structures"
+        );
+        // The next call has a fresh budget; the end of the window reads as the end of file.
+        w.start_call(0);
+        w.pos = 64 * 1024 - 10;
+        assert_eq!(w.read(&mut buf).unwrap(), 10);
+        assert_eq!(w.read(&mut buf).unwrap(), 0);
+        w.calls_left = 0;
+        w.pos = 0;
+        assert!(w.read(&mut buf[..1]).is_err());
     }
 
     #[test]
