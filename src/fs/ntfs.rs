@@ -1495,6 +1495,7 @@ mod tests {
     /// symlinks planted as reparse data through `system.ntfs_reparse_data`), then the sha256 of
     /// every regular file as the mount showed it. Arguments: image, mount point, manifest.
     const MAKE: &str = r#"set -euo pipefail
+command -v fuser >/dev/null || { echo "fuser (psmisc) is needed to wait for ntfs-3g" >&2; exit 1; }
 img=$1; mnt=$2; manifest=$3
 truncate -s 16M "$img"
 mkntfs -F -Q -q -L MKOMI "$img"
@@ -1561,6 +1562,7 @@ echo public > Users/Public/readme.txt
     /// Makes a small volume (2 MiB, 512-byte clusters) for the mutation loop and the fuzz seeds.
     /// Arguments: image, mount point.
     const MAKE_SMALL: &str = r#"set -euo pipefail
+command -v fuser >/dev/null || { echo "fuser (psmisc) is needed to wait for ntfs-3g" >&2; exit 1; }
 img=$1; mnt=$2
 truncate -s 2M "$img"
 mkntfs -F -Q -q -c 512 -L SMALL "$img" 2>/dev/null
