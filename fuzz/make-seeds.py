@@ -399,6 +399,7 @@ def fat_images(tmp):
 
 NTFS_FILES = r"""
 set -euo pipefail
+command -v fuser >/dev/null || { echo "fuser (psmisc) is needed to wait for ntfs-3g" >&2; exit 1; }
 img=$1; mnt=$2
 mkdir -p "$mnt"
 ntfs-3g -o compression,streams_interface=xattr "$img" "$mnt"

@@ -1495,6 +1495,7 @@ mod tests {
     /// symlinks planted as reparse data through `system.ntfs_reparse_data`), then the sha256 of
     /// every regular file as the mount showed it. Arguments: image, mount point, manifest.
     const MAKE: &str = r#"set -euo pipefail
+command -v fuser >/dev/null || { echo "fuser (psmisc) is needed to wait for ntfs-3g" >&2; exit 1; }
 img=$1; mnt=$2; manifest=$3
 truncate -s 16M "$img"
 mkntfs -F -Q -q -L MKOMI "$img"
@@ -1527,6 +1528,7 @@ seq 1 100000 > comp/c.txt
 head -c 70000 /dev/urandom > comp/random.bin
 ln -s Windows/System32 link
 ln -s /ProgramData/ssh abslink
+ln -s loop loop
 for i in $(seq 1 300); do echo "$i" > "many/f$i.dll"; done
 echo LONG > "$long/file.txt"
 mkdir -p Users/Public
@@ -1546,6 +1548,9 @@ os.mkdir('junction')
 subprocess.run(['setfattr','-n','system.ntfs_reparse_data','-v','0x'+mount_point(r'\??\C:\Users\Public', r'C:\Users\Public').hex(),'junction'],check=True)
 open('winlink','w').close()
 subprocess.run(['setfattr','-n','system.ntfs_reparse_data','-v','0x'+symlink(r'Windows\System32\ntoskrnl.exe', r'Windows\System32\ntoskrnl.exe', True).hex(),'winlink'],check=True)
+open('wof.exe','w').write('stub')
+wof = struct.pack('<IIII', 1, 1, 2, 1)
+subprocess.run(['setfattr','-n','system.ntfs_reparse_data','-v','0x'+(struct.pack('<IHH', 0x80000017, len(wof), 0) + wof).hex(),'wof.exe'],check=True)
 open('dlink','w').close()
 subprocess.run(['setfattr','-n','system.ntfs_reparse_data','-v','0x'+symlink(r'\??\D:\data', r'D:\data', False).hex(),'dlink'],check=True)
 PY
@@ -1557,6 +1562,7 @@ echo public > Users/Public/readme.txt
     /// Makes a small volume (2 MiB, 512-byte clusters) for the mutation loop and the fuzz seeds.
     /// Arguments: image, mount point.
     const MAKE_SMALL: &str = r#"set -euo pipefail
+command -v fuser >/dev/null || { echo "fuser (psmisc) is needed to wait for ntfs-3g" >&2; exit 1; }
 img=$1; mnt=$2
 truncate -s 2M "$img"
 mkntfs -F -Q -q -c 512 -L SMALL "$img" 2>/dev/null
@@ -1763,9 +1769,11 @@ echo end >> s.bin
                 "dlink",
                 "junction",
                 "link",
+                "loop",
                 "many",
                 "sparse.bin",
                 "winlink",
+                "wof.exe",
             ]
         );
         let root = fs.read_dir("/", 100).unwrap();
@@ -1829,6 +1837,23 @@ echo end >> s.bin
         assert_eq!(
             (l.kind, l.len),
             (Kind::Symlink, "/Users/Public".len() as u64)
+        );
+        let e = fs.read_to_vec("/loop", 100).unwrap_err().to_string();
+        assert_eq!(e, "ntfs.img: /loop: too many levels of symbolic links");
+        assert_eq!(fs.symlink_metadata("/loop").unwrap().kind, Kind::Symlink);
+        // A file compressed by Windows (WOF): listed and described, not read.
+        assert_eq!(kind("wof.exe"), Kind::File);
+        assert_eq!(fs.metadata("/wof.exe").unwrap().kind, Kind::File);
+        let e = fs.read_to_vec("/wof.exe", 100).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "ntfs.img: /wof.exe: compressed by Windows (WOF), not read"
+        );
+        let mut buf = [0u8; 4];
+        let e = fs.read_at("/wof.exe", 0, &mut buf).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "ntfs.img: /wof.exe: compressed by Windows (WOF), not read"
         );
         let e = fs.read_to_vec("/dlink", 100).unwrap_err().to_string();
         assert_eq!(
@@ -2195,6 +2220,28 @@ echo end >> s.bin
         }
     }
 
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn encrypted_files_are_refused() {
+        // ntfs-3g does not set FILE_ATTRIBUTE_ENCRYPTED: it is patched into the file's
+        // $STANDARD_INFORMATION (offset 0x20 of its value) here.
+        let fx = build();
+        let mut b = std::fs::read(&fx.image).unwrap();
+        let rec = patch::record_named(&mut b, "ntoskrnl.exe");
+        assert!(patch::unfix(&mut b, rec, 1024));
+        let v = patch::attr_value(&b, rec, 0x10).unwrap();
+        b[v + 0x21] |= 0x40;
+        patch::refix(&mut b, rec, 1024);
+        let fs = mem(b).unwrap();
+        let path = "/Windows/System32/ntoskrnl.exe";
+        assert_eq!(fs.metadata(path).unwrap().len, 11);
+        let e = fs.read_to_vec(path, 100).unwrap_err().to_string();
+        assert_eq!(e, format!("ntfs.img: {path}: encrypted (EFS), not read"));
+    }
+
     /// A tiny deterministic generator (xorshift64*), so that a failing case can be replayed.
     struct Rng(u64);
 
@@ -2319,6 +2366,56 @@ echo end >> s.bin
             t.elapsed()
         );
         assert!(opened > 1000 && listed > 500, "{opened} {listed}");
+    }
+
+    #[test]
+    fn the_read_budget_ends_a_call() {
+        let src: Arc<dyn Disk> = Arc::new(Mem {
+            data: vec![7u8; 64 * 1024],
+            path: PathBuf::from("ntfs.img"),
+        });
+        let mut w = Window {
+            source: src,
+            offset: 0,
+            len: 64 * 1024,
+            pos: 0,
+            cache: Vec::new(),
+            next_slot: 0,
+            bytes_left: 0,
+            calls_left: 0,
+            fault: None,
+        };
+        w.start_call(0);
+        w.bytes_left = 10_000;
+        let mut buf = [0u8; 4096];
+        assert_eq!(w.read(&mut buf).unwrap(), 4096);
+        assert_eq!(w.read(&mut buf[..100]).unwrap(), 100);
+        assert_eq!(w.read(&mut buf).unwrap(), 4096);
+        assert!(w.read(&mut buf).is_err());
+        let e = convert(
+            Path::new("ntfs.img"),
+            Some("/x"),
+            &mut w,
+            NtfsError::Io(io::Error::other("x")),
+            |reason| Error::Corrupt {
+                name: PathBuf::from("ntfs.img"),
+                path: Some("/x".to_owned()),
+                reason,
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "ntfs.img: /x: corrupt NTFS file system: more than 256 MiB or 2000000 reads for one \
+             request: a loop in the file system's structures"
+        );
+        // The next call has a fresh budget; the end of the window reads as the end of file.
+        w.start_call(0);
+        w.pos = 64 * 1024 - 10;
+        assert_eq!(w.read(&mut buf).unwrap(), 10);
+        assert_eq!(w.read(&mut buf).unwrap(), 0);
+        w.calls_left = 0;
+        w.pos = 0;
+        assert!(w.read(&mut buf[..1]).is_err());
     }
 
     #[test]
