@@ -185,7 +185,10 @@ pub enum NtfsError {
     #[error("The NTFS Index Entry at byte position {position:#x} has a length of {length} bytes, not a multiple of 8 of at least 16")]
     InvalidIndexEntryLength { position: NtfsPosition, length: u16 },
     #[error("The index at byte position {position:#x} is more than {depth} levels deep (a loop in its B-tree)")]
-    IndexTooDeep { position: NtfsPosition, depth: usize },
+    IndexTooDeep {
+        position: NtfsPosition,
+        depth: usize,
+    },
     #[error("The index root at byte position {position:#x} gives an index record size of {size} bytes, not a power of two between 512 and 65536")]
     InvalidIndexRecordSize { position: NtfsPosition, size: u32 },
     #[error("I/O error: {0:?}")]
