@@ -130,8 +130,9 @@ fn show(v: Option<u32>) -> String {
 
 /// Decides the sysprep state (the decision table of the issue #17 research note, §3.4).
 ///
-/// The documented signal is `ImageState` (see [`image_state_means`]), from the SOFTWARE hive,
-/// else from State.ini; when both exist they must agree. The SYSTEM hive's `Setup` values are a
+/// The documented signal is `ImageState` (its values read as Microsoft's "Windows Setup States"
+/// describes them), from the SOFTWARE hive, else from State.ini; when both exist they must
+/// agree. The SYSTEM hive's `Setup` values are a
 /// cross-check: Microsoft KB 939857 (<https://mskb.pkisolutions.com/kb/939857>) documents
 /// `HKLM\SYSTEM\Setup\CmdLine` ("which process is called by the Setup program") and `SetupType`
 /// ("used by the Winlogon.exe process to determine whether the system is in Setup mode"); a
