@@ -236,59 +236,23 @@ impl<'a> Hive<'a> {
             return Ok(Vec::new());
         }
         let mut names = Vec::new();
-        self.list_subkeys(list, &mut names, &mut budget, true)?;
-        Ok(names)
-    }
-
-    /// Appends the names of the subkey list at `list` to `names` (see [`Hive::find_subkey`] for
-    /// the list kinds).
-    fn list_subkeys(
-        &self,
-        list: u32,
-        names: &mut Vec<String>,
-        budget: &mut usize,
-        may_be_root: bool,
-    ) -> Result<(), Error> {
-        let cell = self.cell(list, budget)?;
-        let damaged = |what| Error::Damaged { what, offset: list };
-        let sig = cell.get(..2).ok_or_else(|| damaged("empty subkey list"))?;
-        let count = le16(cell, 2).unwrap_or(0) as usize;
-        let stride = match sig {
-            b"li" | b"ri" => 4,
-            b"lf" | b"lh" => 8,
-            _ => return Err(damaged("not a subkey list")),
-        };
-        if 4 + count * stride > cell.len() {
-            return Err(damaged("subkey list shorter than its count"));
-        }
-        for i in 0..count {
-            let element = le32(cell, 4 + i * stride).unwrap_or(NONE);
-            if sig == b"ri" {
-                if !may_be_root {
-                    return Err(damaged("index root inside an index root"));
-                }
-                self.list_subkeys(element, names, budget, false)?;
-                continue;
-            }
+        self.each_subkey(list, &mut budget, true, &mut |element, raw, compressed| {
             if names.len() >= MAX_LIST {
-                return Err(damaged("more subkeys than a listing returns"));
+                return Err(Error::Damaged {
+                    what: "more subkeys than a listing returns",
+                    offset: list,
+                });
             }
-            let nk = self.nk(element, budget)?;
-            let flags = le16(nk, 2).unwrap_or(0);
-            let len = le16(nk, 72).unwrap_or(0) as usize;
-            if len > MAX_NAME {
+            if raw.len() > MAX_NAME {
                 return Err(Error::Damaged {
                     what: "key name too long",
                     offset: element,
                 });
             }
-            let raw = nk.get(76..76 + len).ok_or(Error::Damaged {
-                what: "key name past its cell",
-                offset: element,
-            })?;
-            names.push(decode_name(raw, flags & 0x20 != 0));
-        }
-        Ok(())
+            names.push(decode_name(raw, compressed));
+            Ok(None)
+        })?;
+        Ok(names)
     }
 
     /// The key at `path` from the root, or `None`.
@@ -301,7 +265,7 @@ impl<'a> Hive<'a> {
             if count == 0 || list == NONE {
                 return Ok(None);
             }
-            match self.find_subkey(list, part, budget, true)? {
+            match self.find_subkey(list, part, budget)? {
                 Some(child) => at = child,
                 None => return Ok(None),
             }
@@ -321,14 +285,23 @@ impl<'a> Hive<'a> {
         Ok(nk)
     }
 
-    /// The subkey `name` in the subkey list at `list` ("Subkeys list"): `li`, `lf` and `lh`
-    /// are leaves; `ri` holds leaves only ("Index root can't point to another Index root").
-    fn find_subkey(
+    /// The subkey `name` in the subkey list at `list`.
+    fn find_subkey(&self, list: u32, name: &str, budget: &mut usize) -> Result<Option<u32>, Error> {
+        self.each_subkey(list, budget, true, &mut |element, raw, compressed| {
+            Ok(same_name(raw, compressed, name).then_some(element))
+        })
+    }
+
+    /// Calls `visit` with each key of the subkey list at `list` ("Subkeys list": `li`, `lf` and
+    /// `lh` are leaves; `ri` holds leaves only, "Index root can't point to another Index root"):
+    /// the key's offset, its stored name and whether that name is stored one byte per character
+    /// (KEY_COMP_NAME, 0x20). Stops at the first offset `visit` returns, and returns it.
+    fn each_subkey(
         &self,
         list: u32,
-        name: &str,
         budget: &mut usize,
         may_be_root: bool,
+        visit: &mut dyn FnMut(u32, &[u8], bool) -> Result<Option<u32>, Error>,
     ) -> Result<Option<u32>, Error> {
         let cell = self.cell(list, budget)?;
         let damaged = |what| Error::Damaged { what, offset: list };
@@ -348,7 +321,7 @@ impl<'a> Hive<'a> {
                 if !may_be_root {
                     return Err(damaged("index root inside an index root"));
                 }
-                if let Some(found) = self.find_subkey(element, name, budget, false)? {
+                if let Some(found) = self.each_subkey(element, budget, false, visit)? {
                     return Ok(Some(found));
                 }
                 continue;
@@ -360,9 +333,8 @@ impl<'a> Hive<'a> {
                 what: "key name past its cell",
                 offset: element,
             })?;
-            // KEY_COMP_NAME (0x20): the name is stored one byte per character.
-            if same_name(raw, flags & 0x20 != 0, name) {
-                return Ok(Some(element));
+            if let Some(found) = visit(element, raw, flags & 0x20 != 0)? {
+                return Ok(Some(found));
             }
         }
         Ok(None)
