@@ -208,6 +208,22 @@ pub fn decide(
         skipped.push("sysprep".to_owned());
     }
     let mut warnings = Vec::new();
+    // An NTFS volume that could not be read may hold a Windows that sysprep has not
+    // generalized: fail closed, as for a Windows whose state is known to be wrong.
+    if !summary.windows && !summary.windows_unknown.is_empty() {
+        let why = summary.windows_unknown.join("; ");
+        if checks.sysprep {
+            return Err(fail(format!(
+                "whether this is a Windows image is not known ({why}), so whether sysprep \
+                 generalized it cannot be checked (--no-sysprep-check {anyway} it anyway)"
+            )));
+        }
+        warnings.push(format!(
+            "{}: whether this is a Windows image is not known ({why}); if it is, it needs \
+             2 vCores, 4 GiB and Intel v3 processors, and sysprep",
+            disk.display()
+        ));
+    }
     let launch_requirements = if summary.windows {
         warnings.push(format!(
             "{}: a Windows image: instances need at least 2 vCores, 4 GiB of memory and Intel v3 \

@@ -106,6 +106,10 @@ pub struct Volume {
     /// The Windows installation on an NTFS volume with `Windows/System32/ntoskrnl.exe` and the
     /// SYSTEM hive.
     pub windows: Option<windows::Installation>,
+    /// Why whether this NTFS volume holds Windows is not known (it did not open, or looking for
+    /// the kernel or the SYSTEM hive failed): never taken for "not Windows". Said in `problems`.
+    #[serde(skip)]
+    pub windows_unknown: Option<String>,
     /// Whether an NTFS volume holds `/bootmgr` and `/Boot/BCD`: the Windows Boot Manager that
     /// BIOS boot code starts from the active partition.
     pub bootmgr: bool,
@@ -178,6 +182,11 @@ pub struct Summary {
     pub windows_version: Option<WindowsVersion>,
     /// Whether sysprep generalized the Windows installation, with the evidence.
     pub sysprep: Option<windows::Sysprep>,
+    /// NTFS volumes of which it is not known whether they hold Windows, with the reason, one
+    /// line each (the volumes' problems say the same in the JSON report); empty when Windows
+    /// was found.
+    #[serde(skip)]
+    pub windows_unknown: Vec<String>,
     /// Contradictions between pieces of evidence.
     pub problems: Vec<String>,
     /// Why the disk does not boot in legacy mode although something on it is made for it (a
@@ -379,6 +388,7 @@ impl DiskInspection {
             loaders: Vec::new(),
             evidence: Vec::new(),
             windows: None,
+            windows_unknown: None,
             bootmgr: false,
             problems: Vec::new(),
         };
@@ -388,7 +398,12 @@ impl DiskInspection {
         }
         match fs {
             Some(Ok(fs)) => read_volume(fs, &mut v),
-            Some(Err(e)) => v.problems.push(e.to_string()),
+            Some(Err(e)) => {
+                if v.info.filesystem == Some(FsKind::Ntfs) {
+                    v.windows_unknown = Some(e.to_string());
+                }
+                v.problems.push(e.to_string());
+            }
             None => {}
         }
         self.volumes.push(v);
@@ -448,7 +463,13 @@ fn read_volume(fs: &dyn FileSystem, v: &mut Volume) {
     if fs.kind().starts_with("fat") {
         read_loaders(fs, &mut v.loaders, &mut note);
     } else if fs.kind() == "ntfs" {
-        v.windows = windows::read(fs, &mut v.problems);
+        match windows::read(fs, &mut v.problems) {
+            Ok(found) => v.windows = found,
+            Err(e) => {
+                v.problems.push(e.clone());
+                v.windows_unknown = Some(e);
+            }
+        }
         v.bootmgr = windows::has_bootmgr(fs, &mut v.problems);
     } else {
         for path in ARCH_EVIDENCE {
@@ -601,6 +622,13 @@ pub fn summarize(disk: &DiskReport) -> Summary {
         .volumes
         .iter()
         .find_map(|v| v.windows.as_ref().map(|w| (v, w)));
+    if win.is_none() {
+        for v in &disk.volumes {
+            if let Some(why) = &v.windows_unknown {
+                s.windows_unknown.push(format!("{}: {why}", prefix(v)));
+            }
+        }
+    }
     if let Some((v, w)) = win {
         s.windows = true;
         if s.os.is_none() {
@@ -918,6 +946,15 @@ impl fmt::Display for Report {
         }
         for p in &s.legacy_problems {
             writeln!(f, "                  not legacy: {p}")?;
+        }
+        if !s.windows_unknown.is_empty() {
+            writeln!(
+                f,
+                "  windows       unknown: an NTFS volume could not be read far enough"
+            )?;
+            for w in &s.windows_unknown {
+                writeln!(f, "                  {w}")?;
+            }
         }
         if s.windows {
             let mut what = Vec::new();

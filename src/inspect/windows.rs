@@ -32,8 +32,9 @@ pub const STATE_INI: &str = "/Windows/Setup/State/State.ini";
 /// The Windows Boot Manager for BIOS, and its boot configuration data, on the active partition.
 pub const BOOTMGR: [&str; 2] = ["/bootmgr", "/Boot/BCD"];
 
-/// Hives over this size are not read (real SOFTWARE hives are tens of MiB, up to a few hundred).
-const MAX_HIVE: u64 = 512 << 20;
+/// Hives over this size are not read: real SOFTWARE hives are 50 to 150 MiB (the audit's cap,
+/// `audit::MAX_HIVE`, is the same). The two hives are read one after the other, never both held.
+const MAX_HIVE: u64 = 256 << 20;
 /// State.ini is a few lines.
 const MAX_STATE_INI: u64 = 64 << 10;
 /// Strings from the registry are shown up to this many characters.
@@ -155,11 +156,13 @@ pub fn decide_sysprep(inputs: &SysprepInputs) -> Sysprep {
             return unknown(evidence);
         }
     };
+    // ImageState's first source: a SOFTWARE hive that cannot be read (damaged, dirty: its
+    // last writes may be only in its logs) leaves the state unknown, whatever State.ini says.
     let registry = match &inputs.registry {
         Ok(v) => v.clone(),
         Err(e) => {
             evidence.push(format!("SOFTWARE hive: {e}"));
-            None
+            return unknown(evidence);
         }
     };
     let ini = match &inputs.state_ini {
@@ -200,9 +203,6 @@ pub fn decide_sysprep(inputs: &SysprepInputs) -> Sysprep {
         }
         (Some(v), _) | (None, Some(v)) => v,
         (None, None) => {
-            if inputs.registry.is_err() && ini.is_none() && inputs.state_ini.is_ok() {
-                evidence.push(format!("{STATE_INI_NAME} absent"));
-            }
             evidence.push("no ImageState: the state Windows Setup records is unknown".into());
             return unknown(evidence);
         }
@@ -213,17 +213,18 @@ pub fn decide_sysprep(inputs: &SysprepInputs) -> Sysprep {
             unknown(evidence)
         }
         Some((SysprepState::Generalized, note)) => {
-            let finished = setup.system_setup_in_progress == Some(0) && setup.setup_type == Some(0);
-            if finished {
+            // A resealed image runs Setup at its next boot: anything else contradicts ImageState
+            // (values edited by hand, or lost), so the state is not known.
+            let armed = setup.system_setup_in_progress == Some(1)
+                && setup.setup_type.is_some_and(|t| t != 0);
+            if !armed {
                 evidence.push(
-                    "ImageState says generalized, but SYSTEM\\Setup says a finished system \
-                     (SystemSetupInProgress=0, SetupType=0): contradictory, values edited by hand?"
+                    "ImageState says generalized, but SYSTEM\\Setup does not show Setup armed for \
+                     the next boot (SystemSetupInProgress=1 and a non-zero SetupType): \
+                     contradictory or incomplete, values edited by hand?"
                         .into(),
                 );
                 return unknown(evidence);
-            }
-            if setup.system_setup_in_progress.is_none() && setup.setup_type.is_none() {
-                evidence.push("SYSTEM\\Setup values absent: ImageState alone decides".into());
             }
             if let Some(n) = note {
                 evidence.push(n.into());
@@ -256,29 +257,34 @@ fn string(hive: &Hive<'_>, path: &[&str], name: &str) -> Result<Option<String>, 
     }
 }
 
-fn dword(hive: &Hive<'_>, path: &[&str], name: &str) -> Option<u32> {
+/// A DWORD value: `Ok(None)` when absent or of another type (shown as absent); a hive that
+/// cannot be read there is an error, never taken for an absent value.
+fn dword(hive: &Hive<'_>, path: &[&str], name: &str) -> Result<Option<u32>, String> {
     match hive.value(path, name) {
-        Ok(Some(Value::Dword(n))) => Some(n),
-        _ => None,
+        Ok(Some(Value::Dword(n))) => Ok(Some(n)),
+        Ok(_) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 
-/// Whether `path` is a regular file; errors other than "not found" go to `problems`.
-fn is_file(fs: &dyn FileSystem, path: &str, problems: &mut Vec<String>) -> bool {
+/// Whether `path` is a regular file; an error other than "not found" is the error's text.
+fn is_file(fs: &dyn FileSystem, path: &str) -> Result<bool, String> {
     match fs.metadata(path) {
-        Ok(m) => m.kind == Kind::File,
-        Err(e) => {
-            if !e.is_not_found() {
-                problems.push(e.to_string());
-            }
-            false
-        }
+        Ok(m) => Ok(m.kind == Kind::File),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.to_string()),
     }
 }
 
-/// Whether the volume holds the Windows Boot Manager for BIOS: `/bootmgr` and `/Boot/BCD`.
+/// Whether the volume holds the Windows Boot Manager for BIOS: `/bootmgr` and `/Boot/BCD`;
+/// what cannot be read goes to `problems` (and is not taken for the boot manager).
 pub fn has_bootmgr(fs: &dyn FileSystem, problems: &mut Vec<String>) -> bool {
-    BOOTMGR.iter().all(|p| is_file(fs, p, problems))
+    BOOTMGR.iter().all(|p| {
+        is_file(fs, p).unwrap_or_else(|e| {
+            problems.push(e);
+            false
+        })
+    })
 }
 
 /// Reads a hive file, capped at [`MAX_HIVE`].
@@ -323,15 +329,22 @@ pub fn ini_image_state(bytes: &[u8]) -> Option<String> {
 }
 
 /// The Windows installation on `fs`, if it is one: an NTFS volume with [`KERNEL`] and
-/// [`SYSTEM_HIVE`]. What cannot be read goes to `problems` and makes fields unknown.
-pub fn read(fs: &dyn FileSystem, problems: &mut Vec<String>) -> Option<Installation> {
+/// [`SYSTEM_HIVE`]. What cannot be read goes to `problems` and makes fields unknown. An error
+/// when looking for the kernel or the hive means that whether the volume holds Windows is not
+/// known: that is the `Err`, with the reason, never "not Windows".
+pub fn read(
+    fs: &dyn FileSystem,
+    problems: &mut Vec<String>,
+) -> Result<Option<Installation>, String> {
     if fs.kind() != "ntfs" {
-        return None;
+        return Ok(None);
     }
-    let kernel_there = is_file(fs, KERNEL, problems);
-    let system_there = is_file(fs, SYSTEM_HIVE, problems);
-    if !(kernel_there && system_there) {
-        return None;
+    let kernel_there = is_file(fs, KERNEL);
+    let system_there = is_file(fs, SYSTEM_HIVE);
+    match (kernel_there, system_there) {
+        (Ok(true), Ok(true)) => {}
+        (Ok(false), _) | (_, Ok(false)) => return Ok(None),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
     }
     let kernel = match binary::identify(fs, KERNEL) {
         Ok(b) => Some(b),
@@ -342,11 +355,6 @@ pub fn read(fs: &dyn FileSystem, problems: &mut Vec<String>) -> Option<Installat
     };
     let system_bytes = read_hive(fs, SYSTEM_HIVE);
     let system = system_bytes
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|b| Hive::parse(b).map_err(|e| e.to_string()));
-    let software_bytes = read_hive(fs, SOFTWARE_HIVE);
-    let software = software_bytes
         .as_ref()
         .map_err(Clone::clone)
         .and_then(|b| Hive::parse(b).map_err(|e| e.to_string()));
@@ -364,25 +372,15 @@ pub fn read(fs: &dyn FileSystem, problems: &mut Vec<String>) -> Option<Installat
             evidence: Vec::new(),
         },
     };
-    let current_version = ["Microsoft", "Windows NT", "CurrentVersion"];
-    match &software {
-        Ok(h) => {
-            let get = |name| string(h, &current_version, name).ok().flatten();
-            w.product_name = get("ProductName");
-            w.edition = get("EditionID");
-            w.build = get("CurrentBuild");
-            w.version = get("DisplayVersion").or_else(|| get("ReleaseId"));
-        }
-        Err(e) => problems.push(format!("{SOFTWARE_HIVE}: {e}")),
-    }
     let setup = match &system {
         Ok(h) => {
             // Select\Current names the control set the next boot uses (1 → ControlSet001).
             let set = match dword(h, &["Select"], "Current") {
-                Some(n @ 1..=999) => format!("ControlSet{n:03}"),
-                _ => {
+                Ok(Some(n @ 1..=999)) => format!("ControlSet{n:03}"),
+                other => {
+                    let why = other.err().map(|e| format!(" ({e})")).unwrap_or_default();
                     problems.push(format!(
-                        r"{SYSTEM_HIVE}: no valid Select\Current; ControlSet001 read instead"
+                        r"{SYSTEM_HIVE}: no valid Select\Current{why}; ControlSet001 read instead"
                     ));
                     "ControlSet001".to_owned()
                 }
@@ -397,22 +395,46 @@ pub fn read(fs: &dyn FileSystem, problems: &mut Vec<String>) -> Option<Installat
                 Ok(None) => {}
                 Err(e) => problems.push(format!("{SYSTEM_HIVE}: {e}")),
             }
-            Ok(SetupValues {
-                system_setup_in_progress: dword(h, &["Setup"], "SystemSetupInProgress"),
-                setup_type: dword(h, &["Setup"], "SetupType"),
-                cmd_line: string(h, &["Setup"], "CmdLine").ok().flatten(),
-                generalization_state: dword(
-                    h,
-                    &["Setup", "Status", "SysprepStatus"],
-                    "GeneralizationState",
-                ),
-            })
+            // A value that cannot be read is not an absent one: the SYSTEM input is then an
+            // error, and the state unknown.
+            (|| -> Result<SetupValues, String> {
+                Ok(SetupValues {
+                    system_setup_in_progress: dword(h, &["Setup"], "SystemSetupInProgress")?,
+                    setup_type: dword(h, &["Setup"], "SetupType")?,
+                    cmd_line: string(h, &["Setup"], "CmdLine")?,
+                    generalization_state: dword(
+                        h,
+                        &["Setup", "Status", "SysprepStatus"],
+                        "GeneralizationState",
+                    )?,
+                })
+            })()
+            .map_err(|e| format!(r"SYSTEM\Setup: {e}"))
         }
         Err(e) => {
             problems.push(format!("{SYSTEM_HIVE}: {e}"));
             Err(e.clone())
         }
     };
+    // The SYSTEM hive's bytes are no longer needed: never hold both hives.
+    drop(system);
+    drop(system_bytes);
+    let software_bytes = read_hive(fs, SOFTWARE_HIVE);
+    let software = software_bytes
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|b| Hive::parse(b).map_err(|e| e.to_string()));
+    let current_version = ["Microsoft", "Windows NT", "CurrentVersion"];
+    match &software {
+        Ok(h) => {
+            let get = |name| string(h, &current_version, name).ok().flatten();
+            w.product_name = get("ProductName");
+            w.edition = get("EditionID");
+            w.build = get("CurrentBuild");
+            w.version = get("DisplayVersion").or_else(|| get("ReleaseId"));
+        }
+        Err(e) => problems.push(format!("{SOFTWARE_HIVE}: {e}")),
+    }
     let registry = match &software {
         Ok(h) => string(
             h,
@@ -426,7 +448,7 @@ pub fn read(fs: &dyn FileSystem, problems: &mut Vec<String>) -> Option<Installat
         registry,
         state_ini: state_ini(fs),
     });
-    Some(w)
+    Ok(Some(w))
 }
 
 /// The machine name (as [`Binary::arch`] names it) of a `PROCESSOR_ARCHITECTURE` value.
@@ -472,13 +494,16 @@ mod tests {
         let s = decide_sysprep(&inputs(Err("the hive is dirty"), Some("x")));
         assert_eq!(s.state, Unknown);
         assert_eq!(s.evidence, ["SYSTEM hive: the hive is dirty"]);
-        // Row 3: SOFTWARE unreadable and no State.ini.
+        // Row 3: SOFTWARE unreadable (damaged, dirty): unknown, whatever State.ini says.
         let mut i = inputs(Ok(setup(1, 2)), None);
         i.registry = Err("damaged".into());
         let s = decide_sysprep(&i);
         assert_eq!(s.state, Unknown);
-        assert!(s.evidence.iter().any(|e| e.contains("State.ini absent")));
-        // ... but State.ini alone decides then.
+        assert_eq!(s.evidence, ["SOFTWARE hive: damaged"]);
+        i.state_ini = Ok(Some("IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE".into()));
+        assert_eq!(state(&i), Unknown);
+        // State.ini alone decides when the registry has no ImageState.
+        let mut i = inputs(Ok(setup(1, 2)), None);
         i.state_ini = Ok(Some("IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE".into()));
         assert_eq!(state(&i), Generalized);
         // Row 4: the two disagree.
@@ -521,13 +546,32 @@ mod tests {
         ));
         assert_eq!(s.state, Generalized);
         assert!(s.evidence.last().unwrap().contains("audit mode"));
-        // Row 7: generalized, but Setup says a finished system.
+        // Rows 7 and 8: generalized, but Setup not armed for the next boot: a finished system,
+        // one of the two values at 0, or either absent. Only SystemSetupInProgress=1 with a
+        // non-zero SetupType is armed.
         let g = Some("IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE");
-        assert_eq!(state(&inputs(Ok(setup(0, 0)), g)), Unknown);
-        // Row 8: Setup values absent.
-        let s = decide_sysprep(&inputs(Ok(SetupValues::default()), g));
-        assert_eq!(s.state, Generalized);
-        assert!(s.evidence.iter().any(|e| e.contains("absent")));
+        for (ssip, ty) in [(0, 0), (0, 2), (1, 0), (2, 2)] {
+            let s = decide_sysprep(&inputs(Ok(setup(ssip, ty)), g));
+            assert_eq!(s.state, Unknown, "{ssip} {ty}");
+            assert!(s.evidence.last().unwrap().contains("not show Setup armed"));
+        }
+        for values in [
+            SetupValues::default(),
+            SetupValues {
+                setup_type: None,
+                ..setup(1, 2)
+            },
+            SetupValues {
+                system_setup_in_progress: None,
+                ..setup(1, 2)
+            },
+        ] {
+            assert_eq!(state(&inputs(Ok(values), g)), Unknown);
+        }
+        assert_eq!(state(&inputs(Ok(setup(1, 1)), g)), Generalized);
+        // A SYSTEM\Setup value that cannot be read is an unreadable SYSTEM input, not absent.
+        let s = decide_sysprep(&inputs(Err(r"SYSTEM\Setup: damaged at 0x20"), g));
+        assert_eq!(s.state, Unknown);
         // Row 9: ImageState missing or unrecognised.
         assert_eq!(state(&inputs(Ok(setup(1, 2)), None)), Unknown);
         assert_eq!(
@@ -590,6 +634,7 @@ mod tests {
                 loaders: Vec::new(),
                 evidence: Vec::new(),
                 windows: Some(w),
+                windows_unknown: None,
                 bootmgr: false,
                 problems: Vec::new(),
             }],
