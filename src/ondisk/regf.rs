@@ -107,6 +107,10 @@ impl Default for Budget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyRef(u32);
 
+/// What [`Hive::each_subkey`] calls with each key of a list: its offset, stored name and
+/// whether the name is one byte per character; an offset returned stops the walk.
+type Visit<'v> = dyn FnMut(u32, &[u8], bool) -> Result<Option<u32>, Error> + 'v;
+
 /// A hive held in memory (the caller reads the file with a cap).
 pub struct Hive<'a> {
     /// The hive bins data: the file after the base block, as long as the base block says.
@@ -372,7 +376,7 @@ impl<'a> Hive<'a> {
         list: u32,
         budget: &mut usize,
         may_be_root: bool,
-        visit: &mut dyn FnMut(u32, &[u8], bool) -> Result<Option<u32>, Error>,
+        visit: &mut Visit<'_>,
     ) -> Result<Option<u32>, Error> {
         let cell = self.cell(list, budget)?;
         let damaged = |what| Error::Damaged { what, offset: list };
