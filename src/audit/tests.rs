@@ -1314,4 +1314,240 @@ trap - EXIT
     fn an_unreadable_software_hive_on_ntfs_is_a_problem() {
         check_unreadable_hive(Volume::Ntfs);
     }
+
+    /// Symbolic links where the audit looks for files (ntfs-3g writes them as Interix links,
+    /// the NTFS reader follows them): what they lead to is audited under the link's name, as
+    /// Windows opens it; a link that leads nowhere is a problem; a link of another name is
+    /// none of the audit's business.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn symlinked_files_on_ntfs_are_followed() {
+        let t = Tree::new();
+        let key = t.keygen("k", "ed25519", "", "");
+        let id = t.keygen("id", "ed25519", "", "");
+        t.put("/Keep/admin_keys", format!("{}\n", key.public));
+        t.link(
+            "/ProgramData/ssh/administrators_authorized_keys",
+            "../../Keep/admin_keys",
+        );
+        t.plant_private("/Keep/host", &id, true);
+        t.link("/ProgramData/ssh/ssh_host_ed25519_key", "../../Keep/host");
+        t.link("/ProgramData/ssh/unrelated", "nowhere");
+        t.put(
+            "/Keep/answer.xml",
+            answer(&format!(
+                "<AutoLogon><Password><Value>{ADMIN_PW}</Value></Password></AutoLogon>"
+            )),
+        );
+        t.link("/Windows/Panther/unattend.xml", "../../Keep/answer.xml");
+        t.plant_private("/Keep/id", &id, true);
+        t.link("/Users/alice/.ssh/id_ed25519", "../../../Keep/id");
+        t.link("/Users/alice/.ssh/authorized_keys", "../nowhere");
+        let fs = volume(&t, Volume::Ntfs);
+        let audit = scan(fs.as_ref());
+        let codes: Vec<(&str, &str)> = audit
+            .findings
+            .iter()
+            .map(|f| (f.code, f.path.as_str()))
+            .collect();
+        for want in [
+            (
+                "ssh-authorized-key",
+                "/ProgramData/ssh/administrators_authorized_keys",
+            ),
+            ("ssh-host-key", "/ProgramData/ssh/ssh_host_ed25519_key"),
+            ("unattend-password", "/Windows/Panther/unattend.xml"),
+            ("ssh-private-key", "/Users/alice/.ssh/id_ed25519"),
+        ] {
+            assert!(codes.contains(&want), "{want:?} not in {audit:#?}");
+        }
+        assert_eq!(
+            audit.problems,
+            [
+                "/Users/alice/.ssh/authorized_keys: a symbolic link that leads to nothing on this \
+              volume; what it stands for was not audited"
+            ],
+            "{audit:#?}"
+        );
+    }
+
+    /// A SOFTWARE hive laid out by hand (msuhanov's "Windows registry file format
+    /// specification"): hostile shapes hivex would take minutes to write.
+    struct HiveBytes {
+        /// The hive bins data: one hbin header, then cells.
+        bins: Vec<u8>,
+    }
+
+    impl HiveBytes {
+        fn new() -> HiveBytes {
+            HiveBytes {
+                bins: vec![0u8; 32],
+            }
+        }
+
+        /// An allocated cell holding `payload`; its offset.
+        fn cell(&mut self, payload: &[u8]) -> u32 {
+            let at = self.bins.len() as u32;
+            let size = (4 + payload.len() + 7) & !7;
+            self.bins.extend((-(size as i32)).to_le_bytes());
+            self.bins.extend(payload);
+            self.bins.resize(at as usize + size, 0);
+            at
+        }
+
+        /// An `li` subkey list of `keys`.
+        fn li(&mut self, keys: &[u32]) -> u32 {
+            let mut p = b"li".to_vec();
+            p.extend((keys.len() as u16).to_le_bytes());
+            for k in keys {
+                p.extend(k.to_le_bytes());
+            }
+            self.cell(&p)
+        }
+
+        /// A key `name` (stored one byte per character) with `count` subkeys listed at `list`.
+        fn nk_list(&mut self, name: &str, count: usize, list: u32) -> u32 {
+            let mut p = vec![0u8; 76];
+            p[..2].copy_from_slice(b"nk");
+            p[2..4].copy_from_slice(&0x20u16.to_le_bytes());
+            p[20..24].copy_from_slice(&(count as u32).to_le_bytes());
+            p[28..32].copy_from_slice(&list.to_le_bytes());
+            p[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+            p[72..74].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            p.extend(name.as_bytes());
+            self.cell(&p)
+        }
+
+        /// A key `name` with the subkeys `keys`.
+        fn nk(&mut self, name: &str, keys: &[u32]) -> u32 {
+            let list = if keys.is_empty() {
+                u32::MAX
+            } else {
+                self.li(keys)
+            };
+            self.nk_list(name, keys.len(), list)
+        }
+
+        /// The hive file, its root key at `root`.
+        fn finish(mut self, root: u32) -> Vec<u8> {
+            let len = self.bins.len().div_ceil(4096) * 4096;
+            self.bins.resize(len, 0);
+            self.bins[..4].copy_from_slice(b"hbin");
+            self.bins[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+            let mut base = vec![0u8; 4096];
+            for (at, v) in [
+                (0, u32::from_le_bytes(*b"regf")),
+                (4, 1),
+                (8, 1),
+                (20, 1),
+                (24, 5),
+                (32, 1),
+                (36, root),
+                (40, len as u32),
+                (44, 1),
+            ] {
+                base[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            let sum = (0..127).fold(0u32, |x, i| {
+                x ^ u32::from_le_bytes(base[i * 4..i * 4 + 4].try_into().unwrap())
+            });
+            base[508..512].copy_from_slice(&sum.to_le_bytes());
+            base.extend(self.bins);
+            base
+        }
+    }
+
+    /// A root with `Cloudbase Solutions\Cloudbase-Init` holding `ids`, and `Wow6432Node`
+    /// leading to the very same `Cloudbase Solutions` key (cells shared, as a hostile hive may).
+    fn cloudbase_hive(h: &mut HiveBytes, ids: &[u32]) -> Vec<u8> {
+        let init = h.nk("Cloudbase-Init", ids);
+        let solutions = h.nk("Cloudbase Solutions", &[init]);
+        let wow = h.nk("Wow6432Node", &[solutions]);
+        let root = h.nk("ROOT", &[solutions, wow]);
+        std::mem::replace(h, HiveBytes::new()).finish(root)
+    }
+
+    /// The audit of a FAT volume holding only `software` as its SOFTWARE hive, timed.
+    fn audit_software(software: Vec<u8>) -> (Audit, std::time::Duration) {
+        let t = Tree::new();
+        t.put("/Windows/System32/config/SOFTWARE", software);
+        let fs = volume(&t, Volume::Fat);
+        let start = std::time::Instant::now();
+        let audit = scan(fs.as_ref());
+        (audit, start.elapsed())
+    }
+
+    /// 20,000 Cloudbase-Init instance ids, under both base keys: the first 4,096 are looked
+    /// into (a planted state among them is found), the rest are a problem (the audit is
+    /// incomplete), and the whole takes well under the minutes a walk from the root per id did.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn many_cloudbase_init_ids_are_capped() {
+        let mut h = HiveBytes::new();
+        let plugins = h.nk("Plugins", &[]);
+        let ids: Vec<u32> = (0..20_000)
+            .map(|i| match i {
+                100 => h.nk("i-planted", &[plugins]),
+                _ => h.nk(&format!("i-{i:05}"), &[]),
+            })
+            .collect();
+        let (audit, took) = audit_software(cloudbase_hive(&mut h, &ids));
+        assert!(took.as_secs_f64() < 2.0, "{took:?}");
+        let cap = |key: &str| {
+            format!(
+                "/Windows/System32/config/SOFTWARE: {key}: 20000 instance ids, only the first \
+                 4096 audited: Cloudbase-Init state not audited in full"
+            )
+        };
+        assert_eq!(
+            audit.problems,
+            [
+                cap("Cloudbase Solutions\\Cloudbase-Init"),
+                cap("Wow6432Node\\Cloudbase Solutions\\Cloudbase-Init"),
+            ],
+            "{audit:#?}"
+        );
+        assert_eq!(audit.findings.len(), 2, "{audit:#?}");
+        for f in &audit.findings {
+            assert_eq!((f.severity, f.code), (Severity::Low, "cloud-agent-state"));
+            assert!(f.message.contains("\\i-planted\\Plugins"), "{f:?}");
+        }
+    }
+
+    /// Instance ids that all lead to one long subkey list: more cells than the check's budget,
+    /// which is a problem (not audited), never a clean answer.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn an_exhausted_hive_budget_is_a_problem() {
+        let mut h = HiveBytes::new();
+        let other = h.nk("Other", &[]);
+        let shared = h.li(&[other; 1000]);
+        let ids: Vec<u32> = (0..3000)
+            .map(|i| h.nk_list(&format!("i-{i:04}"), 1000, shared))
+            .collect();
+        let (audit, took) = audit_software(cloudbase_hive(&mut h, &ids));
+        assert!(took.as_secs_f64() < 2.0, "{took:?}");
+        assert!(audit.findings.is_empty(), "{audit:#?}");
+        assert!(!audit.problems.is_empty());
+        assert!(
+            audit.problems.iter().all(|p| p.starts_with(
+                "/Windows/System32/config/SOFTWARE: Cloudbase Solutions\\Cloudbase-Init: \
+                 Cloudbase-Init state not audited: the lookup visited over"
+            ) || p.starts_with(
+                "/Windows/System32/config/SOFTWARE: Wow6432Node\\Cloudbase Solutions\\\
+                 Cloudbase-Init: Cloudbase-Init state not audited: the lookup visited over"
+            )),
+            "{:?}",
+            audit.problems
+        );
+    }
 }

@@ -10,7 +10,7 @@
 
 use super::{Finding, Scanner, Severity, join, printable};
 use crate::fs::Kind;
-use crate::ondisk::regf::Hive;
+use crate::ondisk::regf::{self, Budget, Hive};
 
 /// Largest registry hive read (the SOFTWARE hive of a real Windows Server is 50 to 150 MiB).
 pub const MAX_HIVE: u64 = 256 << 20;
@@ -21,6 +21,9 @@ const MAX_DEPTH: usize = 64;
 /// Most characters of an element's text kept: enough to tell empty, `true`/`false` and
 /// Setup's `*SENSITIVE*DATA*DELETED*` apart, never the whole of a long value.
 const MAX_CAPTURE: usize = 64;
+/// Cloudbase-Init instance ids looked into per base key: an image keeps the ids of the few
+/// instances it ran on; more are reported as not audited rather than walked.
+const MAX_CLOUDBASE_IDS: usize = 4096;
 
 const FIX_AUTHORIZED_KEY: &str = "remove the key (or the whole file) from the image; give each \
      instance its keys at first boot (user data or the cloud agent) instead";
@@ -146,14 +149,17 @@ impl Scanner<'_> {
         const SSH: &str = "/ProgramData/ssh";
         if self.meta(SSH).is_some_and(|m| m.kind == Kind::Dir) {
             for entry in self.list(SSH).unwrap_or_default() {
-                if entry.kind != Kind::File {
-                    continue;
-                }
                 let name = entry.name.to_ascii_lowercase();
                 let path = join(SSH, &entry.name);
-                if name == "administrators_authorized_keys" {
+                let admin_keys = name == "administrators_authorized_keys";
+                let host_key = name.starts_with("ssh_host_") && name.ends_with("_key");
+                // The name first: a link elsewhere in the directory is not this audit's concern.
+                if !(admin_keys || host_key) || !self.is_file(&path, entry.kind) {
+                    continue;
+                }
+                if admin_keys {
                     self.authorized_keys(&path, FIX_AUTHORIZED_KEY);
-                } else if name.starts_with("ssh_host_") && name.ends_with("_key") {
+                } else {
                     self.host_key(&path, FIX_HOST_KEY);
                 }
             }
@@ -177,17 +183,45 @@ impl Scanner<'_> {
                 continue;
             }
             for file in self.list(&ssh).unwrap_or_default() {
-                if file.kind != Kind::File {
-                    continue;
-                }
                 let name = file.name.to_ascii_lowercase();
                 let path = join(&ssh, &file.name);
-                if name == "authorized_keys" {
+                let authorized = name == "authorized_keys";
+                let private = name.starts_with("id_") && !name.ends_with(".pub");
+                if !(authorized || private) || !self.is_file(&path, file.kind) {
+                    continue;
+                }
+                if authorized {
                     self.authorized_keys(&path, FIX_AUTHORIZED_KEY);
-                } else if name.starts_with("id_") && !name.ends_with(".pub") {
+                } else {
                     self.private_key(&path);
                 }
             }
+        }
+    }
+
+    /// Whether the directory entry `path` of kind `kind` is a file to audit: a file, or a
+    /// symbolic link (an NTFS reparse point the reader follows) that leads to one, as Windows
+    /// opens the file it leads to. A link that cannot be followed is a problem: what it stands
+    /// for was not audited. Only the paths of files that matter are asked, so a link to
+    /// nowhere elsewhere is no problem.
+    fn is_file(&mut self, path: &str, kind: Kind) -> bool {
+        match kind {
+            Kind::File => true,
+            Kind::Symlink => match self.fs.metadata(path) {
+                Ok(meta) => meta.kind == Kind::File,
+                Err(e) if e.is_not_found() => {
+                    self.problem(format!(
+                        "{path}: a symbolic link that leads to nothing on this volume; what it \
+                         stands for was not audited"
+                    ));
+                    false
+                }
+                Err(e) => {
+                    self.fs_problem(&e);
+                    false
+                }
+            },
+            _ => false,
         }
     }
 
@@ -220,12 +254,12 @@ impl Scanner<'_> {
                 continue;
             }
             for entry in self.list(dir).unwrap_or_default() {
-                let answer = entry.kind == Kind::File
-                    && ANSWER_NAMES
-                        .iter()
-                        .any(|n| entry.name.eq_ignore_ascii_case(n));
-                if answer {
-                    self.answer_file(&join(dir, &entry.name));
+                let named = ANSWER_NAMES
+                    .iter()
+                    .any(|n| entry.name.eq_ignore_ascii_case(n));
+                let path = join(dir, &entry.name);
+                if named && self.is_file(&path, entry.kind) {
+                    self.answer_file(&path);
                 }
             }
         }
@@ -426,7 +460,9 @@ impl Scanner<'_> {
     /// new instance runs them again: **low**, left over from the build (it names the build
     /// instance), not a first boot skipped.
     ///
-    /// A hive that exists but cannot be read is a problem: this part was not audited.
+    /// A hive that exists but cannot be read is a problem: this part was not audited. So are
+    /// more than [`MAX_CLOUDBASE_IDS`] instance ids under one base key, and a hive whose keys
+    /// here take more cells than one lookup's budget (shared by the whole check).
     fn cloudbase_init(&mut self) {
         const SOFTWARE: &str = "/Windows/System32/config/SOFTWARE";
         // Cloudbase-Init's installer is 64-bit; a 32-bit one on 64-bit Windows writes under
@@ -458,19 +494,32 @@ impl Scanner<'_> {
                 return;
             }
         };
+        // One budget of cells for the whole check, both bases included: Wow6432Node may lead
+        // to the same cells as the 64-bit key, and each instance id is looked into from its
+        // own key, not from the root again, so the work grows with the hive, not its square.
+        let mut budget = Budget::new();
         let mut found = Vec::new();
         for base in BASES {
             let key_name = base.join("\\");
-            let ids = match hive.subkeys(base) {
-                Ok(ids) => ids,
+            let not_audited = |e: regf::Error| {
+                format!("{SOFTWARE}: {key_name}: Cloudbase-Init state not audited: {e}")
+            };
+            let ids = match hive.key_at(base, &mut budget) {
+                Ok(None) => Vec::new(),
+                Ok(Some(key)) => match hive.subkeys_of(key, &mut budget) {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        self.problem(not_audited(e));
+                        continue;
+                    }
+                },
                 Err(e) => {
-                    self.problem(format!(
-                        "{SOFTWARE}: {key_name}: Cloudbase-Init state not audited: {e}"
-                    ));
+                    self.problem(not_audited(e));
                     continue;
                 }
             };
-            for id in ids {
+            let mut examined = 0;
+            for (id, key) in &ids {
                 if id.eq_ignore_ascii_case("Plugins") {
                     found.push(Finding {
                         severity: Severity::Medium,
@@ -485,14 +534,27 @@ impl Scanner<'_> {
                     });
                     continue;
                 }
-                let mut path = base.to_vec();
-                path.push(&id);
-                let plugins = match hive.subkeys(&path) {
-                    Ok(sub) => sub.iter().any(|s| s.eq_ignore_ascii_case("Plugins")),
+                if examined == MAX_CLOUDBASE_IDS {
+                    // A real image keeps the ids of the few instances it ran on; thousands are
+                    // a hostile hive, and what the rest hold was not looked at.
+                    self.problem(format!(
+                        "{SOFTWARE}: {key_name}: {} instance ids, only the first \
+                         {MAX_CLOUDBASE_IDS} audited: Cloudbase-Init state not audited in full",
+                        ids.len()
+                    ));
+                    break;
+                }
+                examined += 1;
+                let plugins = match hive.subkey(*key, "Plugins", &mut budget) {
+                    Ok(plugins) => plugins.is_some(),
+                    Err(regf::Error::Budget) => {
+                        self.problem(not_audited(regf::Error::Budget));
+                        break;
+                    }
                     Err(e) => {
                         self.problem(format!(
                             "{SOFTWARE}: {key_name}\\{}: not audited: {e}",
-                            printable(&id, 64)
+                            printable(id, 64)
                         ));
                         continue;
                     }
@@ -506,8 +568,8 @@ impl Scanner<'_> {
                             "SOFTWARE\\{key_name}\\{}\\Plugins: Cloudbase-Init's record of the \
                              plugins it ran on instance {:?} (the one the image was made on); \
                              an instance with another id runs them again",
-                            printable(&id, 64),
-                            printable(&id, 64)
+                            printable(id, 64),
+                            printable(id, 64)
                         ),
                         fix: FIX_CLOUDBASE.to_owned(),
                     });

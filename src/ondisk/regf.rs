@@ -61,7 +61,8 @@ pub enum Error {
         /// The cell's offset, relative to the hive bins data.
         offset: u32,
     },
-    /// A lookup visited more cells than any real hive needs.
+    /// A lookup (or the lookups sharing one [`Budget`]) visited more cells than any real hive
+    /// needs.
     #[error("the lookup visited over {CELL_BUDGET} cells")]
     Budget,
 }
@@ -76,6 +77,39 @@ pub enum Value {
     /// Any other type (its number), or a DWORD that is not 4 bytes.
     Other(u32),
 }
+
+/// Cells a walk may still visit, shared by several lookups so that a caller that lists a key
+/// and then looks into each subkey is bounded as a whole, not per lookup (a fresh budget per
+/// subkey would let a hive of many subkeys cost many budgets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget(usize);
+
+impl Budget {
+    /// The budget of one lookup ([`Hive::value`], [`Hive::subkeys`]): 2^20 cells.
+    pub fn new() -> Budget {
+        Budget(CELL_BUDGET)
+    }
+
+    /// Cells still to visit.
+    pub fn left(&self) -> usize {
+        self.0
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget::new()
+    }
+}
+
+/// A key of a hive, as found by [`Hive::key_at`] or [`Hive::subkeys_of`]: the offset of its
+/// key node, valid for the hive it came from only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef(u32);
+
+/// What [`Hive::each_subkey`] calls with each key of a list: its offset, stored name and
+/// whether the name is one byte per character; an offset returned stops the walk.
+type Visit<'v> = dyn FnMut(u32, &[u8], bool) -> Result<Option<u32>, Error> + 'v;
 
 /// A hive held in memory (the caller reads the file with a cap).
 pub struct Hive<'a> {
@@ -225,34 +259,75 @@ impl<'a> Hive<'a> {
     /// takes a partial list for the whole), and a name over 512 bytes is damage (Windows
     /// limits key names to 255 characters).
     pub fn subkeys(&self, path: &[&str]) -> Result<Vec<String>, Error> {
-        let mut budget = CELL_BUDGET;
-        let Some(key) = self.key(path, &mut budget)? else {
+        let mut budget = Budget::new();
+        let Some(key) = self.key_at(path, &mut budget)? else {
             return Ok(Vec::new());
         };
-        let nk = self.nk(key, &mut budget)?;
+        let keys = self.subkeys_of(key, &mut budget)?;
+        Ok(keys.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// The key at `path` from the root, or `None` when it does not exist; the cells visited
+    /// are taken from `budget`.
+    pub fn key_at(&self, path: &[&str], budget: &mut Budget) -> Result<Option<KeyRef>, Error> {
+        Ok(self.key(path, &mut budget.0)?.map(KeyRef))
+    }
+
+    /// The subkey `name` of `key` (compared without regard to case), or `None`; the cells
+    /// visited are taken from `budget`.
+    pub fn subkey(
+        &self,
+        key: KeyRef,
+        name: &str,
+        budget: &mut Budget,
+    ) -> Result<Option<KeyRef>, Error> {
+        let nk = self.nk(key.0, &mut budget.0)?;
+        let count = le32(nk, 20).unwrap_or(0) as usize;
+        let list = le32(nk, 28).unwrap_or(NONE);
+        if count == 0 || list == NONE {
+            return Ok(None);
+        }
+        Ok(self.find_subkey(list, name, &mut budget.0)?.map(KeyRef))
+    }
+
+    /// The subkeys of `key` with their names, in the order the hive lists them, bounded as
+    /// [`Hive::subkeys`] (at most 65,536, names of at most 512 bytes); the cells visited are
+    /// taken from `budget`. Looking into each subkey through its [`KeyRef`] costs the cells of
+    /// that subkey only, where [`Hive::subkeys`] on its path would walk from the root again.
+    pub fn subkeys_of(
+        &self,
+        key: KeyRef,
+        budget: &mut Budget,
+    ) -> Result<Vec<(String, KeyRef)>, Error> {
+        let nk = self.nk(key.0, &mut budget.0)?;
         let count = le32(nk, 20).unwrap_or(0) as usize;
         let list = le32(nk, 28).unwrap_or(NONE);
         if count == 0 || list == NONE {
             return Ok(Vec::new());
         }
-        let mut names = Vec::new();
-        self.each_subkey(list, &mut budget, true, &mut |element, raw, compressed| {
-            if names.len() >= MAX_LIST {
-                return Err(Error::Damaged {
-                    what: "more subkeys than a listing returns",
-                    offset: list,
-                });
-            }
-            if raw.len() > MAX_NAME {
-                return Err(Error::Damaged {
-                    what: "key name too long",
-                    offset: element,
-                });
-            }
-            names.push(decode_name(raw, compressed));
-            Ok(None)
-        })?;
-        Ok(names)
+        let mut keys = Vec::new();
+        self.each_subkey(
+            list,
+            &mut budget.0,
+            true,
+            &mut |element, raw, compressed| {
+                if keys.len() >= MAX_LIST {
+                    return Err(Error::Damaged {
+                        what: "more subkeys than a listing returns",
+                        offset: list,
+                    });
+                }
+                if raw.len() > MAX_NAME {
+                    return Err(Error::Damaged {
+                        what: "key name too long",
+                        offset: element,
+                    });
+                }
+                keys.push((decode_name(raw, compressed), KeyRef(element)));
+                Ok(None)
+            },
+        )?;
+        Ok(keys)
     }
 
     /// The key at `path` from the root, or `None`.
@@ -301,7 +376,7 @@ impl<'a> Hive<'a> {
         list: u32,
         budget: &mut usize,
         may_be_root: bool,
-        visit: &mut dyn FnMut(u32, &[u8], bool) -> Result<Option<u32>, Error>,
+        visit: &mut Visit<'_>,
     ) -> Result<Option<u32>, Error> {
         let cell = self.cell(list, budget)?;
         let damaged = |what| Error::Damaged { what, offset: list };
@@ -564,6 +639,53 @@ mod tests {
             let _ = h.subkeys(&["Cloudbase Solutions", "Cloudbase-Init"]);
             let _ = h.subkeys(&[]);
         }
+    }
+
+    /// Keys found by [`Hive::key_at`] and listed by [`Hive::subkeys_of`] are those
+    /// [`Hive::subkeys`] names; [`Hive::subkey`] looks into one from its [`KeyRef`]; every call
+    /// takes its cells from the one budget given, and an exhausted budget is an error.
+    #[test]
+    #[cfg_attr(
+        not(feature = "tool-tests"),
+        ignore = "calls external tools: run with --features tool-tests"
+    )]
+    fn walks_share_one_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        hives_with(
+            dir.path(),
+            "generalized",
+            &["--cloudbase-init", "i-1", "--cloudbase-init", "i-2"],
+        );
+        let software = std::fs::read(dir.path().join("SOFTWARE")).unwrap();
+        let h = Hive::parse(&software).unwrap();
+        let base = ["Cloudbase Solutions", "Cloudbase-Init"];
+        let mut budget = Budget::new();
+        let key = h.key_at(&base, &mut budget).unwrap().unwrap();
+        let after_lookup = budget.left();
+        assert!(after_lookup < Budget::new().left());
+        let ids = h.subkeys_of(key, &mut budget).unwrap();
+        assert!(budget.left() < after_lookup);
+        let names: Vec<&str> = ids.iter().map(|(n, _)| n.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["i-1", "i-2"]);
+        assert_eq!(names, h.subkeys(&base).unwrap());
+        for (_, id) in &ids {
+            let plugins = h.subkey(*id, "PLUGINS", &mut budget).unwrap();
+            assert!(plugins.is_some());
+            assert!(h.subkey(*id, "Other", &mut budget).unwrap().is_none());
+            assert!(
+                h.subkeys_of(plugins.unwrap(), &mut budget)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        assert!(h.key_at(&["Nope"], &mut budget).unwrap().is_none());
+        // A budget that runs out is an error, not a shorter answer.
+        let mut small = Budget(3);
+        assert_eq!(h.key_at(&base, &mut small), Err(Error::Budget));
+        let mut small = Budget(2);
+        assert_eq!(h.subkeys_of(key, &mut small), Err(Error::Budget));
     }
 
     #[test]
