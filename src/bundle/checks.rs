@@ -210,12 +210,17 @@ pub fn decide(
     let mut warnings = Vec::new();
     // An NTFS volume that could not be read may hold a Windows that sysprep has not
     // generalized: fail closed, as for a Windows whose state is known to be wrong.
-    if !summary.windows && !summary.windows_unknown.is_empty() {
+    if !summary.windows_unknown.is_empty() {
         let why = summary.windows_unknown.join("; ");
         if checks.sysprep {
+            let what = if summary.windows {
+                "whether an NTFS volume beside the Windows one holds another Windows is not known"
+            } else {
+                "whether this is a Windows image is not known"
+            };
             return Err(fail(format!(
-                "whether this is a Windows image is not known ({why}), so whether sysprep \
-                 generalized it cannot be checked (--no-sysprep-check {anyway} it anyway)"
+                "{what} ({why}), so whether sysprep generalized it cannot be checked \
+                 (--no-sysprep-check {anyway} it anyway)"
             )));
         }
         warnings.push(format!(

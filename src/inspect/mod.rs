@@ -183,8 +183,8 @@ pub struct Summary {
     /// Whether sysprep generalized the Windows installation, with the evidence.
     pub sysprep: Option<windows::Sysprep>,
     /// NTFS volumes of which it is not known whether they hold Windows, with the reason, one
-    /// line each (the volumes' problems say the same in the JSON report); empty when Windows
-    /// was found.
+    /// line each (the volumes' problems say the same in the JSON report), whether or not
+    /// Windows was found on another volume.
     #[serde(skip)]
     pub windows_unknown: Vec<String>,
     /// Contradictions between pieces of evidence.
@@ -622,11 +622,10 @@ pub fn summarize(disk: &DiskReport) -> Summary {
         .volumes
         .iter()
         .find_map(|v| v.windows.as_ref().map(|w| (v, w)));
-    if win.is_none() {
-        for v in &disk.volumes {
-            if let Some(why) = &v.windows_unknown {
-                s.windows_unknown.push(format!("{}: {why}", prefix(v)));
-            }
+    // Also when Windows was found elsewhere: an unreadable NTFS volume may hold another one.
+    for v in &disk.volumes {
+        if let Some(why) = &v.windows_unknown {
+            s.windows_unknown.push(format!("{}: {why}", prefix(v)));
         }
     }
     if let Some((v, w)) = win {

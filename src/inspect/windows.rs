@@ -165,11 +165,12 @@ pub fn decide_sysprep(inputs: &SysprepInputs) -> Sysprep {
             return unknown(evidence);
         }
     };
+    // State.ini that exists but cannot be read may disagree with the registry: unknown.
     let ini = match &inputs.state_ini {
         Ok(v) => v.clone(),
         Err(e) => {
             evidence.push(format!("{STATE_INI_NAME}: {e}"));
-            None
+            return unknown(evidence);
         }
     };
     if let Some(v) = &registry {
@@ -267,6 +268,24 @@ fn dword(hive: &Hive<'_>, path: &[&str], name: &str) -> Result<Option<u32>, Stri
     }
 }
 
+/// The SYSTEM hive's `Setup` values. A value that cannot be read is not an absent one: the
+/// result is then an error (and the sysprep state unknown).
+fn setup_values(h: &Hive<'_>) -> Result<SetupValues, String> {
+    let read = || -> Result<SetupValues, String> {
+        Ok(SetupValues {
+            system_setup_in_progress: dword(h, &["Setup"], "SystemSetupInProgress")?,
+            setup_type: dword(h, &["Setup"], "SetupType")?,
+            cmd_line: string(h, &["Setup"], "CmdLine")?,
+            generalization_state: dword(
+                h,
+                &["Setup", "Status", "SysprepStatus"],
+                "GeneralizationState",
+            )?,
+        })
+    };
+    read().map_err(|e| format!(r"SYSTEM\Setup: {e}"))
+}
+
 /// Whether `path` is a regular file; an error other than "not found" is the error's text.
 fn is_file(fs: &dyn FileSystem, path: &str) -> Result<bool, String> {
     match fs.metadata(path) {
@@ -343,8 +362,10 @@ pub fn read(
     let system_there = is_file(fs, SYSTEM_HIVE);
     match (kernel_there, system_there) {
         (Ok(true), Ok(true)) => {}
-        (Ok(false), _) | (_, Ok(false)) => return Ok(None),
+        // On a damaged volume, "not found" for one path proves little when the other lookup
+        // failed: unknown, never "not Windows".
         (Err(e), _) | (_, Err(e)) => return Err(e),
+        (Ok(false), _) | (_, Ok(false)) => return Ok(None),
     }
     let kernel = match binary::identify(fs, KERNEL) {
         Ok(b) => Some(b),
@@ -395,21 +416,7 @@ pub fn read(
                 Ok(None) => {}
                 Err(e) => problems.push(format!("{SYSTEM_HIVE}: {e}")),
             }
-            // A value that cannot be read is not an absent one: the SYSTEM input is then an
-            // error, and the state unknown.
-            (|| -> Result<SetupValues, String> {
-                Ok(SetupValues {
-                    system_setup_in_progress: dword(h, &["Setup"], "SystemSetupInProgress")?,
-                    setup_type: dword(h, &["Setup"], "SetupType")?,
-                    cmd_line: string(h, &["Setup"], "CmdLine")?,
-                    generalization_state: dword(
-                        h,
-                        &["Setup", "Status", "SysprepStatus"],
-                        "GeneralizationState",
-                    )?,
-                })
-            })()
-            .map_err(|e| format!(r"SYSTEM\Setup: {e}"))
+            setup_values(h)
         }
         Err(e) => {
             problems.push(format!("{SYSTEM_HIVE}: {e}"));
@@ -569,9 +576,15 @@ mod tests {
             assert_eq!(state(&inputs(Ok(values), g)), Unknown);
         }
         assert_eq!(state(&inputs(Ok(setup(1, 1)), g)), Generalized);
-        // A SYSTEM\Setup value that cannot be read is an unreadable SYSTEM input, not absent.
-        let s = decide_sysprep(&inputs(Err(r"SYSTEM\Setup: damaged at 0x20"), g));
+        // State.ini that cannot be read: unknown, whatever the registry says.
+        let mut i = inputs(Ok(setup(1, 2)), g);
+        i.state_ini = Err("over 65536 bytes".into());
+        let s = decide_sysprep(&i);
         assert_eq!(s.state, Unknown);
+        assert_eq!(
+            s.evidence,
+            [r"Windows\Setup\State\State.ini: over 65536 bytes"]
+        );
         // Row 9: ImageState missing or unrecognised.
         assert_eq!(state(&inputs(Ok(setup(1, 2)), None)), Unknown);
         assert_eq!(
@@ -583,6 +596,106 @@ mod tests {
             state(&inputs(Ok(setup(0, 0)), Some("IMAGE_STATE_COMPLETE"))),
             NotGeneralized
         );
+    }
+
+    /// A `Setup` value that cannot be read (its value list points outside the hive) makes the
+    /// SYSTEM input an error, not absent values; a `Setup` key without values reads as absent.
+    #[test]
+    fn unreadable_setup_values_are_an_error() {
+        use crate::ondisk::regf::test_hive::HiveBytes;
+        let mut h = HiveBytes::new();
+        let list = h.cell(&0x7fff_0000u32.to_le_bytes());
+        let setup = h.nk_values("Setup", 1, list);
+        let root = h.nk("ROOT", &[setup]);
+        let bytes = h.finish(root);
+        let hive = Hive::parse(&bytes).expect("the hive parses");
+        let e = setup_values(&hive).expect_err("a value outside the hive");
+        assert!(e.starts_with(r"SYSTEM\Setup: "), "{e}");
+
+        let mut h = HiveBytes::new();
+        let setup = h.nk("Setup", &[]);
+        let root = h.nk("ROOT", &[setup]);
+        let bytes = h.finish(root);
+        let hive = Hive::parse(&bytes).expect("the hive parses");
+        assert_eq!(setup_values(&hive), Ok(SetupValues::default()));
+    }
+
+    /// An NTFS volume (as far as `read` can tell) where looking up one path fails and the
+    /// other is not there.
+    struct HalfBroken {
+        broken: &'static str,
+    }
+
+    impl FileSystem for HalfBroken {
+        fn name(&self) -> &std::path::Path {
+            std::path::Path::new("half-broken")
+        }
+        fn kind(&self) -> &'static str {
+            "ntfs"
+        }
+        fn read_dir(
+            &self,
+            path: &str,
+            _: usize,
+        ) -> Result<Vec<crate::fs::Entry>, crate::fs::Error> {
+            Err(self.error(path))
+        }
+        fn metadata(&self, path: &str) -> Result<crate::fs::Meta, crate::fs::Error> {
+            Err(self.error(path))
+        }
+        fn symlink_metadata(&self, path: &str) -> Result<crate::fs::Meta, crate::fs::Error> {
+            Err(self.error(path))
+        }
+        fn read_link(&self, path: &str) -> Result<String, crate::fs::Error> {
+            Err(self.error(path))
+        }
+        fn read_at(&self, path: &str, _: u64, _: &mut [u8]) -> Result<usize, crate::fs::Error> {
+            Err(self.error(path))
+        }
+        fn read_to_vec(&self, path: &str, _: u64) -> Result<Vec<u8>, crate::fs::Error> {
+            Err(self.error(path))
+        }
+    }
+
+    impl HalfBroken {
+        fn error(&self, path: &str) -> crate::fs::Error {
+            let name = std::path::PathBuf::from("half-broken");
+            crate::fs::Error::from(if path == self.broken {
+                crate::fs::ntfs::Error::Corrupt {
+                    name,
+                    path: Some(path.to_owned()),
+                    reason: "a loop in its B-tree".into(),
+                }
+            } else {
+                crate::fs::ntfs::Error::NotFound {
+                    name,
+                    path: path.to_owned(),
+                }
+            })
+        }
+    }
+
+    /// A failed lookup of the kernel or of the SYSTEM hive makes "Windows unknown", even when
+    /// the other path is simply not there: never "not Windows".
+    #[test]
+    fn a_failed_lookup_is_unknown_not_absent() {
+        for broken in [KERNEL, SYSTEM_HIVE] {
+            let mut problems = Vec::new();
+            let got = read(&HalfBroken { broken }, &mut problems);
+            let e = got.expect_err(broken);
+            assert!(
+                e.contains(broken) && e.contains("a loop in its B-tree"),
+                "{e}"
+            );
+        }
+        let mut problems = Vec::new();
+        let got = read(
+            &HalfBroken {
+                broken: "/elsewhere",
+            },
+            &mut problems,
+        );
+        assert!(matches!(got, Ok(None)), "{problems:?}");
     }
 
     #[test]

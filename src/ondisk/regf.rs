@@ -514,6 +514,110 @@ fn utf16_until_nul(data: &[u8]) -> String {
     String::from_utf16_lossy(&units)
 }
 
+/// Hives written byte by byte in tests, for shapes hivex cannot make (shared cells, values
+/// pointing outside the hive).
+#[cfg(test)]
+pub(crate) mod test_hive {
+    /// A hive laid out by hand (msuhanov's "Windows registry file format
+    /// specification"): hostile shapes hivex would take minutes to write.
+    pub(crate) struct HiveBytes {
+        /// The hive bins data: one hbin header, then cells.
+        bins: Vec<u8>,
+    }
+
+    impl HiveBytes {
+        pub(crate) fn new() -> HiveBytes {
+            HiveBytes {
+                bins: vec![0u8; 32],
+            }
+        }
+
+        /// An allocated cell holding `payload`; its offset.
+        pub(crate) fn cell(&mut self, payload: &[u8]) -> u32 {
+            let at = self.bins.len() as u32;
+            let size = (4 + payload.len() + 7) & !7;
+            self.bins.extend((-(size as i32)).to_le_bytes());
+            self.bins.extend(payload);
+            self.bins.resize(at as usize + size, 0);
+            at
+        }
+
+        /// An `li` subkey list of `keys`.
+        pub(crate) fn li(&mut self, keys: &[u32]) -> u32 {
+            let mut p = b"li".to_vec();
+            p.extend((keys.len() as u16).to_le_bytes());
+            for k in keys {
+                p.extend(k.to_le_bytes());
+            }
+            self.cell(&p)
+        }
+
+        /// A key `name` (stored one byte per character) with `count` subkeys listed at `list`.
+        pub(crate) fn nk_list(&mut self, name: &str, count: usize, list: u32) -> u32 {
+            let mut p = vec![0u8; 76];
+            p[..2].copy_from_slice(b"nk");
+            p[2..4].copy_from_slice(&0x20u16.to_le_bytes());
+            p[20..24].copy_from_slice(&(count as u32).to_le_bytes());
+            p[28..32].copy_from_slice(&list.to_le_bytes());
+            p[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+            p[72..74].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            p.extend(name.as_bytes());
+            self.cell(&p)
+        }
+
+        /// A key `name` without subkeys whose value list, of `count` values, is at `values`.
+        pub(crate) fn nk_values(&mut self, name: &str, count: u32, values: u32) -> u32 {
+            let mut p = vec![0u8; 76];
+            p[..2].copy_from_slice(b"nk");
+            p[2..4].copy_from_slice(&0x20u16.to_le_bytes());
+            p[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+            p[36..40].copy_from_slice(&count.to_le_bytes());
+            p[40..44].copy_from_slice(&values.to_le_bytes());
+            p[72..74].copy_from_slice(&(name.len() as u16).to_le_bytes());
+            p.extend(name.as_bytes());
+            self.cell(&p)
+        }
+
+        /// A key `name` with the subkeys `keys`.
+        pub(crate) fn nk(&mut self, name: &str, keys: &[u32]) -> u32 {
+            let list = if keys.is_empty() {
+                u32::MAX
+            } else {
+                self.li(keys)
+            };
+            self.nk_list(name, keys.len(), list)
+        }
+
+        /// The hive file, its root key at `root`.
+        pub(crate) fn finish(mut self, root: u32) -> Vec<u8> {
+            let len = self.bins.len().div_ceil(4096) * 4096;
+            self.bins.resize(len, 0);
+            self.bins[..4].copy_from_slice(b"hbin");
+            self.bins[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+            let mut base = vec![0u8; 4096];
+            for (at, v) in [
+                (0, u32::from_le_bytes(*b"regf")),
+                (4, 1),
+                (8, 1),
+                (20, 1),
+                (24, 5),
+                (32, 1),
+                (36, root),
+                (40, len as u32),
+                (44, 1),
+            ] {
+                base[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            let sum = (0..127).fold(0u32, |x, i| {
+                x ^ u32::from_le_bytes(base[i * 4..i * 4 + 4].try_into().unwrap())
+            });
+            base[508..512].copy_from_slice(&sum.to_le_bytes());
+            base.extend(self.bins);
+            base
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
