@@ -16,6 +16,7 @@ are fixed, but some timestamps of the FAT and ext4 volumes still change from one
 
 import json
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -399,18 +400,9 @@ def fat_images(tmp):
 
 NTFS_FILES = r"""
 set -euo pipefail
-command -v fuser >/dev/null || { echo "fuser (psmisc) is needed to wait for ntfs-3g" >&2; exit 1; }
 img=$1; mnt=$2
-mkdir -p "$mnt"
-ntfs-3g -o compression,streams_interface=xattr "$img" "$mnt"
-unmount() {
-  cd /
-  umount "$mnt" 2>/dev/null || return 0
-  # umount returns before ntfs-3g has written the volume and let go of it.
-  for _ in $(seq 1 200); do fuser -s "$img" 2>/dev/null || return 0; sleep 0.05; done
-  return 1
-}
-trap unmount EXIT
+ntfs3g_mount "$img" "$mnt" -o compression,streams_interface=xattr
+trap 'ntfs3g_unmount "$img" "$mnt"' EXIT
 cd "$mnt"
 mkdir -p Windows/System32/config many c
 echo hello > Windows/System32/ntoskrnl.exe
@@ -421,7 +413,17 @@ seq 1 3000 > c/z.txt
 ln -s Windows/System32 link
 truncate -s 100000 sparse.bin
 echo end >> sparse.bin
+cd /
+trap - EXIT
+ntfs3g_unmount "$img" "$mnt"
 """
+
+
+def with_ntfs3g(script):
+    """`script` with fixtures/ntfs-3g.sh sourced first (ntfs3g_mount; ntfs3g_unmount, which
+    waits for ntfs-3g to have written the image)."""
+    lib = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../fixtures/ntfs-3g.sh")
+    return ". " + shlex.quote(os.path.normpath(lib)) + "\n" + script
 
 
 def ntfs_images(tmp):
@@ -447,7 +449,7 @@ def ntfs_images(tmp):
     with open(img, "wb") as f:
         f.truncate(2 << 20)
     run("mkntfs", "-F", "-Q", "-q", "-c", "512", "-L", "MKOMI", img)
-    run("bash", "-c", NTFS_FILES, "ntfs-files", img, os.path.join(tmp, "ntfs-mnt"))
+    run("bash", "-c", with_ntfs3g(NTFS_FILES), "ntfs-files", img, os.path.join(tmp, "ntfs-mnt"))
     out("ntfs", "ntfs-3g-files", seed(img))
 
 

@@ -735,18 +735,20 @@ mod windows_volumes {
                 let image = t.dir.path().join("win.ntfs");
                 let mnt = t.dir.path().join("mnt");
                 std::fs::create_dir(&mnt).unwrap();
-                let script = r#"set -euo pipefail
+                let script = crate::fs::ntfs::with_ntfs3g(
+                    r#"set -euo pipefail
 img=$1 mnt=$2 tree=$3
 truncate -s 64M "$img"
 mkntfs -F -Q -q -L WINDOWS "$img"
-ntfs-3g "$img" "$mnt"
-trap 'umount "$mnt" 2>/dev/null || fusermount -u "$mnt" 2>/dev/null || true' EXIT
+ntfs3g_mount "$img" "$mnt"
+trap 'ntfs3g_unmount "$img" "$mnt"' EXIT
 cp -r "$tree"/. "$mnt"/
-umount "$mnt"
 trap - EXIT
-"#;
+ntfs3g_unmount "$img" "$mnt"
+"#,
+                );
                 run(Command::new("bash")
-                    .args(["-c", script, "mkntfs"])
+                    .args(["-c", &script, "mkntfs"])
                     .arg(&image)
                     .arg(&mnt)
                     .arg(&tree));

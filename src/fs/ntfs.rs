@@ -1476,6 +1476,16 @@ impl super::FileSystem for Ntfs {
     }
 }
 
+/// `script` with `fixtures/ntfs-3g.sh` sourced first, for the tests that write NTFS volumes
+/// through ntfs-3g (`ntfs3g_mount`, and `ntfs3g_unmount`, which waits for ntfs-3g to finish).
+#[cfg(test)]
+pub(crate) fn with_ntfs3g(script: &str) -> String {
+    format!(
+        ". '{}/fixtures/ntfs-3g.sh'\n{script}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1495,24 +1505,11 @@ mod tests {
     /// symlinks planted as reparse data through `system.ntfs_reparse_data`), then the sha256 of
     /// every regular file as the mount showed it. Arguments: image, mount point, manifest.
     const MAKE: &str = r#"set -euo pipefail
-command -v fuser >/dev/null || { echo "fuser (psmisc) is needed to wait for ntfs-3g" >&2; exit 1; }
 img=$1; mnt=$2; manifest=$3
 truncate -s 16M "$img"
 mkntfs -F -Q -q -L MKOMI "$img"
-mkdir -p "$mnt"
-ntfs-3g -o compression,streams_interface=xattr "$img" "$mnt"
-# Unmounts $mnt and waits for ntfs-3g to have written and closed $img (umount returns first).
-unmount() {
-  cd /
-  umount "$mnt" 2>/dev/null || return 0
-  for _ in $(seq 1 200); do
-    fuser -s "$img" 2>/dev/null || return 0
-    sleep 0.05
-  done
-  echo "ntfs-3g still holds $img" >&2
-  return 1
-}
-trap unmount EXIT
+ntfs3g_mount "$img" "$mnt" -o compression,streams_interface=xattr
+trap 'ntfs3g_unmount "$img" "$mnt"' EXIT
 cd "$mnt"
 long="A very long directory name with spaces and ünïcödé that goes on and on"
 mkdir -p Windows/System32/config ProgramData/ssh comp "$long" many
@@ -1557,29 +1554,19 @@ PY
 echo public > Users/Public/readme.txt
 # What the mount shows: every regular file's size and sha256 (links not followed).
 (cd "$mnt" && find . -type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum) > "$manifest" || true
+cd /
+trap - EXIT
+ntfs3g_unmount "$img" "$mnt"
 "#;
 
     /// Makes a small volume (2 MiB, 512-byte clusters) for the mutation loop and the fuzz seeds.
     /// Arguments: image, mount point.
     const MAKE_SMALL: &str = r#"set -euo pipefail
-command -v fuser >/dev/null || { echo "fuser (psmisc) is needed to wait for ntfs-3g" >&2; exit 1; }
 img=$1; mnt=$2
 truncate -s 2M "$img"
 mkntfs -F -Q -q -c 512 -L SMALL "$img" 2>/dev/null
-mkdir -p "$mnt"
-ntfs-3g -o compression,streams_interface=xattr "$img" "$mnt"
-# Unmounts $mnt and waits for ntfs-3g to have written and closed $img (umount returns first).
-unmount() {
-  cd /
-  umount "$mnt" 2>/dev/null || return 0
-  for _ in $(seq 1 200); do
-    fuser -s "$img" 2>/dev/null || return 0
-    sleep 0.05
-  done
-  echo "ntfs-3g still holds $img" >&2
-  return 1
-}
-trap unmount EXIT
+ntfs3g_mount "$img" "$mnt" -o compression,streams_interface=xattr
+trap 'ntfs3g_unmount "$img" "$mnt"' EXIT
 cd "$mnt"
 mkdir -p d/e c
 echo hi > d/e/f.txt
@@ -1591,6 +1578,9 @@ seq 1 5000 > c/z.txt
 ln -s d/e l
 truncate -s 100000 s.bin
 echo end >> s.bin
+cd /
+trap - EXIT
+ntfs3g_unmount "$img" "$mnt"
 "#;
 
     fn run(cmd: &str, args: &[&str]) -> String {
@@ -1621,7 +1611,11 @@ echo end >> s.bin
         let mnt = dir.path().join("mnt");
         let manifest = dir.path().join("manifest");
         let args = [&image, &mnt, &manifest].map(|p| p.to_str().unwrap().to_owned());
-        run("bash", &["-c", MAKE, "make", &args[0], &args[1], &args[2]]);
+        let script = with_ntfs3g(MAKE);
+        run(
+            "bash",
+            &["-c", &script, "make", &args[0], &args[1], &args[2]],
+        );
         let files = std::fs::read_to_string(&manifest)
             .unwrap()
             .lines()
@@ -1640,7 +1634,7 @@ echo end >> s.bin
             "bash",
             &[
                 "-c",
-                MAKE_SMALL,
+                &with_ntfs3g(MAKE_SMALL),
                 "make",
                 image.to_str().unwrap(),
                 mnt.to_str().unwrap(),
