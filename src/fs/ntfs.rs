@@ -1489,8 +1489,9 @@ pub(crate) fn with_ntfs3g(script: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{self, Extent, ExtentKind, OpenOptions};
+    use crate::format::{self, OpenOptions};
     use crate::fs::FileSystem;
+    use crate::layout::composite::{Composite, Content, Region};
     use sha2::{Digest, Sha256};
     use std::process::Command;
     use std::time::{Duration, Instant};
@@ -1643,47 +1644,20 @@ ntfs3g_unmount "$img" "$mnt"
         std::fs::read(image).unwrap()
     }
 
-    /// A disk in memory.
-    struct Mem {
-        data: Vec<u8>,
-        path: PathBuf,
-    }
-
-    impl Disk for Mem {
-        fn size(&self) -> u64 {
-            self.data.len() as u64
-        }
-
-        fn extent(&self, offset: u64, max_len: u64) -> format::Result<Extent> {
-            Ok(Extent {
-                offset,
-                len: max_len.min(self.size() - offset),
-                kind: ExtentKind::Data,
-            })
-        }
-
-        fn read_at(&self, offset: u64, buf: &mut [u8]) -> format::Result<()> {
-            let start = offset as usize;
-            buf.copy_from_slice(&self.data[start..start + buf.len()]);
-            Ok(())
-        }
-
-        fn format(&self) -> &'static str {
-            "raw"
-        }
-
-        fn path(&self) -> &Path {
-            &self.path
-        }
+    /// A disk in memory, as the layout code assembles them.
+    fn mem_disk(data: Vec<u8>) -> Arc<dyn Disk> {
+        let len = data.len() as u64;
+        let region = Region {
+            offset: 0,
+            content: Content::Bytes(data),
+            len,
+        };
+        Arc::new(Composite::new(Path::new("ntfs.img"), len, vec![region]).unwrap())
     }
 
     fn mem(data: Vec<u8>) -> Result<Ntfs, Error> {
         let len = data.len() as u64;
-        let src: Arc<dyn Disk> = Arc::new(Mem {
-            data,
-            path: PathBuf::from("ntfs.img"),
-        });
-        Ntfs::open(src, 0, len, Path::new("ntfs.img"))
+        Ntfs::open(mem_disk(data), 0, len, Path::new("ntfs.img"))
     }
 
     fn open_image(image: &Path) -> Ntfs {
@@ -2364,10 +2338,7 @@ ntfs3g_unmount "$img" "$mnt"
 
     #[test]
     fn the_read_budget_ends_a_call() {
-        let src: Arc<dyn Disk> = Arc::new(Mem {
-            data: vec![7u8; 64 * 1024],
-            path: PathBuf::from("ntfs.img"),
-        });
+        let src = mem_disk(vec![7u8; 64 * 1024]);
         let mut w = Window {
             source: src,
             offset: 0,
